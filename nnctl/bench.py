@@ -1,0 +1,113 @@
+"""`python -m nnctl.bench`: one epoch of MLP training, in samples/s, against the GEMM floor.
+
+The workload matches /work/shared/bench/peers.py: an MLP 784-512-256-10 (ReLU, softmax
+cross-entropy, Adam lr 1e-3, batch 128, float32) trained for one epoch on 60,000 synthetic
+samples (standard normal features, random labels, seeded). The GEMM floor is the same
+matrix products timed alone in the same process (x @ W forward; x.T @ g and g @ W.T
+backward, for every layer), so the ratio does not depend on the machine or on BLAS
+settings such as OPENBLAS_CORETYPE.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from nnctl.engine.losses import CrossEntropy
+from nnctl.engine.model import Sequential
+from nnctl.engine.optimizers import Adam
+
+
+def gemm_floor(sizes: list[int], x: np.ndarray, batch: int, steps: int, rng: np.random.Generator,
+               warmup: int = 20) -> float:
+    """Samples/s of only the matmuls any backprop of this MLP does, on one fixed batch."""
+    ws = [rng.standard_normal((i, o)).astype(x.dtype) for i, o in zip(sizes[:-1], sizes[1:])]
+    xb = x[:batch]
+
+    def step() -> None:
+        acts = [xb]
+        for w in ws:
+            acts.append(acts[-1] @ w)
+        g = acts[-1]
+        for w, a in zip(reversed(ws), reversed(acts[:-1])):
+            a.T @ g
+            g = g @ w.T
+
+    for _ in range(warmup):
+        step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch / (time.perf_counter() - t)
+
+
+def train_epoch(sizes: list[int], x: np.ndarray, y: np.ndarray, batch: int, seed: int,
+                warmup: int = 20) -> tuple[float, float]:
+    """(samples/s, final batch loss) of one epoch of Adam training with the nnctl engine."""
+    dtype = x.dtype
+    specs = [{"type": "dense", "units": u, "activation": "relu"} for u in sizes[1:-1]]
+    specs.append({"type": "dense", "units": sizes[-1]})
+    model = Sequential.from_config(specs, (sizes[0],), np.random.default_rng([seed, 0]), dtype)
+    loss = CrossEntropy()
+    opt = Adam(lr=1e-3)
+    params, grads = model.named_parameters(), model.named_grads()
+    xbuf = np.empty((batch, sizes[0]), dtype=dtype)
+    ybuf = np.empty(batch, dtype=np.int64)
+
+    def step(idx: np.ndarray) -> float:
+        b = len(idx)
+        # gathered straight into preallocated buffers (mode="clip" avoids a temporary copy)
+        xb, yb = xbuf[:b], ybuf[:b]
+        np.take(x, idx, axis=0, out=xb, mode="clip")
+        np.take(y, idx, out=yb, mode="clip")
+        z = model.forward(xb, training=True)
+        value, dz = loss(z, yb)
+        model.backward(dz)
+        opt.step(params, grads)
+        return value
+
+    order = np.random.default_rng([seed, 1]).permutation(len(x))
+    for k in range(warmup):
+        step(order[k * batch:(k + 1) * batch])
+    value = float("nan")
+    t = time.perf_counter()
+    for start in range(0, len(x), batch):
+        value = step(order[start:start + batch])
+    return len(x) / (time.perf_counter() - t), value
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m nnctl.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=60000, help="training samples (default 60000)")
+    p.add_argument("--d", type=int, default=784, help="input features (default 784)")
+    p.add_argument("--hidden", default="512,256", help="hidden sizes, comma-separated (default 512,256)")
+    p.add_argument("--classes", type=int, default=10, help="classes (default 10)")
+    p.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    sizes = [a.d] + [int(h) for h in a.hidden.split(",") if h.strip()] + [a.classes]
+    dtype = np.dtype(a.dtype)
+    rng = np.random.default_rng(a.seed)
+    x = rng.standard_normal((a.n, a.d)).astype(dtype)
+    y = rng.integers(0, a.classes, a.n)
+    steps = max(a.n // a.batch, 1)
+
+    # the floor is timed before and after training and averaged, so a burst of load from
+    # other processes biases the ratio less
+    floor_before = gemm_floor(sizes, x, a.batch, steps, np.random.default_rng([a.seed, 2]))
+    rate, value = train_epoch(sizes, x, y, a.batch, a.seed)
+    floor_after = gemm_floor(sizes, x, a.batch, steps, np.random.default_rng([a.seed, 2]))
+    floor = 0.5 * (floor_before + floor_after)
+    flops = 6 * sum(i * o for i, o in zip(sizes[:-1], sizes[1:]))  # per sample, fwd + bwd
+    print(f"mlp {sizes} batch {a.batch} {dtype}: {a.n} samples, one epoch (last batch loss {value:.4f})")
+    print(f"nnctl       {rate:10.0f} samples/s  {rate * flops / 1e9:6.1f} GFLOP/s")
+    print(f"gemm_floor  {floor:10.0f} samples/s  {floor * flops / 1e9:6.1f} GFLOP/s"
+          f"  (before {floor_before:.0f}, after {floor_after:.0f})")
+    print(f"ratio       {rate / floor:10.1%} of the GEMM floor")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,143 @@
+"""The nnctl command line: thin commands that parse, call one function and render.
+
+Every expected failure is an NnctlError, caught once in `main` and shown as its message
+(one line per problem) with exit code 1; `--debug` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from nnctl import __version__
+from nnctl.console import console, err_console
+from nnctl.errors import NnctlError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train neural networks from YAML experiment specs (pure NumPy engine).")
+
+_state = {"debug": False}
+
+EXIT_INTERRUPTED = 130
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"nnctl {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    _state["debug"] = debug
+
+
+def fail(err: BaseException) -> None:
+    """Show an expected error as its message lines on stderr and exit 1."""
+    if _state["debug"]:
+        raise err
+    for line in str(err).splitlines() or [type(err).__name__]:
+        err_console.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+# -- train --------------------------------------------------------------------------------
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Argument(None, help="The experiment spec (YAML)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a key: --set optimizer.lr=0.01 (value parsed as YAML)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its last.npz."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where run directories are created."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final summary line."),
+) -> None:
+    """Train a model from a spec; everything about the run goes to runs/<name>-<time>/."""
+    from nnctl.commands.train import run_training
+    try:
+        code = run_training(config, set_, resume, runs_dir, quiet)
+    except NnctlError as err:
+        fail(err)
+    except KeyboardInterrupt:
+        err_console.print("interrupted before training started; nothing was written", highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    raise typer.Exit(code)
+
+
+@app.command()
+def validate(
+    config: Path = typer.Argument(..., help="The experiment spec (YAML)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a key (value parsed as YAML)."),
+) -> None:
+    """Check a spec (and its data) and print the resolved model summary."""
+    from nnctl.config.spec import load_spec
+    from nnctl.training.experiment import prepare
+    try:
+        exp = prepare(load_spec(config, set_))
+    except NnctlError as err:
+        fail(err)
+    table = Table(title=f"{exp.spec.name}: {exp.dataset.source}, {exp.dataset.task}", title_justify="left")
+    table.add_column("layer")
+    table.add_column("output shape")
+    table.add_column("parameters", justify="right")
+    for name, shape, count in exp.model.summary():
+        table.add_row(str(name), str(tuple(shape)), f"{count:,}")
+    console.print(table)
+    d = exp.dataset
+    console.print(f"input {tuple(d.input_shape)}, {d.n_outputs} outputs, "
+                  f"{exp.model.num_parameters():,} parameters; rows: train {len(d.train)}"
+                  f", val {len(d.val) if d.val is not None else 0}, test {len(d.test) if d.test is not None else 0}",
+                  highlight=False)
+    console.print(f"{config}: ok", highlight=False)
+
+
+@app.command("config")
+def show_config(
+    config: Path = typer.Argument(..., help="The experiment spec (YAML)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a key (value parsed as YAML)."),
+) -> None:
+    """Print the fully resolved spec, every default filled in."""
+    from nnctl.config.spec import load_spec
+    from nnctl.runs.store import dump_yaml
+    from nnctl.training.experiment import prepare
+    try:
+        exp = prepare(load_spec(config, set_))
+    except NnctlError as err:
+        fail(err)
+    resolved = exp.spec.to_dict()
+    resolved["loss"] = exp.loss_spec
+    resolved["data"]["task"] = exp.dataset.task
+    sys.stdout.write(dump_yaml(resolved))
+
+
+@app.command()
+def bench(
+    n: int = typer.Option(60000, help="Samples in the synthetic epoch."),
+    hidden: str = typer.Option("512,256", help="Hidden sizes, comma separated."),
+    batch: int = typer.Option(128, help="Batch size."),
+    dtype: str = typer.Option("float32", help="float32 or float64."),
+) -> None:
+    """Time one epoch of an MLP against the GEMM floor (the bare matrix products)."""
+    from nnctl import bench as bench_mod
+    bench_mod.main(["--n", str(n), "--hidden", hidden, "--batch", str(batch), "--dtype", dtype])
+
+
+def _register_extras() -> None:
+    # eval/predict/runs/show/diff/plot live in their own module; it adds its commands here.
+    try:
+        from nnctl.commands import inspect as _inspect
+    except ImportError:  # the module is optional while it is being written
+        return
+    _inspect.register(app, fail)
+
+
+_register_extras()
+
+
+def main() -> None:
+    app(prog_name="nnctl")

@@ -1,0 +1,73 @@
+"""`nnctl train`: a new run from a spec, or `--resume` of an existing one."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from nnctl.config.spec import load_spec, safe_run_name, spec_from_dict
+from nnctl.console import console, err_console
+from nnctl.errors import CheckpointError, NnctlError
+from nnctl.report.progress import PlainReporter, RichReporter, summary_line, summary_table
+from nnctl.runs.checkpoint import load_checkpoint
+from nnctl.runs.store import RunDir
+from nnctl.training.experiment import prepare
+from nnctl.training.trainer import Trainer
+
+EXIT_CODES = {"completed": 0, "stopped_early": 0, "failed": 1, "interrupted": 130}
+
+
+def _reporter(quiet: bool):
+    if quiet:
+        return PlainReporter(console, quiet=True)
+    return RichReporter(console) if console.is_terminal else PlainReporter(console)
+
+
+def run_training(config: Path | None, overrides: list[str], resume: Path | None,
+                 runs_dir: Path, quiet: bool) -> int:
+    """Validate, load data and build everything first; only then create the run directory."""
+    if resume is not None:
+        if config is not None or overrides:
+            raise NnctlError("--resume continues a run with its stored config; don't pass a spec or --set")
+        run = RunDir.open(resume)
+        last = load_checkpoint(run.last)
+        best = load_checkpoint(run.best) if run.best.exists() else None
+        spec = spec_from_dict(last.meta["config"], filename=f"{run.last} config")
+        exp = prepare(spec)
+        trainer = Trainer(exp, run, _reporter(quiet))
+        trainer.restore(last, best)
+        if trainer.epoch >= spec.training.epochs or trainer.stopper.stopped_epoch is not None:
+            status = (run.read_status() or {}).get("status", "completed")
+            if status not in ("interrupted", "failed", "running"):
+                raise CheckpointError(f"{resume}: the run already finished ({status}); nothing to resume")
+    else:
+        if config is None:
+            raise NnctlError("give a spec to train (nnctl train CONFIG.yaml) or --resume RUN_DIR")
+        spec = load_spec(config, overrides)
+        exp = prepare(spec)
+        run = RunDir.create(runs_dir, safe_run_name(spec.name))
+        run.write_config(spec.to_dict())
+        trainer = Trainer(exp, run, _reporter(quiet))
+    try:
+        result = trainer.fit()
+    except BaseException as err:
+        # An unexpected failure (a bug, a full disk): the run must not look like it's still running.
+        try:
+            run.set_status("failed", error=f"{type(err).__name__}: {err}")
+        except OSError:
+            pass
+        if isinstance(err, OSError):
+            raise NnctlError(f"{run.path}: cannot write: {err.strerror or err}; "
+                             f"the last complete checkpoint is {run.last}") from None
+        raise
+    path = str(run.path)
+    if result.status == "failed":
+        err_console.print(f"error: {result.message}", markup=False, soft_wrap=True)
+        err_console.print(f"the run is marked failed; the last good checkpoint is {run.last}", markup=False,
+                          soft_wrap=True)
+    elif result.status == "interrupted":
+        err_console.print(f"interrupted after {result.epochs_run} epochs; resume with:", markup=False)
+        err_console.print(f"  nnctl train --resume {path}", markup=False, soft_wrap=True)
+    if quiet or not console.is_terminal:
+        console.print(summary_line(result, path), markup=False, soft_wrap=True)
+    else:
+        console.print(summary_table(result, path))
+    return EXIT_CODES[result.status]

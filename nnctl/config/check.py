@@ -1,0 +1,243 @@
+"""Checking raw YAML values against declared Params, collecting every error with its path and line."""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Callable
+
+from nnctl.config.source import KeyPath, Source, format_path
+from nnctl.engine.hparams import Param, Registry, unknown_name_message
+from nnctl.errors import ConfigError
+
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+_TYPE_WORDS = {
+    "float": "a number",
+    "int": "an integer",
+    "bool": "true or false",
+    "str": "a string",
+    "int_or_tuple": "an integer or a list of integers",
+    "float_list": "a list of numbers",
+    "int_list": "a list of integers",
+    "layers": "a list of layer specs",
+    "mapping": "a mapping",
+}
+
+
+def describe(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return f"a {'mapping' if isinstance(value, dict) else 'list'}"
+    return repr(value)
+
+
+class Checker:
+    """Accumulates errors; `raise_if_any()` raises one ConfigError with one line per error."""
+
+    def __init__(self, source: Source):
+        self.source = source
+        self.errors: list[str] = []
+
+    def error(self, path: KeyPath, message: str) -> None:
+        line = f"{format_path(path)}: {message}{self.source.where(path)}"
+        if line not in self.errors:
+            self.errors.append(line)
+
+    def raise_if_any(self) -> None:
+        if self.errors:
+            raise ConfigError("\n".join(self.errors))
+
+    # -- scalars ---------------------------------------------------------------------------
+    def _number(self, value: Any, kind: str) -> bool:
+        if isinstance(value, bool):
+            return False
+        if kind == "int":
+            return isinstance(value, int)
+        return isinstance(value, (int, float))
+
+    def _bounds(self, path: KeyPath, value: float, p: Param) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            self.error(path, f"must be a finite number, got {value}")
+            return False
+        for bound, op, word in ((p.gt, lambda a, b: a > b, ">"), (p.ge, lambda a, b: a >= b, ">="),
+                                (p.lt, lambda a, b: a < b, "<"), (p.le, lambda a, b: a <= b, "<=")):
+            if bound is not None and not op(value, bound):
+                self.error(path, f"must be {word} {_fmt(bound)}, got {_fmt(value)}")
+                return False
+        return True
+
+    def value(self, path: KeyPath, value: Any, p: Param, registries: dict[str, Registry]) -> Any:
+        """Check one value; return it normalized (ints widened to float where floats expected)."""
+        if value is None:
+            if p.nullable or p.default is None:
+                return None
+            self.error(path, f"must be {_TYPE_WORDS.get(p.kind, p.kind)}, got null")
+            return value
+        kind = p.kind
+        if kind in ("float", "int"):
+            if kind == "float" and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+                # PyYAML reads `1e-3` (no dot) as a string; users mean the number.
+                value = float(value)
+            if not self._number(value, kind):
+                self.error(path, f"must be {_TYPE_WORDS[kind]}, got {describe(value)}")
+                return value
+            value = float(value) if kind == "float" else int(value)
+            self._bounds(path, value, p)
+            return value
+        if kind == "bool":
+            if not isinstance(value, bool):
+                self.error(path, f"must be true or false, got {describe(value)}")
+            return value
+        if kind == "str":
+            if not isinstance(value, str):
+                self.error(path, f"must be a string, got {describe(value)}")
+            elif p.choices is not None and value not in p.choices:
+                self.error(path, unknown_name_message("value", value, list(p.choices)))
+            return value
+        if kind in ("int_list", "float_list", "int_or_tuple"):
+            if kind == "int_or_tuple" and isinstance(value, int) and not isinstance(value, bool):
+                self._bounds(path, value, p)
+                return value
+            if not isinstance(value, list):
+                self.error(path, f"must be {_TYPE_WORDS[kind]}, got {describe(value)}")
+                return value
+            elem = "float" if kind == "float_list" else "int"
+            out = []
+            for i, item in enumerate(value):
+                if not self._number(item, elem):
+                    self.error(path + (i,), f"must be {_TYPE_WORDS[elem]}, got {describe(item)}")
+                    out.append(item)
+                    continue
+                item = float(item) if elem == "float" else int(item)
+                self._bounds(path + (i,), item, p)
+                out.append(item)
+            return out
+        if kind in ("activation", "initializer"):
+            ref = self.component(path, value, registries[kind], name_key="name")
+            # a bare name stays a bare name, so resolved specs read like what was written
+            if isinstance(ref, dict) and isinstance(value, str) and set(ref) == {"name"}:
+                return ref["name"]
+            return ref
+        if kind == "mapping":
+            if not isinstance(value, dict):
+                self.error(path, f"must be a mapping, got {describe(value)}")
+            return value
+        if kind == "layers":
+            return self.layer_list(path, value, registries)
+        return value  # "any"
+
+    # -- sections and components -------------------------------------------------------
+    def section(self, path: KeyPath, raw: Any, params: dict[str, Param],
+                registries: dict[str, Registry], allow_extra: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Check a mapping against a PARAMS table; return it with every default filled in."""
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            self.error(path, f"must be a mapping, got {describe(raw)}")
+            return {k: p.default for k, p in params.items() if not p.required}
+        out: dict[str, Any] = {}
+        for key in raw:
+            if key not in params and key not in allow_extra:
+                self.error(path + (key,), unknown_name_message("key", key, sorted(params)))
+        for key, p in params.items():
+            if key in raw:
+                out[key] = self.value(path + (key,), raw[key], p, registries)
+            elif p.required:
+                self.error(path + (key,), "is required")
+            else:
+                out[key] = _copy(p.default)
+        for key in allow_extra:
+            if key in raw:
+                out[key] = raw[key]
+        return out
+
+    def component(self, path: KeyPath, raw: Any, registry: Registry, name_key: str = "name",
+                  common: dict[str, Param] | None = None,
+                  post: Callable[[type, dict], None] | None = None) -> Any:
+        """A registry reference: "adam" or {name: adam, lr: ...}; returns {name: canonical, **options}."""
+        if isinstance(raw, str):
+            raw = {name_key: raw}
+        if not isinstance(raw, dict):
+            self.error(path, f"must be a {registry.kind} name or a mapping with '{name_key}', got {describe(raw)}")
+            return raw
+        name = raw.get(name_key)
+        if name is None:
+            self.error(path + (name_key,), f"is required (one of: {', '.join(registry.names())})")
+            return raw
+        if not isinstance(name, str) or name not in registry:
+            self.error(path + (name_key,), unknown_name_message(registry.kind, name, registry.names()))
+            return raw
+        canon = registry.canonical(name)
+        cls = registry.entries[canon]
+        params = dict(getattr(cls, "PARAMS", {}))
+        if common:
+            params = {**common, **params}
+        options = {k: v for k, v in raw.items() if k != name_key}
+        checked = self.section(path, options, params, {})
+        if post is not None:
+            post(cls, checked)
+        return {name_key: canon, **checked}
+
+    def layer_list(self, path: KeyPath, raw: Any, registries: dict[str, Registry]) -> list:
+        """The long model form: [ {dense: {units: 8}}, {dropout: 0.2}, relu, ... ] -> canonical specs."""
+        if not isinstance(raw, list):
+            self.error(path, f"must be a list of layer specs, got {describe(raw)}")
+            return []
+        layers = registries["layer"]
+        out = []
+        for i, item in enumerate(raw):
+            p = path + (i,)
+            if isinstance(item, str):
+                name, options = item, {}
+            elif isinstance(item, dict) and len(item) == 1:
+                name, options = next(iter(item.items()))
+            elif isinstance(item, dict) and "type" in item:
+                name, options = item["type"], {k: v for k, v in item.items() if k != "type"}
+            else:
+                self.error(p, "must be a layer name or a one-key mapping like {dense: {units: 64}}")
+                continue
+            if not isinstance(name, str) or name not in layers:
+                self.error(p, unknown_name_message("layer", name, layers.names()))
+                continue
+            cls = layers.get(name)
+            params = getattr(cls, "PARAMS", {})
+            if options is None:
+                options = {}
+            if not isinstance(options, dict):
+                # scalar shorthand: {dropout: 0.2} -> rate, {dense: 64} -> units
+                short = getattr(cls, "SHORTHAND", None) or _first_required(params)
+                if short is None:
+                    self.error(p, f"{name} takes options as a mapping, got {describe(options)}")
+                    continue
+                options = {short: options}
+                p_opts = p + (name,)
+            else:
+                p_opts = p + (name,) if not (isinstance(item, dict) and "type" in item) else p
+            checked = self.section(p_opts, options, params, registries)
+            out.append({"type": layers.canonical(name), **checked})
+        return out
+
+
+def _first_required(params: dict[str, Param]) -> str | None:
+    for k, p in params.items():
+        if p.required:
+            return k
+    return None
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, (list, dict)):
+        import copy
+        return copy.deepcopy(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.10g}" if isinstance(x, float) else str(x)

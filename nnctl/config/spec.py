@@ -1,0 +1,273 @@
+"""The experiment spec: YAML in, one typed, fully defaulted `Spec` out, every error with its line.
+
+This is the only typed boundary between user text and the rest of nnctl. Each section is
+declared once as a table of `Param`s (type, default, range, doc); components (layers,
+optimizers, schedules, losses, datasets) declare their own options in the engine's registries,
+so a new component is validated and documented without touching this file.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nnctl.engine  # noqa: F401  (registers every layer)
+from nnctl.config.check import Checker, describe
+from nnctl.config.source import Source, apply_overrides, format_path, read_spec
+from nnctl.data import DATASETS, PARAMS_DATA
+from nnctl.engine.activations import ACTIVATIONS
+from nnctl.engine.base import LAYERS
+from nnctl.engine.hparams import Param
+from nnctl.engine.initializers import INITIALIZERS
+from nnctl.engine.losses import LOSSES
+from nnctl.engine.optimizers import OPTIMIZERS
+from nnctl.engine.schedules import SCHEDULES
+from nnctl.errors import ConfigError
+
+REGISTRIES = {"layer": LAYERS, "activation": ACTIVATIONS, "initializer": INITIALIZERS}
+
+TOP_PARAMS: dict[str, Param] = {
+    "name": Param("str", None, nullable=True, doc="run name; runs/<name>-<timestamp>/ (default: the spec file's stem)"),
+    "description": Param("str", None, nullable=True, doc="free text kept with the run"),
+    "seed": Param("int", 0, ge=0, doc="seeds data generation, splits, initialization, shuffling and dropout"),
+    "data": Param("mapping", {}, doc="where the data comes from and how it is split"),
+    "model": Param("mapping", {}, doc="the network: short form (hidden, ...) or long form (layers)"),
+    "loss": Param("any", None, nullable=True, doc="loss name or {name, options}; inferred from the task if omitted"),
+    "optimizer": Param("any", "adam", doc="optimizer name or {name, lr, ...}"),
+    "schedule": Param("any", None, nullable=True, doc="learning-rate schedule name or {name, ...}; constant if omitted"),
+    "training": Param("mapping", {}, doc="epochs, batch size, dtype, early stopping"),
+}
+
+MODEL_PARAMS: dict[str, Param] = {
+    "hidden": Param("int_list", None, gt=0, nullable=True, doc="short form: hidden layer sizes (default [64] when no layers)"),
+    "activation": Param("activation", "relu", doc="short form: activation of hidden layers"),
+    "initializer": Param("initializer", None, nullable=True, doc="short form: weight initializer (default follows the activation)"),
+    "batch_norm": Param("bool", False, doc="short form: BatchNorm after each hidden Dense (before its activation)"),
+    "dropout": Param("float", 0.0, ge=0.0, lt=1.0, doc="short form: dropout rate after each hidden layer"),
+    "layers": Param("layers", None, nullable=True, doc="long form: a list of engine layers; the output layer is added for you"),
+    "output_initializer": Param("initializer", None, nullable=True, doc="initializer of the output layer (default xavier_uniform)"),
+}
+
+EARLY_STOPPING_PARAMS: dict[str, Param] = {
+    "monitor": Param("str", "val_loss", doc="a logged metric: loss, val_loss, accuracy, val_accuracy, mae, val_mae, r2, val_r2"),
+    "mode": Param("str", "auto", choices=("auto", "min", "max"), doc="auto: max for accuracy/r2, min otherwise"),
+    "patience": Param("int", 5, ge=0, doc="epochs without improvement before stopping"),
+    "min_delta": Param("float", 0.0, ge=0.0, doc="smallest change that counts as an improvement"),
+    "restore_best": Param("bool", True, doc="load the best epoch's weights at the end (also when stopping never fired)"),
+    "start_from_epoch": Param("int", 0, ge=0, doc="epochs to wait before counting patience"),
+}
+
+TRAINING_PARAMS: dict[str, Param] = {
+    "epochs": Param("int", 20, ge=1, doc="maximum number of epochs"),
+    "batch_size": Param("int", 32, ge=1, doc="training mini-batch size"),
+    "eval_batch_size": Param("int", 1024, ge=1, doc="batch size for validation/test passes"),
+    "dtype": Param("str", "float32", choices=("float32", "float64"), doc="the model's one dtype"),
+    "shuffle": Param("bool", True, doc="reshuffle the training rows every epoch"),
+    "early_stopping": Param("mapping", None, nullable=True, doc="monitor, mode, patience, min_delta, restore_best, start_from_epoch"),
+}
+
+# Keys the schedule wrapper handles for every schedule (warmup, stepping interval).
+SCHEDULE_COMMON: dict[str, Param] = {
+    "interval": Param("str", "epoch", choices=("epoch", "step"), doc="step the schedule per epoch or per batch"),
+    "warmup_epochs": Param("int", 0, ge=0, doc="linear warmup from 0 over this many epochs"),
+    "warmup_steps": Param("int", 0, ge=0, doc="linear warmup from 0 over this many batches"),
+}
+
+CLASSIFICATION_LOSSES = ("cross_entropy", "binary_cross_entropy")
+
+_NAME_RE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_run_name(name: str) -> str:
+    """A run name that cannot leave the runs directory: path separators and odd bytes become '-'."""
+    cleaned = _NAME_RE.sub("-", name).strip(".-")
+    return cleaned[:80] or "run"
+
+
+def metric_names(task: str | None, has_val: bool) -> list[str]:
+    """Every metric the trainer logs for this task (task None: the union of both)."""
+    train = ["loss"]
+    if task in (None, "classification"):
+        train.append("accuracy")
+    if task in (None, "regression"):
+        train += ["mae", "r2"]
+    names = list(train)
+    if has_val:
+        names += [f"val_{m}" for m in train]
+    return names
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    monitor: str
+    mode: str
+    patience: int
+    min_delta: float
+    restore_best: bool
+    start_from_epoch: int
+
+
+@dataclass(frozen=True)
+class Training:
+    epochs: int
+    batch_size: int
+    eval_batch_size: int
+    dtype: str
+    shuffle: bool
+    early_stopping: EarlyStopping | None
+
+
+@dataclass
+class Spec:
+    """A validated experiment spec with every default filled in."""
+
+    name: str
+    description: str | None
+    seed: int
+    data: dict[str, Any]
+    model: dict[str, Any]           # as written (short or long form), defaults filled
+    layers: list[dict[str, Any]]    # canonical hidden layer specs (no output layer yet)
+    loss: dict[str, Any] | None     # {"name": ..., options} or None (inferred from the task)
+    optimizer: dict[str, Any]
+    schedule: dict[str, Any] | None
+    training: Training
+    base_dir: Path = field(default=Path("."))
+    source: Source | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved spec as plain data: valid input for `nnctl train` again."""
+        es = self.training.early_stopping
+        training = {k: getattr(self.training, k) for k in TRAINING_PARAMS if k != "early_stopping"}
+        training["early_stopping"] = None if es is None else dict(es.__dict__)
+        return {
+            "name": self.name,
+            "description": self.description,
+            "seed": self.seed,
+            "data": copy.deepcopy(self.data),
+            "model": copy.deepcopy(self.model),
+            "loss": copy.deepcopy(self.loss),
+            "optimizer": copy.deepcopy(self.optimizer),
+            "schedule": copy.deepcopy(self.schedule),
+            "training": training,
+        }
+
+    def error_at(self, path: tuple, message: str) -> ConfigError:
+        where = self.source.where(path) if self.source is not None else ""
+        return ConfigError(f"{format_path(path)}: {message}{where}")
+
+
+def expand_short_form(model: dict[str, Any]) -> list[dict[str, Any]]:
+    """hidden/activation/initializer/batch_norm/dropout -> canonical layer specs."""
+    layers: list[dict[str, Any]] = []
+    act = model["activation"]
+    for units in model["hidden"] or []:
+        dense: dict[str, Any] = {"type": "dense", "units": units,
+                                 "activation": "identity" if model["batch_norm"] else act}
+        if model["initializer"] is not None:
+            dense["initializer"] = model["initializer"]
+        elif model["batch_norm"]:
+            # the activation moves after BatchNorm; the weights still follow it
+            from nnctl.engine.initializers import default_initializer
+            dense["initializer"] = default_initializer(act["name"] if isinstance(act, dict) else act)
+        layers.append(dense)
+        if model["batch_norm"]:
+            layers.append({"type": "batch_norm"})
+            layers.append(_activation_layer(act))
+        if model["dropout"] > 0:
+            layers.append({"type": "dropout", "rate": model["dropout"]})
+    return layers
+
+
+def _activation_layer(act: Any) -> dict[str, Any]:
+    if isinstance(act, dict):
+        return {"type": act["name"], **{k: v for k, v in act.items() if k != "name"}}
+    return {"type": act}
+
+
+def check_spec(source: Source, base_dir: Path, default_name: str) -> Spec:
+    """Validate a parsed spec; every problem in the file is reported at once."""
+    chk = Checker(source)
+    raw = source.data
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source.filename}: a spec must be a mapping of sections, got {describe(raw)}")
+    top = chk.section((), raw, TOP_PARAMS, REGISTRIES)
+
+    data = chk.section(("data",), raw.get("data"), PARAMS_DATA, REGISTRIES)
+    if isinstance(data.get("dataset"), str) and data["dataset"] in DATASETS:
+        cls = DATASETS.get(data["dataset"])
+        data["options"] = chk.section(("data", "options"), data.get("options"), getattr(cls, "PARAMS", {}), REGISTRIES)
+
+    model = chk.section(("model",), raw.get("model"), MODEL_PARAMS, REGISTRIES)
+    if model.get("layers") is not None and raw.get("model", {}).get("hidden") is not None:
+        chk.error(("model", "hidden"), "give either hidden (short form) or layers (long form), not both")
+    if model.get("layers") is None and model.get("hidden") is None:
+        model["hidden"] = [64]
+
+    loss = None
+    if top.get("loss") is not None:
+        loss = chk.component(("loss",), top["loss"], LOSSES)
+    optimizer = chk.component(("optimizer",), top["optimizer"], OPTIMIZERS)
+    schedule = None
+    if top.get("schedule") is not None:
+        schedule = chk.component(("schedule",), top["schedule"], SCHEDULES, common=SCHEDULE_COMMON)
+
+    training = chk.section(("training",), raw.get("training"), TRAINING_PARAMS, REGISTRIES)
+    es = None
+    if training.get("early_stopping") is not None:
+        es = chk.section(("training", "early_stopping"), training["early_stopping"], EARLY_STOPPING_PARAMS, REGISTRIES)
+    chk.raise_if_any()
+
+    # Cross-field checks that need the whole spec; still before any data is read.
+    has_val = bool(data.get("val_split")) or bool(data.get("val_path"))
+    known_task = data.get("task")
+    if loss is not None and known_task is not None:
+        needs = "classification" if loss["name"] in CLASSIFICATION_LOSSES else "regression"
+        if needs != known_task:
+            chk.error(("loss",), f"{loss['name']} needs a {needs} task, but data.task is {known_task}")
+    if loss is not None and known_task is None:
+        known_task = "classification" if loss["name"] in CLASSIFICATION_LOSSES else "regression"
+    monitors = [(("training", "early_stopping", "monitor"), es["monitor"])] if es else []
+    if schedule is not None and schedule.get("monitor") is not None:
+        monitors.append((("schedule", "monitor"), schedule["monitor"]))
+    for path, monitor in monitors:
+        valid = metric_names(known_task, has_val)
+        if monitor not in valid:
+            from nnctl.engine.hparams import unknown_name_message
+            why = "" if has_val or not monitor.startswith("val_") else " (there is no validation split: set data.val_split)"
+            chk.error(path, unknown_name_message("metric", monitor, valid) + f"; it is never logged{why}")
+    chk.raise_if_any()
+
+    for key in ("dataset", "val_path", "test_path", "target_path"):
+        # Stored configs (runs/*/config.yaml, checkpoints) must find the data from anywhere.
+        value = data.get(key)
+        if isinstance(value, str) and not (key == "dataset" and value in DATASETS):
+            data[key] = str((base_dir / value).resolve())
+    name = top.get("name") or default_name
+    early = EarlyStopping(**es) if es else None
+    train_cfg = Training(early_stopping=early, **{k: v for k, v in training.items() if k != "early_stopping"})
+    layers = model["layers"] if model.get("layers") is not None else expand_short_form(model)
+    if model.get("layers") is not None:
+        model = {k: v for k, v in model.items() if k in ("layers", "output_initializer")}
+    return Spec(
+        name=name, description=top.get("description"), seed=top["seed"], data=data, model=model,
+        layers=layers, loss=loss, optimizer=optimizer, schedule=schedule, training=train_cfg,
+        base_dir=base_dir, source=source,
+    )
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
+    """Read, override and validate a spec file."""
+    path = Path(path)
+    source = read_spec(path)
+    apply_overrides(source, overrides or [])
+    return check_spec(source, path.resolve().parent, path.stem)
+
+
+def spec_from_dict(data: dict[str, Any], base_dir: Path | str = ".", filename: str = "<config>") -> Spec:
+    """Validate a spec given as plain data (e.g. the config stored in a checkpoint)."""
+    source = Source(data=copy.deepcopy(data), filename=filename)
+    return check_spec(source, Path(base_dir), str(data.get("name") or "run"))

@@ -1,0 +1,86 @@
+"""Mini-batches gathered into buffers allocated once per epoch, cast and standardized in place."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from nnctl.data.splits import Split
+from nnctl.data.standardize import Standardizer
+
+
+def iterate_batches(split: Split, batch_size: int, rng: np.random.Generator | None, dtype,
+                    standardizer: Standardizer | None = None, drop_last: bool = False,
+                    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """One pass over a split in mini-batches.
+
+    Yields (xb, yb): xb (b, *sample_shape) in `dtype`, standardized if a standardizer is
+    given; yb int64 (b,) for classification, (b, k) in `dtype` for regression, or None for
+    an unlabelled split. b = batch_size except the last batch, which is smaller unless
+    drop_last.
+
+    rng=None keeps the split's row order (evaluation); with an rng, each call draws a fresh
+    permutation of the split's rows (one epoch).
+
+    The batches are views of buffers allocated once per call, so a caller must be done
+    with a batch before asking for the next one (copy it to keep it). The last partial
+    batch is a view of the first rows of the same buffers.
+
+    Notes
+    -----
+    For a memory-mapped x the rows of each batch are read in increasing file order (the
+    batch's *membership* is still random): reads stay sequential on disk, and since a
+    batch's loss and gradient are means over its samples, their order inside the batch
+    does not change training. In-memory arrays keep the shuffled order.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    dtype = np.dtype(dtype)
+    rows = split.rows()
+    if rng is not None:
+        rows = rows[rng.permutation(len(rows))]
+    n = len(rows)
+    if n == 0:
+        return
+    size = min(batch_size, n)
+    if drop_last and n < batch_size:
+        return
+    x, y = split.x, split.y
+    mapped = isinstance(x, np.memmap)
+    sample_shape = x.shape[1:]
+    xbuf = np.empty((size,) + sample_shape, dtype=dtype)
+    # np.take cannot write an int/bool source into a float buffer; gather into a buffer of
+    # the source dtype, then cast-copy (both allocated once).
+    raw = None if x.dtype == dtype else np.empty((size,) + sample_shape, dtype=x.dtype)
+    ybuf = yraw = None
+    if y is not None:
+        ydtype = np.int64 if y.dtype.kind in "iub" and y.ndim == 1 else dtype
+        ybuf = np.empty((size,) + y.shape[1:], dtype=ydtype)
+        if y.dtype != ydtype:
+            yraw = np.empty((size,) + y.shape[1:], dtype=y.dtype)
+
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        take = rows[start:start + batch_size]
+        if mapped:
+            take = np.sort(take)
+        b = len(take)
+        xb = xbuf[:b]
+        # mode="clip": the rows are valid by construction, and mode="raise" would gather
+        # through a temporary copy instead of writing straight into the buffer.
+        if raw is None:
+            np.take(x, take, axis=0, out=xb, mode="clip")
+        else:
+            np.take(x, take, axis=0, out=raw[:b], mode="clip")
+            np.copyto(xb, raw[:b], casting="unsafe")
+        if standardizer is not None:
+            standardizer.transform(xb, out=xb)
+        yb = None
+        if ybuf is not None:
+            yb = ybuf[:b]
+            if yraw is None:
+                np.take(y, take, axis=0, out=yb, mode="clip")
+            else:
+                np.take(y, take, axis=0, out=yraw[:b], mode="clip")
+                np.copyto(yb, yraw[:b], casting="unsafe")
+        yield xb, yb

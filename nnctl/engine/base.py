@@ -1,0 +1,175 @@
+"""The layer contract every engine layer follows.
+
+A layer is built once for an input shape (without the batch axis), then called as
+`forward(x, training)` / `backward(dy)`. It owns `params` (trainable arrays), `grads`
+(same keys, shapes and dtype, filled by `backward`) and `buffers` (non-trainable state
+such as BatchNorm's running statistics, saved in checkpoints). Layers never own an
+optimizer and never print.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from nnctl.engine.hparams import Param, Registry, defaults
+
+LAYERS = Registry("layer")
+
+# Local parameter names the optimizers leave out of weight decay when asked to:
+# biases and the shift/scale of normalization layers (the PyTorch/Keras convention).
+NO_DECAY_NAMES = frozenset({"b", "beta", "gamma"})
+
+
+class Layer:
+    """Base class. Subclasses declare PARAMS and implement build/forward/backward.
+
+    Attributes after build():
+        input_shape, output_shape: tuples without the batch axis.
+        params, grads: dict[str, ndarray] with identical keys/shapes/dtype.
+        buffers: dict[str, ndarray] of non-trainable state (may be empty).
+        dtype: the model's one dtype (np.float32 or np.float64).
+        rng: the model's np.random.Generator (used by e.g. Dropout at training time).
+    """
+
+    NAME = "layer"
+    PARAMS: dict[str, Param] = {}
+
+    def __init__(self, **hparams: Any):
+        unknown = set(hparams) - set(self.PARAMS)
+        if unknown:
+            from nnctl.errors import ConfigError
+            raise ConfigError(f"{self.NAME}: unknown option(s) {', '.join(sorted(unknown))}")
+        self.hparams = {**defaults(self.PARAMS), **hparams}
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
+        self.input_shape: tuple[int, ...] = ()
+        self.output_shape: tuple[int, ...] = ()
+        self.dtype = np.dtype(np.float32)
+        self.rng: np.random.Generator | None = None
+        # The model sets this False on its first layer: nobody reads that layer's dx, so its
+        # backward may skip computing it and return None. Layers that ignore it stay correct.
+        self.input_grad = True
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def build(self, input_shape: tuple[int, ...], rng: np.random.Generator, dtype) -> tuple[int, ...]:
+        """Create params for `input_shape`; return the output shape. Override `_build`."""
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.rng = rng
+        self.dtype = np.dtype(dtype)
+        self.output_shape = tuple(self._build(self.input_shape, rng))
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        return self.output_shape
+
+    def _build(self, input_shape: tuple[int, ...], rng: np.random.Generator) -> tuple[int, ...]:
+        return input_shape
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    # -- introspection -------------------------------------------------------------------
+    def children(self) -> list[tuple[str, "Layer"]]:
+        """Sub-layers as (local name, layer); containers (Residual, blocks) override this."""
+        return []
+
+    def get_config(self) -> dict[str, Any]:
+        """Exactly the constructor's arguments, so `type(l)(**l.get_config())` rebuilds it."""
+        return dict(self.hparams)
+
+    def num_parameters(self) -> int:
+        n = sum(int(v.size) for v in self.params.values())
+        return n + sum(c.num_parameters() for _, c in self.children())
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class Workspace:
+    """Scratch arrays a layer reuses across calls instead of allocating per batch.
+
+    `get(name, shape, dtype)` returns an uninitialised array of that shape. One array is
+    kept per (name, trailing shape, dtype) and reallocated only when a batch larger than
+    any before arrives; a smaller batch gets a view of its first rows, which is still
+    C-contiguous, so BLAS and `out=` work on it. The number of arrays held is therefore
+    fixed by the names and shapes in use, however many steps run.
+
+    What a layer returns from such a buffer is overwritten by its next call: callers that
+    keep a result across calls must copy it.
+    """
+
+    def __init__(self) -> None:
+        self.arrays: dict[tuple, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        shape = tuple(shape)
+        if not shape:
+            key = (name, (), np.dtype(dtype))
+            a = self.arrays.get(key)
+            if a is None:
+                a = self.arrays[key] = np.empty((), dtype=dtype)
+            return a
+        key = (name, shape[1:], np.dtype(dtype))
+        a = self.arrays.get(key)
+        if a is None or a.shape[0] < shape[0]:
+            a = self.arrays[key] = np.empty(shape, dtype=dtype)
+            return a
+        return a if a.shape[0] == shape[0] else a[:shape[0]]
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+
+def check_hparams(owner: str, params: dict[str, Param], values: dict[str, Any]) -> None:
+    """Raise ConfigError for a missing required option, a wrong type, a bound or choice broken.
+
+    The config layer checks YAML against the same PARAMS with line numbers; this is the
+    engine's own guard for specs built in code, so a bad value fails at construction
+    instead of deep inside numpy. Only scalar, string and list kinds are checked here.
+    """
+    from nnctl.errors import ConfigError
+    for key, p in params.items():
+        if key not in values:
+            if p.required:
+                raise ConfigError(f"{owner}: missing required option '{key}'")
+            continue
+        v = values[key]
+        if v is None:
+            if p.nullable or p.default is None:
+                continue
+            raise ConfigError(f"{owner}.{key}: must not be null")
+        items: list[Any]
+        if p.kind in ("float", "int"):
+            items = [v]
+        elif p.kind in ("float_list", "int_list"):
+            if not isinstance(v, (list, tuple)):
+                raise ConfigError(f"{owner}.{key}: must be a list of numbers, got {v!r}")
+            items = list(v)
+        elif p.kind == "str":
+            if not isinstance(v, str):
+                raise ConfigError(f"{owner}.{key}: must be a string, got {v!r}")
+            if p.choices is not None and v not in p.choices:
+                raise ConfigError(f"{owner}.{key}: must be one of {', '.join(p.choices)}; got '{v}'")
+            continue
+        elif p.kind == "bool":
+            if not isinstance(v, (bool, np.bool_)):
+                raise ConfigError(f"{owner}.{key}: must be true or false, got {v!r}")
+            continue
+        else:
+            continue
+        want_int = p.kind in ("int", "int_list")
+        for item in items:
+            ok = isinstance(item, (int, np.integer)) if want_int else isinstance(item, (int, float, np.integer, np.floating))
+            if isinstance(item, (bool, np.bool_)) or not ok:
+                raise ConfigError(f"{owner}.{key}: must be {'an integer' if want_int else 'a number'}, got {item!r}")
+            x = float(item)
+            if x != x or x in (float("inf"), float("-inf")):
+                raise ConfigError(f"{owner}.{key}: must be a finite number, got {item!r}")
+            for bound, word, holds in ((p.gt, ">", lambda b: x > b), (p.ge, ">=", lambda b: x >= b),
+                                       (p.lt, "<", lambda b: x < b), (p.le, "<=", lambda b: x <= b)):
+                if bound is not None and not holds(bound):
+                    raise ConfigError(f"{owner}.{key}: must be {word} {bound:g}, got {item!r}")

@@ -1,0 +1,352 @@
+"""Convolution, pooling and reshaping layers for channels-first inputs (N, C, L) / (N, C, H, W).
+
+Convolutions are im2col + one matrix product: the kernel windows of the padded input are
+gathered (through a strided view) into one matrix whose rows are output positions, so the
+whole batch is a single GEMM; the backward pass is two GEMMs (dW and d(cols)) and a col2im
+that adds the kernel's k_h*k_w shifted slices back, with no loop over output positions.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from nnctl.engine import shapes
+from nnctl.engine.activations import get_activation
+from nnctl.engine.base import LAYERS, Layer, Workspace, check_hparams
+from nnctl.engine.hparams import REQUIRED, Param
+from nnctl.engine.initializers import default_initializer, get_initializer
+from nnctl.errors import ConfigError
+
+_PADDING_DOC = ("'valid' (none), 'same' (Keras: output = ceil(input / stride)), "
+                "or zeros per side as an int or one int per spatial axis")
+
+
+def _check_padding(layer: str, padding, nd: int) -> None:
+    """Reject a malformed padding option when the layer is constructed."""
+    if isinstance(padding, str):
+        if padding not in ("valid", "same"):
+            raise ConfigError(f"{layer}: padding must be 'valid', 'same' or ints, got '{padding}'")
+        return
+    pads = shapes.as_tuple(padding, nd, "padding", layer)
+    if any(p < 0 for p in pads):
+        raise ConfigError(f"{layer}: padding must be >= 0, got {padding!r}")
+
+
+class _Conv(Layer):
+    """N-d convolution over the trailing `ND` axes of a channels-first input.
+
+    Shapes: x (N, C_in, *S) -> y (N, filters, *O); W (filters, C_in, *kernel), b (filters,).
+    O per axis = floor((S + p_before + p_after - dilation*(k-1) - 1) / stride) + 1.
+
+    Notes
+    -----
+    y[n, f, o] = act( b[f] + sum_{c, k} W[f, c, k] * xp[n, c, o*stride + k*dilation] ),
+    xp the zero-padded input. With cols[n, o, (k, c)] = xp[n, c, o*stride + k*dilation]
+    (the im2col matrix, rows = N*prod(O), columns = prod(kernel)*C_in) and W2 = W laid out
+    as (filters, prod(kernel)*C_in):
+        Z^T = W2 @ cols^T,   dW2 = dZ^T @ cols,   dcols = dZ @ W2,   db = sum dZ,
+    and dx is dcols scattered back (col2im): for each kernel offset k, the slice of xp that
+    offset touched receives dcols[:, :, k, :]. The channel axis is innermost in cols so
+    both the gather and the scatter move contiguous runs of channels.
+    """
+
+    ND = 2
+    LAYOUT = "(C, H, W)"
+    PARAMS = {
+        "filters": Param("int", REQUIRED, ge=1, doc="number of output channels"),
+        "kernel_size": Param("int_or_tuple", REQUIRED, ge=1, doc="kernel extent, one int or one per spatial axis"),
+        "stride": Param("int_or_tuple", 1, ge=1, doc="step between windows, one int or one per spatial axis"),
+        "padding": Param("any", "valid", doc=_PADDING_DOC),
+        "dilation": Param("int_or_tuple", 1, ge=1, doc="spacing between kernel elements (1 = dense kernel)"),
+        "bias": Param("bool", True, doc="add a learned bias per filter"),
+        "activation": Param("activation", "identity", doc="activation applied to the output"),
+        "initializer": Param("initializer", None, nullable=True,
+                             doc="weight initializer; default by activation (He for ReLU-like, Xavier otherwise)"),
+    }
+
+    def __init__(self, **hparams):
+        super().__init__(**hparams)
+        h = self.hparams
+        self.kernel = shapes.as_tuple(h["kernel_size"], self.ND, "kernel_size", self.NAME)
+        self.stride = shapes.as_tuple(h["stride"], self.ND, "stride", self.NAME)
+        self.dilation = shapes.as_tuple(h["dilation"], self.ND, "dilation", self.NAME)
+        for what, t in (("kernel_size", self.kernel), ("stride", self.stride), ("dilation", self.dilation)):
+            if any(v < 1 for v in t):
+                raise ConfigError(f"{self.NAME}: {what} must be >= 1, got {h[what]!r}")
+        _check_padding(self.NAME, h["padding"], self.ND)
+        self.act = get_activation(h["activation"])
+        self.ws = Workspace()
+        self._xp_buf = None
+
+    def _build(self, input_shape, rng):
+        shapes.expect_rank(self.NAME, input_shape, self.ND + 1, self.LAYOUT)
+        c_in, sizes = input_shape[0], input_shape[1:]
+        self.pads = shapes.resolve_padding(self.NAME, self.hparams["padding"], sizes,
+                                           self.kernel, self.stride, self.dilation)
+        self.out_sizes = shapes.conv_output_sizes(self.NAME, sizes, self.kernel, self.stride,
+                                                  self.dilation, self.pads)
+        f = self.hparams["filters"]
+        k = math.prod(self.kernel)
+        init = get_initializer(self.hparams["initializer"] or default_initializer(self.hparams["activation"]))
+        self.params["W"] = init((f, c_in) + self.kernel, c_in * k, f * k, rng, self.dtype)
+        if self.hparams["bias"]:
+            self.params["b"] = np.zeros(f, dtype=self.dtype)
+        self.offsets = shapes.kernel_offsets(self.kernel)
+        return (f,) + self.out_sizes
+
+    # (F, C, *K) <-> (F, prod(K)*C): channels innermost, matching the cols layout.
+    def _w2(self) -> np.ndarray:
+        W = self.params["W"]
+        return W.transpose(0, *range(2, 2 + self.ND), 1).reshape(W.shape[0], -1)
+
+    def forward(self, x, training):
+        x = np.asarray(x, dtype=self.dtype)
+        n, nd, f = x.shape[0], self.ND, self.hparams["filters"]
+        xp, self._xp_buf = shapes.padded(x, self.pads, self._xp_buf)
+        win = shapes.windows(xp, self.kernel, self.stride, self.dilation, self.out_sizes)
+        # im2col in one strided copy: (N, C, *O, *K) -> (N, *O, *K, C).
+        cols = self.ws.get("cols", (n,) + self.out_sizes + self.kernel + (x.shape[1],), self.dtype)
+        np.copyto(cols, win.transpose(0, *range(2, 2 + 2 * nd), 1))
+        self._cols = cols
+        z = self._w2() @ cols.reshape(n * math.prod(self.out_sizes), -1).T   # (F, N*P): the one GEMM
+        if "b" in self.params:
+            z += self.params["b"][:, None]
+        z = np.ascontiguousarray(z.reshape(f, n, -1).swapaxes(0, 1)).reshape((n, f) + self.out_sizes)
+        if self.act.USES_X:
+            self._z = z
+            self._y = self.act.forward(z)
+        else:
+            self._z = None
+            self._y = self.act.forward(z, out=z)
+        return self._y
+
+    def backward(self, dy):
+        dz = self.act.backward(self._z, self._y, np.asarray(dy, dtype=self.dtype))
+        cols = self._cols
+        n, nd = cols.shape[0], self.ND
+        W = self.params["W"]
+        f, c_in = W.shape[:2]
+        # (N, F, *O) -> (N*P, F): rows are output positions, like the rows of cols.
+        dzt = np.ascontiguousarray(dz.reshape(n, f, -1).transpose(0, 2, 1)).reshape(-1, f)
+        dw2 = dzt.T @ cols.reshape(dzt.shape[0], -1)                                  # (F, K*C)
+        self.grads["W"][...] = dw2.reshape((f,) + self.kernel + (c_in,)).transpose(0, nd + 1, *range(1, nd + 1))
+        if "b" in self.params:
+            np.sum(dzt, axis=0, out=self.grads["b"])
+        if not self.input_grad:
+            return None
+        # dcols kernel-offset-major, (K, N*P, C): offset k's block is then a contiguous
+        # (N, *O, C) array, so the col2im adds below run over long contiguous rows.
+        wk = W.reshape(f, c_in, -1).transpose(2, 0, 1)                               # (K, F, C)
+        dcols = np.matmul(dzt, wk).reshape((len(self.offsets), n) + self.out_sizes + (c_in,))
+        # col2im, channels-last, one slice-add per kernel offset (never per output position).
+        sp = tuple(L + lo + hi for L, (lo, hi) in zip(self.input_shape[1:], self.pads))
+        dxq = np.zeros((n,) + sp + (c_in,), dtype=self.dtype)
+        for k, off in enumerate(self.offsets):
+            dxq[(slice(None),) + shapes.offset_slices(off, self.stride, self.dilation, self.out_sizes)] += dcols[k]
+        inner = (slice(None),) + tuple(slice(lo, lo + L) for L, (lo, _) in zip(self.input_shape[1:], self.pads))
+        return np.ascontiguousarray(dxq[inner].transpose(0, nd + 1, *range(1, nd + 1)))
+
+
+@LAYERS.register("conv1d")
+class Conv1D(_Conv):
+    __doc__ = _Conv.__doc__.replace("N-d convolution", "1-D convolution").replace(
+        "trailing `ND` axes", "last axis (N, C, L)")
+    ND = 1
+    LAYOUT = "(C, L)"
+
+
+@LAYERS.register("conv2d")
+class Conv2D(_Conv):
+    __doc__ = _Conv.__doc__.replace("N-d convolution", "2-D convolution").replace(
+        "trailing `ND` axes", "last two axes (N, C, H, W)")
+    ND = 2
+    LAYOUT = "(C, H, W)"
+
+
+# -- pooling ------------------------------------------------------------------------------
+
+class _Pool(Layer):
+    """Max or average pooling over the trailing `ND` axes of (N, C, *S) -> (N, C, *O).
+
+    Notes
+    -----
+    O per axis = floor((S + padding - size) / stride) + 1. Max pooling routes each output's
+    gradient to the one input that won its window (the first of tied maxima); "same"
+    padding pads with -inf so a pad never wins. Average pooling divides by the number of
+    real (non-pad) inputs in the window, as Keras does, so with "same" padding the border
+    windows average fewer elements.
+    """
+
+    ND = 2
+    LAYOUT = "(C, H, W)"
+    MODE = "max"
+    PARAMS = {
+        "size": Param("int_or_tuple", 2, ge=1, doc="window extent, one int or one per spatial axis"),
+        "stride": Param("int_or_tuple", None, ge=1, nullable=True, doc="step between windows; default = size"),
+        "padding": Param("str", "valid", choices=("valid", "same"),
+                         doc="'valid' (no padding) or 'same' (Keras: output = ceil(input / stride))"),
+    }
+
+    def __init__(self, **hparams):
+        super().__init__(**hparams)
+        h = self.hparams
+        self.size = shapes.as_tuple(h["size"], self.ND, "size", self.NAME)
+        self.stride = self.size if h["stride"] is None else shapes.as_tuple(h["stride"], self.ND, "stride", self.NAME)
+        for what, t in (("size", self.size), ("stride", self.stride)):
+            if any(v < 1 for v in t):
+                raise ConfigError(f"{self.NAME}: {what} must be >= 1, got {t!r}")
+        if h["padding"] not in ("valid", "same"):
+            raise ConfigError(f"{self.NAME}: padding must be 'valid' or 'same', got {h['padding']!r}")
+        self._xp_buf = None
+
+    def _build(self, input_shape, rng):
+        shapes.expect_rank(self.NAME, input_shape, self.ND + 1, self.LAYOUT)
+        sizes = input_shape[1:]
+        ones = (1,) * self.ND
+        self.pads = shapes.resolve_padding(self.NAME, self.hparams["padding"], sizes, self.size, self.stride, ones)
+        self.out_sizes = shapes.conv_output_sizes(self.NAME, sizes, self.size, self.stride, ones, self.pads)
+        self.offsets = shapes.kernel_offsets(self.size)
+        if self.MODE == "avg":
+            # Real elements per window: pool a padded mask of ones once.
+            mask, _ = shapes.padded(np.ones((1, 1) + tuple(sizes), dtype=self.dtype), self.pads, None)
+            win = shapes.windows(mask, self.size, self.stride, ones, self.out_sizes)
+            count = win.sum(axis=tuple(range(-self.ND, 0)))[0, 0]
+            self.inv_count = (1.0 / count).astype(self.dtype)
+        return (input_shape[0],) + self.out_sizes
+
+    def forward(self, x, training):
+        x = np.asarray(x, dtype=self.dtype)
+        fill = -np.inf if self.MODE == "max" else 0.0
+        xp, self._xp_buf = shapes.padded(x, self.pads, self._xp_buf, fill=fill)
+        win = shapes.windows(xp, self.size, self.stride, (1,) * self.ND, self.out_sizes)
+        self._n = x.shape[0]
+        self._xp_shape = xp.shape
+        kaxes = tuple(range(-self.ND, 0))
+        if self.MODE == "avg":
+            return win.sum(axis=kaxes) * self.inv_count
+        flat = win.reshape(win.shape[: 2 + self.ND] + (-1,))    # copy: (N, C, *O, prod(size))
+        self._arg = flat.argmax(axis=-1)
+        return np.take_along_axis(flat, self._arg[..., None], axis=-1)[..., 0]
+
+    def backward(self, dy):
+        dy = np.asarray(dy, dtype=self.dtype)
+        dxp = np.zeros(self._xp_shape, dtype=self.dtype)
+        lead = (slice(None), slice(None))
+        if self.MODE == "avg":
+            g = dy * self.inv_count
+            for off in self.offsets:
+                dxp[lead + shapes.offset_slices(off, self.stride, (1,) * self.ND, self.out_sizes)] += g
+        else:
+            k = len(self.offsets)
+            for j, off in enumerate(self.offsets):
+                # Window element j receives dy where it was the argmax.
+                g = np.where(self._arg == j, dy, 0).astype(self.dtype, copy=False) if k > 1 else dy
+                dxp[lead + shapes.offset_slices(off, self.stride, (1,) * self.ND, self.out_sizes)] += g
+        return np.ascontiguousarray(shapes.strip_padding(dxp, self.pads))
+
+
+@LAYERS.register("maxpool1d")
+class MaxPool1D(_Pool):
+    __doc__ = "1-D max pooling of (N, C, L)." + _Pool.__doc__.split("\n", 1)[1]
+    ND, LAYOUT, MODE = 1, "(C, L)", "max"
+
+
+@LAYERS.register("maxpool2d")
+class MaxPool2D(_Pool):
+    __doc__ = "2-D max pooling of (N, C, H, W)." + _Pool.__doc__.split("\n", 1)[1]
+    ND, LAYOUT, MODE = 2, "(C, H, W)", "max"
+
+
+@LAYERS.register("avgpool1d")
+class AvgPool1D(_Pool):
+    __doc__ = "1-D average pooling of (N, C, L)." + _Pool.__doc__.split("\n", 1)[1]
+    ND, LAYOUT, MODE = 1, "(C, L)", "avg"
+
+
+@LAYERS.register("avgpool2d")
+class AvgPool2D(_Pool):
+    __doc__ = "2-D average pooling of (N, C, H, W)." + _Pool.__doc__.split("\n", 1)[1]
+    ND, LAYOUT, MODE = 2, "(C, H, W)", "avg"
+
+
+@LAYERS.register("global_avg_pool")
+class GlobalAvgPool(Layer):
+    """Mean over every spatial (or time) axis: (N, C, *S) -> (N, C), or (N, *S, C) -> (N, C).
+
+    data_format "channels_first" suits conv stacks (N, C, H, W); "channels_last" suits
+    sequence models (N, T, D), where it averages over time.
+    """
+
+    PARAMS = {
+        "data_format": Param("str", "channels_first", choices=("channels_first", "channels_last"),
+                             doc="which axis holds the channels: the first after the batch, or the last"),
+    }
+
+    def _build(self, input_shape, rng):
+        if len(input_shape) < 2:
+            raise ConfigError(f"{self.NAME}: needs a channel axis and at least one spatial axis, "
+                              f"got input (N, {', '.join(map(str, input_shape))})")
+        first = self.hparams["data_format"] == "channels_first"
+        self.axes = tuple(range(2, len(input_shape) + 1)) if first else tuple(range(1, len(input_shape)))
+        self.count = math.prod(input_shape[1:] if first else input_shape[:-1])
+        return (input_shape[0] if first else input_shape[-1],)
+
+    def forward(self, x, training):
+        x = np.asarray(x, dtype=self.dtype)
+        self._shape = x.shape
+        return x.mean(axis=self.axes)
+
+    def backward(self, dy):
+        dy = np.asarray(dy, dtype=self.dtype) * self.dtype.type(1.0 / self.count)
+        expand = tuple(a for a in self.axes)
+        return np.broadcast_to(np.expand_dims(dy, expand), self._shape).copy()
+
+
+@LAYERS.register("flatten")
+class Flatten(Layer):
+    """(N, *S) -> (N, prod(S))."""
+
+    PARAMS: dict[str, Param] = {}
+
+    def _build(self, input_shape, rng):
+        return (math.prod(input_shape),)
+
+    def forward(self, x, training):
+        self._shape = x.shape
+        return np.asarray(x, dtype=self.dtype).reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        return np.asarray(dy, dtype=self.dtype).reshape(self._shape)
+
+
+@LAYERS.register("reshape")
+class Reshape(Layer):
+    """(N, *S) -> (N, *shape), with at most one -1 in `shape` inferred from the rest."""
+
+    PARAMS = {
+        "shape": Param("int_list", REQUIRED, ge=-1, doc="target shape without the batch axis; one entry may be -1"),
+    }
+
+    def _build(self, input_shape, rng):
+        target = [int(v) for v in self.hparams["shape"]]
+        total = math.prod(input_shape)
+        shown = f"{list(input_shape)} ({total} values)"
+        if not target or target.count(-1) > 1 or any(v == 0 or v < -1 for v in target):
+            raise ConfigError(f"{self.NAME}: shape must be positive ints with at most one -1, got {target}")
+        known = math.prod(v for v in target if v != -1)
+        if -1 in target:
+            if total % known:
+                raise ConfigError(f"{self.NAME}: cannot reshape input {shown} to {target}: "
+                                  f"{total} is not divisible by {known}")
+            target[target.index(-1)] = total // known
+        elif known != total:
+            raise ConfigError(f"{self.NAME}: cannot reshape input {shown} to {target} ({known} values)")
+        return tuple(target)
+
+    def forward(self, x, training):
+        self._shape = x.shape
+        return np.asarray(x, dtype=self.dtype).reshape((x.shape[0],) + self.output_shape)
+
+    def backward(self, dy):
+        return np.asarray(dy, dtype=self.dtype).reshape(self._shape)

@@ -1,0 +1,434 @@
+"""The core layers: dense (with a fused activation), batch_norm, layer_norm, dropout, residual,
+and one layer per registered activation (`{"type": "relu"}`, `{"type": "leaky_relu", "alpha": 0.2}`).
+
+Buffers: every layer writes its output and its input gradient into arrays from its own
+`Workspace`, allocated once and reused for every batch of the same (or smaller) size. So the
+array a layer's forward/backward returns is overwritten by its next call; `Sequential`
+copies what it hands back to its callers, code that calls layers directly must copy what it
+keeps. A layer also keeps a reference to its input until its backward, so the caller must
+not overwrite that input in between.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from nnctl.engine.activations import ACTIVATIONS, Activation, Identity, get_activation
+from nnctl.engine.base import LAYERS, Layer, Workspace, check_hparams
+from nnctl.engine.hparams import REQUIRED, Param
+from nnctl.engine.initializers import compute_fans, default_initializer, get_initializer
+from nnctl.errors import ConfigError
+
+
+class _CoreLayer(Layer):
+    """Checks the declared options at construction and owns a Workspace."""
+
+    def __init__(self, **hparams: Any):
+        super().__init__(**hparams)
+        check_hparams(self.NAME, self.PARAMS, self.hparams)
+        self.ws = Workspace()
+
+    def _buf(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        return self.ws.get(name, shape, self.dtype)
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+# -- dense ----------------------------------------------------------------------------------
+@LAYERS.register("dense")
+class Dense(_CoreLayer):
+    """y = f(x @ W + b), over the last axis of x.
+
+    Shapes: x (N, ..., in) -> y (N, ..., units); W (in, units); b (units,).
+    The activation f is fused: one layer, one parameter set. Its default initializer
+    follows f (`default_initializer`): he_normal after ReLU-like units, xavier_uniform
+    otherwise.
+
+    Notes
+    -----
+    Backward with dz = f'(z) * dy (z the pre-activation):
+    dW = x^T dz, db = sum_n dz, dx = dz W^T (skipped when `input_grad` is False).
+    When f's backward needs only its output (relu, tanh, sigmoid, ...), f runs in place
+    over the pre-activation buffer.
+    """
+
+    PARAMS = {
+        "units": Param("int", REQUIRED, gt=0, doc="output features"),
+        "activation": Param("activation", "identity", doc="fused activation (name or {name, options})"),
+        "initializer": Param("initializer", None, nullable=True,
+                             doc="weight initializer; null: he_normal after ReLU-like activations, else xavier_uniform"),
+        "bias": Param("bool", True, doc="add a learned bias b"),
+        "bias_initializer": Param("initializer", "zeros", doc="initializer of b"),
+    }
+
+    def __init__(self, **hparams: Any):
+        super().__init__(**hparams)
+        self.act = get_activation(self.hparams["activation"])
+        init = self.hparams["initializer"]
+        self.init = get_initializer(init if init is not None else default_initializer(self.act))
+        self.bias_init = get_initializer(self.hparams["bias_initializer"])
+        self._identity = isinstance(self.act, Identity)
+        self._x = self._z = self._y = None
+        self._x_shape: tuple[int, ...] = ()
+
+    def _build(self, input_shape, rng):
+        if not input_shape:
+            raise ConfigError("dense: needs inputs with at least one axis (N, features), got (N,)")
+        fin, units = input_shape[-1], self.hparams["units"]
+        fan_in, fan_out = compute_fans((fin, units))
+        self.params["W"] = self.init((fin, units), fan_in, fan_out, rng, self.dtype)
+        if self.hparams["bias"]:
+            self.params["b"] = self.bias_init((units,), fan_in, fan_out, rng, self.dtype)
+        return input_shape[:-1] + (units,)
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        W = self.params["W"]
+        fin, units = W.shape
+        x2 = x.reshape(-1, fin)
+        z = self._buf("z", (x2.shape[0], units))
+        np.matmul(x2, W, out=z)
+        if "b" in self.params:
+            np.add(z, self.params["b"], out=z)
+        if self._identity:
+            y = z
+        elif self.act.USES_X:
+            y = self.act.forward(z, out=self._buf("y", z.shape))
+        else:
+            y = self.act.forward(z, out=z)  # the pre-activation is not needed again
+        self._x, self._z, self._y, self._x_shape = x2, z, y, x.shape
+        return y.reshape(x.shape[:-1] + (units,))
+
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        W = self.params["W"]
+        fin, units = W.shape
+        dy2 = dy.reshape(-1, units)
+        if self._identity:
+            dz = dy2
+        else:
+            dz = self.act.backward(self._z if self.act.USES_X else None, self._y, dy2,
+                                   out=self._buf("dz", dy2.shape))
+        np.matmul(self._x.T, dz, out=self.grads["W"])
+        if "b" in self.grads:
+            np.sum(dz, axis=0, out=self.grads["b"])
+        if not self.input_grad:
+            return None
+        dx = self._buf("dx", (dz.shape[0], fin))
+        np.matmul(dz, W.T, out=dx)
+        return dx.reshape(self._x_shape)
+
+
+# -- normalization --------------------------------------------------------------------------
+@LAYERS.register("batch_norm", "batchnorm")
+class BatchNorm(_CoreLayer):
+    """Batch normalization over every axis but the feature axis.
+
+    Shapes: x (N, F) or (N, ..., F) with axis=-1; x (N, C, ...) with axis=1 (channels first).
+    gamma, beta, running_mean, running_var: (F,).
+
+    Training normalizes with the batch's mean and (biased) variance and updates the running
+    statistics Keras-style: running = momentum * running + (1 - momentum) * batch. Evaluation
+    normalizes with the running statistics (buffers "running_mean", "running_var").
+
+    Notes
+    -----
+    With xhat = (x - mu) / sqrt(var + eps), y = gamma * xhat + beta and m values per feature:
+    dgamma = sum(dy * xhat), dbeta = sum(dy), and in training mode (mu, var depend on x)
+    dx = gamma / sqrt(var + eps) * (dy - dbeta / m - xhat * dgamma / m);
+    in evaluation mode dx = gamma / sqrt(running_var + eps) * dy.
+    """
+
+    PARAMS = {
+        "momentum": Param("float", 0.9, ge=0.0, lt=1.0,
+                          doc="running = momentum * running + (1 - momentum) * batch"),
+        "eps": Param("float", 1e-5, gt=0.0, doc="added to the variance before the square root"),
+        "axis": Param("int", -1, ge=-1, doc="feature axis of (N, ...): -1 = last, 1 = channels first"),
+    }
+
+    def _build(self, input_shape, rng):
+        rank = len(input_shape) + 1
+        axis = self.hparams["axis"]
+        a = axis if axis >= 0 else rank + axis
+        if not input_shape or not 1 <= a < rank:
+            raise ConfigError(f"batch_norm: axis {axis} is not a feature axis of input "
+                              f"(N, {', '.join(str(d) for d in input_shape)})")
+        f = input_shape[a - 1]
+        self._reduce = tuple(i for i in range(rank) if i != a)
+        self._bshape = tuple(f if i == a else 1 for i in range(rank))
+        self.params["gamma"] = np.ones(f, dtype=self.dtype)
+        self.params["beta"] = np.zeros(f, dtype=self.dtype)
+        self.buffers["running_mean"] = np.zeros(f, dtype=self.dtype)
+        self.buffers["running_var"] = np.ones(f, dtype=self.dtype)
+        self._xhat = self._inv = None
+        self._trained = False
+        return input_shape
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        eps, bshape = self.hparams["eps"], self._bshape
+        xhat = self._buf("xhat", x.shape)
+        if training:
+            mom = self.hparams["momentum"]
+            mu = x.mean(axis=self._reduce, keepdims=True)
+            np.subtract(x, mu, out=xhat)
+            sq = self._buf("tmp", x.shape)
+            np.multiply(xhat, xhat, out=sq)
+            var = sq.mean(axis=self._reduce, keepdims=True)
+            inv = 1.0 / np.sqrt(var + eps)
+            xhat *= inv
+            rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
+            rm *= mom
+            rm += (1.0 - mom) * mu.reshape(rm.shape)
+            rv *= mom
+            rv += (1.0 - mom) * var.reshape(rv.shape)
+        else:
+            inv = 1.0 / np.sqrt(self.buffers["running_var"].reshape(bshape) + eps)
+            np.subtract(x, self.buffers["running_mean"].reshape(bshape), out=xhat)
+            xhat *= inv
+        self._xhat, self._inv, self._trained = xhat, inv, training
+        y = self._buf("y", x.shape)
+        np.multiply(xhat, self.params["gamma"].reshape(bshape), out=y)
+        y += self.params["beta"].reshape(bshape)
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        bshape, xhat = self._bshape, self._xhat
+        tmp = self._buf("tmp", dy.shape)
+        np.multiply(dy, xhat, out=tmp)
+        dgamma = np.sum(tmp, axis=self._reduce, out=self.grads["gamma"])
+        dbeta = np.sum(dy, axis=self._reduce, out=self.grads["beta"])
+        if not self.input_grad:
+            return None
+        scale = self.params["gamma"].reshape(bshape) * self._inv
+        dx = self._buf("dx", dy.shape)
+        if self._trained:
+            m = dy.size // dgamma.size
+            np.multiply(xhat, (dgamma / m).reshape(bshape), out=dx)
+            np.subtract(dy, dx, out=dx)
+            dx -= (dbeta / m).reshape(bshape)
+            dx *= scale
+        else:
+            np.multiply(dy, scale, out=dx)
+        return dx
+
+
+@LAYERS.register("layer_norm", "layernorm")
+class LayerNorm(_CoreLayer):
+    """Layer normalization over the last axis, per sample (same in training and evaluation).
+
+    Shapes: x (N, ..., F) -> y (N, ..., F); gamma, beta (F,).
+
+    Notes
+    -----
+    With xhat = (x - mean(x)) / sqrt(var(x) + eps) over the last axis, y = gamma * xhat + beta,
+    g = gamma * dy: dx = (g - mean(g) - xhat * mean(g * xhat)) / sqrt(var + eps).
+    """
+
+    PARAMS = {"eps": Param("float", 1e-5, gt=0.0, doc="added to the variance before the square root")}
+
+    def _build(self, input_shape, rng):
+        if not input_shape:
+            raise ConfigError("layer_norm: needs inputs with a feature axis (N, ..., F), got (N,)")
+        f = input_shape[-1]
+        self.params["gamma"] = np.ones(f, dtype=self.dtype)
+        self.params["beta"] = np.zeros(f, dtype=self.dtype)
+        self._xhat = self._inv = None
+        return input_shape
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        xhat = self._buf("xhat", x.shape)
+        mu = x.mean(axis=-1, keepdims=True)
+        np.subtract(x, mu, out=xhat)
+        sq = self._buf("tmp", x.shape)
+        np.multiply(xhat, xhat, out=sq)
+        var = sq.mean(axis=-1, keepdims=True)
+        inv = 1.0 / np.sqrt(var + self.hparams["eps"])
+        xhat *= inv
+        self._xhat, self._inv = xhat, inv
+        y = self._buf("y", x.shape)
+        np.multiply(xhat, self.params["gamma"], out=y)
+        y += self.params["beta"]
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        xhat, f = self._xhat, self.params["gamma"].shape[0]
+        tmp = self._buf("tmp", dy.shape)
+        np.multiply(dy, xhat, out=tmp)
+        np.sum(tmp.reshape(-1, f), axis=0, out=self.grads["gamma"])
+        np.sum(dy.reshape(-1, f), axis=0, out=self.grads["beta"])
+        if not self.input_grad:
+            return None
+        g = self._buf("g", dy.shape)
+        np.multiply(dy, self.params["gamma"], out=g)
+        g_mean = g.mean(axis=-1, keepdims=True)
+        np.multiply(g, xhat, out=tmp)
+        gx_mean = tmp.mean(axis=-1, keepdims=True)
+        dx = self._buf("dx", dy.shape)
+        np.multiply(xhat, gx_mean, out=dx)
+        np.subtract(g, dx, out=dx)
+        dx -= g_mean
+        dx *= self._inv
+        return dx
+
+
+# -- dropout --------------------------------------------------------------------------------
+@LAYERS.register("dropout")
+class Dropout(_CoreLayer):
+    """Inverted dropout: at training time y = x * keep / (1 - rate), keep ~ Bernoulli(1 - rate);
+    the identity at evaluation time.
+
+    Shapes: x (N, ...) -> y, same shape. The mask is drawn from the model's Generator
+    (`self.rng`) on every training forward. `fix_mask(keep)` pins it (gradient checks,
+    tests) until `fix_mask(None)`.
+    """
+
+    PARAMS = {"rate": Param("float", 0.5, ge=0.0, lt=1.0, doc="probability of zeroing a unit")}
+    SHORTHAND = "rate"
+
+    def __init__(self, **hparams: Any):
+        super().__init__(**hparams)
+        self.fixed_mask: np.ndarray | None = None
+        self._keep: np.ndarray | None = None
+
+    def fix_mask(self, keep: np.ndarray | None) -> None:
+        """Use `keep` (bool, the input's full shape with the batch axis) as the mask until None."""
+        self.fixed_mask = None if keep is None else np.asarray(keep, dtype=np.bool_)
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        rate = self.hparams["rate"]
+        if not training or rate == 0.0:
+            self._keep = None
+            return x
+        if self.fixed_mask is not None:
+            if self.fixed_mask.shape != x.shape:
+                raise ValueError(f"dropout: fixed mask has shape {self.fixed_mask.shape}, input {x.shape}")
+            keep = self.fixed_mask
+        else:
+            u = self._buf("u", x.shape)
+            self.rng.random(out=u, dtype=u.dtype)
+            keep = self.ws.get("keep", x.shape, np.bool_)
+            np.greater_equal(u, rate, out=keep)
+        self._keep = keep
+        y = self._buf("y", x.shape)
+        np.multiply(x, keep, out=y)
+        y *= 1.0 / (1.0 - rate)
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        if not self.input_grad:
+            return None
+        if self._keep is None:
+            return dy
+        dx = self._buf("dx", dy.shape)
+        np.multiply(dy, self._keep, out=dx)
+        dx *= 1.0 / (1.0 - self.hparams["rate"])
+        return dx
+
+
+# -- residual -------------------------------------------------------------------------------
+@LAYERS.register("residual")
+class Residual(_CoreLayer):
+    """y = x + f(x), f a sub-stack of layers that must keep the input's shape.
+
+    Shapes: x (N, ...) -> y, same shape. Sub-layer parameters are named
+    `layers.<j>.<local>` inside the residual (so `layers.2.layers.0.W` in a model).
+    """
+
+    PARAMS = {"layers": Param("layers", REQUIRED, doc="the sub-stack f, a list of layer specs")}
+
+    def __init__(self, **hparams: Any):
+        super().__init__(**hparams)
+        specs = self.hparams["layers"]
+        if not isinstance(specs, (list, tuple)) or not specs:
+            raise ConfigError("residual: layers must be a non-empty list of layer specs")
+        # model.py imports this module (through the registry), so import build_layer lazily
+        from nnctl.engine.model import build_layer
+        self.sub: list[Layer] = [build_layer(s) for s in specs]
+
+    def children(self) -> list[tuple[str, Layer]]:
+        return [(f"layers.{j}", layer) for j, layer in enumerate(self.sub)]
+
+    def get_config(self) -> dict[str, Any]:
+        from nnctl.engine.model import layer_spec
+        return {"layers": [layer_spec(layer) for layer in self.sub]}
+
+    def _build(self, input_shape, rng):
+        shape = input_shape
+        for layer in self.sub:
+            shape = tuple(layer.build(shape, rng, self.dtype))
+        if shape != input_shape:
+            raise ConfigError(f"residual: sub-stack output {_shape_text(shape)} does not match "
+                              f"input {_shape_text(input_shape)}")
+        return input_shape
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        h = x
+        for layer in self.sub:
+            h = layer.forward(h, training)
+        y = self._buf("y", x.shape)
+        np.add(x, h, out=y)
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        self.sub[0].input_grad = self.input_grad
+        g = dy
+        for layer in reversed(self.sub):
+            g = layer.backward(g)
+        if not self.input_grad:
+            return None
+        dx = self._buf("dx", dy.shape)
+        np.add(dy, g, out=dx)
+        return dx
+
+
+# -- one layer per activation ---------------------------------------------------------------
+class ActivationLayer(_CoreLayer):
+    """An activation on its own, y = f(x), elementwise (softmax: over the last axis)."""
+
+    ACTIVATION: type[Activation] = Identity
+
+    def __init__(self, **hparams: Any):
+        super().__init__(**hparams)
+        self.act = self.ACTIVATION(**self.hparams)
+        self._x = self._y = None
+
+    def _build(self, input_shape, rng):
+        if self.ACTIVATION.NAME == "softmax" and not input_shape:
+            raise ConfigError("softmax: needs inputs with a feature axis (N, ..., F), got (N,)")
+        return input_shape
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        if isinstance(self.act, Identity):
+            return x
+        y = self.act.forward(x, out=self._buf("y", x.shape))
+        self._x, self._y = (x if self.act.USES_X else None), y
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        if not self.input_grad:
+            return None
+        if isinstance(self.act, Identity):
+            return dy
+        return self.act.backward(self._x, self._y, dy, out=self._buf("dx", dy.shape))
+
+
+def _register_activation_layers() -> None:
+    aliases: dict[str, list[str]] = {}
+    for alias, canon in ACTIVATIONS.aliases.items():
+        aliases.setdefault(canon, []).append(alias)
+    for name, act_cls in ACTIVATIONS.entries.items():
+        if name in LAYERS:
+            continue
+        cls = type(f"{act_cls.__name__}Layer", (ActivationLayer,), {
+            "ACTIVATION": act_cls,
+            "PARAMS": dict(act_cls.PARAMS),
+            "__doc__": f"The {name} activation as a layer. {act_cls.__doc__ or ''}".strip(),
+            "__module__": __name__,
+        })
+        if len(cls.PARAMS) == 1:
+            cls.SHORTHAND = next(iter(cls.PARAMS))  # {leaky_relu: 0.2} -> alpha
+        LAYERS.register(name, *aliases.get(name, []))(cls)
+
+
+_register_activation_layers()

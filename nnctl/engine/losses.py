@@ -1,0 +1,307 @@
+"""Losses on raw model outputs (logits), each paired explicitly with its output activation.
+
+A model ends in a linear layer and emits raw outputs z. A loss declares which activation
+turns z into predictions (`OUTPUT`: "softmax", "sigmoid" or "identity"); its `output(z)`
+applies it, and its gradient already includes it (the fused softmax + cross-entropy
+gradient p - q lives only in `cross_entropy`). Every loss returns the batch mean.
+
+    value, dz = loss(z, y)      # same as loss.loss(z, y); dz has z's shape and dtype
+    value = loss.value(z, y)    # without the gradient
+
+Targets: int class indices (N,) for cross_entropy; 0/1 (or soft, in [0, 1]) values with
+z's number of elements for binary_cross_entropy; floats with z's number of elements for
+the regression losses. Targets are cast to z's dtype, so a float32 model stays float32.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from nnctl.engine.activations import sigmoid, softmax
+from nnctl.engine.base import check_hparams
+from nnctl.engine.hparams import Param, Registry, defaults
+from nnctl.errors import ConfigError, DataError
+
+LOSSES = Registry("loss")
+
+
+class Loss:
+    """Base class: declared PARAMS, keyword constructor, `loss`/`value`/`output`."""
+
+    NAME = "loss"
+    PARAMS: dict[str, Param] = {}
+    OUTPUT = "identity"
+    TASK = "regression"
+
+    def __init__(self, **hparams: Any):
+        unknown = set(hparams) - set(self.PARAMS)
+        if unknown:
+            raise ConfigError(f"{self.NAME}: unknown option(s) {', '.join(sorted(unknown))}")
+        self.hparams = {**defaults(self.PARAMS), **hparams}
+        check_hparams(self.NAME, self.PARAMS, self.hparams)
+
+    def __call__(self, z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        return self.loss(z, y)
+
+    def loss(self, z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        """(mean loss, dL/dz) for raw outputs z and targets y."""
+        raise NotImplementedError
+
+    def value(self, z: np.ndarray, y: np.ndarray) -> float:
+        """The mean loss alone."""
+        raise NotImplementedError
+
+    def output(self, z: np.ndarray) -> np.ndarray:
+        """Predictions from raw outputs: probabilities for classification, z itself for regression."""
+        return z
+
+    def get_config(self) -> dict[str, Any]:
+        return dict(self.hparams)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
+        return f"{type(self).__name__}({args})"
+
+
+@LOSSES.register("cross_entropy", "categorical_cross_entropy", "ce")
+class CrossEntropy(Loss):
+    """Softmax cross-entropy on logits, optionally with label smoothing and class weights.
+
+    Shapes: z (N, C) (or (..., C) with y (...)), y int (N,) in [0, C); dz (N, C).
+
+    Notes
+    -----
+    With p = softmax(z) and the smoothed target q = (1 - eps) onehot(y) + eps / C, the
+    per-sample loss is l_i = -sum_c q_ic log p_ic = lse(z_i) - (1 - eps) z_iy - (eps/C) sum_c z_ic,
+    lse the log-sum-exp (computed shifted by the row max). The batch loss is the mean of l_i,
+    or with class weights the weighted mean sum_i w_i l_i / sum_i w_i, w_i = class_weights[y_i]
+    (PyTorch's normalization; PyTorch additionally weights each class term of the smoothing
+    part by its own class weight, here the sample's weight scales its whole smoothed loss).
+    dz_i = (w_i / sum w) (p_i - q_i), or (p_i - q_i) / N without weights. A batch whose
+    weights sum to 0 has loss 0 and a zero gradient.
+    """
+
+    PARAMS = {
+        "label_smoothing": Param("float", 0.0, ge=0.0, lt=1.0, doc="mix eps of the uniform distribution into the targets"),
+        "class_weights": Param("float_list", None, ge=0.0, nullable=True, doc="one weight per class (weighted mean)"),
+    }
+    OUTPUT = "softmax"
+    TASK = "classification"
+
+    def _check(self, z: np.ndarray, y: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        z = np.asarray(z)
+        if z.ndim < 2:
+            raise ConfigError(f"{self.NAME}: needs logits of shape (N, classes), got {z.shape}")
+        c = z.shape[-1]
+        z2 = z.reshape(-1, c)
+        y = np.asarray(y)
+        if y.dtype.kind == "b":
+            y = y.astype(np.int64)
+        if y.dtype.kind not in "iu":
+            raise DataError(f"{self.NAME}: targets must be integer class indices, got {y.dtype} values")
+        y2 = y.reshape(-1)
+        if y2.shape[0] != z2.shape[0]:
+            raise DataError(f"{self.NAME}: {y2.shape[0]} targets for {z2.shape[0]} rows of logits {z.shape}")
+        if y2.size and (y2.min() < 0 or y2.max() >= c):
+            bad = y2.min() if y2.min() < 0 else y2.max()
+            raise DataError(f"{self.NAME}: target class {bad} is out of range for {c} classes (0..{c - 1})")
+        w = None
+        cw = self.hparams["class_weights"]
+        if cw is not None:
+            if len(cw) != c:
+                raise ConfigError(f"{self.NAME}: class_weights has {len(cw)} entries but the model outputs {c} classes")
+            w = np.asarray(cw, dtype=z.dtype)[y2]
+        return z2, y2, w
+
+    def _per_sample(self, z2: np.ndarray, y2: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-sample losses (N,), and the row sums of exp(z - max) (N, 1); `e` receives exp(z - max)."""
+        eps, c = self.hparams["label_smoothing"], z2.shape[1]
+        m = z2.max(axis=1, keepdims=True)
+        np.subtract(z2, m, out=e)
+        np.exp(e, out=e)
+        s = e.sum(axis=1, keepdims=True)
+        lse = (m + np.log(s))[:, 0]
+        l = lse - (1.0 - eps) * z2[np.arange(z2.shape[0]), y2]
+        if eps:
+            l -= (eps / c) * z2.sum(axis=1)
+        return l, s
+
+    @staticmethod
+    def _mean(l: np.ndarray, w: np.ndarray | None) -> float:
+        if w is None:
+            return float(l.mean()) if l.size else 0.0
+        total = w.sum()
+        return float((w * l).sum() / total) if total > 0 else 0.0
+
+    def value(self, z, y):
+        z2, y2, w = self._check(z, y)
+        l, _ = self._per_sample(z2, y2, np.empty_like(z2))
+        return self._mean(l, w)
+
+    def loss(self, z, y):
+        z2, y2, w = self._check(z, y)
+        eps, (n, c) = self.hparams["label_smoothing"], z2.shape
+        dz = np.empty_like(z2)
+        l, s = self._per_sample(z2, y2, dz)
+        value = self._mean(l, w)
+        # fused softmax + cross-entropy gradient, in place: p - q, then the mean's weights
+        dz /= s
+        dz[np.arange(n), y2] -= 1.0 - eps
+        if eps:
+            dz -= eps / c
+        if w is None:
+            dz *= 1.0 / max(n, 1)
+        else:
+            total = w.sum()
+            dz *= (w / total)[:, None] if total > 0 else 0.0
+        return value, dz.reshape(np.shape(z))
+
+    def output(self, z):
+        return softmax(np.asarray(z))
+
+
+@LOSSES.register("binary_cross_entropy", "bce")
+class BinaryCrossEntropy(Loss):
+    """Sigmoid cross-entropy on logits: one logit per sample (z (N, 1) or (N,)), or per label.
+
+    Shapes: z (N, 1), (N,) or (N, k); y with as many elements, values in [0, 1]; dz like z.
+
+    Notes
+    -----
+    l = -y log sigmoid(z) - (1 - y) log(1 - sigmoid(z)) = max(z, 0) - z y + log1p(exp(-|z|)),
+    which never exponentiates a positive number: finite and exact at z = +-1000.
+    dz = (sigmoid(z) - y) / n over the n elements.
+    """
+
+    OUTPUT = "sigmoid"
+    TASK = "classification"
+
+    def _check(self, z: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        z = np.asarray(z)
+        y = np.asarray(y)
+        if y.size != z.size:
+            raise DataError(f"{self.NAME}: {y.size} targets for {z.size} logits (logits shape {z.shape})")
+        y = y.reshape(z.shape).astype(z.dtype, copy=False)
+        if y.size and (y.min() < 0 or y.max() > 1):
+            bad = y.min() if y.min() < 0 else y.max()
+            raise DataError(f"{self.NAME}: targets must be in [0, 1], got {bad}")
+        return z, y
+
+    @staticmethod
+    def _elementwise(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+        l = np.abs(z)
+        np.negative(l, out=l)
+        np.exp(l, out=l)
+        np.log1p(l, out=l)
+        l += np.maximum(z, 0.0)
+        l -= z * y
+        return l
+
+    def value(self, z, y):
+        z, y = self._check(z, y)
+        return float(self._elementwise(z, y).mean()) if z.size else 0.0
+
+    def loss(self, z, y):
+        z, y = self._check(z, y)
+        value = float(self._elementwise(z, y).mean()) if z.size else 0.0
+        dz = sigmoid(z)
+        dz -= y
+        dz *= 1.0 / max(z.size, 1)
+        return value, dz
+
+    def output(self, z):
+        return sigmoid(np.asarray(z))
+
+
+class _Regression(Loss):
+    """Elementwise losses of the residual r = z - y, averaged over every element."""
+
+    def _residual(self, z: Any, y: Any) -> np.ndarray:
+        z = np.asarray(z)
+        y = np.asarray(y)
+        if y.size != z.size:
+            raise DataError(f"{self.NAME}: targets of shape {y.shape} do not match outputs of shape {z.shape}")
+        return np.subtract(z, y.reshape(z.shape).astype(z.dtype, copy=False))
+
+    def _elementwise(self, r: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _slope(self, r: np.ndarray) -> np.ndarray:
+        """d l / d r, elementwise, may overwrite r."""
+        raise NotImplementedError
+
+    def value(self, z, y):
+        r = self._residual(z, y)
+        return float(self._elementwise(r).mean()) if r.size else 0.0
+
+    def loss(self, z, y):
+        r = self._residual(z, y)
+        value = float(self._elementwise(r).mean()) if r.size else 0.0
+        dz = self._slope(r)
+        dz *= 1.0 / max(r.size, 1)
+        return value, dz
+
+
+@LOSSES.register("mse", "mean_squared_error")
+class MSE(_Regression):
+    """Mean squared error: mean(r^2), dz = 2 r / n."""
+
+    def _elementwise(self, r):
+        return r * r
+
+    def _slope(self, r):
+        r *= 2.0
+        return r
+
+
+@LOSSES.register("mae", "l1", "mean_absolute_error")
+class MAE(_Regression):
+    """Mean absolute error: mean(|r|), dz = sign(r) / n (0 where r = 0)."""
+
+    def _elementwise(self, r):
+        return np.abs(r)
+
+    def _slope(self, r):
+        return np.sign(r, out=r)
+
+
+@LOSSES.register("huber", "smooth_l1")
+class Huber(_Regression):
+    """Huber loss: r^2 / 2 where |r| <= delta, delta (|r| - delta / 2) beyond (PyTorch's HuberLoss).
+
+    Notes
+    -----
+    The slope is r inside and delta * sign(r) outside, i.e. clip(r, -delta, delta); dz is that / n.
+    """
+
+    PARAMS = {"delta": Param("float", 1.0, gt=0.0, doc="where the loss turns from quadratic to linear")}
+
+    def _elementwise(self, r):
+        d = self.hparams["delta"]
+        a = np.abs(r)
+        return np.where(a <= d, 0.5 * r * r, d * (a - 0.5 * d))
+
+    def _slope(self, r):
+        d = self.hparams["delta"]
+        return np.clip(r, -d, d, out=r)
+
+
+def get_loss(spec: Any) -> Loss:
+    """A Loss from a name, a mapping {"name": ..., **options}, or an instance."""
+    if isinstance(spec, Loss):
+        return spec
+    if isinstance(spec, str):
+        return LOSSES.get(spec)()
+    if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+        return LOSSES.get(spec["name"])(**{k: v for k, v in spec.items() if k != "name"})
+    raise ConfigError(f"loss must be a name or a mapping with 'name', got {spec!r}")
+
+
+def default_loss(task: str, n_classes: int | None = None) -> str:
+    """"cross_entropy" for classification (any number of classes), "mse" for regression."""
+    if task == "classification":
+        return "cross_entropy"
+    if task == "regression":
+        return "mse"
+    raise ConfigError(f"unknown task '{task}'; valid: classification, regression")

@@ -1,0 +1,541 @@
+"""Optimizers: update named parameters in place from their gradients (SGD, RMSprop, Adagrad, Adam, AdamW).
+
+The base class owns everything the update rules share: gradient clipping, weight decay, the
+loop over named parameters, the step counter, lazily allocated per-parameter state and its
+strict save/load. A subclass declares its options (PARAMS), the state slots it keeps, and
+writes one in-place update for one parameter.
+
+All arithmetic stays in the parameter's dtype: state is allocated like the parameter, scalars
+are Python floats (NumPy treats them as "weak", so float32 stays float32), and every
+intermediate goes into one scratch buffer per parameter, allocated on its first step, so a
+step allocates no arrays after the first.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from nnctl.engine.base import NO_DECAY_NAMES
+from nnctl.engine.hparams import Param, Registry
+from nnctl.errors import CheckpointError, ConfigError
+
+OPTIMIZERS = Registry("optimizer")
+
+
+# -- declared options -----------------------------------------------------------------------
+def check_hparams(owner: str, params: dict[str, Param], given: dict[str, Any]) -> dict[str, Any]:
+    """`given` checked against a PARAMS table (unknown keys, required keys, types, ranges, choices).
+
+    Returns every option with defaults filled in. The config layer validates specs before
+    they get here; this is for direct construction from Python, with the same one-line errors.
+    """
+    unknown = sorted(set(given) - set(params))
+    if unknown:
+        raise ConfigError(f"{owner}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(params))}")
+    out: dict[str, Any] = {}
+    for key, p in params.items():
+        if key in given:
+            out[key] = _check_value(f"{owner}.{key}", given[key], p)
+        elif p.required:
+            raise ConfigError(f"{owner}.{key}: is required")
+        else:
+            out[key] = list(p.default) if isinstance(p.default, list) else p.default
+    return out
+
+
+def _check_value(where: str, value: Any, p: Param) -> Any:
+    if value is None:
+        if p.nullable or p.default is None:
+            return None
+        raise ConfigError(f"{where}: must not be null")
+    if p.kind in ("float", "int"):
+        return _check_number(where, value, p.kind, p)
+    if p.kind in ("float_list", "int_list"):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: must be a list of {'integers' if p.kind == 'int_list' else 'numbers'}, got {value!r}")
+        elem = "int" if p.kind == "int_list" else "float"
+        return [_check_number(f"{where}[{i}]", v, elem, p) for i, v in enumerate(value)]
+    if p.kind == "bool":
+        if not isinstance(value, (bool, np.bool_)):
+            raise ConfigError(f"{where}: must be true or false, got {value!r}")
+        return bool(value)
+    if p.kind == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: must be a string, got {value!r}")
+        if p.choices is not None and value not in p.choices:
+            raise ConfigError(f"{where}: must be one of {', '.join(p.choices)}, got {value!r}")
+    return value
+
+
+def _check_number(where: str, value: Any, kind: str, p: Param) -> float | int:
+    is_int = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    is_float = isinstance(value, (float, np.floating))
+    if kind == "int" and not is_int:
+        raise ConfigError(f"{where}: must be an integer, got {value!r}")
+    if kind == "float" and not (is_int or is_float):
+        raise ConfigError(f"{where}: must be a number, got {value!r}")
+    value = int(value) if kind == "int" else float(value)
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: must be a finite number, got {value}")
+    for bound, ok, word in ((p.gt, lambda a, b: a > b, ">"), (p.ge, lambda a, b: a >= b, ">="),
+                            (p.lt, lambda a, b: a < b, "<"), (p.le, lambda a, b: a <= b, "<=")):
+        if bound is not None and not ok(value, bound):
+            raise ConfigError(f"{where}: must be {word} {bound:g}, got {value:g}")
+    return value
+
+
+COMMON_PARAMS: dict[str, Param] = {
+    "lr": Param("float", 0.01, gt=0, doc="learning rate (a schedule, if any, scales it over time)"),
+    "weight_decay": Param("float", 0.0, ge=0, doc="weight decay: L2 term added to the gradient (decoupled for adamw)"),
+    "clip_norm": Param("float", None, gt=0, nullable=True,
+                       doc="rescale all gradients so their global L2 norm is at most this"),
+    "clip_value": Param("float", None, gt=0, nullable=True, doc="clip every gradient element to [-v, v]"),
+    "exclude_from_decay": Param("bool", None, nullable=True,
+                                doc="no weight decay on biases and norm scale/shift (b, beta, gamma); null: true for adamw only"),
+}
+
+
+def _params(lr: float, **own: Param) -> dict[str, Param]:
+    table = dict(COMMON_PARAMS)
+    table["lr"] = Param("float", lr, gt=0, doc=COMMON_PARAMS["lr"].doc)
+    table.update(own)
+    return table
+
+
+# -- the shared loop --------------------------------------------------------------------------
+class Optimizer:
+    """Base class: clipping, weight decay, the loop over named parameters, state and its save/load.
+
+    Attributes:
+        lr: the current learning rate, a plain float the trainer's schedule sets before each step.
+        iterations: number of completed steps (Adam's bias correction uses it as t).
+        state: {parameter name: {slot: ndarray}}, each array shaped and typed like its parameter.
+
+    Notes
+    -----
+    One `step(params, grads)`:
+      1. clip by value: g <- clip(g, -clip_value, clip_value)                         (if set)
+      2. clip by global norm over all parameters: N = sqrt(sum_i ||g_i||^2),
+         g_i <- g_i * clip_norm / max(N, clip_norm)                                    (if set)
+      3. weight decay wd, for parameters it applies to (see `exclude_from_decay`):
+         L2 (every optimizer but adamw): g <- g + wd * p
+         decoupled (adamw):              p <- p - lr * wd * p
+      4. the subclass's update of p from g.
+    Value clipping runs before norm clipping so that the global norm really is at most
+    clip_norm afterwards when both are set. Steps 1-3 write into `grads` in place: the
+    gradients are consumed by the step (the model's backward pass overwrites them anyway).
+    A non-finite global norm skips norm clipping, so the NaN/inf stays visible to the
+    trainer's non-finite-loss check instead of being silently scaled away.
+    """
+
+    NAME = "optimizer"
+    PARAMS: dict[str, Param] = COMMON_PARAMS
+    DECOUPLED_DECAY = False      # adamw: decay applied to p directly, not through the gradient
+    EXCLUDE_DEFAULT = False      # what exclude_from_decay=None means for this optimizer
+
+    def __init__(self, **hparams: Any):
+        self.hparams = check_hparams(self.NAME, self.PARAMS, hparams)
+        h = self.hparams
+        self.lr = h["lr"]
+        self.weight_decay = h["weight_decay"]
+        self.clip_norm = h["clip_norm"]
+        self.clip_value = h["clip_value"]
+        excl = h["exclude_from_decay"]
+        self.exclude_from_decay = self.EXCLUDE_DEFAULT if excl is None else excl
+        self.iterations = 0
+        self.state: dict[str, dict[str, np.ndarray]] = {}
+        self._scratch: dict[str, np.ndarray] = {}
+        self._decays: dict[str, bool] = {}
+        self._unverified = False  # loaded state not yet compared with the live parameters
+
+    # -- what a subclass provides -----------------------------------------------------
+    def slots(self) -> tuple[str, ...]:
+        """Names of the per-parameter state arrays this configuration keeps."""
+        return ()
+
+    def _init_slot(self, slot: str, p: np.ndarray) -> np.ndarray:
+        return np.zeros_like(p)
+
+    def _update(self, p: np.ndarray, g: np.ndarray, s: dict[str, np.ndarray], tmp: np.ndarray,
+                lr: float) -> None:
+        """Update `p` in place from the (clipped, decayed) gradient `g`; `tmp` is free scratch."""
+        raise NotImplementedError
+
+    # -- the loop -----------------------------------------------------------------------
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
+        """Update every array in `params` in place; `grads` has the same keys and is modified in place."""
+        if self._unverified:
+            self._verify(params)
+        lr = float(self.lr)  # a NumPy float64 lr would upcast float32 arithmetic
+        self.iterations += 1
+        self._clip(params, grads)
+        wd = float(self.weight_decay)
+        for name, p in params.items():
+            g = grads[name]
+            tmp = self._scratch.get(name)
+            if tmp is None:
+                tmp = self._scratch[name] = np.empty_like(p)
+            s = self.state.get(name)
+            if s is None:
+                s = self.state[name] = {slot: self._init_slot(slot, p) for slot in self.slots()}
+            if wd and self._decayed(name):
+                if self.DECOUPLED_DECAY:
+                    p *= 1.0 - lr * wd
+                else:
+                    np.multiply(p, wd, out=tmp)
+                    g += tmp
+            self._update(p, g, s, tmp, lr)
+
+    def _decayed(self, name: str) -> bool:
+        decays = self._decays.get(name)
+        if decays is None:
+            local = name.rsplit(".", 1)[-1]
+            decays = self._decays[name] = not (self.exclude_from_decay and local in NO_DECAY_NAMES)
+        return decays
+
+    def _clip(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
+        if self.clip_value is not None:
+            c = float(self.clip_value)
+            for name in params:
+                np.clip(grads[name], -c, c, out=grads[name])
+        if self.clip_norm is not None:
+            total = 0.0
+            for name in params:
+                flat = grads[name].reshape(-1)  # a view for contiguous gradients: nothing copied
+                total += float(np.dot(flat, flat))
+            norm = math.sqrt(total)
+            if math.isfinite(norm) and norm > self.clip_norm:
+                scale = float(self.clip_norm) / norm
+                for name in params:
+                    grads[name] *= scale
+
+    # -- save / load ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """{"scalars": JSON-able counters, "arrays": {"<slot>/<parameter name>": copy of the array}}."""
+        scalars = {"name": self.NAME, "iterations": int(self.iterations), "lr": float(self.lr)}
+        arrays = {f"{slot}/{name}": arr.copy() for name, s in self.state.items() for slot, arr in s.items()}
+        return {"scalars": scalars, "arrays": arrays}
+
+    def load_state_dict(self, sd: dict[str, Any], params: dict[str, np.ndarray] | None = None) -> None:
+        """Restore a `state_dict()` strictly: any unknown, missing or mis-shaped entry is a CheckpointError.
+
+        Without `params`, the comparison with the live parameters (every parameter has state,
+        no state without a parameter, shapes equal) happens at the next `step`; pass the
+        model's `named_parameters()` to check now. State arrays are copied, and cast to the
+        parameter's dtype when it differs.
+        """
+        if not isinstance(sd, dict) or set(sd) != {"scalars", "arrays"}:
+            got = sorted(sd) if isinstance(sd, dict) else type(sd).__name__
+            raise CheckpointError(f"optimizer state: expected keys 'arrays' and 'scalars', got {got}")
+        scalars, arrays = sd["scalars"], sd["arrays"]
+        expected = ("iterations", "lr", "name")
+        for key in sorted(scalars):
+            if key not in expected:
+                raise CheckpointError(f"optimizer state: unknown key '{key}'")
+        for key in expected:
+            if key not in scalars:
+                raise CheckpointError(f"optimizer state: missing key '{key}'")
+        if scalars["name"] != self.NAME:
+            raise CheckpointError(f"optimizer state: saved by optimizer '{scalars['name']}', "
+                                  f"cannot load it into '{self.NAME}'")
+        iterations = scalars["iterations"]
+        if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 0:
+            raise CheckpointError(f"optimizer state: 'iterations' must be a non-negative integer, got {iterations!r}")
+        slots = self.slots()
+        state: dict[str, dict[str, np.ndarray]] = {}
+        for key in sorted(arrays):
+            slot, sep, name = key.partition("/")
+            if not sep or not name or slot not in slots:
+                have = f"slots: {', '.join(slots)}" if slots else "it keeps no per-parameter state"
+                raise CheckpointError(f"optimizer state: unknown key '{key}' for {self.NAME} ({have})")
+            state.setdefault(name, {})[slot] = np.array(arrays[key], copy=True)
+        for name, s in state.items():
+            for slot in slots:
+                if slot not in s:
+                    raise CheckpointError(f"optimizer state: missing key '{slot}/{name}'")
+        self.state = state
+        self.iterations = int(iterations)
+        self.lr = float(scalars["lr"])
+        self._scratch = {}
+        self._unverified = True
+        if params is not None:
+            self._verify(params)
+
+    def _verify(self, params: dict[str, np.ndarray]) -> None:
+        """Loaded state against the live parameters: same names, same shapes; dtype follows the model."""
+        slots = self.slots()
+        extra = sorted(set(self.state) - set(params))
+        if extra:
+            slot = next(iter(self.state[extra[0]]), "state")
+            raise CheckpointError(f"optimizer state: key '{slot}/{extra[0]}' matches no model parameter")
+        for name, p in params.items():
+            s = self.state.get(name)
+            if s is None:
+                if self.iterations > 0 and slots:
+                    raise CheckpointError(f"optimizer state: missing key '{slots[0]}/{name}'")
+                continue
+            for slot, arr in s.items():
+                if arr.shape != p.shape:
+                    raise CheckpointError(f"optimizer state: '{slot}/{name}' has shape {arr.shape}, "
+                                          f"the parameter has {p.shape}")
+                if arr.dtype != p.dtype:
+                    s[slot] = arr.astype(p.dtype)
+        self._unverified = False
+
+    # -- introspection ----------------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        """Exactly the constructor's arguments, so `type(o)(**o.get_config())` rebuilds it."""
+        return dict(self.hparams)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+# -- the update rules -----------------------------------------------------------------------
+@OPTIMIZERS.register("sgd")
+class SGD(Optimizer):
+    """Stochastic gradient descent, optionally with (Nesterov) momentum, in PyTorch's formulation.
+
+    Notes
+    -----
+    With g the gradient after clipping and L2 decay, mu = momentum, v the velocity (zeros at
+    first, so the first step sets v = g as in torch.optim.SGD):
+        mu = 0:    p <- p - lr * g
+        mu > 0:    v <- mu * v + g
+                   p <- p - lr * v                 (classical momentum)
+                   p <- p - lr * (g + mu * v)      (nesterov)
+    """
+
+    PARAMS = _params(
+        0.01,
+        momentum=Param("float", 0.0, ge=0, lt=1, doc="momentum coefficient mu (0: plain SGD)"),
+        nesterov=Param("bool", False, doc="Nesterov momentum (needs momentum > 0)"),
+    )
+
+    def __init__(self, **hparams: Any):
+        super().__init__(**hparams)
+        self.momentum = self.hparams["momentum"]
+        self.nesterov = self.hparams["nesterov"]
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError(f"{self.NAME}.nesterov: needs momentum > 0, got momentum 0")
+
+    def slots(self) -> tuple[str, ...]:
+        return ("velocity",) if self.momentum > 0 else ()
+
+    def _update(self, p, g, s, tmp, lr):
+        mu = float(self.momentum)
+        if mu > 0:
+            v = s["velocity"]
+            v *= mu
+            v += g
+            if self.nesterov:
+                np.multiply(v, mu, out=tmp)
+                tmp += g
+                tmp *= lr
+            else:
+                np.multiply(v, lr, out=tmp)
+        else:
+            np.multiply(g, lr, out=tmp)
+        p -= tmp
+
+
+@OPTIMIZERS.register("momentum")
+class Momentum(SGD):
+    """SGD with classical momentum 0.9 by default; the same rule as `sgd` (see SGD's Notes)."""
+
+    PARAMS = {**SGD.PARAMS, "momentum": Param("float", 0.9, ge=0, lt=1, doc="momentum coefficient mu")}
+
+
+@OPTIMIZERS.register("nesterov")
+class Nesterov(SGD):
+    """SGD with Nesterov momentum 0.9 by default; the same rule as `sgd` (see SGD's Notes)."""
+
+    PARAMS = {**SGD.PARAMS,
+              "momentum": Param("float", 0.9, ge=0, lt=1, doc="momentum coefficient mu"),
+              "nesterov": Param("bool", True, doc="Nesterov momentum (needs momentum > 0)")}
+
+
+@OPTIMIZERS.register("rmsprop")
+class RMSprop(Optimizer):
+    """RMSprop (Hinton's lecture 6e), in PyTorch's formulation (eps outside the square root).
+
+    eps defaults to 1e-8, PyTorch's value for this same formulation. Keras' 1e-7 belongs to a
+    variant that adds eps inside the square root, where it acts on the squared scale.
+
+    Notes
+    -----
+    With g the gradient after clipping and L2 decay, s the running mean of g^2, a the running
+    mean of g (centered only), u the velocity (momentum only), all zeros at first:
+        s <- rho * s + (1 - rho) * g^2
+        a <- rho * a + (1 - rho) * g                     (centered)
+        d  = sqrt(s) + eps, or sqrt(max(s - a^2, 0)) + eps  (centered)
+        momentum = 0:  p <- p - lr * g / d
+        momentum > 0:  u <- momentum * u + g / d
+                       p <- p - lr * u
+    The max(., 0) guards s - a^2 >= 0 (true in exact arithmetic) against rounding.
+    """
+
+    PARAMS = _params(
+        0.001,
+        rho=Param("float", 0.9, ge=0, lt=1, doc="decay of the running mean of squared gradients"),
+        eps=Param("float", 1e-8, gt=0, doc="added to the root mean square (outside the sqrt)"),
+        momentum=Param("float", 0.0, ge=0, lt=1, doc="momentum on the scaled gradient (0: none)"),
+        centered=Param("bool", False, doc="divide by the gradient's estimated standard deviation instead of its RMS"),
+    )
+
+    def __init__(self, **hparams: Any):
+        super().__init__(**hparams)
+        h = self.hparams
+        self.rho, self.eps, self.momentum, self.centered = h["rho"], h["eps"], h["momentum"], h["centered"]
+
+    def slots(self) -> tuple[str, ...]:
+        return (("square_avg",) + (("grad_avg",) if self.centered else ())
+                + (("velocity",) if self.momentum > 0 else ()))
+
+    def _update(self, p, g, s, tmp, lr):
+        rho = float(self.rho)
+        sq = s["square_avg"]
+        np.multiply(g, g, out=tmp)
+        tmp *= 1.0 - rho
+        sq *= rho
+        sq += tmp
+        if self.centered:
+            ga = s["grad_avg"]
+            np.multiply(g, 1.0 - rho, out=tmp)
+            ga *= rho
+            ga += tmp
+            np.multiply(ga, ga, out=tmp)
+            np.subtract(sq, tmp, out=tmp)
+            np.maximum(tmp, 0.0, out=tmp)
+            np.sqrt(tmp, out=tmp)
+        else:
+            np.sqrt(sq, out=tmp)
+        tmp += float(self.eps)
+        np.divide(g, tmp, out=tmp)
+        if self.momentum > 0:
+            u = s["velocity"]
+            u *= float(self.momentum)
+            u += tmp
+            np.multiply(u, lr, out=tmp)
+        else:
+            tmp *= lr
+        p -= tmp
+
+
+@OPTIMIZERS.register("adagrad")
+class Adagrad(Optimizer):
+    """Adagrad (Duchi, Hazan & Singer 2011), in PyTorch's formulation.
+
+    Notes
+    -----
+    With g the gradient after clipping and L2 decay, and the accumulator S starting at
+    `initial_accumulator` everywhere:
+        S <- S + g^2
+        p <- p - lr * g / (sqrt(S) + eps)
+    """
+
+    PARAMS = _params(
+        0.01,
+        eps=Param("float", 1e-10, gt=0, doc="added to sqrt of the accumulator"),
+        initial_accumulator=Param("float", 0.0, ge=0, doc="starting value of the sum of squared gradients"),
+    )
+
+    def __init__(self, **hparams: Any):
+        super().__init__(**hparams)
+        self.eps, self.initial_accumulator = self.hparams["eps"], self.hparams["initial_accumulator"]
+
+    def slots(self) -> tuple[str, ...]:
+        return ("sum",)
+
+    def _init_slot(self, slot, p):
+        return np.full_like(p, float(self.initial_accumulator))
+
+    def _update(self, p, g, s, tmp, lr):
+        acc = s["sum"]
+        np.multiply(g, g, out=tmp)
+        acc += tmp
+        np.sqrt(acc, out=tmp)
+        tmp += float(self.eps)
+        np.divide(g, tmp, out=tmp)
+        tmp *= lr
+        p -= tmp
+
+
+@OPTIMIZERS.register("adam")
+class Adam(Optimizer):
+    """Adam (Kingma & Ba 2015) with bias correction, optionally AMSGrad (Reddi et al. 2018).
+
+    Weight decay here is the L2 term added to the gradient (as torch.optim.Adam); use `adamw`
+    for decoupled decay.
+
+    Notes
+    -----
+    With g the gradient after clipping and decay, t = `iterations` counted from 1, and m, v
+    (and v_max for amsgrad) starting at zero:
+        m <- beta1 * m + (1 - beta1) * g
+        v <- beta2 * v + (1 - beta2) * g^2
+        v_max <- max(v_max, v)                        (amsgrad; then v_max replaces v below)
+        p <- p - lr * (m / (1 - beta1^t)) / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+    i.e. eps is added to sqrt(v_hat), as in the paper and PyTorch.
+    """
+
+    PARAMS = _params(
+        0.001,
+        beta1=Param("float", 0.9, ge=0, lt=1, doc="decay of the first-moment (mean) estimate"),
+        beta2=Param("float", 0.999, ge=0, lt=1, doc="decay of the second-moment estimate"),
+        eps=Param("float", 1e-8, gt=0, doc="added to sqrt of the bias-corrected second moment"),
+        amsgrad=Param("bool", False, doc="use the running maximum of the second moment (AMSGrad)"),
+    )
+
+    def __init__(self, **hparams: Any):
+        super().__init__(**hparams)
+        h = self.hparams
+        self.beta1, self.beta2, self.eps, self.amsgrad = h["beta1"], h["beta2"], h["eps"], h["amsgrad"]
+
+    def slots(self) -> tuple[str, ...]:
+        return ("m", "v", "vmax") if self.amsgrad else ("m", "v")
+
+    def _update(self, p, g, s, tmp, lr):
+        b1, b2, t = float(self.beta1), float(self.beta2), self.iterations
+        m, v = s["m"], s["v"]
+        np.multiply(g, 1.0 - b1, out=tmp)
+        m *= b1
+        m += tmp
+        np.multiply(g, g, out=tmp)
+        tmp *= 1.0 - b2
+        v *= b2
+        v += tmp
+        if self.amsgrad:
+            vmax = s["vmax"]
+            np.maximum(vmax, v, out=vmax)
+            v = vmax
+        np.sqrt(v, out=tmp)
+        tmp /= math.sqrt(1.0 - b2 ** t)
+        tmp += float(self.eps)
+        np.divide(m, tmp, out=tmp)
+        tmp *= lr / (1.0 - b1 ** t)
+        p -= tmp
+
+
+@OPTIMIZERS.register("adamw")
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019), as torch.optim.AdamW.
+
+    Biases and normalization scale/shift are excluded from decay unless exclude_from_decay
+    is false.
+
+    Notes
+    -----
+    For parameters that decay, first p <- p - lr * weight_decay * p, then the Adam update
+    of Adam's Notes with the undecayed gradient g (after clipping).
+    """
+
+    PARAMS = {**Adam.PARAMS,
+              "weight_decay": Param("float", 0.01, ge=0, doc="decoupled weight decay: p <- p - lr * wd * p"),
+              "exclude_from_decay": Param("bool", True, nullable=True,
+                                          doc="no weight decay on biases and norm scale/shift (b, beta, gamma)")}
+    DECOUPLED_DECAY = True
+    EXCLUDE_DEFAULT = True

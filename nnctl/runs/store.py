@@ -1,0 +1,176 @@
+"""Run directories: atomic writes of config, history, status, metrics and checkpoints.
+
+Layout of one run (`runs/<name>-<YYYYmmdd-HHMMSS>/`):
+    config.yaml            the resolved spec (valid input for `nnctl train`)
+    status.json            {"status": running|completed|stopped_early|failed|interrupted, ...}
+    history.json           a list of per-epoch records, rewritten atomically after every epoch
+    metrics.json           final test metrics and the best epoch
+    checkpoints/last.npz   the state after the last completed epoch (what --resume loads)
+    checkpoints/best.npz   the weights of the best epoch so far
+Every file is written to a temporary file in the same folder, flushed, fsynced and renamed
+over the old one, so a crash leaves either the old or the new file, never a torn one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from nnctl.errors import NnctlError
+
+RUN_FILES = ("config.yaml", "status.json", "history.json", "metrics.json")
+STATUSES = ("running", "completed", "stopped_early", "failed", "interrupted")
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = True) -> None:
+    """Write via `write(fileobj)` into a temp file beside `path`, fsync, then rename over it."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename is durable only once the directory entry is on disk too.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json(path: Path, data: Any) -> None:
+    text = json.dumps(data, indent=2, allow_nan=True, default=_json_default) + "\n"
+    atomic_write(path, lambda f: f.write(text), binary=False)
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, allow_unicode=True)
+
+
+class RunDir:
+    """One run's folder and the writes into it."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.npz"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / "best.npz"
+
+    @classmethod
+    def create(cls, runs_dir: Path, name: str, now: datetime | None = None) -> "RunDir":
+        """A new folder `<name>-<timestamp>`; `-2`, `-3`, ... when that name is taken.
+
+        os.mkdir either creates the folder or fails, so two runs started in the same
+        second (even in two processes) can never share a folder.
+        """
+        runs_dir = Path(runs_dir)
+        try:
+            runs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise NnctlError(f"{runs_dir}: cannot create the runs directory: {err.strerror}") from None
+        stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+        base = f"{name}-{stamp}"
+        for n in range(1, 10_000):
+            path = runs_dir / (base if n == 1 else f"{base}-{n}")
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            except OSError as err:
+                raise NnctlError(f"{path}: cannot create the run directory: {err.strerror}") from None
+            (path / "checkpoints").mkdir()
+            return cls(path)
+        raise NnctlError(f"{runs_dir}: too many runs named {base}")
+
+    @classmethod
+    def open(cls, path: Path) -> "RunDir":
+        path = Path(path)
+        if not path.is_dir():
+            raise NnctlError(f"{path}: no such run directory")
+        return cls(path)
+
+    # -- files -------------------------------------------------------------------------
+    def write_config(self, config: dict[str, Any]) -> None:
+        text = dump_yaml(config)
+        atomic_write(self.path / "config.yaml", lambda f: f.write(text), binary=False)
+
+    def read_config(self) -> dict[str, Any] | None:
+        try:
+            return yaml.safe_load((self.path / "config.yaml").read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            return None
+
+    def write_history(self, history: list[dict[str, Any]]) -> None:
+        write_json(self.path / "history.json", history)
+
+    def read_history(self) -> list[dict[str, Any]]:
+        data = read_json(self.path / "history.json", [])
+        return data if isinstance(data, list) else []
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        write_json(self.path / "metrics.json", metrics)
+
+    def read_metrics(self) -> dict[str, Any] | None:
+        return read_json(self.path / "metrics.json")
+
+    def set_status(self, status: str, **extra: Any) -> None:
+        assert status in STATUSES, status
+        current = self.read_status() or {}
+        record = {**current, "status": status, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                  "pid": os.getpid(), **extra}
+        if status != "failed":
+            record.pop("error", None)
+        write_json(self.path / "status.json", record)
+
+    def read_status(self) -> dict[str, Any] | None:
+        return read_json(self.path / "status.json")

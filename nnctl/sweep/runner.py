@@ -1,0 +1,476 @@
+"""Running a sweep: its directory and manifest, scheduling trials on an executor, resume, Ctrl-C.
+
+Layout of one sweep (`runs/<sweep-name>-<YYYYmmdd-HHMMSS>/`):
+    sweep.yaml               the sweep as launched, its base train spec inlined and resolved
+    sweep.json               the manifest: every trial's index, values, status, metric,
+                             run directory, wall time and error; rewritten atomically
+                             whenever a trial starts or ends
+    results.csv              one row per trial in leaderboard order
+    trials/<k>/spec.yaml     trial k's resolved train spec, snapshotted at launch (resume
+                             uses it, so later edits of the base file change nothing)
+    trials/<k>/train.log     what each attempt of trial k printed
+    trials/<k>/<run>/        trial k's run directory(ies), as written by `nnctl train`
+A trial is done when a run under trials/<k>/ finished (completed or stopped early) with
+exactly its snapshotted config; `--resume` reruns every other trial. The manifest never keeps
+a `running` trial once the sweep process has stopped on its own terms.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from nnctl.errors import NnctlError
+from nnctl.runs.store import atomic_write, dump_yaml, read_json, write_json
+from nnctl.sweep.executors import STOP_GRACE, make_job, read_metric
+from nnctl.sweep.spec import SweepSpec, Trial, config_hash
+
+DONE = ("completed", "stopped_early")
+TRIAL_STATUSES = ("pending", "running", "completed", "stopped_early", "failed", "interrupted")
+EXIT_INTERRUPTED = 130
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+@dataclass
+class TrialState:
+    """One trial's line in the manifest."""
+
+    index: int
+    overrides: dict[str, Any]
+    config_hash: str
+    status: str = "pending"
+    metric: float | None = None
+    run_dir: str | None = None
+    seconds: float | None = None
+    error: str | None = None
+    attempts: int = 0
+    started: str | None = None
+    finished: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TrialState":
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def ranked(self) -> bool:
+        return self.status in DONE and self.metric is not None and math.isfinite(self.metric)
+
+
+def leaderboard(trials: list[TrialState], goal: str) -> list[TrialState]:
+    """Trials with a metric, best first (ties by index), then every other trial by index."""
+    sign = -1.0 if goal == "maximize" else 1.0
+    ranked = sorted((t for t in trials if t.ranked), key=lambda t: (sign * t.metric, t.index))
+    rest = sorted((t for t in trials if not t.ranked), key=lambda t: t.index)
+    return ranked + rest
+
+
+def csv_value(value: Any) -> str:
+    """Full precision in results.csv (the table rounds, the file must not)."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+class SweepDir:
+    """A sweep's folder: manifest, trial specs, results."""
+
+    def __init__(self, path: Path, meta: dict[str, Any], trials: list[TrialState]):
+        self.path = Path(path)
+        self.meta = meta
+        self.trials = trials
+
+    # -- paths ---------------------------------------------------------------------------
+    @property
+    def manifest(self) -> Path:
+        return self.path / "sweep.json"
+
+    @property
+    def results(self) -> Path:
+        return self.path / "results.csv"
+
+    def trial_dir(self, index: int) -> Path:
+        return self.path / "trials" / str(index)
+
+    def spec_path(self, index: int) -> Path:
+        return self.trial_dir(index) / "spec.yaml"
+
+    @property
+    def name(self) -> str:
+        return self.meta["name"]
+
+    @property
+    def metric(self) -> str:
+        return self.meta["metric"]
+
+    @property
+    def goal(self) -> str:
+        return self.meta["goal"]
+
+    @property
+    def parameters(self) -> list[str]:
+        return list(self.meta["parameters"])
+
+    def trial(self, index: int) -> TrialState:
+        return self.trials[index]
+
+    # -- create / open -------------------------------------------------------------------
+    @classmethod
+    def create(cls, runs_dir: Path, sweep: SweepSpec, trials: list[Trial], now: datetime | None = None) -> "SweepDir":
+        """A new `<name>-<timestamp>` folder holding the launched sweep and every trial's spec."""
+        from nnctl.config.spec import safe_run_name
+        path = unique_dir(Path(runs_dir), safe_run_name(sweep.name), now)
+        launched = {
+            "name": sweep.name,
+            "description": sweep.description,
+            "base": sweep.base,
+            "method": sweep.method,
+            **({"trials": sweep.trials} if sweep.method == "random" else {}),
+            "seed": sweep.seed,
+            "parameters": sweep.source.data.get("parameters"),
+            "metric": sweep.metric,
+            "goal": sweep.goal,
+        }
+        header = (f"# launched {_now()} from {sweep.path.resolve() if sweep.path else sweep.source.filename}; "
+                  f"base: {sweep.base_label}, resolved and inlined\n")
+        text = header + dump_yaml(launched)
+        atomic_write(path / "sweep.yaml", lambda f: f.write(text), binary=False)
+        for t in trials:
+            folder = path / "trials" / str(t.index)
+            folder.mkdir(parents=True)
+            spec_text = dump_yaml(t.config)
+            atomic_write(folder / "spec.yaml", lambda f, s=spec_text: f.write(s), binary=False)
+        meta = {
+            "name": sweep.name,
+            "description": sweep.description,
+            "method": sweep.method,
+            "seed": sweep.seed,
+            "metric": sweep.metric,
+            "goal": sweep.goal,
+            "parameters": [p.name for p in sweep.parameters],
+            "sweep_file": str(sweep.path.resolve()) if sweep.path else None,
+            "base": sweep.base_label,
+            "created": _now(),
+            "state": "created",
+        }
+        states = [TrialState(t.index, t.overrides, t.config_hash) for t in trials]
+        sd = cls(path, meta, states)
+        sd.save()
+        return sd
+
+    @classmethod
+    def open(cls, path: Path) -> "SweepDir":
+        """Read a sweep directory for --resume; anything missing is one NnctlError line."""
+        path = Path(path)
+        if not path.is_dir():
+            raise NnctlError(f"{path}: no such sweep directory")
+        data = read_json(path / "sweep.json")
+        if not isinstance(data, dict) or not isinstance(data.get("trials"), list):
+            raise NnctlError(f"{path}: not a sweep directory (sweep.json is missing or unreadable)")
+        try:
+            meta = {k: v for k, v in data.items() if k != "trials"}
+            for key in ("name", "metric", "goal", "parameters"):
+                if key not in meta:
+                    raise KeyError(key)
+            trials = [TrialState.from_json(t) for t in data["trials"]]
+        except (KeyError, TypeError) as err:
+            raise NnctlError(f"{path / 'sweep.json'}: not a sweep manifest (missing {err})") from None
+        sd = cls(path, meta, trials)
+        for i, t in enumerate(trials):
+            if t.index != i:
+                raise NnctlError(f"{sd.manifest}: trial {i} is listed as index {t.index}")
+            if not sd.spec_path(i).is_file():
+                raise NnctlError(f"{sd.spec_path(i)}: missing; this trial's snapshotted spec is needed to resume")
+        return sd
+
+    # -- writes --------------------------------------------------------------------------
+    def save(self) -> None:
+        self.meta["updated"] = _now()
+        write_json(self.manifest, {**self.meta, "trials": [asdict(t) for t in self.trials]})
+
+    def ranking(self) -> list[TrialState]:
+        return leaderboard(self.trials, self.goal)
+
+    def write_results(self) -> Path:
+        """results.csv in leaderboard order: rank, index, each parameter, status, metric, run_dir, seconds, error."""
+        params = self.parameters
+        rows = []
+        for rank, t in enumerate(self.ranking(), start=1):
+            rows.append([rank if t.ranked else "", t.index, *(csv_value(t.overrides.get(p)) for p in params),
+                         t.status, csv_value(t.metric), t.run_dir or "",
+                         "" if t.seconds is None else f"{t.seconds:.2f}", t.error or ""])
+
+        def write(f) -> None:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(["rank", "index", *params, "status", self.metric, "run_dir", "seconds", "error"])
+            w.writerows(rows)
+
+        atomic_write(self.results, write, binary=False)
+        return self.results
+
+    # -- resume --------------------------------------------------------------------------
+    def completed_run(self, index: int) -> Path | None:
+        """The newest run of trial `index` that finished with exactly its snapshotted config."""
+        folder = self.trial_dir(index)
+        want = self.trials[index].config_hash
+        runs = sorted((p for p in folder.iterdir() if p.is_dir()), reverse=True) if folder.is_dir() else []
+        for run in runs:
+            status = read_json(run / "status.json")
+            if not isinstance(status, dict) or status.get("status") not in DONE:
+                continue
+            if not (run / "metrics.json").is_file():
+                continue
+            try:
+                config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError):
+                continue
+            if isinstance(config, dict) and config_hash(config) == want:
+                return run
+        return None
+
+    def check_not_running(self) -> None:
+        pid = self.meta.get("pid")
+        if self.meta.get("state") != "running" or not isinstance(pid, int) or pid == os.getpid():
+            return
+        if self.meta.get("host") not in (None, socket.gethostname()):
+            return
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            pass
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"nnctl" not in cmdline:
+                return  # the pid was reused by something else
+        except OSError:
+            pass
+        raise NnctlError(f"{self.path}: this sweep is still running (pid {pid}); stop it before resuming")
+
+    def plan_resume(self) -> list[int]:
+        """Mark what is already done (adopting finished runs the manifest missed); return the rest."""
+        self.check_not_running()
+        todo = []
+        for t in self.trials:
+            run = self.completed_run(t.index)
+            if run is None:
+                todo.append(t.index)
+                continue
+            if t.status in DONE and t.run_dir == str(run):
+                continue
+            # The run finished but the manifest never heard (the sweep died in between).
+            status = (read_json(run / "status.json") or {}).get("status", "completed")
+            metric, error = read_metric(run, self.metric)
+            t.status, t.metric, t.error, t.run_dir = status, metric, error, str(run)
+            t.seconds = (read_json(run / "metrics.json") or {}).get("seconds", t.seconds)
+        return todo
+
+
+def unique_dir(parent: Path, name: str, now: datetime | None = None) -> Path:
+    """`<parent>/<name>-<timestamp>`, then `-2`, `-3`, ...: mkdir either creates it or fails."""
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise NnctlError(f"{parent}: cannot create the runs directory: {err.strerror}") from None
+    base = f"{name}-{(now or datetime.now()).strftime('%Y%m%d-%H%M%S')}"
+    for n in range(1, 10_000):
+        path = parent / (base if n == 1 else f"{base}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise NnctlError(f"{path}: cannot create the sweep directory: {err.strerror}") from None
+        return path
+    raise NnctlError(f"{parent}: too many sweeps named {base}")
+
+
+# -- running ----------------------------------------------------------------------------------
+
+class SweepListener:
+    """Progress events of a sweep; every method is optional to override."""
+
+    def on_start(self, sweep: SweepDir, indices: list[int], executor: Any) -> None: ...
+    def on_trial_start(self, trial: TrialState) -> None: ...
+    def on_trial_end(self, trial: TrialState) -> None: ...
+    def on_stop(self, reason: str) -> None: ...
+    def on_tick(self) -> None: ...
+    def on_end(self, sweep: SweepDir, outcome: "Outcome") -> None: ...
+
+
+@dataclass
+class Outcome:
+    state: str                       # completed | interrupted | failed (fail-fast stopped it)
+    exit_code: int
+    counts: dict[str, int] = field(default_factory=dict)
+    ran: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@contextmanager
+def _stop_signals(on_signal) -> Iterator[None]:
+    """SIGINT/SIGTERM call `on_signal(name)` instead of raising, while the sweep runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {}
+
+    def handler(signum, frame) -> None:
+        on_signal(signal.Signals(signum).name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        old[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def run_sweep(sd: SweepDir, executor: Any, indices: list[int] | None = None, fail_fast: bool = False,
+              listener: SweepListener | None = None, poll: float = 0.1) -> Outcome:
+    """Run the given trials (default: all) with at most `executor.slots` at a time.
+
+    A failed trial is recorded and the rest go on, unless `fail_fast`. SIGINT/SIGTERM stop
+    the running trials (their runs are marked interrupted by `nnctl train`), mark every
+    unfinished trial interrupted and return exit code 130; a second signal kills at once.
+    """
+    listener = listener or SweepListener()
+    indices = list(range(len(sd.trials))) if indices is None else list(indices)
+    for i in indices:
+        t = sd.trials[i]
+        t.status, t.metric, t.error, t.run_dir, t.seconds, t.started, t.finished = (
+            "pending", None, None, None, None, None, None)
+    sd.meta.update(state="running", pid=os.getpid(), host=socket.gethostname(),
+                   executor=executor.name, workers=executor.workers)
+    sd.save()
+    t_start = time.perf_counter()
+    stop = {"reason": None, "signals": 0}
+
+    def on_signal(name: str) -> None:
+        stop["signals"] += 1
+        if stop["reason"] in (None, "fail-fast"):
+            stop["reason"] = "interrupted"
+            stop["signal"] = name
+
+    queue = deque(indices)
+    running: dict[Any, tuple[int, float]] = {}
+    stop_sent = False
+    killed = False
+    deadline = math.inf
+    listener.on_start(sd, indices, executor)
+    try:
+        with _stop_signals(on_signal):
+            while queue or running:
+                try:
+                    if stop["reason"] is None:
+                        while queue and len(running) < executor.slots:
+                            i = queue.popleft()
+                            t = sd.trials[i]
+                            job = make_job(i, sd.spec_path(i), sd.trial_dir(i), sd.metric, executor.threads)
+                            running[executor.submit(job)] = (i, time.perf_counter())
+                            t.status, t.started, t.attempts = "running", _now(), t.attempts + 1
+                            sd.save()
+                            listener.on_trial_start(t)
+                    for fut in [f for f in running if f.done()]:
+                        i, t0 = running.pop(fut)
+                        t = sd.trials[i]
+                        _record(t, _result_of(fut, t0), stopping=stop["reason"] is not None)
+                        sd.save()
+                        listener.on_trial_end(t)
+                        if t.status == "failed" and fail_fast and stop["reason"] is None:
+                            stop["reason"] = "fail-fast"
+                    if stop["reason"] is not None and not stop_sent:
+                        stop_sent = True
+                        executor.stop()
+                        for i in queue:
+                            sd.trials[i].status = "interrupted"
+                        queue.clear()
+                        sd.save()
+                        listener.on_stop(stop["reason"])
+                        deadline = time.monotonic() + STOP_GRACE + 20.0
+                    if stop_sent and not killed and (stop["signals"] >= 2 or time.monotonic() > deadline - 10.0):
+                        killed = True
+                        executor.kill()
+                    if stop_sent and time.monotonic() > deadline:
+                        break
+                    listener.on_tick()
+                    time.sleep(poll)
+                except KeyboardInterrupt:
+                    # Only when the handler could not be installed (not the main thread).
+                    on_signal("SIGINT")
+    finally:
+        for fut, (i, _) in running.items():
+            t = sd.trials[i]
+            t.status, t.finished = "interrupted", _now()
+            try:
+                fut.cancel()
+            except Exception:
+                pass
+        if running or (stop["reason"] is not None and not stop_sent):
+            executor.stop()   # e.g. an unexpected error: no trial may outlive the sweep
+        for i in queue:
+            sd.trials[i].status = "interrupted"
+        if stop["reason"] == "interrupted":
+            state = "interrupted"
+        elif stop["reason"] == "fail-fast":
+            state = "failed"
+        else:
+            state = "completed"
+        counts = {s: sum(t.status == s for t in sd.trials) for s in TRIAL_STATUSES}
+        if any(t.status in ("pending", "running") for t in sd.trials) and state == "completed":
+            state = "interrupted"   # an unexpected error left the loop early
+        sd.meta.update(state=state, finished=_now())
+        sd.save()
+        sd.write_results()
+    if state == "interrupted":
+        code = EXIT_INTERRUPTED
+    elif counts.get("failed", 0) or state == "failed":
+        code = 1
+    else:
+        code = 0
+    outcome = Outcome(state=state, exit_code=code, counts=counts, ran=indices,
+                      seconds=time.perf_counter() - t_start)
+    listener.on_end(sd, outcome)
+    return outcome
+
+
+def _result_of(fut: Any, t0: float) -> dict[str, Any]:
+    try:
+        return fut.result()
+    except BaseException as err:  # a crash of the task itself (Dask: a lost worker, ...)
+        return {"status": "failed", "metric": None, "run_dir": None,
+                "error": f"{type(err).__name__}: {err}", "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _record(t: TrialState, res: dict[str, Any], stopping: bool) -> None:
+    status = res.get("status", "failed")
+    if stopping and status not in DONE:
+        status = "interrupted"      # stopped by us: whatever it died of is not its own failure
+    t.status = status
+    t.metric = res.get("metric")
+    t.run_dir = res.get("run_dir")
+    t.seconds = res.get("seconds")
+    t.error = res.get("error") if status != "interrupted" else None
+    t.finished = _now()

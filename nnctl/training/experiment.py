@@ -1,0 +1,119 @@
+"""From a validated spec to the objects training needs: data, model, loss, optimizer, schedule.
+
+Everything that can fail on user input (data files, shapes, batch size) fails here, before a
+run directory exists.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from nnctl.config.spec import CLASSIFICATION_LOSSES, Spec, metric_names
+from nnctl.data import Dataset, Standardizer, load_dataset
+from nnctl.engine.losses import LOSSES, default_loss
+from nnctl.engine.model import Sequential, build_layer
+from nnctl.engine.optimizers import OPTIMIZERS
+from nnctl.engine.schedules import build_schedule
+from nnctl.errors import NnctlError
+
+
+@dataclass
+class Experiment:
+    spec: Spec
+    dataset: Dataset
+    standardizer: Standardizer | None
+    model: Sequential
+    loss: Any
+    loss_spec: dict[str, Any]
+    optimizer: Any
+    schedule: Any
+    layer_specs: list[dict[str, Any]]   # hidden layers + the output layer, canonical
+    steps_per_epoch: int
+
+    @property
+    def dtype(self):
+        return np.dtype(self.spec.training.dtype)
+
+
+def output_layer(spec: Spec, n_outputs: int) -> dict[str, Any]:
+    layer: dict[str, Any] = {"type": "dense", "units": n_outputs, "activation": "identity"}
+    init = spec.model.get("output_initializer")
+    layer["initializer"] = init if init is not None else "xavier_uniform"
+    return layer
+
+
+def model_rng(seed: int) -> np.random.Generator:
+    """The model's Generator (initialization, then dropout masks); its state is checkpointed."""
+    return np.random.default_rng([seed, 0])
+
+
+def check_layers(spec: Spec, layer_specs: list[dict[str, Any]], input_shape: tuple[int, ...], dtype) -> None:
+    """Build the layers one by one so a shape error names the layer's YAML path."""
+    shape = tuple(input_shape)
+    rng = np.random.default_rng(0)
+    hidden = len(spec.layers)
+    for i, layer_spec in enumerate(layer_specs):
+        try:
+            shape = build_layer(layer_spec).build(shape, rng, dtype)
+        except NnctlError as err:
+            if i >= hidden:
+                path = ("model",)
+                what = f"output layer ({layer_spec['units']} units)"
+            elif "layers" in spec.model:
+                path, what = ("model", "layers", i), ""
+            else:
+                path, what = ("model", "hidden"), f"layer {i} ({layer_spec['type']})"
+            raise spec.error_at(path, f"{what + ': ' if what else ''}{err}") from None
+
+
+def prepare(spec: Spec) -> Experiment:
+    data = load_dataset(spec.data, spec.seed, spec.base_dir)
+    task = data.task
+
+    loss_spec = spec.loss or {"name": default_loss(task, data.n_outputs)}
+    needs = "classification" if loss_spec["name"] in CLASSIFICATION_LOSSES else "regression"
+    if needs != task:
+        raise spec.error_at(("loss",), f"{loss_spec['name']} needs a {needs} task, but the data is {task} "
+                                       f"(target {data.target_name or '?'}); set data.task or change the loss")
+    n_outputs = data.n_outputs
+    if loss_spec["name"] == "binary_cross_entropy":
+        if data.n_outputs != 2:
+            raise spec.error_at(("loss",), f"binary_cross_entropy needs 2 classes, the data has {data.n_outputs}")
+        n_outputs = 1
+
+    has_val = data.val is not None and len(data.val) > 0
+    es = spec.training.early_stopping
+    if es is not None and es.monitor not in metric_names(task, has_val):
+        raise spec.error_at(("training", "early_stopping", "monitor"),
+                            f"'{es.monitor}' is never logged for this {task} run; logged: "
+                            f"{', '.join(metric_names(task, has_val))}")
+    if spec.schedule is not None and spec.schedule.get("monitor") is not None:
+        if spec.schedule["monitor"] not in metric_names(task, has_val):
+            raise spec.error_at(("schedule", "monitor"), f"'{spec.schedule['monitor']}' is never logged; logged: "
+                                                          f"{', '.join(metric_names(task, has_val))}")
+
+    n_train = len(data.train)
+    if spec.training.batch_size > n_train:
+        raise spec.error_at(("training", "batch_size"),
+                            f"{spec.training.batch_size} is larger than the training split ({n_train} rows)")
+
+    dtype = np.dtype(spec.training.dtype)
+    layer_specs = [*spec.layers, output_layer(spec, n_outputs)]
+    check_layers(spec, layer_specs, data.input_shape, dtype)
+    model = Sequential.from_config(layer_specs, data.input_shape, model_rng(spec.seed), dtype)
+
+    standardizer = Standardizer().fit(data.train) if spec.data.get("standardize", True) else None
+    loss = LOSSES.get(loss_spec["name"])(**{k: v for k, v in loss_spec.items() if k != "name"})
+    weights = loss_spec.get("class_weights")
+    if weights is not None and len(weights) != data.n_outputs:
+        raise spec.error_at(("loss", "class_weights"),
+                            f"has {len(weights)} weights, the data has {data.n_outputs} classes")
+    opt_opts = {k: v for k, v in spec.optimizer.items() if k != "name"}
+    optimizer = OPTIMIZERS.get(spec.optimizer["name"])(**opt_opts)
+    steps = -(-n_train // spec.training.batch_size)
+    schedule = build_schedule(spec.schedule, optimizer.lr, spec.training.epochs, steps)
+    return Experiment(spec=spec, dataset=data, standardizer=standardizer, model=model, loss=loss,
+                      loss_spec=loss_spec, optimizer=optimizer, schedule=schedule,
+                      layer_specs=layer_specs, steps_per_epoch=steps)

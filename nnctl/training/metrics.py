@@ -1,0 +1,76 @@
+"""Per-epoch metrics: streaming accumulators for loss, accuracy, MAE and R², and split evaluation."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def predicted_classes(z: np.ndarray) -> np.ndarray:
+    """Class indices from raw outputs: argmax of logits, or z > 0 for a single logit (binary)."""
+    if z.ndim == 2 and z.shape[1] == 1:
+        return (z[:, 0] > 0).astype(np.int64)
+    if z.ndim == 1:
+        return (z > 0).astype(np.int64)
+    return np.argmax(z, axis=1)
+
+
+class MetricAccumulator:
+    """Accumulates batch results in float64 so epoch metrics don't depend on batch order noise.
+
+    Classification logs loss and accuracy; regression logs loss, mae and r2 (R² averaged
+    uniformly over outputs, like scikit-learn's r2_score).
+    """
+
+    def __init__(self, task: str):
+        self.task = task
+        self.n = 0
+        self.loss_sum = 0.0
+        self.correct = 0
+        self.abs_sum = 0.0
+        self.sq_err: np.ndarray | None = None
+        self.y_sum: np.ndarray | None = None
+        self.y_sq: np.ndarray | None = None
+
+    def update(self, loss: float, z: np.ndarray, y: np.ndarray) -> None:
+        b = len(y)
+        self.n += b
+        self.loss_sum += float(loss) * b
+        if self.task == "classification":
+            self.correct += int(np.count_nonzero(predicted_classes(z) == y))
+            return
+        y2 = y.reshape(b, -1).astype(np.float64)
+        z2 = z.reshape(b, -1).astype(np.float64)
+        err = z2 - y2
+        self.abs_sum += float(np.abs(err).sum()) / y2.shape[1]
+        if self.sq_err is None:
+            k = y2.shape[1]
+            self.sq_err, self.y_sum, self.y_sq = np.zeros(k), np.zeros(k), np.zeros(k)
+        self.sq_err += (err * err).sum(axis=0)
+        self.y_sum += y2.sum(axis=0)
+        self.y_sq += (y2 * y2).sum(axis=0)
+
+    def result(self, prefix: str = "") -> dict[str, float]:
+        if self.n == 0:
+            return {}
+        out = {f"{prefix}loss": self.loss_sum / self.n}
+        if self.task == "classification":
+            out[f"{prefix}accuracy"] = self.correct / self.n
+        else:
+            out[f"{prefix}mae"] = self.abs_sum / self.n
+            ss_tot = self.y_sq - self.y_sum ** 2 / self.n
+            ss_res = self.sq_err
+            # a constant target has no variance to explain: R² is 0 unless the fit is perfect
+            with np.errstate(divide="ignore", invalid="ignore"):
+                r2 = np.where(ss_tot > 0, 1.0 - ss_res / np.where(ss_tot > 0, ss_tot, 1.0),
+                              np.where(ss_res == 0, 1.0, 0.0))
+            out[f"{prefix}r2"] = float(np.mean(r2))
+        return out
+
+
+def evaluate(model, loss, split, standardizer, batch_size: int, task: str, dtype, prefix: str = "") -> dict[str, float]:
+    """Loss and task metrics of `model` (in evaluation mode) over one split."""
+    from nnctl.data import iterate_batches
+    acc = MetricAccumulator(task)
+    for xb, yb in iterate_batches(split, batch_size, None, dtype, standardizer):
+        z = model.forward(xb, training=False)
+        acc.update(loss.value(z, yb), z, yb)
+    return acc.result(prefix)
