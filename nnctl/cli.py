@@ -128,11 +128,8 @@ def bench(
 
 
 def _register_extras() -> None:
-    # eval/predict/runs/show/diff/plot live in their own module; it adds its commands here.
-    try:
-        from nnctl.commands import inspect as _inspect
-    except ImportError:  # the module is optional while it is being written
-        return
+    # eval/predict/runs/show/diff/plot and sweep live in their own modules; they add their commands here.
+    from nnctl.commands import inspect as _inspect
     _inspect.register(app, fail)
 
 

@@ -181,8 +181,9 @@ def test_relative_data_paths_resolve_against_spec_folder(tmp_path):
     assert spec.data["dataset"] == str((tmp_path / "d.csv").resolve())
 
 
-def test_resolved_spec_round_trips(tmp_path):
-    spec = load_spec(Path(__file__).parent.parent / "configs" / "digits.yaml")
+@pytest.mark.parametrize("config", sorted(p.name for p in (Path(__file__).parent.parent / "configs").glob("*.yaml")))
+def test_resolved_spec_round_trips(tmp_path, config):
+    spec = load_spec(Path(__file__).parent.parent / "configs" / config)
     source = parse_yaml(__import__("yaml").safe_dump(spec.to_dict()), "resolved.yaml")
     again = check_spec(source, tmp_path, "x")
     assert again.to_dict() == spec.to_dict()

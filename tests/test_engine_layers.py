@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from nnctl.engine import layers as core
-from nnctl.engine.activations import ACTIVATIONS, erf, get_activation, sigmoid
+from nnctl.engine.activations import ACTIVATIONS, erf, erfc, get_activation, sigmoid
 from nnctl.engine.base import LAYERS
 from nnctl.engine.gradcheck import gradcheck, relative_error
 from nnctl.engine.initializers import INITIALIZERS, compute_fans, default_initializer, get_initializer
@@ -155,6 +155,11 @@ def test_erf_matches_math_erf():
     small = np.abs(x) < 0.5
     assert np.all(np.abs(got[small] - ref[small]) <= 1e-15 * np.abs(ref[small]))  # relative near 0
     assert erf(x.astype(np.float32)).dtype == np.float32
+    assert np.abs(erf(x.astype(np.float32)) - ref).max() < 3e-7
+    z = np.linspace(-6, 10, 1601)
+    ref = np.array([math.erfc(v) for v in z])
+    assert np.all(np.abs(erfc(z) - ref) <= 1e-13 * ref)
+    assert erfc(np.array([26.0]))[0] == pytest.approx(math.erfc(26.0), rel=1e-12)
 
 
 def test_activation_values_at_known_points():

@@ -7,16 +7,17 @@ is exactly the split training held out), a labelled file, or a built-in dataset.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nnctl.data import DATASETS, Split, Standardizer, encode_labels, encode_targets, iterate_batches, load_dataset, load_features
+from nnctl.data import (DATASETS, Split, Standardizer, encode_labels, encode_targets, iterate_batches, load_dataset,
+                        load_features)
 from nnctl.errors import CheckpointError, DataError, NnctlError
-from nnctl.report.metrics import classification_report, regression_report, top_k_hits, top_k_values
+from nnctl.report.metrics import (classification_report, finite_json, regression_report, top_k_hits,
+                                  top_k_values)
 from nnctl.runs.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint_path
 from nnctl.runs.store import read_json
 from nnctl.training.metrics import MetricAccumulator, predicted_classes
@@ -102,7 +103,8 @@ def model_from_checkpoint(ckpt: Checkpoint) -> LoadedModel:
     layers = _field(path, spec, "layers", list, "model.layers")
     input_shape = _field(path, spec, "input_shape", list, "model.input_shape")
     if not input_shape or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in input_shape):
-        raise CheckpointError(f"{path}: metadata field model.input_shape must be positive integers, got {input_shape!r}")
+        raise CheckpointError(f"{path}: metadata field model.input_shape must be positive integers, "
+                              f"got {input_shape!r}")
     dtype_name = spec.get("dtype", "float32")
     if dtype_name not in ("float32", "float64"):
         raise CheckpointError(f"{path}: metadata field model.dtype must be float32 or float64, got {dtype_name!r}")
@@ -238,7 +240,8 @@ def _builtin(lm: LoadedModel, name: str) -> EvalData:
     """Every row of a built-in dataset; with the run's own options when it was trained on it."""
     config = lm.meta["config"]
     trained = config.get("data", {}) if isinstance(config.get("data"), dict) else {}
-    same = isinstance(trained.get("dataset"), str) and DATASETS.canonical(trained["dataset"]) == DATASETS.canonical(name)
+    same = (isinstance(trained.get("dataset"), str)
+            and DATASETS.canonical(trained["dataset"]) == DATASETS.canonical(name))
     data = {"dataset": name, "val_split": 0.0, "test_split": 0.0, "task": lm.task,
             "options": trained.get("options") or {} if same else {},
             "shape": trained.get("shape") if same else None}
@@ -321,17 +324,3 @@ def run_eval(target: Path, data: str | None, split: str, batch_size: int | None)
     head = {"checkpoint": str(lm.path), "epoch": lm.epoch, "data": source.description,
             "split": source.split_name}
     return finite_json({**head, **result})
-
-
-def finite_json(value: Any) -> Any:
-    """NaN/inf -> None so the result is strict JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_json(v) for v in value]
-    if isinstance(value, np.generic):
-        return finite_json(value.item())
-    return value
-

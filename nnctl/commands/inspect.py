@@ -27,8 +27,9 @@ class SplitName(str, Enum):
 
 
 def _print_json(data: Any) -> None:
-    # plain stdout, not Rich: exactly one JSON document, never wrapped or styled
-    sys.stdout.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    # plain stdout, not Rich: exactly one strict JSON document (NaN -> null), never wrapped or styled
+    from nnctl.report.metrics import finite_json
+    sys.stdout.write(json.dumps(finite_json(data), indent=2, allow_nan=False) + "\n")
 
 
 def _print(renderable) -> None:
@@ -58,10 +59,10 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
         target: Path = typer.Argument(..., help="A checkpoint (.npz) or a run directory (its best weights)."),
         data: Optional[str] = typer.Option(None, "--data", help="A .csv/.npz file or a built-in dataset name "
                                            "(default: the run's own split)."),
-        split: Optional[SplitName] = typer.Option(None, "--split", help="Which of the run's splits [default: test]."),
+        split: Optional[SplitName] = typer.Option(None, "--split", help="Which of the run's splits (default: test)."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1,
-                                                 help="Rows per forward pass [default: the run's eval_batch_size]."),
+                                                 help="Rows per forward pass (default: the run's eval_batch_size)."),
     ) -> None:
         """Score a trained model: loss and metrics, per-class report and confusion matrix."""
         from nnctl.commands.evaluate import run_eval
@@ -80,11 +81,12 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
     @app.command("predict")
     def predict_command(
         target: Path = typer.Argument(..., help="A checkpoint (.npz) or a run directory (its best weights)."),
-        input: Path = typer.Argument(..., help="Rows to predict: a CSV with the training feature columns, .npy or .npz."),
+        input: Path = typer.Argument(..., help="Rows to predict: a CSV with the training feature columns, "
+                                     ".npy or .npz."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the CSV here (default: stdout)."),
         proba: bool = typer.Option(False, "--proba", help="Add one p_<label> probability column per class."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1,
-                                                 help="Rows per forward pass [default: the run's eval_batch_size]."),
+                                                 help="Rows per forward pass (default: the run's eval_batch_size)."),
     ) -> None:
         """Predict labels (or values) for new rows, as CSV."""
         from nnctl.commands.evaluate import default_batch_size, load_model
@@ -116,7 +118,7 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
     ) -> None:
         """List runs: status, epochs, best validation metric, test metric, size and time."""
         from nnctl.commands.runlist import scan_runs, sort_runs
-        from nnctl.report.tables import runs_table
+        from nnctl.report.tables import run_problems, runs_table
         try:
             runs = sort_runs(scan_runs(runs_dir), sort)
         except NnctlError as err:
@@ -128,6 +130,8 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
             console.print(f"no runs in {runs_dir}", markup=False)
         else:
             _print(runs_table(runs))
+            for line in run_problems(runs):
+                console.print(line, style="dim", markup=False, highlight=False, soft_wrap=True)
 
     @app.command("show")
     def show_command(
@@ -163,13 +167,12 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
         if as_json:
             def plain(v):
                 return None if is_missing(v) else v
-            from nnctl.commands.evaluate import finite_json
-            _print_json(finite_json({
+            _print_json({
                 "a": str(a.path), "b": str(b.path),
                 "config": [{"key": k, "a": plain(va), "b": plain(vb), "a_set": not is_missing(va),
                             "b_set": not is_missing(vb)} for k, va, vb in config_rows],
                 "metrics": [{"metric": m, "a": va, "b": vb, "delta": d} for m, va, vb, d in metrics],
-            }))
+            })
             return
         render_diff(a, b, config_rows, metrics)
 
@@ -201,9 +204,11 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
 # ---------------------------------------------------------------------------- rendering
 
 def render_eval(result: dict[str, Any]) -> None:
+    from rich.markup import escape
+
     from nnctl.report.tables import class_report_table, confusion_table, key_value_table, per_output_table
-    console.print(f"[bold]{result['checkpoint']}[/] (epoch {result['epoch']}) on {result['data']}: "
-                  f"{result['n']:,} rows", soft_wrap=True)
+    console.print(f"[bold]{escape(result['checkpoint'])}[/] (epoch {result['epoch']}) on "
+                  f"{escape(result['data'])}: {result['n']:,} rows", soft_wrap=True)
     if result["task"] == "classification":
         rows = [("loss", result["loss"]), ("accuracy", result["accuracy"])]
         rows += [(k.replace("_accuracy", " accuracy").replace("_", "-"), v)
@@ -226,6 +231,7 @@ def render_eval(result: dict[str, Any]) -> None:
 
 def render_show(info, max_rows: int) -> NnctlError | None:
     """Print everything readable about a run; return the checkpoint problem, if any, to fail with."""
+    from rich.markup import escape
     from rich.syntax import Syntax
 
     from nnctl.commands.evaluate import load_model
@@ -233,7 +239,7 @@ def render_show(info, max_rows: int) -> NnctlError | None:
     from nnctl.runs.store import dump_yaml
 
     title = status_text(info.status, info.problem)
-    console.print(f"[bold]{info.name}[/]  ", title, f"  {info.path}", soft_wrap=True)
+    console.print(f"[bold]{escape(info.name)}[/]  ", title, f"  {escape(str(info.path))}", soft_wrap=True)
     try:
         config_text = (info.path / "config.yaml").read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):

@@ -5,8 +5,9 @@ text columns such as ids are ignored), a .npy of features (memory-mapped) or an 
 "x". Output: CSV with the predicted original labels (or values), and with `proba` one
 `p_<label>` column per class; to a file (written atomically) or to a stream.
 
-The CSV input is parsed CHUNK_ROWS rows at a time, so neither the input nor the output
-is ever held whole: memory is O(CHUNK_ROWS x columns) for a file of any length.
+A CSV input is parsed CHUNK_ROWS rows at a time and a .npy is memory-mapped, and each
+chunk's predictions are written before the next is read, so memory is O(CHUNK_ROWS x
+columns) for an input of any length (an .npz is read whole: np.load cannot map a zip).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from nnctl.data import Split, load_features
 from nnctl.data.files import suffix_of
 from nnctl.errors import DataError, NnctlError
 from nnctl.runs.store import atomic_write
+from nnctl.training.metrics import predicted_classes
 
 # Rows parsed per chunk of a CSV input (each chunk is then cut into batch_size batches).
 CHUNK_ROWS = 16384
@@ -194,7 +196,6 @@ def predict_rows(lm: LoadedModel, x: np.ndarray, batch_size: int, proba: bool) -
     """Output columns (as text arrays of len(x)) for one chunk of raw features."""
     labels = np.asarray([str(c) for c in lm.classes]) if lm.task == CLASSIFICATION else None
     parts: list[list[np.ndarray]] = []
-    from nnctl.training.metrics import predicted_classes
     for z, _ in lm.batches(Split(x, None, None), batch_size):
         if labels is not None:
             cols = [labels[predicted_classes(z)]]

@@ -294,7 +294,16 @@ def scan_runs(runs_dir: Path) -> list[RunInfo]:
         entries = sorted(runs_dir.iterdir())
     except OSError as err:
         raise NnctlError(f"{runs_dir}: cannot list: {err.strerror or err}") from None
-    return [read_run(p) for p in entries if not p.name.startswith(".") and is_run_dir(p)]
+    return [_read_safely(p) for p in entries if not p.name.startswith(".") and is_run_dir(p)]
+
+
+def _read_safely(path: Path) -> RunInfo:
+    # read_run handles every damage we know of; anything else still must not sink the listing
+    try:
+        return read_run(path)
+    except Exception as err:  # noqa: BLE001
+        return RunInfo(path=path, name=path.name, status="broken",
+                       problem=f"unreadable ({type(err).__name__}: {err})", started=_started(path))
 
 
 def open_run(path: Path) -> RunInfo:

@@ -6,6 +6,7 @@ optional command modules); `run_sweep_command` does the work and returns the exi
 """
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -54,46 +55,51 @@ def run_sweep_command(config: Path | None, workers: int | None, resume: Path | N
         make_executor(executor, workers, address)   # raises the one-line message
     if address and executor != "dask":
         raise NnctlError("--address is for --executor dask")
-    if resume is not None:
-        if config is not None:
-            raise NnctlError("--resume continues a sweep from its snapshotted trial specs; don't pass a sweep spec")
-        sd = SweepDir.open(resume)
-        todo = sd.plan_resume()
-        _check_snapshots(sd, todo)
-        if dry_run:
-            rows = [(t.index, t.overrides, t.status if t.index not in todo else f"{t.status} -> rerun")
-                    for t in sd.trials]
-            print_plan(console, sd.parameters, rows,
-                       f"resume {sd.path}: {len(todo)} of {len(sd.trials)} trials to run (--dry-run: nothing was run)")
-            return 0
-        if not todo:
-            sd.save()
-            sd.write_results()
-            console.print(f"every trial of {sd.path} is done; nothing to resume", highlight=False, soft_wrap=True)
-            print_leaderboard(console, sd)
-            return 0
-        if workers is None and executor == sd.meta.get("executor", "local") and not address:
-            workers = sd.meta.get("workers")
-    else:
-        if config is None:
-            raise NnctlError("give a sweep spec (nnctl sweep SWEEP.yaml) or --resume SWEEP_DIR")
-        spec = load_sweep(config)
-        trials = build_trials(spec)
-        if dry_run:
-            how = f"{spec.method}, seed {spec.seed}" if spec.method == "random" else spec.method
-            print_plan(console, [p.name for p in spec.parameters], [(t.index, t.overrides, None) for t in trials],
-                       f"{spec.name}: {len(trials)} trials ({how}) over {spec.base_label}; "
-                       f"ranked by {spec.metric} ({spec.goal}); --dry-run: nothing was run")
-            return 0
-        todo = None
+    with ExitStack() as stack:
+        if resume is not None:
+            if config is not None:
+                raise NnctlError("--resume continues a sweep from its snapshotted trial specs; don't pass a sweep spec")
+            sd = SweepDir.open(resume)
+            stack.enter_context(sd.locked())
+            todo = sd.plan_resume()
+            _check_snapshots(sd, todo)
+            if dry_run:
+                rows = [(t.index, t.overrides, t.status if t.index not in todo else f"{t.status} -> rerun")
+                        for t in sd.trials]
+                print_plan(console, sd.parameters, rows,
+                           f"resume {sd.path}: {len(todo)} of {len(sd.trials)} trials to run (--dry-run: nothing was run)")
+                return 0
+            if not todo:
+                sd.save()
+                sd.write_results()
+                console.print(f"every trial of {sd.path} is done; nothing to resume", highlight=False, soft_wrap=True)
+                print_leaderboard(console, sd)
+                return 0
+            if workers is None and executor == sd.meta.get("executor", "local") and not address:
+                workers = sd.meta.get("workers")
+        else:
+            if config is None:
+                raise NnctlError("give a sweep spec (nnctl sweep SWEEP.yaml) or --resume SWEEP_DIR")
+            spec = load_sweep(config)
+            trials = build_trials(spec)
+            if dry_run:
+                how = f"{spec.method}, seed {spec.seed}" if spec.method == "random" else spec.method
+                print_plan(console, [p.name for p in spec.parameters], [(t.index, t.overrides, None) for t in trials],
+                           f"{spec.name}: {len(trials)} trials ({how}) over {spec.base_label}; "
+                           f"ranked by {spec.metric} ({spec.goal}); --dry-run: nothing was run")
+                return 0
+            todo = None
 
-    ex = make_executor(executor, workers, address)
-    try:
-        if resume is None:
-            sd = SweepDir.create(runs_dir, spec, trials)
-        outcome = run_sweep(sd, ex, todo, fail_fast, sweep_reporter(console))
-    finally:
-        ex.close()
+        ex = make_executor(executor, workers, address)
+        reporter = sweep_reporter(console)
+        try:
+            if resume is None:
+                sd = SweepDir.create(runs_dir, spec, trials)
+                stack.enter_context(sd.locked())   # released last, after every trial has ended
+            outcome = run_sweep(sd, ex, todo, fail_fast, reporter)
+        finally:
+            reporter.close()
+            ex.close()
 
     print_leaderboard(console, sd)
     console.print(summary_line(sd, outcome), markup=False, highlight=False, soft_wrap=True)

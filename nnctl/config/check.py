@@ -194,10 +194,11 @@ class Checker:
             p = path + (i,)
             if isinstance(item, str):
                 name, options = item, {}
+            elif isinstance(item, dict) and isinstance(item.get("type"), str):
+                # the canonical form, as stored in resolved configs: {type: relu, ...}
+                name, options = item["type"], {k: v for k, v in item.items() if k != "type"}
             elif isinstance(item, dict) and len(item) == 1:
                 name, options = next(iter(item.items()))
-            elif isinstance(item, dict) and "type" in item:
-                name, options = item["type"], {k: v for k, v in item.items() if k != "type"}
             else:
                 self.error(p, "must be a layer name or a one-key mapping like {dense: {units: 64}}")
                 continue
@@ -217,7 +218,7 @@ class Checker:
                 options = {short: options}
                 p_opts = p + (name,)
             else:
-                p_opts = p + (name,) if not (isinstance(item, dict) and "type" in item) else p
+                p_opts = p if isinstance(item, dict) and "type" in item else p + (name,)
             checked = self.section(p_opts, options, params, registries)
             out.append({"type": layers.canonical(name), **checked})
         return out

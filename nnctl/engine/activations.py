@@ -46,8 +46,11 @@ def sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     np.exp(out, out=out)
     r = out + 1.0
     np.reciprocal(r, out=r)
-    np.multiply(out, r, out=out)
-    np.copyto(out, r, where=pos)
+    np.multiply(out, r, out=out)  # e / (1 + e)
+    # + [x >= 0] (1/(1+e) - e/(1+e)): a multiply by the mask, far cheaper than a masked copy
+    r -= out
+    r *= pos
+    out += r
     return out
 
 
@@ -62,88 +65,143 @@ def softmax(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-# erf without scipy: piecewise Chebyshev interpolants on |x| in [0, 6], fitted once at import
-# from math.erf at Chebyshev nodes. Each piece is 0.5 wide and of degree 15, which puts the
-# interpolation error below float64 rounding, so the interpolant's derivative also matches
-# the exact Gaussian density used by GELU's backward. On the first piece the interpolant is
-# of erf(x)/x (even and smooth), times x, so erf keeps its relative precision near 0. Past 6,
-# erf(x) rounds to 1 in float64 (1 - erf(6) ~ 2e-17), so |x| is clamped there.
-_ERF_WIDTH = 0.5
-_ERF_PIECES = 12
-_ERF_DEGREE = 15
+# erf/erfc without scipy, from one smooth fit made at import. For z >= 0 write
+#     erfc(z) = t exp(-z^2 + g(t)),   t = 2 / (2 + z) in (0, 1],
+# where g is analytic on [0, 1] (it tends to log(1 / (2 sqrt(pi))) as z -> inf), so a
+# Chebyshev interpolant of g in t converges fast: degree 27 reaches float64 rounding. The
+# interpolant is fitted to math.erfc (an asymptotic series where math.erfc underflows), and
+# evaluated with scalar coefficients, elementwise and without branches, which keeps GELU
+# cheap. float32 inputs use only the coefficients that matter at float32 precision.
+_ERFC_DEGREE = 27
+_SQRT_PI = math.sqrt(math.pi)
 
 
-def _fit_erf_table() -> np.ndarray:
-    """(pieces, degree+1) Chebyshev coefficients in s = (|x| - center) / half, in [-1, 1].
+def _erfcx_reference(z: float) -> float:
+    """exp(z^2) erfc(z) for z >= 0 in float64 (for the fit only)."""
+    if z < 10.0:
+        # exp(z^2) with z^2 split as zh^2 + zl (2 zh + zl): zh^2 is exact, so no rounding of z^2 is amplified
+        zh = float(np.float32(z))
+        zl = z - zh
+        return math.erfc(z) * math.exp(zh * zh) * math.exp(zl * (2.0 * zh + zl))
+    # erfcx(z) ~ (1 / (z sqrt(pi))) sum_n (-1)^n (2n-1)!! / (2 z^2)^n; for z >= 10 the terms
+    # fall below 1e-18 long before they start to grow
+    term = total = 1.0
+    n = 0
+    while abs(term) > 1e-18:
+        n += 1
+        term *= -(2 * n - 1) / (2.0 * z * z)
+        total += term
+    return total / (z * _SQRT_PI)
+
+
+def _fit_erfc() -> np.ndarray:
+    """Chebyshev coefficients c_j of g(t) = log(erfcx(z) (2 + z) / 2) in s = 2t - 1.
 
     Notes
     -----
-    The coefficients solve V c = f(nodes) with V[k, j] = T_j(s_k) built by the recurrence
-    T_{j+1} = 2 s T_j - T_{j-1} at the float nodes themselves: the interpolant then passes
-    through the rounded nodes exactly (the closed cosine-sum formula assumes exact nodes and
-    leaves ~1e-15 of noise in the high coefficients).
+    The coefficients solve V c = g(nodes), V[k, j] = T_j(s_k) built by the recurrence
+    T_{j+1} = 2 s T_j - T_{j-1} at the float Chebyshev nodes s_k = cos(pi (k + 1/2) / n), so
+    the interpolant passes through the rounded nodes exactly.
     """
-    n = _ERF_DEGREE + 1
+    n = _ERFC_DEGREE + 1
     nodes = np.cos(np.pi * (np.arange(n) + 0.5) / n)
     vander = np.empty((n, n))
     vander[:, 0] = 1.0
     vander[:, 1] = nodes
     for j in range(2, n):
         vander[:, j] = 2.0 * nodes * vander[:, j - 1] - vander[:, j - 2]
-    half = _ERF_WIDTH / 2
-    table = np.empty((_ERF_PIECES, n))
-    for piece in range(_ERF_PIECES):
-        xs = (piece + 0.5) * _ERF_WIDTH + half * nodes
-        values = np.array([math.erf(v) for v in xs])
-        if piece == 0:
-            values = values / xs
-        table[piece] = np.linalg.solve(vander, values)
-    return table
+    t = (nodes + 1.0) / 2.0
+    z = 2.0 / t - 2.0
+    g = np.array([math.log(_erfcx_reference(float(zk)) * (2.0 + zk) / 2.0) for zk in z])
+    return np.linalg.solve(vander, g)
 
 
-_ERF_TABLE = {np.dtype(np.float64): _fit_erf_table()}
-_ERF_TABLE[np.dtype(np.float32)] = _ERF_TABLE[np.dtype(np.float64)].astype(np.float32)
-_ERF_CENTERS = {dt: ((np.arange(_ERF_PIECES) + 0.5) * _ERF_WIDTH).astype(dt) for dt in _ERF_TABLE}
+def _coefficients(c: np.ndarray, dtype, tol: float) -> tuple[float, ...]:
+    """The leading coefficients, dropping the tail once every later one is below `tol`."""
+    keep = len(c)
+    while keep > 2 and abs(c[keep - 1]) < tol:
+        keep -= 1
+    return tuple(float(v) for v in c[:keep].astype(dtype))
 
 
-def erf(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """The error function, elementwise, in x's float dtype (float64: within a few ulp of math.erf).
+_ERFC_FIT = _fit_erfc()
+_ERFC_COEF = {np.dtype(np.float64): _coefficients(_ERFC_FIT, np.float64, 0.0),
+              np.dtype(np.float32): _coefficients(_ERFC_FIT, np.float32, 1e-9)}
+# erf(x) = (2 / sqrt(pi)) sum_n (-1)^n x^(2n+1) / (n! (2n+1)): for |x| < 0.5, 12 terms are exact
+# to rounding and keep erf's relative precision near 0, which 1 - erfc cannot.
+_ERF_SERIES = tuple(2.0 / _SQRT_PI * (-1) ** n / (math.factorial(n) * (2 * n + 1)) for n in range(12))
 
-    Integer or other inputs are computed in float64. `out` may be `x`.
 
-    Notes
-    -----
-    Clenshaw's recurrence b_j = 2 s b_{j+1} - b_{j+2} + c_j evaluates sum_j c_j T_j(s) as
-    c_0 + s b_1 - b_2, with each element's coefficients taken from its own piece.
-    """
+def _float_view(x: Any) -> np.ndarray:
     x = np.asarray(x)
-    dt = x.dtype if x.dtype in _ERF_TABLE else np.dtype(np.float64)
-    xv = x.astype(dt, copy=False)
-    table, centers = _ERF_TABLE[dt], _ERF_CENTERS[dt]
-    t = np.abs(xv)
-    np.minimum(t, _ERF_PIECES * _ERF_WIDTH, out=t)
-    k = (t * (1.0 / _ERF_WIDTH)).astype(np.intp)
-    np.minimum(k, _ERF_PIECES - 1, out=k)
-    s = np.subtract(t, centers[k])
-    s *= 2.0 / _ERF_WIDTH
-    two_s = s * 2.0
-    coef = table[k]
-    b1 = np.zeros_like(s)
-    b2 = np.zeros_like(s)
-    for j in range(_ERF_DEGREE, 0, -1):
-        b0 = two_s * b1
-        b0 -= b2
-        b0 += coef[..., j]
-        b1, b2 = b0, b1
-    acc = s * b1
-    acc += coef[..., 0]
-    acc -= b2
-    # first piece: the interpolant is erf(x)/x
-    np.multiply(acc, np.where(k == 0, t, 1.0).astype(dt, copy=False), out=acc)
-    np.copysign(acc, xv, out=acc)
+    return x if x.dtype in _ERFC_COEF else x.astype(np.float64)
+
+
+def _erfc_nonneg(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """erfc(z) for z >= 0 (elementwise, z's dtype); `out` may not be z."""
+    coef = _ERFC_COEF[z.dtype]
+    t = np.add(z, 2.0)
+    np.divide(2.0, t, out=t)
+    s2 = t * 4.0
+    s2 -= 2.0  # 2s, s = 2t - 1
+    # Clenshaw: b_j = 2s b_{j+1} - b_{j+2} + c_j; sum_j c_j T_j(s) = c_0 + s b_1 - b_2
+    b1 = np.zeros_like(z)
+    b2 = np.zeros_like(z)
+    tmp = np.empty_like(z)
+    for cj in coef[:0:-1]:
+        np.multiply(s2, b1, out=tmp)
+        tmp -= b2
+        tmp += cj
+        b1, b2, tmp = tmp, b1, b2
+    np.multiply(s2, b1, out=tmp)
+    tmp *= 0.5
+    tmp += coef[0]
+    tmp -= b2  # tmp = g(t)
+    np.multiply(z, z, out=b1)
+    tmp -= b1
+    out = np.exp(tmp, out=out)
+    out *= t
+    return out
+
+
+def erfc(x: Any, out: np.ndarray | None = None) -> np.ndarray:
+    """The complementary error function 1 - erf(x), elementwise, in x's float dtype.
+
+    Relative precision holds into the tail: float64 within ~1e-14 relative of math.erfc for
+    x <= 6 and ~1e-13 up to x = 26 (erfc(26) ~ 5.7e-296; rounding of x^2 in exp(-x^2) is what
+    grows). Non-float inputs are computed in float64.
+    """
+    x = _float_view(x)
+    e = _erfc_nonneg(np.abs(x))
+    neg = x < 0
+    np.subtract(2.0, e, out=e, where=neg)  # erfc(-z) = 2 - erfc(z)
     if out is None:
-        return acc
-    np.copyto(out, acc, casting="same_kind")
+        return e
+    np.copyto(out, e, casting="same_kind")
+    return out
+
+
+def erf(x: Any, out: np.ndarray | None = None) -> np.ndarray:
+    """The error function, elementwise, in x's float dtype (float64: within ~1e-15 of math.erf,
+    and within a few ulp relatively for |x| < 0.5). Non-float inputs are computed in float64."""
+    x = _float_view(x)
+    a = np.abs(x)
+    r = _erfc_nonneg(a)
+    np.subtract(1.0, r, out=r)
+    small = a < 0.5
+    if small.any():
+        xs = a[small]
+        x2 = xs * xs
+        acc = np.full_like(xs, _ERF_SERIES[-1])
+        for cn in _ERF_SERIES[-2::-1]:
+            acc *= x2
+            acc += cn
+        acc *= xs
+        r[small] = acc
+    np.copysign(r, x, out=r)
+    if out is None:
+        return r
+    np.copyto(out, r, casting="same_kind")
     return out
 
 
@@ -273,9 +331,15 @@ class ELU(Activation):
 
     def backward(self, x, y, dy, out=None):
         alpha = self.hparams["alpha"]
+        # slope = y + alpha where y <= 0, 1 where y > 0: min(y, 0) + alpha + [y > 0] (1 - alpha)
+        mask = self._scratch("mask", y, np.bool_)
+        np.greater(y, 0.0, out=mask)
+        step = self._scratch("step", y)
+        np.multiply(mask, 1.0 - alpha, out=step)
         slope = self._scratch("slope", y)
-        np.add(y, alpha, out=slope)
-        np.copyto(slope, 1.0, where=y > 0)
+        np.minimum(y, 0.0, out=slope)
+        slope += alpha
+        slope += step
         return np.multiply(dy, slope, out=_out(out, dy))
 
 
@@ -335,8 +399,8 @@ class GELU(Activation):
 
     Notes
     -----
-    "none" (exact): Phi(x) = (1 + erf(x / sqrt 2)) / 2, f'(x) = Phi(x) + x phi(x) with
-    phi(x) = exp(-x^2 / 2) / sqrt(2 pi). `erf` is this module's own (float64-accurate).
+    "none" (exact): Phi(x) = erfc(-x / sqrt 2) / 2, f'(x) = Phi(x) + x phi(x) with
+    phi(x) = exp(-x^2 / 2) / sqrt(2 pi). `erfc` is this module's own (float64-accurate).
     "tanh": f(x) = x (1 + tanh u) / 2 with u = sqrt(2/pi) (x + 0.044715 x^3), and
     f'(x) = (1 + tanh u) / 2 + x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2) / 2.
     """
@@ -344,50 +408,63 @@ class GELU(Activation):
     PARAMS = {"approximate": Param("str", "none", choices=("none", "tanh"),
                                    doc="none: exact (erf); tanh: the tanh approximation")}
 
-    def _cdf(self, x: np.ndarray) -> np.ndarray:
-        c = self._scratch("c", x)
-        if self.hparams["approximate"] == "tanh":
-            np.multiply(x, x, out=c)
-            c *= _GELU_CUBIC
-            c += 1.0
-            c *= x
-            c *= _SQRT_2_OVER_PI
-            np.tanh(c, out=c)  # c = tanh(u) for now
-        else:
-            np.multiply(x, _SQRT1_2, out=c)
-            erf(c, out=c)
+    def _tanh_u(self, x: np.ndarray) -> np.ndarray:
+        t = self._scratch("c", x)
+        np.multiply(x, x, out=t)
+        t *= _GELU_CUBIC
+        t += 1.0
+        t *= x
+        t *= _SQRT_2_OVER_PI
+        return np.tanh(t, out=t)
+
+    def _cdf_exact(self, x: np.ndarray) -> np.ndarray:
+        # Phi(x) = erfc(-x / sqrt 2) / 2. With E = erfc(|x| / sqrt 2): Phi = E/2 for x < 0 and
+        # 1 - E/2 for x >= 0, i.e. E/2 + [x >= 0] (1 - E); that keeps Phi's relative precision
+        # for x << 0, and a multiply by the mask is far cheaper than a masked assignment.
+        a = self._scratch("a", x)
+        np.abs(x, out=a)
+        a *= _SQRT1_2
+        c = _erfc_nonneg(a, out=self._scratch("c", x))
+        np.subtract(1.0, c, out=a)
+        c *= 0.5
+        upper = self._scratch("upper", x, np.bool_)
+        np.greater_equal(x, 0.0, out=upper)
+        a *= upper
+        c += a
         return c
 
     def forward(self, x, out=None):
-        c = self._cdf(x)
-        c += 1.0
-        c *= 0.5
+        if self.hparams["approximate"] == "tanh":
+            c = self._tanh_u(x)
+            c += 1.0
+            c *= 0.5
+        else:
+            c = self._cdf_exact(x)
         return np.multiply(x, c, out=_out(out, x))
 
     def backward(self, x, y, dy, out=None):
-        c = self._cdf(x)  # tanh(u) or erf(x / sqrt 2)
         slope = self._scratch("slope", x)
         if self.hparams["approximate"] == "tanh":
+            t = self._tanh_u(x)
             du = self._scratch("du", x)
             np.multiply(x, x, out=du)
             du *= 3.0 * _GELU_CUBIC
             du += 1.0
             du *= _SQRT_2_OVER_PI
-            np.multiply(c, c, out=slope)
+            np.multiply(t, t, out=slope)
             np.subtract(1.0, slope, out=slope)
             slope *= du
             slope *= x
-            slope += c
+            slope += t
             slope += 1.0
             slope *= 0.5
         else:
+            c = self._cdf_exact(x)
             np.multiply(x, x, out=slope)
             slope *= -0.5
             np.exp(slope, out=slope)
             slope *= _INV_SQRT_2PI
             slope *= x
-            c += 1.0
-            c *= 0.5
             slope += c
         return np.multiply(dy, slope, out=_out(out, dy))
 

@@ -8,6 +8,7 @@ outputs is their uniform average.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -185,3 +186,16 @@ def regression_report(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
         "r2": float(r2.mean()),
         "per_output": {"mse": mse.tolist(), "rmse": rmse.tolist(), "mae": mae.tolist(), "r2": r2.tolist()},
     }
+
+
+def finite_json(value: Any) -> Any:
+    """A metrics structure as strict JSON values: NaN/inf -> None, numpy scalars -> Python."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value

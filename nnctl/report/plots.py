@@ -49,6 +49,7 @@ def plot_runs(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], out: Path,
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise NnctlError(MISSING_MATPLOTLIB) from None
 
@@ -86,6 +87,7 @@ def plot_runs(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], out: Path,
                         label=f"{label} ({'val' if val else 'train'})" if len(keys) > 1 else label)
         ax.set_title(panel)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(panel)
         if panel == "lr" or (panel == "loss" and _spans_decades(ax)):
             ax.set_yscale("log")

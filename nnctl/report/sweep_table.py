@@ -97,6 +97,9 @@ class PlainSweepReporter(SweepListener):
         what = "a trial failed and --fail-fast is on" if reason == "fail-fast" else "interrupted"
         _line(self.console, f"stopping ({what}): running trials are being interrupted, pending ones skipped")
 
+    def close(self) -> None:
+        """Release the terminal (also when the sweep ended by an unexpected error)."""
+
 
 class LiveSweepReporter(PlainSweepReporter):
     """A live table (values, status, metric, time) redrawn in place; failures print above it at once."""
@@ -128,6 +131,9 @@ class LiveSweepReporter(PlainSweepReporter):
         self.console.print(f"[bold magenta]stopping[/] ({what}): interrupting running trials, skipping pending ones")
 
     def on_end(self, sweep: SweepDir, outcome: Outcome) -> None:
+        self.close()
+
+    def close(self) -> None:
         if self.live is not None:
             self.live.stop()
             self.live = None

@@ -68,7 +68,7 @@ def key_value_table(rows: Sequence[tuple[str, Any]], title: str | None = None) -
     table.add_column(style="bold")
     table.add_column()
     for key, value in rows:
-        table.add_row(key, cell(value))
+        table.add_row(Text(key), Text(cell(value)))
     return table
 
 
@@ -79,13 +79,13 @@ def confusion_table(cm: Sequence[Sequence[int]], labels: Sequence[Any]) -> Table
     table = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left")
     table.add_column("true \\ pred", style="bold")
     for label in labels:
-        table.add_column(str(label), justify="right")
+        table.add_column(Text(str(label)), justify="right")
     for i, (label, row) in enumerate(zip(labels, cm)):
         cells = []
         for j, count in enumerate(row):
             style = "bold green" if i == j and count else ("red" if count else "dim")
             cells.append(Text(str(count), style=style))
-        table.add_row(str(label), *cells)
+        table.add_row(Text(str(label)), *cells)
     return table
 
 
@@ -97,7 +97,7 @@ def class_report_table(report: dict[str, Any], labels: Sequence[Any]) -> Table:
         table.add_column(name, justify="right")
     per = report["per_class"]
     for c, label in enumerate(labels):
-        table.add_row(str(label), f"{per['precision'][c]:.4f}", f"{per['recall'][c]:.4f}",
+        table.add_row(Text(str(label)), f"{per['precision'][c]:.4f}", f"{per['recall'][c]:.4f}",
                       f"{per['f1'][c]:.4f}", str(per["support"][c]))
     table.add_section()
     for name, key in (("macro avg", "macro_avg"), ("weighted avg", "weighted_avg")):
@@ -113,7 +113,7 @@ def per_output_table(per_output: dict[str, list[float]], names: Sequence[str]) -
     for key in ("mse", "rmse", "mae", "r2"):
         table.add_column(key, justify="right")
     for j, name in enumerate(names):
-        table.add_row(name, *(fmt(float(per_output[key][j])) for key in ("mse", "rmse", "mae", "r2")))
+        table.add_row(Text(name), *(fmt(float(per_output[key][j])) for key in ("mse", "rmse", "mae", "r2")))
     return table
 
 
@@ -176,11 +176,16 @@ def runs_table(runs: Sequence[Any], title: str | None = None) -> Table:
             test = fmt(float(test_value)) if one_main else f"{run.main_metric} {fmt(float(test_value))}"
         started: datetime | None = run.started
         table.add_row(
-            run.name, cell(run.dataset), status_text(run.status, run.problem), epochs_text, best, test,
+            Text(run.name), Text(cell(run.dataset)), status_text(run.status), epochs_text, best, test,
             f"{run.parameters:,}" if run.parameters is not None else "-", duration(run.seconds),
             started.strftime("%Y-%m-%d %H:%M") if started else "-",
         )
     return table
+
+
+def run_problems(runs: Sequence[Any]) -> list[str]:
+    """Footnotes for a runs table: why each broken or crashed run is so (one line each)."""
+    return [f"{run.name}: {run.problem}" for run in runs if run.problem]
 
 
 def model_table(rows: Sequence[tuple[Any, Any, int]], title: str | None = None) -> Table:
@@ -261,7 +266,7 @@ def config_diff_table(rows: Sequence[tuple[str, Any, Any]], name_a: str, name_b:
     table.add_column(name_a, overflow="fold")
     table.add_column(name_b, overflow="fold")
     for key, a, b in rows:
-        table.add_row(key, _config_value(a, missing), _config_value(b, missing))
+        table.add_row(Text(key), _config_value(a, missing), _config_value(b, missing))
     return table
 
 
@@ -301,7 +306,7 @@ def metric_diff_table(rows: Sequence[tuple[str, Any, Any, float | None]], name_a
             if way and delta != 0:
                 style = "green" if (delta < 0) == (way == "min") else "red"
             delta_text = Text(shown, style=style)
-        table.add_row(metric, _metric_value(a), _metric_value(b), delta_text)
+        table.add_row(Text(metric), _metric_value(a), _metric_value(b), delta_text)
     return table
 
 

@@ -248,29 +248,33 @@ class SweepDir:
                 return run
         return None
 
-    def check_not_running(self) -> None:
-        pid = self.meta.get("pid")
-        if self.meta.get("state") != "running" or not isinstance(pid, int) or pid == os.getpid():
-            return
-        if self.meta.get("host") not in (None, socket.gethostname()):
-            return
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold `.lock` while this process works on the sweep; a second process is refused.
+
+        An flock is released by the kernel when its holder dies, even by SIGKILL, so a
+        crashed sweep never blocks its own resume, and a reused pid cannot fool it.
+        """
+        import fcntl
+        f = open(self.path / ".lock", "a+")
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        except PermissionError:
-            pass
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"nnctl" not in cmdline:
-                return  # the pid was reused by something else
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            pass
-        raise NnctlError(f"{self.path}: this sweep is still running (pid {pid}); stop it before resuming")
+            f.close()
+            pid = self.meta.get("pid")
+            who = f" (pid {pid})" if pid else ""
+            raise NnctlError(f"{self.path}: this sweep is running in another process{who}; "
+                             f"stop it before resuming") from None
+        try:
+            yield
+        finally:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            finally:
+                f.close()
 
     def plan_resume(self) -> list[int]:
         """Mark what is already done (adopting finished runs the manifest missed); return the rest."""
-        self.check_not_running()
         todo = []
         for t in self.trials:
             run = self.completed_run(t.index)

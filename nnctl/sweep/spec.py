@@ -338,6 +338,10 @@ def _parse_one(chk: Checker, at: KeyPath, name: str, path: KeyPath, spec: Any, m
 
 def _check_path(chk: Checker, p: Parameter, base: dict[str, Any], params: list[Parameter]) -> None:
     """The path must exist in the resolved base spec, which lists every key the schema knows."""
+    if p.path[0] in ("name", "description"):
+        chk.error(("parameters", p.name), f"the sweep sets each trial's {p.path[0]} itself; "
+                                          f"vary the train spec, not its {p.path[0]}")
+        return
     # A key under a component whose name is swept too is checked per trial instead:
     # with optimizer.name [sgd, adam], optimizer.momentum is valid for sgd only.
     for switch, target in _SWITCHES.items():

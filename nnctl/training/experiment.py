@@ -5,6 +5,7 @@ run directory exists.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ from nnctl.engine.losses import LOSSES, default_loss
 from nnctl.engine.model import Sequential, build_layer
 from nnctl.engine.optimizers import OPTIMIZERS
 from nnctl.engine.schedules import build_schedule
-from nnctl.errors import NnctlError
+from nnctl.errors import ConfigError, NnctlError
 
 
 @dataclass
@@ -68,6 +69,15 @@ def check_layers(spec: Spec, layer_specs: list[dict[str, Any]], input_shape: tup
             raise spec.error_at(path, f"{what + ': ' if what else ''}{err}") from None
 
 
+@contextmanager
+def located(spec: Spec, path: tuple):
+    """Give an engine-side ConfigError (a cross-field rule) the YAML path and line of its section."""
+    try:
+        yield
+    except ConfigError as err:
+        raise spec.error_at(path, str(err)) from None
+
+
 def prepare(spec: Spec) -> Experiment:
     data = load_dataset(spec.data, spec.seed, spec.base_dir)
     task = data.task
@@ -105,15 +115,18 @@ def prepare(spec: Spec) -> Experiment:
     model = Sequential.from_config(layer_specs, data.input_shape, model_rng(spec.seed), dtype)
 
     standardizer = Standardizer().fit(data.train) if spec.data.get("standardize", True) else None
-    loss = LOSSES.get(loss_spec["name"])(**{k: v for k, v in loss_spec.items() if k != "name"})
+    with located(spec, ("loss",)):
+        loss = LOSSES.get(loss_spec["name"])(**{k: v for k, v in loss_spec.items() if k != "name"})
     weights = loss_spec.get("class_weights")
     if weights is not None and len(weights) != data.n_outputs:
         raise spec.error_at(("loss", "class_weights"),
                             f"has {len(weights)} weights, the data has {data.n_outputs} classes")
     opt_opts = {k: v for k, v in spec.optimizer.items() if k != "name"}
-    optimizer = OPTIMIZERS.get(spec.optimizer["name"])(**opt_opts)
+    with located(spec, ("optimizer",)):
+        optimizer = OPTIMIZERS.get(spec.optimizer["name"])(**opt_opts)
     steps = -(-n_train // spec.training.batch_size)
-    schedule = build_schedule(spec.schedule, optimizer.lr, spec.training.epochs, steps)
+    with located(spec, ("schedule",)):
+        schedule = build_schedule(spec.schedule, optimizer.lr, spec.training.epochs, steps)
     return Experiment(spec=spec, dataset=data, standardizer=standardizer, model=model, loss=loss,
                       loss_spec=loss_spec, optimizer=optimizer, schedule=schedule,
                       layer_specs=layer_specs, steps_per_epoch=steps)

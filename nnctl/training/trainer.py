@@ -118,7 +118,8 @@ class Trainer:
         meta = ckpt.meta
         try:
             self.exp.model.load_state_dict(ckpt.model_state)
-            self.exp.optimizer.load_state_dict({"scalars": meta["optimizer"]["state"], "arrays": ckpt.group("optim")})
+            self.exp.optimizer.load_state_dict({"scalars": meta["optimizer"]["state"], "arrays": ckpt.group("optim")},
+                                              params=self.exp.model.named_parameters())
             self.exp.schedule.load_state_dict(meta["schedule"])
             self.stopper.load_state_dict(meta["early_stopping"])
             self.exp.model.rng.bit_generator.state = meta["rng"]["model"]
@@ -183,9 +184,10 @@ class Trainer:
                 # RuntimeWarnings would only add noise in front of it.
                 with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                     logs = self._train_epoch(self.epoch)
-                if self.has_val:
-                    logs.update(evaluate(exp.model, exp.loss, exp.dataset.val, exp.standardizer,
-                                         spec.training.eval_batch_size, exp.dataset.task, exp.dtype, prefix="val_"))
+                    if self.has_val:
+                        logs.update(evaluate(exp.model, exp.loss, exp.dataset.val, exp.standardizer,
+                                             spec.training.eval_batch_size, exp.dataset.task, exp.dtype,
+                                             prefix="val_"))
                 self.epoch += 1
                 record = {"epoch": self.epoch, "lr": logs.pop("lr"), **logs,
                           "seconds": round(time.perf_counter() - t0, 4)}
