@@ -5,7 +5,8 @@ cross-entropy, Adam lr 1e-3, batch 128, float32) trained for one epoch on 60,000
 samples (standard normal features, random labels, seeded). The GEMM floor is the same
 matrix products timed alone in the same process (x @ W forward; x.T @ g and g @ W.T
 backward, for every layer), so the ratio does not depend on the machine or on BLAS
-settings such as OPENBLAS_CORETYPE.
+settings such as OPENBLAS_CORETYPE. The floor runs interleaved with training, a chunk of
+batches at a time, so load from other processes affects both measurements alike.
 """
 from __future__ import annotations
 
@@ -19,32 +20,36 @@ from nnctl.engine.model import Sequential
 from nnctl.engine.optimizers import Adam
 
 
-def gemm_floor(sizes: list[int], x: np.ndarray, batch: int, steps: int, rng: np.random.Generator,
-               warmup: int = 20) -> float:
-    """Samples/s of only the matmuls any backprop of this MLP does, on one fixed batch."""
-    ws = [rng.standard_normal((i, o)).astype(x.dtype) for i, o in zip(sizes[:-1], sizes[1:])]
-    xb = x[:batch]
+class GemmFloor:
+    """Only the matmuls any backprop of this MLP does, on one fixed batch (as peers.py does)."""
 
-    def step() -> None:
-        acts = [xb]
-        for w in ws:
-            acts.append(acts[-1] @ w)
-        g = acts[-1]
-        for w, a in zip(reversed(ws), reversed(acts[:-1])):
-            a.T @ g
-            g = g @ w.T
+    def __init__(self, sizes: list[int], x: np.ndarray, batch: int, rng: np.random.Generator):
+        self.ws = [rng.standard_normal((i, o)).astype(x.dtype) for i, o in zip(sizes[:-1], sizes[1:])]
+        self.xb = x[:batch]
+        self.seconds = 0.0
+        self.samples = 0
 
-    for _ in range(warmup):
-        step()
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * batch / (time.perf_counter() - t)
+    def run(self, steps: int) -> None:
+        t = time.perf_counter()
+        for _ in range(steps):
+            acts = [self.xb]
+            for w in self.ws:
+                acts.append(acts[-1] @ w)
+            g = acts[-1]
+            for w, a in zip(reversed(self.ws), reversed(acts[:-1])):
+                a.T @ g
+                g = g @ w.T
+        self.seconds += time.perf_counter() - t
+        self.samples += steps * len(self.xb)
 
 
 def train_epoch(sizes: list[int], x: np.ndarray, y: np.ndarray, batch: int, seed: int,
-                warmup: int = 20) -> tuple[float, float]:
-    """(samples/s, final batch loss) of one epoch of Adam training with the nnctl engine."""
+                floor: GemmFloor, chunk: int, warmup: int = 20) -> tuple[float, float]:
+    """(samples/s, last batch loss) of one epoch of Adam training with the nnctl engine.
+
+    Every `chunk` training batches, the floor runs as many steps, so both are timed under
+    the same machine load (0: the floor runs once, after the epoch, for as many steps).
+    """
     dtype = x.dtype
     specs = [{"type": "dense", "units": u, "activation": "relu"} for u in sizes[1:-1]]
     specs.append({"type": "dense", "units": sizes[-1]})
@@ -70,11 +75,18 @@ def train_epoch(sizes: list[int], x: np.ndarray, y: np.ndarray, batch: int, seed
     order = np.random.default_rng([seed, 1]).permutation(len(x))
     for k in range(warmup):
         step(order[k * batch:(k + 1) * batch])
-    value = float("nan")
-    t = time.perf_counter()
-    for start in range(0, len(x), batch):
-        value = step(order[start:start + batch])
-    return len(x) / (time.perf_counter() - t), value
+    floor.run(warmup)
+    floor.seconds, floor.samples = 0.0, 0
+    starts = list(range(0, len(x), batch))
+    value, seconds = float("nan"), 0.0
+    per = chunk if chunk > 0 else len(starts)
+    for c in range(0, len(starts), per):
+        t = time.perf_counter()
+        for start in starts[c:c + per]:
+            value = step(order[start:start + batch])
+        seconds += time.perf_counter() - t
+        floor.run(len(starts[c:c + per]))
+    return len(x) / seconds, value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,26 +98,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chunk", type=int, default=25,
+                   help="interleave the floor every this many batches (0: time it after the epoch)")
     a = p.parse_args(argv)
     sizes = [a.d] + [int(h) for h in a.hidden.split(",") if h.strip()] + [a.classes]
     dtype = np.dtype(a.dtype)
     rng = np.random.default_rng(a.seed)
     x = rng.standard_normal((a.n, a.d)).astype(dtype)
     y = rng.integers(0, a.classes, a.n)
-    steps = max(a.n // a.batch, 1)
-
-    # the floor is timed before and after training and averaged, so a burst of load from
-    # other processes biases the ratio less
-    floor_before = gemm_floor(sizes, x, a.batch, steps, np.random.default_rng([a.seed, 2]))
-    rate, value = train_epoch(sizes, x, y, a.batch, a.seed)
-    floor_after = gemm_floor(sizes, x, a.batch, steps, np.random.default_rng([a.seed, 2]))
-    floor = 0.5 * (floor_before + floor_after)
+    floor = GemmFloor(sizes, x, a.batch, np.random.default_rng([a.seed, 2]))
+    rate, value = train_epoch(sizes, x, y, a.batch, a.seed, floor, a.chunk)
+    floor_rate = floor.samples / floor.seconds
     flops = 6 * sum(i * o for i, o in zip(sizes[:-1], sizes[1:]))  # per sample, fwd + bwd
     print(f"mlp {sizes} batch {a.batch} {dtype}: {a.n} samples, one epoch (last batch loss {value:.4f})")
     print(f"nnctl       {rate:10.0f} samples/s  {rate * flops / 1e9:6.1f} GFLOP/s")
-    print(f"gemm_floor  {floor:10.0f} samples/s  {floor * flops / 1e9:6.1f} GFLOP/s"
-          f"  (before {floor_before:.0f}, after {floor_after:.0f})")
-    print(f"ratio       {rate / floor:10.1%} of the GEMM floor")
+    print(f"gemm_floor  {floor_rate:10.0f} samples/s  {floor_rate * flops / 1e9:6.1f} GFLOP/s")
+    print(f"ratio       {rate / floor_rate:10.1%} of the GEMM floor")
     return 0
 
 

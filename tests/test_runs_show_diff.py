@@ -245,3 +245,14 @@ def test_diff_with_a_broken_run(runs):
     res = invoke("diff", runs["fast"], runs["corrupt-20250101-000003"])
     assert res.exit_code == 0, res.output
     assert "(broken)" in res.stdout
+
+
+def test_runs_descends_into_sweep_trials(runs, tmp_path):
+    import shutil
+    root = tmp_path / "runs"
+    trial = root / "my-sweep-20250101-000000" / "trials" / "0" / "my-sweep-0-20250101-000001"
+    shutil.copytree(runs["fast"], trial)
+    (root / "my-sweep-20250101-000000" / "sweep.json").write_text("{}")
+    shutil.copytree(runs["slow"], root / runs["slow"].name)
+    listed = sorted(r["name"] for r in runs_json(root))
+    assert listed == sorted(["my-sweep-0-20250101-000001", runs["slow"].name])

@@ -253,6 +253,17 @@ def test_blas_threads_split_the_cores():
     assert env["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT)
 
 
+def test_a_crashed_trial_process_is_a_failure_with_its_cause(tmp_path):
+    job = executors.make_job(4, tmp_path / "spec.yaml", tmp_path, "val_loss", 1)
+    killed = executors.collect(job, tmp_path, set(), -9, "$ nnctl train ...\n", 2.5, stopped=False)
+    assert killed == {"index": 4, "status": "failed", "metric": None, "run_dir": None,
+                      "error": "the trial process was killed by SIGKILL", "seconds": 2.5}
+    traceback = "$ nnctl train ...\nTraceback (most recent call last):\n  ...\nMemoryError: out of memory\n"
+    assert executors.collect(job, tmp_path, set(), 1, traceback, 1.0, False)["error"] == "MemoryError: out of memory"
+    stopped = executors.collect(job, tmp_path, set(), -9, "", 1.0, stopped=True)
+    assert stopped["status"] == "interrupted" and stopped["error"] is None
+
+
 # -- end to end ------------------------------------------------------------------------------
 
 def test_a_failing_trial_is_recorded_and_the_others_complete(tmp_path):

@@ -7,6 +7,7 @@ is exactly the split training held out), a labelled file, or a built-in dataset.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,27 +119,19 @@ def model_from_checkpoint(ckpt: Checkpoint) -> LoadedModel:
         classes = _field(path, meta, "classes", list)
         if len(classes) != n_outputs:
             raise CheckpointError(f"{path}: metadata lists {len(classes)} classes but n_outputs is {n_outputs}")
+    if classes is not None and not all(isinstance(c, (str, int, float)) for c in classes):
+        raise CheckpointError(f"{path}: metadata field classes must hold plain labels (text or numbers)")
     feature_names = meta.get("feature_names")
     if feature_names is not None and not (isinstance(feature_names, list)
                                           and all(isinstance(f, str) for f in feature_names)):
         raise CheckpointError(f"{path}: metadata field feature_names must be a list of column names")
+    if feature_names is not None and len(feature_names) != math.prod(input_shape):
+        raise CheckpointError(f"{path}: metadata lists {len(feature_names)} feature names for input shape "
+                              f"{input_shape}")
     target_name = meta.get("target_name") if isinstance(meta.get("target_name"), str) else None
     loss_spec = _field(path, meta, "loss", dict)
     if not isinstance(loss_spec.get("name"), str):
         raise CheckpointError(f"{path}: metadata field loss.name is missing or not a str")
-
-    try:
-        model = Sequential.from_config(layers, tuple(input_shape), np.random.default_rng(0), dtype)
-    except (NnctlError, TypeError, ValueError, KeyError) as err:
-        raise CheckpointError(f"{path}: cannot rebuild the model from its metadata: {_why(err)}") from None
-    try:
-        model.load_state_dict(ckpt.model_state, strict=True)
-    except (NnctlError, KeyError, ValueError, TypeError) as err:
-        raise CheckpointError(f"{path}: weights do not fit the model in its metadata: {_why(err)}") from None
-    try:
-        loss = LOSSES.get(loss_spec["name"])(**{k: v for k, v in loss_spec.items() if k != "name"})
-    except (NnctlError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: cannot rebuild the loss from its metadata: {_why(err)}") from None
 
     standardizer = None
     std = ckpt.group("standardize")
@@ -148,6 +141,7 @@ def model_from_checkpoint(ckpt: Checkpoint) -> LoadedModel:
                               f"unexpected or missing: {', '.join(odd)}")
     arrays = ckpt.standardizer_arrays()
     if arrays is not None:
+        # checked before the model is built: an input shape that lies is found without allocating for it
         mean, scale = arrays
         if tuple(mean.shape) != tuple(input_shape):
             raise CheckpointError(f"{path}: standardize/mean has shape {list(mean.shape)}, "
@@ -156,6 +150,30 @@ def model_from_checkpoint(ckpt: Checkpoint) -> LoadedModel:
             standardizer = Standardizer.from_arrays(mean, scale)
         except DataError as err:
             raise CheckpointError(f"{path}: {err}") from None
+
+    try:
+        model = Sequential.from_config(layers, tuple(input_shape), np.random.default_rng(0), dtype)
+    except (NnctlError, TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{path}: cannot rebuild the model from its metadata: {_why(err)}") from None
+    except (MemoryError, OverflowError, RecursionError) as err:
+        raise CheckpointError(f"{path}: cannot rebuild the model from its metadata: the layers it lists are "
+                              f"too large or too deeply nested ({type(err).__name__})") from None
+    try:
+        model.load_state_dict(ckpt.model_state, strict=True)
+    except (NnctlError, KeyError, ValueError, TypeError) as err:
+        raise CheckpointError(f"{path}: weights do not fit the model in its metadata: {_why(err)}") from None
+    try:
+        loss = LOSSES.get(loss_spec["name"])(**{k: v for k, v in loss_spec.items() if k != "name"})
+    except (NnctlError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot rebuild the loss from its metadata: {_why(err)}") from None
+    from nnctl.config.spec import CLASSIFICATION_LOSSES
+    loss_name = LOSSES.canonical(loss_spec["name"])
+    if (loss_name in CLASSIFICATION_LOSSES) != (task == CLASSIFICATION):
+        raise CheckpointError(f"{path}: metadata loss {loss_name} does not fit task {task}")
+    outputs = math.prod(model.output_shape or ())
+    binary = loss_name == "binary_cross_entropy" and n_outputs == 2
+    if outputs != (1 if binary else n_outputs):
+        raise CheckpointError(f"{path}: the model has {outputs} outputs but metadata n_outputs is {n_outputs}")
     return LoadedModel(path=path, meta=meta, model=model, loss=loss, standardizer=standardizer, dtype=dtype,
                        task=task, classes=classes, feature_names=feature_names, target_name=target_name,
                        n_outputs=n_outputs, input_shape=tuple(input_shape))

@@ -285,7 +285,8 @@ def is_run_dir(path: Path) -> bool:
 
 
 def scan_runs(runs_dir: Path) -> list[RunInfo]:
-    """Every run directory directly under `runs_dir` (hidden folders skipped), unsorted."""
+    """Every run directory directly under `runs_dir`, and the trial runs of sweeps there
+    (hidden folders skipped), unsorted."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         what = "is not a directory" if runs_dir.exists() else "no such runs directory"
@@ -294,7 +295,18 @@ def scan_runs(runs_dir: Path) -> list[RunInfo]:
         entries = sorted(runs_dir.iterdir())
     except OSError as err:
         raise NnctlError(f"{runs_dir}: cannot list: {err.strerror or err}") from None
-    return [_read_safely(p) for p in entries if not p.name.startswith(".") and is_run_dir(p)]
+    runs = []
+    for p in entries:
+        if p.name.startswith("."):
+            continue
+        if is_run_dir(p):
+            runs.append(_read_safely(p))
+        elif (p / "sweep.json").is_file():
+            # a sweep keeps its trials' runs at <sweep>/trials/<k>/<run>/: list them too
+            for trial in sorted((p / "trials").glob("*/*")):
+                if trial.is_dir() and is_run_dir(trial):
+                    runs.append(_read_safely(trial))
+    return runs
 
 
 def _read_safely(path: Path) -> RunInfo:

@@ -1,6 +1,8 @@
 """`nnctl train`: a new run from a spec, or `--resume` of an existing one."""
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 
 from nnctl.config.spec import load_spec, safe_run_name, spec_from_dict
@@ -19,6 +21,22 @@ def _reporter(quiet: bool):
     if quiet:
         return PlainReporter(console, quiet=True)
     return RichReporter(console) if console.is_terminal else PlainReporter(console)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM (a scheduler or `kill`) stops training like Ctrl-C: checkpoint kept, resumable."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def _restore_sigterm(previous) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_training(config: Path | None, overrides: list[str], resume: Path | None,
@@ -46,6 +64,7 @@ def run_training(config: Path | None, overrides: list[str], resume: Path | None,
         run = RunDir.create(runs_dir, safe_run_name(spec.name))
         run.write_config(spec.to_dict())
         trainer = Trainer(exp, run, _reporter(quiet))
+    previous = _sigterm_as_interrupt()
     try:
         result = trainer.fit()
     except BaseException as err:
@@ -58,6 +77,8 @@ def run_training(config: Path | None, overrides: list[str], resume: Path | None,
             raise NnctlError(f"{run.path}: cannot write: {err.strerror or err}; "
                              f"the last complete checkpoint is {run.last}") from None
         raise
+    finally:
+        _restore_sigterm(previous)
     path = str(run.path)
     if result.status == "failed":
         err_console.print(f"error: {result.message}", markup=False, soft_wrap=True)

@@ -5,7 +5,7 @@ import math
 import re
 from typing import Any, Callable
 
-from nnctl.config.source import KeyPath, Source, format_path
+from nnctl.config.source import KeyPath, Source, format_path, printable
 from nnctl.engine.hparams import Param, Registry, unknown_name_message
 from nnctl.errors import ConfigError
 
@@ -44,7 +44,7 @@ class Checker:
         self.errors: list[str] = []
 
     def error(self, path: KeyPath, message: str) -> None:
-        line = f"{format_path(path)}: {message}{self.source.where(path)}"
+        line = f"{format_path(path)}: {printable(message)}{self.source.where(path)}"
         if line not in self.errors:
             self.errors.append(line)
 

@@ -19,9 +19,23 @@ def format_path(path: KeyPath) -> str:
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif not isinstance(part, str) or _needs_quotes(part):
+            # a key like " " or "a: b" (or a null/float key) would vanish into the message
+            out += f"[{part!r}]"
         else:
             out += f".{part}" if out else str(part)
     return out or "<spec>"
+
+
+def printable(text: str) -> str:
+    """`text` with control characters escaped: user text inside a message must not break its one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _needs_quotes(key: str) -> bool:
+    return not key or any(c.isspace() or not c.isprintable() or c in ":[]'\"" for c in key)
 
 
 @dataclass
@@ -44,18 +58,99 @@ class Source:
         return f" ({self.filename})"
 
 
+# Aliases let a few lines of YAML stand for a huge (or, for a self-reference, infinite)
+# tree; everything downstream walks the expanded tree, so both are refused up front.
+MAX_NODES = 100_000
+MAX_DEPTH = 64
+
+
+def _measure(node: yaml.Node, filename: str, path: KeyPath = (), active: set | None = None,
+             sizes: dict | None = None) -> int:
+    """Nodes in the tree `node` expands to (aliases counted at every use); a ConfigError if it
+    refers to itself, nests deeper than MAX_DEPTH or expands to more than MAX_NODES."""
+    active = set() if active is None else active
+    sizes = {} if sizes is None else sizes
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    line = node.start_mark.line + 1
+    where = f"{format_path(path)}: " if path else ""
+    if key in active:
+        raise ConfigError(f"{where}an alias refers to the node that contains it ({filename} line {line})")
+    if len(path) > MAX_DEPTH:
+        raise ConfigError(f"{where}nested more than {MAX_DEPTH} levels deep ({filename} line {line})")
+    if isinstance(node, yaml.MappingNode):
+        children = [(_key_text(k), v) for k, v in node.value]
+    elif isinstance(node, yaml.SequenceNode):
+        children = list(enumerate(node.value))
+    else:
+        children = []
+    active.add(key)
+    total = 1
+    for part, child in children:
+        total += _measure(child, filename, path + (part,), active, sizes)
+        if total > MAX_NODES:
+            raise ConfigError(f"{where}expands to more than {MAX_NODES:,} values "
+                              f"(aliases repeated inside aliases?) ({filename} line {line})")
+    active.discard(key)
+    sizes[key] = total
+    return total
+
+
+def _key_text(node: yaml.Node):
+    return node.value if isinstance(node, yaml.ScalarNode) else "?"
+
+
+def _compose(text: str, filename: str) -> tuple[yaml.Node | None, Any]:
+    """The node tree (for lines) and the data of one YAML document, with the safe loader only."""
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                _measure(node, filename)
+            # one parse for both: the data is constructed from the very node tree measured above
+            data = _construct(loader, node, filename) if node is not None else None
+        finally:
+            loader.dispose()
+    except RecursionError:
+        # PyYAML composes recursively: brackets nested a thousand deep exhaust the stack first
+        raise ConfigError(f"{filename}: nested more than {MAX_DEPTH} levels deep") from None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = err.problem or err.context or "invalid YAML"
+        if "constructor for the tag" in str(problem):
+            problem = f"tag not allowed (specs are read with a safe loader): {problem}"
+        raise ConfigError(f"{filename}{where}: {problem}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{filename}: invalid YAML: {str(err).splitlines()[0]}") from None
+    return node, data
+
+
+def _construct(loader: yaml.SafeLoader, node: yaml.Node, filename: str) -> Any:
+    try:
+        return loader.construct_document(node)
+    except yaml.YAMLError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        # PyYAML's own constructors trip over some explicitly tagged scalars (`!!float ''`,
+        # `!!timestamp x`) with IndexError/AttributeError/...; still the user's input, not our bug
+        raise ConfigError(f"{filename}: invalid YAML value ({type(err).__name__}: {err})") from None
+
+
 def _walk(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int]) -> None:
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
-        seen: dict[str, int] = {}
+        seen: dict[tuple, int] = {}
         for key_node, value_node in node.value:
-            key = key_node.value
+            key = _key_text(key_node)
             line = key_node.start_mark.line + 1
-            if key in seen:
+            if (key_node.tag, key) in seen:
                 raise ConfigError(
-                    f"{format_path(path + (key,))}: duplicate key (lines {seen[key]} and {line})"
+                    f"{format_path(path + (key,))}: duplicate key (lines {seen[key_node.tag, key]} and {line})"
                 )
-            seen[key] = line
+            seen[key_node.tag, key] = line
             lines[path + (key,)] = line
             _walk(value_node, path + (key,), lines)
     elif isinstance(node, yaml.SequenceNode):
@@ -66,18 +161,7 @@ def _walk(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int]) -> None:
 
 def parse_yaml(text: str, filename: str) -> Source:
     """Parse with the safe loader only; a syntax error or unsafe tag is a one-line ConfigError."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        problem = err.problem or err.context or "invalid YAML"
-        if "constructor for the tag" in str(problem):
-            problem = f"tag not allowed (specs are read with a safe loader): {problem}"
-        raise ConfigError(f"{filename}{where}: {problem}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{filename}: invalid YAML: {str(err).splitlines()[0]}") from None
+    node, data = _compose(text, filename)
     lines: dict[KeyPath, int] = {}
     if node is not None:
         _walk(node, (), lines)
@@ -105,16 +189,17 @@ def apply_overrides(source: Source, overrides: list[str]) -> None:
     if overrides and not isinstance(source.data, dict):
         source.data = {}
     for item in overrides:
+        shown = printable(item)  # echoed in messages, which must stay one line
         if "=" not in item:
-            raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. optimizer.lr=0.01")
+            raise ConfigError(f"--set {shown}: expected KEY=VALUE, e.g. optimizer.lr=0.01")
         dotted, text = item.split("=", 1)
         keys = tuple(k for k in dotted.strip().split("."))
         if not all(keys):
-            raise ConfigError(f"--set {item}: empty key in '{dotted}'")
+            raise ConfigError(f"--set {shown}: empty key in '{printable(dotted)}'")
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--set {item}: value is not valid YAML: {str(err).splitlines()[0]}") from None
+            _, value = _compose(text, "value")
+        except ConfigError as err:
+            raise ConfigError(f"--set {shown}: {err}") from None
         target = source.data
         for i, key in enumerate(keys[:-1]):
             nxt = target.get(key)
@@ -125,7 +210,7 @@ def apply_overrides(source: Source, overrides: list[str]) -> None:
                 if isinstance(nxt, str) and key in ("optimizer", "schedule", "loss"):
                     nxt = target[key] = {"name": nxt}
                 else:
-                    raise ConfigError(f"--set {item}: {format_path(keys[: i + 1])} is not a mapping")
+                    raise ConfigError(f"--set {shown}: {format_path(keys[: i + 1])} is not a mapping")
             target = nxt
         target[keys[-1]] = value
         source.overridden.add(keys)

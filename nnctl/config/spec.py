@@ -15,7 +15,7 @@ from typing import Any
 
 import nnctl.engine  # noqa: F401  (registers every layer)
 from nnctl.config.check import Checker, describe
-from nnctl.config.source import Source, apply_overrides, format_path, read_spec
+from nnctl.config.source import Source, apply_overrides, format_path, printable, read_spec
 from nnctl.data import DATASETS, PARAMS_DATA
 from nnctl.engine.activations import ACTIVATIONS
 from nnctl.engine.base import LAYERS
@@ -155,7 +155,7 @@ class Spec:
 
     def error_at(self, path: tuple, message: str) -> ConfigError:
         where = self.source.where(path) if self.source is not None else ""
-        return ConfigError(f"{format_path(path)}: {message}{where}")
+        return ConfigError(f"{format_path(path)}: {printable(message)}{where}")
 
 
 def expand_short_form(model: dict[str, Any]) -> list[dict[str, Any]]:

@@ -22,6 +22,15 @@ _PADDING_DOC = ("'valid' (none), 'same' (Keras: output = ceil(input / stride)), 
                 "or zeros per side as an int or one int per spatial axis")
 
 
+class _Checked(Layer):
+    """Options checked at construction (the engine's guard for specs built in code)."""
+
+    def __init__(self, **hparams):
+        super().__init__(**hparams)
+        check_hparams(self.NAME, self.PARAMS, self.hparams)
+        self.ws = Workspace()
+
+
 def _check_padding(layer: str, padding, nd: int) -> None:
     """Reject a malformed padding option when the layer is constructed."""
     if isinstance(padding, str):
@@ -33,7 +42,7 @@ def _check_padding(layer: str, padding, nd: int) -> None:
         raise ConfigError(f"{layer}: padding must be >= 0, got {padding!r}")
 
 
-class _Conv(Layer):
+class _Conv(_Checked):
     """N-d convolution over the trailing `ND` axes of a channels-first input.
 
     Shapes: x (N, C_in, *S) -> y (N, filters, *O); W (filters, C_in, *kernel), b (filters,).
@@ -43,12 +52,14 @@ class _Conv(Layer):
     -----
     y[n, f, o] = act( b[f] + sum_{c, k} W[f, c, k] * xp[n, c, o*stride + k*dilation] ),
     xp the zero-padded input. With cols[n, o, (k, c)] = xp[n, c, o*stride + k*dilation]
-    (the im2col matrix, rows = N*prod(O), columns = prod(kernel)*C_in) and W2 = W laid out
-    as (filters, prod(kernel)*C_in):
-        Z^T = W2 @ cols^T,   dW2 = dZ^T @ cols,   dcols = dZ @ W2,   db = sum dZ,
-    and dx is dcols scattered back (col2im): for each kernel offset k, the slice of xp that
-    offset touched receives dcols[:, :, k, :]. The channel axis is innermost in cols so
-    both the gather and the scatter move contiguous runs of channels.
+    (the im2col matrix, rows = N*prod(O), columns = prod(kernel)*C_in, channels innermost)
+    and W2 = W laid out as (filters, prod(kernel)*C_in):
+        Z^T = W2 @ cols^T  (the one forward GEMM),   dW2 = dZ^T @ cols,   db = sum dZ,
+        dcols[k] = dZ @ W[:, :, k]  for every kernel offset k, in one batched product.
+    dx is dcols scattered back (col2im): offset k's block is a contiguous (N, *O, C_in)
+    array that is added, in one strided slice-add, to the part of a channels-last padded
+    gradient that offset touched; the padding is then cut off. "same" padding follows
+    Keras for every stride (output = ceil(S / stride), the odd pad element at the end).
     """
 
     ND = 2
@@ -76,7 +87,6 @@ class _Conv(Layer):
                 raise ConfigError(f"{self.NAME}: {what} must be >= 1, got {h[what]!r}")
         _check_padding(self.NAME, h["padding"], self.ND)
         self.act = get_activation(h["activation"])
-        self.ws = Workspace()
         self._xp_buf = None
 
     def _build(self, input_shape, rng):
@@ -166,7 +176,7 @@ class Conv2D(_Conv):
 
 # -- pooling ------------------------------------------------------------------------------
 
-class _Pool(Layer):
+class _Pool(_Checked):
     """Max or average pooling over the trailing `ND` axes of (N, C, *S) -> (N, C, *O).
 
     Notes
@@ -271,7 +281,7 @@ class AvgPool2D(_Pool):
 
 
 @LAYERS.register("global_avg_pool")
-class GlobalAvgPool(Layer):
+class GlobalAvgPool(_Checked):
     """Mean over every spatial (or time) axis: (N, C, *S) -> (N, C), or (N, *S, C) -> (N, C).
 
     data_format "channels_first" suits conv stacks (N, C, H, W); "channels_last" suits
@@ -304,7 +314,7 @@ class GlobalAvgPool(Layer):
 
 
 @LAYERS.register("flatten")
-class Flatten(Layer):
+class Flatten(_Checked):
     """(N, *S) -> (N, prod(S))."""
 
     PARAMS: dict[str, Param] = {}
@@ -321,7 +331,7 @@ class Flatten(Layer):
 
 
 @LAYERS.register("reshape")
-class Reshape(Layer):
+class Reshape(_Checked):
     """(N, *S) -> (N, *shape), with at most one -1 in `shape` inferred from the rest."""
 
     PARAMS = {

@@ -91,11 +91,17 @@ def load_checkpoint(path: Path) -> Checkpoint:
     try:
         with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
             for key in npz.files:
-                arrays[key] = npz[key]
+                value = npz[key]
+                if not isinstance(value, np.ndarray):
+                    # np.load hands a zip member that is not a .npy file back as raw bytes
+                    raise CheckpointError(f"{path}: member {key!r} is not a .npy array")
+                arrays[key] = value
     except ValueError as err:
         if "allow_pickle" in str(err) or "Object arrays" in str(err):
             raise CheckpointError(f"{path}: contains pickled object arrays, which nnctl never loads") from None
         raise CheckpointError(f"{path}: corrupt checkpoint: {err}") from None
+    except CheckpointError:
+        raise
     except (zipfile.BadZipFile, EOFError, OSError, KeyError, zipfile.LargeZipFile) as err:
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(err).__name__}: {err})") from None
     except Exception as err:  # zlib.error and friends from a damaged member
@@ -109,6 +115,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
         meta = json.loads(meta_arr.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
         raise CheckpointError(f"{path}: metadata is not valid JSON ({err})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: metadata JSON is nested too deeply") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an nnctl checkpoint (format is {meta.get('format') if isinstance(meta, dict) else None!r})")
     version = meta.get("format_version")

@@ -116,6 +116,9 @@ class Trainer:
     def restore(self, ckpt: Checkpoint, best: Checkpoint | None) -> None:
         """Continue exactly where `ckpt` (a last.npz) left off."""
         meta = ckpt.meta
+        problem = _resume_fields_problem(meta)
+        if problem:
+            raise CheckpointError(f"{ckpt.path}: cannot resume from this checkpoint ({problem})")
         try:
             self.exp.model.load_state_dict(ckpt.model_state)
             self.exp.optimizer.load_state_dict({"scalars": meta["optimizer"]["state"], "arrays": ckpt.group("optim")},
@@ -125,12 +128,17 @@ class Trainer:
             self.exp.model.rng.bit_generator.state = meta["rng"]["model"]
             self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
             self.elapsed_before = float(meta.get("elapsed", 0.0))
-        except (KeyError, TypeError, ValueError) as err:
+        except CheckpointError as err:
+            # the engine's loaders say what does not fit; which file it is in, only we know
+            raise CheckpointError(f"{ckpt.path}: {err}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise CheckpointError(f"{ckpt.path}: cannot resume from this checkpoint ({type(err).__name__}: {err})") from None
         history = meta.get("history")
-        if not isinstance(history, list) or len(history) != self.epoch:
-            raise CheckpointError(f"{ckpt.path}: history in the checkpoint has {len(history or [])} epochs, "
-                                  f"expected {self.epoch}")
+        # each epoch exactly once, in order: a resumed run appends epoch+1 next
+        if (not isinstance(history, list) or len(history) != self.epoch
+                or [r.get("epoch") if isinstance(r, dict) else None for r in history] != list(range(1, self.epoch + 1))):
+            raise CheckpointError(f"{ckpt.path}: history in the checkpoint is not the records of epochs "
+                                  f"1..{self.epoch}")
         self.history = history
         self.run.write_history(self.history)  # history.json may have been a write behind
         if best is not None:
@@ -244,3 +252,30 @@ class Trainer:
         self.run.write_metrics(metrics)
         self.run.set_status(status, epochs_done=self.epoch)
         return result
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _resume_fields_problem(meta: dict[str, Any]) -> str | None:
+    """Why the scalar resume state of a last.npz cannot be used, or None.
+
+    The loaders of the engine's state check their own parts; these are the ones that would
+    otherwise be taken as they are and only fail (or silently mislead) epochs later.
+    """
+    for key in ("epoch", "step"):
+        if not _count(meta.get(key)):
+            return f"{key} must be a non-negative integer, got {meta.get(key)!r}"
+    es = meta.get("early_stopping")
+    if not isinstance(es, dict):
+        return f"early_stopping state must be a mapping, got {type(es).__name__}"
+    best = es.get("best")
+    if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float))):
+        return f"early_stopping.best must be a number or null, got {best!r}"
+    for key in ("best_epoch", "stopped_epoch"):
+        if es.get(key) is not None and not _count(es[key]):
+            return f"early_stopping.{key} must be an epoch number or null, got {es[key]!r}"
+    if not _count(es.get("wait", 0)):
+        return f"early_stopping.wait must be a non-negative integer, got {es.get('wait')!r}"
+    return None

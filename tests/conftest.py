@@ -1,0 +1,31 @@
+"""Shared test plumbing: the fuzz and fault tests record how many cases they ran, shown after the run."""
+from __future__ import annotations
+
+import pytest
+
+# (test id, what was counted) lines, in the order the tests recorded them.
+_COUNTS: list[tuple[str, str]] = []
+
+
+@pytest.fixture
+def record_counts(request):
+    """`record_counts("what", {"outcome": n, ...})`: keep a line for the terminal summary.
+
+    The fuzz/fault tests call it so every run shows how many documents, files, kills...
+    were really tried, not only that the test passed.
+    """
+
+    def record(what: str, counts) -> None:
+        parts = ", ".join(f"{k} {v}" for k, v in dict(counts).items())
+        total = sum(int(v) for v in dict(counts).values())
+        _COUNTS.append((request.node.nodeid, f"{what}: {total} ({parts})"))
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not _COUNTS:
+        return
+    terminalreporter.section("fuzz and fault counts")
+    for nodeid, line in _COUNTS:
+        terminalreporter.write_line(f"{nodeid.split('::')[-1]}: {line}")
