@@ -25,14 +25,20 @@ from nnctl.engine.conv import Conv2D
 from nnctl.engine.recurrent import GRU
 
 
-def best_of(fn, reps: int) -> float:
-    """Minimum wall time of `fn()` over `reps` runs after one warm-up, in seconds."""
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
+def best_of(*fns, reps: int) -> list[float]:
+    """Minimum wall time of each `fn()` over `reps` rounds after one warm-up, in seconds.
+
+    The functions run interleaved, one call each per round, so a load change on a shared
+    machine hits the layer and its floor alike instead of skewing their ratio.
+    """
+    for fn in fns:
         fn()
-        best = min(best, time.perf_counter() - t0)
+    best = [float("inf")] * len(fns)
+    for _ in range(reps):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
     return best
 
 
@@ -59,9 +65,7 @@ def bench_conv(reps: int, rng: np.random.Generator) -> dict[str, float]:
         dy2t @ cols
         dy2 @ w2
 
-    fwd = best_of(lambda: layer.forward(x, True), reps)
-    layer_t = best_of(step, reps)
-    floor = best_of(gemms, reps)
+    fwd, layer_t, floor = best_of(lambda: layer.forward(x, True), step, gemms, reps=reps)
     return {"forward_s": fwd, "layer_s": layer_t, "floor_s": floor, "ratio": floor / layer_t}
 
 
@@ -98,8 +102,8 @@ def bench_gru(reps: int, rng: np.random.Generator) -> dict[str, float]:
         hs.T @ da
         da @ Wt
 
-    layer_t = best_of(step, reps)
-    floor = best_of(per_step, reps) + best_of(whole, reps)
+    layer_t, loop, bulk = best_of(step, per_step, whole, reps=reps)
+    floor = loop + bulk
     return {"layer_s": layer_t, "floor_s": floor, "per_step_layer_ms": 1e3 * layer_t / t,
             "per_step_floor_ms": 1e3 * floor / t, "ratio": floor / layer_t}
 

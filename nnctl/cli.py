@@ -92,7 +92,7 @@ def validate(
     console.print(f"input {tuple(d.input_shape)}, {d.n_outputs} outputs, "
                   f"{exp.model.num_parameters():,} parameters; rows: train {len(d.train)}"
                   f", val {len(d.val) if d.val is not None else 0}, test {len(d.test) if d.test is not None else 0}",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
     console.print(f"{config}: ok", highlight=False)
 
 

@@ -16,9 +16,13 @@ def record_counts(request):
     """
 
     def record(what: str, counts) -> None:
-        parts = ", ".join(f"{k} {v}" for k, v in dict(counts).items())
-        total = sum(int(v) for v in dict(counts).values())
-        _COUNTS.append((request.node.nodeid, f"{what}: {total} ({parts})"))
+        counts = dict(counts)
+        parts = ", ".join(f"{k} {v}" for k, v in counts.items())
+        if len(counts) == 1:
+            _COUNTS.append((request.node.nodeid, f"{what}: {parts}"))
+        else:
+            total = sum(int(v) for v in counts.values())
+            _COUNTS.append((request.node.nodeid, f"{what}: {total} ({parts})"))
 
     return record
 

@@ -533,3 +533,13 @@ def test_batches_standardized_in_place_and_regression_targets():
     assert np.allclose(np.concatenate(got), expect, atol=1e-5)
     assert [len(b) for b, _ in iterate_batches(Split(x, None), 8, None, np.float64, None)] == [8, 8, 8, 6]
     assert all(yb is None for _, yb in iterate_batches(Split(x, None), 8, None, np.float64, None))
+
+
+def test_global_standardizer_pools_every_value():
+    from nnctl.data import Split, Standardizer
+    x = np.array([[0.0, 10.0], [2.0, 30.0], [4.0, 20.0]])
+    std = Standardizer().fit(Split(x=x, y=None), per_feature=False)
+    np.testing.assert_allclose(std.mean, [x.mean(), x.mean()])
+    np.testing.assert_allclose(std.scale, [x.std(), x.std()])
+    z = std.transform(x)
+    assert abs(z.mean()) < 1e-12 and abs(z.std() - 1) < 1e-12

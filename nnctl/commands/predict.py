@@ -5,9 +5,9 @@ text columns such as ids are ignored), a .npy of features (memory-mapped) or an 
 "x". Output: CSV with the predicted original labels (or values), and with `proba` one
 `p_<label>` column per class; to a file (written atomically) or to a stream.
 
-A CSV input is parsed CHUNK_ROWS rows at a time and a .npy is memory-mapped, and each
-chunk's predictions are written before the next is read, so memory is O(CHUNK_ROWS x
-columns) for an input of any length (an .npz is read whole: np.load cannot map a zip).
+A CSV input is parsed in chunks (at most CHUNK_ROWS rows and CHUNK_CELLS cells) and a .npy
+is memory-mapped, and each chunk's predictions are written before the next is read, so
+memory is bounded for an input of any length (an .npz is read whole: np.load cannot map a zip).
 """
 from __future__ import annotations
 
@@ -21,13 +21,16 @@ import numpy as np
 
 from nnctl.commands.evaluate import CLASSIFICATION, LoadedModel
 from nnctl.data import Split, load_features
-from nnctl.data.files import suffix_of
+from nnctl.data.files import not_utf8, suffix_of
 from nnctl.errors import DataError, NnctlError
 from nnctl.runs.store import atomic_write
 from nnctl.training.metrics import predicted_classes
 
-# Rows parsed per chunk of a CSV input (each chunk is then cut into batch_size batches).
+# Rows parsed per chunk of a CSV input (each chunk is then cut into batch_size batches)...
 CHUNK_ROWS = 16384
+# ... and at most this many cells: a parsed cell is a Python string of ~55 bytes, so 16384
+# rows of 256 columns would hold ~230 MB of strings at once.
+CHUNK_CELLS = 1_000_000
 
 
 def _is_number(cell: str) -> bool:
@@ -39,7 +42,7 @@ def _is_number(cell: str) -> bool:
 
 
 class CsvFeatureReader:
-    """Streams the model's feature columns out of a CSV file, CHUNK_ROWS rows at a time.
+    """Streams the model's feature columns out of a CSV file, a chunk of rows at a time.
 
     Same conventions as training's CSV reader (nnctl.data.files): header on the first
     non-blank line, UTF-8 with optional BOM, quoted fields, blank lines skipped, 1-based
@@ -56,7 +59,7 @@ class CsvFeatureReader:
         self.feature_names = feature_names
         self.target_name = target_name
         self.input_shape = tuple(input_shape)
-        self.chunk_rows = chunk_rows or CHUNK_ROWS
+        self.chunk_rows = chunk_rows
 
     def _open(self) -> IO[str]:
         try:
@@ -80,8 +83,8 @@ class CsvFeatureReader:
                 yield start, record
         except csv.Error as err:
             raise DataError(f"{self.name} row {reader.line_num}: {err}") from None
-        except UnicodeDecodeError as err:
-            raise DataError(f"{self.name}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+        except UnicodeDecodeError:
+            raise not_utf8(self.path, self.name) from None
 
     def _columns(self, header: list[str], first: list[tuple[int, list[str]]]) -> list[int]:
         """Indices of the feature columns in the model's order; checks the header fits the model."""
@@ -145,12 +148,13 @@ class CsvFeatureReader:
             if header_record is None:
                 raise DataError(f"{self.name}: file is empty")
             header = [h.strip() for h in header_record[1]]
+            size = self.chunk_rows or min(CHUNK_ROWS, max(64, CHUNK_CELLS // len(header)))
             chunk: list[tuple[int, list[str]]] = []
             cols: list[int] | None = None
             any_rows = False
             for rec in records:
                 chunk.append(rec)
-                if len(chunk) == self.chunk_rows:
+                if len(chunk) == size:
                     if cols is None:
                         cols = self._columns(header, chunk)
                     yield self._parse(header, cols, chunk)

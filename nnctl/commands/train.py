@@ -46,6 +46,10 @@ def run_training(config: Path | None, overrides: list[str], resume: Path | None,
         if config is not None or overrides:
             raise NnctlError("--resume continues a run with its stored config; don't pass a spec or --set")
         run = RunDir.open(resume)
+        if not run.last.exists() and run.checkpoints.is_dir():
+            raise CheckpointError(f"{run.last}: no such checkpoint; the run stopped before its first checkpoint "
+                                  f"was written, so there is nothing to resume (train the spec again)")
+        run.remove_temp_files()  # left by a process killed mid-write
         last = load_checkpoint(run.last)
         best = load_checkpoint(run.best) if run.best.exists() else None
         spec = spec_from_dict(last.meta["config"], filename=f"{run.last} config")
@@ -62,11 +66,25 @@ def run_training(config: Path | None, overrides: list[str], resume: Path | None,
         spec = load_spec(config, overrides)
         exp = prepare(spec)
         run = RunDir.create(runs_dir, safe_run_name(spec.name))
-        run.write_config(spec.to_dict())
+        try:
+            run.write_config(spec.to_dict())
+        except OSError as err:
+            run.remove_if_empty()  # nothing of the run was written: leave no broken folder behind
+            raise NnctlError(f"{run.path}: cannot write: {err.strerror or err}") from None
         trainer = Trainer(exp, run, _reporter(quiet))
     previous = _sigterm_as_interrupt()
     try:
         result = trainer.fit()
+    except KeyboardInterrupt:
+        # Ctrl-C/SIGTERM outside the epoch loop (while marking the run running, or while
+        # finishing it): still an interrupt, not a failure; last.npz is complete either way.
+        try:
+            run.set_status("interrupted", epochs_done=trainer.epoch)
+        except (OSError, KeyboardInterrupt):
+            pass
+        err_console.print(f"interrupted after {trainer.epoch} epochs; resume with:", markup=False)
+        err_console.print(f"  nnctl train --resume {run.path}", markup=False, soft_wrap=True)
+        return EXIT_CODES["interrupted"]
     except BaseException as err:
         # An unexpected failure (a bug, a full disk): the run must not look like it's still running.
         try:
@@ -74,8 +92,9 @@ def run_training(config: Path | None, overrides: list[str], resume: Path | None,
         except OSError:
             pass
         if isinstance(err, OSError):
-            raise NnctlError(f"{run.path}: cannot write: {err.strerror or err}; "
-                             f"the last complete checkpoint is {run.last}") from None
+            kept = (f"the last complete checkpoint is {run.last}" if run.last.exists()
+                    else "no checkpoint was written")
+            raise NnctlError(f"{run.path}: cannot write: {err.strerror or err}; {kept}") from None
         raise
     finally:
         _restore_sigterm(previous)

@@ -93,6 +93,10 @@ class Checker:
             if not isinstance(value, bool):
                 self.error(path, f"must be true or false, got {describe(value)}")
             return value
+        if kind == "bool_or_choice":
+            if not isinstance(value, bool) and value not in (p.choices or ()):
+                self.error(path, f"must be true, false or one of {', '.join(p.choices or ())}, got {describe(value)}")
+            return value
         if kind == "str":
             if not isinstance(value, str):
                 self.error(path, f"must be a string, got {describe(value)}")

@@ -5,6 +5,7 @@ from typing import Iterator
 
 import numpy as np
 
+from nnctl.data.files import MappedRows
 from nnctl.data.splits import Split
 from nnctl.data.standardize import Standardizer
 
@@ -60,15 +61,29 @@ def iterate_batches(split: Split, batch_size: int, rng: np.random.Generator | No
             yraw = np.empty((size,) + y.shape[1:], dtype=y.dtype)
 
     stop = n - n % batch_size if drop_last else n
+    reader = MappedRows.open(x) if mapped else None
+    try:
+        yield from _batches(x, y, rows, stop, batch_size, mapped, reader, xbuf, raw, ybuf, yraw, standardizer)
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+def _batches(x, y, rows, stop, batch_size, mapped, reader, xbuf, raw, ybuf, yraw, standardizer):
     for start in range(0, stop, batch_size):
         take = rows[start:start + batch_size]
         if mapped:
             take = np.sort(take)
         b = len(take)
         xb = xbuf[:b]
-        # mode="clip": the rows are valid by construction, and mode="raise" would gather
-        # through a temporary copy instead of writing straight into the buffer.
-        if raw is None:
+        if reader is not None:
+            # a memmap: read the rows straight from the file (see MappedRows)
+            reader.read(take, xb if raw is None else raw[:b])
+            if raw is not None:
+                np.copyto(xb, raw[:b], casting="unsafe")
+        elif raw is None:
+            # mode="clip": the rows are valid by construction, and mode="raise" would gather
+            # through a temporary copy instead of writing straight into the buffer.
             np.take(x, take, axis=0, out=xb, mode="clip")
         else:
             np.take(x, take, axis=0, out=raw[:b], mode="clip")

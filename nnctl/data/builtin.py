@@ -308,3 +308,13 @@ def generate(name: str, options: dict | None, rng: np.random.Generator) -> RawDa
                       target_name=None, source=f"{canonical} (built-in)",
                       task=getattr(entry, "TASK", None))
     return out
+
+
+def _register_sequence_tasks() -> None:
+    # The sequence tasks live beside the recurrent/attention tests' reasoning in sequences.py.
+    from nnctl.data.sequences import make_marked_xor, make_parity
+    DATASETS.register("marked_xor")(make_marked_xor)
+    DATASETS.register("parity")(make_parity)
+
+
+_register_sequence_tasks()

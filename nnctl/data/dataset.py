@@ -31,7 +31,10 @@ PARAMS_DATA: dict[str, Param] = {
                       doc="a separate validation file (.csv or .npz); val_split is then unused"),
     "test_path": Param("str", None, nullable=True,
                        doc="a separate test file (.csv or .npz); test_split is then unused"),
-    "standardize": Param("bool", True, doc="scale features to zero mean, unit variance (training-row statistics)"),
+    "standardize": Param("bool_or_choice", True, choices=("per_feature", "global"),
+                         doc="zero mean, unit variance from the training rows: true/per_feature (each "
+                             "feature its own statistics), global (one mean and scale for all values, "
+                             "e.g. images), false"),
     "shape": Param("int_list", None, gt=0, nullable=True,
                    doc="reshape each sample, e.g. [1, 8, 8] for a conv net on digits"),
     "features": Param("any", None, nullable=True,

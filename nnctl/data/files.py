@@ -27,9 +27,13 @@ NumPy conventions
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import math
+import mmap
+import os
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +45,76 @@ SUFFIXES = (".csv", ".npy", ".npz")
 
 # Finite-value checks and statistics over a memmap read this many bytes at a time.
 CHUNK_BYTES = 16 * 2**20
+
+
+def release_pages(x: np.ndarray) -> None:
+    """Drop the pages of memory-mapped `x` that this process has touched (no-op for other arrays).
+
+    Pages of a mapped file stay in the process's resident set once read, so a pass over a
+    2 GB .npy would leave the process at 2 GB resident, although all of it is page cache
+    the kernel could reclaim. MADV_DONTNEED unmaps them from this process only: the file
+    is read-only here, the pages stay cached, and a later access reads them back.
+    """
+    mapping = getattr(x, "_mmap", None) if isinstance(x, np.memmap) else None
+    if mapping is None or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    try:
+        mapping.madvise(mmap.MADV_DONTNEED)
+    except (OSError, ValueError):
+        pass
+
+
+class MappedRows:
+    """Reads rows of a memory-mapped array with pread, bypassing the mapping.
+
+    A gather through the mapping maps the pages it touches into the process, and on
+    kernels with large page-cache folios one random row maps a megabyte or more of the
+    file around it: a shuffled epoch over a 2 GB .npy then holds most of the file as
+    resident memory. pread copies just the rows, so the resident set stays at the
+    batch buffers; the data still comes from (and stays in) the page cache.
+
+    Use `MappedRows.open(x)`, which returns None when x is not a C-ordered memmap of a
+    file or the platform has no preadv; callers then gather with np.take.
+    """
+
+    def __init__(self, fd: int, start: int, row_bytes: int, name: str):
+        self.fd, self.start, self.row_bytes, self.name = fd, start, row_bytes, name
+
+    @classmethod
+    def open(cls, x: np.ndarray) -> "MappedRows | None":
+        mapping = getattr(x, "_mmap", None) if isinstance(x, np.memmap) else None
+        filename = getattr(x, "filename", None)
+        if mapping is None or filename is None or not x.flags.c_contiguous or not hasattr(os, "preadv") \
+                or x.ndim == 0 or x.size == 0:
+            return None
+        # numpy maps from the offset rounded down to the allocation granularity; x's data
+        # starts that far into the mapping plus however far x is a slice into it
+        mapped_from = x.offset - x.offset % mmap.ALLOCATIONGRANULARITY
+        base = np.frombuffer(mapping, dtype=np.uint8, count=1).ctypes.data
+        start = mapped_from + (x.ctypes.data - base)
+        try:
+            fd = os.open(filename, os.O_RDONLY)
+        except OSError:
+            return None
+        return cls(fd, start, x.itemsize * math.prod(x.shape[1:]), Path(filename).name)
+
+    def read(self, rows: np.ndarray, out: np.ndarray) -> None:
+        """out[:len(rows)] = x[rows]; rows sorted ascending, out C-contiguous with x's dtype."""
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        rb = self.row_bytes
+        # one read per run of consecutive rows (an evaluation batch is a single run)
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        for a, b in zip([0, *breaks.tolist()], [*breaks.tolist(), len(rows)]):
+            want = (b - a) * rb
+            got = os.preadv(self.fd, [view[a * rb:b * rb]], self.start + int(rows[a]) * rb)
+            if got != want:
+                raise DataError(f"{self.name}: the file changed while it was read (short read at row {int(rows[a])})")
+
+    def close(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
 
 
 @dataclass
@@ -121,8 +195,8 @@ def read_csv(path: Path, name: str | None = None) -> CsvTable:
         raise DataError(f"{name}: file not found ({path})") from None
     except IsADirectoryError:
         raise DataError(f"{name}: is a directory, not a CSV file ({path})") from None
-    except UnicodeDecodeError as err:
-        raise DataError(f"{name}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+    except UnicodeDecodeError:
+        raise not_utf8(path, name) from None
     except csv.Error as err:
         raise DataError(f"{name} row {reader.line_num}: {err}") from None
     except OSError as err:
@@ -139,6 +213,34 @@ def read_csv(path: Path, name: str | None = None) -> CsvTable:
     if not rows:
         raise DataError(f"{name}: no data rows, only a header")
     return CsvTable(name, header, rows, lines)
+
+
+def not_utf8(path: Path, name: str) -> DataError:
+    """The DataError for a file that is not UTF-8, with the line and file offset of the first bad byte.
+
+    The text layer decodes in chunks and reports offsets within a chunk, so the file is
+    decoded again here (1 MiB at a time) to find the real position.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    consumed = newlines = 0
+    try:
+        with open(path, "rb") as f:
+            while True:
+                chunk = f.read(2**20)
+                pending = decoder.getstate()[0]   # an unfinished character from the last chunk
+                try:
+                    decoder.decode(chunk, final=not chunk)
+                except UnicodeDecodeError as err:
+                    start = consumed - len(pending) + err.start
+                    line = newlines + chunk.count(b"\n", 0, max(0, err.start - len(pending))) + 1
+                    return DataError(f"{name} row {line}: not UTF-8 text (byte {start}: {err.reason})")
+                if not chunk:
+                    break
+                consumed += len(chunk)
+                newlines += chunk.count(b"\n")
+    except OSError:
+        pass
+    return DataError(f"{name}: not UTF-8 text")
 
 
 def _floats(cells: list[str]) -> np.ndarray | None:
@@ -287,8 +389,8 @@ def _npy(path: Path, name: str, mmap: bool) -> np.ndarray:
         if "object" in str(err).lower() or "pickle" in str(err).lower():
             raise DataError(f"{name}: holds Python objects, which are not loaded (allow_pickle is off)") from None
         raise DataError(f"{name}: not a valid .npy file ({err})") from None
-    except (OSError, EOFError) as err:
-        raise DataError(f"{name}: not a valid .npy file ({err})") from None
+    except (OSError, EOFError, MemoryError) as err:
+        raise DataError(f"{name}: not a valid .npy file ({type(err).__name__}: {err})") from None
 
 
 def check_features(x: np.ndarray, name: str) -> np.ndarray:
@@ -307,6 +409,7 @@ def check_features(x: np.ndarray, name: str) -> np.ndarray:
         step = max(1, CHUNK_BYTES // row_bytes)
         for s in range(0, len(x), step):
             finite = np.isfinite(x[s:s + step])
+            release_pages(x)
             if not finite.all():
                 where = np.unravel_index(int(np.argmin(finite)), finite.shape)
                 pos = (where[0] + s,) + tuple(where[1:])
@@ -358,13 +461,20 @@ def read_npz_data(path: Path, name: str | None = None, need_y: bool = True) -> R
             if key not in keys:
                 raise DataError(f"{name}: no array '{key}'; arrays are: {', '.join(keys) or '(none)'}")
             try:
-                return archive[key]
-            except ValueError:
-                raise DataError(
-                    f"{name}: array '{key}' holds Python objects, which are not loaded (allow_pickle is off)"
-                ) from None
-            except (OSError, EOFError, zipfile.BadZipFile) as err:
+                value = archive[key]
+            except ValueError as err:
+                if "pickle" in str(err).lower() or "object" in str(err).lower():
+                    raise DataError(
+                        f"{name}: array '{key}' holds Python objects, which are not loaded (allow_pickle is off)"
+                    ) from None
                 raise DataError(f"{name}: array '{key}' cannot be read ({err})") from None
+            except (OSError, EOFError, zipfile.BadZipFile, zlib.error, MemoryError) as err:
+                # a damaged member fails in the zip layer (CRC, zlib) or claims an absurd size
+                raise DataError(f"{name}: array '{key}' cannot be read ({type(err).__name__}: {err})") from None
+            if not isinstance(value, np.ndarray):
+                # np.load hands back a zip member that is not a .npy file as raw bytes
+                raise DataError(f"{name}: array '{key}' is not a .npy array")
+            return value
 
         x = check_features(get("x"), f"{name} 'x'")
         y = get("y") if (need_y or "y" in keys) else None

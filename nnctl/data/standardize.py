@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from nnctl.data.files import CHUNK_BYTES
+from nnctl.data.files import CHUNK_BYTES, release_pages
 from nnctl.data.splits import Split
 from nnctl.errors import DataError
 
@@ -32,8 +32,13 @@ class Standardizer:
         self.scale = None if scale is None else np.asarray(scale, dtype=np.float64)
         self._cast: dict[np.dtype, tuple[np.ndarray, np.ndarray]] = {}
 
-    def fit(self, split: Split) -> "Standardizer":
-        """Statistics over split's rows (x[idx]); returns self."""
+    def fit(self, split: Split, per_feature: bool = True) -> "Standardizer":
+        """Statistics over split's rows (x[idx]); returns self.
+
+        per_feature=False pools every value of a sample into one mean and scale (stored
+        broadcast to the sample shape, so checkpoints look the same): what images want,
+        where a nearly constant border pixel must not be blown up to unit variance.
+        """
         x, rows = split.x, split.rows()
         if len(rows) == 0:
             raise DataError("cannot standardize: the training split is empty")
@@ -45,6 +50,7 @@ class Standardizer:
         for s in range(0, len(rows), step):
             # np.take returns a fresh array, so the deviations can overwrite it.
             block = np.take(x, rows[s:s + step], axis=0).astype(np.float64, copy=False)
+            release_pages(x)
             nb = len(block)
             mean_b = block.mean(axis=0)
             block -= mean_b
@@ -55,6 +61,13 @@ class Standardizer:
             mean = mean + delta * (nb / total)
             m2 = m2 + m2_b + delta ** 2 * (n * nb / total)
             n = total
+        if not per_feature:
+            # pooled over features: total variance = mean within-feature variance
+            # + variance of the feature means (all features have n values)
+            pooled_mean = mean.mean()
+            pooled_var = (m2 / n).mean() + ((mean - pooled_mean) ** 2).mean()
+            mean = np.full(shape, pooled_mean)
+            m2 = np.full(shape, pooled_var * n)
         scale = np.sqrt(m2 / n)
         constant = (scale == 0) | (scale <= 10 * np.finfo(np.float64).eps * np.abs(mean))
         scale[constant] = 1.0

@@ -76,7 +76,7 @@ class Embedding(_Checked):
         v = self.hparams["vocab_size"]
         if ids.size and (ids.min() < 0 or ids.max() >= v or not np.array_equal(ids, x.reshape(ids.shape))):
             bad = x.reshape(ids.shape)[(ids < 0) | (ids >= v) | (ids != x.reshape(ids.shape))][0]
-            raise DataError(f"{self.NAME}: token ids must be integers in [0, {v}), got {bad!r}")
+            raise DataError(f"{self.NAME}: token ids must be integers in [0, {v}), got {float(bad):g}")
         self._ids, self._x_shape = ids, x.shape
         return self.params["W"][ids]
 
@@ -377,7 +377,7 @@ class TransformerEncoder(_Checked):
     """
 
     PARAMS = {
-        "num_layers": Param("int", 2, ge=1, doc="number of transformer blocks"),
+        "num_layers": Param("int", 2, ge=1, le=256, doc="number of transformer blocks"),
         **_BLOCK_PARAMS,
         "final_norm": Param("bool", True, doc="end with a layer_norm"),
     }

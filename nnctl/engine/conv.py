@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from nnctl.engine import shapes
-from nnctl.engine.activations import get_activation
+from nnctl.engine.activations import Identity, get_activation
 from nnctl.engine.base import LAYERS, Layer, Workspace, check_hparams
 from nnctl.engine.hparams import REQUIRED, Param
 from nnctl.engine.initializers import default_initializer, get_initializer
@@ -113,33 +113,42 @@ class _Conv(_Checked):
     def forward(self, x, training):
         x = np.asarray(x, dtype=self.dtype)
         n, nd, f = x.shape[0], self.ND, self.hparams["filters"]
+        p = math.prod(self.out_sizes)
         xp, self._xp_buf = shapes.padded(x, self.pads, self._xp_buf)
         win = shapes.windows(xp, self.kernel, self.stride, self.dilation, self.out_sizes)
         # im2col in one strided copy: (N, C, *O, *K) -> (N, *O, *K, C).
         cols = self.ws.get("cols", (n,) + self.out_sizes + self.kernel + (x.shape[1],), self.dtype)
         np.copyto(cols, win.transpose(0, *range(2, 2 + 2 * nd), 1))
         self._cols = cols
-        z = self._w2() @ cols.reshape(n * math.prod(self.out_sizes), -1).T   # (F, N*P): the one GEMM
+        zt = self.ws.get("zt", (f, n * p), self.dtype)
+        np.matmul(self._w2(), cols.reshape(n * p, -1).T, out=zt)       # the one GEMM
         if "b" in self.params:
-            z += self.params["b"][:, None]
-        z = np.ascontiguousarray(z.reshape(f, n, -1).swapaxes(0, 1)).reshape((n, f) + self.out_sizes)
+            zt += self.params["b"][:, None]
+        z = self.ws.get("z", (n, f) + self.out_sizes, self.dtype)
+        np.copyto(z.reshape(n, f, p), zt.reshape(f, n, p).swapaxes(0, 1))
         if self.act.USES_X:
             self._z = z
-            self._y = self.act.forward(z)
+            self._y = self.act.forward(z, out=self.ws.get("y", z.shape, self.dtype))
         else:
             self._z = None
             self._y = self.act.forward(z, out=z)
         return self._y
 
     def backward(self, dy):
-        dz = self.act.backward(self._z, self._y, np.asarray(dy, dtype=self.dtype))
+        dy = np.asarray(dy, dtype=self.dtype)
+        if isinstance(self.act, Identity):
+            dz = dy
+        else:
+            dz = self.act.backward(self._z, self._y, dy, out=self.ws.get("dz", dy.shape, self.dtype))
         cols = self._cols
         n, nd = cols.shape[0], self.ND
         W = self.params["W"]
         f, c_in = W.shape[:2]
+        p = math.prod(self.out_sizes)
         # (N, F, *O) -> (N*P, F): rows are output positions, like the rows of cols.
-        dzt = np.ascontiguousarray(dz.reshape(n, f, -1).transpose(0, 2, 1)).reshape(-1, f)
-        dw2 = dzt.T @ cols.reshape(dzt.shape[0], -1)                                  # (F, K*C)
+        dzt = self.ws.get("dzt", (n * p, f), self.dtype)
+        np.copyto(dzt.reshape(n, p, f), dz.reshape(n, f, p).transpose(0, 2, 1))
+        dw2 = dzt.T @ cols.reshape(n * p, -1)                                           # (F, K*C)
         self.grads["W"][...] = dw2.reshape((f,) + self.kernel + (c_in,)).transpose(0, nd + 1, *range(1, nd + 1))
         if "b" in self.params:
             np.sum(dzt, axis=0, out=self.grads["b"])
@@ -147,15 +156,20 @@ class _Conv(_Checked):
             return None
         # dcols kernel-offset-major, (K, N*P, C): offset k's block is then a contiguous
         # (N, *O, C) array, so the col2im adds below run over long contiguous rows.
-        wk = W.reshape(f, c_in, -1).transpose(2, 0, 1)                               # (K, F, C)
-        dcols = np.matmul(dzt, wk).reshape((len(self.offsets), n) + self.out_sizes + (c_in,))
+        k = len(self.offsets)
+        dcols = self.ws.get("dcols", (k, n * p, c_in), self.dtype)
+        np.matmul(dzt, W.reshape(f, c_in, k).transpose(2, 0, 1), out=dcols)
+        dcols = dcols.reshape((k, n) + self.out_sizes + (c_in,))
         # col2im, channels-last, one slice-add per kernel offset (never per output position).
         sp = tuple(L + lo + hi for L, (lo, hi) in zip(self.input_shape[1:], self.pads))
-        dxq = np.zeros((n,) + sp + (c_in,), dtype=self.dtype)
-        for k, off in enumerate(self.offsets):
-            dxq[(slice(None),) + shapes.offset_slices(off, self.stride, self.dilation, self.out_sizes)] += dcols[k]
+        dxq = self.ws.get("dxq", (n,) + sp + (c_in,), self.dtype)
+        dxq.fill(0)
+        for j, off in enumerate(self.offsets):
+            dxq[(slice(None),) + shapes.offset_slices(off, self.stride, self.dilation, self.out_sizes)] += dcols[j]
         inner = (slice(None),) + tuple(slice(lo, lo + L) for L, (lo, _) in zip(self.input_shape[1:], self.pads))
-        return np.ascontiguousarray(dxq[inner].transpose(0, nd + 1, *range(1, nd + 1)))
+        dx = self.ws.get("dx", (n, c_in) + tuple(self.input_shape[1:]), self.dtype)
+        np.copyto(dx, dxq[inner].transpose(0, nd + 1, *range(1, nd + 1)))
+        return dx
 
 
 @LAYERS.register("conv1d")
@@ -230,7 +244,6 @@ class _Pool(_Checked):
         fill = -np.inf if self.MODE == "max" else 0.0
         xp, self._xp_buf = shapes.padded(x, self.pads, self._xp_buf, fill=fill)
         win = shapes.windows(xp, self.size, self.stride, (1,) * self.ND, self.out_sizes)
-        self._n = x.shape[0]
         self._xp_shape = xp.shape
         kaxes = tuple(range(-self.ND, 0))
         if self.MODE == "avg":

@@ -17,7 +17,8 @@ REQUIRED = object()  # sentinel default: the spec must give this value
 class Param:
     """One hyperparameter.
 
-    kind: "float", "int", "bool", "str", "int_or_tuple" (an int or a list of ints),
+    kind: "float", "int", "bool", "str", "bool_or_choice" (true/false or one of `choices`),
+          "int_or_tuple" (an int or a list of ints),
           "float_list", "int_list", "layers" (a nested list of layer specs), "any".
           Integers are accepted where floats are expected.
     default: the value when the spec omits it; REQUIRED if it must be given.

@@ -1,17 +1,18 @@
 """Recurrent layers over (N, T, F) sequences: simple_rnn, gru and lstm, with full BPTT.
 
 Every layer projects all time steps' inputs in one matrix product up front, then runs a
-Python loop over time in which each step is one recurrent product on the whole batch plus
-elementwise gate arithmetic into preallocated (T, N, ...) buffers. The backward pass walks
-time in reverse with the same buffers, and the weight gradients are again one product over
-all time steps at the end. The initial state is zero; there is no masking.
+Python loop over time in which each step is one recurrent (batched, per-gate) product on
+the whole batch plus elementwise gate arithmetic into preallocated gate-major
+(T, G, N, units) buffers. The backward pass walks time in reverse over the same buffers,
+and dW, dU and dx are again one product each over all time steps at the end. The initial
+state is zero; there is no masking.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from nnctl.engine import shapes
-from nnctl.engine.activations import get_activation
+from nnctl.engine.activations import Activation, Sigmoid, get_activation
 from nnctl.engine.base import LAYERS, Layer, Workspace, check_hparams
 from nnctl.engine.hparams import REQUIRED, Param
 from nnctl.engine.initializers import get_initializer
@@ -31,12 +32,28 @@ _GATED = {
 }
 
 
+def _act_forward(act: Activation, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """act(x) into `out`, with a fast path for the default gate activation.
+
+    sigmoid(x) = (1 + tanh(x / 2)) / 2 is four cheap ufunc calls instead of the general
+    sigmoid's eight; it runs on every gate of every time step, and a gate does not need
+    the relative precision of tiny outputs that the general one keeps.
+    """
+    if type(act) is Sigmoid:
+        np.multiply(x, 0.5, out=out)
+        np.tanh(out, out=out)
+        out *= 0.5
+        out += 0.5
+        return out
+    return act.forward(x, out=out)
+
+
 class _Recurrent(Layer):
     """Shared build/bookkeeping; subclasses define GATES and the step arithmetic.
 
     Params: W (F, G*units) input weights, U (units, G*units) recurrent weights, b the
-    biases, G = the number of gate blocks (1 simple_rnn, 3 gru, 4 lstm), laid out
-    gate-major along the last axis.
+    biases, G = the number of gate blocks (1 simple_rnn, 3 gru, 4 lstm), one block of
+    `units` columns per gate (Keras' layout).
     """
 
     GATES = 1
@@ -75,14 +92,25 @@ class _Recurrent(Layer):
             a = self.ws.arrays[name] = np.empty(shape, dtype=self.dtype)
         return a
 
+    def _gate_view(self, m: np.ndarray) -> np.ndarray:
+        """(rows, G*units) weight -> (G, rows, units) view, one matrix per gate block."""
+        g = self.GATES
+        return m.reshape(m.shape[0], g, -1).transpose(1, 0, 2)
+
     def _project_inputs(self, x: np.ndarray) -> np.ndarray:
-        """x (N, T, F) -> A (T, N, G*units) = x_t @ W (+ input bias), all steps in one GEMM."""
+        """x (N, T, F) -> A (G, T, N, units): each gate's x_t @ W_gate for all steps at once.
+
+        Buffers are gate-major so that every per-step, per-gate slice is one contiguous
+        (N, units) block: elementwise gate arithmetic on column slices of an (N, G*units)
+        array runs several times slower.
+        """
         n, t, feat = x.shape
         xs = self._buf("xs", (t, n, feat))
         np.copyto(xs, x.transpose(1, 0, 2))
         self._xs = xs
-        a = self._buf("A", (t, n, self.params["W"].shape[1]))
-        np.matmul(xs.reshape(t * n, feat), self.params["W"], out=a.reshape(t * n, -1))
+        u = self.hparams["units"]
+        a = self._buf("A", (self.GATES, t, n, u))
+        np.matmul(xs.reshape(t * n, feat), self._gate_view(self.params["W"]), out=a.reshape(self.GATES, t * n, u))
         return a
 
     def _output(self, hs: np.ndarray) -> np.ndarray:
@@ -98,13 +126,20 @@ class _Recurrent(Layer):
         last = self._t - 1
         return lambda t: dy if t == last else None
 
-    def _input_grads(self, da: np.ndarray):
-        """Given dA (T, N, G*units), set dW and return dx (N, T, F) (or None)."""
-        t, n, gu = da.shape
-        xs = self._xs
-        feat = xs.shape[2]
-        da2 = da.reshape(t * n, gu)
+    def _gate_minor(self, name: str, d: np.ndarray) -> np.ndarray:
+        """(T, G, N, units) -> (T*N, G*units), the layout of W's and U's columns (into a buffer)."""
+        t, g, n, u = d.shape
+        out = self._buf(name, (t, n, g, u))
+        np.copyto(out, d.transpose(0, 2, 1, 3))
+        return out.reshape(t * n, g * u)
+
+    def _weight_grads(self, da2: np.ndarray, dr2: np.ndarray):
+        """Given the input and recurrent pre-activation gradients, both (T*N, G*units),
+        set dW and dU (one GEMM each over all steps) and return dx (N, T, F) (or None)."""
+        xs, hs = self._xs, self._hs
+        t, n, feat = xs.shape
         np.matmul(xs.reshape(t * n, feat).T, da2, out=self.grads["W"])
+        np.matmul(hs[:-1].reshape(t * n, -1).T, dr2, out=self.grads["U"])
         if not self.input_grad:
             return None
         dxs = da2 @ self.params["W"].T
@@ -132,7 +167,7 @@ class SimpleRNN(_Recurrent):
         n, t, _ = x.shape
         self._t = t
         u = self.hparams["units"]
-        z = self._project_inputs(x)
+        z = self._project_inputs(x)[0]        # (T, N, u); keeps the pre-activations for backward
         z += self.params["b"]
         hs = self._buf("H", (t + 1, n, u))
         hs[0] = 0
@@ -140,7 +175,7 @@ class SimpleRNN(_Recurrent):
         hu = self._buf("hu", (n, u))
         for s in range(t):
             np.matmul(hs[s], U, out=hu)
-            z[s] += hu                     # z keeps the pre-activations for backward
+            z[s] += hu
             self.act.forward(z[s], out=hs[s + 1])
         self._z = z
         self._hs = hs
@@ -160,9 +195,8 @@ class SimpleRNN(_Recurrent):
             self.act.backward(self._z[s], hs[s + 1], dh, out=dz[s])
             np.matmul(dz[s], UT, out=carry)
         dz2 = dz.reshape(t * n, u)
-        np.matmul(hs[:-1].reshape(t * n, u).T, dz2, out=self.grads["U"])
         np.sum(dz2, axis=0, out=self.grads["b"])
-        return self._input_grads(dz)
+        return self._weight_grads(dz2, dz2)
 
 
 @LAYERS.register("gru")
@@ -200,27 +234,28 @@ class GRU(_Recurrent):
         n, t, _ = x.shape
         self._t = t
         u = self.hparams["units"]
-        a = self._project_inputs(x)
-        b, U = self.params["b"], self.params["U"]
-        a += b[0]
+        a = self._project_inputs(x)                  # (3, T, N, u)
+        b = self.params["b"].reshape(2, 3, 1, u)
+        a += b[0][:, None]
+        U3 = self._gate_view(self.params["U"])       # (3, u, u)
         hs = self._buf("H", (t + 1, n, u))
         hs[0] = 0
-        pre = self._buf("P", (t, n, 3 * u))      # pre-activations (for activations that need x)
-        gates = self._buf("G", (t, n, 3 * u))    # z, r, n after their activations
-        rn = self._buf("Rn", (t, n, u))          # h_{t-1} U_n + b1_n
-        hu = self._buf("hu", (n, 3 * u))
+        pre = self._buf("P", (t, 3, n, u))           # pre-activations (for activations that need x)
+        gates = self._buf("G", (t, 3, n, u))         # z, r, n after their activations
+        rn = self._buf("Rn", (t, n, u))              # h_{t-1} U_n + b1_n
+        hu = self._buf("hu", (3, n, u))
         for s in range(t):
-            np.matmul(hs[s], U, out=hu)
+            np.matmul(hs[s], U3, out=hu)
             hu += b[1]
             p, g = pre[s], gates[s]
-            np.add(a[s, :, :2 * u], hu[:, :2 * u], out=p[:, :2 * u])
-            self.ract.forward(p[:, :2 * u], out=g[:, :2 * u])
-            rn[s] = hu[:, 2 * u:]
-            np.multiply(g[:, u:2 * u], rn[s], out=p[:, 2 * u:])
-            p[:, 2 * u:] += a[s, :, 2 * u:]
-            self.act.forward(p[:, 2 * u:], out=g[:, 2 * u:])
-            z, cand, h1 = g[:, :u], g[:, 2 * u:], hs[s + 1]
-            np.subtract(hs[s], cand, out=h1)     # h_t = n + z (h_{t-1} - n)
+            np.add(a[:2, s], hu[:2], out=p[:2])
+            _act_forward(self.ract, p[:2], g[:2])
+            rn[s] = hu[2]
+            np.multiply(g[1], hu[2], out=p[2])
+            p[2] += a[2, s]
+            self.act.forward(p[2], out=g[2])
+            z, cand, h1 = g[0], g[2], hs[s + 1]
+            np.subtract(hs[s], cand, out=h1)         # h_t = n + z (h_{t-1} - n)
             h1 *= z
             h1 += cand
         self._hs, self._pre, self._gates, self._rn = hs, pre, gates, rn
@@ -230,40 +265,38 @@ class GRU(_Recurrent):
         dy = np.asarray(dy, dtype=self.dtype)
         hs, pre, gates, rn, t = self._hs, self._pre, self._gates, self._rn, self._t
         n, u = hs.shape[1], hs.shape[2]
-        da = self._buf("dA", (t, n, 3 * u))
-        dr_all = self._buf("dR", (t, n, 3 * u))
-        UT = self.params["U"].T
+        da = self._buf("dA", (t, 3, n, u))
+        dr_all = self._buf("dR", (t, 3, n, u))
+        U3T = self._gate_view(self.params["U"]).transpose(0, 2, 1)
         carry = np.zeros((n, u), dtype=self.dtype)
         tmp = np.empty((n, u), dtype=self.dtype)
+        back = self._buf("back", (3, n, u))
         dy_at = self._dy_at(dy)
-        px = self.act.USES_X
-        rx = self.ract.USES_X
+        px, rx = self.act.USES_X, self.ract.USES_X
         for s in range(t - 1, -1, -1):
             g = dy_at(s)
             dh = carry if g is None else carry + g
-            z, r, cand = gates[s, :, :u], gates[s, :, u:2 * u], gates[s, :, 2 * u:]
-            das, drs = da[s], dr_all[s]
-            dn = das[:, 2 * u:]
+            gs, das, drs = gates[s], da[s], dr_all[s]
+            z, r, cand = gs[0], gs[1], gs[2]
+            dn = das[2]
             np.subtract(1.0, z, out=dn)
             dn *= dh
-            self.act.backward(pre[s, :, 2 * u:] if px else None, cand, dn, out=dn)
-            np.multiply(dn, r, out=drs[:, 2 * u:])
-            dr = das[:, u:2 * u]
-            np.multiply(dn, rn[s], out=dr)
-            dz = das[:, :u]
-            np.subtract(hs[s], cand, out=dz)
-            dz *= dh
-            self.ract.backward(pre[s, :, :2 * u] if rx else None, gates[s, :, :2 * u], das[:, :2 * u],
-                               out=das[:, :2 * u])
-            drs[:, :2 * u] = das[:, :2 * u]
+            self.act.backward(pre[s, 2] if px else None, cand, dn, out=dn)
+            np.multiply(dn, r, out=drs[2])
+            np.multiply(dn, rn[s], out=das[1])
+            np.subtract(hs[s], cand, out=das[0])
+            das[0] *= dh
+            self.ract.backward(pre[s, :2] if rx else None, gs[:2], das[:2], out=das[:2])
+            drs[:2] = das[:2]
             np.multiply(dh, z, out=tmp)
-            np.matmul(drs, UT, out=carry)
+            np.matmul(drs, U3T, out=back)            # each gate's dR U_gate^T
+            np.add(back[0], back[1], out=carry)
+            carry += back[2]
             carry += tmp
-        dr2 = dr_all.reshape(t * n, 3 * u)
-        np.matmul(hs[:-1].reshape(t * n, u).T, dr2, out=self.grads["U"])
-        np.sum(da.reshape(t * n, 3 * u), axis=0, out=self.grads["b"][0])
+        da2, dr2 = self._gate_minor("dA2", da), self._gate_minor("dR2", dr_all)
+        np.sum(da2, axis=0, out=self.grads["b"][0])
         np.sum(dr2, axis=0, out=self.grads["b"][1])
-        return self._input_grads(da)
+        return self._weight_grads(da2, dr2)
 
 
 @LAYERS.register("lstm")
@@ -299,30 +332,30 @@ class LSTM(_Recurrent):
         n, t, _ = x.shape
         self._t = t
         u = self.hparams["units"]
-        pre = self._project_inputs(x)            # becomes the pre-activations in place
-        pre += self.params["b"]
-        U = self.params["U"]
+        a = self._project_inputs(x)                  # (4, T, N, u)
+        a += self.params["b"].reshape(4, 1, 1, u)
+        U4 = self._gate_view(self.params["U"])       # (4, u, u)
         hs = self._buf("H", (t + 1, n, u))
         cs = self._buf("C", (t + 1, n, u))
-        tc = self._buf("TC", (t, n, u))          # act(c_t)
-        gates = self._buf("G", (t, n, 4 * u))
+        tc = self._buf("TC", (t, n, u))              # act(c_t)
+        pre = self._buf("P", (t, 4, n, u))
+        gates = self._buf("G", (t, 4, n, u))
         hs[0] = 0
         cs[0] = 0
-        hu = self._buf("hu", (n, 4 * u))
+        hu = self._buf("hu", (4, n, u))
         for s in range(t):
-            np.matmul(hs[s], U, out=hu)
             p, g = pre[s], gates[s]
-            p += hu
-            self.ract.forward(p[:, :2 * u], out=g[:, :2 * u])
-            self.act.forward(p[:, 2 * u:3 * u], out=g[:, 2 * u:3 * u])
-            self.ract.forward(p[:, 3 * u:], out=g[:, 3 * u:])
-            i, f, cand, o = g[:, :u], g[:, u:2 * u], g[:, 2 * u:3 * u], g[:, 3 * u:]
+            np.matmul(hs[s], U4, out=hu)
+            np.add(a[:, s], hu, out=p)
+            _act_forward(self.ract, p[:2], g[:2])
+            self.act.forward(p[2], out=g[2])
+            _act_forward(self.ract, p[3], g[3])
             c1 = cs[s + 1]
-            np.multiply(f, cs[s], out=c1)
-            np.multiply(i, cand, out=hu[:, :u])
-            c1 += hu[:, :u]
+            np.multiply(g[1], cs[s], out=c1)
+            np.multiply(g[0], g[2], out=hu[0])
+            c1 += hu[0]
             self.act.forward(c1, out=tc[s])
-            np.multiply(o, tc[s], out=hs[s + 1])
+            np.multiply(g[3], tc[s], out=hs[s + 1])
         self._hs, self._cs, self._tc, self._pre, self._gates = hs, cs, tc, pre, gates
         return self._output(hs)
 
@@ -330,32 +363,34 @@ class LSTM(_Recurrent):
         dy = np.asarray(dy, dtype=self.dtype)
         hs, cs, tc, pre, gates, t = self._hs, self._cs, self._tc, self._pre, self._gates, self._t
         n, u = hs.shape[1], hs.shape[2]
-        dg_all = self._buf("dG", (t, n, 4 * u))
-        UT = self.params["U"].T
+        dg_all = self._buf("dG", (t, 4, n, u))
+        U4T = self._gate_view(self.params["U"]).transpose(0, 2, 1)
         dh_carry = np.zeros((n, u), dtype=self.dtype)
         dc = np.zeros((n, u), dtype=self.dtype)
         tmp = np.empty((n, u), dtype=self.dtype)
+        back = self._buf("back", (4, n, u))
         dy_at = self._dy_at(dy)
         px, rx = self.act.USES_X, self.ract.USES_X
         for s in range(t - 1, -1, -1):
             g = dy_at(s)
             dh = dh_carry if g is None else dh_carry + g
             gs, ps, dgs = gates[s], pre[s], dg_all[s]
-            i, f, cand, o = gs[:, :u], gs[:, u:2 * u], gs[:, 2 * u:3 * u], gs[:, 3 * u:]
-            np.multiply(dh, tc[s], out=dgs[:, 3 * u:])                     # do
+            i, f, cand, o = gs[0], gs[1], gs[2], gs[3]
+            np.multiply(dh, tc[s], out=dgs[3])                             # do
             np.multiply(dh, o, out=tmp)                                    # d act(c_t)
             self.act.backward(cs[s + 1] if px else None, tc[s], tmp, out=tmp)
             dc += tmp
-            np.multiply(dc, cand, out=dgs[:, :u])                          # di
-            np.multiply(dc, cs[s], out=dgs[:, u:2 * u])                    # df
-            np.multiply(dc, i, out=dgs[:, 2 * u:3 * u])                    # dg
+            np.multiply(dc, cand, out=dgs[0])                              # di
+            np.multiply(dc, cs[s], out=dgs[1])                             # df
+            np.multiply(dc, i, out=dgs[2])                                 # dg
             dc *= f
-            self.ract.backward(ps[:, :2 * u] if rx else None, gs[:, :2 * u], dgs[:, :2 * u], out=dgs[:, :2 * u])
-            self.act.backward(ps[:, 2 * u:3 * u] if px else None, cand, dgs[:, 2 * u:3 * u],
-                              out=dgs[:, 2 * u:3 * u])
-            self.ract.backward(ps[:, 3 * u:] if rx else None, o, dgs[:, 3 * u:], out=dgs[:, 3 * u:])
-            np.matmul(dgs, UT, out=dh_carry)
-        dg2 = dg_all.reshape(t * n, 4 * u)
-        np.matmul(hs[:-1].reshape(t * n, u).T, dg2, out=self.grads["U"])
+            self.ract.backward(ps[:2] if rx else None, gs[:2], dgs[:2], out=dgs[:2])
+            self.act.backward(ps[2] if px else None, cand, dgs[2], out=dgs[2])
+            self.ract.backward(ps[3] if rx else None, o, dgs[3], out=dgs[3])
+            np.matmul(dgs, U4T, out=back)
+            np.add(back[0], back[1], out=dh_carry)
+            dh_carry += back[2]
+            dh_carry += back[3]
+        dg2 = self._gate_minor("dG2", dg_all)
         np.sum(dg2, axis=0, out=self.grads["b"])
-        return self._input_grads(dg_all)
+        return self._weight_grads(dg2, dg2)

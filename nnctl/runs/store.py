@@ -139,6 +139,35 @@ class RunDir:
             raise NnctlError(f"{path}: no such run directory")
         return cls(path)
 
+    def remove_temp_files(self) -> int:
+        """Delete the temp files `atomic_write` leaves when its process is killed mid-write.
+
+        Only for a run no process is writing (resume). Returns how many were removed.
+        """
+        removed = 0
+        names = (*RUN_FILES, "last.npz", "best.npz")
+        for folder in (self.path, self.checkpoints):
+            try:
+                entries = list(folder.iterdir())
+            except OSError:
+                continue
+            for p in entries:
+                if p.name.endswith(".tmp") and any(p.name.startswith(f".{n}.") for n in names):
+                    try:
+                        p.unlink()
+                        removed += 1
+                    except OSError:
+                        pass
+        return removed
+
+    def remove_if_empty(self) -> None:
+        """Remove a freshly created run folder that holds nothing yet (best effort)."""
+        for folder in (self.checkpoints, self.path):
+            try:
+                folder.rmdir()
+            except OSError:
+                return
+
     # -- files -------------------------------------------------------------------------
     def write_config(self, config: dict[str, Any]) -> None:
         text = dump_yaml(config)

@@ -114,7 +114,8 @@ def prepare(spec: Spec) -> Experiment:
     check_layers(spec, layer_specs, data.input_shape, dtype)
     model = Sequential.from_config(layer_specs, data.input_shape, model_rng(spec.seed), dtype)
 
-    standardizer = Standardizer().fit(data.train) if spec.data.get("standardize", True) else None
+    mode = spec.data.get("standardize", True)
+    standardizer = Standardizer().fit(data.train, per_feature=mode != "global") if mode else None
     with located(spec, ("loss",)):
         loss = LOSSES.get(loss_spec["name"])(**{k: v for k, v in loss_spec.items() if k != "name"})
     weights = loss_spec.get("class_weights")

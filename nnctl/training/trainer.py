@@ -64,6 +64,7 @@ class Trainer:
             self.restore_best = True
         self.has_val = has_val
         self.epoch = 0          # completed epochs
+        self.saved_epoch = 0    # the epoch last.npz holds
         self.step = 0           # completed batches
         self.history: list[dict[str, Any]] = []
         self.best_state: dict[str, np.ndarray] | None = None
@@ -106,6 +107,7 @@ class Trainer:
 
     def save_last(self) -> None:
         save_checkpoint(self.run.last, self._meta("last"), self._arrays(self.exp.model.state_dict(), True))
+        self.saved_epoch = self.epoch
 
     def save_best(self) -> None:
         assert self.best_state is not None
@@ -127,6 +129,7 @@ class Trainer:
             self.stopper.load_state_dict(meta["early_stopping"])
             self.exp.model.rng.bit_generator.state = meta["rng"]["model"]
             self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
+            self.saved_epoch = self.epoch
             self.elapsed_before = float(meta.get("elapsed", 0.0))
         except CheckpointError as err:
             # the engine's loaders say what does not fit; which file it is in, only we know
@@ -216,9 +219,25 @@ class Trainer:
             status, message = "failed", str(err)
         except KeyboardInterrupt:
             status, message = "interrupted", "interrupted by the user"
+            self._back_to_last_checkpoint()
         result = self._finish(status, message)
         self.listener.on_train_end(result)
         return result
+
+    def _back_to_last_checkpoint(self) -> None:
+        """After an interrupt inside an epoch's writes, report (and list) what last.npz holds.
+
+        An interrupt between appending epoch e+1 to the history and saving it (or between
+        saving last.npz and history.json) would otherwise leave the status, the message and
+        history.json one epoch apart from the checkpoint a resume starts from.
+        """
+        if self.saved_epoch != self.epoch or len(self.history) != self.saved_epoch:
+            self.epoch = self.saved_epoch
+            self.history = self.history[:self.saved_epoch]
+        try:
+            self.run.write_history(self.history)
+        except OSError:
+            pass  # last.npz carries the history; resume rewrites history.json from it
 
     def _finish(self, status: str, message: str) -> Result:
         exp, spec = self.exp, self.exp.spec
