@@ -13,6 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from nnctl.cli import app
+from nnctl.data import DATASETS
+from nnctl.engine.base import LAYERS
+from nnctl.engine.hparams import unknown_name_message
 
 ROOT = Path(__file__).resolve().parent.parent
 IRIS_CSV = ROOT / "datasets" / "iris.csv"
@@ -330,13 +333,14 @@ def test_broken_checkpoints_fail_with_one_line(bad, command, tmp_path):
                          "(4, 8), the model expects (4, 16)",
         "missing_key.npz": "weights do not fit the model in its metadata: state dict is missing key "
                            "'layers.1.b' (model shape (3,))",
-        "bad_layer.npz": "cannot rebuild the model from its metadata: unknown layer 'bogus'; valid: batch_norm,",
+        "bad_layer.npz": "cannot rebuild the model from its metadata: "
+                         + unknown_name_message("layer", "bogus", LAYERS.names()) + "\n",
     }
     for name, why in cases.items():
         if name == "bad_layer.npz":  # the list of valid layers grows with the engine
             res = invoke(command, bad / name, *extra)
             assert res.exit_code == 1 and res.stdout == "" and res.stderr.count("\n") == 1
-            assert res.stderr.startswith(f"error: {bad / name}: {why}")
+            assert res.stderr == f"error: {bad / name}: {why}"
             continue
         expect_error([command, bad / name, *extra], f"{bad / name}: {why}")
     res = invoke(command, bad / "truncated.npz", *extra)
@@ -371,8 +375,8 @@ def test_inputs_that_do_not_fit_the_model(iris_run, bad, tmp_path):
     assert res.exit_code == 1 and res.stdout == ""
     assert "label 'rose' is not one of the 3 training classes: setosa, versicolor, virginica" in res.stderr
     expect_error(["eval", iris_run, "--data", "irs"],
-                 "--data: unknown dataset 'irs'; did you mean 'iris'? valid: blobs, circles, digits, iris, "
-                 "moons, sine, spiral, spirals, xor (or give a .csv, .npy or .npz file)")
+                 "--data: unknown dataset 'irs'; did you mean 'iris'? valid: " + ", ".join(DATASETS.names())
+                 + " (or give a .csv, .npy or .npz file)")
     expect_error(["eval", iris_run, "--data", "iris", "--split", "val"],
                  "--split picks one of the run's own splits; it cannot be combined with --data")
 

@@ -124,7 +124,7 @@ class Checker:
         if kind in ("activation", "initializer"):
             ref = self.component(path, value, registries[kind], name_key="name")
             # a bare name stays a bare name, so resolved specs read like what was written
-            if isinstance(ref, dict) and isinstance(value, str) and set(ref) == {"name"}:
+            if isinstance(ref, dict) and isinstance(value, str) and "name" in ref:
                 return ref["name"]
             return ref
         if kind == "mapping":

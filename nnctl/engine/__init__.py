@@ -5,13 +5,12 @@ Importing the package imports every module that registers components, so the reg
 `nnctl.engine` or any of its modules. The engine never prints and never imports yaml,
 typer or rich.
 """
-from nnctl.engine import activations, initializers, layers, losses  # noqa: F401  (registration)
-from nnctl.engine import attention, conv, recurrent  # noqa: F401  (registration)
+from nnctl.engine import activations, gradcheck, initializers, layers, losses  # noqa: F401  (registration)
+from nnctl.engine import attention, conv, optimizers, recurrent, schedules  # noqa: F401  (registration)
 from nnctl.engine.activations import ACTIVATIONS
 from nnctl.engine.base import LAYERS, Layer
 from nnctl.engine.initializers import INITIALIZERS
 from nnctl.engine.losses import LOSSES
 from nnctl.engine.model import Sequential, build_layer
-from nnctl.engine.gradcheck import gradcheck
 
-__all__ = ["ACTIVATIONS", "INITIALIZERS", "LAYERS", "LOSSES", "Layer", "Sequential", "build_layer", "gradcheck"]
+__all__ = ["ACTIVATIONS", "INITIALIZERS", "LAYERS", "LOSSES", "Layer", "Sequential", "build_layer"]

@@ -11,7 +11,9 @@ i.e. the worst elementwise difference measured against the scale of the whole ar
 robust at zero: an all-zero gradient checks as 0 when both agree, and a single element
 that happens to be near zero (where central differences only resolve ~1e-10 absolutely) does
 not blow the ratio up, while any element that is wrong at the array's scale still shows.
-A correct float64 backward gives ~1e-9 or less.
+A correct float64 backward gives ~1e-9 or less. One caveat: where a pre-activation lies
+within h of a kink (relu at 0, huber at delta, ...) the central difference straddles it and
+is wrong there, whatever the backward; random inputs almost never do.
 """
 from __future__ import annotations
 

@@ -90,6 +90,6 @@ class Registry:
 
 def unknown_name_message(kind: str, name: Any, valid: list[str]) -> str:
     import difflib
-    close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.5)
+    close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.6)
     hint = f"did you mean '{close[0]}'? " if close else ""
     return f"unknown {kind} '{name}'; {hint}valid: {', '.join(valid)}"
