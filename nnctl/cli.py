@@ -47,12 +47,16 @@ def fail(err: BaseException) -> None:
     raise typer.Exit(1)
 
 
+SPEC_ARG = typer.Argument(..., help="The experiment spec (YAML).")
+SET_OPTION = typer.Option([], "--set", help="Override a key: --set optimizer.lr=0.01 (value parsed as YAML).")
+
+
 # -- train --------------------------------------------------------------------------------
 
 @app.command()
 def train(
     config: Optional[Path] = typer.Argument(None, help="The experiment spec (YAML)."),
-    set_: List[str] = typer.Option([], "--set", help="Override a key: --set optimizer.lr=0.01 (value parsed as YAML)."),
+    set_: List[str] = SET_OPTION,
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its last.npz."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where run directories are created."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final summary line."),
@@ -69,18 +73,20 @@ def train(
     raise typer.Exit(code)
 
 
-@app.command()
-def validate(
-    config: Path = typer.Argument(..., help="The experiment spec (YAML)."),
-    set_: List[str] = typer.Option([], "--set", help="Override a key (value parsed as YAML)."),
-) -> None:
-    """Check a spec (and its data) and print the resolved model summary."""
+def _prepared(config: Path, overrides: list[str]):
+    """The spec validated and its data loaded and model built, or a one-line failure."""
     from nnctl.config.spec import load_spec
     from nnctl.training.experiment import prepare
     try:
-        exp = prepare(load_spec(config, set_))
+        return prepare(load_spec(config, overrides))
     except NnctlError as err:
         fail(err)
+
+
+@app.command()
+def validate(config: Path = SPEC_ARG, set_: List[str] = SET_OPTION) -> None:
+    """Check a spec (and its data) and print the resolved model summary."""
+    exp = _prepared(config, set_)
     table = Table(title=f"{exp.spec.name}: {exp.dataset.source}, {exp.dataset.task}", title_justify="left")
     table.add_column("layer")
     table.add_column("output shape")
@@ -97,18 +103,10 @@ def validate(
 
 
 @app.command("config")
-def show_config(
-    config: Path = typer.Argument(..., help="The experiment spec (YAML)."),
-    set_: List[str] = typer.Option([], "--set", help="Override a key (value parsed as YAML)."),
-) -> None:
+def show_config(config: Path = SPEC_ARG, set_: List[str] = SET_OPTION) -> None:
     """Print the fully resolved spec, every default filled in."""
-    from nnctl.config.spec import load_spec
     from nnctl.runs.store import dump_yaml
-    from nnctl.training.experiment import prepare
-    try:
-        exp = prepare(load_spec(config, set_))
-    except NnctlError as err:
-        fail(err)
+    exp = _prepared(config, set_)
     resolved = exp.spec.to_dict()
     resolved["loss"] = exp.loss_spec
     resolved["data"]["task"] = exp.dataset.task

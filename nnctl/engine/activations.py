@@ -530,12 +530,7 @@ def get_activation(spec: Any) -> Activation:
         return spec
     if spec is None:
         return Identity()
-    if isinstance(spec, str):
-        return ACTIVATIONS.get(spec)()
-    if isinstance(spec, dict) and isinstance(spec.get("name"), str):
-        return ACTIVATIONS.get(spec["name"])(**{k: v for k, v in spec.items() if k != "name"})
-    from nnctl.errors import ConfigError
-    raise ConfigError(f"activation must be a name or a mapping with 'name', got {spec!r}")
+    return ACTIVATIONS.create(spec)
 
 
 def activation_name(spec: Any) -> str:

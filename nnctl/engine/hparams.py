@@ -84,6 +84,15 @@ class Registry:
             raise ConfigError(unknown_name_message(self.kind, name, self.names()))
         return self.entries[canon]
 
+    def create(self, spec: Any) -> Any:
+        """An instance from a name ("relu") or a mapping ({"name": "leaky_relu", "alpha": 0.2})."""
+        if isinstance(spec, str):
+            return self.get(spec)()
+        if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+            return self.get(spec["name"])(**{k: v for k, v in spec.items() if k != "name"})
+        from nnctl.errors import ConfigError
+        raise ConfigError(f"{self.kind} must be a name or a mapping with 'name', got {spec!r}")
+
     def __contains__(self, name: str) -> bool:
         return self.canonical(name) is not None
 

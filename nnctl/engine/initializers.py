@@ -211,12 +211,7 @@ def get_initializer(spec: Any) -> Initializer:
     """An Initializer from a name, a mapping {"name": ..., **options}, or an instance."""
     if isinstance(spec, Initializer):
         return spec
-    if isinstance(spec, str):
-        return INITIALIZERS.get(spec)()
-    if isinstance(spec, dict) and isinstance(spec.get("name"), str):
-        return INITIALIZERS.get(spec["name"])(**{k: v for k, v in spec.items() if k != "name"})
-    from nnctl.errors import ConfigError
-    raise ConfigError(f"initializer must be a name or a mapping with 'name', got {spec!r}")
+    return INITIALIZERS.create(spec)
 
 
 def default_initializer(activation: Any) -> str:

@@ -291,11 +291,7 @@ def get_loss(spec: Any) -> Loss:
     """A Loss from a name, a mapping {"name": ..., **options}, or an instance."""
     if isinstance(spec, Loss):
         return spec
-    if isinstance(spec, str):
-        return LOSSES.get(spec)()
-    if isinstance(spec, dict) and isinstance(spec.get("name"), str):
-        return LOSSES.get(spec["name"])(**{k: v for k, v in spec.items() if k != "name"})
-    raise ConfigError(f"loss must be a name or a mapping with 'name', got {spec!r}")
+    return LOSSES.create(spec)
 
 
 def default_loss(task: str, n_classes: int | None = None) -> str:

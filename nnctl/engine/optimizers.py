@@ -512,11 +512,14 @@ class Adam(Optimizer):
             vmax = s["vmax"]
             np.maximum(vmax, v, out=vmax)
             v = vmax
+        # The bias correction of v moves into eps and the step size (Kingma & Ba, end of
+        # section 2): lr/c1 * m / (sqrt(v)/sqrt(c2) + eps) = (lr sqrt(c2)/c1) * m / (sqrt(v) + eps sqrt(c2)),
+        # the same update with one pass over the parameter fewer.
+        root_c2 = math.sqrt(1.0 - b2 ** t)
         np.sqrt(v, out=tmp)
-        tmp /= math.sqrt(1.0 - b2 ** t)
-        tmp += float(self.eps)
+        tmp += float(self.eps) * root_c2
         np.divide(m, tmp, out=tmp)
-        tmp *= lr / (1.0 - b1 ** t)
+        tmp *= lr * root_c2 / (1.0 - b1 ** t)
         p -= tmp
 
 

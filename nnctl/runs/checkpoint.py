@@ -25,7 +25,7 @@ import numpy as np
 
 from nnctl import __version__
 from nnctl.errors import CheckpointError
-from nnctl.runs.store import atomic_write
+from nnctl.runs.store import atomic_write, json_default
 
 FORMAT = "nnctl-checkpoint"
 FORMAT_VERSION = 1
@@ -58,19 +58,9 @@ def save_checkpoint(path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarr
     """Write atomically: temp file in the same folder, fsync, rename."""
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "nnctl_version": __version__, **meta}
     payload = dict(arrays)
-    blob = json.dumps(meta, allow_nan=True, default=_jsonable).encode("utf-8")
+    blob = json.dumps(meta, allow_nan=True, default=json_default).encode("utf-8")
     payload[META_KEY] = np.frombuffer(blob, dtype=np.uint8)
     atomic_write(Path(path), lambda f: np.savez(f, **payload))
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
 def load_checkpoint(path: Path) -> Checkpoint:

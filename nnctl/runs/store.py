@@ -62,11 +62,12 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    text = json.dumps(data, indent=2, allow_nan=True, default=_json_default) + "\n"
+    text = json.dumps(data, indent=2, allow_nan=True, default=json_default) + "\n"
     atomic_write(path, lambda f: f.write(text), binary=False)
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """JSON for the NumPy scalars/arrays and paths that metadata and metrics may hold."""
     import numpy as np
     if isinstance(obj, np.generic):
         return obj.item()

@@ -117,14 +117,13 @@ def prepare(spec: Spec) -> Experiment:
     mode = spec.data.get("standardize", True)
     standardizer = Standardizer().fit(data.train, per_feature=mode != "global") if mode else None
     with located(spec, ("loss",)):
-        loss = LOSSES.get(loss_spec["name"])(**{k: v for k, v in loss_spec.items() if k != "name"})
+        loss = LOSSES.create(loss_spec)
     weights = loss_spec.get("class_weights")
     if weights is not None and len(weights) != data.n_outputs:
         raise spec.error_at(("loss", "class_weights"),
                             f"has {len(weights)} weights, the data has {data.n_outputs} classes")
-    opt_opts = {k: v for k, v in spec.optimizer.items() if k != "name"}
     with located(spec, ("optimizer",)):
-        optimizer = OPTIMIZERS.get(spec.optimizer["name"])(**opt_opts)
+        optimizer = OPTIMIZERS.create(spec.optimizer)
     steps = -(-n_train // spec.training.batch_size)
     with located(spec, ("schedule",)):
         schedule = build_schedule(spec.schedule, optimizer.lr, spec.training.epochs, steps)
