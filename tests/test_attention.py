@@ -12,10 +12,11 @@ from nnctl.engine.attention import (Embedding, MultiHeadAttention, PositionalEmb
                                     TransformerBlock, TransformerEncoder)
 from nnctl.engine.base import LAYERS
 from nnctl.engine.gradcheck import gradcheck
-from nnctl.engine.losses import get_loss
+
 from nnctl.engine.model import Sequential, build_layer
-from nnctl.engine.optimizers import Adam
+
 from nnctl.errors import ConfigError, DataError
+from engine_fit import accuracy, fit
 
 
 def built(layer, shape, dtype=np.float64, seed=0):
@@ -248,24 +249,6 @@ def test_registry_and_config_round_trip():
 
 
 # -- end to end ----------------------------------------------------------------------------
-
-def fit(model, x, y, epochs, lr, seed, batch_size=32):
-    """Plain mini-batch Adam on cross-entropy."""
-    loss, opt = get_loss("cross_entropy"), Adam(lr=lr)
-    params, grads = model.named_parameters(), model.named_grads()
-    rng = np.random.default_rng(seed)
-    for _ in range(epochs):
-        order = rng.permutation(len(x))
-        for i in range(0, len(x), batch_size):
-            idx = order[i:i + batch_size]
-            _, dz = loss.loss(model.forward(x[idx], True), y[idx])
-            model.backward(dz)
-            opt.step(params, grads)
-    return model
-
-
-def accuracy(model, x, y):
-    return float((model.predict(x).argmax(axis=1) == y).mean())
 
 
 def test_small_transformer_solves_marked_xor_where_an_mlp_stays_at_chance():

@@ -1,7 +1,6 @@
 """Tests of the convolution, pooling and reshaping layers (nnctl/engine/conv.py)."""
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -13,10 +12,11 @@ from nnctl.engine.base import LAYERS
 from nnctl.engine.conv import (AvgPool1D, AvgPool2D, Conv1D, Conv2D, Flatten, GlobalAvgPool, MaxPool1D,
                                MaxPool2D, Reshape)
 from nnctl.engine.gradcheck import gradcheck
-from nnctl.engine.losses import get_loss
+
 from nnctl.engine.model import Sequential, build_layer
-from nnctl.engine.optimizers import Adam
+
 from nnctl.errors import ConfigError
+from engine_fit import fit
 
 DIGITS = Path(__file__).resolve().parents[1] / "datasets" / "digits.csv"
 
@@ -371,21 +371,6 @@ def test_bad_options_at_construction(kw, message):
 
 # -- end to end ----------------------------------------------------------------------------
 
-def fit(model, x, y, epochs, lr, seed, batch_size=32):
-    """Mini-batch Adam on cross-entropy with a per-epoch cosine decay of the learning rate."""
-    loss, opt = get_loss("cross_entropy"), Adam(lr=lr)
-    params, grads = model.named_parameters(), model.named_grads()
-    rng = np.random.default_rng(seed)
-    for epoch in range(epochs):
-        opt.lr = lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
-        order = rng.permutation(len(x))
-        for i in range(0, len(x), batch_size):
-            idx = order[i:i + batch_size]
-            _, dz = loss.loss(model.forward(x[idx], True), y[idx])
-            model.backward(dz)
-            opt.step(params, grads)
-    return model
-
 
 def test_small_cnn_learns_digits():
     data = np.loadtxt(DIGITS, delimiter=",", skiprows=1)
@@ -404,7 +389,7 @@ def test_small_cnn_learns_digits():
     ]
     t0 = time.perf_counter()
     model = fit(Sequential.from_config(specs, (1, 8, 8), 0, "float32"), x[train], y[train],
-                epochs=15, lr=3e-3, seed=0)
+                epochs=15, lr=3e-3, seed=0, cosine=True)
     out = model.predict(x[test])
     assert out.dtype == np.float32
     acc = float((out.argmax(axis=1) == y[test]).mean())

@@ -8,26 +8,11 @@ import numpy as np
 from nnctl.engine.losses import get_loss
 from nnctl.engine.model import Sequential
 from nnctl.engine.optimizers import Adam
+from engine_fit import accuracy, fit
 
 
-def fit(model: Sequential, x: np.ndarray, y: np.ndarray, epochs: int, batch: int, lr: float,
-        seed: int = 0, loss: str = "cross_entropy") -> None:
-    loss_fn = get_loss(loss)
-    opt = Adam(lr=lr)
-    params, grads = model.named_parameters(), model.named_grads()
-    rng = np.random.default_rng(seed)
-    for _ in range(epochs):
-        order = rng.permutation(len(x))
-        for start in range(0, len(x), batch):
-            idx = order[start:start + batch]
-            z = model.forward(x[idx], training=True)
-            _, dz = loss_fn(z, y[idx])
-            model.backward(dz)
-            opt.step(params, grads)
 
 
-def accuracy(model: Sequential, x: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean(model.predict(x).argmax(axis=1) == y))
 
 
 def mlp(hidden: list[int], n_in: int, n_out: int, seed: int, activation: str = "relu") -> Sequential:

@@ -8,11 +8,12 @@ from nnctl.data.sequences import SEQUENCE_TASKS, make_marked_xor, make_parity
 from nnctl.engine import conv, recurrent  # noqa: F401  (registers the layers: flatten, gru, ...)
 from nnctl.engine.base import LAYERS
 from nnctl.engine.gradcheck import gradcheck
-from nnctl.engine.losses import get_loss
+
 from nnctl.engine.model import Sequential, build_layer
-from nnctl.engine.optimizers import Adam
+
 from nnctl.engine.recurrent import GRU, LSTM, SimpleRNN
 from nnctl.errors import ConfigError
+from engine_fit import accuracy, fit
 
 
 def built(layer, shape, dtype=np.float64, seed=0):
@@ -209,25 +210,6 @@ def test_parity_data():
     np.testing.assert_array_equal(y, x.sum(axis=(1, 2)).astype(np.int64) % 2)
     for name, fn in SEQUENCE_TASKS.items():
         assert set(fn.PARAMS) == {"n_samples", "length"} and fn.TASK == "classification", name
-
-
-def fit(model, x, y, epochs, lr, seed, batch_size=32):
-    """Plain mini-batch Adam on cross-entropy."""
-    loss, opt = get_loss("cross_entropy"), Adam(lr=lr)
-    params, grads = model.named_parameters(), model.named_grads()
-    rng = np.random.default_rng(seed)
-    for _ in range(epochs):
-        order = rng.permutation(len(x))
-        for i in range(0, len(x), batch_size):
-            idx = order[i:i + batch_size]
-            _, dz = loss.loss(model.forward(x[idx], True), y[idx])
-            model.backward(dz)
-            opt.step(params, grads)
-    return model
-
-
-def accuracy(model, x, y):
-    return float((model.predict(x).argmax(axis=1) == y).mean())
 
 
 def test_gru_solves_marked_xor_where_an_mlp_stays_at_chance():
