@@ -113,6 +113,37 @@ def show_config(config: Path = SPEC_ARG, set_: List[str] = SET_OPTION) -> None:
     sys.stdout.write(dump_yaml(resolved))
 
 
+GRADCHECK_TOLERANCE = 1e-6
+
+
+@app.command("gradcheck")
+def gradcheck_command(
+    config: Path = SPEC_ARG,
+    set_: List[str] = SET_OPTION,
+    samples: int = typer.Option(8, min=1, help="Training rows to check the gradients on."),
+    max_checks: int = typer.Option(50, min=1, help="Elements checked per parameter array (sampled)."),
+) -> None:
+    """Check the spec's model gradients against central differences, in float64."""
+    import numpy as np
+    from nnctl.data import iterate_batches
+    from nnctl.engine.gradcheck import gradcheck
+    exp = _prepared(config, [*set_, "training.dtype=float64"])
+    train = exp.dataset.train
+    xb, yb = next(iterate_batches(train, min(samples, len(train)), None, np.float64, exp.standardizer))
+    errors = gradcheck(exp.model, xb.copy(), yb.copy(), loss=exp.loss, training=True, max_checks=max_checks)
+    table = Table(title=f"{exp.spec.name}: gradient check on {len(xb)} rows (float64, central differences)",
+                  title_justify="left")
+    table.add_column("parameter")
+    table.add_column("relative error", justify="right")
+    table.add_column("")
+    for name, err in errors.items():
+        table.add_row(name, f"{err:.2e}", "ok" if err < GRADCHECK_TOLERANCE else "[red]FAIL[/]")
+    console.print(table)
+    worst = max(errors.values())
+    console.print(f"worst relative error {worst:.2e} (tolerance {GRADCHECK_TOLERANCE:g})", highlight=False)
+    raise typer.Exit(0 if worst < GRADCHECK_TOLERANCE else 1)
+
+
 @app.command()
 def bench(
     n: int = typer.Option(60000, help="Samples in the synthetic epoch."),

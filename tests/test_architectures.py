@@ -74,3 +74,21 @@ def test_gru_from_yaml_learns_marked_xor_where_an_mlp_cannot(tmp_path):
         accs[name] = json.loads((run / "metrics.json").read_text())["test"]["test_accuracy"]
     assert accs["gru"] >= 0.95, accs
     assert accs["mlp"] <= 0.62, accs
+
+
+def test_gradcheck_command_passes_and_catches_a_wrong_gradient(monkeypatch):
+    import re
+    res = runner.invoke(app, ["gradcheck", str(ROOT / "configs" / "xor.yaml")])
+    assert res.exit_code == 0, res.output
+    worst = float(re.search(r"worst relative error ([0-9.e+-]+)", res.output).group(1))
+    assert worst < 1e-6 and "layers.1.layers.1.W" in res.output and "input" in res.output
+    from nnctl.engine.layers import Dense
+    right = Dense.backward
+
+    def wrong(self, dy):
+        dx = right(self, dy)
+        self.grads["W"] *= 1.01  # a 1% error in one gradient must be caught
+        return dx
+    monkeypatch.setattr(Dense, "backward", wrong)
+    res = runner.invoke(app, ["gradcheck", str(ROOT / "configs" / "xor.yaml")])
+    assert res.exit_code == 1 and "FAIL" in res.output
