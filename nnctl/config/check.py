@@ -164,6 +164,8 @@ class Checker:
                   common: dict[str, Param] | None = None,
                   post: Callable[[type, dict], None] | None = None) -> Any:
         """A registry reference: "adam" or {name: adam, lr: ...}; returns {name: canonical, **options}."""
+        # a bare name ("adam") is the name itself: its errors point at `path`, not path.name
+        name_path = path if isinstance(raw, str) else path + (name_key,)
         if isinstance(raw, str):
             raw = {name_key: raw}
         if not isinstance(raw, dict):
@@ -174,7 +176,7 @@ class Checker:
             self.error(path + (name_key,), f"is required (one of: {', '.join(registry.names())})")
             return raw
         if not isinstance(name, str) or name not in registry:
-            self.error(path + (name_key,), unknown_name_message(registry.kind, name, registry.names()))
+            self.error(name_path, unknown_name_message(registry.kind, name, registry.names()))
             return raw
         canon = registry.canonical(name)
         cls = registry.entries[canon]
