@@ -71,7 +71,7 @@ def test_run_directory_contents(tmp_path):
     assert res.exit_code == 0, res.output
     run = only_run(tmp_path)
     assert run.name.startswith("tiny-")
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "history.json",
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "checkpoints", "config.yaml", "history.json",
                                                      "metrics.json", "status.json"]
     history = json.loads((run / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2, 3]
@@ -312,3 +312,15 @@ def test_rich_reporter_on_a_terminal():
     import re
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buf.getvalue())
     assert "42 parameters" in text and "accuracy" in text and "0.7500" in text
+
+
+def test_a_run_being_trained_cannot_be_resumed_twice(tmp_path):
+    import fcntl
+    spec = spec_file(tmp_path, "data: {dataset: xor}\nmodel: {hidden: [4]}\ntraining: {epochs: 1}\n")
+    assert train(tmp_path, str(spec), "--quiet").exit_code == 0
+    run = only_run(tmp_path)
+    with open(run / ".lock", "w") as held:  # another trainer holds the run
+        fcntl.flock(held, fcntl.LOCK_EX)
+        res = runner.invoke(app, ["train", "--resume", str(run)])
+    assert res.exit_code == 1
+    assert res.output == f"error: {run}: another nnctl process is training this run; wait for it to finish or stop it first\n"

@@ -42,10 +42,21 @@ def _restore_sigterm(previous) -> None:
 def run_training(config: Path | None, overrides: list[str], resume: Path | None,
                  runs_dir: Path, quiet: bool) -> int:
     """Validate, load data and build everything first; only then create the run directory."""
+    held: list[RunDir] = []
+    try:
+        return _run_training(config, overrides, resume, runs_dir, quiet, held)
+    finally:
+        for run in held:  # in-process callers (tests, sweeps) may open the run again
+            run.unlock()
+
+
+def _run_training(config, overrides, resume, runs_dir, quiet, held: list) -> int:
     if resume is not None:
         if config is not None or overrides:
             raise NnctlError("--resume continues a run with its stored config; don't pass a spec or --set")
         run = RunDir.open(resume)
+        run.lock()  # before touching its files: another process may be writing them
+        held.append(run)
         if not run.last.exists() and run.checkpoints.is_dir():
             raise CheckpointError(f"{run.last}: no such checkpoint; the run stopped before its first checkpoint "
                                   f"was written, so there is nothing to resume (train the spec again)")
@@ -67,6 +78,8 @@ def run_training(config: Path | None, overrides: list[str], resume: Path | None,
         exp = prepare(spec)
         run = RunDir.create(runs_dir, safe_run_name(spec.name))
         try:
+            run.lock()
+            held.append(run)
             run.write_config(spec.to_dict())
         except OSError as err:
             run.remove_if_empty()  # nothing of the run was written: leave no broken folder behind

@@ -161,8 +161,34 @@ class RunDir:
                         pass
         return removed
 
+    def lock(self) -> None:
+        """Hold an exclusive lock on the run for as long as this process lives.
+
+        Two trainers writing one run (a double --resume) would interleave checkpoints and
+        delete each other's temp files; flock is released by the kernel even on SIGKILL.
+        """
+        import fcntl
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise NnctlError(f"{self.path}: another nnctl process is training this run; "
+                             f"wait for it to finish or stop it first") from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        fd = getattr(self, "_lock_fd", None)
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
     def remove_if_empty(self) -> None:
         """Remove a freshly created run folder that holds nothing yet (best effort)."""
+        try:
+            (self.path / ".lock").unlink()
+        except OSError:
+            pass
         for folder in (self.checkpoints, self.path):
             try:
                 folder.rmdir()
