@@ -89,6 +89,29 @@ def dump_yaml(data: Any) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, allow_unicode=True)
 
 
+def unique_dir(parent: Path, name: str, now: datetime | None = None, what: str = "run") -> Path:
+    """A new folder `<parent>/<name>-<YYYYmmdd-HHMMSS>`; `-2`, `-3`, ... when that name is taken.
+
+    os.mkdir either creates the folder or fails, so two runs (or sweeps) started in the same
+    second, even in two processes, can never share a folder.
+    """
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise NnctlError(f"{parent}: cannot create the runs directory: {err.strerror}") from None
+    base = f"{name}-{(now or datetime.now()).strftime('%Y%m%d-%H%M%S')}"
+    for n in range(1, 10_000):
+        path = parent / (base if n == 1 else f"{base}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise NnctlError(f"{path}: cannot create the {what} directory: {err.strerror}") from None
+        return path
+    raise NnctlError(f"{parent}: too many {what}s named {base}")
+
+
 class RunDir:
     """One run's folder and the writes into it."""
 
@@ -109,29 +132,10 @@ class RunDir:
 
     @classmethod
     def create(cls, runs_dir: Path, name: str, now: datetime | None = None) -> "RunDir":
-        """A new folder `<name>-<timestamp>`; `-2`, `-3`, ... when that name is taken.
-
-        os.mkdir either creates the folder or fails, so two runs started in the same
-        second (even in two processes) can never share a folder.
-        """
-        runs_dir = Path(runs_dir)
-        try:
-            runs_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise NnctlError(f"{runs_dir}: cannot create the runs directory: {err.strerror}") from None
-        stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
-        base = f"{name}-{stamp}"
-        for n in range(1, 10_000):
-            path = runs_dir / (base if n == 1 else f"{base}-{n}")
-            try:
-                path.mkdir()
-            except FileExistsError:
-                continue
-            except OSError as err:
-                raise NnctlError(f"{path}: cannot create the run directory: {err.strerror}") from None
-            (path / "checkpoints").mkdir()
-            return cls(path)
-        raise NnctlError(f"{runs_dir}: too many runs named {base}")
+        """A new folder `<name>-<timestamp>` (see `unique_dir`) with its checkpoints/ folder."""
+        path = unique_dir(Path(runs_dir), name, now, what="run")
+        (path / "checkpoints").mkdir()
+        return cls(path)
 
     @classmethod
     def open(cls, path: Path) -> "RunDir":

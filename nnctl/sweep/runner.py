@@ -34,7 +34,7 @@ from typing import Any, Iterator
 import yaml
 
 from nnctl.errors import NnctlError
-from nnctl.runs.store import atomic_write, dump_yaml, read_json, write_json
+from nnctl.runs.store import atomic_write, dump_yaml, read_json, unique_dir, write_json
 from nnctl.sweep.executors import STOP_GRACE, make_job, read_metric
 from nnctl.sweep.spec import SweepSpec, Trial, config_hash
 
@@ -139,7 +139,7 @@ class SweepDir:
     def create(cls, runs_dir: Path, sweep: SweepSpec, trials: list[Trial], now: datetime | None = None) -> "SweepDir":
         """A new `<name>-<timestamp>` folder holding the launched sweep and every trial's spec."""
         from nnctl.config.spec import safe_run_name
-        path = unique_dir(Path(runs_dir), safe_run_name(sweep.name), now)
+        path = unique_dir(Path(runs_dir), safe_run_name(sweep.name), now, what="sweep")
         launched = {
             "name": sweep.name,
             "description": sweep.description,
@@ -289,25 +289,6 @@ class SweepDir:
             t.status, t.metric, t.error, t.run_dir = status, metric, error, str(run)
             t.seconds = (read_json(run / "metrics.json") or {}).get("seconds", t.seconds)
         return todo
-
-
-def unique_dir(parent: Path, name: str, now: datetime | None = None) -> Path:
-    """`<parent>/<name>-<timestamp>`, then `-2`, `-3`, ...: mkdir either creates it or fails."""
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise NnctlError(f"{parent}: cannot create the runs directory: {err.strerror}") from None
-    base = f"{name}-{(now or datetime.now()).strftime('%Y%m%d-%H%M%S')}"
-    for n in range(1, 10_000):
-        path = parent / (base if n == 1 else f"{base}-{n}")
-        try:
-            path.mkdir()
-        except FileExistsError:
-            continue
-        except OSError as err:
-            raise NnctlError(f"{path}: cannot create the sweep directory: {err.strerror}") from None
-        return path
-    raise NnctlError(f"{parent}: too many sweeps named {base}")
 
 
 # -- running ----------------------------------------------------------------------------------
