@@ -50,14 +50,18 @@ def model_rng(seed: int) -> np.random.Generator:
     return np.random.default_rng([seed, 0])
 
 
-def check_layers(spec: Spec, layer_specs: list[dict[str, Any]], input_shape: tuple[int, ...], dtype) -> None:
-    """Build the layers one by one so a shape error names the layer's YAML path."""
+def build_model(spec: Spec, layer_specs: list[dict[str, Any]], input_shape: tuple[int, ...], dtype) -> Sequential:
+    """Build the layers in order with the model's Generator, so a shape error names the
+    layer's YAML path; the result is the model itself (built once, same draws as
+    Sequential.from_config)."""
     shape = tuple(input_shape)
-    rng = np.random.default_rng(0)
+    rng = model_rng(spec.seed)
     hidden = len(spec.layers)
+    layers = []
     for i, layer_spec in enumerate(layer_specs):
         try:
-            shape = build_layer(layer_spec).build(shape, rng, dtype)
+            layer = build_layer(layer_spec)
+            shape = layer.build(shape, rng, dtype)
         except NnctlError as err:
             if i >= hidden:
                 path = ("model",)
@@ -67,6 +71,8 @@ def check_layers(spec: Spec, layer_specs: list[dict[str, Any]], input_shape: tup
             else:
                 path, what = ("model", "hidden"), f"layer {i} ({layer_spec['type']})"
             raise spec.error_at(path, f"{what + ': ' if what else ''}{err}") from None
+        layers.append(layer)
+    return Sequential(layers)
 
 
 @contextmanager
@@ -111,8 +117,7 @@ def prepare(spec: Spec) -> Experiment:
 
     dtype = np.dtype(spec.training.dtype)
     layer_specs = [*spec.layers, output_layer(spec, n_outputs)]
-    check_layers(spec, layer_specs, data.input_shape, dtype)
-    model = Sequential.from_config(layer_specs, data.input_shape, model_rng(spec.seed), dtype)
+    model = build_model(spec, layer_specs, data.input_shape, dtype)
 
     mode = spec.data.get("standardize", True)
     standardizer = Standardizer().fit(data.train, per_feature=mode != "global") if mode else None
