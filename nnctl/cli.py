@@ -60,11 +60,16 @@ def train(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its last.npz."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where run directories are created."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final summary line."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1,
+                                          help="BLAS threads (default: training.threads, else the environment, "
+                                               "else half the physical cores, 1 to 4); recorded in the run."),
 ) -> None:
     """Train a model from a spec; everything about the run goes to runs/<name>-<time>/."""
+    from nnctl.threads import preset
+    preset(threads)  # before NumPy loads: without threadpoolctl the environment is the only lever
     from nnctl.commands.train import run_training
     try:
-        code = run_training(config, set_, resume, runs_dir, quiet)
+        code = run_training(config, set_, resume, runs_dir, quiet, threads)
     except NnctlError as err:
         fail(err)
     except KeyboardInterrupt:
