@@ -155,10 +155,27 @@ def bench(
     hidden: str = typer.Option("512,256", help="Hidden sizes, comma separated."),
     batch: int = typer.Option(128, help="Batch size."),
     dtype: str = typer.Option("float32", help="float32 or float64."),
+    suite: bool = typer.Option(False, "--suite", help="The issue-15 workloads through `nnctl train`, "
+                                                      "PyTorch beside them when it is installed."),
+    busy: bool = typer.Option(False, "--busy", help="The MLP epoch alone and beside a CPU-bound process."),
+    epochs: int = typer.Option(3, "--epochs", min=2, help="Epochs per workload for --suite/--busy "
+                                                           "(the first is a warm-up)."),
+    only: Optional[str] = typer.Option(None, "--only", help="--suite: only workloads whose name contains this."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="BLAS threads (default as for train)."),
 ) -> None:
-    """Time one epoch of an MLP against the GEMM floor (the bare matrix products)."""
-    from nnctl import bench as bench_mod
-    bench_mod.main(["--n", str(n), "--hidden", hidden, "--batch", str(batch), "--dtype", dtype])
+    """Time one epoch of an MLP against the GEMM floor (the bare matrix products); --suite, --busy."""
+    from nnctl.threads import preset
+    preset(threads)  # before NumPy loads, as for train
+    if suite or busy:
+        from nnctl.bench import suite as suite_mod
+        if suite:
+            suite_mod.run_suite(epochs, threads, only)
+        if busy:
+            suite_mod.run_busy(epochs, threads)
+        return
+    from nnctl.bench import mlp
+    args = ["--n", str(n), "--hidden", hidden, "--batch", str(batch), "--dtype", dtype]
+    mlp.main(args + (["--threads", str(threads)] if threads is not None else []))
 
 
 def _register_extras() -> None:
