@@ -229,6 +229,37 @@ def floor_seconds(sizes: list[int], n_train: int, n_val: int, batch: int, reps: 
     return best
 
 
+def predict_seconds(w: Workload, data: Path, threads: int, reps: int = 3) -> tuple[float, float | None]:
+    """Best-of-`reps` seconds of predicting every row of the data in batches of 1024: the
+    engine's `Sequential.predict` (what `nnctl predict` and `eval` run), and PyTorch's
+    `torch.no_grad()` forward of the same net when it is installed."""
+    from nnctl.config.spec import spec_from_dict
+    from nnctl.training.experiment import prepare
+    with np.load(data) as z:
+        x = np.ascontiguousarray(z["x"])
+    model = prepare(spec_from_dict(_spec(w, data, 1))).model  # the model `nnctl train` builds
+    best = float("inf")
+    for _ in range(reps + 1):  # the first is a warm-up
+        t0 = time.perf_counter()
+        model.predict(x, 1024)
+        best = min(best, time.perf_counter() - t0)
+    try:
+        import torch
+    except ImportError:
+        return best, None
+    torch.set_num_threads(threads)
+    net = w.torch_net(torch.nn).eval()
+    xt = torch.from_numpy(x)
+    theirs = float("inf")
+    with torch.no_grad():
+        for _ in range(reps + 1):
+            t0 = time.perf_counter()
+            for s in range(0, len(xt), 1024):
+                net(xt[s:s + 1024])
+            theirs = min(theirs, time.perf_counter() - t0)
+    return best, theirs
+
+
 def _median(xs: list[float]) -> float:
     return statistics.median(xs[1:] if len(xs) > 1 else xs)
 
@@ -251,7 +282,8 @@ def run_suite(epochs: int = 3, threads: int | None = None, only: str | None = No
     load = _load()
     if load:
         say(f"load average {load}: on a busy machine compare the ratios, not the times")
-    say(f"{'workload':<34}{'nnctl/epoch':>13}{'samples/s':>11}{'% floor':>9}{'torch/epoch':>13}{'torch/nnctl':>13}")
+    say("times are per epoch (predict: every row once, batches of 1024, PyTorch under no_grad)")
+    say(f"{'workload':<34}{'nnctl':>13}{'samples/s':>11}{'% floor':>9}{'torch':>13}{'torch/nnctl':>13}")
     with tempfile.TemporaryDirectory(prefix="nnctl-bench-suite-") as tmp:
         folder = Path(tmp)
         for w in WORKLOADS:
@@ -268,6 +300,13 @@ def run_suite(epochs: int = 3, threads: int | None = None, only: str | None = No
             t_text = _ms(_median(theirs)) if theirs else "        -   "
             ratio = f"{_median(theirs) / ours:11.2f}x" if theirs else "           -"
             say(f"{w.name:<34}{_ms(ours):>13}{rate:>11,.0f}{floor:>9}{t_text:>13}{ratio:>13}")
+        if not only or only in "predict":
+            w = WORKLOADS[0]
+            ours, theirs = predict_seconds(w, _data(w, folder), choice.threads)
+            t_text = _ms(theirs) if theirs else "        -   "
+            ratio = f"{theirs / ours:11.2f}x" if theirs else "           -"
+            say(f"{'predict ' + w.name.split()[1] + ' (all rows)':<34}{_ms(ours):>13}{w.n / ours:>11,.0f}{'':>9}"
+                f"{t_text:>13}{ratio:>13}")
     return 0
 
 
