@@ -1,7 +1,8 @@
 """The post-training commands `eval`, `predict`, `runs`, `show`, `diff` and `plot`, added to the CLI by `register`.
 
-Each command parses its options, calls one function of nnctl.commands.{evaluate, predict,
-runlist} or nnctl.report.plots, and renders the result; expected failures are NnctlErrors
+Each command parses its options, calls one function (nnctl.commands.evaluate/predict,
+nnctl.runs.catalog/model, nnctl.report.plots) and renders the result with nnctl.report.views;
+expected failures are NnctlErrors
 handed to the CLI's `fail`. Heavy modules are imported inside the commands so `nnctl
 --help` stays fast and a missing optional piece only affects the command that needs it.
 """
@@ -30,21 +31,6 @@ def _print_json(data: Any) -> None:
     # plain stdout, not Rich: exactly one strict JSON document (NaN -> null), never wrapped or styled
     from nnctl.report.metrics import finite_json
     sys.stdout.write(json.dumps(finite_json(data), indent=2, allow_nan=False) + "\n")
-
-
-def _print(renderable) -> None:
-    """On a terminal Rich fits `renderable` to the window; into a pipe or a file it keeps its
-    natural width (a runs listing piped to grep must not be cut to 80 columns)."""
-    if console.is_terminal:
-        console.print(renderable)
-        return
-    from rich.console import Console
-    natural = console.measure(renderable, options=console.options.update_width(10_000)).maximum
-    if natural <= console.width:
-        console.print(renderable)
-    else:
-        # Console.print clamps width= to the console's own width, so widen a one-off console
-        Console(file=console.file, width=natural, highlight=False, no_color=console.no_color).print(renderable)
 
 
 def _warn(message: str) -> None:
@@ -76,6 +62,7 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
         if as_json:
             _print_json(result)
         else:
+            from nnctl.report.views import render_eval
             render_eval(result)
 
     @app.command("predict")
@@ -89,7 +76,7 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
                                                  help="Rows per forward pass (default: the run's eval_batch_size)."),
     ) -> None:
         """Predict labels (or values) for new rows, as CSV."""
-        from nnctl.commands.evaluate import default_batch_size, load_model
+        from nnctl.runs.model import default_batch_size, load_model
         from nnctl.commands.predict import run_predict
         try:
             lm = load_model(target)
@@ -117,8 +104,9 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print one JSON list and nothing else."),
     ) -> None:
         """List runs: status, epochs, best validation metric, test metric, size and time."""
-        from nnctl.commands.runlist import scan_runs, sort_runs
+        from nnctl.runs.catalog import scan_runs, sort_runs
         from nnctl.report.tables import run_problems, runs_table
+        from nnctl.report.views import print_fitted
         try:
             runs = sort_runs(scan_runs(runs_dir), sort)
         except NnctlError as err:
@@ -129,7 +117,7 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
         elif not runs:
             console.print(f"no runs in {runs_dir}", markup=False)
         else:
-            _print(runs_table(runs))
+            print_fitted(runs_table(runs))
             for line in run_problems(runs):
                 console.print(line, style="dim", markup=False, highlight=False, soft_wrap=True)
 
@@ -139,12 +127,13 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
         rows: int = typer.Option(15, "--rows", min=3, help="At most this many history rows (spread evenly)."),
     ) -> None:
         """Show one run: config, model summary, history table and loss sparklines."""
-        from nnctl.commands.runlist import open_run
+        from nnctl.runs.catalog import open_run
         try:
             info = open_run(run)
         except NnctlError as err:
             fail(err)
             return
+        from nnctl.report.views import render_show
         problem = render_show(info, rows)
         if problem is not None:
             fail(problem)
@@ -156,7 +145,7 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else."),
     ) -> None:
         """Compare two runs: the config keys that differ and the metrics, with B − A."""
-        from nnctl.commands.runlist import config_diff, is_missing, metric_diff, open_run
+        from nnctl.runs.catalog import config_diff, is_missing, metric_diff, open_run
         try:
             a, b = open_run(run_a), open_run(run_b)
         except NnctlError as err:
@@ -174,6 +163,7 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
                 "metrics": [{"metric": m, "a": va, "b": vb, "delta": d} for m, va, vb, d in metrics],
             })
             return
+        from nnctl.report.views import render_diff
         render_diff(a, b, config_rows, metrics)
 
     @app.command("plot")
@@ -185,7 +175,7 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
         dpi: int = typer.Option(100, "--dpi", min=20, max=600, help="Pixels per inch (a panel is 5 x 4 inches)."),
     ) -> None:
         """Draw learning curves of one or more runs (one panel per metric) into a PNG."""
-        from nnctl.commands.runlist import open_run
+        from nnctl.runs.catalog import open_run
         from nnctl.report.plots import plot_runs, require_matplotlib
         try:
             require_matplotlib()
@@ -199,105 +189,3 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
             return
         console.print(f"wrote {out} ({len(infos)} run{'s' if len(infos) != 1 else ''}; "
                       f"panels: {', '.join(panels)})", markup=False, soft_wrap=True)
-
-
-# ---------------------------------------------------------------------------- rendering
-
-def render_eval(result: dict[str, Any]) -> None:
-    from rich.markup import escape
-
-    from nnctl.report.tables import class_report_table, confusion_table, key_value_table, per_output_table
-    console.print(f"[bold]{escape(result['checkpoint'])}[/] (epoch {result['epoch']}) on "
-                  f"{escape(result['data'])}: {result['n']:,} rows", soft_wrap=True)
-    if result["task"] == "classification":
-        rows = [("loss", result["loss"]), ("accuracy", result["accuracy"])]
-        rows += [(k.replace("_accuracy", " accuracy").replace("_", "-"), v)
-                 for k, v in result.items() if k.startswith("top_")]
-        rows += [("macro F1", result["macro_avg"]["f1"]), ("weighted F1", result["weighted_avg"]["f1"])]
-        console.print(key_value_table(rows))
-        labels = result["classes"]
-        report = {
-            "per_class": {k: [c[k] for c in result["per_class"]] for k in ("precision", "recall", "f1", "support")},
-            "macro_avg": result["macro_avg"], "weighted_avg": result["weighted_avg"],
-        }
-        console.print(class_report_table(report, labels))
-        console.print(confusion_table(result["confusion_matrix"], labels))
-    else:
-        rows = [(k, result[k]) for k in ("loss", "mse", "rmse", "mae", "r2")]
-        console.print(key_value_table(rows))
-        if "per_output" in result:
-            console.print(per_output_table(result["per_output"], result["outputs"]))
-
-
-def render_show(info, max_rows: int) -> NnctlError | None:
-    """Print everything readable about a run; return the checkpoint problem, if any, to fail with."""
-    from rich.markup import escape
-    from rich.syntax import Syntax
-
-    from nnctl.commands.evaluate import load_model
-    from nnctl.report.tables import history_table, key_value_table, model_table, sparkline_rows, status_text
-    from nnctl.runs.store import dump_yaml
-
-    title = status_text(info.status, info.problem)
-    console.print(f"[bold]{escape(info.name)}[/]  ", title, f"  {escape(str(info.path))}", soft_wrap=True)
-    try:
-        config_text = (info.path / "config.yaml").read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        config_text = dump_yaml(info.config) if info.config else None
-    if config_text:
-        console.rule("config", align="left", style="dim")
-        _print(Syntax(config_text.rstrip("\n"), "yaml", theme="ansi_dark", background_color="default",
-                      word_wrap=True))
-
-    console.rule("model", align="left", style="dim")
-    problem: NnctlError | None = None
-    try:
-        lm = load_model(info.path)
-    except NnctlError as err:
-        problem = err
-        console.print("(the model cannot be rebuilt; see the error below)", style="red")
-    else:
-        console.print(model_table(lm.model.summary()))
-        console.print(f"{lm.model.num_parameters():,} parameters; input {list(lm.input_shape)}, {lm.dtype}, "
-                      f"{lm.task}; weights of epoch {lm.epoch} ({lm.path.name})", markup=False, soft_wrap=True)
-
-    console.rule("history", align="left", style="dim")
-    if info.history:
-        best_epoch, _ = info.best
-        _print(history_table(info.history, best_epoch, max_rows, title=None))
-        main = info.main_metric
-        groups = [["loss", "val_loss"]] + ([[main, f"val_{main}"]] if main != "loss" else [])
-        pad = max(len(k) for group in groups for k in group)
-        for group in groups:
-            for line in sparkline_rows(info.history, group, pad=pad):
-                console.print(line, markup=False, highlight=False, soft_wrap=True)
-    else:
-        console.print("(no finished epoch)", style="dim")
-    summary = []
-    epoch, value = info.best
-    if value is not None:
-        summary.append((f"best {info.monitor}", f"{value:.4g} (epoch {epoch})"))
-    summary += [(k, v) for k, v in info.test.items()]
-    if info.seconds is not None:
-        from nnctl.report.tables import duration
-        summary.append(("time", duration(info.seconds)))
-    if summary:
-        console.rule("result", align="left", style="dim")
-        console.print(key_value_table(summary))
-    return problem
-
-
-def render_diff(a, b, config_rows, metrics) -> None:
-    from nnctl.commands.runlist import MISSING, better_direction
-    from nnctl.report.tables import config_diff_table, metric_diff_table
-
-    console.print(f"A  {a.path}  ({a.status})", markup=False, soft_wrap=True)
-    console.print(f"B  {b.path}  ({b.status})", markup=False, soft_wrap=True)
-    for label, run in (("A", a), ("B", b)):
-        if run.config is None:
-            console.print(f"{label} has no readable config.yaml", style="yellow")
-    if config_rows:
-        console.print(config_diff_table(config_rows, "A", "B", missing=MISSING))
-    else:
-        console.print("configs: identical (besides the name)")
-    console.print(metric_diff_table(metrics, "A", "B", direction=better_direction))

@@ -9,12 +9,14 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
+from nnctl.engine.metrics import auto_mode
 from nnctl.report.progress import fmt
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 
+# The one colour of each run or trial status (runs, show, diff and the sweep tables).
 STATUS_STYLE = {
-    "completed": "green", "stopped_early": "green", "running": "cyan",
+    "pending": "dim", "completed": "green", "stopped_early": "green", "running": "cyan",
     "interrupted": "yellow", "crashed?": "yellow", "failed": "red", "broken": "red",
 }
 
@@ -251,7 +253,7 @@ def sparkline_rows(history: Sequence[dict[str, Any]], keys: Sequence[str], width
         nums = [float(v) for v in vs if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
         if not nums:
             continue
-        best = max(nums) if k.removeprefix("val_") in ("accuracy", "r2") else min(nums)
+        best = max(nums) if auto_mode(k) == "max" else min(nums)
         lines.append(f"{k:<{pad}}  {sparkline(vs, lo, hi, width)}  {fmt(nums[0])} → {fmt(nums[-1])} "
                      f"(best {fmt(best)})")
     return lines

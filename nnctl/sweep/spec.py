@@ -195,7 +195,7 @@ def check_sweep(source: Source, folder: Path, default_name: str, path: Path | No
 
 def metrics_for(task: str, has_val: bool, has_test: bool) -> list[str]:
     """Metrics a run of this task logs: per-epoch ones (the history) and, with a test split, test_*."""
-    from nnctl.config.spec import metric_names
+    from nnctl.engine.metrics import metric_names
     names = metric_names(task, has_val)
     if has_test:
         names += [f"test_{m}" for m in metric_names(task, False)]
@@ -203,7 +203,8 @@ def metrics_for(task: str, has_val: bool, has_test: bool) -> list[str]:
 
 
 def default_goal(metric: str) -> str:
-    return "maximize" if metric.endswith(("accuracy", "r2")) else "minimize"
+    from nnctl.engine.metrics import auto_mode
+    return "maximize" if auto_mode(metric) == "max" else "minimize"
 
 
 def _load_base(chk: Checker, base: Any, folder: Path, source: Source):

@@ -1,4 +1,4 @@
-"""Reading run directories for `nnctl runs`, `show` and `diff`: tolerant of broken, running and crashed runs.
+"""The run catalog: reading run directories (and sweep trials) for `runs`, `show`, `diff` and `plot`.
 
 Everything here only reads JSON/YAML files; a run whose files are missing or damaged is
 described (status "broken", with the reason), never an exception, so one bad folder
@@ -19,7 +19,7 @@ import yaml
 
 from nnctl.errors import NnctlError
 from nnctl.runs.store import RUN_FILES
-from nnctl.training.early_stopping import auto_mode
+from nnctl.engine.metrics import MAIN_METRIC, auto_mode, direction
 
 # RunDir.create names folders <name>-<YYYYmmdd-HHMMSS>[-<n>].
 _STAMP_RE = re.compile(r"-(\d{8}-\d{6})(?:-\d+)?$")
@@ -72,7 +72,7 @@ class RunInfo:
     @property
     def main_metric(self) -> str:
         """accuracy for classification, r2 for regression, else loss."""
-        return {"classification": "accuracy", "regression": "r2"}.get(self.task or "", "loss")
+        return MAIN_METRIC.get(self.task or "", "loss")
 
     @property
     def epochs(self) -> int | None:
@@ -448,11 +448,5 @@ def metric_diff(a: RunInfo, b: RunInfo) -> list[tuple[str, Any, Any, float | Non
 
 
 def better_direction(metric: str) -> str | None:
-    """'max'/'min' for a metric whose direction is known (loss, accuracy, ...), else None."""
-    name = metric.split(" ")[-1]
-    base = name.removeprefix("val_").removeprefix("test_")
-    if base in ("loss", "mae", "mse", "rmse"):
-        return "min"
-    if base in ("accuracy", "r2") or base.endswith("accuracy"):
-        return "max"
-    return None
+    """'max'/'min' for a diff row ("best val_loss", "final accuracy", "test_r2"), None when unknown."""
+    return direction(metric.split(" ")[-1])
