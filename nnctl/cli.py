@@ -13,10 +13,28 @@ import typer
 from rich.table import Table
 
 from nnctl import __version__
+from nnctl.completion import complete_run, complete_set, complete_spec
 from nnctl.console import console, err_console
 from nnctl.errors import NnctlError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+def _flags_take_no_value() -> None:
+    # Typer 0.29's rich help prints a type for every option, so on/off flags read as if they
+    # took a value (`--quiet -q <bool>`); a flag has no value to describe.
+    option = getattr(getattr(typer, "core", None), "TyperOption", None)
+    shown = getattr(option, "display_type_rich", None)
+    if shown is None or getattr(shown, "_nnctl", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_flag", False) else shown(self, ctx)
+    display_type_rich._nnctl = True
+    option.display_type_rich = display_type_rich
+
+
+_flags_take_no_value()
+
+# add_completion: --install-completion / --show-completion (bash, zsh, fish), see the README.
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train neural networks from YAML experiment specs (pure NumPy engine).")
 
 _state = {"debug": False}
@@ -47,17 +65,19 @@ def fail(err: BaseException) -> None:
     raise typer.Exit(1)
 
 
-SPEC_ARG = typer.Argument(..., help="The experiment spec (YAML).")
-SET_OPTION = typer.Option([], "--set", help="Override a key: --set optimizer.lr=0.01 (value parsed as YAML).")
+SPEC_ARG = typer.Argument(..., help="The experiment spec (YAML).", autocompletion=complete_spec)
+SET_OPTION = typer.Option([], "--set", help="Override a key: --set optimizer.lr=0.01 (value parsed as YAML).",
+                          autocompletion=complete_set)
 
 
 # -- train --------------------------------------------------------------------------------
 
 @app.command()
 def train(
-    config: Optional[Path] = typer.Argument(None, help="The experiment spec (YAML)."),
+    config: Optional[Path] = typer.Argument(None, help="The experiment spec (YAML).", autocompletion=complete_spec),
     set_: List[str] = SET_OPTION,
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its last.npz."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its last.npz.",
+                                          autocompletion=complete_run),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where run directories are created."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final summary line."),
 ) -> None:
@@ -86,6 +106,7 @@ def _prepared(config: Path, overrides: list[str]):
 @app.command()
 def validate(config: Path = SPEC_ARG, set_: List[str] = SET_OPTION) -> None:
     """Check a spec (and its data) and print the resolved model summary."""
+    from nnctl.report.tables import titled
     exp = _prepared(config, set_)
     table = Table(title=f"{exp.spec.name}: {exp.dataset.source}, {exp.dataset.task}", title_justify="left")
     table.add_column("layer")
@@ -93,7 +114,7 @@ def validate(config: Path = SPEC_ARG, set_: List[str] = SET_OPTION) -> None:
     table.add_column("parameters", justify="right")
     for name, shape, count in exp.model.summary():
         table.add_row(str(name), str(tuple(shape)), f"{count:,}")
-    console.print(table)
+    console.print(titled(table))
     d = exp.dataset
     console.print(f"input {tuple(d.input_shape)}, {d.n_outputs} outputs, "
                   f"{exp.model.num_parameters():,} parameters; rows: train {len(d.train)}"
@@ -130,6 +151,7 @@ def gradcheck_command(
     exp = _prepared(config, [*set_, "training.dtype=float64"])
     train = exp.dataset.train
     xb, yb = next(iterate_batches(train, min(samples, len(train)), None, np.float64, exp.standardizer))
+    from nnctl.report.tables import titled
     errors = gradcheck(exp.model, xb.copy(), yb.copy(), loss=exp.loss, training=True, max_checks=max_checks)
     table = Table(title=f"{exp.spec.name}: gradient check on {len(xb)} rows (float64, central differences)",
                   title_justify="left")
@@ -138,7 +160,7 @@ def gradcheck_command(
     table.add_column("")
     for name, err in errors.items():
         table.add_row(name, f"{err:.2e}", "ok" if err < GRADCHECK_TOLERANCE else "[red]FAIL[/]")
-    console.print(table)
+    console.print(titled(table))
     worst = max(errors.values())
     console.print(f"worst relative error {worst:.2e} (tolerance {GRADCHECK_TOLERANCE:g})", highlight=False)
     raise typer.Exit(0 if worst < GRADCHECK_TOLERANCE else 1)

@@ -17,8 +17,13 @@ from typing import Any, Callable, List, Optional
 
 import typer
 
+from nnctl.completion import complete_run
 from nnctl.console import console, err_console
 from nnctl.errors import NnctlError
+
+
+# `nnctl runs` fits this many columns (or the terminal, when narrower) unless --wide.
+COMPACT_WIDTH = 100
 
 
 class SplitName(str, Enum):
@@ -42,7 +47,8 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
 
     @app.command("eval")
     def eval_command(
-        target: Path = typer.Argument(..., help="A checkpoint (.npz) or a run directory (its best weights)."),
+        target: Path = typer.Argument(..., help="A checkpoint (.npz) or a run directory (its best weights).",
+                                      autocompletion=complete_run),
         data: Optional[str] = typer.Option(None, "--data", help="A .csv/.npz file or a built-in dataset name "
                                            "(default: the run's own split)."),
         split: Optional[SplitName] = typer.Option(None, "--split", help="Which of the run's splits (default: test)."),
@@ -67,7 +73,8 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
 
     @app.command("predict")
     def predict_command(
-        target: Path = typer.Argument(..., help="A checkpoint (.npz) or a run directory (its best weights)."),
+        target: Path = typer.Argument(..., help="A checkpoint (.npz) or a run directory (its best weights).",
+                                      autocompletion=complete_run),
         input: Path = typer.Argument(..., help="Rows to predict: a CSV with the training feature columns, "
                                      ".npy or .npz."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the CSV here (default: stdout)."),
@@ -102,8 +109,9 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
                                            "parameters, time, best) or a metric (val_accuracy, test_loss, ...), "
                                            "best first."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON list and nothing else."),
+        wide: bool = typer.Option(False, "--wide", "-w", help="Every column and full run names, however wide."),
     ) -> None:
-        """List runs: status, epochs, best validation metric, test metric, size and time."""
+        """List runs: status, epochs, best validation metric, test metric, size and time (fits 100 columns)."""
         from nnctl.runs.catalog import scan_runs, sort_runs
         from nnctl.report.tables import run_problems, runs_table
         from nnctl.report.views import print_fitted
@@ -117,13 +125,14 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
         elif not runs:
             console.print(f"no runs in {runs_dir}", markup=False)
         else:
-            print_fitted(runs_table(runs))
-            for line in run_problems(runs):
+            width = None if wide else min(console.width, COMPACT_WIDTH) if console.is_terminal else COMPACT_WIDTH
+            print_fitted(runs_table(runs, width))
+            for line in run_problems(runs, width):
                 console.print(line, style="dim", markup=False, highlight=False, soft_wrap=True)
 
     @app.command("show")
     def show_command(
-        run: Path = typer.Argument(..., help="A run directory."),
+        run: Path = typer.Argument(..., help="A run directory.", autocompletion=complete_run),
         rows: int = typer.Option(15, "--rows", min=3, help="At most this many history rows (spread evenly)."),
     ) -> None:
         """Show one run: config, model summary, history table and loss sparklines."""
@@ -140,8 +149,8 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
 
     @app.command("diff")
     def diff_command(
-        run_a: Path = typer.Argument(..., help="Run A."),
-        run_b: Path = typer.Argument(..., help="Run B."),
+        run_a: Path = typer.Argument(..., help="Run A.", autocompletion=complete_run),
+        run_b: Path = typer.Argument(..., help="Run B.", autocompletion=complete_run),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else."),
     ) -> None:
         """Compare two runs: the config keys that differ and the metrics, with B − A."""
@@ -168,7 +177,7 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
 
     @app.command("plot")
     def plot_command(
-        runs: List[Path] = typer.Argument(..., help="One or more run directories."),
+        runs: List[Path] = typer.Argument(..., help="One or more run directories.", autocompletion=complete_run),
         metric: List[str] = typer.Option([], "--metric", "-m", help="A logged metric to draw (repeatable); "
                                          "default: loss and accuracy or r2, train and val."),
         out: Path = typer.Option(Path("curves.png"), "--out", "-o", help="The PNG to write."),

@@ -25,7 +25,7 @@ def print_fitted(renderable) -> None:
 def render_eval(result: dict[str, Any]) -> None:
     from rich.markup import escape
 
-    from nnctl.report.tables import class_report_table, confusion_table, key_value_table, per_output_table
+    from nnctl.report.tables import class_report_table, confusion_table, key_value_table, per_output_table, titled
     console.print(f"[bold]{escape(result['checkpoint'])}[/] (epoch {result['epoch']}) on "
                   f"{escape(result['data'])}: {result['n']:,} rows", soft_wrap=True)
     if result["task"] == "classification":
@@ -39,13 +39,13 @@ def render_eval(result: dict[str, Any]) -> None:
             "per_class": {k: [c[k] for c in result["per_class"]] for k in ("precision", "recall", "f1", "support")},
             "macro_avg": result["macro_avg"], "weighted_avg": result["weighted_avg"],
         }
-        console.print(class_report_table(report, labels))
-        console.print(confusion_table(result["confusion_matrix"], labels))
+        console.print(titled(class_report_table(report, labels)))
+        console.print(titled(confusion_table(result["confusion_matrix"], labels)))
     else:
         rows = [(k, result[k]) for k in ("loss", "mse", "rmse", "mae", "r2")]
         console.print(key_value_table(rows))
         if "per_output" in result:
-            console.print(per_output_table(result["per_output"], result["outputs"]))
+            console.print(titled(per_output_table(result["per_output"], result["outputs"])))
 
 
 def render_show(info, max_rows: int) -> NnctlError | None:
@@ -108,7 +108,7 @@ def render_show(info, max_rows: int) -> NnctlError | None:
 
 def render_diff(a, b, config_rows, metrics) -> None:
     from nnctl.runs.catalog import MISSING, better_direction
-    from nnctl.report.tables import config_diff_table, metric_diff_table
+    from nnctl.report.tables import config_diff_table, metric_diff_table, titled
 
     console.print(f"A  {a.path}  ({a.status})", markup=False, soft_wrap=True)
     console.print(f"B  {b.path}  ({b.status})", markup=False, soft_wrap=True)
@@ -116,7 +116,7 @@ def render_diff(a, b, config_rows, metrics) -> None:
         if run.config is None:
             console.print(f"{label} has no readable config.yaml", style="yellow")
     if config_rows:
-        console.print(config_diff_table(config_rows, "A", "B", missing=MISSING))
+        console.print(titled(config_diff_table(config_rows, "A", "B", missing=MISSING)))
     else:
         console.print("configs: identical (besides the name)")
-    console.print(metric_diff_table(metrics, "A", "B", direction=better_direction))
+    console.print(titled(metric_diff_table(metrics, "A", "B", direction=better_direction)))

@@ -48,6 +48,15 @@ class RunInfo:
 
     # -- derived -----------------------------------------------------------------------
     @property
+    def short_name(self) -> str:
+        """The name without its -YYYYmmdd-HHMMSS stamp (a -2 suffix stays): the started column shows it."""
+        match = _STAMP_RE.search(self.name)
+        if not match:
+            return self.name
+        suffix = self.name[match.end(1):]
+        return self.name[:match.start()] + suffix
+
+    @property
     def dataset(self) -> str | None:
         data = (self.config or {}).get("data")
         name = data.get("dataset") if isinstance(data, dict) else None
@@ -265,6 +274,10 @@ def read_run(path: Path) -> RunInfo:
     except OSError:
         info.checkpoints = []
 
+    if info.status == "failed":
+        # the trainer's error message is the reason; show and runs --json give it whole
+        error = (info.status_record or {}).get("error")
+        info.problem = error if isinstance(error, str) and error else "failed (no error recorded in status.json)"
     if info.status == "running":
         pid = (info.status_record or {}).get("pid")
         if not pid_alive(pid):
