@@ -133,7 +133,7 @@ def evaluate_model(lm: LoadedModel, split: Split, batch_size: int) -> dict[str, 
     head = acc.result()
     y_true, y_pred = np.concatenate(trues), np.concatenate(preds)
     n = len(y_true)
-    out: dict[str, Any] = {"task": lm.task, "n": n, "loss": head["loss"]}
+    out: dict[str, Any] = {"task": lm.task, "n": n, "loss": head["loss"], "loss_name": lm.loss_name}
     if classification:
         rep = classification_report(y_true, y_pred, lm.n_outputs)
         out["accuracy"] = head["accuracy"]

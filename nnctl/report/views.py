@@ -29,7 +29,8 @@ def render_eval(result: dict[str, Any]) -> None:
     console.print(f"[bold]{escape(result['checkpoint'])}[/] (epoch {result['epoch']}) on "
                   f"{escape(result['data'])}: {result['n']:,} rows", soft_wrap=True)
     if result["task"] == "classification":
-        rows = [("loss", result["loss"]), ("accuracy", result["accuracy"])]
+        name = result.get("loss_name")
+        rows = [(f"loss ({name})" if name else "loss", result["loss"]), ("accuracy", result["accuracy"])]
         rows += [(k.replace("_accuracy", " accuracy").replace("_", "-"), v)
                  for k, v in result.items() if k.startswith("top_")]
         rows += [("macro F1", result["macro_avg"]["f1"]), ("weighted F1", result["weighted_avg"]["f1"])]
@@ -42,7 +43,12 @@ def render_eval(result: dict[str, Any]) -> None:
         console.print(titled(class_report_table(report, labels)))
         console.print(titled(confusion_table(result["confusion_matrix"], labels)))
     else:
-        rows = [(k, result[k]) for k in ("loss", "mse", "rmse", "mae", "r2")]
+        # The training loss is computed as training does (in the model's dtype); mse, rmse, mae
+        # and r2 in float64. When the loss is the MSE they are one quantity that may differ in
+        # the last digits, so only the float64 one is shown; any other loss is named.
+        name = result.get("loss_name")
+        rows = [] if name == "mse" else [(f"loss ({name})" if name else "loss", result["loss"])]
+        rows += [(k, result[k]) for k in ("mse", "rmse", "mae", "r2")]
         console.print(key_value_table(rows))
         if "per_output" in result:
             console.print(titled(per_output_table(result["per_output"], result["outputs"])))

@@ -43,6 +43,12 @@ class LoadedModel:
     input_shape: tuple[int, ...]
 
     @property
+    def loss_name(self) -> str:
+        """The loss's canonical registry name (mse, cross_entropy, ...)."""
+        from nnctl.engine.losses import LOSSES
+        return LOSSES.canonical(self.meta["loss"]["name"])
+
+    @property
     def epoch(self) -> int:
         return int(self.meta.get("epoch", 0))
 
