@@ -134,6 +134,26 @@ def show_config(config: Path = SPEC_ARG, set_: List[str] = SET_OPTION) -> None:
     sys.stdout.write(dump_yaml(resolved))
 
 
+@app.command("init")
+def init_command(
+    data: Path = typer.Argument(..., help="A data file: .csv, .npy (with its targets .npy) or .npz."),
+    target: Optional[str] = typer.Option(None, "--target", help="The CSV column to predict, or the .npy file of "
+                                         "targets (default: a column named label or target, else the last)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="The spec to write (default: <data name>.yaml).",
+                                       autocompletion=complete_spec),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+) -> None:
+    """Write a commented starter spec for a data file: target, task and columns detected and shown."""
+    from nnctl.config.starter import write_starter
+    from nnctl.report.views import render_starter
+    try:
+        profile, path = write_starter(data, target, out, force)
+    except NnctlError as err:
+        fail(err)
+        return
+    render_starter(profile, path)
+
+
 GRADCHECK_TOLERANCE = 1e-6
 
 

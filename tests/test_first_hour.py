@@ -242,3 +242,70 @@ def test_cli_import_and_help_import_nothing_heavy():
                          "COLUMNS": "100"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[-1] == ""
+
+
+# -- item 10: nnctl init ---------------------------------------------------------------------
+
+def _animals(path: Path, n: int = 120) -> Path:
+    rng = __import__("random").Random(0)
+    lines = ["row_id,colour,size,weight,species"]
+    for i in range(n):
+        size, weight = rng.random() * 10, rng.gauss(5, 1)
+        lines.append(f"{1000 + i},{rng.choice(['red', 'green', 'blue'])},{size:.3f},{weight:.3f},"
+                     f"{'big' if size + weight > 10 else 'small'}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_init_csv_string_target_and_categorical_column(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    _animals(tmp_path / "data" / "animals.csv")
+    res = invoke("init", "data/animals.csv", "--target", "species")
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.stdout.split())
+    assert "target species (given with --target)" in out
+    assert "task classification (text labels, 2 classes: big, small)" in out
+    assert "left out row_id: id, numbered 1 by 1 like a row ID" in out
+    assert "left out colour: categorical, 3 categories; features must be numbers" in out
+    assert "wrote animals.yaml; next: nnctl validate animals.yaml && nnctl train animals.yaml" in out
+    text = (tmp_path / "animals.yaml").read_text()
+    import yaml
+    spec = yaml.safe_load(text)
+    assert spec["data"] == {"dataset": "data/animals.csv", "target": "species", "features": ["size", "weight"],
+                            "task": "classification", "val_split": 0.2, "test_split": 0.2, "standardize": True}
+    assert spec["model"]["hidden"] == [16] and spec["loss"] == "cross_entropy"
+    assert spec["training"]["early_stopping"] == {"monitor": "val_loss", "patience": 10, "restore_best": True}
+    # every key line carries a comment saying what it means
+    keys = [line for line in text.splitlines() if not line.lstrip().startswith("#") and ":" in line
+            and not line.rstrip().endswith(":")]
+    assert keys and all("  # " in line for line in keys)
+    assert invoke("validate", "animals.yaml").exit_code == 0
+    res = invoke("train", "animals.yaml", "--set", "training.epochs=1", "--runs-dir", "runs", "-q")
+    assert res.exit_code == 0 and res.stdout.startswith("completed: 1 epochs"), res.output
+    again = invoke("init", "data/animals.csv", "--target", "species")
+    assert again.exit_code == 1
+    assert again.stderr == "error: animals.yaml: exists; choose another name with --out or overwrite it with --force\n"
+
+
+def test_init_npy_finds_its_targets_and_npz(tmp_path, monkeypatch):
+    import numpy as np
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 2, 3, 3)).astype(np.float32)
+    np.save("x.npy", x)
+    assert invoke("init", "x.npy").stderr.startswith("error: x.npy: a .npy file holds features only; give the "
+                                                     "targets file with --target FILE.npy (looked for y.npy,")
+    np.save("y.npy", rng.normal(size=60))
+    res = invoke("init", "x.npy")
+    assert res.exit_code == 0, res.output
+    spec = __import__("yaml").safe_load(Path("x.yaml").read_text())
+    assert spec["data"]["target_path"] == "y.npy" and spec["data"]["task"] == "regression"
+    assert spec["model"]["layers"] == ["flatten", {"dense": {"units": 64, "activation": "relu"}}]
+    assert spec["loss"] == "mse"
+    assert invoke("validate", "x.yaml").exit_code == 0
+    np.savez("d.npz", x=rng.normal(size=(40, 5)), y=np.arange(40) % 4)
+    assert invoke("init", "d.npz", "-o", "spec.yml").exit_code == 0
+    spec = __import__("yaml").safe_load(Path("spec.yml").read_text())
+    assert spec["data"]["task"] == "classification" and spec["model"]["hidden"] == [16]
+    assert invoke("validate", "spec.yml").exit_code == 0

@@ -126,3 +126,22 @@ def render_diff(a, b, config_rows, metrics) -> None:
     else:
         console.print("configs: identical (besides the name)")
     console.print(titled(metric_diff_table(metrics, "A", "B", direction=better_direction)))
+
+
+def render_starter(profile, path) -> None:
+    """What `nnctl init` found and chose, and what to run next."""
+    from nnctl.report.tables import key_value_table
+    p = profile
+    classes = ""
+    if p.classes is not None:
+        classes = ": " + ", ".join(str(c) for c in p.classes[:10]) + (", ..." if len(p.classes) > 10 else "")
+    rows = [("data", f"{p.path.name}: {p.rows:,} rows, {p.n_features:,} features"),
+            ("target", f"{p.target} ({p.target_why})"),
+            ("task", f"{p.task} ({p.task_why}{classes})")]
+    for c in p.left_out:
+        rows.append(("left out", f"{c.name}: {c.kind}, {c.why}"))
+    rows.append(("model", f"hidden {p.hidden}, batch {p.batch_size}, up to {p.epochs} epochs, "
+                          f"early stopping on val_loss (patience {p.patience})"))
+    console.print(key_value_table(rows))
+    console.print(f"wrote {path}; next: nnctl validate {path} && nnctl train {path}",
+                  markup=False, highlight=False, soft_wrap=True)
