@@ -309,3 +309,15 @@ def test_init_npy_finds_its_targets_and_npz(tmp_path, monkeypatch):
     spec = __import__("yaml").safe_load(Path("spec.yml").read_text())
     assert spec["data"]["task"] == "classification" and spec["model"]["hidden"] == [16]
     assert invoke("validate", "spec.yml").exit_code == 0
+
+
+def test_startup_benchmark_script():
+    script = Path(__file__).resolve().parent.parent / "nnctl" / "bench" / "startup.py"
+    out = subprocess.run([sys.executable, str(script), "--runs", "1", "--top", "3"], capture_output=True, text=True,
+                         env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("import nnctl.cli: ") and lines[0].endswith(" modules")
+    assert lines[1].split()[-1] == "nnctl.cli"  # the largest cumulative time is the module itself
+    assert "heavy modules imported: none" in lines
+    assert lines[-1].startswith("nnctl --help: best ") and "over 1 runs" in lines[-1]
