@@ -22,7 +22,7 @@ from nnctl.console import console, err_console
 from nnctl.errors import NnctlError
 
 
-# `nnctl runs` fits this many columns (or the terminal, when narrower) unless --wide.
+# `nnctl runs` fits this many columns when its output is not a terminal (a terminal: its width) unless --wide.
 COMPACT_WIDTH = 100
 
 
@@ -111,7 +111,7 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print one JSON list and nothing else."),
         wide: bool = typer.Option(False, "--wide", "-w", help="Every column and full run names, however wide."),
     ) -> None:
-        """List runs: status, epochs, best validation metric, test metric, size and time (fits 100 columns)."""
+        """List runs: status, epochs, best validation metric, test metric, time and size (fits the window)."""
         from nnctl.runs.catalog import scan_runs, sort_runs
         from nnctl.report.tables import run_problems, runs_table
         from nnctl.report.views import print_fitted
@@ -125,7 +125,8 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
         elif not runs:
             console.print(f"no runs in {runs_dir}", markup=False)
         else:
-            width = None if wide else min(console.width, COMPACT_WIDTH) if console.is_terminal else COMPACT_WIDTH
+            # the terminal's width; into a pipe or file, 100 columns (--wide: no limit)
+            width = None if wide else console.width if console.is_terminal else COMPACT_WIDTH
             print_fitted(runs_table(runs, width))
             for line in run_problems(runs, width):
                 console.print(line, style="dim", markup=False, highlight=False, soft_wrap=True)

@@ -87,7 +87,10 @@ class RunInfo:
     def epochs(self) -> int | None:
         if self.metrics and isinstance(self.metrics.get("epochs"), int):
             return self.metrics["epochs"]
-        return len(self.history) if self.history or self.metrics is not None else None
+        if self.history or self.metrics is not None:
+            return len(self.history)
+        done = (self.status_record or {}).get("epochs_done")  # a run that failed before its first epoch
+        return done if isinstance(done, int) and not isinstance(done, bool) else None
 
     @property
     def max_epochs(self) -> int | None:
