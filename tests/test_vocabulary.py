@@ -55,3 +55,33 @@ def test_sort_by_r2_is_descending(tmp_path):
     runs[2].metrics["test"]["test_loss"] = 1.0
     # lower is better; the run without the value goes last
     assert [r.name for r in sort_runs(runs, "test_loss")] == ["c", "a", "b"]
+
+
+def test_checkpoint_metadata_is_the_typed_record(tmp_path):
+    """The trainer writes exactly CheckpointMeta's fields; the reader checks them by name."""
+    import dataclasses
+    import textwrap
+
+    from typer.testing import CliRunner
+
+    from nnctl.cli import app
+    from nnctl.errors import CheckpointError
+    from nnctl.runs.checkpoint import load_checkpoint
+    from nnctl.runs.meta import CheckpointMeta, model_fields
+    spec = tmp_path / "iris.yaml"
+    spec.write_text(textwrap.dedent("""\
+        data: {dataset: iris, val_split: 0.2, test_split: 0.2}
+        model: {hidden: [4]}
+        training: {epochs: 1}
+        """))
+    assert CliRunner().invoke(app, ["train", str(spec), "--runs-dir", str(tmp_path / "runs"), "-q"]).exit_code == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    ckpt = load_checkpoint(run / "checkpoints" / "last.npz")
+    fields = {f.name for f in dataclasses.fields(CheckpointMeta)}
+    assert set(ckpt.meta) == fields | {"format", "format_version", "nnctl_version"}
+    got = model_fields(ckpt.path, ckpt.meta)
+    assert (got.task, got.n_outputs, got.input_shape, got.epoch) == ("classification", 3, (4,), 1)
+    assert got.classes == ["setosa", "versicolor", "virginica"]
+    bad = {**ckpt.meta, "n_outputs": "3"}
+    with pytest.raises(CheckpointError, match=r"last\.npz: metadata field n_outputs is missing or not a int$"):
+        model_fields(ckpt.path, bad)
