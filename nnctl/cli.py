@@ -143,7 +143,7 @@ def init_command(
                                        autocompletion=complete_spec),
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
 ) -> None:
-    """Write a commented starter spec for a data file: target, task and columns detected and shown."""
+    """Write a commented starter spec for a data file (target, task and columns shown)."""
     from nnctl.config.starter import write_starter
     from nnctl.report.views import render_starter
     try:

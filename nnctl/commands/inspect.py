@@ -111,7 +111,7 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print one JSON list and nothing else."),
         wide: bool = typer.Option(False, "--wide", "-w", help="Every column and full run names, however wide."),
     ) -> None:
-        """List runs: status, epochs, best validation metric, test metric, time and size (fits the window)."""
+        """List runs: status, epochs, best and test metrics, time; fits the window."""
         from nnctl.runs.catalog import scan_runs, sort_runs
         from nnctl.report.tables import run_problems, runs_table
         from nnctl.report.views import print_fitted
