@@ -1,0 +1,104 @@
+"""The parity check: the exported file run in ONNX Runtime against nnctl's own predictions.
+
+Both sides see the same raw feature rows. nnctl's side is exactly `nnctl predict`'s path
+(batches cast to the model dtype, standardized, evaluation-mode forward, then
+probabilities and classes by `LoadedModel.probabilities` and `predicted_classes`); ONNX
+Runtime's side is the file as written to disk, so what is checked is what ships.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nnctl.export.graph import ExportError
+from nnctl.export.onnx_model import CLASSIFICATION, INPUT_NAME, input_shape_of
+
+# Rows per onnxruntime call: bounded memory on any split size.
+CHUNK = 4096
+
+
+@dataclass
+class Parity:
+    """What the check found. label_agreement is None for regression."""
+
+    rows: int
+    max_abs_diff: float
+    label_agreement: float | None
+    label_mismatches: int
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        # NaN compares False, so a non-finite difference fails too
+        return bool(self.max_abs_diff <= self.tolerance)
+
+
+def nnctl_outputs(lm: Any, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(probabilities or values (N, k) float64, class indices (N,) or None) the way `nnctl predict` computes them."""
+    from nnctl.data import Split
+    from nnctl.training.metrics import predicted_classes
+    values, labels = [], []
+    for z, _ in lm.batches(Split(x, None, None), batch_size):
+        if lm.task == CLASSIFICATION:
+            values.append(np.asarray(lm.probabilities(z), dtype=np.float64))
+            labels.append(predicted_classes(z).astype(np.int64))
+        else:
+            values.append(np.asarray(z, dtype=np.float64).reshape(len(z), -1))
+    v = np.concatenate(values) if values else np.empty((0, 0))
+    return v, (np.concatenate(labels) if labels else None)
+
+
+def session(path: Path):
+    """An onnxruntime session on the file, one thread (the check must not fight the machine)."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own exception types for unloadable models
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportError(f"{path}: written, but onnxruntime cannot load it, so it is NOT checked: {first}") from None
+
+
+def onnx_outputs(lm: Any, path: Path, x: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray | None]:
+    sess = session(path)
+    shape = input_shape_of(lm)
+    want = ["probabilities", "label_index"] if lm.task == CLASSIFICATION else ["values"]
+    values, labels = [], []
+    for s in range(0, len(x), CHUNK):
+        xb = np.ascontiguousarray(np.asarray(x[s:s + CHUNK]).reshape((-1, *shape)), dtype=dtype)
+        try:
+            out = sess.run(want, {INPUT_NAME: xb})
+        except Exception as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ExportError(f"{path}: written, but onnxruntime fails on the check data, so it is NOT "
+                              f"checked: {first}") from None
+        values.append(np.asarray(out[0], dtype=np.float64))
+        if len(out) > 1:
+            labels.append(np.asarray(out[1]))
+    v = np.concatenate(values) if values else np.empty((0, 0))
+    return v, (np.concatenate(labels) if labels else None)
+
+
+def check_parity(lm: Any, path: Path, x: np.ndarray, dtype: Any, tolerance: float, batch_size: int) -> Parity:
+    """Run both and compare: max |difference| over every output value, and label agreement."""
+    if len(x) == 0:
+        raise ExportError("the parity check data has no rows")
+    ref, ref_labels = nnctl_outputs(lm, x, batch_size)
+    got, got_labels = onnx_outputs(lm, path, x, np.dtype(dtype))
+    if ref.shape != got.shape:
+        raise ExportError(f"{path}: onnxruntime gives outputs of shape {list(got.shape)}, nnctl "
+                          f"{list(ref.shape)}; the file is not trustworthy")
+    diff = np.abs(ref - got)
+    worst = float(np.nan) if not np.all(np.isfinite(diff)) else float(diff.max(initial=0.0))
+    agreement, mismatches = None, 0
+    if ref_labels is not None:
+        same = ref_labels == got_labels
+        mismatches = int((~same).sum())
+        agreement = float(same.mean())
+    return Parity(rows=len(x), max_abs_diff=worst, label_agreement=agreement, label_mismatches=mismatches,
+                  tolerance=float(tolerance))
