@@ -1,8 +1,9 @@
 """`nnctl export` without the rendering: load, check the options, write the file, check parity.
 
 Everything that can be refused (missing extra, bad option, a layer without an exporter,
-unusable check data) is refused before the output file is touched; once the file is
-written, a failed parity check keeps it and says it is not trustworthy.
+unusable check data, a graph onnxruntime cannot run) is refused before the output file is
+touched. The parity check runs on the serialized bytes, which are then written as they
+are; a file that fails the check is kept, and the command says it is not trustworthy.
 """
 from __future__ import annotations
 
@@ -95,7 +96,7 @@ def export_model(target: Path, fmt: str = "onnx", out: Path | None = None, opset
     require("onnx")
     require("onnxruntime")
     from nnctl.export.onnx_model import build_onnx
-    from nnctl.export.parity import check_parity
+    from nnctl.export.parity import check_parity, session
 
     ckpt_path = checkpoint_for(Path(target))
     lm = model_from_checkpoint(load_checkpoint(ckpt_path))
@@ -103,12 +104,15 @@ def export_model(target: Path, fmt: str = "onnx", out: Path | None = None, opset
     _check_out(out)
     proto = build_onnx(lm, dtype, opset)
     x, description = check_rows(lm, check_data)
+    if len(x) == 0:
+        raise ExportError(f"{description}: no rows to check the export on")
     blob = proto.SerializeToString()
+    # checked on the exact bytes that are written; a graph onnxruntime cannot run leaves nothing behind
+    parity = check_parity(lm, session(blob, out), out, x, dtype, tolerance, default_batch_size(lm))
     try:
         atomic_write(out, lambda f: f.write(blob))
     except OSError as err:
         raise ExportError(f"--out {out}: cannot write: {err.strerror or err}") from None
-    parity = check_parity(lm, out, x, dtype, tolerance, default_batch_size(lm))
     return ExportResult(path=out, checkpoint=ckpt_path, format=fmt, dtype=dtype,
                         opset=proto.opset_import[0].version, size_bytes=len(blob), check_data=description,
                         parity=parity)

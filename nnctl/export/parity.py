@@ -3,7 +3,8 @@
 Both sides see the same raw feature rows. nnctl's side is exactly `nnctl predict`'s path
 (batches cast to the model dtype, standardized, evaluation-mode forward, then
 probabilities and classes by `LoadedModel.probabilities` and `predicted_classes`); ONNX
-Runtime's side is the file as written to disk, so what is checked is what ships.
+Runtime's side is the serialized model, the very bytes then written to disk, so what is
+checked is what ships.
 """
 from __future__ import annotations
 
@@ -51,21 +52,26 @@ def nnctl_outputs(lm: Any, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, 
     return v, (np.concatenate(labels) if labels else None)
 
 
-def session(path: Path):
-    """An onnxruntime session on the file, one thread (the check must not fight the machine)."""
+def session(blob: bytes, out: Path):
+    """An onnxruntime session on the serialized model (the bytes written to `out`), one thread:
+    the check must not fight the machine.
+
+    Loaded before the file is written, so a model onnxruntime cannot run (its CPU provider has
+    no float64 kernels for some ops, e.g. Conv and Erf) leaves nothing behind.
+    """
     import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(blob, sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own exception types for unloadable models
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ExportError(f"{path}: written, but onnxruntime cannot load it, so it is NOT checked: {first}") from None
+        raise ExportError(f"{out}: onnxruntime cannot load the exported graph, so it cannot be checked; "
+                          f"nothing written: {first}") from None
 
 
-def onnx_outputs(lm: Any, path: Path, x: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray | None]:
-    sess = session(path)
+def onnx_outputs(lm: Any, sess: Any, path: Path, x: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray | None]:
     shape = input_shape_of(lm)
     want = ["probabilities", "label_index"] if lm.task == CLASSIFICATION else ["values"]
     values, labels = [], []
@@ -75,8 +81,8 @@ def onnx_outputs(lm: Any, path: Path, x: np.ndarray, dtype: np.dtype) -> tuple[n
             out = sess.run(want, {INPUT_NAME: xb})
         except Exception as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ExportError(f"{path}: written, but onnxruntime fails on the check data, so it is NOT "
-                              f"checked: {first}") from None
+            raise ExportError(f"{path}: onnxruntime fails on the check data, so the export cannot be "
+                              f"checked; nothing written: {first}") from None
         values.append(np.asarray(out[0], dtype=np.float64))
         if len(out) > 1:
             labels.append(np.asarray(out[1]))
@@ -84,12 +90,11 @@ def onnx_outputs(lm: Any, path: Path, x: np.ndarray, dtype: np.dtype) -> tuple[n
     return v, (np.concatenate(labels) if labels else None)
 
 
-def check_parity(lm: Any, path: Path, x: np.ndarray, dtype: Any, tolerance: float, batch_size: int) -> Parity:
+def check_parity(lm: Any, sess: Any, path: Path, x: np.ndarray, dtype: Any, tolerance: float,
+                 batch_size: int) -> Parity:
     """Run both and compare: max |difference| over every output value, and label agreement."""
-    if len(x) == 0:
-        raise ExportError("the parity check data has no rows")
     ref, ref_labels = nnctl_outputs(lm, x, batch_size)
-    got, got_labels = onnx_outputs(lm, path, x, np.dtype(dtype))
+    got, got_labels = onnx_outputs(lm, sess, path, x, np.dtype(dtype))
     if ref.shape != got.shape:
         raise ExportError(f"{path}: onnxruntime gives outputs of shape {list(got.shape)}, nnctl "
                           f"{list(ref.shape)}; the file is not trustworthy")
