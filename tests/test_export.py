@@ -349,7 +349,8 @@ def test_corrupted_weight_fails_the_parity_check_and_keeps_the_file(iris_run, tm
 def test_bad_options_write_nothing(iris_run, tmp_path):
     out = tmp_path / "x.onnx"
     cases = [
-        (["--format", "tflite"], "error: --format must be one of onnx, got 'tflite'"),
+        (["--format", "tflite"], "error: --format must be one of onnx, npz-weights, got 'tflite'"),
+        (["--format", "npz-weights", "--opset", "17"], "error: --opset is for --format onnx; npz-weights keeps"),
         (["--dtype", "float16"], "error: --dtype must be one of float32, float64, got 'float16'"),
         (["--tolerance", "-1"], "error: --tolerance must be a finite number >= 0, got -1.0"),
         (["--check-data", "no_such_dataset"], "error: --data: unknown dataset 'no_such_dataset'"),
@@ -376,3 +377,27 @@ def test_export_is_reproducible(iris_run, tmp_path):
     for p in paths:
         assert runner.invoke(app, ["export", str(iris_run), "--out", str(p)]).exit_code == 0
     assert hashlib.sha256(paths[0].read_bytes()).digest() == hashlib.sha256(paths[1].read_bytes()).digest()
+
+
+def test_npz_weights_read_with_numpy_alone(iris_run, tmp_path):
+    res = runner.invoke(app, ["export", str(iris_run), "--format", "npz-weights"])
+    assert res.exit_code == 0, res.output
+    assert "max abs diff 0, labels agree 100.00%" in res.stdout
+    path = iris_run / "model.weights.npz"
+    with np.load(path, allow_pickle=False) as npz:
+        arch = json.loads(npz["architecture.json"].decode("utf-8"))
+        arrays = {k: npz[k] for k in npz.files if k != "architecture.json"}
+    assert arch["format"] == "nnctl-npz-weights" and arch["classes"] == ["setosa", "versicolor", "virginica"]
+    assert [layer["type"] for layer in arch["layers"]] == ["dense", "batch_norm", "relu", "dropout", "dense"]
+    assert arch["output_activation"] == "softmax"
+    assert {k: list(v.shape) for k, v in arrays.items()} == {k: v["shape"] for k, v in arch["arrays"].items()}
+    # the forward pass by hand, from the file: standardize, dense, batch norm (running stats), relu, dense
+    x = np.loadtxt(IRIS_CSV, delimiter=",", skiprows=1, usecols=[0, 1, 2, 3])
+    a = {k: v.astype(np.float64) for k, v in arrays.items()}
+    h = (x - a["standardize.mean"]) / a["standardize.scale"]
+    h = h @ a["layers.0.W"] + a["layers.0.b"]
+    h = (h - a["layers.1.running_mean"]) / np.sqrt(a["layers.1.running_var"] + 1e-5) * a["layers.1.gamma"] \
+        + a["layers.1.beta"]
+    z = np.maximum(h, 0) @ a["layers.4.W"] + a["layers.4.b"]
+    labels = [arch["classes"][i] for i in z.argmax(1)]
+    assert labels == _predict_labels(iris_run, IRIS_CSV)

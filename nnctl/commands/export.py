@@ -18,16 +18,16 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
     @app.command("export")
     def export_command(
         target: Path = typer.Argument(..., help="A checkpoint (.npz) or a run directory (its best weights)."),
-        fmt: str = typer.Option("onnx", "--format", help="Output format: onnx."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o",
-                                           help="Where to write (default: <run>/model.onnx, or <checkpoint>.onnx)."),
+        fmt: str = typer.Option("onnx", "--format", help="onnx, or npz-weights (named arrays + architecture JSON)."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write (default: <run>/model.onnx, "
+                                           "or <checkpoint>.onnx; .weights.npz for npz-weights)."),
         opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset version (default 17)."),
         check_data: Optional[str] = typer.Option(None, "--check-data",
                                                  help="Rows for the parity check: a .csv/.npy/.npz file or a "
                                                       "built-in dataset (default: the run's test split)."),
         tolerance: float = typer.Option(1e-4, "--tolerance",
                                         help="Largest |onnxruntime - nnctl| difference the check accepts."),
-        dtype: str = typer.Option("float32", "--dtype", help="float32 (default) or float64 graph."),
+        dtype: Optional[str] = typer.Option(None, "--dtype", help="ONNX graph type: float32 (default) or float64."),
     ) -> None:
         """Export a trained model to ONNX, preprocessing included, and check it in onnxruntime."""
         from nnctl.export.api import export_model
@@ -38,8 +38,9 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
             fail(err)
             return
         p = result.parity
-        console.print(f"wrote {result.path} ({result.format}, opset {result.opset}, {result.dtype}, "
-                      f"{result.size_bytes:,} bytes) from {result.checkpoint}", markup=False, soft_wrap=True)
+        what = f"opset {result.opset}, " if result.opset is not None else ""
+        console.print(f"wrote {result.path} ({result.format}, {what}{result.dtype}, {result.size_bytes:,} bytes) "
+                      f"from {result.checkpoint}", markup=False, soft_wrap=True)
         line = f"parity on {p.rows:,} rows of {result.check_data}: max abs diff {p.max_abs_diff:.3g}"
         if p.label_agreement is not None:
             line += f", labels agree {p.label_agreement:.2%} ({p.label_mismatches} differ)"

@@ -17,7 +17,7 @@ import numpy as np
 from nnctl.errors import DataError
 from nnctl.export.graph import ExportError
 
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "npz-weights")
 DTYPES = ("float32", "float64")
 DEFAULT_TOLERANCE = 1e-4
 
@@ -28,7 +28,7 @@ class ExportResult:
     checkpoint: Path
     format: str
     dtype: str
-    opset: int
+    opset: int | None
     size_bytes: int
     check_data: str
     parity: Any  # nnctl.export.parity.Parity
@@ -44,9 +44,11 @@ def require(module: str) -> None:
 
 
 def default_out(target: Path, checkpoint: Path, fmt: str) -> Path:
-    """A run directory exports to <run>/model.onnx, a checkpoint file to <checkpoint stem>.onnx beside it."""
+    """A run directory exports to <run>/model.onnx (model.weights.npz), a checkpoint file to
+    <checkpoint stem>.onnx (.weights.npz) beside it."""
+    suffix = ".onnx" if fmt == "onnx" else ".weights.npz"
     target = Path(target)
-    return target / "model.onnx" if target.is_dir() else checkpoint.with_suffix(".onnx")
+    return target / f"model{suffix}" if target.is_dir() else checkpoint.with_name(checkpoint.stem + suffix)
 
 
 def _check_out(out: Path) -> None:
@@ -81,38 +83,56 @@ def check_rows(lm: Any, check_data: str | None) -> tuple[np.ndarray, str]:
 
 def export_model(target: Path, fmt: str = "onnx", out: Path | None = None, opset: int | None = None,
                  check_data: str | None = None, tolerance: float = DEFAULT_TOLERANCE,
-                 dtype: str = "float32") -> ExportResult:
-    """Export the checkpoint (or run directory) `target`, write it atomically, check it in onnxruntime."""
+                 dtype: str | None = None) -> ExportResult:
+    """Export the checkpoint (or run directory) `target`: build, check, then write atomically."""
     from nnctl.commands.evaluate import checkpoint_for, default_batch_size, model_from_checkpoint
     from nnctl.runs.checkpoint import load_checkpoint
     from nnctl.runs.store import atomic_write
 
     if fmt not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if dtype not in DTYPES:
+    if dtype is not None and dtype not in DTYPES:
         raise ExportError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if fmt != "onnx" and (dtype is not None or opset is not None):
+        raise ExportError(f"--{'dtype' if dtype is not None else 'opset'} is for --format onnx; "
+                          f"{fmt} keeps the checkpoint's arrays as they are")
     if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
         raise ExportError(f"--tolerance must be a finite number >= 0, got {tolerance!r}")
-    require("onnx")
-    require("onnxruntime")
-    from nnctl.export.onnx_model import build_onnx
-    from nnctl.export.parity import check_parity, session
+    if fmt == "onnx":
+        require("onnx")
+        require("onnxruntime")
 
     ckpt_path = checkpoint_for(Path(target))
     lm = model_from_checkpoint(load_checkpoint(ckpt_path))
     out = Path(out) if out is not None else default_out(Path(target), ckpt_path, fmt)
     _check_out(out)
-    proto = build_onnx(lm, dtype, opset)
-    x, description = check_rows(lm, check_data)
-    if len(x) == 0:
-        raise ExportError(f"{description}: no rows to check the export on")
-    blob = proto.SerializeToString()
-    # checked on the exact bytes that are written; a graph onnxruntime cannot run leaves nothing behind
-    parity = check_parity(lm, session(blob, out), out, x, dtype, tolerance, default_batch_size(lm))
+    batch_size = default_batch_size(lm)
+    if fmt == "onnx":
+        from nnctl.export.onnx_model import build_onnx
+        from nnctl.export.parity import check_parity, session
+        dtype = dtype or "float32"
+        proto = build_onnx(lm, dtype, opset)
+        x, description = _rows(lm, check_data)
+        blob = proto.SerializeToString()
+        # checked on the exact bytes that are written; a graph onnxruntime cannot run leaves nothing behind
+        parity = check_parity(lm, session(blob, out), out, x, dtype, tolerance, batch_size)
+        opset = proto.opset_import[0].version
+    else:
+        from nnctl.export.npz_weights import build_npz, check_npz
+        dtype = str(lm.dtype)
+        blob = build_npz(lm)
+        x, description = _rows(lm, check_data)
+        parity = check_npz(lm, blob, out, x, tolerance, batch_size)
     try:
         atomic_write(out, lambda f: f.write(blob))
     except OSError as err:
         raise ExportError(f"--out {out}: cannot write: {err.strerror or err}") from None
-    return ExportResult(path=out, checkpoint=ckpt_path, format=fmt, dtype=dtype,
-                        opset=proto.opset_import[0].version, size_bytes=len(blob), check_data=description,
-                        parity=parity)
+    return ExportResult(path=out, checkpoint=ckpt_path, format=fmt, dtype=dtype, opset=opset,
+                        size_bytes=len(blob), check_data=description, parity=parity)
+
+
+def _rows(lm: Any, check_data: str | None) -> tuple[np.ndarray, str]:
+    x, description = check_rows(lm, check_data)
+    if len(x) == 0:
+        raise ExportError(f"{description}: no rows to check the export on")
+    return x, description

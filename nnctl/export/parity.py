@@ -95,9 +95,15 @@ def check_parity(lm: Any, sess: Any, path: Path, x: np.ndarray, dtype: Any, tole
     """Run both and compare: max |difference| over every output value, and label agreement."""
     ref, ref_labels = nnctl_outputs(lm, x, batch_size)
     got, got_labels = onnx_outputs(lm, sess, path, x, np.dtype(dtype))
+    return compare(ref, ref_labels, got, got_labels, tolerance, path)
+
+
+def compare(ref: np.ndarray, ref_labels: np.ndarray | None, got: np.ndarray, got_labels: np.ndarray | None,
+            tolerance: float, path: Path) -> Parity:
+    """nnctl's outputs `ref` against the exported file's `got`: worst |difference| and label agreement."""
     if ref.shape != got.shape:
-        raise ExportError(f"{path}: onnxruntime gives outputs of shape {list(got.shape)}, nnctl "
-                          f"{list(ref.shape)}; the file is not trustworthy")
+        raise ExportError(f"{path}: the export gives outputs of shape {list(got.shape)}, nnctl "
+                          f"{list(ref.shape)}; nothing written")
     diff = np.abs(ref - got)
     worst = float(np.nan) if not np.all(np.isfinite(diff)) else float(diff.max(initial=0.0))
     agreement, mismatches = None, 0
@@ -105,5 +111,5 @@ def check_parity(lm: Any, sess: Any, path: Path, x: np.ndarray, dtype: Any, tole
         same = ref_labels == got_labels
         mismatches = int((~same).sum())
         agreement = float(same.mean())
-    return Parity(rows=len(x), max_abs_diff=worst, label_agreement=agreement, label_mismatches=mismatches,
+    return Parity(rows=len(ref), max_abs_diff=worst, label_agreement=agreement, label_mismatches=mismatches,
                   tolerance=float(tolerance))
