@@ -401,3 +401,27 @@ def test_npz_weights_read_with_numpy_alone(iris_run, tmp_path):
     z = np.maximum(h, 0) @ a["layers.4.W"] + a["layers.4.b"]
     labels = [arch["classes"][i] for i in z.argmax(1)]
     assert labels == _predict_labels(iris_run, IRIS_CSV)
+
+
+def test_regression_without_test_split_checks_on_the_val_split_and_says_so(tmp_path):
+    run = _train(tmp_path, """\
+        name: sine-export
+        data: {dataset: sine, options: {n_samples: 120}, val_split: 0.25, test_split: 0.0}
+        model: {hidden: [8], activation: tanh}
+        loss: mse
+        training: {epochs: 2, batch_size: 32}
+        """)
+    res = runner.invoke(app, ["export", str(run)])
+    assert res.exit_code == 0, res.output
+    assert "parity on 30 rows of the val split of sine (built-in): max abs diff " in res.stdout
+    assert "labels agree" not in res.stdout
+    sess = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()] == ["values"]
+    x = np.linspace(-3, 3, 11, dtype=np.float32)[:, None]
+    (values,) = sess.run(None, {"features": x})
+    csv_in = tmp_path / "x.csv"
+    csv_in.write_text("x\n" + "\n".join(str(float(v)) for v in x[:, 0]) + "\n")
+    pred = runner.invoke(app, ["predict", str(run), str(csv_in)])
+    assert pred.exit_code == 0, pred.output
+    want = np.array([float(line) for line in pred.stdout.splitlines()[1:]])
+    np.testing.assert_allclose(values[:, 0], want, atol=1e-6)
