@@ -80,11 +80,16 @@ def train(
                                           autocompletion=complete_run),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where run directories are created."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final summary line."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1,
+                                          help="BLAS threads (default: training.threads, else the environment, "
+                                               "else half the physical cores, 1 to 4); recorded in the run."),
 ) -> None:
     """Train a model from a spec; everything about the run goes to runs/<name>-<time>/."""
+    from nnctl.threads import preset
+    preset(threads)  # before NumPy loads: without threadpoolctl the environment is the only lever
     from nnctl.commands.train import run_training
     try:
-        code = run_training(config, set_, resume, runs_dir, quiet)
+        code = run_training(config, set_, resume, runs_dir, quiet, threads)
     except NnctlError as err:
         fail(err)
     except KeyboardInterrupt:
@@ -192,10 +197,27 @@ def bench(
     hidden: str = typer.Option("512,256", help="Hidden sizes, comma separated."),
     batch: int = typer.Option(128, help="Batch size."),
     dtype: str = typer.Option("float32", help="float32 or float64."),
+    suite: bool = typer.Option(False, "--suite", help="The issue-15 workloads through `nnctl train`, "
+                                                      "PyTorch beside them when it is installed."),
+    busy: bool = typer.Option(False, "--busy", help="The MLP epoch alone and beside a CPU-bound process."),
+    epochs: int = typer.Option(3, "--epochs", min=2, help="Epochs per workload for --suite/--busy "
+                                                           "(the first is a warm-up)."),
+    only: Optional[str] = typer.Option(None, "--only", help="--suite: only workloads whose name contains this."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="BLAS threads (default as for train)."),
 ) -> None:
-    """Time one epoch of an MLP against the GEMM floor (the bare matrix products)."""
-    from nnctl import bench as bench_mod
-    bench_mod.main(["--n", str(n), "--hidden", hidden, "--batch", str(batch), "--dtype", dtype])
+    """Time one epoch of an MLP against the GEMM floor (the bare matrix products); --suite, --busy."""
+    from nnctl.threads import preset
+    preset(threads)  # before NumPy loads, as for train
+    if suite or busy:
+        from nnctl.bench import suite as suite_mod
+        if suite:
+            suite_mod.run_suite(epochs, threads, only)
+        if busy:
+            suite_mod.run_busy(epochs, threads)
+        return
+    from nnctl.bench import mlp
+    args = ["--n", str(n), "--hidden", hidden, "--batch", str(batch), "--dtype", dtype]
+    mlp.main(args + (["--threads", str(threads)] if threads is not None else []))
 
 
 def _register_extras() -> None:

@@ -67,6 +67,9 @@ TRAINING_PARAMS: dict[str, Param] = {
     "dtype": Param("str", "float32", choices=("float32", "float64"), doc="the model's one dtype"),
     "shuffle": Param("bool", True, doc="reshuffle the training rows every epoch"),
     "early_stopping": Param("mapping", None, nullable=True, doc="monitor, mode, patience, min_delta, restore_best, start_from_epoch"),
+    # speed (nnctl/threads.py): the count used is written back here, so --resume reuses it
+    "threads": Param("int", None, ge=1, nullable=True,
+                     doc="BLAS threads; null: --threads, else the environment, else half the physical cores (1..4)"),
 }
 
 # Keys the schedule wrapper handles for every schedule (warmup, stepping interval).
@@ -108,6 +111,7 @@ class Training:
     dtype: str
     shuffle: bool
     early_stopping: EarlyStopping | None
+    threads: int | None = None
 
 
 @dataclass
