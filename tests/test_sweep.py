@@ -157,7 +157,7 @@ def test_unknown_paths_bad_metric_and_grid_distribution(tmp_path):
         metric: val_los
         """, head=SINE_BASE)
     assert errors_of(path) == [
-        "parameters.model.dropout: a uniform distribution needs method: random; a grid takes a list of values "
+        "parameters.model.dropout: a uniform distribution needs method: random (or tpe, gp, cmaes, nsga2); a grid takes a list of values "
         "(sweep.yaml line 11)",
         "parameters.model.widht: not in the train spec: model has no key 'widht'; valid: activation, batch_norm, "
         "dropout, hidden, initializer, layers, output_initializer (sweep.yaml line 9)",
@@ -298,7 +298,7 @@ def test_a_failing_trial_is_recorded_and_the_others_complete(tmp_path):
     assert [r["rank"] for r in rows] == ["1", "2", ""]
     assert float(rows[0]["val_loss"]) == expected[0]["metric"]
     assert rows[2]["status"] == "failed" and rows[2]["optimizer.lr"] == "1000000000000.0"
-    assert list(rows[0]) == ["rank", "index", "optimizer.lr", "status", "val_loss", "run_dir", "seconds", "error"]
+    assert list(rows[0]) == ["rank", "index", "optimizer.lr", "status", "val_loss", "epochs", "run_dir", "seconds", "error"]
     best = expected[0]
     assert f"best: trial {best['index']} (optimizer.lr={best['overrides']['optimizer.lr']:.4g})" in res.output
     assert f"  run {best['run_dir']}" in res.output

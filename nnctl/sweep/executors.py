@@ -163,9 +163,14 @@ def collect(job: dict[str, Any], trial_dir: Path, before: set[str], rc: int, out
     status_rec = read_json(run / "status.json") if run is not None else None
     run_status = status_rec.get("status") if isinstance(status_rec, dict) else None
     run_dir = str(run) if run is not None else None
-    if run_status in ("completed", "stopped_early") and rc == 0:
-        metric, error = read_metric(run, job["metric"])
-        return _result(job, run_status, metric, run_dir, error, seconds)
+    if run_status in ("completed", "stopped_early", "pruned") and rc == 0:
+        metrics = job.get("metrics") or [job["metric"]]
+        values, error = read_metrics(run, metrics)
+        res = _result(job, run_status, values[0], run_dir, error, seconds)
+        res["epochs"] = (read_json(run / "metrics.json") or {}).get("epochs")
+        if len(metrics) > 1:
+            res["values"] = values
+        return res
     if stopped or rc in (130, -signal.SIGINT):
         return _result(job, "interrupted", None, run_dir, None, seconds)
     error = None
@@ -191,6 +196,17 @@ def error_text(output: str, rc: int) -> str:
     if lines:
         return lines[-1]
     return f"the trial process exited with code {rc}"
+
+
+def read_metrics(run: Path, metrics: list[str]) -> tuple[list[float | None], str | None]:
+    """Every objective's value (see read_metric); the first problem, if any."""
+    values, errors = [], []
+    for m in metrics:
+        value, error = read_metric(run, m)
+        values.append(value)
+        if error:
+            errors.append(error)
+    return values, (errors[0] if errors else None)
 
 
 def read_metric(run: Path, metric: str) -> tuple[float | None, str | None]:

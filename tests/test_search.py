@@ -1,0 +1,252 @@
+"""Model-based sweeps on Optuna: search-space translation, sampler seeding, ask/tell bookkeeping, spec checks."""
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna", reason='the search extra: pip install -e ".[search]"')
+
+from nnctl.errors import ConfigError, NnctlError  # noqa: E402
+from nnctl.sweep import search  # noqa: E402
+from nnctl.sweep.runner import SweepDir, TrialState  # noqa: E402
+from nnctl.sweep.spec import Parameter, build_trials, load_sweep  # noqa: E402
+from nnctl.sweep.study import StudyTrials, first_proposals, reconcile  # noqa: E402
+
+BASE = """\
+base:
+  data: {dataset: sine, options: {n_samples: 120}, val_split: 0.25, test_split: 0.0}
+  model: {hidden: [4], activation: tanh}
+  optimizer: {name: sgd, lr: 0.01}
+  training: {epochs: 2, batch_size: 32}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "sweep.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(BASE + textwrap.dedent(text))
+    return path
+
+
+# -- search space ---------------------------------------------------------------------------------
+
+SPACE = [
+    Parameter("a", ("a",), "uniform", low=0.1, high=0.5),
+    Parameter("b", ("b",), "log_uniform", low=1e-4, high=1e-1),
+    Parameter("c", ("c",), "int_uniform", low=2, high=9),
+    Parameter("d", ("d",), "choice", values=[0.5, 3, "relu", True, None]),
+    Parameter("e", ("e",), "choice", values=[[64], [128, 64], {"name": "adam", "lr": 0.001}]),
+]
+
+
+def test_every_distribution_translates_to_its_optuna_distribution():
+    d = optuna.distributions
+    got = search.search_space(SPACE)
+    assert got["a"] == d.FloatDistribution(0.1, 0.5)
+    assert got["b"] == d.FloatDistribution(1e-4, 1e-1, log=True)
+    assert got["c"] == d.IntDistribution(2, 9)
+    assert got["d"] == d.CategoricalDistribution([0.5, 3, "relu", True, None])
+    # lists and mappings are not valid Optuna categories: their compact JSON stands for them
+    assert got["e"] == d.CategoricalDistribution(['[64]', '[128,64]', '{"lr":0.001,"name":"adam"}'])
+
+
+def test_every_choice_comes_back_as_the_sweep_value():
+    for p in SPACE[3:]:
+        labels = search.choice_labels(p.values)
+        assert [search.from_optuna(p, label) for label in labels] == p.values
+    # 3 and True compare equal in Python; the label's type decides
+    assert search.from_optuna(SPACE[3], True) is True
+    assert search.from_optuna(SPACE[3], 3) == 3 and search.from_optuna(SPACE[3], 3) is not True
+    assert search.from_optuna(SPACE[2], 7.0) == 7 and isinstance(search.from_optuna(SPACE[2], 7.0), int)
+    with pytest.raises(NnctlError) as info:
+        search.from_optuna(SPACE[4], "[32]")
+    assert str(info.value) == ("parameters.e: the study holds '[32]', which is not one of the sweep's values "
+                               "(was the sweep spec edited?)")
+
+
+@pytest.mark.parametrize("method", ["tpe", "cmaes", "nsga2", "random"])
+def test_seeded_samplers_propose_the_same_trials_and_stay_in_the_space(method):
+    if method == "cmaes":
+        pytest.importorskip("cmaes", reason='method cmaes needs the cmaes package: pip install -e ".[search]"')
+
+    def proposals(seed: int) -> list[dict]:
+        study = optuna.create_study(sampler=search.make_sampler(method, seed))
+        out = []
+        for i in range(6):
+            trial = study.ask(search.search_space(SPACE))
+            values = search.overrides_of(SPACE, trial.params)
+            study.tell(trial, float(i % 3))   # results, so model-based samplers start modelling
+            out.append(values)
+        return out
+
+    first, again, other = proposals(3), proposals(3), proposals(4)
+    assert first == again
+    assert first != other
+    for v in first:
+        assert 0.1 <= v["a"] <= 0.5 and 1e-4 <= v["b"] <= 1e-1 and 2 <= v["c"] <= 9 and isinstance(v["c"], int)
+        assert v["d"] in SPACE[3].values and v["e"] in SPACE[4].values
+
+
+def test_a_resumed_sampler_does_not_replay_the_first_draws():
+    assert search.sampler_seed(5, 0) == 5
+    assert search.sampler_seed(5, 4) != 5 and search.sampler_seed(5, 4) == search.sampler_seed(5, 4)
+    space = search.search_space(SPACE[:3])
+    first = optuna.create_study(sampler=search.make_sampler("tpe", search.sampler_seed(5, 0)))
+    later = optuna.create_study(sampler=search.make_sampler("tpe", search.sampler_seed(5, 4)))
+    assert first.ask(space).params != later.ask(space).params
+
+
+# -- spec checks ----------------------------------------------------------------------------------
+
+def errors_of(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        build_trials(load_sweep(path))
+    return str(info.value).splitlines()
+
+
+def test_model_based_spec_errors_name_their_line(tmp_path):
+    path = write(tmp_path, """\
+        method: tpe
+        pruner: {name: median, warmup: 3, reduction_factor: 2}
+        parameters:
+          optimizer.lr: {distribution: log_uniform, min: 1.0e-3, max: 1.0}
+        metric: [val_loss, val_r2]
+        """)
+    assert errors_of(path) == [
+        "trials: is required for method tpe (sweep.yaml line 1)",
+        "metric: several metrics need method nsga2 (a multi-objective search); method tpe ranks by one metric "
+        "(sweep.yaml line 10)",
+        "pruner.warmup: not an option of the median pruner; valid: warmup_epochs, startup_trials (sweep.yaml line 7)",
+        "pruner.reduction_factor: not an option of the median pruner; valid: warmup_epochs, startup_trials "
+        "(sweep.yaml line 7)",
+    ]
+
+
+def test_pruner_needs_an_optuna_method_and_a_per_epoch_metric(tmp_path):
+    path = write(tmp_path, """\
+        method: random
+        trials: 3
+        pruner: {name: asha, min_epochs: 0}
+        parameters:
+          optimizer.lr: {distribution: log_uniform, min: 1.0e-3, max: 1.0}
+        metric: val_loss
+        """)
+    assert errors_of(path) == ["pruner.min_epochs: must be an integer >= 1, got 0 (sweep.yaml line 8)"]
+    path.write_text(path.read_text().replace("min_epochs: 0", "min_epochs: 1"))
+    assert errors_of(path) == ["pruner: pruning needs an Optuna method (tpe, gp, cmaes, nsga2); method random "
+                               "runs every trial to its end (sweep.yaml line 8)"]
+    path = write(tmp_path, """\
+        method: nsga2
+        trials: 4
+        pruner: hyperband
+        parameters:
+          optimizer.lr: {distribution: log_uniform, min: 1.0e-3, max: 1.0}
+        metric: [val_loss, val_r2]
+        goal: [minimize]
+        """, name="multi.yaml")
+    assert errors_of(path) == [
+        "goal: gives 1 goal(s) for 2 metric(s); one per metric, in order (multi.yaml line 12)",
+        "pruner: Optuna cannot prune a search over several metrics; drop the pruner or keep one metric "
+        "(multi.yaml line 8)",
+    ]
+
+
+def test_dry_run_proposals_are_the_trials_the_sweep_runs(tmp_path):
+    path = write(tmp_path, """\
+        method: tpe
+        trials: 4
+        seed: 11
+        parameters:
+          optimizer.lr: {distribution: log_uniform, min: 1.0e-3, max: 1.0}
+          model.hidden: [[4], [8, 8]]
+        metric: val_loss
+        """)
+    sweep = load_sweep(path)
+    planned = first_proposals(sweep)
+    sd = SweepDir.create(tmp_path / "runs", sweep, build_trials(sweep))
+    source = StudyTrials(sd, sweep)
+    assert [source.next() for _ in range(4)] == [0, 1, 2, 3]
+    assert source.next() is None and not source.has_more()
+    assert [t.overrides for t in sd.trials] == planned
+    assert len({json.dumps(t.overrides) for t in sd.trials}) == 4
+
+
+# -- ask and tell ---------------------------------------------------------------------------------
+
+def test_ask_tell_bookkeeping_and_reconcile_after_a_crash(tmp_path):
+    path = write(tmp_path, """\
+        method: tpe
+        trials: 5
+        pruner: {name: median, warmup_epochs: 1}
+        parameters:
+          optimizer.lr: {distribution: log_uniform, min: 1.0e-3, max: 1.0}
+        metric: val_loss
+        """)
+    sweep = load_sweep(path)
+    sd = SweepDir.create(tmp_path / "runs", sweep, [])
+    source = StudyTrials(sd, sweep)
+    assert source.planned == 5
+    for i in range(3):
+        assert source.next() == i
+        assert sd.spec_path(i).is_file()
+    job = source.job_extra(1)
+    assert job == {"metrics": ["val_loss"],
+                   "pruning": {"journal": str((sd.path / "study.journal").resolve()), "trial": 1,
+                               "metric": "val_loss", "pruner": {"name": "median", "warmup_epochs": 1,
+                                                                "startup_trials": 5}}}
+    ends = [("completed", 0.25), ("failed", None), ("pruned", 0.5)]
+    for t, (status, metric) in zip(sd.trials, ends):
+        t.status, t.metric = status, metric
+        source.ended(t)
+    sd.save()
+
+    # a fresh process reading the journal sees exactly what was told
+    study = search.open_study(sd.path / "study.journal", ["minimize"])
+    S = optuna.trial.TrialState
+    assert [t.state for t in study.trials] == [S.COMPLETE, S.FAIL, S.PRUNED]
+    assert study.trials[0].value == 0.25
+    assert [t.params["optimizer.lr"] for t in study.trials] == [t.overrides["optimizer.lr"] for t in sd.trials]
+
+    # The sweep dies: trial 3 was asked but never written down, trial 4 was running.
+    assert source.next() == 3
+    sd.trials[3].status = "running"
+    sd.save()
+    ghost = study.ask(search.search_space(sweep.parameters))
+    assert ghost.number == 4
+    reopened = SweepDir.open(sd.path)
+    assert len(reopened.trials) == 4
+    reruns = reconcile(reopened, sweep)
+    assert reruns == [3, 4]
+    assert len(reopened.trials) == 5
+    assert reopened.trials[4].overrides == search.overrides_of(sweep.parameters, ghost.params)
+    assert [t.status for t in reopened.trials] == ["completed", "failed", "pruned", "running", "pending"]
+    resumed = StudyTrials(reopened, sweep, reruns)
+    assert resumed.planned == 2
+    assert [resumed.next(), resumed.next(), resumed.next()] == [3, 4, None]
+
+
+def test_a_failed_proposal_is_recorded_and_told(tmp_path):
+    # weight_decay must be >= 0: the sampler may propose values the train spec refuses
+    path = write(tmp_path, """\
+        method: tpe
+        trials: 1
+        parameters:
+          optimizer.weight_decay: {distribution: uniform, min: -1.0, max: -0.5}
+        metric: val_loss
+        """)
+    sweep = load_sweep(path)
+    sd = SweepDir.create(tmp_path / "runs", sweep, [])
+    source = StudyTrials(sd, sweep)
+    assert source.next() == 0
+    t = sd.trials[0]
+    assert t.status == "failed" and t.error.startswith("invalid trial spec: optimizer.weight_decay: must be >= 0")
+    source.ended(t)
+    study = search.open_study(sd.path / "study.journal", ["minimize"])
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL
+
+
+def test_trialstate_reads_old_manifests():
+    t = TrialState.from_json({"index": 0, "overrides": {}, "config_hash": "x", "status": "completed"})
+    assert t.epochs is None and t.values is None
