@@ -56,11 +56,11 @@ def test_sigkill_then_resume_finishes_the_study_without_duplicates(tmp_path):
     spec.write_text(textwrap.dedent("""\
         name: killme
         base:
-          data: {dataset: blobs, options: {n_samples: 400}, val_split: 0.25, test_split: 0.0}
+          data: {dataset: blobs, options: {n_samples: 240}, val_split: 0.25, test_split: 0.0}
           model: {hidden: [8]}
-          training: {epochs: 25, batch_size: 16}
+          training: {epochs: 20, batch_size: 16}
         method: tpe
-        trials: 5
+        trials: 4
         seed: 3
         parameters:
           optimizer.lr: {distribution: log_uniform, min: 1.0e-3, max: 0.3}
@@ -75,11 +75,14 @@ def test_sigkill_then_resume_finishes_the_study_without_duplicates(tmp_path):
     try:
         sweep_dir = wait_for(lambda: next(iter(runs.glob("killme-*/sweep.json")), None), 60, "the sweep").parent
 
+        def early_epochs(index: int) -> bool:
+            histories = list((sweep_dir / "trials" / str(index)).glob("*/history.json"))
+            return bool(histories) and 1 <= len(read_json(histories[0]) or []) <= 5
+
         def one_done_one_training():
             trials = (read_json(sweep_dir / "sweep.json") or {}).get("trials", [])
             done = [t for t in trials if t["status"] == "completed"]
-            training = [t for t in trials if t["status"] == "running"
-                        and list((sweep_dir / "trials" / str(t["index"])).glob("*/history.json"))]
+            training = [t for t in trials if t["status"] == "running" and early_epochs(t["index"])]
             return done and training
         wait_for(one_done_one_training, 90, "a trial done and another one training")
         proc.send_signal(signal.SIGKILL)
@@ -91,36 +94,39 @@ def test_sigkill_then_resume_finishes_the_study_without_duplicates(tmp_path):
     wait_for(lambda: "running" not in run_statuses(sweep_dir), 60, "the orphaned trials to stop")
     before = read_json(sweep_dir / "sweep.json")["trials"]
     kept = {t["index"]: t for t in before if t["status"] == "completed"}
-    rerun = [t["index"] for t in before if t["status"] == "running"]
-    assert kept and rerun and len(before) < 5
+    running = [t["index"] for t in before if t["status"] == "running"]
+    interrupted = {i: run for i in running for run in (sweep_dir / "trials" / str(i)).iterdir()
+                   if (read_json(run / "status.json") or {}).get("status") == "interrupted"}
+    assert kept and interrupted
     S = optuna.trial.TrialState
-    assert {ft.number for ft in study_of(sweep_dir).trials if ft.state == S.RUNNING} >= set(rerun)
+    assert {ft.number for ft in study_of(sweep_dir).trials if ft.state == S.RUNNING} == set(running)
 
     # The sweep file edited since launch: refused with the diff, nothing run.
     original = spec.read_text()
-    spec.write_text(original.replace("trials: 5", "trials: 7"))
+    spec.write_text(original.replace("trials: 4", "trials: 7"))
     res = sweep_cli("--resume", str(sweep_dir))
     assert res.exit_code == 1
     lines = res.output.splitlines()
     assert lines[0] == (f"error: {spec}: edited since this sweep was launched; --resume continues the launched "
                         f"study and refuses a changed spec (restore it, or launch a new sweep):")
-    assert "error: -trials: 5" in lines and "error: +trials: 7" in lines
+    assert "error: -trials: 4" in lines and "error: +trials: 7" in lines
     assert read_json(sweep_dir / "sweep.json")["trials"] == before
     spec.write_text(original)
 
     res = sweep_cli("--resume", str(sweep_dir), "--workers", "2")
     assert res.exit_code == 0, res.output
     after = read_json(sweep_dir / "sweep.json")["trials"]
-    assert [t["index"] for t in after] == [0, 1, 2, 3, 4]
-    assert [t["status"] for t in after] == ["completed"] * 5
+    assert [t["index"] for t in after] == [0, 1, 2, 3]
+    assert [t["status"] for t in after] == ["completed"] * 4
     for i, t in kept.items():   # kept as they were
         assert after[i]["run_dir"] == t["run_dir"] and after[i]["attempts"] == 1 and after[i]["metric"] == t["metric"]
-    for i in rerun:             # the same trial again: same values, a second run directory
+    for i, run in interrupted.items():   # the same trial, continued from its last.npz
         assert after[i]["overrides"] == before[i]["overrides"] and after[i]["attempts"] == 2
-        assert len([p for p in (sweep_dir / "trials" / str(i)).iterdir() if p.is_dir()]) == 2
+        assert after[i]["run_dir"] == str(run.resolve())
+        assert [r["epoch"] for r in read_json(run / "history.json")] == list(range(1, 21))
     values = [json.dumps(t["overrides"], sort_keys=True) for t in after]
-    assert len(set(values)) == 5    # the resumed sampler did not replay the first proposals
+    assert len(set(values)) == 4    # the resumed sampler did not replay the first proposals
     study = study_of(sweep_dir)
-    assert [ft.state for ft in study.trials] == [S.COMPLETE] * 5
+    assert [ft.state for ft in study.trials] == [S.COMPLETE] * 4
     assert [ft.value for ft in study.trials] == [t["metric"] for t in after]
     assert [ft.params["optimizer.lr"] for ft in study.trials] == [t["overrides"]["optimizer.lr"] for t in after]

@@ -401,7 +401,12 @@ def test_ctrl_c_then_resume_runs_exactly_the_missing_trials(tmp_path):
     assert res.exit_code == 0, res.output
     after = json.loads((sweep_dir / "sweep.json").read_text())["trials"]
     assert [t["status"] for t in after] == ["completed"] * 3
-    assert [len(run_dirs(sweep_dir, i)) for i in range(3)] == [1, 2, 1]
+    # trial 1 continued its interrupted run from last.npz: the same folder, every epoch once
+    assert [len(run_dirs(sweep_dir, i)) for i in range(3)] == [1, 1, 1]
+    assert after[1]["run_dir"] == str(interrupted_run.resolve())
+    history = json.loads((interrupted_run / "history.json").read_text())
+    assert [r["epoch"] for r in history] == list(range(1, 41))
+    assert "train --resume" in (sweep_dir / "trials" / "1" / "train.log").read_text()
     assert after[0]["run_dir"] == first["trials"][0]["run_dir"] and after[0]["attempts"] == 1
     assert after[0]["metric"] == first["trials"][0]["metric"]
     assert [t["attempts"] for t in after] == [1, 2, 1]

@@ -266,6 +266,27 @@ class SweepDir:
                 return run
         return None
 
+    def resumable_run(self, index: int) -> Path | None:
+        """The newest run of trial `index` that was interrupted with a checkpoint of exactly its config.
+
+        Rerunning the trial continues that run from its last.npz (`nnctl train --resume`):
+        resume is exact, so the result is the one an uninterrupted trial would have had.
+        """
+        folder = self.trial_dir(index)
+        runs = sorted((p for p in folder.iterdir() if p.is_dir()), reverse=True) if folder.is_dir() else []
+        for run in runs:
+            status = read_json(run / "status.json")
+            if not isinstance(status, dict):
+                continue
+            if status.get("status") != "interrupted" or not (run / "checkpoints" / "last.npz").is_file():
+                return None     # only the newest run may be continued
+            try:
+                config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError):
+                return None
+            return run if isinstance(config, dict) and config_hash(config) == self.trials[index].config_hash else None
+        return None
+
     @contextmanager
     def locked(self) -> Iterator[None]:
         """Hold `.lock` while this process works on the sweep; a second process is refused.
@@ -462,6 +483,10 @@ def run_sweep(sd: SweepDir, executor: Any, indices: list[int] | None = None, fai
                                 continue
                             job = make_job(i, sd.spec_path(i), sd.trial_dir(i), sd.metric, executor.threads)
                             job.update(source.job_extra(i))
+                            if t.attempts:
+                                run = sd.resumable_run(i)
+                                if run is not None:
+                                    job["resume"] = str(run.resolve())
                             running[executor.submit(job)] = (i, time.perf_counter())
                             t.status, t.started, t.attempts = "running", _now(), t.attempts + 1
                             sd.save()
