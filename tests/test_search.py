@@ -250,3 +250,57 @@ def test_a_failed_proposal_is_recorded_and_told(tmp_path):
 def test_trialstate_reads_old_manifests():
     t = TrialState.from_json({"index": 0, "overrides": {}, "config_hash": "x", "status": "completed"})
     assert t.epochs is None and t.values is None
+
+
+# -- the pruning callback -------------------------------------------------------------------------
+
+class FakeState:
+    """The part of the trainer's TrainState the pruning callback uses."""
+
+    def __init__(self):
+        self.epoch = 0
+        self.stops: list[tuple[str, str]] = []
+
+    def request_stop(self, status: str, message: str = "") -> None:
+        self.stops.append((status, message))
+
+
+def test_pruning_callback_reports_each_epoch_and_stops_when_told(tmp_path):
+    from nnctl.sweep.pruning import PruningCallback, callbacks_for
+    journal = tmp_path / "study.journal"
+    pruner = {"name": "median", "startup_trials": 1, "warmup_epochs": 1}
+    study = search.open_study(journal, ["minimize"], search.make_sampler("tpe", 0), search.make_pruner(pruner),
+                              create=True)
+    space = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+    done = study.ask(space)
+    for epoch in (1, 2, 3):
+        done.report(0.5, epoch)
+    study.tell(done, 0.5)
+    good, bad = study.ask(space), study.ask(space)
+
+    state = FakeState()
+    cb = callbacks_for({"pruning": {"journal": str(journal), "trial": good.number, "metric": "val_loss",
+                                    "pruner": pruner}})[0]
+    assert isinstance(cb, PruningCallback)
+    cb.on_train_begin(state)
+    for epoch, value in ((1, 0.45), (2, 0.4)):
+        state.epoch = epoch
+        cb.on_epoch_end(state, {"epoch": epoch, "loss": 0.3, "val_loss": value}, True)
+    assert state.stops == []
+
+    state = FakeState()
+    cb = PruningCallback(str(journal), bad.number, "val_loss", pruner)
+    state.epoch = 1
+    cb.on_epoch_end(state, {"epoch": 1, "val_loss": 0.9}, False)
+    assert state.stops == []                 # warmup_epochs: 1 protects epoch 1
+    state.epoch = 2
+    cb.on_epoch_end(state, {"epoch": 2, "val_loss": 0.8}, False)
+    assert state.stops == [("pruned", "pruned by the median pruner at epoch 2 (val_loss 0.8)")]
+
+    again = search.open_study(journal, ["minimize"])
+    assert again.trials[good.number].intermediate_values == {1: 0.45, 2: 0.4}
+    assert again.trials[bad.number].intermediate_values == {1: 0.9, 2: 0.8}
+    with pytest.raises(NnctlError) as info:
+        cb.on_epoch_end(state, {"epoch": 3, "loss": 0.1}, False)
+    assert str(info.value) == "pruning: val_loss is not in the epoch's record (it has epoch, loss)"
+    assert callbacks_for({"index": 0}) == []

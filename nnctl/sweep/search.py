@@ -196,7 +196,9 @@ def make_pruner(spec: PrunerSpec | dict[str, Any] | None):
     if spec is None or spec.name == "none":
         return p.NopPruner()
     if spec.name == "median":
-        return p.MedianPruner(n_startup_trials=spec.startup_trials, n_warmup_steps=spec.warmup_epochs)
+        # Steps are epochs counted from 1, and Optuna prunes from step n_warmup_steps on:
+        # + 1 keeps epochs 1..warmup_epochs safe.
+        return p.MedianPruner(n_startup_trials=spec.startup_trials, n_warmup_steps=spec.warmup_epochs + 1)
     if spec.name == "asha":
         return p.SuccessiveHalvingPruner(min_resource=spec.min_epochs, reduction_factor=spec.reduction_factor)
     if spec.name == "hyperband":
