@@ -5,6 +5,7 @@ import json
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 optuna = pytest.importorskip("optuna", reason='the search extra: pip install -e ".[search]"')
@@ -304,3 +305,43 @@ def test_pruning_callback_reports_each_epoch_and_stops_when_told(tmp_path):
         cb.on_epoch_end(state, {"epoch": 3, "loss": 0.1}, False)
     assert str(info.value) == "pruning: val_loss is not in the epoch's record (it has epoch, loss)"
     assert callbacks_for({"index": 0}) == []
+
+
+def test_plot_draws_history_and_importances_from_the_manifest(tmp_path):
+    pytest.importorskip("matplotlib", reason='--plot needs the plot extra: pip install -e ".[plot]"')
+    from typer.testing import CliRunner
+
+    from nnctl.cli import app
+    from nnctl.report.search_plots import manifest_study
+    path = write(tmp_path, """\
+        method: tpe
+        trials: 12
+        parameters:
+          optimizer.lr: {distribution: log_uniform, min: 1.0e-3, max: 1.0}
+          model.hidden: [[4], [8]]
+        metric: val_loss
+        """)
+    sweep = load_sweep(path)
+    sd = SweepDir.create(tmp_path / "runs", sweep, [])
+    source = StudyTrials(sd, sweep)
+    for _ in range(12):
+        t = sd.trials[source.next()]
+        # the loss depends on the lr only: its importance must dwarf the width's
+        t.status, t.metric, t.epochs = "completed", abs(np.log10(t.overrides["optimizer.lr"]) + 1.5), 2
+        source.ended(t)
+    sd.trials[3].status = "pruned"
+    sd.save()
+    study = manifest_study(sd, sweep)
+    assert len(study.trials) == 11 and study.direction == optuna.study.StudyDirection.MINIMIZE
+    importances = optuna.importance.get_param_importances(study,
+                                                          evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+    assert importances["optimizer.lr"] > 3 * importances["model.hidden"]
+
+    res = CliRunner().invoke(app, ["sweep", "--plot", str(sd.path)])
+    assert res.exit_code == 0, res.output
+    assert res.output == f"wrote {sd.path / 'history.png'}\nwrote {sd.path / 'importances.png'}\n"
+    for name in ("history.png", "importances.png"):
+        assert (sd.path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    res = CliRunner().invoke(app, ["sweep", str(path), "--plot", str(sd.path)])
+    assert res.exit_code == 1
+    assert res.output == "error: --plot draws an existing sweep directory; don't pass a sweep spec or --resume\n"
