@@ -345,3 +345,21 @@ def test_plot_draws_history_and_importances_from_the_manifest(tmp_path):
     res = CliRunner().invoke(app, ["sweep", str(path), "--plot", str(sd.path)])
     assert res.exit_code == 1
     assert res.output == "error: --plot draws an existing sweep directory; don't pass a sweep spec or --resume\n"
+
+
+def test_a_method_whose_packages_are_missing_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("torch", "optuna") else real(name, *a))
+    path = write(tmp_path, """\
+        method: gp
+        trials: 3
+        parameters:
+          optimizer.lr: {distribution: log_uniform, min: 1.0e-3, max: 1.0}
+        metric: val_loss
+        """)
+    assert errors_of(path) == ['method: method gp runs on Optuna, which is not installed: pip install -e ".[search]" '
+                               "(sweep.yaml line 6)"]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    assert errors_of(path) == ["method: method gp needs torch and scipy (Optuna's GPSampler): pip install torch scipy "
+                               "(sweep.yaml line 6)"]

@@ -183,6 +183,9 @@ def check_sweep(source: Source, folder: Path, default_name: str, path: Path | No
     params = _parse_parameters(chk, top["parameters"], top["method"])
 
     method = top["method"]
+    missing = _missing_packages(method)
+    if missing:
+        chk.error(("method",), missing)
     if method != "grid" and top["trials"] is None:
         chk.error(("trials",), f"is required for method {method}")
     if method == "grid" and top["trials"] is not None:
@@ -209,6 +212,20 @@ def check_sweep(source: Source, folder: Path, default_name: str, path: Path | No
                      trials=top["trials"], seed=top["seed"], parameters=params, metric=names[0], goal=goals[0],
                      base=base, base_raw=base_raw, base_dir=base_dir, base_label=base_label,
                      source=source, path=path, metrics=names, goals=goals, pruner=pruner)
+
+
+def _missing_packages(method: str) -> str | None:
+    """Why `method` cannot run here (an extra not installed), or None; checked before anything is written."""
+    from importlib.util import find_spec
+    if method not in MODEL_BASED:
+        return None
+    if find_spec("optuna") is None:
+        return f'method {method} runs on Optuna, which is not installed: pip install -e ".[search]"'
+    if method == "gp" and (find_spec("torch") is None or find_spec("scipy") is None):
+        return "method gp needs torch and scipy (Optuna's GPSampler): pip install torch scipy"
+    if method == "cmaes" and find_spec("cmaes") is None:
+        return 'method cmaes needs the cmaes package: pip install -e ".[search]"'
+    return None
 
 
 def _parse_metrics(chk: Checker, raw: Any, method: str) -> list[tuple[KeyPath, str]]:

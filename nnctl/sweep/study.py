@@ -41,14 +41,17 @@ class StudyTrials:
         self.space = search.search_space(sweep.parameters)
         self.queue: deque[int] = deque(reruns or [])
         self.planned = len(self.queue) + max(0, self.sweep.trials - len(sd.trials))
+        self.cancelled = False
 
     def has_more(self) -> bool:
+        if self.cancelled:
+            return False
         return bool(self.queue) or len(self.sd.trials) < self.sweep.trials
 
     def next(self) -> int | None:
         if self.queue:
             return self.queue.popleft()
-        if len(self.sd.trials) >= self.sweep.trials:
+        if self.cancelled or len(self.sd.trials) >= self.sweep.trials:
             return None
         trial = self.study.ask(self.space)
         if trial.number != len(self.sd.trials):
@@ -70,6 +73,7 @@ class StudyTrials:
         search.tell(self.study, t.index, t.status, t.values if t.values else [t.metric])
 
     def cancel(self) -> list[int]:
+        self.cancelled = True   # ask nothing more: the sweep is stopping
         rest = list(self.queue)
         self.queue.clear()
         return rest
