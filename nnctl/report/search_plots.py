@@ -65,13 +65,14 @@ def plot_lr_curve(result, out: Path) -> Path:
 def manifest_study(sd, sweep):
     """An in-memory Optuna study holding the sweep's finished trials (any method, grid included)."""
     from nnctl.sweep import search
+    from nnctl.sweep.runner import DONE
     optuna = search.import_optuna()
     space = search.search_space(sweep.parameters)
     study = optuna.create_study(direction=sweep.goal)
     labels = {p.name: search.choice_labels(p.values) if p.distribution == "choice" else None
               for p in sweep.parameters}
     for t in sd.trials:
-        if t.metric is None or not math.isfinite(t.metric) or t.status not in ("completed", "stopped_early"):
+        if t.metric is None or not math.isfinite(t.metric) or t.status not in DONE:
             continue
         params = {}
         for p in sweep.parameters:
