@@ -363,3 +363,35 @@ def test_a_method_whose_packages_are_missing_is_refused_before_anything_runs(tmp
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
     assert errors_of(path) == ["method: method gp needs torch and scipy (Optuna's GPSampler): pip install torch scipy "
                                "(sweep.yaml line 6)"]
+
+
+def test_cli_dry_run_prints_the_space_and_the_first_proposals(tmp_path):
+    from typer.testing import CliRunner
+
+    from nnctl.cli import app
+    from nnctl.sweep.spec import describe_values
+    path = write(tmp_path, """\
+        name: dry
+        method: tpe
+        trials: 3
+        seed: 2
+        pruner: {name: asha, min_epochs: 2}
+        parameters:
+          optimizer.lr: {distribution: log_uniform, min: 1.0e-3, max: 1.0}
+          model.hidden: [[4], [8, 8]]
+        metric: val_loss
+        """)
+    res = CliRunner().invoke(app, ["sweep", str(path), "--dry-run", "--runs-dir", str(tmp_path / "runs")])
+    assert res.exit_code == 0, res.output
+    planned = first_proposals(load_sweep(path))
+    assert res.output.splitlines() == [
+        "dry: method tpe, seed 2, 3 trials, pruner name=asha min_epochs=2 reduction_factor=3; val_loss (minimize) "
+        "over inline base",
+        "search space:",
+        "  optimizer.lr: log_uniform [0.001, 1.0]",
+        "  model.hidden: choice of 2: [[4], [8, 8]]",
+        "dry: the first 3 of 3 trials the tpe sampler (seed 2) proposes before it has results; --dry-run: nothing "
+        "was run",
+        *(f"trial {i}: {describe_values(v)}" for i, v in enumerate(planned)),
+    ]
+    assert not (tmp_path / "runs").exists()
