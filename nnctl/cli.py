@@ -224,10 +224,12 @@ def _register_extras() -> None:
     # eval/predict/runs/show/diff/plot and sweep live in their own modules; they add their commands here.
     from nnctl.commands import export as _export
     from nnctl.commands import inspect as _inspect
+    from nnctl.commands import lr_find as _lr_find
     from nnctl.commands import sweep as _sweep
     _inspect.register(app, fail)
     _sweep.register(app, fail)
     _export.register(app, fail)
+    _lr_find.register(app, fail)
 
 
 _register_extras()

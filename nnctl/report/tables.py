@@ -17,7 +17,7 @@ BLOCKS = "▁▂▃▄▅▆▇█"
 # The one colour of each run or trial status (runs, show, diff and the sweep tables).
 STATUS_STYLE = {
     "pending": "dim", "completed": "green", "stopped_early": "green", "running": "cyan",
-    "interrupted": "yellow", "crashed?": "yellow", "failed": "red", "broken": "red",
+    "interrupted": "yellow", "crashed?": "yellow", "failed": "red", "broken": "red", "pruned": "cyan",
 }
 
 
