@@ -130,13 +130,16 @@ def validate(config: Path = SPEC_ARG, set_: List[str] = SET_OPTION) -> None:
 
 @app.command("config")
 def show_config(config: Path = SPEC_ARG, set_: List[str] = SET_OPTION) -> None:
-    """Print the fully resolved spec, every default filled in."""
-    from nnctl.runs.store import dump_yaml
+    """Print the fully resolved spec, every default filled in and marked `# default`."""
+    from nnctl.config.annotate import annotated_yaml
     exp = _prepared(config, set_)
     resolved = exp.spec.to_dict()
+    defaulted = set(exp.spec.defaulted)
+    if exp.spec.loss is None:
+        defaulted.add(("loss",))
     resolved["loss"] = exp.loss_spec
     resolved["data"]["task"] = exp.dataset.task
-    sys.stdout.write(dump_yaml(resolved))
+    sys.stdout.write(annotated_yaml(resolved, defaulted))
 
 
 @app.command("init")

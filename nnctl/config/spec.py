@@ -130,6 +130,8 @@ class Spec:
     training: Training
     base_dir: Path = field(default=Path("."))
     source: Source | None = field(default=None, repr=False)
+    # key paths (as in to_dict()) whose values came from defaults, not from the spec
+    defaulted: frozenset = field(default=frozenset(), repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as plain data: valid input for `nnctl train` again."""
@@ -268,14 +270,37 @@ def check_spec(source: Source, base_dir: Path, default_name: str) -> Spec:
     name = top.get("name") or default_name
     early = EarlyStopping(**es) if es else None
     train_cfg = Training(early_stopping=early, **{k: v for k, v in training.items() if k != "early_stopping"})
+    _record_default_initializers(model)
     layers = model["layers"] if model.get("layers") is not None else expand_short_form(model)
     if model.get("layers") is not None:
         model = {k: v for k, v in model.items() if k in ("layers", "output_initializer")}
     return Spec(
         name=name, description=top.get("description"), seed=top["seed"], data=data, model=model,
         layers=layers, loss=loss, optimizer=optimizer, schedule=schedule, training=train_cfg,
-        base_dir=base_dir, source=source,
+        base_dir=base_dir, source=source, defaulted=frozenset(chk.defaulted),
     )
+
+
+def _record_default_initializers(model: dict[str, Any]) -> None:
+    """Write the initializer a layer would default to into the resolved spec.
+
+    The default follows the activation and may change between nnctl versions (the defaults
+    panel decides it); a run's config.yaml and checkpoints must say which one it used, so that
+    retraining or resuming an old run never picks up a newer default.
+    """
+    from nnctl.engine.initializers import default_initializer
+    if model.get("layers") is None:
+        if model.get("initializer") is None:
+            model["initializer"] = default_initializer(model["activation"])
+        return
+    def resolve(layers: list[dict[str, Any]]) -> None:
+        for layer in layers:
+            cls = LAYERS.get(layer["type"])
+            if "initializer" in layer and layer["initializer"] is None and "activation" in getattr(cls, "PARAMS", {}):
+                layer["initializer"] = default_initializer(layer.get("activation") or "identity")
+            if isinstance(layer.get("layers"), list):  # residual blocks hold layers of their own
+                resolve(layer["layers"])
+    resolve(model["layers"])
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
