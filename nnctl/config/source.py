@@ -7,7 +7,8 @@ from typing import Any
 
 import yaml
 
-from nnctl.errors import ConfigError
+from nnctl.errors import ConfigError, printable
+from nnctl.fileio import SPEC_MAX_BYTES, read_text
 
 # A path into the spec: keys and list indices, e.g. ("model", "layers", 2, "units").
 KeyPath = tuple
@@ -25,13 +26,6 @@ def format_path(path: KeyPath) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out or "<spec>"
-
-
-def printable(text: str) -> str:
-    """`text` with control characters escaped: user text inside a message must not break its one line."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _needs_quotes(key: str) -> bool:
@@ -101,16 +95,39 @@ def _key_text(node: yaml.Node):
     return node.value if isinstance(node, yaml.ScalarNode) else "?"
 
 
-def _compose(text: str, filename: str) -> tuple[yaml.Node | None, Any]:
-    """The node tree (for lines) and the data of one YAML document, with the safe loader only."""
+class _Loader(yaml.SafeLoader):
+    """The safe loader, counting nodes as it composes them, so a document with millions of
+    values is refused after MAX_NODES of them, not after PyYAML has built the whole tree."""
+
+    def __init__(self, text: str, filename: str):
+        super().__init__(text)
+        self.filename = filename
+        self.nodes = 0
+
+    def compose_node(self, parent, index):
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            line = self.peek_event().start_mark.line + 1
+            raise ConfigError(f"{self.filename} line {line}: more than {MAX_NODES:,} values; "
+                              f"a spec is never that large")
+        return super().compose_node(parent, index)
+
+
+def _compose(text: str, filename: str) -> tuple[yaml.Node | None, Any, dict[KeyPath, int]]:
+    """The node tree, the data and the line of every key of one YAML document (safe loader only)."""
+    lines: dict[KeyPath, int] = {}
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text, filename)
         try:
             node = loader.get_single_node()
+            data = None
             if node is not None:
                 _measure(node, filename)
-            # one parse for both: the data is constructed from the very node tree measured above
-            data = _construct(loader, node, filename) if node is not None else None
+                # lines (and duplicate keys) from the tree as written: constructing it folds
+                # merge keys (<<) into their mappings in place
+                _walk(node, (), lines)
+                # one parse for both: the data is constructed from the very node tree measured above
+                data = _construct(loader, node, filename)
         finally:
             loader.dispose()
     except RecursionError:
@@ -122,10 +139,10 @@ def _compose(text: str, filename: str) -> tuple[yaml.Node | None, Any]:
         problem = err.problem or err.context or "invalid YAML"
         if "constructor for the tag" in str(problem):
             problem = f"tag not allowed (specs are read with a safe loader): {problem}"
-        raise ConfigError(f"{filename}{where}: {problem}") from None
+        raise ConfigError(f"{filename}{where}: {printable(problem)}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{filename}: invalid YAML: {str(err).splitlines()[0]}") from None
-    return node, data
+        raise ConfigError(f"{filename}: invalid YAML: {printable(str(err).splitlines()[0])}") from None
+    return node, data, lines
 
 
 def _construct(loader: yaml.SafeLoader, node: yaml.Node, filename: str) -> Any:
@@ -139,19 +156,52 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, filename: str) -> Any:
         raise ConfigError(f"{filename}: invalid YAML value ({type(err).__name__}: {err})") from None
 
 
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _merge_sources(value: yaml.Node) -> list[yaml.MappingNode]:
+    """The mappings a `<<:` value merges in, in priority order (a non-mapping is left to the
+    constructor, which reports it with its line)."""
+    items = value.value if isinstance(value, yaml.SequenceNode) else [value]
+    return [m for m in items if isinstance(m, yaml.MappingNode)]
+
+
+def _effective_pairs(node: yaml.MappingNode, path: KeyPath, depth: int = 0) -> list[tuple[Any, yaml.Node, yaml.Node]]:
+    """(key, key node, value node) of a mapping after YAML 1.1 merge keys:
+    its own keys first (a duplicate among them is an error), then each `<<` source in
+    order, a key taken from the first place that has it."""
+    if depth > MAX_DEPTH:
+        raise ConfigError(f"{format_path(path)}: merge keys nested more than {MAX_DEPTH} levels deep")
+    out: list[tuple[Any, yaml.Node, yaml.Node]] = []
+    seen: dict[tuple, int] = {}
+    merges: list[yaml.Node] = []
+    for key_node, value_node in node.value:
+        if key_node.tag == MERGE_TAG:
+            merges.append(value_node)
+            continue
+        key = _key_text(key_node)
+        line = key_node.start_mark.line + 1
+        if (key_node.tag, key) in seen:
+            raise ConfigError(
+                f"{format_path(path + (key,))}: duplicate key (lines {seen[key_node.tag, key]} and {line})"
+            )
+        seen[key_node.tag, key] = line
+        out.append((key, key_node, value_node))
+    for value in merges:
+        for source in _merge_sources(value):
+            for key, key_node, value_node in _effective_pairs(source, path, depth + 1):
+                if (key_node.tag, key) not in seen:
+                    seen[key_node.tag, key] = key_node.start_mark.line + 1
+                    out.append((key, key_node, value_node))
+    return out
+
+
 def _walk(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int]) -> None:
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
-        seen: dict[tuple, int] = {}
-        for key_node, value_node in node.value:
-            key = _key_text(key_node)
-            line = key_node.start_mark.line + 1
-            if (key_node.tag, key) in seen:
-                raise ConfigError(
-                    f"{format_path(path + (key,))}: duplicate key (lines {seen[key_node.tag, key]} and {line})"
-                )
-            seen[key_node.tag, key] = line
-            lines[path + (key,)] = line
+        for key, key_node, value_node in _effective_pairs(node, path):
+            # a merged key points at its line in the block it was merged from
+            lines[path + (key,)] = key_node.start_mark.line + 1
             _walk(value_node, path + (key,), lines)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
@@ -161,26 +211,14 @@ def _walk(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int]) -> None:
 
 def parse_yaml(text: str, filename: str) -> Source:
     """Parse with the safe loader only; a syntax error or unsafe tag is a one-line ConfigError."""
-    node, data = _compose(text, filename)
-    lines: dict[KeyPath, int] = {}
-    if node is not None:
-        _walk(node, (), lines)
+    _, data, lines = _compose(text, filename)
     return Source(data=data, filename=filename, lines=lines)
 
 
 def read_spec(path: str | Path) -> Source:
-    """Read a spec file; a missing or unreadable file is a ConfigError naming it."""
+    """Read a spec file; a missing, unreadable, non-regular or oversized file is a ConfigError naming it."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, expected a YAML file") from None
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    text = read_text(path, SPEC_MAX_BYTES, ConfigError, what="spec")
     return parse_yaml(text, path.name)
 
 
@@ -197,7 +235,7 @@ def apply_overrides(source: Source, overrides: list[str]) -> None:
         if not all(keys):
             raise ConfigError(f"--set {shown}: empty key in '{printable(dotted)}'")
         try:
-            _, value = _compose(text, "value")
+            _, value, _ = _compose(text, "value")
         except ConfigError as err:
             raise ConfigError(f"--set {shown}: {err}") from None
         target = source.data

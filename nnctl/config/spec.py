@@ -66,6 +66,9 @@ TRAINING_PARAMS: dict[str, Param] = {
     "dtype": Param("str", "float32", choices=("float32", "float64"), doc="the model's one dtype"),
     "shuffle": Param("bool", True, doc="reshuffle the training rows every epoch"),
     "early_stopping": Param("mapping", None, nullable=True, doc="monitor, mode, patience, min_delta, restore_best, start_from_epoch"),
+    "memory_limit_gb": Param("float", None, gt=0, nullable=True,
+                             doc="refuse a model whose estimated training memory is above this many GiB "
+                                 "(default: the memory available when it starts)"),
 }
 
 # Keys the schedule wrapper handles for every schedule (warmup, stepping interval).
@@ -117,6 +120,7 @@ class Training:
     dtype: str
     shuffle: bool
     early_stopping: EarlyStopping | None
+    memory_limit_gb: float | None = None
 
 
 @dataclass

@@ -48,6 +48,9 @@ from nnctl.engine.hparams import Param, unknown_name_message
 from nnctl.errors import ConfigError, NnctlError
 
 METHODS = ("grid", "random")
+# Each trial is a training run and a folder: more than this is a typo (or an attack), and
+# a grid is counted before it is expanded, so a huge one is refused at once.
+MAX_TRIALS = 10_000
 GOALS = ("maximize", "minimize")
 DISTRIBUTIONS = ("choice", "int_uniform", "log_uniform", "uniform")
 CONTINUOUS = ("uniform", "log_uniform", "int_uniform")
@@ -57,7 +60,8 @@ SWEEP_PARAMS: dict[str, Param] = {
     "description": Param("str", None, nullable=True, doc="free text kept with the sweep"),
     "base": Param("any", nullable=True, doc="the train spec to vary: a path relative to this file, or the spec inline"),
     "method": Param("str", "grid", choices=METHODS, doc="grid: every combination; random: `trials` samples"),
-    "trials": Param("int", None, ge=1, nullable=True, doc="number of random trials (method random only)"),
+    "trials": Param("int", None, ge=1, le=MAX_TRIALS, nullable=True,
+                    doc=f"number of random trials (method random only; at most {MAX_TRIALS:,})"),
     "seed": Param("int", 0, ge=0, doc="seeds the random sampling of trial values (not the trainings)"),
     "parameters": Param("mapping", doc="dotted train-spec path -> list of values or {distribution, min, max}"),
     "metric": Param("str", doc="the logged metric that ranks trials, e.g. val_accuracy or test_loss"),
@@ -172,6 +176,11 @@ def check_sweep(source: Source, folder: Path, default_name: str, path: Path | No
         chk.error(("trials",), "is required for method random")
     if method == "grid" and top["trials"] is not None:
         chk.error(("trials",), "only used by method random (a grid runs every combination)")
+    if method == "grid" and params:
+        count = grid_size(params)
+        if count > MAX_TRIALS:
+            chk.error(("parameters",), f"the grid has {count:,} combinations, more than the {MAX_TRIALS:,} "
+                                       f"trials a sweep may have")
     for p in params:
         _check_path(chk, p, base, params)
     task, has_val, has_test = exp_info
@@ -193,6 +202,11 @@ def check_sweep(source: Source, folder: Path, default_name: str, path: Path | No
                      source=source, path=path)
 
 
+def grid_size(params: list[Parameter]) -> int:
+    """How many trials the grid over `params` has (counted, not expanded)."""
+    return math.prod(len(p.values) for p in params)
+
+
 def metrics_for(task: str, has_val: bool, has_test: bool) -> list[str]:
     """Metrics a run of this task logs: per-epoch ones (the history) and, with a test split, test_*."""
     from nnctl.config.spec import metric_names
@@ -210,12 +224,16 @@ def _load_base(chk: Checker, base: Any, folder: Path, source: Source):
     """The base train spec: validated, resolved, and its data loaded once for task and splits."""
     from nnctl.config.spec import check_spec
     from nnctl.training.experiment import prepare
+    if isinstance(base, str) and (not base.strip() or not base.isprintable() or len(base) > 1024):
+        # a multi-line text or a whole file pasted under base: is not a path; quote only its start
+        chk.error(("base",), f"must be a train spec file (a path) or an inline train spec, got {describe(base)}")
+        chk.raise_if_any()
     if isinstance(base, str):
         base_path = folder / base
         try:
             base_source = read_spec(base_path)
         except ConfigError as err:
-            chk.error(("base",), str(err))
+            chk.error(("base",), "; ".join(err.problems))
             chk.raise_if_any()
         base_dir = base_path.resolve().parent
         label = base_path.name
@@ -382,6 +400,9 @@ def _check_path(chk: Checker, p: Parameter, base: dict[str, Any], params: list[P
 def expand(sweep: SweepSpec) -> list[dict[str, Any]]:
     """The value assignment of every trial, in trial order: [{parameter name: value}, ...]."""
     params = sweep.parameters
+    count = grid_size(params) if sweep.method == "grid" else (sweep.trials or 0)
+    if count > MAX_TRIALS:
+        raise ConfigError(f"{sweep.source.filename}: {count:,} trials, more than the {MAX_TRIALS:,} a sweep may have")
     if sweep.method == "grid":
         return [dict(zip((p.name for p in params), copy.deepcopy(combo)))
                 for combo in itertools.product(*(p.values for p in params))]
@@ -464,7 +485,7 @@ def build_trials(sweep: SweepSpec) -> list[Trial]:
         try:
             spec = check_spec(source, sweep.base_dir, data["name"])
         except NnctlError as err:
-            for line in str(err).splitlines():
+            for line in err.problems:
                 problems.setdefault(line, []).append(index)
             continue
         trials.append(Trial(index, overrides, spec.to_dict()))
@@ -476,7 +497,7 @@ def build_trials(sweep: SweepSpec) -> list[Trial]:
                 out.append(f"trial {shown} ({describe_values(assignments[indices[0]])}): {line}")
             else:
                 out.append(f"trials {shown}: {line}")
-        raise ConfigError("\n".join(out))
+        raise ConfigError(*out)
     return trials
 
 
