@@ -10,7 +10,7 @@ from __future__ import annotations
 
 # The longest piece of user text an error quotes, and the longest line it prints at all.
 EXCERPT_CHARS = 60
-MAX_LINE_CHARS = 500
+MAX_LINE_CHARS = 1000
 
 
 class NnctlError(Exception):

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from nnctl.errors import ConfigError, printable
+from nnctl.errors import ConfigError, excerpt, printable
 from nnctl.fileio import SPEC_MAX_BYTES, read_text
 
 # A path into the spec: keys and list indices, e.g. ("model", "layers", 2, "units").
@@ -95,9 +95,14 @@ def _key_text(node: yaml.Node):
     return node.value if isinstance(node, yaml.ScalarNode) else "?"
 
 
+def _too_many(filename: str, mark) -> ConfigError:
+    return ConfigError(f"{filename} line {mark.line + 1}: more than {MAX_NODES:,} values; a spec is never that large")
+
+
 class _Loader(yaml.SafeLoader):
-    """The safe loader, counting nodes as it composes them, so a document with millions of
-    values is refused after MAX_NODES of them, not after PyYAML has built the whole tree."""
+    """The pure-Python safe loader (without libyaml), counting nodes as it composes them, so
+    a document with millions of values is refused after MAX_NODES of them, not after PyYAML
+    has built the whole tree."""
 
     def __init__(self, text: str, filename: str):
         super().__init__(text)
@@ -107,25 +112,60 @@ class _Loader(yaml.SafeLoader):
     def compose_node(self, parent, index):
         self.nodes += 1
         if self.nodes > MAX_NODES:
-            line = self.peek_event().start_mark.line + 1
-            raise ConfigError(f"{self.filename} line {line}: more than {MAX_NODES:,} values; "
-                              f"a spec is never that large")
+            raise _too_many(self.filename, self.peek_event().start_mark)
         return super().compose_node(parent, index)
+
+
+# libyaml's parser with PyYAML's safe constructors: the same data, about 50x faster than
+# the pure-Python parser (which needs seconds for a few hundred kB).
+_CLoader = getattr(yaml, "CSafeLoader", None)
+_NODE_EVENTS = (yaml.ScalarEvent, yaml.AliasEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent)
+# The C composer recurses without Python's recursion limit: nesting is bounded from the
+# events first (well above MAX_DEPTH, which _measure reports with its path).
+_EVENT_DEPTH = 4 * MAX_DEPTH
+
+
+def _check_events(text: str, filename: str) -> None:
+    """Count nodes and nesting from libyaml's event stream, before any node exists."""
+    parser = _CLoader(text)
+    try:
+        nodes = depth = 0
+        while parser.check_event():
+            event = parser.get_event()
+            if isinstance(event, _NODE_EVENTS):
+                nodes += 1
+                if nodes > MAX_NODES:
+                    raise _too_many(filename, event.start_mark)
+            if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+                depth += 1
+                if depth > _EVENT_DEPTH:
+                    raise ConfigError(f"{filename}: nested more than {MAX_DEPTH} levels deep")
+            elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+                depth -= 1
+    finally:
+        parser.dispose()
+
+
+def _loader(text: str, filename: str):
+    if _CLoader is None:
+        return _Loader(text, filename)
+    _check_events(text, filename)
+    return _CLoader(text)
 
 
 def _compose(text: str, filename: str) -> tuple[yaml.Node | None, Any, dict[KeyPath, int]]:
     """The node tree, the data and the line of every key of one YAML document (safe loader only)."""
     lines: dict[KeyPath, int] = {}
     try:
-        loader = _Loader(text, filename)
+        loader = _loader(text, filename)
         try:
             node = loader.get_single_node()
             data = None
             if node is not None:
                 _measure(node, filename)
-                # lines (and duplicate keys) from the tree as written: constructing it folds
-                # merge keys (<<) into their mappings in place
-                _walk(node, (), lines)
+                # lines and duplicate keys from the tree as written; merge keys (<<) are
+                # resolved here too, so the constructor sees plain mappings
+                _walk(node, (), lines, filename)
                 # one parse for both: the data is constructed from the very node tree measured above
                 data = _construct(loader, node, filename)
         finally:
@@ -134,6 +174,8 @@ def _compose(text: str, filename: str) -> tuple[yaml.Node | None, Any, dict[KeyP
         # PyYAML composes recursively: brackets nested a thousand deep exhaust the stack first
         raise ConfigError(f"{filename}: nested more than {MAX_DEPTH} levels deep") from None
     except yaml.MarkedYAMLError as err:
+        if "maximum nesting depth" in str(err.problem):  # libyaml's own bound (1000), met while scanning ahead
+            raise ConfigError(f"{filename}: nested more than {MAX_DEPTH} levels deep") from None
         mark = err.problem_mark or err.context_mark
         where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
         problem = err.problem or err.context or "invalid YAML"
@@ -159,20 +201,28 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, filename: str) -> Any:
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-def _merge_sources(value: yaml.Node) -> list[yaml.MappingNode]:
-    """The mappings a `<<:` value merges in, in priority order (a non-mapping is left to the
-    constructor, which reports it with its line)."""
+def _merge_sources(value: yaml.Node, path: KeyPath, filename: str) -> list[yaml.MappingNode]:
+    """The mappings a `<<:` value merges in, in priority order."""
     items = value.value if isinstance(value, yaml.SequenceNode) else [value]
-    return [m for m in items if isinstance(m, yaml.MappingNode)]
+    for item in items:
+        if not isinstance(item, yaml.MappingNode):
+            kind = "a list" if isinstance(item, yaml.SequenceNode) else "a scalar"
+            raise ConfigError(f"{format_path(path + ('<<',))}: merges a mapping or a list of mappings, "
+                              f"got {kind} ({filename} line {item.start_mark.line + 1})")
+    return items
 
 
-def _effective_pairs(node: yaml.MappingNode, path: KeyPath, depth: int = 0) -> list[tuple[Any, yaml.Node, yaml.Node]]:
-    """(key, key node, value node) of a mapping after YAML 1.1 merge keys:
-    its own keys first (a duplicate among them is an error), then each `<<` source in
-    order, a key taken from the first place that has it."""
+def _resolve_merges(node: yaml.MappingNode, path: KeyPath, filename: str, depth: int = 0) -> list[tuple[Any, yaml.Node, yaml.Node]]:
+    """(key, key node, value node) of a mapping after YAML 1.1 merge keys, and the node
+    rewritten to hold exactly those pairs (so the constructor has no merging left to do).
+
+    Its own keys win (a duplicate among them is an error), then each `<<` source in order,
+    a key taken from the first source that has it. Done here rather than by PyYAML, whose
+    versions disagree on which of two merged sources wins.
+    """
     if depth > MAX_DEPTH:
         raise ConfigError(f"{format_path(path)}: merge keys nested more than {MAX_DEPTH} levels deep")
-    out: list[tuple[Any, yaml.Node, yaml.Node]] = []
+    own: list[tuple[Any, yaml.Node, yaml.Node]] = []
     seen: dict[tuple, int] = {}
     merges: list[yaml.Node] = []
     for key_node, value_node in node.value:
@@ -186,27 +236,32 @@ def _effective_pairs(node: yaml.MappingNode, path: KeyPath, depth: int = 0) -> l
                 f"{format_path(path + (key,))}: duplicate key (lines {seen[key_node.tag, key]} and {line})"
             )
         seen[key_node.tag, key] = line
-        out.append((key, key_node, value_node))
+        own.append((key, key_node, value_node))
+    if not merges:
+        return own
+    merged: list[tuple[Any, yaml.Node, yaml.Node]] = []
     for value in merges:
-        for source in _merge_sources(value):
-            for key, key_node, value_node in _effective_pairs(source, path, depth + 1):
+        for source in _merge_sources(value, path, filename):
+            for key, key_node, value_node in _resolve_merges(source, path, filename, depth + 1):
                 if (key_node.tag, key) not in seen:
                     seen[key_node.tag, key] = key_node.start_mark.line + 1
-                    out.append((key, key_node, value_node))
-    return out
+                    merged.append((key, key_node, value_node))
+    pairs = merged + own  # merged keys first, as PyYAML orders them
+    node.value = [(k, v) for _, k, v in pairs]
+    return pairs
 
 
-def _walk(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int]) -> None:
+def _walk(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], filename: str) -> None:
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
-        for key, key_node, value_node in _effective_pairs(node, path):
+        for key, key_node, value_node in _resolve_merges(node, path, filename):
             # a merged key points at its line in the block it was merged from
             lines[path + (key,)] = key_node.start_mark.line + 1
-            _walk(value_node, path + (key,), lines)
+            _walk(value_node, path + (key,), lines, filename)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             lines[path + (i,)] = item.start_mark.line + 1
-            _walk(item, path + (i,), lines)
+            _walk(item, path + (i,), lines, filename)
 
 
 def parse_yaml(text: str, filename: str) -> Source:
@@ -227,7 +282,7 @@ def apply_overrides(source: Source, overrides: list[str]) -> None:
     if overrides and not isinstance(source.data, dict):
         source.data = {}
     for item in overrides:
-        shown = printable(item)  # echoed in messages, which must stay one line
+        shown = excerpt(item, 300)  # echoed in messages: one line, and not a whole pasted file
         if "=" not in item:
             raise ConfigError(f"--set {shown}: expected KEY=VALUE, e.g. optimizer.lr=0.01")
         dotted, text = item.split("=", 1)

@@ -8,6 +8,7 @@ so a new component is validated and documented without touching this file.
 from __future__ import annotations
 
 import copy
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,7 +250,11 @@ def check_spec(source: Source, base_dir: Path, default_name: str) -> Spec:
         # Stored configs (runs/*/config.yaml, checkpoints) must find the data from anywhere.
         value = data.get(key)
         if isinstance(value, str) and not (key == "dataset" and value in DATASETS):
-            data[key] = str((base_dir / value).resolve())
+            try:
+                data[key] = str((base_dir / value).resolve())
+            except (RuntimeError, OSError, ValueError):
+                # a symlink loop (or an unusable name): reported, with the key, when the data is read
+                data[key] = os.path.abspath(base_dir / value)
     name = top.get("name") or default_name
     early = EarlyStopping(**es) if es else None
     train_cfg = Training(early_stopping=early, **{k: v for k, v in training.items() if k != "early_stopping"})
