@@ -1,4 +1,4 @@
-"""`python -m nnctl.bench_search`: TPE against random search at the same budget, and the epochs pruning saves.
+"""`python -m nnctl.bench.search`: TPE against random search at the same budget, and the epochs pruning saves.
 
 On one task (the spirals, a small MLP whose lr, width and batch size matter), for each of
 several sampler seeds, three sweeps of `--trials` trials run through the real runner and
@@ -65,7 +65,7 @@ def best(sd: SweepDir) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m nnctl.bench_search", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m nnctl.bench.search", description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seeds", type=int, default=3)
