@@ -629,5 +629,10 @@ def config_hash(config: dict[str, Any]) -> str:
     counts as done only when it trained exactly that configuration.
     """
     body = {k: v for k, v in config.items() if k not in ("name", "description")}
+    training = body.get("training")
+    if isinstance(training, dict) and "threads" in training:
+        # speed (threads): a run records the BLAS thread count it used, which the sweep chose
+        # for its workers; that says how a trial ran, not which trial it is
+        body["training"] = {k: v for k, v in training.items() if k != "threads"}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
