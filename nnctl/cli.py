@@ -14,7 +14,7 @@ from rich.table import Table
 
 from nnctl import __version__
 from nnctl.completion import complete_run, complete_set, complete_spec
-from nnctl.console import console, err_console
+from nnctl.console import console, err_console, print_error
 from nnctl.errors import NnctlError
 
 def _flags_take_no_value() -> None:
@@ -57,11 +57,10 @@ def _root(
 
 
 def fail(err: BaseException) -> None:
-    """Show an expected error as its message lines on stderr and exit 1."""
+    """Show an expected error on stderr, one escaped line per problem, and exit 1."""
     if _state["debug"]:
         raise err
-    for line in str(err).splitlines() or [type(err).__name__]:
-        err_console.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
+    print_error(err)
     raise typer.Exit(1)
 
 

@@ -91,6 +91,9 @@ def _run_training(config, overrides, resume, runs_dir, quiet, held: list, thread
             run.lock()
             held.append(run)
             run.write_config(spec.to_dict())
+        except NnctlError:  # the lock could not be taken (a read-only folder)
+            run.remove_if_empty()
+            raise
         except OSError as err:
             run.remove_if_empty()  # nothing of the run was written: leave no broken folder behind
             raise NnctlError(f"{run.path}: cannot write: {err.strerror or err}") from None

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from nnctl.config.source import KeyPath, Source, format_path, printable
 from nnctl.engine.hparams import Param, Registry, unknown_name_message
-from nnctl.errors import ConfigError
+from nnctl.errors import EXCERPT_CHARS, ConfigError
 
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
@@ -26,6 +26,9 @@ _TYPE_WORDS = {
 
 def describe(value: Any) -> str:
     if isinstance(value, str):
+        # a short, escaped excerpt: the value may be a whole file that someone pointed nnctl at
+        if len(value) > EXCERPT_CHARS:
+            return f"{value[:EXCERPT_CHARS]!r}... ({len(value):,} characters)"
         return repr(value)
     if value is None:
         return "null"
@@ -53,7 +56,7 @@ class Checker:
 
     def raise_if_any(self) -> None:
         if self.errors:
-            raise ConfigError("\n".join(self.errors))
+            raise ConfigError(*self.errors)  # one line per problem
 
     # -- scalars ---------------------------------------------------------------------------
     def _number(self, value: Any, kind: str) -> bool:

@@ -8,6 +8,7 @@ so a new component is validated and documented without touching this file.
 from __future__ import annotations
 
 import copy
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,9 @@ TRAINING_PARAMS: dict[str, Param] = {
     # speed (nnctl/threads.py): the count used is written back here, so --resume reuses it
     "threads": Param("int", None, ge=1, nullable=True,
                      doc="BLAS threads; null: --threads, else the environment, else half the physical cores (1..4)"),
+    "memory_limit_gb": Param("float", None, gt=0, nullable=True,
+                             doc="refuse a model whose estimated training memory is above this many GiB "
+                                 "(default: the memory available when it starts)"),
 }
 
 # Keys the schedule wrapper handles for every schedule (warmup, stepping interval).
@@ -112,6 +116,7 @@ class Training:
     shuffle: bool
     early_stopping: EarlyStopping | None
     threads: int | None = None
+    memory_limit_gb: float | None = None
 
 
 @dataclass
@@ -266,7 +271,11 @@ def check_spec(source: Source, base_dir: Path, default_name: str) -> Spec:
         # Stored configs (runs/*/config.yaml, checkpoints) must find the data from anywhere.
         value = data.get(key)
         if isinstance(value, str) and not (key == "dataset" and value in DATASETS):
-            data[key] = str((base_dir / value).resolve())
+            try:
+                data[key] = str((base_dir / value).resolve())
+            except (RuntimeError, OSError, ValueError):
+                # a symlink loop (or an unusable name): reported, with the key, when the data is read
+                data[key] = os.path.abspath(base_dir / value)
     name = top.get("name") or default_name
     early = EarlyStopping(**es) if es else None
     train_cfg = Training(early_stopping=early, **{k: v for k, v in training.items() if k != "early_stopping"})

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from nnctl.engine.base import check_hparams
+from nnctl.engine.base import building_shapes_only, check_hparams
 from nnctl.engine.hparams import Param, Registry, defaults
 
 INITIALIZERS = Registry("initializer")
@@ -67,6 +67,9 @@ class Initializer:
 
     def __call__(self, shape: tuple[int, ...], fan_in: int, fan_out: int,
                  rng: np.random.Generator, dtype) -> np.ndarray:
+        if building_shapes_only():
+            # sizing only: a read-only zero-stride view has the shape and holds no memory
+            return np.broadcast_to(np.zeros((), dtype=dtype), tuple(int(d) for d in shape))
         return self.draw(tuple(int(d) for d in shape), max(int(fan_in), 1), max(int(fan_out), 1),
                          rng).astype(dtype, copy=False)
 

@@ -5,6 +5,7 @@ from typing import Any
 
 from nnctl.console import console
 from nnctl.errors import NnctlError
+from nnctl.fileio import SPEC_MAX_BYTES, read_text
 
 
 def print_fitted(renderable) -> None:
@@ -66,8 +67,8 @@ def render_show(info, max_rows: int) -> NnctlError | None:
     title = status_text(info.status, info.problem)
     console.print(f"[bold]{escape(info.name)}[/]  ", title, f"  {escape(str(info.path))}", soft_wrap=True)
     try:
-        config_text = (info.path / "config.yaml").read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        config_text = read_text(info.path / "config.yaml", SPEC_MAX_BYTES)
+    except NnctlError:
         config_text = dump_yaml(info.config) if info.config else None
     if config_text:
         console.rule("config", align="left", style="dim")

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from nnctl.errors import NnctlError
+from nnctl.fileio import RUN_JSON_MAX_BYTES, SPEC_MAX_BYTES, read_text
 from nnctl.runs.store import RUN_FILES, read_json
 from nnctl.engine.metrics import MAIN_METRIC, auto_mode, direction
 
@@ -181,15 +182,15 @@ def _number(value: Any) -> float | None:
 
 def _read_json(path: Path) -> tuple[Any, str | None]:
     """(data, problem): problem says 'missing' or why the file cannot be used."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         return None, "missing"
-    except OSError as err:
-        return None, f"unreadable ({err.strerror or err})"
+    try:
+        text = read_text(path, RUN_JSON_MAX_BYTES)
+    except NnctlError as err:  # not a regular file, too large, not UTF-8, unreadable
+        return None, f"unreadable ({str(err).split(': ', 1)[-1]})"
     try:
         return json.loads(text), None
-    except ValueError:
+    except (ValueError, RecursionError):
         return None, "corrupt JSON"
 
 
@@ -234,15 +235,15 @@ def read_run(path: Path) -> RunInfo:
     problems: list[str] = []
 
     try:
-        config_text = (path / "config.yaml").read_text(encoding="utf-8")
+        config_text = read_text(path / "config.yaml", SPEC_MAX_BYTES)
         config = yaml.safe_load(config_text)
         if isinstance(config, dict):
             info.config = config
         else:
             problems.append("config.yaml is not a mapping")
-    except FileNotFoundError:
-        problems.append("no config.yaml")
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+    except NnctlError:  # missing, not a regular file, too large, not UTF-8
+        problems.append("config.yaml is unreadable" if os.path.lexists(path / "config.yaml") else "no config.yaml")
+    except (yaml.YAMLError, RecursionError):
         problems.append("config.yaml is unreadable")
 
     history, why = _read_json(path / "history.json")

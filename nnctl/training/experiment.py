@@ -18,6 +18,7 @@ from nnctl.engine.model import Sequential, build_layer
 from nnctl.engine.optimizers import OPTIMIZERS
 from nnctl.engine.schedules import build_schedule
 from nnctl.errors import ConfigError, NnctlError
+from nnctl.training.memory import check_memory
 
 
 @dataclass
@@ -117,6 +118,7 @@ def prepare(spec: Spec) -> Experiment:
 
     dtype = np.dtype(spec.training.dtype)
     layer_specs = [*spec.layers, output_layer(spec, n_outputs)]
+    check_memory(spec, layer_specs, data)  # from shapes alone: refuse what cannot fit before allocating it
     model = build_model(spec, layer_specs, data.input_shape, dtype)
 
     mode = spec.data.get("standardize", True)
