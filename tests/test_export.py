@@ -17,7 +17,7 @@ onnx = pytest.importorskip("onnx", reason="the export extra is not installed: pi
 ort = pytest.importorskip("onnxruntime", reason="the export extra is not installed: pip install -e '.[export]'")
 
 from nnctl.cli import app  # noqa: E402
-from nnctl.commands.evaluate import LoadedModel  # noqa: E402
+from nnctl.runs.model import LoadedModel  # noqa: E402
 from nnctl.data import Standardizer  # noqa: E402
 from nnctl.engine.base import LAYERS  # noqa: E402
 from nnctl.engine.losses import LOSSES  # noqa: E402

@@ -88,7 +88,7 @@ def export_model(target: Path, fmt: str = "onnx", out: Path | None = None, opset
                  check_data: str | None = None, tolerance: float = DEFAULT_TOLERANCE,
                  dtype: str | None = None) -> ExportResult:
     """Export the checkpoint (or run directory) `target`: build, check, then write atomically."""
-    from nnctl.commands.evaluate import checkpoint_for, default_batch_size, model_from_checkpoint
+    from nnctl.runs.model import checkpoint_for, default_batch_size, model_from_checkpoint
     from nnctl.runs.checkpoint import load_checkpoint
     from nnctl.runs.store import atomic_write
 
