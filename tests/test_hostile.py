@@ -546,3 +546,21 @@ def test_read_spec_is_the_bounded_reader(tmp_path):
     p.write_bytes(b"seed: 1\n\xff\n")
     with pytest.raises(ConfigError, match=r"s.yaml: not UTF-8 text \(byte 8\)$"):
         read_spec(p)
+
+
+@pytest.mark.parametrize("libyaml", [True, False])
+def test_both_parsers_bound_values_and_resolve_merges_alike(monkeypatch, libyaml):
+    import nnctl.config.source as source
+    if not libyaml:
+        monkeypatch.setattr(source, "_CLoader", None)  # the pure-Python loader counts while composing
+    elif source._CLoader is None:
+        pytest.skip("PyYAML was built without libyaml")
+    monkeypatch.setattr(source, "MAX_NODES", 50)
+    with pytest.raises(ConfigError) as info:
+        parse_yaml("a: 1\nxs:\n" + "".join(f"- {i}\n" for i in range(60)), "s.yaml")
+    # root, a, 1, xs, the list: item i (line i + 3) is node i + 6, so node 51 is item 45
+    assert str(info.value) == "s.yaml line 48: more than 50 values; a spec is never that large"
+    src = parse_yaml(MERGES, "m.yaml")
+    assert src.data["b"]["epochs"] == 5 and src.data["a"]["epochs"] == 2
+    with pytest.raises(ConfigError, match=r"^m.yaml line 2 column 2: .*expected .,. or .]."):
+        parse_yaml("a: [1, 2\nb: c: d\n", "m.yaml")

@@ -195,7 +195,7 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, filename: str) -> Any:
     except Exception as err:  # noqa: BLE001
         # PyYAML's own constructors trip over some explicitly tagged scalars (`!!float ''`,
         # `!!timestamp x`) with IndexError/AttributeError/...; still the user's input, not our bug
-        raise ConfigError(f"{filename}: invalid YAML value ({type(err).__name__}: {err})") from None
+        raise ConfigError(f"{filename}: invalid YAML value ({type(err).__name__}: {excerpt(str(err), 100)})") from None
 
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
