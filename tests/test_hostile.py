@@ -387,7 +387,7 @@ def test_a_spec_that_is_a_whole_file_of_text_is_quoted_as_an_excerpt(tmp_path):
     _assert_no_leak(out)
 
 
-@pytest.mark.parametrize("where", ["base", "dataset", "optimizer", "set"])
+@pytest.mark.parametrize("where", ["base", "basefile", "dataset", "optimizer", "set", "key"])
 def test_long_user_text_in_any_value_is_excerpted(tmp_path, where):
     (tmp_path / "tiny.yaml").write_text(TINY)
     text = yaml.safe_dump(SECRET, width=10**6)
@@ -395,6 +395,12 @@ def test_long_user_text_in_any_value_is_excerpted(tmp_path, where):
         (tmp_path / "s.yaml").write_text(f"base: {text}\nparameters: {{seed: [1]}}\nmetric: val_loss\n")
         args = ["sweep", tmp_path / "s.yaml", "--dry-run", "--runs-dir", tmp_path / "runs"]
         expected = "error: base: must be a train spec file (a path) or an inline train spec, got"
+    elif where == "basefile":  # base: names a file that is not a spec at all
+        (tmp_path / "secret.txt").write_text(text)
+        (tmp_path / "s.yaml").write_text("base: secret.txt\nparameters: {seed: [1]}\nmetric: val_loss\n")
+        args = ["sweep", tmp_path / "s.yaml", "--dry-run", "--runs-dir", tmp_path / "runs"]
+        expected = (f"error: secret.txt: a spec must be a mapping of sections, got {SECRET[:60]!r}... "
+                    f"({len(SECRET):,} characters)")
     elif where == "dataset":
         (tmp_path / "s.yaml").write_text(f"data:\n  dataset: {text}\n")
         args = ["validate", tmp_path / "s.yaml"]
@@ -404,6 +410,12 @@ def test_long_user_text_in_any_value_is_excerpted(tmp_path, where):
         (tmp_path / "s.yaml").write_text(TINY + f"optimizer: {text}\n")
         args = ["validate", tmp_path / "s.yaml"]
         expected = f"error: optimizer: unknown optimizer '{excerpt(yaml.safe_load(text))}'; valid: adagrad,"
+    elif where == "key":
+        (tmp_path / "s.yaml").write_text(TINY + f"? {text}\n: 1\n")
+        args = ["validate", tmp_path / "s.yaml"]
+        key = yaml.safe_load(text)
+        expected = (f"error: [{key[:60]!r}...]: unknown key '{excerpt(key)}'; valid: data, description, loss, "
+                    f"model, name, optimizer, schedule, seed, training (s.yaml line 4)")
     else:
         args = ["validate", tmp_path / "tiny.yaml", "--set", f"name={SECRET}"]
         expected = f"error: --set {excerpt('name=' + SECRET, 300)}: value line "

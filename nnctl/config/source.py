@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from nnctl.errors import ConfigError, excerpt, printable
+from nnctl.errors import EXCERPT_CHARS, ConfigError, excerpt, printable
 from nnctl.fileio import SPEC_MAX_BYTES, read_text
 
 # A path into the spec: keys and list indices, e.g. ("model", "layers", 2, "units").
@@ -20,6 +20,9 @@ def format_path(path: KeyPath) -> str:
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif isinstance(part, str) and len(part) > EXCERPT_CHARS:
+            # a key that is a whole pasted file: its start identifies it
+            out += f"[{part[:EXCERPT_CHARS]!r}...]"
         elif not isinstance(part, str) or _needs_quotes(part):
             # a key like " " or "a: b" (or a null/float key) would vanish into the message
             out += f"[{part!r}]"
