@@ -19,7 +19,7 @@ from typing import IO, Iterator
 
 import numpy as np
 
-from nnctl.commands.evaluate import CLASSIFICATION, LoadedModel
+from nnctl.runs.model import CLASSIFICATION, LoadedModel
 from nnctl.data import Split, load_features
 from nnctl.data.files import not_utf8, suffix_of
 from nnctl.errors import DataError, NnctlError

@@ -45,6 +45,9 @@ class Checker:
     def __init__(self, source: Source):
         self.source = source
         self.errors: list[str] = []
+        # key paths whose value the spec did not give (filled from a Param default), so
+        # `nnctl config` can show users what they did not choose
+        self.defaulted: set[KeyPath] = set()
 
     def error(self, path: KeyPath, message: str) -> None:
         line = f"{format_path(path)}: {printable(message)}{self.source.where(path)}"
@@ -158,6 +161,7 @@ class Checker:
                 self.error(path + (key,), "is required")
             else:
                 out[key] = _copy(p.default)
+                self.defaulted.add(path + (key,))
         for key in allow_extra:
             if key in raw:
                 out[key] = raw[key]
@@ -229,6 +233,11 @@ class Checker:
             else:
                 p_opts = p if isinstance(item, dict) and "type" in item else p + (name,)
             checked = self.section(p_opts, options, params, registries)
+            if p_opts != p:
+                # resolved configs hold layers as {type: ..., **options}: record defaults at that path
+                moved = {d for d in self.defaulted if d[:len(p_opts)] == p_opts}
+                self.defaulted -= moved
+                self.defaulted |= {p + d[len(p_opts):] for d in moved}
             out.append({"type": layers.canonical(name), **checked})
         return out
 

@@ -22,6 +22,11 @@ INITIALIZERS = Registry("initializer")
 # keeps the forward variance constant through them. Everything else gets Glorot.
 _HE_ACTIVATIONS = frozenset({"relu", "leaky_relu", "elu", "gelu", "swish", "softplus"})
 
+# The weight initializer a layer gets when its spec names none, by activation family. One
+# table, so the defaults panel (`nnctl bench --defaults`) can try candidates and the README can
+# cite the evidence for what is here.
+DEFAULT_INITIALIZERS = {"relu_like": "he_normal", "other": "xavier_uniform"}
+
 
 def compute_fans(shape: tuple[int, ...], channels_last: bool = False) -> tuple[int, int]:
     """(fan_in, fan_out) of a weight of `shape`.
@@ -225,4 +230,5 @@ def default_initializer(activation: Any) -> str:
     ConfigError.
     """
     from nnctl.engine.activations import activation_name
-    return "he_normal" if activation_name(activation) in _HE_ACTIVATIONS else "xavier_uniform"
+    family = "relu_like" if activation_name(activation) in _HE_ACTIVATIONS else "other"
+    return DEFAULT_INITIALIZERS[family]

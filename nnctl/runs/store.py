@@ -211,24 +211,11 @@ class RunDir:
         text = dump_yaml(config)
         atomic_write(self.path / "config.yaml", lambda f: f.write(text), binary=False)
 
-    def read_config(self) -> dict[str, Any] | None:
-        try:
-            return yaml.safe_load(read_text(self.path / "config.yaml", SPEC_MAX_BYTES))
-        except (NnctlError, yaml.YAMLError, RecursionError):
-            return None
-
     def write_history(self, history: list[dict[str, Any]]) -> None:
         write_json(self.path / "history.json", history)
 
-    def read_history(self) -> list[dict[str, Any]]:
-        data = read_json(self.path / "history.json", [])
-        return data if isinstance(data, list) else []
-
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         write_json(self.path / "metrics.json", metrics)
-
-    def read_metrics(self) -> dict[str, Any] | None:
-        return read_json(self.path / "metrics.json")
 
     def set_status(self, status: str, **extra: Any) -> None:
         assert status in STATUSES, status
