@@ -167,6 +167,14 @@ def test_a_data_file_that_is_not_a_regular_file_is_refused(tmp_path, kind, key, 
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("kind", ["fifo", "loop", "chardev", "socket"])
+def test_init_refuses_a_data_file_that_is_not_a_regular_file(tmp_path, kind):
+    data = _nonregular(tmp_path, kind, "d.csv")
+    code, out = cli("init", data, "--out", tmp_path / "d.yaml")
+    assert (code, out) == (1, [f"error: {data}: {KINDS[kind]}"])
+    assert not (tmp_path / "d.yaml").exists()
+
+
 @pytest.mark.parametrize("kind", ["fifo", "loop", "chardev"])
 def test_a_checkpoint_or_predict_input_that_is_not_a_regular_file_is_refused(tmp_path, trained_run, kind):
     run = _copy_run(trained_run, tmp_path / "run")
