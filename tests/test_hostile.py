@@ -8,6 +8,7 @@ could have written to before and after.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -199,11 +200,13 @@ def test_run_folder_json_that_is_not_a_regular_file_is_reported_not_read(tmp_pat
         (run / name).unlink()
         _nonregular(run, kind, name)
     before = tree_hash(tmp_path / "runs")
-    code, out = cli("runs", tmp_path / "runs")
+    code, out = cli("runs", tmp_path / "runs", "--json")
     assert code == 0
-    assert out[-1] == f"r: status.json is unreadable ({KINDS[kind]}); metrics.json is unreadable ({KINDS[kind]})"
+    (entry,) = json.loads("\n".join(out))
+    assert (entry["status"], entry["problem"]) == (
+        "broken", f"status.json is unreadable ({KINDS[kind]}); metrics.json is unreadable ({KINDS[kind]})")
     code, out = cli("show", run)
-    assert out[0].startswith(f"r   broken (status.json is unreadable ({KINDS[kind]});")
+    assert out[0].startswith("r   broken (status.json is unreadable (")
     assert tree_hash(tmp_path / "runs") == before
 
 
