@@ -288,27 +288,23 @@ def test_rich_reporter_on_a_terminal():
     from rich.console import Console
     from nnctl.report.progress import RichReporter
     buf = io.StringIO()
-    rep = RichReporter(Console(file=buf, force_terminal=True, width=120))
+    rep = RichReporter(Console(file=buf, force_terminal=True, width=120), "runs/t-1")
 
-    class FakeTrainer:  # the reporter reads only these attributes
-        class exp:
-            class spec:
-                name = "t"
-                class training:
-                    epochs = 2
-            class dataset:
-                source = "xor (built-in)"
-            class model:
-                @staticmethod
-                def num_parameters():
-                    return 42
-        class run:
-            path = "runs/t-1"
-    rep.on_train_begin(FakeTrainer)
-    rep.on_epoch_begin(1, 2, 3)
-    rep.on_batch_end(1, 1, 0.5)
-    rep.on_epoch_end({"epoch": 1, "lr": 0.01, "loss": 0.5, "accuracy": 0.75, "seconds": 0.1}, True)
-    rep.on_train_end(None)
+    class FakeState:  # the reporter reads only these attributes of the TrainState
+        epoch, epochs, steps_per_epoch = 0, 2, 3
+        class spec:
+            name = "t"
+        class dataset:
+            source = "xor (built-in)"
+        class model:
+            @staticmethod
+            def num_parameters():
+                return 42
+    rep.on_train_begin(FakeState)
+    rep.on_epoch_begin(FakeState)
+    rep.on_batch_end(FakeState, 1, 0.5)
+    rep.on_epoch_end(FakeState, {"epoch": 1, "lr": 0.01, "loss": 0.5, "accuracy": 0.75, "seconds": 0.1}, True)
+    rep.on_train_end(FakeState, None)
     import re
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buf.getvalue())
     assert "42 parameters" in text and "accuracy" in text and "0.7500" in text

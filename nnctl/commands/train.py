@@ -10,47 +10,82 @@ from nnctl.console import console, err_console
 from nnctl.errors import CheckpointError, NnctlError
 from nnctl.report.progress import PlainReporter, RichReporter, summary_line, summary_table
 from nnctl.runs.checkpoint import load_checkpoint
+from nnctl.runs.recorder import RunRecorder
 from nnctl.runs.store import RunDir
+from nnctl.status import EXIT_CODES
+from nnctl.training.callbacks import Callback, TrainState
 from nnctl.training.experiment import prepare
 from nnctl.training.trainer import Trainer
 
-EXIT_CODES = {"completed": 0, "stopped_early": 0, "failed": 1, "interrupted": 130}
 
 
-def _reporter(quiet: bool):
+def _reporter(quiet: bool, run_path: Path) -> Callback:
     if quiet:
-        return PlainReporter(console, quiet=True)
-    return RichReporter(console) if console.is_terminal else PlainReporter(console)
+        return PlainReporter(console, run_path, quiet=True)
+    return RichReporter(console, run_path) if console.is_terminal else PlainReporter(console, run_path)
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+class StopOnSignal(Callback):
+    """SIGINT/SIGTERM (Ctrl-C, a scheduler, `kill`) only set a flag; the Trainer stops at the next
+    batch boundary or after the write in progress, so no write is ever cut off by an exception.
 
+    Installed for the whole command (main thread only): a signal before training starts is
+    remembered and honoured as soon as it does.
+    """
 
-def _sigterm_as_interrupt():
-    """SIGTERM (a scheduler or `kill`) stops training like Ctrl-C: checkpoint kept, resumable."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, _raise_interrupt)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
+    def __init__(self):
+        self.signum: int | None = None
+        self.state: TrainState | None = None
+        self.previous: dict[int, object] = {}
 
-def _restore_sigterm(previous) -> None:
-    if previous is not None:
-        signal.signal(signal.SIGTERM, previous)
+    def install(self) -> "StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        if self.state is not None:
+            self.state.request_stop("interrupted", f"interrupted by {signal.Signals(signum).name}")
+
+    def on_train_begin(self, state: TrainState) -> None:
+        self.state = state
+        if self.signum is not None:
+            self._handle(self.signum, None)
+
+    def check(self) -> None:
+        """Before the run folder exists: a signal so far ends the command with nothing written."""
+        if self.signum is not None:
+            raise KeyboardInterrupt
 
 
 def run_training(config: Path | None, overrides: list[str], resume: Path | None,
-                 runs_dir: Path, quiet: bool) -> int:
-    """Validate, load data and build everything first; only then create the run directory."""
+                 runs_dir: Path, quiet: bool, callbacks: list[Callback] | None = None) -> int:
+    """Validate, load data and build everything first; only then create the run directory.
+
+    `callbacks` are called after the run recorder and the progress reporter (a sweep adds
+    its pruning callback here).
+    """
     held: list[RunDir] = []
+    stop = StopOnSignal().install()
     try:
-        return _run_training(config, overrides, resume, runs_dir, quiet, held)
+        return _run_training(config, overrides, resume, runs_dir, quiet, held, stop, list(callbacks or []))
     finally:
+        stop.restore()
         for run in held:  # in-process callers (tests, sweeps) may open the run again
             run.unlock()
 
 
-def _run_training(config, overrides, resume, runs_dir, quiet, held: list) -> int:
+def _run_training(config, overrides, resume, runs_dir, quiet, held: list, stop: StopOnSignal,
+                  extra: list[Callback]) -> int:
     if resume is not None:
         if config is not None or overrides:
             raise NnctlError("--resume continues a run with its stored config; don't pass a spec or --set")
@@ -60,22 +95,25 @@ def _run_training(config, overrides, resume, runs_dir, quiet, held: list) -> int
         if not run.last.exists() and run.checkpoints.is_dir():
             raise CheckpointError(f"{run.last}: no such checkpoint; the run stopped before its first checkpoint "
                                   f"was written, so there is nothing to resume (train the spec again)")
-        run.remove_temp_files()  # left by a process killed mid-write
+        # Everything a resume loads is read and checked before anything in the run is written.
         last = load_checkpoint(run.last)
         best = load_checkpoint(run.best) if run.best.exists() else None
         spec = spec_from_dict(last.meta["config"], filename=f"{run.last} config")
         exp = prepare(spec)
-        trainer = Trainer(exp, run, _reporter(quiet))
+        trainer = Trainer(exp, [RunRecorder(run), _reporter(quiet, run.path), stop, *extra])
         trainer.restore(last, best)
         if trainer.epoch >= spec.training.epochs or trainer.stopper.stopped_epoch is not None:
             status = (run.read_status() or {}).get("status", "completed")
             if status not in ("interrupted", "failed", "running"):
                 raise CheckpointError(f"{resume}: the run already finished ({status}); nothing to resume")
+        stop.check()
+        run.remove_temp_files()  # left by a process killed mid-write
     else:
         if config is None:
             raise NnctlError("give a spec to train (nnctl train CONFIG.yaml) or --resume RUN_DIR")
         spec = load_spec(config, overrides)
         exp = prepare(spec)
+        stop.check()
         run = RunDir.create(runs_dir, safe_run_name(spec.name))
         try:
             run.lock()
@@ -84,8 +122,7 @@ def _run_training(config, overrides, resume, runs_dir, quiet, held: list) -> int
         except OSError as err:
             run.remove_if_empty()  # nothing of the run was written: leave no broken folder behind
             raise NnctlError(f"{run.path}: cannot write: {err.strerror or err}") from None
-        trainer = Trainer(exp, run, _reporter(quiet))
-    previous = _sigterm_as_interrupt()
+        trainer = Trainer(exp, [RunRecorder(run), _reporter(quiet, run.path), stop, *extra])
     try:
         result = trainer.fit()
     except KeyboardInterrupt:
@@ -109,8 +146,6 @@ def _run_training(config, overrides, resume, runs_dir, quiet, held: list) -> int
                     else "no checkpoint was written")
             raise NnctlError(f"{run.path}: cannot write: {err.strerror or err}; {kept}") from None
         raise
-    finally:
-        _restore_sigterm(previous)
     path = str(run.path)
     if result.status == "failed":
         err_console.print(f"error: {result.message}", markup=False, soft_wrap=True)

@@ -7,7 +7,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from nnctl.training.trainer import Listener, Result, Trainer
+from nnctl.training.callbacks import Callback, TrainState
+from nnctl.training.trainer import Result
 
 _FIRST = ("epoch", "lr")
 
@@ -24,25 +25,25 @@ def metric_columns(record: dict[str, Any]) -> list[str]:
     return [k for k in record if k not in ("epoch", "seconds", "lr")]
 
 
-class PlainReporter(Listener):
+class PlainReporter(Callback):
     """One line per epoch, no control characters: for pipes, log files and CI."""
 
-    def __init__(self, console: Console, quiet: bool = False):
+    def __init__(self, console: Console, run_path: Any = "", quiet: bool = False):
         self.console = console
+        self.run_path = run_path
         self.quiet = quiet
         self.epochs = 0
 
     def _line(self, text: str) -> None:
         self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
-    def on_train_begin(self, trainer: Trainer) -> None:
-        self.epochs = trainer.exp.spec.training.epochs
+    def on_train_begin(self, state: TrainState) -> None:
+        self.epochs = state.epochs
         if not self.quiet:
-            exp = trainer.exp
-            self._line(f"run {trainer.run.path}  data {exp.dataset.source}  "
-                       f"params {exp.model.num_parameters():,}  epochs {self.epochs}")
+            self._line(f"run {self.run_path}  data {state.dataset.source}  "
+                       f"params {state.model.num_parameters():,}  epochs {self.epochs}")
 
-    def on_epoch_end(self, record: dict[str, Any], improved: bool) -> None:
+    def on_epoch_end(self, state: TrainState, record: dict[str, Any], improved: bool) -> None:
         if self.quiet:
             return
         parts = [f"epoch {record['epoch']}/{self.epochs}"]
@@ -54,33 +55,33 @@ class PlainReporter(Listener):
 class RichReporter(PlainReporter):
     """A live progress bar per epoch with the running loss, and a table row per finished epoch."""
 
-    def __init__(self, console: Console):
-        super().__init__(console)
+    def __init__(self, console: Console, run_path: Any = ""):
+        super().__init__(console, run_path)
         self.progress: Progress | None = None
         self.task = None
         self.header_done = False
 
-    def on_train_begin(self, trainer: Trainer) -> None:
-        self.epochs = trainer.exp.spec.training.epochs
-        exp = trainer.exp
-        self.console.print(f"[bold]{exp.spec.name}[/]  data [cyan]{exp.dataset.source}[/]  "
-                           f"{exp.model.num_parameters():,} parameters  → {trainer.run.path}", highlight=False)
+    def on_train_begin(self, state: TrainState) -> None:
+        self.epochs = state.epochs
+        self.console.print(f"[bold]{state.spec.name}[/]  data [cyan]{state.dataset.source}[/]  "
+                           f"{state.model.num_parameters():,} parameters  → {self.run_path}", highlight=False)
         self.progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(),
                                  console=self.console, transient=True)
         self.progress.start()
 
-    def on_epoch_begin(self, epoch: int, epochs: int, steps: int) -> None:
+    def on_epoch_begin(self, state: TrainState) -> None:
         assert self.progress is not None
         if self.task is not None:
             self.progress.remove_task(self.task)
-        self.task = self.progress.add_task("train", total=steps, epoch=f"{epoch}/{epochs}", loss="-")
+        self.task = self.progress.add_task("train", total=state.steps_per_epoch,
+                                           epoch=f"{state.epoch + 1}/{state.epochs}", loss="-")
 
-    def on_batch_end(self, epoch: int, batch: int, loss: float) -> None:
+    def on_batch_end(self, state: TrainState, batch: int, loss: float) -> None:
         assert self.progress is not None
         self.progress.update(self.task, completed=batch, loss=f"{loss:.4f}")
 
-    def on_epoch_end(self, record: dict[str, Any], improved: bool) -> None:
+    def on_epoch_end(self, state: TrainState, record: dict[str, Any], improved: bool) -> None:
         cols = ["epoch", *metric_columns(record), "lr", "seconds"]
         width = 12
         if not self.header_done:
@@ -89,7 +90,7 @@ class RichReporter(PlainReporter):
         row = "".join(f"{fmt(record[c]) if c != 'epoch' else record[c]:>{width}}" for c in cols)
         self.console.print(row + (" [green]*[/]" if improved else ""), highlight=False)
 
-    def on_train_end(self, result: Result) -> None:
+    def on_train_end(self, state: TrainState, result: Result) -> None:
         if self.progress is not None:
             self.progress.stop()
 
