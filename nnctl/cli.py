@@ -60,11 +60,17 @@ def train(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its last.npz."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where run directories are created."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final summary line."),
+    sweep_pruning: Optional[str] = typer.Option(None, "--sweep-pruning", hidden=True,
+                                                help="Set by `nnctl sweep`: report each epoch to the study (JSON)."),
 ) -> None:
     """Train a model from a spec; everything about the run goes to runs/<name>-<time>/."""
     from nnctl.commands.train import run_training
     try:
-        code = run_training(config, set_, resume, runs_dir, quiet)
+        callbacks = None
+        if sweep_pruning is not None:
+            from nnctl.sweep.pruning import pruning_callbacks
+            callbacks = pruning_callbacks(sweep_pruning)
+        code = run_training(config, set_, resume, runs_dir, quiet, callbacks=callbacks)
     except NnctlError as err:
         fail(err)
     except KeyboardInterrupt:

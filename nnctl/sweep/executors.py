@@ -22,6 +22,7 @@ and write their run directories beside it; nnctl must be installed on every work
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from nnctl.errors import NnctlError
+from nnctl.status import CLEAN_ENDS
 
 BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 DASK_MISSING = 'the dask executor needs dask.distributed: pip install -e ".[dask]"'
@@ -88,6 +90,9 @@ def run_trial(job: dict[str, Any], should_stop: Callable[[], bool] = lambda: Fal
     # A rerun whose interrupted run left a checkpoint continues that run (same result, less work).
     args = (["train", "--resume", job["resume"], "--quiet"] if job.get("resume")
             else ["train", job["spec"], "--runs-dir", str(trial_dir), "--quiet"])
+    if job.get("pruning"):
+        # the trial reports each epoch to the sweep's study (nnctl.sweep.pruning)
+        args += ["--sweep-pruning", json.dumps(job["pruning"], separators=(",", ":"))]
     cmd = [sys.executable, "-c", _CHILD, *args]
     log_path = trial_dir / "train.log"
     t0 = time.perf_counter()
@@ -166,7 +171,7 @@ def collect(job: dict[str, Any], trial_dir: Path, before: set[str], rc: int, out
     status_rec = read_json(run / "status.json") if run is not None else None
     run_status = status_rec.get("status") if isinstance(status_rec, dict) else None
     run_dir = str(run) if run is not None else None
-    if run_status in ("completed", "stopped_early", "pruned") and rc == 0:
+    if run_status in CLEAN_ENDS and rc == 0:
         metrics = job.get("metrics") or [job["metric"]]
         values, error = read_metrics(run, metrics)
         res = _result(job, run_status, values[0], run_dir, error, seconds)
