@@ -156,3 +156,18 @@ def test_tpe_with_median_pruning_survives_sigkill_and_saves_epochs(tmp_path):
     assert best < base_val_loss(tmp_path)
     for t in pruned:
         assert f"trial {t['index']}  pruned at epoch {t['epochs']} (val_loss " in res.output
+
+
+def test_the_pruned_tpe_sweep_on_a_dask_local_cluster(tmp_path):
+    """Trials run as Dask tasks still report every epoch to the journal in the sweep directory."""
+    pytest.importorskip("distributed", reason='the dask extra: pip install -e ".[dask]"')
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(PRUNED_SWEEP.format(name="dask", trials=3))
+    res = sweep_cli(str(spec), "--executor", "dask", "--workers", "2", "--runs-dir", str(tmp_path / "runs"))
+    assert res.exit_code == 0, res.output
+    assert "2 Dask tasks at once on a local Dask cluster" in res.output
+    (sweep_dir,) = (tmp_path / "runs").iterdir()
+    trials = read_json(sweep_dir / "sweep.json")["trials"]
+    assert [t["index"] for t in trials] == [0, 1, 2]
+    assert {t["status"] for t in trials} <= {"completed", "pruned"}
+    check_study_matches_manifest(sweep_dir, trials)
