@@ -8,11 +8,12 @@ from pathlib import Path
 from nnctl.config.spec import load_spec, safe_run_name, spec_from_dict
 from nnctl.console import console, err_console
 from nnctl.errors import CheckpointError, NnctlError
+from nnctl.loggers import build_loggers, check_installed
 from nnctl.report.progress import PlainReporter, RichReporter, summary_line, summary_table
 from nnctl.runs.checkpoint import load_checkpoint
 from nnctl.runs.recorder import RunRecorder
 from nnctl.runs.store import RunDir
-from nnctl.status import EXIT_CODES
+from nnctl.status import CLEAN_ENDS, EXIT_CODES
 from nnctl.training.callbacks import Callback, TrainState
 from nnctl.training.experiment import prepare
 from nnctl.training.trainer import Trainer
@@ -23,6 +24,16 @@ def _reporter(quiet: bool, run_path: Path) -> Callback:
     if quiet:
         return PlainReporter(console, run_path, quiet=True)
     return RichReporter(console, run_path) if console.is_terminal else PlainReporter(console, run_path)
+
+
+def _warn(message: str) -> None:
+    err_console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _callbacks(run: RunDir, spec, quiet: bool, stop: "StopOnSignal", extra: list[Callback]) -> list[Callback]:
+    """In order: the run folder first (loggers and reporters then see what is on disk), the
+    reporter, the signal flag, the spec's loggers, then the caller's own callbacks."""
+    return [RunRecorder(run), _reporter(quiet, run.path), stop, *build_loggers(spec, run.path, _warn), *extra]
 
 
 class StopOnSignal(Callback):
@@ -100,12 +111,14 @@ def _run_training(config, overrides, resume, runs_dir, quiet, held: list, stop: 
         best = load_checkpoint(run.best) if run.best.exists() else None
         spec = spec_from_dict(last.meta["config"], filename=f"{run.last} config")
         exp = prepare(spec)
-        trainer = Trainer(exp, [RunRecorder(run), _reporter(quiet, run.path), stop, *extra])
+        check_installed(spec)
+        trainer = Trainer(exp, _callbacks(run, spec, quiet, stop, extra))
         trainer.restore(last, best)
-        if trainer.epoch >= spec.training.epochs or trainer.stopper.stopped_epoch is not None:
-            status = (run.read_status() or {}).get("status", "completed")
-            if status not in ("interrupted", "failed", "running"):
-                raise CheckpointError(f"{resume}: the run already finished ({status}); nothing to resume")
+        status = (run.read_status() or {}).get("status")
+        if status is None and (trainer.epoch >= spec.training.epochs or trainer.stopper.stopped_epoch is not None):
+            status = "completed"   # status.json lost, but the checkpoint says the run is done
+        if status in CLEAN_ENDS:
+            raise CheckpointError(f"{resume}: the run already finished ({status}); nothing to resume")
         stop.check()
         run.remove_temp_files()  # left by a process killed mid-write
     else:
@@ -113,6 +126,7 @@ def _run_training(config, overrides, resume, runs_dir, quiet, held: list, stop: 
             raise NnctlError("give a spec to train (nnctl train CONFIG.yaml) or --resume RUN_DIR")
         spec = load_spec(config, overrides)
         exp = prepare(spec)
+        check_installed(spec)
         stop.check()
         run = RunDir.create(runs_dir, safe_run_name(spec.name))
         try:
@@ -122,7 +136,7 @@ def _run_training(config, overrides, resume, runs_dir, quiet, held: list, stop: 
         except OSError as err:
             run.remove_if_empty()  # nothing of the run was written: leave no broken folder behind
             raise NnctlError(f"{run.path}: cannot write: {err.strerror or err}") from None
-        trainer = Trainer(exp, [RunRecorder(run), _reporter(quiet, run.path), stop, *extra])
+        trainer = Trainer(exp, _callbacks(run, spec, quiet, stop, extra))
     try:
         result = trainer.fit()
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ from typing import Any
 
 import nnctl.engine  # noqa: F401  (registers every layer)
 from nnctl.config.check import Checker, describe
+from nnctl.config.loggers import check_loggers
 from nnctl.config.source import Source, apply_overrides, format_path, printable, read_spec
 from nnctl.data import DATASETS, PARAMS_DATA
 from nnctl.engine.activations import ACTIVATIONS
@@ -38,6 +39,7 @@ TOP_PARAMS: dict[str, Param] = {
     "optimizer": Param("any", "adam", doc="optimizer name or {name, lr, ...}"),
     "schedule": Param("any", None, nullable=True, doc="learning-rate schedule name or {name, ...}; constant if omitted"),
     "training": Param("mapping", {}, doc="epochs, batch size, dtype, early stopping"),
+    "loggers": Param("any", None, nullable=True, doc="experiment loggers: [tensorboard, csv, {mlflow: {tracking_uri, experiment}}]"),
 }
 
 MODEL_PARAMS: dict[str, Param] = {
@@ -135,6 +137,7 @@ class Spec:
     training: Training
     base_dir: Path = field(default=Path("."))
     source: Source | None = field(default=None, repr=False)
+    loggers: list[dict[str, Any]] = field(default_factory=list)   # [{name: {options}}] (config/loggers.py)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as plain data: valid input for `nnctl train` again."""
@@ -151,6 +154,7 @@ class Spec:
             "optimizer": copy.deepcopy(self.optimizer),
             "schedule": copy.deepcopy(self.schedule),
             "training": training,
+            "loggers": copy.deepcopy(self.loggers),
         }
 
     def error_at(self, path: tuple, message: str) -> ConfigError:
@@ -219,6 +223,7 @@ def check_spec(source: Source, base_dir: Path, default_name: str) -> Spec:
     es = None
     if training.get("early_stopping") is not None:
         es = chk.section(("training", "early_stopping"), training["early_stopping"], EARLY_STOPPING_PARAMS, REGISTRIES)
+    loggers = check_loggers(chk, top.get("loggers"), base_dir)
     chk.raise_if_any()
 
     # Cross-field checks that need the whole spec; still before any data is read.
@@ -255,7 +260,7 @@ def check_spec(source: Source, base_dir: Path, default_name: str) -> Spec:
     return Spec(
         name=name, description=top.get("description"), seed=top["seed"], data=data, model=model,
         layers=layers, loss=loss, optimizer=optimizer, schedule=schedule, training=train_cfg,
-        base_dir=base_dir, source=source,
+        base_dir=base_dir, source=source, loggers=loggers,
     )
 
 
