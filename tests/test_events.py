@@ -240,3 +240,37 @@ def test_sigterm_at_exact_moments_stops_cleanly_and_resumes_exactly(tmp_path, mo
     record_counts("events: SIGTERM at exact moments", outcomes)
     assert outcomes["interrupted at any call"] + outcomes["interrupted inside a write"] >= 20
     assert outcomes["interrupted inside a write"] >= 10
+
+
+def test_a_signal_while_reading_the_spec_stops_at_once_and_writes_nothing(tmp_path, monkeypatch):
+    import nnctl.commands.train as train_cmd
+    real = train_cmd.prepare
+
+    def prepare(spec):
+        os.kill(os.getpid(), signal.SIGTERM)   # handled at once: KeyboardInterrupt, as Ctrl-C always was
+        return real(spec)
+    monkeypatch.setattr(train_cmd, "prepare", prepare)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(spec_file(tmp_path), [], None, tmp_path / "runs", True)
+    assert not (tmp_path / "runs").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # the command's handler is gone again
+
+
+def test_a_signal_while_the_run_folder_is_created_is_honoured_at_train_begin(tmp_path, monkeypatch):
+    """Armed: the signal only sets the flag; training starts, stops at once, epoch 0 is resumable."""
+    from nnctl.runs.store import RunDir
+    real = RunDir.write_config
+
+    def write_config(self, config):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, config)
+    monkeypatch.setattr(RunDir, "write_config", write_config)
+    rec = Recorder()
+    assert run_training(spec_file(tmp_path), [], None, tmp_path / "runs", True, callbacks=[rec]) == 130
+    run = only_run(tmp_path / "runs")
+    assert rec.events == [("train_begin", 0, 0, 4, 3), ("train_end", "interrupted", 0)]
+    assert json.loads((run / "status.json").read_text())["status"] == "interrupted"
+    assert load_checkpoint(run / "checkpoints" / "last.npz").meta["epoch"] == 0
+    monkeypatch.undo()
+    assert run_training(None, [], run, tmp_path / "runs", True) == 0
+    assert [r["epoch"] for r in json.loads((run / "history.json").read_text())] == [1, 2, 3, 4]

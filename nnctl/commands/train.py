@@ -40,8 +40,10 @@ class StopOnSignal(Callback):
     """SIGINT/SIGTERM (Ctrl-C, a scheduler, `kill`) only set a flag; the Trainer stops at the next
     batch boundary or after the write in progress, so no write is ever cut off by an exception.
 
-    Installed for the whole command (main thread only): a signal before training starts is
-    remembered and honoured as soon as it does.
+    Installed for the whole command (main thread only). While the spec and data are read
+    (nothing written yet) a signal interrupts at once, as Ctrl-C always does; once `arm()`ed,
+    just before the run folder is touched, it is only remembered and honoured as soon as
+    training starts.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -50,6 +52,7 @@ class StopOnSignal(Callback):
         self.signum: int | None = None
         self.state: TrainState | None = None
         self.previous: dict[int, object] = {}
+        self.armed = False
 
     def install(self) -> "StopOnSignal":
         if threading.current_thread() is threading.main_thread():
@@ -63,6 +66,8 @@ class StopOnSignal(Callback):
         self.previous = {}
 
     def _handle(self, signum, frame) -> None:
+        if not self.armed:
+            raise KeyboardInterrupt  # reading the spec and data: nothing to save, stop now
         self.signum = signum
         if self.state is not None:
             self.state.request_stop("interrupted", f"interrupted by {signal.Signals(signum).name}")
@@ -72,10 +77,9 @@ class StopOnSignal(Callback):
         if self.signum is not None:
             self._handle(self.signum, None)
 
-    def check(self) -> None:
-        """Before the run folder exists: a signal so far ends the command with nothing written."""
-        if self.signum is not None:
-            raise KeyboardInterrupt
+    def arm(self) -> None:
+        """From here on the run folder is being written: signals only set the flag."""
+        self.armed = True
 
 
 def run_training(config: Path | None, overrides: list[str], resume: Path | None,
@@ -119,7 +123,7 @@ def _run_training(config, overrides, resume, runs_dir, quiet, held: list, stop: 
             status = "completed"   # status.json lost, but the checkpoint says the run is done
         if status in CLEAN_ENDS:
             raise CheckpointError(f"{resume}: the run already finished ({status}); nothing to resume")
-        stop.check()
+        stop.arm()
         run.remove_temp_files()  # left by a process killed mid-write
     else:
         if config is None:
@@ -127,7 +131,7 @@ def _run_training(config, overrides, resume, runs_dir, quiet, held: list, stop: 
         spec = load_spec(config, overrides)
         exp = prepare(spec)
         check_installed(spec)
-        stop.check()
+        stop.arm()
         run = RunDir.create(runs_dir, safe_run_name(spec.name))
         try:
             run.lock()
