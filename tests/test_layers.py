@@ -15,11 +15,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nnctl"
 # A module may import modules of its own rank or lower. Top-level modules are ranked like packages.
 RANK = {
     "cli": 5,
-    "commands": 4,
-    "sweep": 3, "training": 3, "report": 3, "loggers": 3, "export": 3, "bench": 3,
-    "config": 2, "data": 2, "runs": 2, "console": 2,
+    "commands": 4, "export": 4, "bench": 4, "bench_search": 4, "completion": 4,   # they drive commands' functions
+    "sweep": 3, "training": 3, "report": 3, "loggers": 3,
+    "config": 2, "data": 2, "runs": 2, "console": 2, "reference": 2,
     "engine": 1,
-    "errors": 0, "status": 0, "__init__": 0,   # nnctl/__init__.py: the version
+    # leaves: nnctl/__init__.py (the version) and modules that import only errors
+    "errors": 0, "status": 0, "fileio": 0, "threads": 0, "__init__": 0,
 }
 UI_LIBRARIES = ("yaml", "typer", "rich")
 

@@ -1,6 +1,7 @@
 """`nnctl train`: a new run from a spec, or `--resume` of an existing one."""
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from pathlib import Path
@@ -14,6 +15,7 @@ from nnctl.runs.checkpoint import load_checkpoint
 from nnctl.runs.recorder import RunRecorder
 from nnctl.runs.store import RunDir
 from nnctl.status import CLEAN_ENDS, EXIT_CODES
+from nnctl.threads import header as threads_header, limited as blas_limited, resolve as resolve_threads
 from nnctl.training.callbacks import Callback, TrainState
 from nnctl.training.experiment import prepare
 from nnctl.training.trainer import Trainer
@@ -83,24 +85,28 @@ class StopOnSignal(Callback):
 
 
 def run_training(config: Path | None, overrides: list[str], resume: Path | None,
-                 runs_dir: Path, quiet: bool, callbacks: list[Callback] | None = None) -> int:
+                 runs_dir: Path, quiet: bool, threads: int | None = None,
+                 callbacks: list[Callback] | None = None) -> int:
     """Validate, load data and build everything first; only then create the run directory.
 
-    `callbacks` are called after the run recorder and the progress reporter (a sweep adds
-    its pruning callback here).
+    `callbacks` are called after the run recorder, the progress reporter and the spec's
+    loggers (a sweep adds its pruning callback here).
     """
     held: list[RunDir] = []
     stop = StopOnSignal().install()
     try:
-        return _run_training(config, overrides, resume, runs_dir, quiet, held, stop, list(callbacks or []))
+        # speed (threads): the BLAS limit applied inside is undone when the run returns
+        with contextlib.ExitStack() as blas:
+            return _run_training(config, overrides, resume, runs_dir, quiet, held, threads, blas, stop,
+                                 list(callbacks or []))
     finally:
         stop.restore()
         for run in held:  # in-process callers (tests, sweeps) may open the run again
             run.unlock()
 
 
-def _run_training(config, overrides, resume, runs_dir, quiet, held: list, stop: StopOnSignal,
-                  extra: list[Callback]) -> int:
+def _run_training(config, overrides, resume, runs_dir, quiet, held: list, threads: int | None,
+                  blas: contextlib.ExitStack, stop: StopOnSignal, extra: list[Callback]) -> int:
     if resume is not None:
         if config is not None or overrides:
             raise NnctlError("--resume continues a run with its stored config; don't pass a spec or --set")
@@ -114,6 +120,8 @@ def _run_training(config, overrides, resume, runs_dir, quiet, held: list, stop: 
         last = load_checkpoint(run.last)
         best = load_checkpoint(run.best) if run.best.exists() else None
         spec = spec_from_dict(last.meta["config"], filename=f"{run.last} config")
+        choice = resolve_threads(threads, spec, resumed=True)  # speed (threads) hook
+        blas.enter_context(blas_limited(choice.threads, choice.source))
         exp = prepare(spec)
         check_installed(spec)
         trainer = Trainer(exp, _callbacks(run, spec, quiet, stop, extra))
@@ -129,6 +137,9 @@ def _run_training(config, overrides, resume, runs_dir, quiet, held: list, stop: 
         if config is None:
             raise NnctlError("give a spec to train (nnctl train CONFIG.yaml) or --resume RUN_DIR")
         spec = load_spec(config, overrides)
+        # speed (threads) hook: recorded in the config; applied before the run folder exists
+        choice = resolve_threads(threads, spec, resumed=False)
+        blas.enter_context(blas_limited(choice.threads, choice.source))
         exp = prepare(spec)
         check_installed(spec)
         stop.arm()
@@ -137,10 +148,15 @@ def _run_training(config, overrides, resume, runs_dir, quiet, held: list, stop: 
             run.lock()
             held.append(run)
             run.write_config(spec.to_dict())
+        except NnctlError:  # the lock could not be taken (a read-only folder)
+            run.remove_if_empty()
+            raise
         except OSError as err:
             run.remove_if_empty()  # nothing of the run was written: leave no broken folder behind
             raise NnctlError(f"{run.path}: cannot write: {err.strerror or err}") from None
         trainer = Trainer(exp, _callbacks(run, spec, quiet, stop, extra))
+    if not quiet:  # speed (threads) hook: the train header's threads line
+        console.print(threads_header(choice), markup=False, highlight=False, soft_wrap=True)
     try:
         result = trainer.fit()
     except KeyboardInterrupt:

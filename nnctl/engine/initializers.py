@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from nnctl.engine.base import check_hparams
+from nnctl.engine.base import building_shapes_only, check_hparams
 from nnctl.engine.hparams import Param, Registry, defaults
 
 INITIALIZERS = Registry("initializer")
@@ -21,6 +21,11 @@ INITIALIZERS = Registry("initializer")
 # Activations whose units are zero (or near it) for half the inputs: He scaling (2 / fan_in)
 # keeps the forward variance constant through them. Everything else gets Glorot.
 _HE_ACTIVATIONS = frozenset({"relu", "leaky_relu", "elu", "gelu", "swish", "softplus"})
+
+# The weight initializer a layer gets when its spec names none, by activation family. One
+# table, so the defaults panel (`nnctl bench --defaults`) can try candidates and the README can
+# cite the evidence for what is here.
+DEFAULT_INITIALIZERS = {"relu_like": "he_normal", "other": "xavier_uniform"}
 
 
 def compute_fans(shape: tuple[int, ...], channels_last: bool = False) -> tuple[int, int]:
@@ -62,6 +67,9 @@ class Initializer:
 
     def __call__(self, shape: tuple[int, ...], fan_in: int, fan_out: int,
                  rng: np.random.Generator, dtype) -> np.ndarray:
+        if building_shapes_only():
+            # sizing only: a read-only zero-stride view has the shape and holds no memory
+            return np.broadcast_to(np.zeros((), dtype=dtype), tuple(int(d) for d in shape))
         return self.draw(tuple(int(d) for d in shape), max(int(fan_in), 1), max(int(fan_out), 1),
                          rng).astype(dtype, copy=False)
 
@@ -222,4 +230,5 @@ def default_initializer(activation: Any) -> str:
     ConfigError.
     """
     from nnctl.engine.activations import activation_name
-    return "he_normal" if activation_name(activation) in _HE_ACTIVATIONS else "xavier_uniform"
+    family = "relu_like" if activation_name(activation) in _HE_ACTIVATIONS else "other"
+    return DEFAULT_INITIALIZERS[family]
