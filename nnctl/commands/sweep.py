@@ -157,6 +157,6 @@ def _check_snapshots(sd, todo: list[int]) -> None:
         try:
             load_spec(sd.spec_path(i))
         except NnctlError as err:
-            problems += [f"trial {i}: {line}" for line in str(err).splitlines()]
+            problems += [f"trial {i}: {line}" for line in err.problems]
     if problems:
-        raise NnctlError("\n".join(problems))
+        raise NnctlError(*problems)

@@ -1,6 +1,7 @@
 """`nnctl train`: a new run from a spec, or `--resume` of an existing one."""
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from pathlib import Path
@@ -8,11 +9,13 @@ from pathlib import Path
 from nnctl.config.spec import load_spec, safe_run_name, spec_from_dict
 from nnctl.console import console, err_console
 from nnctl.errors import CheckpointError, NnctlError
+from nnctl.loggers import build_loggers, check_installed
 from nnctl.report.progress import PlainReporter, RichReporter, summary_line, summary_table
 from nnctl.runs.checkpoint import load_checkpoint
 from nnctl.runs.recorder import RunRecorder
 from nnctl.runs.store import RunDir
-from nnctl.status import EXIT_CODES
+from nnctl.status import CLEAN_ENDS, EXIT_CODES
+from nnctl.threads import header as threads_header, limited as blas_limited, resolve as resolve_threads
 from nnctl.training.callbacks import Callback, TrainState
 from nnctl.training.experiment import prepare
 from nnctl.training.trainer import Trainer
@@ -25,12 +28,24 @@ def _reporter(quiet: bool, run_path: Path) -> Callback:
     return RichReporter(console, run_path) if console.is_terminal else PlainReporter(console, run_path)
 
 
+def _warn(message: str) -> None:
+    err_console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _callbacks(run: RunDir, spec, quiet: bool, stop: "StopOnSignal", extra: list[Callback]) -> list[Callback]:
+    """In order: the run folder first (loggers and reporters then see what is on disk), the
+    reporter, the signal flag, the spec's loggers, then the caller's own callbacks."""
+    return [RunRecorder(run), _reporter(quiet, run.path), stop, *build_loggers(spec, run.path, _warn), *extra]
+
+
 class StopOnSignal(Callback):
     """SIGINT/SIGTERM (Ctrl-C, a scheduler, `kill`) only set a flag; the Trainer stops at the next
     batch boundary or after the write in progress, so no write is ever cut off by an exception.
 
-    Installed for the whole command (main thread only): a signal before training starts is
-    remembered and honoured as soon as it does.
+    Installed for the whole command (main thread only). While the spec and data are read
+    (nothing written yet) a signal interrupts at once, as Ctrl-C always does; once `arm()`ed,
+    just before the run folder is touched, it is only remembered and honoured as soon as
+    training starts.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -39,6 +54,7 @@ class StopOnSignal(Callback):
         self.signum: int | None = None
         self.state: TrainState | None = None
         self.previous: dict[int, object] = {}
+        self.armed = False
 
     def install(self) -> "StopOnSignal":
         if threading.current_thread() is threading.main_thread():
@@ -52,6 +68,8 @@ class StopOnSignal(Callback):
         self.previous = {}
 
     def _handle(self, signum, frame) -> None:
+        if not self.armed:
+            raise KeyboardInterrupt  # reading the spec and data: nothing to save, stop now
         self.signum = signum
         if self.state is not None:
             self.state.request_stop("interrupted", f"interrupted by {signal.Signals(signum).name}")
@@ -61,31 +79,34 @@ class StopOnSignal(Callback):
         if self.signum is not None:
             self._handle(self.signum, None)
 
-    def check(self) -> None:
-        """Before the run folder exists: a signal so far ends the command with nothing written."""
-        if self.signum is not None:
-            raise KeyboardInterrupt
+    def arm(self) -> None:
+        """From here on the run folder is being written: signals only set the flag."""
+        self.armed = True
 
 
 def run_training(config: Path | None, overrides: list[str], resume: Path | None,
-                 runs_dir: Path, quiet: bool, callbacks: list[Callback] | None = None) -> int:
+                 runs_dir: Path, quiet: bool, threads: int | None = None,
+                 callbacks: list[Callback] | None = None) -> int:
     """Validate, load data and build everything first; only then create the run directory.
 
-    `callbacks` are called after the run recorder and the progress reporter (a sweep adds
-    its pruning callback here).
+    `callbacks` are called after the run recorder, the progress reporter and the spec's
+    loggers (a sweep adds its pruning callback here).
     """
     held: list[RunDir] = []
     stop = StopOnSignal().install()
     try:
-        return _run_training(config, overrides, resume, runs_dir, quiet, held, stop, list(callbacks or []))
+        # speed (threads): the BLAS limit applied inside is undone when the run returns
+        with contextlib.ExitStack() as blas:
+            return _run_training(config, overrides, resume, runs_dir, quiet, held, threads, blas, stop,
+                                 list(callbacks or []))
     finally:
         stop.restore()
         for run in held:  # in-process callers (tests, sweeps) may open the run again
             run.unlock()
 
 
-def _run_training(config, overrides, resume, runs_dir, quiet, held: list, stop: StopOnSignal,
-                  extra: list[Callback]) -> int:
+def _run_training(config, overrides, resume, runs_dir, quiet, held: list, threads: int | None,
+                  blas: contextlib.ExitStack, stop: StopOnSignal, extra: list[Callback]) -> int:
     if resume is not None:
         if config is not None or overrides:
             raise NnctlError("--resume continues a run with its stored config; don't pass a spec or --set")
@@ -99,30 +120,43 @@ def _run_training(config, overrides, resume, runs_dir, quiet, held: list, stop: 
         last = load_checkpoint(run.last)
         best = load_checkpoint(run.best) if run.best.exists() else None
         spec = spec_from_dict(last.meta["config"], filename=f"{run.last} config")
+        choice = resolve_threads(threads, spec, resumed=True)  # speed (threads) hook
+        blas.enter_context(blas_limited(choice.threads, choice.source))
         exp = prepare(spec)
-        trainer = Trainer(exp, [RunRecorder(run), _reporter(quiet, run.path), stop, *extra])
+        check_installed(spec)
+        trainer = Trainer(exp, _callbacks(run, spec, quiet, stop, extra))
         trainer.restore(last, best)
-        if trainer.epoch >= spec.training.epochs or trainer.stopper.stopped_epoch is not None:
-            status = (run.read_status() or {}).get("status", "completed")
-            if status not in ("interrupted", "failed", "running"):
-                raise CheckpointError(f"{resume}: the run already finished ({status}); nothing to resume")
-        stop.check()
+        status = (run.read_status() or {}).get("status")
+        if status is None and (trainer.epoch >= spec.training.epochs or trainer.stopper.stopped_epoch is not None):
+            status = "completed"   # status.json lost, but the checkpoint says the run is done
+        if status in CLEAN_ENDS:
+            raise CheckpointError(f"{resume}: the run already finished ({status}); nothing to resume")
+        stop.arm()
         run.remove_temp_files()  # left by a process killed mid-write
     else:
         if config is None:
             raise NnctlError("give a spec to train (nnctl train CONFIG.yaml) or --resume RUN_DIR")
         spec = load_spec(config, overrides)
+        # speed (threads) hook: recorded in the config; applied before the run folder exists
+        choice = resolve_threads(threads, spec, resumed=False)
+        blas.enter_context(blas_limited(choice.threads, choice.source))
         exp = prepare(spec)
-        stop.check()
+        check_installed(spec)
+        stop.arm()
         run = RunDir.create(runs_dir, safe_run_name(spec.name))
         try:
             run.lock()
             held.append(run)
             run.write_config(spec.to_dict())
+        except NnctlError:  # the lock could not be taken (a read-only folder)
+            run.remove_if_empty()
+            raise
         except OSError as err:
             run.remove_if_empty()  # nothing of the run was written: leave no broken folder behind
             raise NnctlError(f"{run.path}: cannot write: {err.strerror or err}") from None
-        trainer = Trainer(exp, [RunRecorder(run), _reporter(quiet, run.path), stop, *extra])
+        trainer = Trainer(exp, _callbacks(run, spec, quiet, stop, extra))
+    if not quiet:  # speed (threads) hook: the train header's threads line
+        console.print(threads_header(choice), markup=False, highlight=False, soft_wrap=True)
     try:
         result = trainer.fit()
     except KeyboardInterrupt:

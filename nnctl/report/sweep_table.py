@@ -9,11 +9,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from nnctl.report.tables import STATUS_STYLE
 from nnctl.sweep.runner import FINISHED, Outcome, SweepDir, SweepListener, TrialState
 from nnctl.sweep.spec import describe_values, format_value
-
-STATUS_STYLE = {"pending": "dim", "running": "yellow", "completed": "green", "stopped_early": "green",
-                "pruned": "cyan", "failed": "bold red", "interrupted": "magenta"}
 
 
 def status_text(t: TrialState) -> str:

@@ -12,11 +12,13 @@ import numpy as np
 
 from nnctl import __version__
 from nnctl.runs.checkpoint import save_checkpoint
+from nnctl.runs.meta import CheckpointMeta
 from nnctl.runs.store import RunDir
 
 
 def describe(exp) -> dict[str, Any]:
-    """What a checkpoint says about the model and data, so it can be used without the spec file."""
+    """What a checkpoint says about the model and data (CheckpointMeta's fields besides the
+    resume state), so it can be used without the spec file."""
     data = exp.dataset
     return {
         "config": exp.spec.to_dict(),
@@ -54,16 +56,16 @@ class RunRecorder:
         return arrays
 
     def save_last(self, state: Any) -> None:
-        meta = {"kind": "last", **describe(state.experiment), **state.resume_state()}
+        meta = CheckpointMeta(kind="last", **describe(state.experiment), **state.resume_state()).to_meta()
         save_checkpoint(self.run.last, meta, self._arrays(state, state.model.state_dict(), True))
         self.saved_epoch = state.epoch
 
     def save_best(self, state: Any) -> None:
         best = state.best_state
         assert best is not None
-        meta = {"kind": "best", **describe(state.experiment), **state.resume_state()}
-        meta["epoch"] = state.best_epoch or state.epoch
-        meta["history"] = []   # only last.npz carries the history
+        resume = {**state.resume_state(), "epoch": state.best_epoch or state.epoch,
+                  "history": []}   # only last.npz carries the history
+        meta = CheckpointMeta(kind="best", **describe(state.experiment), **resume).to_meta()
         save_checkpoint(self.run.best, meta, self._arrays(state, best, False))
         self._best_written = best
 

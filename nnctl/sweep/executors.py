@@ -41,7 +41,7 @@ BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "VECL
 DASK_MISSING = 'the dask executor needs dask.distributed: pip install -e ".[dask]"'
 STOP_GRACE = 5.0   # seconds a stopped trial gets to mark its run interrupted before SIGKILL
 
-# The child imports the CLI itself, after starting the watchdog.
+# The child runs `python -m nnctl` itself, after starting the watchdog.
 _CHILD = "from nnctl.sweep.executors import child_main; child_main()"
 
 
@@ -244,7 +244,7 @@ def read_metric(run: Path, metric: str) -> tuple[float | None, str | None]:
 
 
 def child_main() -> None:
-    """Entry of a trial process: a parent-death watchdog, then the `nnctl` CLI with our argv."""
+    """Entry of a trial process: a parent-death watchdog, then `python -m nnctl` with our argv."""
     # The pid from the environment, not getppid(): the parent may already be gone by now.
     parent = int(os.environ.get("NNCTL_SWEEP_PARENT") or os.getppid())
 
@@ -260,9 +260,10 @@ def child_main() -> None:
     # ignoring; the sweep stops trials with SIGINT, so make it raise KeyboardInterrupt.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=watch, name="nnctl-parent-watchdog", daemon=True).start()
-    from nnctl.cli import main
+    # `python -m nnctl` from here on, so this module never imports the CLI (the CLI imports it)
+    import runpy
     sys.argv = ["nnctl", *sys.argv[1:]]
-    main()
+    runpy.run_module("nnctl", run_name="__main__", alter_sys=True)
 
 
 # -- executors ------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from typing import Any, Iterator
 import yaml
 
 from nnctl.errors import NnctlError
+from nnctl.fileio import SPEC_MAX_BYTES, read_text
 from nnctl.runs.store import atomic_write, dump_yaml, read_json, unique_dir, write_json
 from nnctl.status import CLEAN_ENDS
 from nnctl.sweep.executors import STOP_GRACE, make_job, read_metrics
@@ -260,8 +261,8 @@ class SweepDir:
             if not (run / "metrics.json").is_file():
                 continue
             try:
-                config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-            except (OSError, yaml.YAMLError):
+                config = yaml.safe_load(read_text(run / "config.yaml", SPEC_MAX_BYTES))
+            except (NnctlError, yaml.YAMLError, RecursionError):
                 continue
             if isinstance(config, dict) and config_hash(config) == want:
                 return run
@@ -296,7 +297,11 @@ class SweepDir:
         crashed sweep never blocks its own resume, and a reused pid cannot fool it.
         """
         import fcntl
-        f = open(self.path / ".lock", "a+")
+        try:
+            f = open(self.path / ".lock", "a+")
+        except OSError as err:  # a read-only mount, a folder we may not write
+            raise NnctlError(f"{self.path}: cannot write to the sweep folder ({err.strerror or err}); "
+                             f"nothing was changed") from None
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

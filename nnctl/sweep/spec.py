@@ -50,6 +50,9 @@ from nnctl.errors import ConfigError, NnctlError
 METHODS = ("grid", "random", "tpe", "gp", "cmaes", "nsga2")
 # Methods whose next trial depends on the results so far: they run on Optuna (the search extra).
 MODEL_BASED = ("tpe", "gp", "cmaes", "nsga2")
+# Each trial is a training run and a folder: more than this is a typo (or an attack), and
+# a grid is counted before it is expanded, so a huge one is refused at once.
+MAX_TRIALS = 10_000
 GOALS = ("maximize", "minimize")
 DISTRIBUTIONS = ("choice", "int_uniform", "log_uniform", "uniform")
 CONTINUOUS = ("uniform", "log_uniform", "int_uniform")
@@ -61,7 +64,8 @@ SWEEP_PARAMS: dict[str, Param] = {
     "method": Param("str", "grid", choices=METHODS,
                     doc="grid: every combination; random: `trials` samples; tpe | gp | cmaes | nsga2: Optuna's "
                         "samplers, which learn from the finished trials"),
-    "trials": Param("int", None, ge=1, nullable=True, doc="number of trials (every method but grid)"),
+    "trials": Param("int", None, ge=1, le=MAX_TRIALS, nullable=True,
+                    doc=f"number of trials (every method but grid; at most {MAX_TRIALS:,})"),
     "seed": Param("int", 0, ge=0, doc="seeds the sampling of trial values (not the trainings)"),
     "pruner": Param("any", None, nullable=True,
                     doc="stop hopeless trials early: {name: none | median | asha | hyperband, ...} (Optuna methods)"),
@@ -190,6 +194,11 @@ def check_sweep(source: Source, folder: Path, default_name: str, path: Path | No
         chk.error(("trials",), f"is required for method {method}")
     if method == "grid" and top["trials"] is not None:
         chk.error(("trials",), "not used by method grid (a grid runs every combination)")
+    if method == "grid" and params:
+        count = grid_size(params)
+        if count > MAX_TRIALS:
+            chk.error(("parameters",), f"the grid has {count:,} combinations, more than the {MAX_TRIALS:,} "
+                                       f"trials a sweep may have")
     for p in params:
         _check_path(chk, p, base, params)
     task, has_val, has_test = exp_info
@@ -303,9 +312,14 @@ def _parse_pruner(chk: Checker, raw: Any, method: str, metrics: list[str]):
     return PrunerSpec(name=name, **values)
 
 
+def grid_size(params: list[Parameter]) -> int:
+    """How many trials the grid over `params` has (counted, not expanded)."""
+    return math.prod(len(p.values) for p in params)
+
+
 def metrics_for(task: str, has_val: bool, has_test: bool) -> list[str]:
     """Metrics a run of this task logs: per-epoch ones (the history) and, with a test split, test_*."""
-    from nnctl.config.spec import metric_names
+    from nnctl.engine.metrics import metric_names
     names = metric_names(task, has_val)
     if has_test:
         names += [f"test_{m}" for m in metric_names(task, False)]
@@ -313,19 +327,24 @@ def metrics_for(task: str, has_val: bool, has_test: bool) -> list[str]:
 
 
 def default_goal(metric: str) -> str:
-    return "maximize" if metric.endswith(("accuracy", "r2")) else "minimize"
+    from nnctl.engine.metrics import auto_mode
+    return "maximize" if auto_mode(metric) == "max" else "minimize"
 
 
 def _load_base(chk: Checker, base: Any, folder: Path, source: Source):
     """The base train spec: validated, resolved, and its data loaded once for task and splits."""
     from nnctl.config.spec import check_spec
     from nnctl.training.experiment import prepare
+    if isinstance(base, str) and (not base.strip() or not base.isprintable() or len(base) > 1024):
+        # a multi-line text or a whole file pasted under base: is not a path; quote only its start
+        chk.error(("base",), f"must be a train spec file (a path) or an inline train spec, got {describe(base)}")
+        chk.raise_if_any()
     if isinstance(base, str):
         base_path = folder / base
         try:
             base_source = read_spec(base_path)
         except ConfigError as err:
-            chk.error(("base",), str(err))
+            chk.error(("base",), "; ".join(err.problems))
             chk.raise_if_any()
         base_dir = base_path.resolve().parent
         label = base_path.name
@@ -493,6 +512,9 @@ def _check_path(chk: Checker, p: Parameter, base: dict[str, Any], params: list[P
 def expand(sweep: SweepSpec) -> list[dict[str, Any]]:
     """The value assignment of every trial, in trial order: [{parameter name: value}, ...]."""
     params = sweep.parameters
+    count = grid_size(params) if sweep.method == "grid" else (sweep.trials or 0)
+    if count > MAX_TRIALS:
+        raise ConfigError(f"{sweep.source.filename}: {count:,} trials, more than the {MAX_TRIALS:,} a sweep may have")
     if sweep.model_based:
         return []   # asked from the sampler one at a time, as workers free up (nnctl.sweep.study)
     if sweep.method == "grid":
@@ -583,7 +605,7 @@ def build_trials(sweep: SweepSpec) -> list[Trial]:
         try:
             trials.append(build_trial(sweep, index, overrides))
         except NnctlError as err:
-            for line in str(err).splitlines():
+            for line in err.problems:
                 problems.setdefault(line, []).append(index)
             continue
     if problems:
@@ -594,7 +616,7 @@ def build_trials(sweep: SweepSpec) -> list[Trial]:
                 out.append(f"trial {shown} ({describe_values(assignments[indices[0]])}): {line}")
             else:
                 out.append(f"trials {shown}: {line}")
-        raise ConfigError("\n".join(out))
+        raise ConfigError(*out)
     return trials
 
 
@@ -604,8 +626,11 @@ def config_hash(config: dict[str, Any]) -> str:
     """A fingerprint of a resolved train spec, ignoring its name and description.
 
     Resume compares a trial's snapshotted spec with the config.yaml its run wrote, so a run
-    counts as done only when it trained exactly that configuration.
+    counts as done only when it trained exactly that configuration. `training.threads` is left
+    out: a trial's snapshot leaves it open (null) and its run records the count it chose.
     """
     body = {k: v for k, v in config.items() if k not in ("name", "description")}
+    if isinstance(body.get("training"), dict):
+        body["training"] = {k: v for k, v in body["training"].items() if k != "threads"}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

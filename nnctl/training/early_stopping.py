@@ -4,13 +4,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from nnctl.engine.metrics import auto_mode
 from nnctl.training.callbacks import Callback, TrainState
-
-
-def auto_mode(monitor: str) -> str:
-    """'max' for metrics that grow when better (accuracy, r2), 'min' otherwise."""
-    name = monitor.removeprefix("val_").removeprefix("test_")
-    return "max" if name in ("accuracy", "r2") or name.endswith("accuracy") else "min"
 
 
 class EarlyStopping(Callback):
