@@ -40,11 +40,12 @@ import yaml
 from nnctl.errors import NnctlError
 from nnctl.fileio import SPEC_MAX_BYTES, read_text
 from nnctl.runs.store import atomic_write, dump_yaml, read_json, unique_dir, write_json
+from nnctl.status import CLEAN_ENDS
 from nnctl.sweep.executors import STOP_GRACE, make_job, read_metrics
 from nnctl.sweep.spec import SweepSpec, Trial, config_hash
 
-DONE = ("completed", "stopped_early")        # ran to their end: ranked by the metric
-FINISHED = DONE + ("pruned",)                 # never rerun by --resume
+FINISHED = CLEAN_ENDS                          # the run ended cleanly: never rerun by --resume
+DONE = tuple(s for s in CLEAN_ENDS if s != "pruned")   # ran to their end: ranked by the metric
 TRIAL_STATUSES = ("pending", "running", "completed", "stopped_early", "pruned", "failed", "interrupted")
 EXIT_INTERRUPTED = 130
 

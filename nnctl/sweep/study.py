@@ -34,8 +34,7 @@ class StudyTrials:
         self.sd = sd
         self.sweep = sweep
         self.journal = sd.path / search.JOURNAL
-        sampler = search.make_sampler(sweep.method, search.sampler_seed(sweep.seed, len(sd.trials)),
-                                      len(sweep.metrics))
+        sampler = search.make_sampler(sweep.method, search.sampler_seed(sweep.seed, len(sd.trials)))
         self.pruner_spec = sweep.pruner
         self.study = search.open_study(self.journal, sweep.goals, sampler, search.make_pruner(sweep.pruner),
                                        create=True)
@@ -171,7 +170,7 @@ def prepare_resume(sd: SweepDir) -> tuple[SweepSpec, list[int]]:
 def first_proposals(sweep: SweepSpec, count: int = 10) -> list[dict[str, Any]]:
     """What the seeded sampler proposes for the first trials, before any result comes back (--dry-run)."""
     optuna = search.import_optuna()
-    sampler = search.make_sampler(sweep.method, search.sampler_seed(sweep.seed, 0), len(sweep.metrics))
+    sampler = search.make_sampler(sweep.method, search.sampler_seed(sweep.seed, 0))
     study = optuna.create_study(directions=sweep.goals, sampler=sampler)
     space = search.search_space(sweep.parameters)
     return [search.overrides_of(sweep.parameters, study.ask(space).params) for _ in range(min(count, sweep.trials))]
