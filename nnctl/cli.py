@@ -99,6 +99,8 @@ def validate(config: Path = SPEC_ARG, set_: List[str] = SET_OPTION) -> None:
                   f"{exp.model.num_parameters():,} parameters; rows: train {len(d.train)}"
                   f", val {len(d.val) if d.val is not None else 0}, test {len(d.test) if d.test is not None else 0}",
                   highlight=False, soft_wrap=True)
+    for line in exp.augmenter.describe():
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print(f"{config}: ok", highlight=False)
 
 
@@ -158,10 +160,12 @@ def bench(
 
 def _register_extras() -> None:
     # eval/predict/runs/show/diff/plot and sweep live in their own modules; they add their commands here.
+    from nnctl.commands import augment as _augment
     from nnctl.commands import inspect as _inspect
     from nnctl.commands import sweep as _sweep
     _inspect.register(app, fail)
     _sweep.register(app, fail)
+    _augment.register(app, fail)
 
 
 _register_extras()
