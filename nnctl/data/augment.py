@@ -299,28 +299,32 @@ class Rotate(Transform):
 
     def apply(self, x, y, rng):
         idx = self.chosen(len(x), rng)
-        if len(idx) == 0:
-            return y
-        n, (c, h, w) = len(idx), x.shape[1:]
-        theta = np.deg2rad(rng.uniform(-self.degrees, self.degrees, n))
-        cos, sin = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]
-        di = (np.arange(h) - (h - 1) / 2)[None, :, None]
-        dj = (np.arange(w) - (w - 1) / 2)[None, None, :]
-        si = (h - 1) / 2 + cos * di + sin * dj            # (n, h, w) source rows
-        sj = (w - 1) / 2 - sin * di + cos * dj            # source columns
-        i0, j0 = np.floor(si).astype(np.int64), np.floor(sj).astype(np.int64)
-        fi, fj = (si - i0).astype(x.dtype), (sj - j0).astype(x.dtype)
-        flat = x[idx].reshape(n, c, h * w)
-        out = np.zeros((n, c, h * w), dtype=x.dtype)
-        for di_, dj_, weight in ((0, 0, (1 - fi) * (1 - fj)), (0, 1, (1 - fi) * fj),
-                                 (1, 0, fi * (1 - fj)), (1, 1, fi * fj)):
-            ii, jj = i0 + di_, j0 + dj_
-            if self.fill == "zero":
-                weight = weight * ((ii >= 0) & (ii < h) & (jj >= 0) & (jj < w))
-            src = (np.clip(ii, 0, h - 1) * w + np.clip(jj, 0, w - 1)).reshape(n, 1, h * w)
-            out += np.take_along_axis(flat, src, axis=2) * weight.reshape(n, 1, h * w)
-        x[idx] = out.reshape(n, c, h, w)
+        if len(idx):
+            theta = np.deg2rad(rng.uniform(-self.degrees, self.degrees, len(idx)))
+            x[idx] = rotate_images(x[idx], theta, self.fill)
         return y
+
+
+def rotate_images(x: np.ndarray, theta: np.ndarray, fill: str = "zero") -> np.ndarray:
+    """Images x (n, C, H, W) each rotated by its angle theta (n,) in radians, bilinear; a new array."""
+    n, c, h, w = x.shape
+    cos, sin = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]
+    di = (np.arange(h) - (h - 1) / 2)[None, :, None]
+    dj = (np.arange(w) - (w - 1) / 2)[None, None, :]
+    si = (h - 1) / 2 + cos * di + sin * dj            # (n, h, w) source rows
+    sj = (w - 1) / 2 - sin * di + cos * dj            # source columns
+    i0, j0 = np.floor(si).astype(np.int64), np.floor(sj).astype(np.int64)
+    fi, fj = (si - i0).astype(x.dtype), (sj - j0).astype(x.dtype)
+    flat = x.reshape(n, c, h * w)
+    out = np.zeros((n, c, h * w), dtype=x.dtype)
+    for di_, dj_, weight in ((0, 0, (1 - fi) * (1 - fj)), (0, 1, (1 - fi) * fj),
+                             (1, 0, fi * (1 - fj)), (1, 1, fi * fj)):
+        ii, jj = i0 + di_, j0 + dj_
+        if fill == "zero":
+            weight = weight * ((ii >= 0) & (ii < h) & (jj >= 0) & (jj < w))
+        src = (np.clip(ii, 0, h - 1) * w + np.clip(jj, 0, w - 1)).reshape(n, 1, h * w)
+        out += np.take_along_axis(flat, src, axis=2) * weight.reshape(n, 1, h * w)
+    return out.reshape(n, c, h, w)
 
 
 # -- value transforms ---------------------------------------------------------------------
