@@ -100,9 +100,16 @@ class Transform:
         """Which axes it changes, for `describe`."""
         return "values"
 
-    def chosen(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """Indices of the samples this batch transforms (each with probability p)."""
-        return np.flatnonzero(rng.random(n) < self.p)
+    def chosen(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray | slice, int]:
+        """(which, k): the samples this batch transforms (each with probability p) and their count.
+
+        With p = 1 `which` is slice(None), so x[which] is a view and the transform runs in
+        place without gathering and scattering the batch.
+        """
+        if self.p >= 1:
+            return slice(None), n
+        idx = np.flatnonzero(rng.random(n) < self.p)
+        return idx, len(idx)
 
     def apply(self, x: np.ndarray, y: Any, rng: np.random.Generator) -> Any:
         raise NotImplementedError
@@ -200,13 +207,13 @@ class Shift(Transform):
         return f"{self.layout.axis_names(self.layout.spatial)} by up to {self.max:g}, {self.fill} fill"
 
     def apply(self, x, y, rng):
-        idx = self.chosen(len(x), rng)
-        if len(idx) == 0:
+        idx, k = self.chosen(len(x), rng)
+        if k == 0:
             return y
         part = x[idx]
         for axis in self.layout.spatial:
             m = _length(self.max, x.shape[axis])
-            part = _shift_along(part, axis, rng.integers(-m, m + 1, len(idx)), self.fill)
+            part = _shift_along(part, axis, rng.integers(-m, m + 1, k), self.fill)
         x[idx] = part
         return y
 
@@ -270,8 +277,8 @@ class Flip(Transform):
         return f"mirrors {self.layout.names[self._axis() - 1]}"
 
     def apply(self, x, y, rng):
-        idx = self.chosen(len(x), rng)
-        if len(idx):
+        idx, k = self.chosen(len(x), rng)
+        if k:
             x[idx] = np.flip(x[idx], axis=self._axis())
         return y
 
@@ -298,9 +305,9 @@ class Rotate(Transform):
         return f"H, W: up to ±{self.degrees:g}°, bilinear, {self.fill} fill"
 
     def apply(self, x, y, rng):
-        idx = self.chosen(len(x), rng)
-        if len(idx):
-            theta = np.deg2rad(rng.uniform(-self.degrees, self.degrees, len(idx)))
+        idx, k = self.chosen(len(x), rng)
+        if k:
+            theta = np.deg2rad(rng.uniform(-self.degrees, self.degrees, k))
             x[idx] = rotate_images(x[idx], theta, self.fill)
         return y
 
@@ -348,9 +355,9 @@ class Scale(Transform):
         return f"every value × [{self.min:g}, {self.max:g}]"
 
     def apply(self, x, y, rng):
-        idx = self.chosen(len(x), rng)
-        if len(idx):
-            factor = rng.uniform(self.min, self.max, len(idx)).astype(x.dtype)
+        idx, k = self.chosen(len(x), rng)
+        if k:
+            factor = rng.uniform(self.min, self.max, k).astype(x.dtype)
             x[idx] *= factor.reshape((-1,) + (1,) * (x.ndim - 1))
         return y
 
@@ -365,9 +372,9 @@ class Noise(Transform):
         return f"every value + N(0, {self.std:g}²)"
 
     def apply(self, x, y, rng):
-        idx = self.chosen(len(x), rng)
-        if len(idx):
-            noise = rng.standard_normal((len(idx),) + x.shape[1:], dtype=x.dtype)
+        idx, k = self.chosen(len(x), rng)
+        if k:
+            noise = rng.standard_normal((k,) + x.shape[1:], dtype=x.dtype)
             noise *= x.dtype.type(self.std)
             x[idx] += noise
         return y
@@ -390,11 +397,11 @@ class Cutout(Transform):
         return f"zeroes a {self.size:g}-sample box over {self.layout.axis_names(self.layout.spatial)}"
 
     def apply(self, x, y, rng):
-        idx = self.chosen(len(x), rng)
-        if len(idx) == 0:
+        idx, k = self.chosen(len(x), rng)
+        if k == 0:
             return y
         sides = np.array([max(1, _length(self.size, x.shape[a])) for a in self.layout.spatial])
-        mask, _ = _boxes(self.layout, x.shape, np.broadcast_to(sides, (len(idx), len(sides))), rng)
+        mask, _ = _boxes(self.layout, x.shape, np.broadcast_to(sides, (k, len(sides))), rng)
         part = x[idx]
         part[np.broadcast_to(mask, part.shape)] = 0
         x[idx] = part
@@ -429,7 +436,7 @@ class FeatureDropout(Transform):
 class _Mix(Transform):
     MIXES = True
 
-    def partners(self, n: int, idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def partners(self, n: int, idx: np.ndarray | slice, rng: np.random.Generator) -> np.ndarray:
         """Each chosen sample's partner: a random permutation of the batch."""
         return rng.permutation(n)[idx]
 
@@ -459,11 +466,11 @@ class Mixup(_Mix):
 
     def apply(self, x, y, rng):
         n = len(x)
-        idx = self.chosen(n, rng)
-        if len(idx) == 0:
+        idx, k = self.chosen(n, rng)
+        if k == 0:
             return y
         j = self.partners(n, idx, rng)
-        lam = rng.beta(self.alpha, self.alpha, len(idx))
+        lam = rng.beta(self.alpha, self.alpha, k)
         xl = lam.astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
         x[idx] = xl * x[idx] + (1 - xl) * x[j]
         yl = lam.astype(y.dtype).reshape((-1,) + (1,) * (y.ndim - 1))
@@ -494,14 +501,14 @@ class Cutmix(_Mix):
 
     def apply(self, x, y, rng):
         n = len(x)
-        idx = self.chosen(n, rng)
-        if len(idx) == 0:
+        idx, k = self.chosen(n, rng)
+        if k == 0:
             return y
         j = self.partners(n, idx, rng)
-        lam = rng.beta(self.alpha, self.alpha, len(idx))
-        k = len(self.layout.spatial)
+        lam = rng.beta(self.alpha, self.alpha, k)
+        dims = len(self.layout.spatial)
         sizes = np.array([x.shape[a] for a in self.layout.spatial])
-        lengths = np.rint(sizes[None, :] * (1 - lam[:, None]) ** (1 / k)).astype(np.int64)
+        lengths = np.rint(sizes[None, :] * (1 - lam[:, None]) ** (1 / dims)).astype(np.int64)
         mask, area = _boxes(self.layout, x.shape, lengths, rng)
         x[idx] = np.where(mask, x[j], x[idx])
         a = area.astype(y.dtype).reshape((-1,) + (1,) * (y.ndim - 1))
