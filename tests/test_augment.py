@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from nnctl.cli import app
 from nnctl.config.spec import load_spec, spec_from_dict
 from nnctl.data import iterate_batches
-from nnctl.data.augment import (LAYOUTS, TRANSFORMS, Augmenter, _shift_along, batch_rng, rotate_images)
+from nnctl.data.augment import (LAYOUTS, TRANSFORMS, Augmenter, _shift_along, batch_rng, describe_entries,
+                                 rotate_images)
 from nnctl.engine.losses import get_loss
 from nnctl.errors import ConfigError, DataError
 from nnctl.training.experiment import prepare
@@ -402,6 +403,7 @@ def test_allow_regression_and_layouts_from_the_model(tmp_path):
 
 def test_resolved_spec_round_trips_with_every_option(tmp_path):
     spec = load_spec(digits_spec(tmp_path, "- shift\n- {flip: null}\n- mixup: {alpha: 0.4}\n"))
+    assert describe_entries(spec.data["augment"]) == "shift, flip, mixup(alpha=0.4)"
     assert spec.data["augment"] == [{"shift": {"max": 2, "fill": "zero", "p": 1.0}},
                                     {"flip": {"axis": None, "p": 0.5}},
                                     {"mixup": {"alpha": 0.4, "p": 1.0, "allow_regression": False}}]

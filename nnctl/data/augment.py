@@ -586,6 +586,19 @@ def describe(augmenter: Augmenter | None) -> str:
     return "\n".join(augmenter.describe()) if augmenter else ""
 
 
+def describe_entries(entries: list[dict[str, dict[str, Any]]] | None) -> str:
+    """A stored config's `data.augment` on one line, without the data (for `nnctl show`):
+    'shift(max=2, fill=zero), mixup(alpha=0.2, p=0.5)'; options at their default are left out."""
+    parts = []
+    for entry in entries or []:
+        (name, options), = entry.items()
+        params = TRANSFORMS.get(name).PARAMS
+        shown = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in options.items()
+                 if k not in params or v != params[k].default]
+        parts.append(f"{name}({', '.join(shown)})" if shown else name)
+    return ", ".join(parts)
+
+
 # -- from the spec ------------------------------------------------------------------------
 
 def _entry(item: Any) -> tuple[Any, Any] | None:
