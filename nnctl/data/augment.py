@@ -12,8 +12,9 @@ Batches are arrays (N, *sample); the sample layout says which axes a transform m
     sequences  (N, T, F)       moves T
     images     (N, C, H, W)    moves H and W
 
-Every draw comes from the Generator `np.random.default_rng([seed, 2, epoch, step])`, so a
-batch is augmented the same way in every run of the spec, including a resumed one.
+Every draw comes from a Generator that is a pure function of (seed, epoch, step) (see
+EpochStreams), so a batch is augmented the same way in every run of the spec, including a
+resumed one.
 mixup and cutmix mix pairs of samples and turn the targets into soft targets: a
 probability matrix (N, K) for cross_entropy, a probability (N,) for binary_cross_entropy,
 or mixed values for a regression loss (only with `allow_regression: true`).
@@ -559,9 +560,10 @@ class Augmenter:
         """`augment(step, x, y)` for iterate_batches in epoch `epoch` (0-based), or None if there is nothing to do."""
         if not self.transforms:
             return None
+        streams = EpochStreams(seed, epoch)
 
         def augment(step: int, x: np.ndarray, y: np.ndarray | None):
-            return self(x, y, batch_rng(seed, epoch, step))
+            return self(x, y, streams.at(step))
         return augment
 
     def describe(self) -> list[str]:
@@ -576,9 +578,32 @@ class Augmenter:
         return lines
 
 
+class EpochStreams:
+    """The augmentation Generators of one epoch's batches, each a pure function of (seed, epoch, step).
+
+    Notes
+    -----
+    Step s draws from PCG64 seeded by SeedSequence([seed, 2, epoch]) and advanced by s * 2^64,
+    so the batches' streams never overlap (2^64 draws each) and a resumed run redraws exactly.
+    Advancing one bit generator costs a few microseconds; a fresh default_rng per batch
+    measured ~200 us of a table batch's ~330 us of augmentation.
+    """
+
+    def __init__(self, seed: int, epoch: int):
+        self.bits = np.random.PCG64(np.random.SeedSequence([int(seed), AUGMENT_STREAM, int(epoch)]))
+        self.start = self.bits.state
+        self.gen = np.random.Generator(self.bits)
+
+    def at(self, step: int) -> np.random.Generator:
+        """The Generator of batch `step`; the same object each call, rewound and advanced."""
+        self.bits.state = self.start
+        self.bits.advance(int(step) << 64)
+        return self.gen
+
+
 def batch_rng(seed: int, epoch: int, step: int) -> np.random.Generator:
-    """The Generator of one training batch's augmentation: a pure function of (seed, epoch, step)."""
-    return np.random.default_rng([int(seed), AUGMENT_STREAM, int(epoch), int(step)])
+    """The Generator of one training batch's augmentation (a fresh one; see EpochStreams)."""
+    return EpochStreams(seed, epoch).at(step)
 
 
 def describe(augmenter: Augmenter | None) -> str:
