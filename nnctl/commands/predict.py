@@ -19,10 +19,11 @@ from typing import IO, Iterator
 
 import numpy as np
 
-from nnctl.commands.evaluate import CLASSIFICATION, LoadedModel
+from nnctl.runs.model import CLASSIFICATION, LoadedModel
 from nnctl.data import Split, load_features
 from nnctl.data.files import not_utf8, suffix_of
 from nnctl.errors import DataError, NnctlError
+from nnctl.fileio import check_regular
 from nnctl.runs.store import atomic_write
 from nnctl.training.metrics import predicted_classes
 
@@ -62,6 +63,7 @@ class CsvFeatureReader:
         self.chunk_rows = chunk_rows
 
     def _open(self) -> IO[str]:
+        check_regular(self.path, DataError, self.name, missing_ok=True)
         try:
             return open(self.path, encoding="utf-8-sig", newline="")
         except FileNotFoundError:

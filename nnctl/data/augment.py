@@ -427,7 +427,7 @@ class FeatureDropout(Transform):
         axis = self.layout.features
         shape = [1] * x.ndim
         shape[0], shape[axis] = len(x), x.shape[axis]
-        keep = rng.random(tuple(shape)) >= self.p
+        keep = rng.random(tuple(shape), dtype=np.float32) >= self.p
         x *= keep
         return y
 
@@ -472,11 +472,24 @@ class Mixup(_Mix):
             return y
         j = self.partners(n, idx, rng)
         lam = rng.beta(self.alpha, self.alpha, k)
-        xl = lam.astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
-        x[idx] = xl * x[idx] + (1 - xl) * x[j]
-        yl = lam.astype(y.dtype).reshape((-1,) + (1,) * (y.ndim - 1))
-        y[idx] = yl * y[idx] + (1 - yl) * y[j]
+        _mix_into(x, idx, j, 1 - lam)
+        _mix_into(y, idx, j, 1 - lam)
         return y
+
+
+def _mix_into(a: np.ndarray, idx: np.ndarray | slice, j: np.ndarray, w: np.ndarray) -> None:
+    """a[idx] <- (1 - w) a[idx] + w a[j], per row; the partners' rows are read before any is written.
+
+    Written as a[idx] + w (a[j] - a[idx]) so a p = 1 batch (idx a slice) mixes in place with one
+    gathered copy.
+    """
+    other = a[j]                      # fancy indexing: a copy, safe against overwriting
+    other -= a[idx]
+    other *= w.astype(a.dtype).reshape((-1,) + (1,) * (a.ndim - 1))
+    if isinstance(idx, slice):
+        a[idx] += other
+    else:
+        a[idx] = a[idx] + other
 
 
 @TRANSFORMS.register("cutmix")

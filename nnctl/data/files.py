@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from nnctl.errors import DataError
+from nnctl.fileio import check_regular
 
 SUFFIXES = (".csv", ".npy", ".npz")
 
@@ -171,6 +172,7 @@ def read_csv(path: Path, name: str | None = None) -> CsvTable:
     header: list[str] | None = None
     rows: list[list[str]] = []
     lines: list[int] = []
+    check_regular(path, DataError, name, missing_ok=True)
     try:
         # utf-8-sig drops a byte-order mark; newline="" lets csv see quoted line breaks.
         with open(path, encoding="utf-8-sig", newline="") as f:
@@ -381,6 +383,7 @@ def read_csv_features(path: Path, feature_names: list[str] | None, target_name: 
 # ---------------------------------------------------------------------------- NumPy
 
 def _npy(path: Path, name: str, mmap: bool) -> np.ndarray:
+    check_regular(path, DataError, name, missing_ok=True)
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except FileNotFoundError:
@@ -446,6 +449,7 @@ def read_npz_data(path: Path, name: str | None = None, need_y: bool = True) -> R
     """Arrays x/y (and x_val/y_val, x_test/y_test as `parts`) from an .npz archive."""
     path = Path(path)
     name = name or path.name
+    check_regular(path, DataError, name, missing_ok=True)
     try:
         archive = np.load(path, allow_pickle=False)
     except FileNotFoundError:
