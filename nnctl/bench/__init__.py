@@ -6,9 +6,10 @@
     python -m nnctl.bench.layers   conv2d and GRU layers against their matrix products
     python -m nnctl.bench.scale    peak memory of train/predict on a large memory-mapped dataset
     python -m nnctl.bench.sweep    sweep wall time with N workers against 1
-    python -m nnctl.bench.search   TPE against random search at the same budget, and what pruning saves
+    python -m nnctl.bench.search   TPE against random search at one budget, and the epochs pruning saves
+    python -m nnctl.bench.augment  epoch time of a 1-D CNN and an MLP with and without data.augment
+    python -m nnctl.bench.defaults the defaults panel: candidate defaults on a dozen small tasks
     python -m nnctl.bench.startup  what `import nnctl.cli` imports and how long `nnctl --help` takes
-    nnctl.bench.defaults           the panel of small tasks that decides nnctl's defaults
 
 Output goes through the console (`say`), never through the engine.
 """
