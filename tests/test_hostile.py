@@ -191,7 +191,7 @@ def test_run_folder_json_that_is_not_a_regular_file_is_reported_not_read(tmp_pat
         (run / name).unlink()
         _nonregular(run, kind, name)
     before = tree_hash(tmp_path / "runs")
-    code, out = cli("runs", tmp_path / "runs")
+    code, out = cli("runs", tmp_path / "runs", "--wide")  # --wide: footnotes whole (else cut to the width)
     assert code == 0
     assert out[-1] == f"r: status.json is unreadable ({KINDS[kind]}); metrics.json is unreadable ({KINDS[kind]})"
     code, out = cli("show", run)
