@@ -191,7 +191,7 @@ def test_epoch_header_is_not_glued():
     reporter = RichReporter(console)
     record = {"epoch": 1, "loss": 0.5, "accuracy": 0.75, "val_loss": 0.625, "val_accuracy": 0.5,
               "lr": 0.001, "seconds": 0.25}
-    reporter.on_epoch_end(record, improved=False)
+    reporter.on_epoch_end(None, record, improved=False)  # events: callbacks take the TrainState first
     header = console.export_text().splitlines()[0]
     assert header.split() == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
 
