@@ -425,7 +425,7 @@ def test_long_user_text_in_any_value_is_excerpted(tmp_path, where):
         (tmp_path / "s.yaml").write_text(TINY + f"? {text}\n: 1\n")
         args = ["validate", tmp_path / "s.yaml"]
         key = yaml.safe_load(text)
-        expected = (f"error: [{key[:60]!r}...]: unknown key '{excerpt(key)}'; valid: data, description, loss, "
+        expected = (f"error: [{key[:60]!r}...]: unknown key '{excerpt(key)}'; valid: data, description, loggers, loss, "
                     f"model, name, optimizer, schedule, seed, training (s.yaml line 4)")
     else:
         args = ["validate", tmp_path / "tiny.yaml", "--set", f"name={SECRET}"]
@@ -444,7 +444,7 @@ def test_every_problem_is_one_escaped_line(tmp_path):
     (tmp_path / "t.yaml").write_text("seed: -1\ntraining: {epochs: 0}\n\"odd\\nkey\\e[31m\": 1\n")
     code, out = cli("validate", tmp_path / "t.yaml")
     assert code == 1
-    assert out == ["error: ['odd\\nkey\\x1b[31m']: unknown key 'odd\\nkey\\x1b[31m'; valid: data, description, loss, "
+    assert out == ["error: ['odd\\nkey\\x1b[31m']: unknown key 'odd\\nkey\\x1b[31m'; valid: data, description, loggers, loss, "
                    "model, name, optimizer, schedule, seed, training (t.yaml line 3)",
                    "error: seed: must be >= 0, got -1 (t.yaml line 1)",
                    "error: data.dataset: is required (t.yaml line 1)",
