@@ -82,13 +82,19 @@ def train(
     threads: Optional[int] = typer.Option(None, "--threads", min=1,
                                           help="BLAS threads (default: training.threads, else the environment, "
                                                "else half the physical cores, 1 to 4); recorded in the run."),
+    sweep_pruning: Optional[str] = typer.Option(None, "--sweep-pruning", hidden=True,
+                                                help="Set by `nnctl sweep`: report each epoch to the study (JSON)."),
 ) -> None:
     """Train a model from a spec; everything about the run goes to runs/<name>-<time>/."""
     from nnctl.threads import preset
     preset(threads)  # before NumPy loads: without threadpoolctl the environment is the only lever
     from nnctl.commands.train import run_training
     try:
-        code = run_training(config, set_, resume, runs_dir, quiet, threads)
+        callbacks = None
+        if sweep_pruning is not None:
+            from nnctl.sweep.pruning import pruning_callbacks
+            callbacks = pruning_callbacks(sweep_pruning)
+        code = run_training(config, set_, resume, runs_dir, quiet, threads, callbacks=callbacks)
     except NnctlError as err:
         fail(err)
     except KeyboardInterrupt:
