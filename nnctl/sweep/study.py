@@ -158,8 +158,10 @@ def prepare_resume(sd: SweepDir) -> tuple[SweepSpec, list[int]]:
         if now != body:
             diff = "".join(difflib.unified_diff(body.splitlines(keepends=True), now.splitlines(keepends=True),
                                                 fromfile=f"launched ({path})", tofile=f"now ({original})"))
+            # one problem line, then the diff's lines (each printed as its own line)
             raise NnctlError(f"{original}: edited since this sweep was launched; --resume continues the launched "
-                             f"study and refuses a changed spec (restore it, or launch a new sweep):\n{diff.rstrip()}")
+                             f"study and refuses a changed spec (restore it, or launch a new sweep):",
+                             *diff.rstrip().splitlines())
     sweep = load_sweep(path)
     return sweep, reconcile(sd, sweep)
 
