@@ -130,6 +130,8 @@ def validate(config: Path = SPEC_ARG, set_: List[str] = SET_OPTION) -> None:
                   f"{exp.model.num_parameters():,} parameters; rows: train {len(d.train)}"
                   f", val {len(d.val) if d.val is not None else 0}, test {len(d.test) if d.test is not None else 0}",
                   highlight=False, soft_wrap=True)
+    for line in exp.augmenter.describe():
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print(f"{config}: ok", highlight=False)
 
 
@@ -230,6 +232,7 @@ def bench(
 
 def _register_extras() -> None:
     # eval/predict/runs/show/diff/plot and sweep live in their own modules; they add their commands here.
+    from nnctl.commands import augment as _augment
     from nnctl.commands import export as _export
     from nnctl.commands import inspect as _inspect
     from nnctl.commands import lr_find as _lr_find
@@ -238,6 +241,7 @@ def _register_extras() -> None:
     _sweep.register(app, fail)
     _export.register(app, fail)
     _lr_find.register(app, fail)
+    _augment.register(app, fail)
 
 
 _register_extras()

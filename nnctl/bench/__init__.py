@@ -7,6 +7,8 @@
     python -m nnctl.bench.scale    peak memory of train/predict on a large memory-mapped dataset
     python -m nnctl.bench.sweep    sweep wall time with N workers against 1
     python -m nnctl.bench.search   TPE against random search at one budget, and the epochs pruning saves
+    python -m nnctl.bench.augment  epoch time of a 1-D CNN and an MLP with and without data.augment
+    python -m nnctl.bench.defaults the defaults panel: candidate defaults on a dozen small tasks
 
 Everything prints through `say`, the one console, never through the engine.
 """

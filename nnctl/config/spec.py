@@ -19,6 +19,7 @@ from nnctl.config.check import Checker, describe
 from nnctl.config.loggers import check_loggers
 from nnctl.config.source import Source, apply_overrides, format_path, printable, read_spec
 from nnctl.data import DATASETS, PARAMS_DATA
+from nnctl.data.augment import check_augment
 from nnctl.engine.activations import ACTIVATIONS
 from nnctl.engine.base import LAYERS
 from nnctl.engine.hparams import Param
@@ -247,6 +248,7 @@ def check_spec(source: Source, base_dir: Path, default_name: str) -> Spec:
     if isinstance(data.get("dataset"), str) and data["dataset"] in DATASETS:
         cls = DATASETS.get(data["dataset"])
         data["options"] = chk.section(("data", "options"), data.get("options"), getattr(cls, "PARAMS", {}), REGISTRIES)
+    data["augment"] = check_augment(chk, data.get("augment"))
 
     model = chk.section(("model",), raw.get("model"), MODEL_PARAMS, REGISTRIES)
     if model.get("layers") is not None and raw.get("model", {}).get("hidden") is not None:

@@ -218,29 +218,9 @@ def read_metrics(run: Path, metrics: list[str]) -> tuple[list[float | None], str
 
 
 def read_metric(run: Path, metric: str) -> tuple[float | None, str | None]:
-    """The metric of the weights the run kept: test_* from metrics.json, else that epoch's record.
-
-    With restore_best (the default) the kept weights are the best epoch's, so the value is
-    the metric in the best epoch's record; otherwise the last epoch's.
-    """
-    from nnctl.runs.store import read_json
-    metrics = read_json(run / "metrics.json")
-    if not isinstance(metrics, dict):
-        return None, f"{run}: no metrics.json"
-    if metric.startswith("test_"):
-        value = (metrics.get("test") or {}).get(metric)
-    else:
-        record = metrics.get("best") if metrics.get("weights", "best") == "best" else None
-        if not record:
-            history = read_json(run / "history.json", [])
-            record = history[-1] if isinstance(history, list) and history else {}
-        value = record.get(metric)
-    if value is None:
-        return None, f"{metric} was not logged by this run"
-    try:
-        return float(value), None
-    except (TypeError, ValueError):
-        return None, f"{metric} is not a number: {value!r}"
+    """The metric of the weights the run kept, read by the run catalog (runs/ owns the run folder)."""
+    from nnctl.runs.catalog import kept_metric
+    return kept_metric(run, metric)
 
 
 def child_main() -> None:

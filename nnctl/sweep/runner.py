@@ -283,8 +283,8 @@ class SweepDir:
             if status.get("status") != "interrupted" or not (run / "checkpoints" / "last.npz").is_file():
                 return None     # only the newest run may be continued
             try:
-                config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-            except (OSError, yaml.YAMLError):
+                config = yaml.safe_load(read_text(run / "config.yaml", SPEC_MAX_BYTES))
+            except (NnctlError, yaml.YAMLError, RecursionError):
                 return None
             return run if isinstance(config, dict) and config_hash(config) == self.trials[index].config_hash else None
         return None

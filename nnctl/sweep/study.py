@@ -20,6 +20,7 @@ from collections import deque
 from typing import Any
 
 from nnctl.errors import NnctlError
+from nnctl.fileio import RUN_JSON_MAX_BYTES, read_text
 from nnctl.runs.store import atomic_write, dump_yaml
 from nnctl.sweep import search
 from nnctl.sweep.runner import FINISHED, SweepDir, TrialState
@@ -144,7 +145,7 @@ def prepare_resume(sd: SweepDir) -> tuple[SweepSpec, list[int]]:
     from nnctl.sweep.runner import launched_spec
     from nnctl.sweep.spec import load_sweep
     path = sd.path / "sweep.yaml"
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, RUN_JSON_MAX_BYTES, what="launched sweep spec")  # regular, bounded, UTF-8
     body = text.split("\n", 1)[1] if text.startswith("#") else text
     if hashlib.sha256(body.encode()).hexdigest() != sd.meta.get("launched_sha256"):
         raise NnctlError(f"{path}: edited since the sweep was launched; the study continues only the sweep it "
@@ -158,7 +159,7 @@ def prepare_resume(sd: SweepDir) -> tuple[SweepSpec, list[int]]:
         if now != body:
             diff = "".join(difflib.unified_diff(body.splitlines(keepends=True), now.splitlines(keepends=True),
                                                 fromfile=f"launched ({path})", tofile=f"now ({original})"))
-            # one problem line, then the diff's lines (each printed as its own line)
+            # one problem per diff line: each is printed as its own line
             raise NnctlError(f"{original}: edited since this sweep was launched; --resume continues the launched "
                              f"study and refuses a changed spec (restore it, or launch a new sweep):",
                              *diff.rstrip().splitlines())

@@ -137,7 +137,8 @@ class Trainer:
         # A fresh Generator per epoch from (seed, epoch): the shuffle order needs no saved state,
         # so a resumed run sees exactly the batches the uninterrupted run saw.
         rng = np.random.default_rng([exp.spec.seed, 1, epoch_index]) if exp.spec.training.shuffle else None
-        batches = iterate_batches(exp.dataset.train, exp.spec.training.batch_size, rng, exp.dtype, exp.standardizer)
+        batches = iterate_batches(exp.dataset.train, exp.spec.training.batch_size, rng, exp.dtype, exp.standardizer,
+                                  augment=exp.augmenter.for_epoch(exp.spec.seed, epoch_index))
         lr = opt.lr
         for b, (xb, yb) in enumerate(batches):
             lr = sched.lr_at(epoch_index, self.step)
