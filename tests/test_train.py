@@ -298,6 +298,9 @@ def test_rich_reporter_on_a_terminal():
                     epochs = 2
             class dataset:
                 source = "xor (built-in)"
+                @staticmethod
+                def describe():
+                    return ["target 'label' (classification, 2 classes: 0, 1)"]
             class model:
                 @staticmethod
                 def num_parameters():

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from nnctl.data import (DATASETS, Split, Standardizer, encode_labels, encode_targets, iterate_batches, load_dataset,
-                        load_features)
+from nnctl.data import (DATASETS, Preprocessor, Split, Standardizer, encode_labels, encode_targets, iterate_batches,
+                        load_dataset, load_features)
 from nnctl.errors import CheckpointError, DataError, NnctlError
 from nnctl.report.metrics import (classification_report, finite_json, regression_report, top_k_hits,
                                   top_k_values)
@@ -46,6 +46,11 @@ class LoadedModel:
     target_name: str | None
     n_outputs: int
     input_shape: tuple[int, ...]
+    preprocessor: Preprocessor | None = None   # table encoding, target scale (data layer)
+
+    def __post_init__(self):
+        if self.preprocessor is None:
+            self.preprocessor = Preprocessor(standardizer=self.standardizer)
 
     @property
     def epoch(self) -> int:
@@ -152,6 +157,14 @@ def model_from_checkpoint(ckpt: Checkpoint) -> LoadedModel:
             raise CheckpointError(f"{path}: {err}") from None
 
     try:
+        # data layer: the CSV encoding and target scale (absent in older checkpoints: none)
+        preprocessor = Preprocessor.from_checkpoint(meta, ckpt.group("target"), str(path), n_outputs, standardizer)
+    except DataError as err:
+        raise CheckpointError(str(err)) from None
+    if preprocessor.table is not None and feature_names != preprocessor.table.feature_names:
+        raise CheckpointError(f"{path}: metadata feature_names do not match its preprocess.table")
+
+    try:
         model = Sequential.from_config(layers, tuple(input_shape), np.random.default_rng(0), dtype)
     except (NnctlError, TypeError, ValueError, KeyError) as err:
         raise CheckpointError(f"{path}: cannot rebuild the model from its metadata: {_why(err)}") from None
@@ -176,7 +189,7 @@ def model_from_checkpoint(ckpt: Checkpoint) -> LoadedModel:
         raise CheckpointError(f"{path}: the model has {outputs} outputs but metadata n_outputs is {n_outputs}")
     return LoadedModel(path=path, meta=meta, model=model, loss=loss, standardizer=standardizer, dtype=dtype,
                        task=task, classes=classes, feature_names=feature_names, target_name=target_name,
-                       n_outputs=n_outputs, input_shape=tuple(input_shape))
+                       n_outputs=n_outputs, input_shape=tuple(input_shape), preprocessor=preprocessor)
 
 
 def _why(err: BaseException) -> str:
@@ -199,6 +212,7 @@ class EvalData:
     split: Split
     description: str
     split_name: str | None = None
+    note: str | None = None   # e.g. how many categories the training split never had
 
 
 def run_split(lm: LoadedModel, which: str) -> EvalData:
@@ -208,7 +222,9 @@ def run_split(lm: LoadedModel, which: str) -> EvalData:
     if which not in SPLITS:
         raise NnctlError(f"--split must be one of {', '.join(SPLITS)}, got {which!r}")
     spec = spec_from_dict(lm.meta["config"], filename=f"{lm.path} (stored config)")
-    dataset = load_dataset(spec.data, spec.seed, spec.base_dir)
+    # the targets in the units the model was trained on (older checkpoints: not scaled)
+    data = {**spec.data, "standardize_target": lm.preprocessor.target_scale is not None}
+    dataset = load_dataset(data, spec.seed, spec.base_dir, lm.dtype)
     if tuple(dataset.input_shape) != lm.input_shape:
         raise DataError(f"{dataset.source}: samples have shape {list(dataset.input_shape)}, "
                         f"the model in {lm.path.name} expects {list(lm.input_shape)}; has the data changed?")
@@ -237,12 +253,16 @@ def data_source(lm: LoadedModel, value: str, need_targets: bool) -> EvalData:
         from nnctl.engine.hparams import unknown_name_message
         raise DataError(f"--data: {unknown_name_message('dataset', value, DATASETS.names())} "
                         "(or give a .csv, .npy or .npz file)")
-    x, raw_y = load_features(path, lm.feature_names, lm.input_shape, lm.target_name)
+    notes: list[str] = []
+    x, raw_y = load_features(path, lm.feature_names, lm.input_shape, lm.target_name,
+                             table=lm.preprocessor.table, dtype=lm.dtype, notes=notes)
     y = None
     if raw_y is not None:
         y = encode_targets(raw_y, lm.task, lm.classes, path.name)
         if lm.task != CLASSIFICATION and y.shape[1] != lm.n_outputs:
             raise DataError(f"{path.name}: {y.shape[1]} target columns, the model predicts {lm.n_outputs}")
+        if lm.task != CLASSIFICATION:
+            y = lm.preprocessor.scale_targets(y)
     elif need_targets:
         if path.suffix.lower() == ".npy":
             raise DataError(f"{path.name}: a .npy file holds features only; to evaluate, give an .npz "
@@ -251,7 +271,7 @@ def data_source(lm: LoadedModel, value: str, need_targets: bool) -> EvalData:
             raise DataError(f"{path.name}: no array 'y' with the targets to evaluate against")
         raise DataError(f"{path.name}: no target column '{lm.target_name or 'label'}' to evaluate against "
                         "(nnctl predict needs none)")
-    return EvalData(Split(x, y, None), str(path))
+    return EvalData(Split(x, y, None), str(path), note="; ".join(notes) or None)
 
 
 def _builtin(lm: LoadedModel, name: str) -> EvalData:
@@ -262,15 +282,19 @@ def _builtin(lm: LoadedModel, name: str) -> EvalData:
             and DATASETS.canonical(trained["dataset"]) == DATASETS.canonical(name))
     data = {"dataset": name, "val_split": 0.0, "test_split": 0.0, "task": lm.task,
             "options": trained.get("options") or {} if same else {},
-            "shape": trained.get("shape") if same else None}
+            "shape": trained.get("shape") if same else None,
+            "standardize_target": False}
     seed = config.get("seed", 0) if isinstance(config.get("seed"), int) else 0
-    dataset = load_dataset(data, seed, Path("."))
+    dataset = load_dataset(data, seed, Path("."), lm.dtype)
     if tuple(dataset.input_shape) != lm.input_shape:
         raise DataError(f"--data {name}: samples have shape {list(dataset.input_shape)}, "
                         f"the model expects {list(lm.input_shape)}")
     if lm.task != CLASSIFICATION and dataset.n_outputs != lm.n_outputs:
         raise DataError(f"--data {name}: {dataset.n_outputs} targets, the model predicts {lm.n_outputs}")
-    return EvalData(_align_classes(lm, dataset.classes, dataset.train, dataset.source), f"all of {dataset.source}")
+    split = dataset.train
+    if lm.task != CLASSIFICATION:   # in the units the model was trained on
+        split = Split(split.x, lm.preprocessor.scale_targets(split.y), split.idx)
+    return EvalData(_align_classes(lm, dataset.classes, split, dataset.source), f"all of {dataset.source}")
 
 
 # ---------------------------------------------------------------------------- scoring
@@ -286,7 +310,7 @@ def evaluate_model(lm: LoadedModel, split: Split, batch_size: int) -> dict[str, 
         raise DataError("no targets to evaluate against")
     if len(split) == 0:
         raise DataError("no rows to evaluate")
-    acc = MetricAccumulator(lm.task)
+    acc = MetricAccumulator(lm.task, lm.preprocessor.target_scale)
     classification = lm.task == CLASSIFICATION
     ks = top_k_values(lm.n_outputs) if classification else []
     hits = {k: 0 for k in ks}
@@ -294,13 +318,14 @@ def evaluate_model(lm: LoadedModel, split: Split, batch_size: int) -> dict[str, 
     trues: list[np.ndarray] = []
     for z, yb in lm.batches(split, batch_size):
         acc.update(lm.loss.value(z, yb), z, yb)
-        trues.append(np.array(yb, copy=True))  # yb is a view of a reused buffer
+        # yb is a view of a reused buffer; regression values back in the target's units
+        trues.append(np.array(yb, copy=True) if classification else lm.preprocessor.unscale(yb))
         if classification:
             preds.append(predicted_classes(z).astype(np.int64))
             for k in ks:
                 hits[k] += int(top_k_hits(yb, z, k).sum())
         else:
-            preds.append(np.array(z, dtype=np.float64).reshape(len(z), -1))
+            preds.append(lm.preprocessor.unscale(z))
     head = acc.result()
     y_true, y_pred = np.concatenate(trues), np.concatenate(preds)
     n = len(y_true)
@@ -341,4 +366,6 @@ def run_eval(target: Path, data: str | None, split: str, batch_size: int | None)
     result = evaluate_model(lm, source.split, batch_size or default_batch_size(lm))
     head = {"checkpoint": str(lm.path), "epoch": lm.epoch, "data": source.description,
             "split": source.split_name}
+    if source.note:
+        head["note"] = source.note
     return finite_json({**head, **result})

@@ -41,6 +41,8 @@ class PlainReporter(Listener):
             exp = trainer.exp
             self._line(f"run {trainer.run.path}  data {exp.dataset.source}  "
                        f"params {exp.model.num_parameters():,}  epochs {self.epochs}")
+            for line in exp.dataset.describe():  # target, task, columns (data layer)
+                self._line(line)
 
     def on_epoch_end(self, record: dict[str, Any], improved: bool) -> None:
         if self.quiet:
@@ -65,6 +67,8 @@ class RichReporter(PlainReporter):
         exp = trainer.exp
         self.console.print(f"[bold]{exp.spec.name}[/]  data [cyan]{exp.dataset.source}[/]  "
                            f"{exp.model.num_parameters():,} parameters  → {trainer.run.path}", highlight=False)
+        for line in exp.dataset.describe():  # target, task, columns (data layer)
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
         self.progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(),
                                  console=self.console, transient=True)

@@ -86,6 +86,7 @@ class Trainer:
             "feature_names": data.feature_names,
             "target_name": data.target_name,
             "n_outputs": data.n_outputs,
+            "preprocess": exp.preprocessor.to_meta(),  # CSV table encoding (data layer)
             "loss": exp.loss_spec,
             "optimizer": {"name": exp.spec.optimizer["name"], "state": exp.optimizer.state_dict()["scalars"]},
             "schedule": exp.schedule.state_dict(),
@@ -100,9 +101,7 @@ class Trainer:
         arrays = {f"model/{k}": v for k, v in model_state.items()}
         if with_optimizer:
             arrays.update({f"optim/{k}": v for k, v in self.exp.optimizer.state_dict()["arrays"].items()})
-        if self.exp.standardizer is not None:
-            arrays["standardize/mean"] = self.exp.standardizer.mean
-            arrays["standardize/scale"] = self.exp.standardizer.scale
+        arrays.update(self.exp.preprocessor.to_arrays())  # standardize/*, target/* (data layer)
         return arrays
 
     def save_last(self) -> None:
@@ -152,7 +151,7 @@ class Trainer:
         exp = self.exp
         model, loss, opt, sched = exp.model, exp.loss, exp.optimizer, exp.schedule
         params, grads = model.named_parameters(), model.named_grads()
-        acc = MetricAccumulator(exp.dataset.task)
+        acc = MetricAccumulator(exp.dataset.task, exp.target_scale)
         # A fresh Generator per epoch from (seed, epoch): the shuffle order needs no saved state,
         # so a resumed run sees exactly the batches the uninterrupted run saw.
         rng = np.random.default_rng([exp.spec.seed, 1, epoch_index]) if exp.spec.training.shuffle else None
@@ -198,7 +197,7 @@ class Trainer:
                     if self.has_val:
                         logs.update(evaluate(exp.model, exp.loss, exp.dataset.val, exp.standardizer,
                                              spec.training.eval_batch_size, exp.dataset.task, exp.dtype,
-                                             prefix="val_"))
+                                             prefix="val_", target_scale=exp.target_scale))
                 self.epoch += 1
                 record = {"epoch": self.epoch, "lr": logs.pop("lr"), **logs,
                           "seconds": round(time.perf_counter() - t0, 4)}
@@ -253,7 +252,8 @@ class Trainer:
         test = exp.dataset.test
         if test is not None and len(test) > 0:
             result.test_metrics = evaluate(exp.model, exp.loss, test, exp.standardizer,
-                                           spec.training.eval_batch_size, exp.dataset.task, exp.dtype, prefix="test_")
+                                           spec.training.eval_batch_size, exp.dataset.task, exp.dtype, prefix="test_",
+                                           target_scale=exp.target_scale)
         best_record = next((r for r in self.history if r["epoch"] == result.best_epoch), None)
         metrics = {
             "status": status,
