@@ -124,6 +124,9 @@ def model_from_checkpoint(ckpt: Checkpoint) -> LoadedModel:
         classes = _field(path, meta, "classes", list)
         if len(classes) != n_outputs:
             raise CheckpointError(f"{path}: metadata lists {len(classes)} classes but n_outputs is {n_outputs}")
+        if len(classes) < 2:   # e.g. trained before a single-class target was refused
+            raise CheckpointError(f"{path}: a classification model needs at least two classes, this one has "
+                                  f"{len(classes)} ({', '.join(map(repr, classes))})")
     if classes is not None and not all(isinstance(c, (str, int, float)) for c in classes):
         raise CheckpointError(f"{path}: metadata field classes must hold plain labels (text or numbers)")
     feature_names = meta.get("feature_names")
