@@ -13,10 +13,28 @@ import typer
 from rich.table import Table
 
 from nnctl import __version__
-from nnctl.console import console, err_console
+from nnctl.completion import complete_run, complete_set, complete_spec
+from nnctl.console import console, err_console, print_error
 from nnctl.errors import NnctlError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+def _flags_take_no_value() -> None:
+    # Typer 0.29's rich help prints a type for every option, so on/off flags read as if they
+    # took a value (`--quiet -q <bool>`); a flag has no value to describe.
+    option = getattr(getattr(typer, "core", None), "TyperOption", None)
+    shown = getattr(option, "display_type_rich", None)
+    if shown is None or getattr(shown, "_nnctl", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_flag", False) else shown(self, ctx)
+    display_type_rich._nnctl = True
+    option.display_type_rich = display_type_rich
+
+
+_flags_take_no_value()
+
+# add_completion: --install-completion / --show-completion (bash, zsh, fish), see the README.
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train neural networks from YAML experiment specs (pure NumPy engine).")
 
 _state = {"debug": False}
@@ -39,32 +57,38 @@ def _root(
 
 
 def fail(err: BaseException) -> None:
-    """Show an expected error as its message lines on stderr and exit 1."""
+    """Show an expected error on stderr, one escaped line per problem, and exit 1."""
     if _state["debug"]:
         raise err
-    for line in str(err).splitlines() or [type(err).__name__]:
-        err_console.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
+    print_error(err)
     raise typer.Exit(1)
 
 
-SPEC_ARG = typer.Argument(..., help="The experiment spec (YAML).")
-SET_OPTION = typer.Option([], "--set", help="Override a key: --set optimizer.lr=0.01 (value parsed as YAML).")
+SPEC_ARG = typer.Argument(..., help="The experiment spec (YAML).", autocompletion=complete_spec)
+SET_OPTION = typer.Option([], "--set", help="Override a key: --set optimizer.lr=0.01 (value parsed as YAML).",
+                          autocompletion=complete_set)
 
 
 # -- train --------------------------------------------------------------------------------
 
 @app.command()
 def train(
-    config: Optional[Path] = typer.Argument(None, help="The experiment spec (YAML)."),
+    config: Optional[Path] = typer.Argument(None, help="The experiment spec (YAML).", autocompletion=complete_spec),
     set_: List[str] = SET_OPTION,
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its last.npz."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its last.npz.",
+                                          autocompletion=complete_run),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where run directories are created."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final summary line."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1,
+                                          help="BLAS threads (default: training.threads, else the environment, "
+                                               "else half the physical cores, 1 to 4); recorded in the run."),
 ) -> None:
     """Train a model from a spec; everything about the run goes to runs/<name>-<time>/."""
+    from nnctl.threads import preset
+    preset(threads)  # before NumPy loads: without threadpoolctl the environment is the only lever
     from nnctl.commands.train import run_training
     try:
-        code = run_training(config, set_, resume, runs_dir, quiet)
+        code = run_training(config, set_, resume, runs_dir, quiet, threads)
     except NnctlError as err:
         fail(err)
     except KeyboardInterrupt:
@@ -86,6 +110,7 @@ def _prepared(config: Path, overrides: list[str]):
 @app.command()
 def validate(config: Path = SPEC_ARG, set_: List[str] = SET_OPTION) -> None:
     """Check a spec (and its data) and print the resolved model summary."""
+    from nnctl.report.tables import titled
     exp = _prepared(config, set_)
     table = Table(title=f"{exp.spec.name}: {exp.dataset.source}, {exp.dataset.task}", title_justify="left")
     table.add_column("layer")
@@ -93,7 +118,7 @@ def validate(config: Path = SPEC_ARG, set_: List[str] = SET_OPTION) -> None:
     table.add_column("parameters", justify="right")
     for name, shape, count in exp.model.summary():
         table.add_row(str(name), str(tuple(shape)), f"{count:,}")
-    console.print(table)
+    console.print(titled(table))
     d = exp.dataset
     for line in d.describe():  # data layer: target, task, columns, missing values
         console.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -106,17 +131,40 @@ def validate(config: Path = SPEC_ARG, set_: List[str] = SET_OPTION) -> None:
 
 @app.command("config")
 def show_config(config: Path = SPEC_ARG, set_: List[str] = SET_OPTION) -> None:
-    """Print the fully resolved spec, every default filled in."""
-    from nnctl.runs.store import dump_yaml
+    """Print the fully resolved spec, every default filled in and marked `# default`."""
+    from nnctl.config.annotate import annotated_yaml
     exp = _prepared(config, set_)
     resolved = exp.spec.to_dict()
+    defaulted = set(exp.spec.defaulted)
+    if exp.spec.loss is None:
+        defaulted.add(("loss",))
     resolved["loss"] = exp.loss_spec
     resolved["data"]["task"] = exp.dataset.task
     # the resolved target, never null (a built-in's own target name; dropped when it has none)
     resolved["data"]["target"] = exp.dataset.target_name
     if resolved["data"]["target"] is None:
         del resolved["data"]["target"]
-    sys.stdout.write(dump_yaml(resolved))
+    sys.stdout.write(annotated_yaml(resolved, defaulted))
+
+
+@app.command("init")
+def init_command(
+    data: Path = typer.Argument(..., help="A data file: .csv, .npy (with its targets .npy) or .npz."),
+    target: Optional[str] = typer.Option(None, "--target", help="The CSV column to predict, or the .npy file of "
+                                         "targets (default: a column named label or target, else the last)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="The spec to write (default: <data name>.yaml).",
+                                       autocompletion=complete_spec),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+) -> None:
+    """Write a commented starter spec for a data file (target, task and columns shown)."""
+    from nnctl.config.starter import write_starter
+    from nnctl.report.views import render_starter
+    try:
+        profile, path = write_starter(data, target, out, force)
+    except NnctlError as err:
+        fail(err)
+        return
+    render_starter(profile, path)
 
 
 GRADCHECK_TOLERANCE = 1e-6
@@ -136,6 +184,7 @@ def gradcheck_command(
     exp = _prepared(config, [*set_, "training.dtype=float64"])
     train = exp.dataset.train
     xb, yb = next(iterate_batches(train, min(samples, len(train)), None, np.float64, exp.standardizer))
+    from nnctl.report.tables import titled
     errors = gradcheck(exp.model, xb.copy(), yb.copy(), loss=exp.loss, training=True, max_checks=max_checks)
     table = Table(title=f"{exp.spec.name}: gradient check on {len(xb)} rows (float64, central differences)",
                   title_justify="left")
@@ -144,7 +193,7 @@ def gradcheck_command(
     table.add_column("")
     for name, err in errors.items():
         table.add_row(name, f"{err:.2e}", "ok" if err < GRADCHECK_TOLERANCE else "[red]FAIL[/]")
-    console.print(table)
+    console.print(titled(table))
     worst = max(errors.values())
     console.print(f"worst relative error {worst:.2e} (tolerance {GRADCHECK_TOLERANCE:g})", highlight=False)
     raise typer.Exit(0 if worst < GRADCHECK_TOLERANCE else 1)
@@ -156,18 +205,39 @@ def bench(
     hidden: str = typer.Option("512,256", help="Hidden sizes, comma separated."),
     batch: int = typer.Option(128, help="Batch size."),
     dtype: str = typer.Option("float32", help="float32 or float64."),
+    suite: bool = typer.Option(False, "--suite", help="The issue-15 workloads through `nnctl train`, "
+                                                      "PyTorch beside them when it is installed."),
+    busy: bool = typer.Option(False, "--busy", help="The MLP epoch alone and beside a CPU-bound process."),
+    epochs: int = typer.Option(3, "--epochs", min=2, help="Epochs per workload for --suite/--busy "
+                                                           "(the first is a warm-up)."),
+    only: Optional[str] = typer.Option(None, "--only", help="--suite: only workloads whose name contains this."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="BLAS threads (default as for train)."),
 ) -> None:
-    """Time one epoch of an MLP against the GEMM floor (the bare matrix products)."""
-    from nnctl import bench as bench_mod
-    bench_mod.main(["--n", str(n), "--hidden", hidden, "--batch", str(batch), "--dtype", dtype])
+    """Time one epoch of an MLP against the GEMM floor (the bare matrix products); --suite, --busy."""
+    from nnctl.threads import preset
+    preset(threads)  # before NumPy loads, as for train
+    if suite or busy:
+        from nnctl.bench import suite as suite_mod
+        if suite:
+            suite_mod.run_suite(epochs, threads, only)
+        if busy:
+            suite_mod.run_busy(epochs, threads)
+        return
+    from nnctl.bench import mlp
+    args = ["--n", str(n), "--hidden", hidden, "--batch", str(batch), "--dtype", dtype]
+    mlp.main(args + (["--threads", str(threads)] if threads is not None else []))
 
 
 def _register_extras() -> None:
     # eval/predict/runs/show/diff/plot and sweep live in their own modules; they add their commands here.
+    from nnctl.commands import export as _export
     from nnctl.commands import inspect as _inspect
+    from nnctl.commands import lr_find as _lr_find
     from nnctl.commands import sweep as _sweep
     _inspect.register(app, fail)
     _sweep.register(app, fail)
+    _export.register(app, fail)
+    _lr_find.register(app, fail)
 
 
 _register_extras()

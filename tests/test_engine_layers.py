@@ -272,17 +272,19 @@ def test_compute_fans():
 
 
 def test_default_initializer_follows_activation():
+    # Glorot-uniform for every family since the defaults panel (README "Defaults")
     for name in ("relu", "leaky_relu", "elu", "gelu", "swish", "silu", "softplus"):
-        assert default_initializer(name) == "he_normal", name
+        assert default_initializer(name) == "xavier_uniform", name
     for name in ("tanh", "sigmoid", "identity", "linear", "softmax"):
         assert default_initializer(name) == "xavier_uniform", name
-    assert default_initializer({"name": "leaky_relu", "alpha": 0.3}) == "he_normal"
+    assert default_initializer({"name": "leaky_relu", "alpha": 0.3}) == "xavier_uniform"
     with pytest.raises(ConfigError, match="unknown activation 'rleu'; did you mean 'relu'"):
         default_initializer("rleu")
     # Dense picks it up when no initializer is given
     dense = build_layer({"type": "dense", "units": 300, "activation": "relu"})
     dense.build((500,), np.random.default_rng(0), np.float64)
-    assert dense.params["W"].std() == pytest.approx(math.sqrt(2 / 500), rel=0.02)
+    # U(-l, l), l = sqrt(6 / (fan_in + fan_out)): std l / sqrt(3) = sqrt(2 / 800)
+    assert dense.params["W"].std() == pytest.approx(math.sqrt(2 / 800), rel=0.02)
     dense = build_layer({"type": "dense", "units": 300, "activation": "tanh"})
     dense.build((500,), np.random.default_rng(0), np.float64)
     assert np.abs(dense.params["W"]).max() <= math.sqrt(6 / 800)

@@ -26,7 +26,7 @@ import yaml
 from typer.testing import CliRunner
 
 from nnctl.cli import app
-from nnctl.commands.runlist import read_run, scan_runs
+from nnctl.runs.catalog import read_run, scan_runs
 from nnctl.runs.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent

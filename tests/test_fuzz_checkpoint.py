@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from nnctl.cli import app
-from nnctl.commands.evaluate import model_from_checkpoint
+from nnctl.runs.model import model_from_checkpoint
 from nnctl.commands.train import run_training
 from nnctl.errors import CheckpointError, NnctlError
 from nnctl.runs.checkpoint import META_KEY, load_checkpoint, save_checkpoint

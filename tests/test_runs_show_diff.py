@@ -230,7 +230,7 @@ def test_diff_lists_exactly_the_changed_keys_and_metric_deltas(runs):
 
 
 def test_diff_of_nested_and_missing_keys():
-    from nnctl.commands.runlist import MISSING, config_diff
+    from nnctl.runs.catalog import MISSING, config_diff
     a = {"name": "x", "model": {"layers": [{"type": "dense", "units": 8}, {"type": "relu"}]}, "seed": 0}
     b = {"name": "y", "model": {"layers": [{"type": "dense", "units": 16}, {"type": "relu"}]}, "seed": 0,
          "loss": "mse"}

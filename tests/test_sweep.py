@@ -157,7 +157,7 @@ def test_unknown_paths_bad_metric_and_grid_distribution(tmp_path):
         metric: val_los
         """, head=SINE_BASE)
     assert errors_of(path) == [
-        "parameters.model.dropout: a uniform distribution needs method: random; a grid takes a list of values "
+        "parameters.model.dropout: a uniform distribution needs method: random (or tpe, gp, cmaes, nsga2); a grid takes a list of values "
         "(sweep.yaml line 11)",
         "parameters.model.widht: not in the train spec: model has no key 'widht'; valid: activation, batch_norm, "
         "dropout, hidden, initializer, layers, output_initializer (sweep.yaml line 9)",
@@ -298,7 +298,7 @@ def test_a_failing_trial_is_recorded_and_the_others_complete(tmp_path):
     assert [r["rank"] for r in rows] == ["1", "2", ""]
     assert float(rows[0]["val_loss"]) == expected[0]["metric"]
     assert rows[2]["status"] == "failed" and rows[2]["optimizer.lr"] == "1000000000000.0"
-    assert list(rows[0]) == ["rank", "index", "optimizer.lr", "status", "val_loss", "run_dir", "seconds", "error"]
+    assert list(rows[0]) == ["rank", "index", "optimizer.lr", "status", "val_loss", "epochs", "run_dir", "seconds", "error"]
     best = expected[0]
     assert f"best: trial {best['index']} (optimizer.lr={best['overrides']['optimizer.lr']:.4g})" in res.output
     assert f"  run {best['run_dir']}" in res.output
@@ -401,7 +401,12 @@ def test_ctrl_c_then_resume_runs_exactly_the_missing_trials(tmp_path):
     assert res.exit_code == 0, res.output
     after = json.loads((sweep_dir / "sweep.json").read_text())["trials"]
     assert [t["status"] for t in after] == ["completed"] * 3
-    assert [len(run_dirs(sweep_dir, i)) for i in range(3)] == [1, 2, 1]
+    # trial 1 continued its interrupted run from last.npz: the same folder, every epoch once
+    assert [len(run_dirs(sweep_dir, i)) for i in range(3)] == [1, 1, 1]
+    assert after[1]["run_dir"] == str(interrupted_run.resolve())
+    history = json.loads((interrupted_run / "history.json").read_text())
+    assert [r["epoch"] for r in history] == list(range(1, 41))
+    assert "train --resume" in (sweep_dir / "trials" / "1" / "train.log").read_text()
     assert after[0]["run_dir"] == first["trials"][0]["run_dir"] and after[0]["attempts"] == 1
     assert after[0]["metric"] == first["trials"][0]["metric"]
     assert [t["attempts"] for t in after] == [1, 2, 1]

@@ -1,7 +1,8 @@
 """The post-training commands `eval`, `predict`, `runs`, `show`, `diff` and `plot`, added to the CLI by `register`.
 
-Each command parses its options, calls one function of nnctl.commands.{evaluate, predict,
-runlist} or nnctl.report.plots, and renders the result; expected failures are NnctlErrors
+Each command parses its options, calls one function (nnctl.commands.evaluate/predict,
+nnctl.runs.catalog/model, nnctl.report.plots) and renders the result with nnctl.report.views;
+expected failures are NnctlErrors
 handed to the CLI's `fail`. Heavy modules are imported inside the commands so `nnctl
 --help` stays fast and a missing optional piece only affects the command that needs it.
 """
@@ -16,8 +17,13 @@ from typing import Any, Callable, List, Optional
 
 import typer
 
+from nnctl.completion import complete_run
 from nnctl.console import console, err_console
 from nnctl.errors import NnctlError
+
+
+# `nnctl runs` fits this many columns when its output is not a terminal (a terminal: its width) unless --wide.
+COMPACT_WIDTH = 100
 
 
 class SplitName(str, Enum):
@@ -32,21 +38,6 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(finite_json(data), indent=2, allow_nan=False) + "\n")
 
 
-def _print(renderable) -> None:
-    """On a terminal Rich fits `renderable` to the window; into a pipe or a file it keeps its
-    natural width (a runs listing piped to grep must not be cut to 80 columns)."""
-    if console.is_terminal:
-        console.print(renderable)
-        return
-    from rich.console import Console
-    natural = console.measure(renderable, options=console.options.update_width(10_000)).maximum
-    if natural <= console.width:
-        console.print(renderable)
-    else:
-        # Console.print clamps width= to the console's own width, so widen a one-off console
-        Console(file=console.file, width=natural, highlight=False, no_color=console.no_color).print(renderable)
-
-
 def _warn(message: str) -> None:
     err_console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
 
@@ -56,7 +47,8 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
 
     @app.command("eval")
     def eval_command(
-        target: Path = typer.Argument(..., help="A checkpoint (.npz) or a run directory (its best weights)."),
+        target: Path = typer.Argument(..., help="A checkpoint (.npz) or a run directory (its best weights).",
+                                      autocompletion=complete_run),
         data: Optional[str] = typer.Option(None, "--data", help="A .csv/.npz file or a built-in dataset name "
                                            "(default: the run's own split)."),
         split: Optional[SplitName] = typer.Option(None, "--split", help="Which of the run's splits (default: test)."),
@@ -76,13 +68,15 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
         if as_json:
             _print_json(result)
         else:
+            from nnctl.report.views import render_eval
             render_eval(result)
             if result.get("note"):  # data layer: e.g. categories the training split never had
                 err_console.print(f"note: {result['note']}", markup=False, highlight=False, soft_wrap=True)
 
     @app.command("predict")
     def predict_command(
-        target: Path = typer.Argument(..., help="A checkpoint (.npz) or a run directory (its best weights)."),
+        target: Path = typer.Argument(..., help="A checkpoint (.npz) or a run directory (its best weights).",
+                                      autocompletion=complete_run),
         input: Path = typer.Argument(..., help="Rows to predict: a CSV with the training feature columns, "
                                      ".npy or .npz."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the CSV here (default: stdout)."),
@@ -93,7 +87,7 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
                                        "repeatable."),
     ) -> None:
         """Predict labels (or values) for new rows, as CSV."""
-        from nnctl.commands.evaluate import default_batch_size, load_model
+        from nnctl.runs.model import default_batch_size, load_model
         from nnctl.commands.predict import run_predict
         notes: list[str] = []
         try:
@@ -122,10 +116,12 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
                                            "parameters, time, best) or a metric (val_accuracy, test_loss, ...), "
                                            "best first."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON list and nothing else."),
+        wide: bool = typer.Option(False, "--wide", "-w", help="Every column and full run names, however wide."),
     ) -> None:
-        """List runs: status, epochs, best validation metric, test metric, size and time."""
-        from nnctl.commands.runlist import scan_runs, sort_runs
+        """List runs: status, epochs, best and test metrics, time; fits the window."""
+        from nnctl.runs.catalog import scan_runs, sort_runs
         from nnctl.report.tables import run_problems, runs_table
+        from nnctl.report.views import print_fitted
         try:
             runs = sort_runs(scan_runs(runs_dir), sort)
         except NnctlError as err:
@@ -136,34 +132,37 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
         elif not runs:
             console.print(f"no runs in {runs_dir}", markup=False)
         else:
-            _print(runs_table(runs))
-            for line in run_problems(runs):
+            # the terminal's width; into a pipe or file, 100 columns (--wide: no limit)
+            width = None if wide else console.width if console.is_terminal else COMPACT_WIDTH
+            print_fitted(runs_table(runs, width))
+            for line in run_problems(runs, width):
                 console.print(line, style="dim", markup=False, highlight=False, soft_wrap=True)
 
     @app.command("show")
     def show_command(
-        run: Path = typer.Argument(..., help="A run directory."),
+        run: Path = typer.Argument(..., help="A run directory.", autocompletion=complete_run),
         rows: int = typer.Option(15, "--rows", min=3, help="At most this many history rows (spread evenly)."),
     ) -> None:
         """Show one run: config, model summary, history table and loss sparklines."""
-        from nnctl.commands.runlist import open_run
+        from nnctl.runs.catalog import open_run
         try:
             info = open_run(run)
         except NnctlError as err:
             fail(err)
             return
+        from nnctl.report.views import render_show
         problem = render_show(info, rows)
         if problem is not None:
             fail(problem)
 
     @app.command("diff")
     def diff_command(
-        run_a: Path = typer.Argument(..., help="Run A."),
-        run_b: Path = typer.Argument(..., help="Run B."),
+        run_a: Path = typer.Argument(..., help="Run A.", autocompletion=complete_run),
+        run_b: Path = typer.Argument(..., help="Run B.", autocompletion=complete_run),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else."),
     ) -> None:
         """Compare two runs: the config keys that differ and the metrics, with B − A."""
-        from nnctl.commands.runlist import config_diff, is_missing, metric_diff, open_run
+        from nnctl.runs.catalog import config_diff, is_missing, metric_diff, open_run
         try:
             a, b = open_run(run_a), open_run(run_b)
         except NnctlError as err:
@@ -181,18 +180,19 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
                 "metrics": [{"metric": m, "a": va, "b": vb, "delta": d} for m, va, vb, d in metrics],
             })
             return
+        from nnctl.report.views import render_diff
         render_diff(a, b, config_rows, metrics)
 
     @app.command("plot")
     def plot_command(
-        runs: List[Path] = typer.Argument(..., help="One or more run directories."),
+        runs: List[Path] = typer.Argument(..., help="One or more run directories.", autocompletion=complete_run),
         metric: List[str] = typer.Option([], "--metric", "-m", help="A logged metric to draw (repeatable); "
                                          "default: loss and accuracy or r2, train and val."),
         out: Path = typer.Option(Path("curves.png"), "--out", "-o", help="The PNG to write."),
         dpi: int = typer.Option(100, "--dpi", min=20, max=600, help="Pixels per inch (a panel is 5 x 4 inches)."),
     ) -> None:
         """Draw learning curves of one or more runs (one panel per metric) into a PNG."""
-        from nnctl.commands.runlist import open_run
+        from nnctl.runs.catalog import open_run
         from nnctl.report.plots import plot_runs, require_matplotlib
         try:
             require_matplotlib()
@@ -206,105 +206,3 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
             return
         console.print(f"wrote {out} ({len(infos)} run{'s' if len(infos) != 1 else ''}; "
                       f"panels: {', '.join(panels)})", markup=False, soft_wrap=True)
-
-
-# ---------------------------------------------------------------------------- rendering
-
-def render_eval(result: dict[str, Any]) -> None:
-    from rich.markup import escape
-
-    from nnctl.report.tables import class_report_table, confusion_table, key_value_table, per_output_table
-    console.print(f"[bold]{escape(result['checkpoint'])}[/] (epoch {result['epoch']}) on "
-                  f"{escape(result['data'])}: {result['n']:,} rows", soft_wrap=True)
-    if result["task"] == "classification":
-        rows = [("loss", result["loss"]), ("accuracy", result["accuracy"])]
-        rows += [(k.replace("_accuracy", " accuracy").replace("_", "-"), v)
-                 for k, v in result.items() if k.startswith("top_")]
-        rows += [("macro F1", result["macro_avg"]["f1"]), ("weighted F1", result["weighted_avg"]["f1"])]
-        console.print(key_value_table(rows))
-        labels = result["classes"]
-        report = {
-            "per_class": {k: [c[k] for c in result["per_class"]] for k in ("precision", "recall", "f1", "support")},
-            "macro_avg": result["macro_avg"], "weighted_avg": result["weighted_avg"],
-        }
-        console.print(class_report_table(report, labels))
-        console.print(confusion_table(result["confusion_matrix"], labels))
-    else:
-        rows = [(k, result[k]) for k in ("loss", "mse", "rmse", "mae", "r2")]
-        console.print(key_value_table(rows))
-        if "per_output" in result:
-            console.print(per_output_table(result["per_output"], result["outputs"]))
-
-
-def render_show(info, max_rows: int) -> NnctlError | None:
-    """Print everything readable about a run; return the checkpoint problem, if any, to fail with."""
-    from rich.markup import escape
-    from rich.syntax import Syntax
-
-    from nnctl.commands.evaluate import load_model
-    from nnctl.report.tables import history_table, key_value_table, model_table, sparkline_rows, status_text
-    from nnctl.runs.store import dump_yaml
-
-    title = status_text(info.status, info.problem)
-    console.print(f"[bold]{escape(info.name)}[/]  ", title, f"  {escape(str(info.path))}", soft_wrap=True)
-    try:
-        config_text = (info.path / "config.yaml").read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        config_text = dump_yaml(info.config) if info.config else None
-    if config_text:
-        console.rule("config", align="left", style="dim")
-        _print(Syntax(config_text.rstrip("\n"), "yaml", theme="ansi_dark", background_color="default",
-                      word_wrap=True))
-
-    console.rule("model", align="left", style="dim")
-    problem: NnctlError | None = None
-    try:
-        lm = load_model(info.path)
-    except NnctlError as err:
-        problem = err
-        console.print("(the model cannot be rebuilt; see the error below)", style="red")
-    else:
-        console.print(model_table(lm.model.summary()))
-        console.print(f"{lm.model.num_parameters():,} parameters; input {list(lm.input_shape)}, {lm.dtype}, "
-                      f"{lm.task}; weights of epoch {lm.epoch} ({lm.path.name})", markup=False, soft_wrap=True)
-
-    console.rule("history", align="left", style="dim")
-    if info.history:
-        best_epoch, _ = info.best
-        _print(history_table(info.history, best_epoch, max_rows, title=None))
-        main = info.main_metric
-        groups = [["loss", "val_loss"]] + ([[main, f"val_{main}"]] if main != "loss" else [])
-        pad = max(len(k) for group in groups for k in group)
-        for group in groups:
-            for line in sparkline_rows(info.history, group, pad=pad):
-                console.print(line, markup=False, highlight=False, soft_wrap=True)
-    else:
-        console.print("(no finished epoch)", style="dim")
-    summary = []
-    epoch, value = info.best
-    if value is not None:
-        summary.append((f"best {info.monitor}", f"{value:.4g} (epoch {epoch})"))
-    summary += [(k, v) for k, v in info.test.items()]
-    if info.seconds is not None:
-        from nnctl.report.tables import duration
-        summary.append(("time", duration(info.seconds)))
-    if summary:
-        console.rule("result", align="left", style="dim")
-        console.print(key_value_table(summary))
-    return problem
-
-
-def render_diff(a, b, config_rows, metrics) -> None:
-    from nnctl.commands.runlist import MISSING, better_direction
-    from nnctl.report.tables import config_diff_table, metric_diff_table
-
-    console.print(f"A  {a.path}  ({a.status})", markup=False, soft_wrap=True)
-    console.print(f"B  {b.path}  ({b.status})", markup=False, soft_wrap=True)
-    for label, run in (("A", a), ("B", b)):
-        if run.config is None:
-            console.print(f"{label} has no readable config.yaml", style="yellow")
-    if config_rows:
-        console.print(config_diff_table(config_rows, "A", "B", missing=MISSING))
-    else:
-        console.print("configs: identical (besides the name)")
-    console.print(metric_diff_table(metrics, "A", "B", direction=better_direction))

@@ -21,10 +21,11 @@ from typing import IO, Iterator
 
 import numpy as np
 
-from nnctl.commands.evaluate import CLASSIFICATION, LoadedModel
 from nnctl.data import Split, TableEncoder, load_features
 from nnctl.data.files import CsvTable, not_utf8, read_csv_columns, suffix_of
+from nnctl.runs.model import CLASSIFICATION, LoadedModel
 from nnctl.errors import DataError, NnctlError
+from nnctl.fileio import check_regular
 from nnctl.runs.store import atomic_write
 from nnctl.training.metrics import predicted_classes
 
@@ -70,6 +71,7 @@ class CsvFeatureReader:
         self.unknown = 0
 
     def _open(self) -> IO[str]:
+        check_regular(self.path, DataError, self.name, missing_ok=True)
         try:
             return open(self.path, encoding="utf-8-sig", newline="")
         except FileNotFoundError:

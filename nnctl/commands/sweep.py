@@ -1,4 +1,4 @@
-"""`nnctl sweep`: grid or random hyperparameter search over a train spec, locally or on Dask.
+"""`nnctl sweep`: grid, random or model-based (Optuna) hyperparameter search over a train spec, locally or on Dask.
 
 `register(app, fail)` adds the command to the Typer app (cli.py calls it, as for the other
 optional command modules); `run_sweep_command` does the work and returns the exit code:
@@ -31,9 +31,18 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
         executor: str = typer.Option("local", "--executor", help="local (worker processes here) or dask."),
         address: Optional[str] = typer.Option(None, "--address", help="Dask scheduler, e.g. tcp://host:8786 "
                                                                       "(default: a local Dask cluster)."),
+        plot: Optional[Path] = typer.Option(None, "--plot", help="Draw this sweep directory's optimization history "
+                                                                 "and parameter importances as PNG (plot extra)."),
     ) -> None:
-        """Run a grid or random search: one training run per trial, ranked by a metric."""
+        """Run a grid, random or model-based search (tpe, gp, cmaes, nsga2): one training run per trial."""
         try:
+            if plot is not None:
+                if config is not None or resume is not None:
+                    raise NnctlError("--plot draws an existing sweep directory; don't pass a sweep spec or --resume")
+                from nnctl.report.search_plots import plot_sweep
+                for path in plot_sweep(plot):
+                    console.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
+                raise typer.Exit(0)
             code = run_sweep_command(config, workers, resume, fail_fast, dry_run, runs_dir, executor, address)
         except NnctlError as err:
             fail(err)
@@ -46,10 +55,11 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
 def run_sweep_command(config: Path | None, workers: int | None, resume: Path | None, fail_fast: bool,
                       dry_run: bool, runs_dir: Path, executor: str = "local", address: str | None = None) -> int:
     """Check everything (every trial's spec, the executor) before the sweep directory exists."""
-    from nnctl.report.sweep_table import print_leaderboard, print_plan, summary_line, sweep_reporter
+    from nnctl.report.sweep_table import (print_leaderboard, print_plan, print_space, summary_line,
+                                          sweep_reporter)
     from nnctl.sweep.executors import make_executor
-    from nnctl.sweep.runner import SweepDir, run_sweep
-    from nnctl.sweep.spec import build_trials, load_sweep
+    from nnctl.sweep.runner import FINISHED, SweepDir, run_sweep
+    from nnctl.sweep.spec import MODEL_BASED, build_trials, load_sweep
 
     if executor not in ("local", "dask"):
         make_executor(executor, workers, address)   # raises the one-line message
@@ -61,15 +71,23 @@ def run_sweep_command(config: Path | None, workers: int | None, resume: Path | N
                 raise NnctlError("--resume continues a sweep from its snapshotted trial specs; don't pass a sweep spec")
             sd = SweepDir.open(resume)
             stack.enter_context(sd.locked())
-            todo = sd.plan_resume()
+            spec = None
+            if sd.meta.get("method") in MODEL_BASED:
+                from nnctl.sweep.study import prepare_resume
+                spec, todo = prepare_resume(sd)
+            else:
+                todo = sd.plan_resume()
             _check_snapshots(sd, todo)
+            new = sd.declared - len(sd.trials)
             if dry_run:
                 rows = [(t.index, t.overrides, t.status if t.index not in todo else f"{t.status} -> rerun")
                         for t in sd.trials]
+                more = f" and {new} new" if new > 0 else ""
                 print_plan(console, sd.parameters, rows,
-                           f"resume {sd.path}: {len(todo)} of {len(sd.trials)} trials to run (--dry-run: nothing was run)")
+                           f"resume {sd.path}: {len(todo)} of {len(sd.trials)} trials to run{more} "
+                           f"(--dry-run: nothing was run)")
                 return 0
-            if not todo:
+            if not todo and new <= 0:
                 sd.save()
                 sd.write_results()
                 console.print(f"every trial of {sd.path} is done; nothing to resume", highlight=False, soft_wrap=True)
@@ -82,6 +100,14 @@ def run_sweep_command(config: Path | None, workers: int | None, resume: Path | N
                 raise NnctlError("give a sweep spec (nnctl sweep SWEEP.yaml) or --resume SWEEP_DIR")
             spec = load_sweep(config)
             trials = build_trials(spec)
+            if dry_run and spec.model_based:
+                from nnctl.sweep.study import first_proposals
+                print_space(console, spec)
+                proposals = first_proposals(spec)
+                print_plan(console, [p.name for p in spec.parameters], [(i, o, None) for i, o in enumerate(proposals)],
+                           f"{spec.name}: the first {len(proposals)} of {spec.trials} trials the {spec.method} "
+                           f"sampler (seed {spec.seed}) proposes before it has results; --dry-run: nothing was run")
+                return 0
             if dry_run:
                 how = f"{spec.method}, seed {spec.seed}" if spec.method == "random" else spec.method
                 print_plan(console, [p.name for p in spec.parameters], [(t.index, t.overrides, None) for t in trials],
@@ -96,21 +122,29 @@ def run_sweep_command(config: Path | None, workers: int | None, resume: Path | N
             if resume is None:
                 sd = SweepDir.create(runs_dir, spec, trials)
                 stack.enter_context(sd.locked())   # released last, after every trial has ended
-            outcome = run_sweep(sd, ex, todo, fail_fast, reporter)
+            source = None
+            if spec is not None and spec.model_based:
+                from nnctl.sweep.study import StudyTrials
+                source = StudyTrials(sd, spec, todo)
+            outcome = run_sweep(sd, ex, todo, fail_fast, reporter, source=source)
         finally:
             reporter.close()
             ex.close()
 
     print_leaderboard(console, sd)
     console.print(summary_line(sd, outcome), markup=False, highlight=False, soft_wrap=True)
-    unfinished = [t for t in sd.trials if t.status not in ("completed", "stopped_early")]
-    if outcome.state in ("interrupted", "failed") and unfinished:
+    # A model-based sweep told its failed trials to the study; they stay failed (nothing to finish).
+    keep = FINISHED + (("failed",) if sd.meta.get("method") in MODEL_BASED else ())
+    unfinished = [t for t in sd.trials if t.status not in keep]
+    missing = max(0, sd.declared - len(sd.trials))
+    if outcome.state in ("interrupted", "failed") and (unfinished or missing):
         cmd = f"nnctl sweep --resume {sd.path}"
         if ex.workers != 1:
             cmd += f" --workers {ex.workers}"
         if executor == "dask":
             cmd += " --executor dask" + (f" --address {address}" if address else "")
-        err_console.print(f"{len(unfinished)} trial(s) not done; finish them with:", highlight=False)
+        more = f" (and {missing} not started)" if missing else ""
+        err_console.print(f"{len(unfinished)} trial(s) not done{more}; finish them with:", highlight=False)
         err_console.print(f"  {cmd}", markup=False, highlight=False, soft_wrap=True)
     return outcome.exit_code
 
@@ -123,6 +157,6 @@ def _check_snapshots(sd, todo: list[int]) -> None:
         try:
             load_spec(sd.spec_path(i))
         except NnctlError as err:
-            problems += [f"trial {i}: {line}" for line in str(err).splitlines()]
+            problems += [f"trial {i}: {line}" for line in err.problems]
     if problems:
-        raise NnctlError("\n".join(problems))
+        raise NnctlError(*problems)

@@ -1,6 +1,7 @@
 """`nnctl train`: a new run from a spec, or `--resume` of an existing one."""
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from pathlib import Path
@@ -11,6 +12,7 @@ from nnctl.errors import CheckpointError, NnctlError
 from nnctl.report.progress import PlainReporter, RichReporter, summary_line, summary_table
 from nnctl.runs.checkpoint import load_checkpoint
 from nnctl.runs.store import RunDir
+from nnctl.threads import header as threads_header, limited as blas_limited, resolve as resolve_threads
 from nnctl.training.experiment import prepare
 from nnctl.training.trainer import Trainer
 
@@ -40,17 +42,20 @@ def _restore_sigterm(previous) -> None:
 
 
 def run_training(config: Path | None, overrides: list[str], resume: Path | None,
-                 runs_dir: Path, quiet: bool) -> int:
+                 runs_dir: Path, quiet: bool, threads: int | None = None) -> int:
     """Validate, load data and build everything first; only then create the run directory."""
     held: list[RunDir] = []
     try:
-        return _run_training(config, overrides, resume, runs_dir, quiet, held)
+        # speed (threads): the BLAS limit applied inside is undone when the run returns
+        with contextlib.ExitStack() as blas:
+            return _run_training(config, overrides, resume, runs_dir, quiet, held, threads, blas)
     finally:
         for run in held:  # in-process callers (tests, sweeps) may open the run again
             run.unlock()
 
 
-def _run_training(config, overrides, resume, runs_dir, quiet, held: list) -> int:
+def _run_training(config, overrides, resume, runs_dir, quiet, held: list, threads: int | None,
+                  blas: contextlib.ExitStack) -> int:
     if resume is not None:
         if config is not None or overrides:
             raise NnctlError("--resume continues a run with its stored config; don't pass a spec or --set")
@@ -64,6 +69,8 @@ def _run_training(config, overrides, resume, runs_dir, quiet, held: list) -> int
         last = load_checkpoint(run.last)
         best = load_checkpoint(run.best) if run.best.exists() else None
         spec = spec_from_dict(last.meta["config"], filename=f"{run.last} config")
+        choice = resolve_threads(threads, spec, resumed=True)  # speed (threads) hook
+        blas.enter_context(blas_limited(choice.threads, choice.source))
         exp = prepare(spec)
         trainer = Trainer(exp, run, _reporter(quiet))
         trainer.restore(last, best)
@@ -75,16 +82,25 @@ def _run_training(config, overrides, resume, runs_dir, quiet, held: list) -> int
         if config is None:
             raise NnctlError("give a spec to train (nnctl train CONFIG.yaml) or --resume RUN_DIR")
         spec = load_spec(config, overrides)
+        # speed (threads) hook: recorded in the config; applied before the run folder exists
+        choice = resolve_threads(threads, spec, resumed=False)
+        blas.enter_context(blas_limited(choice.threads, choice.source))
         exp = prepare(spec)
         run = RunDir.create(runs_dir, safe_run_name(spec.name))
         try:
             run.lock()
             held.append(run)
             run.write_config(spec.to_dict())
+        except NnctlError:  # the lock could not be taken (a read-only folder)
+            run.remove_if_empty()
+            raise
         except OSError as err:
             run.remove_if_empty()  # nothing of the run was written: leave no broken folder behind
             raise NnctlError(f"{run.path}: cannot write: {err.strerror or err}") from None
         trainer = Trainer(exp, run, _reporter(quiet))
+    if not quiet:  # speed (threads) hook: the train header's threads line
+
+        console.print(threads_header(choice), markup=False, highlight=False, soft_wrap=True)
     previous = _sigterm_as_interrupt()
     try:
         result = trainer.fit()

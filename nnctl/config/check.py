@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from nnctl.config.source import KeyPath, Source, format_path, printable
 from nnctl.engine.hparams import Param, Registry, unknown_name_message
-from nnctl.errors import ConfigError
+from nnctl.errors import EXCERPT_CHARS, ConfigError
 
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
@@ -26,6 +26,9 @@ _TYPE_WORDS = {
 
 def describe(value: Any) -> str:
     if isinstance(value, str):
+        # a short, escaped excerpt: the value may be a whole file that someone pointed nnctl at
+        if len(value) > EXCERPT_CHARS:
+            return f"{value[:EXCERPT_CHARS]!r}... ({len(value):,} characters)"
         return repr(value)
     if value is None:
         return "null"
@@ -42,6 +45,9 @@ class Checker:
     def __init__(self, source: Source):
         self.source = source
         self.errors: list[str] = []
+        # key paths whose value the spec did not give (filled from a Param default), so
+        # `nnctl config` can show users what they did not choose
+        self.defaulted: set[KeyPath] = set()
 
     def error(self, path: KeyPath, message: str) -> None:
         line = f"{format_path(path)}: {printable(message)}{self.source.where(path)}"
@@ -50,7 +56,7 @@ class Checker:
 
     def raise_if_any(self) -> None:
         if self.errors:
-            raise ConfigError("\n".join(self.errors))
+            raise ConfigError(*self.errors)  # one line per problem
 
     # -- scalars ---------------------------------------------------------------------------
     def _number(self, value: Any, kind: str) -> bool:
@@ -157,6 +163,7 @@ class Checker:
                 self.error(path + (key,), "is required")
             else:
                 out[key] = _copy(p.default)
+                self.defaulted.add(path + (key,))
         for key in allow_extra:
             if key in raw:
                 out[key] = raw[key]
@@ -228,6 +235,11 @@ class Checker:
             else:
                 p_opts = p if isinstance(item, dict) and "type" in item else p + (name,)
             checked = self.section(p_opts, options, params, registries)
+            if p_opts != p:
+                # resolved configs hold layers as {type: ..., **options}: record defaults at that path
+                moved = {d for d in self.defaulted if d[:len(p_opts)] == p_opts}
+                self.defaulted -= moved
+                self.defaulted |= {p + d[len(p_opts):] for d in moved}
             out.append({"type": layers.canonical(name), **checked})
         return out
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import yaml
 
-from nnctl.errors import ConfigError
+from nnctl.errors import ConfigError, excerpt, printable
+from nnctl.fileio import SPEC_MAX_BYTES, read_text
 
 # A path into the spec: keys and list indices, e.g. ("model", "layers", 2, "units").
 KeyPath = tuple
@@ -25,13 +26,6 @@ def format_path(path: KeyPath) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out or "<spec>"
-
-
-def printable(text: str) -> str:
-    """`text` with control characters escaped: user text inside a message must not break its one line."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _needs_quotes(key: str) -> bool:
@@ -101,31 +95,96 @@ def _key_text(node: yaml.Node):
     return node.value if isinstance(node, yaml.ScalarNode) else "?"
 
 
-def _compose(text: str, filename: str) -> tuple[yaml.Node | None, Any]:
-    """The node tree (for lines) and the data of one YAML document, with the safe loader only."""
+def _too_many(filename: str, mark) -> ConfigError:
+    return ConfigError(f"{filename} line {mark.line + 1}: more than {MAX_NODES:,} values; a spec is never that large")
+
+
+class _Loader(yaml.SafeLoader):
+    """The pure-Python safe loader (without libyaml), counting nodes as it composes them, so
+    a document with millions of values is refused after MAX_NODES of them, not after PyYAML
+    has built the whole tree."""
+
+    def __init__(self, text: str, filename: str):
+        super().__init__(text)
+        self.filename = filename
+        self.nodes = 0
+
+    def compose_node(self, parent, index):
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise _too_many(self.filename, self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+# libyaml's parser with PyYAML's safe constructors: the same data, about 50x faster than
+# the pure-Python parser (which needs seconds for a few hundred kB).
+_CLoader = getattr(yaml, "CSafeLoader", None)
+_NODE_EVENTS = (yaml.ScalarEvent, yaml.AliasEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent)
+# The C composer recurses without Python's recursion limit: nesting is bounded from the
+# events first (well above MAX_DEPTH, which _measure reports with its path).
+_EVENT_DEPTH = 4 * MAX_DEPTH
+
+
+def _check_events(text: str, filename: str) -> None:
+    """Count nodes and nesting from libyaml's event stream, before any node exists."""
+    parser = _CLoader(text)
     try:
-        loader = yaml.SafeLoader(text)
+        nodes = depth = 0
+        while parser.check_event():
+            event = parser.get_event()
+            if isinstance(event, _NODE_EVENTS):
+                nodes += 1
+                if nodes > MAX_NODES:
+                    raise _too_many(filename, event.start_mark)
+            if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+                depth += 1
+                if depth > _EVENT_DEPTH:
+                    raise ConfigError(f"{filename}: nested more than {MAX_DEPTH} levels deep")
+            elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+                depth -= 1
+    finally:
+        parser.dispose()
+
+
+def _loader(text: str, filename: str):
+    if _CLoader is None:
+        return _Loader(text, filename)
+    _check_events(text, filename)
+    return _CLoader(text)
+
+
+def _compose(text: str, filename: str) -> tuple[yaml.Node | None, Any, dict[KeyPath, int]]:
+    """The node tree, the data and the line of every key of one YAML document (safe loader only)."""
+    lines: dict[KeyPath, int] = {}
+    try:
+        loader = _loader(text, filename)
         try:
             node = loader.get_single_node()
+            data = None
             if node is not None:
                 _measure(node, filename)
-            # one parse for both: the data is constructed from the very node tree measured above
-            data = _construct(loader, node, filename) if node is not None else None
+                # lines and duplicate keys from the tree as written; merge keys (<<) are
+                # resolved here too, so the constructor sees plain mappings
+                _walk(node, (), lines, filename)
+                # one parse for both: the data is constructed from the very node tree measured above
+                data = _construct(loader, node, filename)
         finally:
             loader.dispose()
     except RecursionError:
         # PyYAML composes recursively: brackets nested a thousand deep exhaust the stack first
         raise ConfigError(f"{filename}: nested more than {MAX_DEPTH} levels deep") from None
     except yaml.MarkedYAMLError as err:
+        if "maximum nesting depth" in str(err.problem):  # libyaml's own bound (1000), met while scanning ahead
+            raise ConfigError(f"{filename}: nested more than {MAX_DEPTH} levels deep") from None
         mark = err.problem_mark or err.context_mark
         where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
         problem = err.problem or err.context or "invalid YAML"
         if "constructor for the tag" in str(problem):
             problem = f"tag not allowed (specs are read with a safe loader): {problem}"
-        raise ConfigError(f"{filename}{where}: {problem}") from None
+        raise ConfigError(f"{filename}{where}: {printable(problem)}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{filename}: invalid YAML: {str(err).splitlines()[0]}") from None
-    return node, data
+        raise ConfigError(f"{filename}: invalid YAML: {printable(str(err).splitlines()[0])}") from None
+    return node, data, lines
 
 
 def _construct(loader: yaml.SafeLoader, node: yaml.Node, filename: str) -> Any:
@@ -139,48 +198,82 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, filename: str) -> Any:
         raise ConfigError(f"{filename}: invalid YAML value ({type(err).__name__}: {err})") from None
 
 
-def _walk(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int]) -> None:
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _merge_sources(value: yaml.Node, path: KeyPath, filename: str) -> list[yaml.MappingNode]:
+    """The mappings a `<<:` value merges in, in priority order."""
+    items = value.value if isinstance(value, yaml.SequenceNode) else [value]
+    for item in items:
+        if not isinstance(item, yaml.MappingNode):
+            kind = "a list" if isinstance(item, yaml.SequenceNode) else "a scalar"
+            raise ConfigError(f"{format_path(path + ('<<',))}: merges a mapping or a list of mappings, "
+                              f"got {kind} ({filename} line {item.start_mark.line + 1})")
+    return items
+
+
+def _resolve_merges(node: yaml.MappingNode, path: KeyPath, filename: str, depth: int = 0) -> list[tuple[Any, yaml.Node, yaml.Node]]:
+    """(key, key node, value node) of a mapping after YAML 1.1 merge keys, and the node
+    rewritten to hold exactly those pairs (so the constructor has no merging left to do).
+
+    Its own keys win (a duplicate among them is an error), then each `<<` source in order,
+    a key taken from the first source that has it. Done here rather than by PyYAML, whose
+    versions disagree on which of two merged sources wins.
+    """
+    if depth > MAX_DEPTH:
+        raise ConfigError(f"{format_path(path)}: merge keys nested more than {MAX_DEPTH} levels deep")
+    own: list[tuple[Any, yaml.Node, yaml.Node]] = []
+    seen: dict[tuple, int] = {}
+    merges: list[yaml.Node] = []
+    for key_node, value_node in node.value:
+        if key_node.tag == MERGE_TAG:
+            merges.append(value_node)
+            continue
+        key = _key_text(key_node)
+        line = key_node.start_mark.line + 1
+        if (key_node.tag, key) in seen:
+            raise ConfigError(
+                f"{format_path(path + (key,))}: duplicate key (lines {seen[key_node.tag, key]} and {line})"
+            )
+        seen[key_node.tag, key] = line
+        own.append((key, key_node, value_node))
+    if not merges:
+        return own
+    merged: list[tuple[Any, yaml.Node, yaml.Node]] = []
+    for value in merges:
+        for source in _merge_sources(value, path, filename):
+            for key, key_node, value_node in _resolve_merges(source, path, filename, depth + 1):
+                if (key_node.tag, key) not in seen:
+                    seen[key_node.tag, key] = key_node.start_mark.line + 1
+                    merged.append((key, key_node, value_node))
+    pairs = merged + own  # merged keys first, as PyYAML orders them
+    node.value = [(k, v) for _, k, v in pairs]
+    return pairs
+
+
+def _walk(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], filename: str) -> None:
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
-        seen: dict[tuple, int] = {}
-        for key_node, value_node in node.value:
-            key = _key_text(key_node)
-            line = key_node.start_mark.line + 1
-            if (key_node.tag, key) in seen:
-                raise ConfigError(
-                    f"{format_path(path + (key,))}: duplicate key (lines {seen[key_node.tag, key]} and {line})"
-                )
-            seen[key_node.tag, key] = line
-            lines[path + (key,)] = line
-            _walk(value_node, path + (key,), lines)
+        for key, key_node, value_node in _resolve_merges(node, path, filename):
+            # a merged key points at its line in the block it was merged from
+            lines[path + (key,)] = key_node.start_mark.line + 1
+            _walk(value_node, path + (key,), lines, filename)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             lines[path + (i,)] = item.start_mark.line + 1
-            _walk(item, path + (i,), lines)
+            _walk(item, path + (i,), lines, filename)
 
 
 def parse_yaml(text: str, filename: str) -> Source:
     """Parse with the safe loader only; a syntax error or unsafe tag is a one-line ConfigError."""
-    node, data = _compose(text, filename)
-    lines: dict[KeyPath, int] = {}
-    if node is not None:
-        _walk(node, (), lines)
+    _, data, lines = _compose(text, filename)
     return Source(data=data, filename=filename, lines=lines)
 
 
 def read_spec(path: str | Path) -> Source:
-    """Read a spec file; a missing or unreadable file is a ConfigError naming it."""
+    """Read a spec file; a missing, unreadable, non-regular or oversized file is a ConfigError naming it."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, expected a YAML file") from None
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    text = read_text(path, SPEC_MAX_BYTES, ConfigError, what="spec")
     return parse_yaml(text, path.name)
 
 
@@ -189,7 +282,7 @@ def apply_overrides(source: Source, overrides: list[str]) -> None:
     if overrides and not isinstance(source.data, dict):
         source.data = {}
     for item in overrides:
-        shown = printable(item)  # echoed in messages, which must stay one line
+        shown = excerpt(item, 300)  # echoed in messages: one line, and not a whole pasted file
         if "=" not in item:
             raise ConfigError(f"--set {shown}: expected KEY=VALUE, e.g. optimizer.lr=0.01")
         dotted, text = item.split("=", 1)
@@ -197,7 +290,7 @@ def apply_overrides(source: Source, overrides: list[str]) -> None:
         if not all(keys):
             raise ConfigError(f"--set {shown}: empty key in '{printable(dotted)}'")
         try:
-            _, value = _compose(text, "value")
+            _, value, _ = _compose(text, "value")
         except ConfigError as err:
             raise ConfigError(f"--set {shown}: {err}") from None
         target = source.data

@@ -23,6 +23,7 @@ from nnctl.engine.base import LAYERS
 from nnctl.engine.hparams import Param
 from nnctl.engine.initializers import INITIALIZERS
 from nnctl.engine.losses import LOSSES
+from nnctl.engine.metrics import metric_names
 from nnctl.engine.optimizers import OPTIMIZERS
 from nnctl.engine.schedules import SCHEDULES
 from nnctl.errors import ConfigError
@@ -67,6 +68,12 @@ TRAINING_PARAMS: dict[str, Param] = {
     "dtype": Param("str", "float32", choices=("float32", "float64"), doc="the model's one dtype"),
     "shuffle": Param("bool", True, doc="reshuffle the training rows every epoch"),
     "early_stopping": Param("mapping", None, nullable=True, doc="monitor, mode, patience, min_delta, restore_best, start_from_epoch"),
+    # speed (nnctl/threads.py): the count used is written back here, so --resume reuses it
+    "threads": Param("int", None, ge=1, nullable=True,
+                     doc="BLAS threads; null: --threads, else the environment, else half the physical cores (1..4)"),
+    "memory_limit_gb": Param("float", None, gt=0, nullable=True,
+                             doc="refuse a model whose estimated training memory is above this many GiB "
+                                 "(default: the memory available when it starts)"),
 }
 
 # Keys the schedule wrapper handles for every schedule (warmup, stepping interval).
@@ -75,8 +82,6 @@ SCHEDULE_COMMON: dict[str, Param] = {
     "warmup_epochs": Param("int", 0, ge=0, doc="linear warmup from 0 over this many epochs"),
     "warmup_steps": Param("int", 0, ge=0, doc="linear warmup from 0 over this many batches"),
 }
-
-CLASSIFICATION_LOSSES = ("cross_entropy", "binary_cross_entropy")
 
 _NAME_RE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -87,17 +92,9 @@ def safe_run_name(name: str) -> str:
     return cleaned[:80] or "run"
 
 
-def metric_names(task: str | None, has_val: bool) -> list[str]:
-    """Every metric the trainer logs for this task (task None: the union of both)."""
-    train = ["loss"]
-    if task in (None, "classification"):
-        train.append("accuracy")
-    if task in (None, "regression"):
-        train += ["mae", "r2"]
-    names = list(train)
-    if has_val:
-        names += [f"val_{m}" for m in train]
-    return names
+def loss_task(name: str) -> str:
+    """The task a loss is for (its class's TASK): classification or regression."""
+    return LOSSES.get(name).TASK
 
 
 @dataclass(frozen=True)
@@ -118,6 +115,8 @@ class Training:
     dtype: str
     shuffle: bool
     early_stopping: EarlyStopping | None
+    threads: int | None = None
+    memory_limit_gb: float | None = None
 
 
 @dataclass
@@ -136,6 +135,8 @@ class Spec:
     training: Training
     base_dir: Path = field(default=Path("."))
     source: Source | None = field(default=None, repr=False)
+    # key paths (as in to_dict()) whose values came from defaults, not from the spec
+    defaulted: frozenset = field(default=frozenset(), repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as plain data: valid input for `nnctl train` again."""
@@ -157,6 +158,47 @@ class Spec:
     def error_at(self, path: tuple, message: str) -> ConfigError:
         where = self.source.where(path) if self.source is not None else ""
         return ConfigError(f"{format_path(path)}: {printable(message)}{where}")
+
+
+def _check_task_fit(chk: Checker, data: dict[str, Any], loss: Any, schedule: Any, es: Any) -> None:
+    """The loss, the data's task and the monitored metrics must agree; report the cause first.
+
+    A loss that contradicts the task is the cause: `--set loss=mse` on a classification spec
+    is reported as "mse needs a regression task", not as the monitor val_accuracy that the
+    regression task would then never log.
+    """
+    has_val = bool(data.get("val_split")) or bool(data.get("val_path"))
+    task, told = data.get("task"), "data.task"
+    dataset = data.get("dataset")
+    if task is None and isinstance(dataset, str) and dataset in DATASETS:
+        task = getattr(DATASETS.get(dataset), "TASK", None)
+        told = f"the dataset {DATASETS.canonical(dataset)}"
+    monitors = []
+    if isinstance(es, dict) and isinstance(es.get("monitor"), str):
+        monitors.append((("training", "early_stopping", "monitor"), es["monitor"]))
+    if isinstance(schedule, dict) and isinstance(schedule.get("monitor"), str):
+        monitors.append((("schedule", "monitor"), schedule["monitor"]))
+    if isinstance(loss, dict) and isinstance(loss.get("name"), str) and loss["name"] in LOSSES:
+        needs = loss_task(loss["name"])
+        if task is not None and needs != task:
+            chk.error(("loss",), f"{loss['name']} needs a {needs} task, but {told} is {task}")
+            return  # the monitors follow from the task: judging them against the wrong one only misleads
+        if task is None:
+            # a monitor that only the other task logs: the loss is what contradicts the spec
+            clash = [(path, m) for path, m in monitors
+                     if m in metric_names(None, has_val) and m not in metric_names(needs, has_val)]
+            if clash:
+                path, monitor = clash[0]
+                chk.error(("loss",), f"{loss['name']} needs a {needs} task, but {format_path(path)} "
+                                     f"is {monitor}, a metric of the other task")
+                return
+            task = needs
+    valid = metric_names(task, has_val)
+    for path, monitor in monitors:
+        if monitor not in valid:
+            from nnctl.engine.hparams import unknown_name_message
+            why = "" if has_val or not monitor.startswith("val_") else " (there is no validation split: set data.val_split)"
+            chk.error(path, unknown_name_message("metric", monitor, valid) + f"; it is never logged{why}")
 
 
 def expand_short_form(model: dict[str, Any]) -> list[dict[str, Any]]:
@@ -220,26 +262,9 @@ def check_spec(source: Source, base_dir: Path, default_name: str) -> Spec:
     es = None
     if training.get("early_stopping") is not None:
         es = chk.section(("training", "early_stopping"), training["early_stopping"], EARLY_STOPPING_PARAMS, REGISTRIES)
-    chk.raise_if_any()
-
-    # Cross-field checks that need the whole spec; still before any data is read.
-    has_val = bool(data.get("val_split")) or bool(data.get("val_path"))
-    known_task = data.get("task")
-    if loss is not None and known_task is not None:
-        needs = "classification" if loss["name"] in CLASSIFICATION_LOSSES else "regression"
-        if needs != known_task:
-            chk.error(("loss",), f"{loss['name']} needs a {needs} task, but data.task is {known_task}")
-    if loss is not None and known_task is None:
-        known_task = "classification" if loss["name"] in CLASSIFICATION_LOSSES else "regression"
-    monitors = [(("training", "early_stopping", "monitor"), es["monitor"])] if es else []
-    if schedule is not None and schedule.get("monitor") is not None:
-        monitors.append((("schedule", "monitor"), schedule["monitor"]))
-    for path, monitor in monitors:
-        valid = metric_names(known_task, has_val)
-        if monitor not in valid:
-            from nnctl.engine.hparams import unknown_name_message
-            why = "" if has_val or not monitor.startswith("val_") else " (there is no validation split: set data.val_split)"
-            chk.error(path, unknown_name_message("metric", monitor, valid) + f"; it is never logged{why}")
+    # No raise here: the cross-field checks below run on whatever parsed, so a file with an
+    # unknown key, an unknown optimizer and an unknown metric gets all three in one report.
+    _check_task_fit(chk, data, loss, schedule, es)
     chk.raise_if_any()
 
     for key in ("dataset", "val_path", "test_path", "target_path"):
@@ -247,21 +272,45 @@ def check_spec(source: Source, base_dir: Path, default_name: str) -> Spec:
         value = data.get(key)
         # a suffix-less name that is no file is a misspelt built-in: the data layer says "did you mean"
         unknown_name = key == "dataset" and isinstance(value, str) and not Path(value).suffix \
-            and not (base_dir / value).exists()
+            and not os.path.lexists(base_dir / value)
         if isinstance(value, str) and not (key == "dataset" and value in DATASETS) and not unknown_name:
-            # absolute but not resolved: a symlink's own name (data.csv -> blob) tells the format
+            # absolute but not resolved: a symlink's own name (data.csv -> blob) tells the format,
+            # and a symlink loop is reported, with the key, when the data is read
             data[key] = os.path.abspath(base_dir / value)
     name = top.get("name") or default_name
     early = EarlyStopping(**es) if es else None
     train_cfg = Training(early_stopping=early, **{k: v for k, v in training.items() if k != "early_stopping"})
+    _record_default_initializers(model)
     layers = model["layers"] if model.get("layers") is not None else expand_short_form(model)
     if model.get("layers") is not None:
         model = {k: v for k, v in model.items() if k in ("layers", "output_initializer")}
     return Spec(
         name=name, description=top.get("description"), seed=top["seed"], data=data, model=model,
         layers=layers, loss=loss, optimizer=optimizer, schedule=schedule, training=train_cfg,
-        base_dir=base_dir, source=source,
+        base_dir=base_dir, source=source, defaulted=frozenset(chk.defaulted),
     )
+
+
+def _record_default_initializers(model: dict[str, Any]) -> None:
+    """Write the initializer a layer would default to into the resolved spec.
+
+    The default follows the activation and may change between nnctl versions (the defaults
+    panel decides it); a run's config.yaml and checkpoints must say which one it used, so that
+    retraining or resuming an old run never picks up a newer default.
+    """
+    from nnctl.engine.initializers import default_initializer
+    if model.get("layers") is None:
+        if model.get("initializer") is None:
+            model["initializer"] = default_initializer(model["activation"])
+        return
+    def resolve(layers: list[dict[str, Any]]) -> None:
+        for layer in layers:
+            cls = LAYERS.get(layer["type"])
+            if "initializer" in layer and layer["initializer"] is None and "activation" in getattr(cls, "PARAMS", {}):
+                layer["initializer"] = default_initializer(layer.get("activation") or "identity")
+            if isinstance(layer.get("layers"), list):  # residual blocks hold layers of their own
+                resolve(layer["layers"])
+    resolve(model["layers"])
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:

@@ -17,6 +17,7 @@ from nnctl.data.targets import (CLASSIFICATION, REGRESSION, classes_of, encode_l
                                 infer_task, merge_classes, regression_targets)
 from nnctl.engine.hparams import Param, defaults, unknown_name_message
 from nnctl.errors import ConfigError, DataError
+from nnctl.fileio import check_regular, shown
 
 PARAMS_DATA: dict[str, Param] = {
     "dataset": Param("str", doc="a built-in name (xor, spirals, moons, circles, blobs, sine, "
@@ -181,6 +182,7 @@ def _resolve(base_dir: Path, value: str, key: str) -> Path:
     path = Path(value).expanduser()
     if not path.is_absolute():
         path = Path(base_dir) / path
+    check_regular(path, DataError, f"data.{key}: {shown(value)}", missing_ok=True)
     if not path.exists():
         where = path.parent.resolve() if path.parent.exists() else path.parent
         raise DataError(f"data.{key}: file not found: {value} (looked in {where}){_close_files(path)}")

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from nnctl.errors import DataError
+from nnctl.fileio import check_regular
 
 SUFFIXES = (".csv", ".npy", ".npz")
 
@@ -176,6 +177,7 @@ def read_csv(path: Path, name: str | None = None) -> CsvTable:
     header: list[str] | None = None
     rows: list[list[str]] = []
     lines: list[int] = []
+    check_regular(path, DataError, name, missing_ok=True)
     try:
         # utf-8-sig drops a byte-order mark; newline="" lets csv see quoted line breaks.
         with open(path, encoding="utf-8-sig", newline="") as f:
@@ -458,6 +460,7 @@ def read_csv_columns(table: CsvTable, wanted: list[tuple[str, str]], dtype=np.fl
 # ---------------------------------------------------------------------------- NumPy
 
 def _npy(path: Path, name: str, mmap: bool) -> np.ndarray:
+    check_regular(path, DataError, name, missing_ok=True)
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except FileNotFoundError:
@@ -531,6 +534,7 @@ def read_npz_data(path: Path, name: str | None = None, need_y: bool = True, dtyp
     """Arrays x/y (and x_val/y_val, x_test/y_test as `parts`) from an .npz archive."""
     path = Path(path)
     name = name or path.name
+    check_regular(path, DataError, name, missing_ok=True)
     try:
         archive = np.load(path, allow_pickle=False)
     except FileNotFoundError:

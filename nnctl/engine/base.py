@@ -8,7 +8,9 @@ optimizer and never print.
 """
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -19,6 +21,26 @@ LAYERS = Registry("layer")
 # Local parameter names the optimizers leave out of weight decay when asked to:
 # biases and the shift/scale of normalization layers (the PyTorch/Keras convention).
 NO_DECAY_NAMES = frozenset({"b", "beta", "gamma"})
+
+
+# Set while a model is built only to learn its shapes and sizes (engine/memory.py): parameter
+# arrays are then zero-stride views and gradients are not allocated, so sizing a model that
+# would need terabytes costs nothing.
+_SHAPES_ONLY: ContextVar[bool] = ContextVar("nnctl_shapes_only", default=False)
+
+
+@contextmanager
+def shapes_only() -> Iterator[None]:
+    """Within this block, `build` creates no parameter memory (see engine/memory.py)."""
+    token = _SHAPES_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _SHAPES_ONLY.reset(token)
+
+
+def building_shapes_only() -> bool:
+    return _SHAPES_ONLY.get()
 
 
 class Layer:
@@ -59,7 +81,8 @@ class Layer:
         self.rng = rng
         self.dtype = np.dtype(dtype)
         self.output_shape = tuple(self._build(self.input_shape, rng))
-        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        if not _SHAPES_ONLY.get():
+            self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         return self.output_shape
 
     def _build(self, input_shape: tuple[int, ...], rng: np.random.Generator) -> tuple[int, ...]:

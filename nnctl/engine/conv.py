@@ -73,7 +73,7 @@ class _Conv(_Checked):
         "bias": Param("bool", True, doc="add a learned bias per filter"),
         "activation": Param("activation", "identity", doc="activation applied to the output"),
         "initializer": Param("initializer", None, nullable=True,
-                             doc="weight initializer; default by activation (He for ReLU-like, Xavier otherwise)"),
+                             doc="weight initializer; null: the default for the activation (see Defaults), recorded in the run"),
     }
 
     def __init__(self, **hparams):

@@ -101,4 +101,5 @@ def unknown_name_message(kind: str, name: Any, valid: list[str]) -> str:
     import difflib
     close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.6)
     hint = f"did you mean '{close[0]}'? " if close else ""
-    return f"unknown {kind} '{name}'; {hint}valid: {', '.join(valid)}"
+    from nnctl.errors import excerpt
+    return f"unknown {kind} '{excerpt(str(name))}'; {hint}valid: {', '.join(valid)}"

@@ -44,8 +44,7 @@ class Dense(_CoreLayer):
 
     Shapes: x (N, ..., in) -> y (N, ..., units); W (in, units); b (units,).
     The activation f is fused: one layer, one parameter set. Its default initializer
-    follows f (`default_initializer`): he_normal after ReLU-like units, xavier_uniform
-    otherwise.
+    follows f (`default_initializer`, the table `DEFAULT_INITIALIZERS`).
 
     Notes
     -----
@@ -59,7 +58,7 @@ class Dense(_CoreLayer):
         "units": Param("int", REQUIRED, gt=0, doc="output features"),
         "activation": Param("activation", "identity", doc="fused activation (name or {name, options})"),
         "initializer": Param("initializer", None, nullable=True,
-                             doc="weight initializer; null: he_normal after ReLU-like activations, else xavier_uniform"),
+                             doc="weight initializer; null: the default for the activation (see Defaults), recorded in the run"),
         "bias": Param("bool", True, doc="add a learned bias b"),
         "bias_initializer": Param("initializer", "zeros", doc="initializer of b"),
     }

@@ -79,6 +79,8 @@ class Sequential:
         self.output_shape: tuple[int, ...] | None = None
         self.dtype: np.dtype | None = None
         self.rng: np.random.Generator | None = None
+        self.flat_params: np.ndarray | None = None  # set by build(): see _flatten
+        self.flat_grads: np.ndarray | None = None
         if all(layer.rng is not None for layer in self.layers):
             self._adopt_built()
 
@@ -100,7 +102,33 @@ class Sequential:
             shape = tuple(layer.build(shape, self.rng, self.dtype))
         self.output_shape = shape
         self._set_input_grads()
+        self._flatten()
         return self
+
+    def _flatten(self) -> None:
+        """Move every parameter into one flat array and every gradient into another.
+
+        The layers' `params`/`grads` dicts keep their keys and shapes but now hold views
+        (`layers.0.W` is `flat_params[0:in*units].reshape(in, units)`, and so on, in
+        `named_parameters()` order), so nothing that reads them by name sees a difference.
+        Optimizers detect the layout and update all parameters with one call per operation
+        instead of one per parameter. Only `build` does this: layers built elsewhere and
+        adopted may be referenced by their owner, whose arrays must stay the live ones.
+        """
+        named = list(self.named_layers())
+        total = sum(int(a.size) for _, layer in named for a in layer.params.values())
+        flat_p = np.empty(total, dtype=self.dtype)
+        flat_g = np.zeros(total, dtype=self.dtype)
+        pos = 0
+        for _, layer in named:
+            for local, arr in list(layer.params.items()):
+                end = pos + arr.size
+                view = flat_p[pos:end].reshape(arr.shape)
+                view[...] = arr
+                layer.params[local] = view
+                layer.grads[local] = flat_g[pos:end].reshape(arr.shape)
+                pos = end
+        self.flat_params, self.flat_grads = flat_p, flat_g
 
     def _adopt_built(self) -> None:
         first = self.layers[0]

@@ -9,6 +9,14 @@ All arithmetic stays in the parameter's dtype: state is allocated like the param
 are Python floats (NumPy treats them as "weak", so float32 stays float32), and every
 intermediate goes into one scratch buffer per parameter, allocated on its first step, so a
 step allocates no arrays after the first.
+
+Fused updates: when the parameters (and, separately, the gradients) are consecutive views of
+one flat array, as `Sequential` lays them out, the step runs every operation once over the
+whole flat array instead of once per parameter, and the state slots become flat arrays too,
+with `state[name][slot]` views into them. Every update rule is elementwise, so the result is
+the same, bit for bit, as the per-parameter loop (only the global clip norm is summed in a
+different order); for the MLP of `nnctl bench` this turns ~120 NumPy calls per step into ~12.
+Parameters that are not laid out this way take the per-parameter loop.
 """
 from __future__ import annotations
 
@@ -149,6 +157,7 @@ class Optimizer:
         self._scratch: dict[str, np.ndarray] = {}
         self._decays: dict[str, bool] = {}
         self._unverified = False  # loaded state not yet compared with the live parameters
+        self._flat: _FlatLayout | None = None
 
     # -- what a subclass provides -----------------------------------------------------
     def slots(self) -> tuple[str, ...]:
@@ -169,7 +178,11 @@ class Optimizer:
         if self._unverified:
             self._verify(params)
         lr = float(self.lr)  # a NumPy float64 lr would upcast float32 arithmetic
+        flat = self._flat_layout(params, grads)
         self.iterations += 1
+        if flat is not None:
+            self._fused_step(flat, lr)
+            return
         self._clip(params, grads)
         wd = float(self.weight_decay)
         for name, p in params.items():
@@ -187,6 +200,62 @@ class Optimizer:
                     np.multiply(p, wd, out=tmp)
                     g += tmp
             self._update(p, g, s, tmp, lr)
+
+    def _flat_layout(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> "_FlatLayout | None":
+        """The flat layout of these parameters, built on first sight, or None to loop per parameter."""
+        flat = self._flat
+        if flat is not None and flat.matches(params, grads):
+            return flat
+        self._flat = None
+        if not params or set(grads) != set(params):
+            return None
+        names = list(params)
+        P = _flat_base([params[n] for n in names])
+        G = _flat_base([grads[n] for n in names])
+        if P is None or G is None or P.dtype != G.dtype or P.size != G.size:
+            return None
+        self._flat = flat = _FlatLayout(names, params, grads, P, G)
+        # Runs of consecutive parameters that decay: one call per run, not per parameter.
+        runs: list[list[int]] = []
+        for name, (a, b) in zip(names, flat.bounds):
+            if not self._decayed(name):
+                continue
+            if runs and runs[-1][1] == a:
+                runs[-1][1] = b
+            else:
+                runs.append([a, b])
+        flat.decay_runs = [(P[a:b], G[a:b], flat.tmp[a:b]) for a, b in runs]
+        # State moves into flat arrays; what exists (loaded or from the loop) is copied in.
+        for slot in self.slots():
+            S = flat.state[slot] = self._init_slot(slot, P)
+            for name, (a, b) in zip(names, flat.bounds):
+                old = self.state.get(name, {}).get(slot)
+                view = S[a:b].reshape(params[name].shape)
+                if old is not None:
+                    view[...] = old
+                self.state.setdefault(name, {})[slot] = view
+        self._scratch = {}
+        return flat
+
+    def _fused_step(self, flat: "_FlatLayout", lr: float) -> None:
+        """`step` over the flat arrays: the same operations as the loop, one call each."""
+        P, G = flat.P, flat.G
+        if self.clip_value is not None:
+            c = float(self.clip_value)
+            np.clip(G, -c, c, out=G)
+        if self.clip_norm is not None:
+            norm = math.sqrt(float(np.dot(G, G)))
+            if math.isfinite(norm) and norm > self.clip_norm:
+                G *= float(self.clip_norm) / norm
+        wd = float(self.weight_decay)
+        if wd:
+            for p, g, tmp in flat.decay_runs:
+                if self.DECOUPLED_DECAY:
+                    p *= 1.0 - lr * wd
+                else:
+                    np.multiply(p, wd, out=tmp)
+                    g += tmp
+        self._update(P, G, flat.state, flat.tmp, lr)
 
     def _decayed(self, name: str) -> bool:
         decays = self._decays.get(name)
@@ -259,6 +328,7 @@ class Optimizer:
         self.iterations = int(iterations)
         self.lr = float(scalars["lr"])
         self._scratch = {}
+        self._flat = None  # rebuilt on the next step, with the loaded state copied in
         self._unverified = True
         if params is not None:
             self._verify(params)
@@ -292,6 +362,54 @@ class Optimizer:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
+
+
+# -- the flat layout ---------------------------------------------------------------------------
+def _flat_base(arrays: list[np.ndarray]) -> np.ndarray | None:
+    """The 1-D array `arrays` are consecutive, gap-free, C-contiguous views of, in order; else None."""
+    base = arrays[0].base
+    if not isinstance(base, np.ndarray) or base.ndim != 1 or not base.flags.c_contiguous:
+        return None
+    start, item, pos = base.ctypes.data, base.itemsize, 0
+    for a in arrays:
+        if a.base is not base or a.dtype != base.dtype or not a.flags.c_contiguous:
+            return None
+        if a.ctypes.data - start != pos * item:
+            return None
+        pos += a.size
+    return base if pos == base.size else None
+
+
+class _FlatLayout:
+    """Where each named parameter sits in the flat parameter array P and gradient array G.
+
+    Holds the flat state slots and the one scratch array the fused step works in, all
+    allocated once, so a fused step allocates nothing.
+    """
+
+    def __init__(self, names: list[str], params: dict[str, np.ndarray], grads: dict[str, np.ndarray],
+                 P: np.ndarray, G: np.ndarray):
+        self.names = names
+        self.P, self.G = P, G
+        self.param_arrays = [params[n] for n in names]
+        self.grad_arrays = [grads[n] for n in names]
+        self.bounds: list[tuple[int, int]] = []
+        pos = 0
+        for a in self.param_arrays:
+            self.bounds.append((pos, pos + a.size))
+            pos += a.size
+        self.tmp = np.empty_like(P)
+        self.state: dict[str, np.ndarray] = {}
+        self.decay_runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def matches(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> bool:
+        """Whether `params`/`grads` are still exactly the arrays this layout was built from."""
+        if len(params) != len(self.names) or len(grads) != len(self.names):
+            return False
+        for name, p, g in zip(self.names, self.param_arrays, self.grad_arrays):
+            if params.get(name) is not p or grads.get(name) is not g:
+                return False
+        return True
 
 
 # -- the update rules -----------------------------------------------------------------------

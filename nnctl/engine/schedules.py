@@ -16,6 +16,7 @@ import math
 from typing import Any
 
 from nnctl.engine.hparams import Param, Registry
+from nnctl.engine.metrics import auto_mode
 from nnctl.engine.optimizers import check_hparams
 from nnctl.errors import CheckpointError, ConfigError, TrainingError
 
@@ -356,12 +357,6 @@ class ReduceOnPlateau(Schedule):
         self.best = None if d["best"] is None else float(d["best"])
         self.wait = int(d["wait"])
         self.cooldown_counter = int(d["cooldown_counter"])
-
-
-def auto_mode(monitor: str) -> str:
-    """"max" for metrics that grow when the model improves (accuracy, r2), "min" otherwise."""
-    base = monitor[4:] if monitor.startswith("val_") else monitor
-    return "max" if base.endswith(("accuracy", "acc", "r2", "auc")) else "min"
 
 
 # -- warmup and the factory -----------------------------------------------------------------

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from nnctl.engine.metrics import r2_from_sums
+
 
 def _as_labels(y: np.ndarray, n_classes: int, what: str) -> np.ndarray:
     y = np.asarray(y)
@@ -141,14 +143,6 @@ def top_k_values(n_classes: int) -> list[int]:
     return [k for k in (3, 5) if k < n_classes]
 
 
-def _r2(ss_res: np.ndarray, ss_tot: np.ndarray) -> np.ndarray:
-    # A constant target has no variance to explain: R² is 1 for a perfect fit, else 0
-    # (sklearn's force_finite, and what training logs).
-    out = np.where(ss_res == 0, 1.0, 0.0)
-    np.subtract(1.0, _ratio(ss_res, ss_tot), out=out, where=ss_tot > 0)
-    return out
-
-
 def regression_report(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
     """MSE, RMSE, MAE and R², overall and per output.
 
@@ -177,7 +171,7 @@ def regression_report(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
     rmse = np.sqrt(mse)
     ss_res = (err * err).sum(axis=0)
     ss_tot = ((t - t.mean(axis=0)) ** 2).sum(axis=0)
-    r2 = _r2(ss_res, ss_tot)
+    r2 = r2_from_sums(ss_res, ss_tot)
     return {
         "n": n,
         "mse": float(mse.mean()),

@@ -88,9 +88,10 @@ class RichReporter(PlainReporter):
         cols = ["epoch", *metric_columns(record), "lr", "seconds"]
         width = 12
         if not self.header_done:
-            self.console.print("".join(f"{c:>{width}}" for c in cols), style="bold", highlight=False)
+            # runsui: a space between columns, so a 12-letter name (val_accuracy) is not glued to the one before
+            self.console.print(" ".join(f"{c:>{width}}" for c in cols), style="bold", highlight=False)
             self.header_done = True
-        row = "".join(f"{fmt(record[c]) if c != 'epoch' else record[c]:>{width}}" for c in cols)
+        row = " ".join(f"{fmt(record[c]) if c != 'epoch' else record[c]:>{width}}" for c in cols)
         self.console.print(row + (" [green]*[/]" if improved else ""), highlight=False)
 
     def on_train_end(self, result: Result) -> None:

@@ -9,11 +9,20 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from nnctl.sweep.runner import DONE, Outcome, SweepDir, SweepListener, TrialState
+from nnctl.report.tables import STATUS_STYLE
+from nnctl.sweep.runner import FINISHED, Outcome, SweepDir, SweepListener, TrialState
 from nnctl.sweep.spec import describe_values, format_value
 
-STATUS_STYLE = {"pending": "dim", "running": "yellow", "completed": "green", "stopped_early": "green",
-                "failed": "bold red", "interrupted": "magenta"}
+
+def status_text(t: TrialState) -> str:
+    """The status, and for a pruned trial the epoch it stopped at: "pruned@4"."""
+    if t.status == "pruned" and t.epochs is not None:
+        return f"pruned@{t.epochs}"
+    return t.status
+
+
+def fmt_epochs(t: TrialState) -> str:
+    return "-" if t.epochs is None else str(t.epochs)
 
 
 def fmt_metric(value: float | None) -> str:
@@ -57,6 +66,18 @@ def print_plan(console: Console, parameters: list[str], rows: list[tuple[int, di
     console.print(table)
 
 
+def print_space(console: Console, sweep) -> None:
+    """The search space of a model-based sweep (--dry-run)."""
+    from nnctl.sweep.search import describe_space
+    pruner = sweep.pruner.to_dict() if sweep.pruner is not None else {"name": "none"}
+    _line(console, f"{sweep.name}: method {sweep.method}, seed {sweep.seed}, {sweep.trials} trials, "
+                   f"pruner {describe_values(pruner)}; "
+                   f"{', '.join(f'{m} ({g})' for m, g in zip(sweep.metrics, sweep.goals))} over {sweep.base_label}")
+    _line(console, "search space:")
+    for line in describe_space(sweep.parameters):
+        _line(console, f"  {line}")
+
+
 # -- while running -----------------------------------------------------------------------------
 
 class PlainSweepReporter(SweepListener):
@@ -68,12 +89,13 @@ class PlainSweepReporter(SweepListener):
         self.total = 0
         self.done = 0
 
-    def on_start(self, sweep: SweepDir, indices: list[int], executor: Any) -> None:
+    def on_start(self, sweep: SweepDir, indices: list[int], executor: Any, total: int | None = None) -> None:
         self.sweep = sweep
-        self.total = len(indices)
+        self.total = len(indices) if total is None else total
         skipped = len(sweep.trials) - len(indices)
         extra = f" ({skipped} already done)" if skipped else ""
-        _line(self.console, f"sweep {sweep.name}: {len(indices)} trial{'s' if len(indices) != 1 else ''} to run{extra}, "
+        how = f" ({sweep.meta['method']})" if sweep.meta.get("method") not in (None, "grid", "random") else ""
+        _line(self.console, f"sweep {sweep.name}{how}: {self.total} trial{'s' if self.total != 1 else ''} to run{extra}, "
                             f"{executor.describe()} -> {sweep.path}")
 
     def on_trial_start(self, trial: TrialState) -> None:
@@ -85,8 +107,8 @@ class PlainSweepReporter(SweepListener):
 
     def end_line(self, trial: TrialState) -> str:
         assert self.sweep is not None
-        head = f"[{self.done}/{self.total}] trial {trial.index} {trial.status}"
-        if trial.status in DONE:
+        head = f"[{self.done}/{self.total}] trial {trial.index} {status_text(trial)}"
+        if trial.status in FINISHED:
             return f"{head}: {self.sweep.metric} {fmt_metric(trial.metric)} ({fmt_seconds(trial.seconds)})" + (
                 f"; {trial.error}" if trial.error else "")
         if trial.status == "failed":
@@ -111,14 +133,16 @@ class LiveSweepReporter(PlainSweepReporter):
         self.finished: dict[int, int] = {}     # index -> order of finishing
         self.order: list[int] = []      # indices of this run, in start order
 
-    def on_start(self, sweep: SweepDir, indices: list[int], executor: Any) -> None:
-        super().on_start(sweep, indices, executor)
+    def on_start(self, sweep: SweepDir, indices: list[int], executor: Any, total: int | None = None) -> None:
+        super().on_start(sweep, indices, executor, total)
         self.order = list(indices)
         self.live = Live(console=self.console, get_renderable=self.render, refresh_per_second=4, transient=True)
         self.live.start()
 
     def on_trial_start(self, trial: TrialState) -> None:
         self.started[trial.index] = time.perf_counter()
+        if trial.index not in self.order:   # asked from a sampler just now
+            self.order.append(trial.index)
 
     def on_trial_end(self, trial: TrialState) -> None:
         self.done += 1
@@ -167,6 +191,7 @@ class LiveSweepReporter(PlainSweepReporter):
             table.add_column(p)
         table.add_column("status")
         table.add_column(sd.metric, justify="right")
+        table.add_column("epochs", justify="right")
         table.add_column("time", justify="right")
         shown, hidden = self._visible()
         now = time.perf_counter()
@@ -176,8 +201,8 @@ class LiveSweepReporter(PlainSweepReporter):
             else:
                 seconds = t.seconds
             table.add_row(str(t.index), *(format_value(t.overrides.get(p)) for p in sd.parameters),
-                          Text(t.status, style=STATUS_STYLE.get(t.status, "")), fmt_metric(t.metric),
-                          fmt_seconds(seconds))
+                          Text(status_text(t), style=STATUS_STYLE.get(t.status, "")), fmt_metric(t.metric),
+                          fmt_epochs(t), fmt_seconds(seconds))
         if hidden:
             return Group(table, Text(f"... {hidden} more trials not shown", style="dim"))
         return table
@@ -198,7 +223,12 @@ def print_leaderboard(console: Console, sd: SweepDir) -> None:
         _line(console, title)
         for rank, t in enumerate(ranking, start=1):
             place = f"{rank:>3}." if t.ranked else "   -"
-            tail = f"{sd.metric} {fmt_metric(t.metric)}" if t.ranked else t.status
+            if t.ranked:
+                tail = f"{sd.metric} {fmt_metric(t.metric)}"
+            elif t.status == "pruned":
+                tail = f"pruned at epoch {fmt_epochs(t)} ({sd.metric} {fmt_metric(t.metric)})"
+            else:
+                tail = t.status
             err = f": {t.error}" if t.status == "failed" and t.error else ""
             _line(console, f"{place} trial {t.index}  {tail}{err}  {describe_values(t.overrides)}  "
                            f"{fmt_seconds(t.seconds)}")
@@ -210,13 +240,14 @@ def print_leaderboard(console: Console, sd: SweepDir) -> None:
             table.add_column(p)
         table.add_column("status")
         table.add_column(sd.metric, justify="right")
+        table.add_column("epochs", justify="right")
         table.add_column("time", justify="right")
         for rank, t in enumerate(ranking, start=1):
             style = "bold green" if t is best else ("red" if t.status == "failed" else "")
             table.add_row(str(rank) if t.ranked else "-", str(t.index),
                           *(format_value(t.overrides.get(p)) for p in sd.parameters),
-                          Text(t.status, style=STATUS_STYLE.get(t.status, "")), fmt_metric(t.metric),
-                          fmt_seconds(t.seconds), style=style)
+                          Text(status_text(t), style=STATUS_STYLE.get(t.status, "")), fmt_metric(t.metric),
+                          fmt_epochs(t), fmt_seconds(t.seconds), style=style)
         console.print(table)
     if best is not None:
         text = (f"best: trial {best.index} ({describe_values(best.overrides)}) "

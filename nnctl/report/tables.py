@@ -9,13 +9,15 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
+from nnctl.engine.metrics import auto_mode
 from nnctl.report.progress import fmt
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 
+# The one colour of each run or trial status (runs, show, diff and the sweep tables).
 STATUS_STYLE = {
-    "completed": "green", "stopped_early": "green", "running": "cyan",
-    "interrupted": "yellow", "crashed?": "yellow", "failed": "red", "broken": "red",
+    "pending": "dim", "completed": "green", "stopped_early": "green", "running": "cyan",
+    "interrupted": "yellow", "crashed?": "yellow", "failed": "red", "broken": "red", "pruned": "cyan",
 }
 
 
@@ -61,6 +63,20 @@ def sparkline(values: Sequence[Any], lo: float | None = None, hi: float | None =
         level = 0 if hi <= lo else math.floor((v - lo) / (hi - lo) * (len(BLOCKS) - 1) + 0.5)
         out.append(BLOCKS[min(max(level, 0), len(BLOCKS) - 1)])
     return "".join(out)
+
+
+def titled(table: Table):
+    """The table with its title on a line of its own, as wide as the window.
+
+    Rich wraps a title to the table's width, so a long title over a narrow table breaks
+    mid-phrase (`diabetes: …/regression.csv,` / `regression`).
+    """
+    if not table.title:
+        return table
+    from rich.console import Group
+    title = Text(str(table.title), style="table.title", justify="left")
+    table.title = None
+    return Group(title, table)
 
 
 def key_value_table(rows: Sequence[tuple[str, Any]], title: str | None = None) -> Table:
@@ -134,32 +150,69 @@ def duration(seconds: float | None) -> str:
 
 def status_text(status: str, problem: str | None = None) -> Text:
     text = Text(status, style=STATUS_STYLE.get(status, ""))
-    if problem and status in ("broken", "crashed?"):
+    if problem and status in ("broken", "crashed?", "failed"):
         text.append(f" ({problem})", style="dim")
     return text
 
 
-def runs_table(runs: Sequence[Any], title: str | None = None) -> Table:
+# `nnctl runs` columns in the order they are given up to fit the width (the rest always stay).
+DROP_ORDER = ("params", "dataset", "time", "started")
+NAME_WIDTH = 24  # a longer run name is shortened in the middle in the compact listing
+
+
+def middle_ellipsis(text: str, width: int) -> str:
+    """`text` cut to `width` characters by replacing its middle with '…' (the start and the end tell runs apart)."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2 + (width - 1) % 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
+
+
+def runs_table(runs: Sequence[Any], width: int | None = None, title: str | None = None) -> Table:
     """One row per RunInfo: name, dataset, status, epochs, best validation metric, test metric, ...
 
+    width None: every column, full run names (--wide). With a width: the compact listing, run
+    names without their timestamp (the started column has it) and at most NAME_WIDTH long,
+    and columns dropped in DROP_ORDER until the table fits; the caption says which.
     When every run shares the monitor (or the main test metric), its name moves to the
     column header, so the cells hold only numbers.
     """
+    if width is None:
+        return _runs_table(runs, (), wide=True, title=title)
+    from rich.console import Console
+    measure = Console(width=10_000, file=None, force_terminal=False)
+    dropped: tuple[str, ...] = ()
+    for n in range(len(DROP_ORDER) + 1):
+        dropped = DROP_ORDER[:n]
+        table = _runs_table(runs, dropped, wide=False, title=title)
+        if measure.measure(table).maximum <= width:
+            break
+    return table
+
+
+def _runs_table(runs: Sequence[Any], dropped: Sequence[str], wide: bool, title: str | None) -> Table:
     monitors = {r.monitor for r in runs if r.best[1] is not None}
     mains = {r.main_metric for r in runs if r.test.get(f"test_{r.main_metric}") is not None}
     one_monitor = next(iter(monitors)) if len(monitors) == 1 else None
     one_main = next(iter(mains)) if len(mains) == 1 else None
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
-    table.add_column("run", style="bold", no_wrap=True)
-    table.add_column("dataset")
-    table.add_column("status")
-    table.add_column("epochs", justify="right")
-    table.add_column(f"best {one_monitor} (epoch)" if one_monitor else "best (epoch)",
-                     justify="right" if one_monitor else "left")
-    table.add_column(f"test {one_main}" if one_main else "test", justify="right" if one_main else "left")
-    table.add_column("params", justify="right")
-    table.add_column("time", justify="right")
-    table.add_column("started", no_wrap=True)
+    caption = None
+    if dropped:
+        caption = f"not shown: {', '.join(dropped)} (nnctl runs --wide shows every column)"
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                  padding=(0, 1) if wide else (0, 1, 0, 0), caption=caption, caption_justify="left",
+                  caption_style="dim")
+    columns = [("run", dict(style="bold", no_wrap=True)), ("dataset", dict(no_wrap=True)),
+               ("status", dict(no_wrap=True)), ("epochs", dict(justify="right", no_wrap=True)),
+               ("best", dict(justify="right" if one_monitor else "left", no_wrap=True)),
+               ("test", dict(justify="right" if one_main else "left", no_wrap=True)),
+               ("params", dict(justify="right", no_wrap=True)), ("time", dict(justify="right", no_wrap=True)),
+               ("started", dict(no_wrap=True))]
+    headers = {"best": f"best {one_monitor} (epoch)" if one_monitor else "best (epoch)",
+               "test": f"test {one_main}" if one_main else "test"}
+    shown = [c for c, _ in columns if c not in dropped]
+    for name, opts in columns:
+        if name in shown:
+            table.add_column(headers.get(name, name), **opts)
     for run in runs:
         epochs = run.epochs
         if epochs is not None and run.max_epochs is not None and run.status != "completed":
@@ -175,17 +228,32 @@ def runs_table(runs: Sequence[Any], title: str | None = None) -> Table:
         if test_value is not None:
             test = fmt(float(test_value)) if one_main else f"{run.main_metric} {fmt(float(test_value))}"
         started: datetime | None = run.started
-        table.add_row(
-            Text(run.name), Text(cell(run.dataset)), status_text(run.status), epochs_text, best, test,
-            f"{run.parameters:,}" if run.parameters is not None else "-", duration(run.seconds),
-            started.strftime("%Y-%m-%d %H:%M") if started else "-",
-        )
+        name = run.name if wide else middle_ellipsis(run.short_name, NAME_WIDTH)
+        cells = {
+            "run": Text(name), "dataset": Text(cell(run.dataset)), "status": status_text(run.status),
+            "epochs": epochs_text, "best": best, "test": test,
+            "params": f"{run.parameters:,}" if run.parameters is not None else "-",
+            "time": duration(run.seconds),
+            "started": (started.strftime("%Y-%m-%d %H:%M" if wide else "%m-%d %H:%M") if started else "-"),
+        }
+        table.add_row(*(cells[c] for c in shown))
     return table
 
 
-def run_problems(runs: Sequence[Any]) -> list[str]:
-    """Footnotes for a runs table: why each broken or crashed run is so (one line each)."""
-    return [f"{run.name}: {run.problem}" for run in runs if run.problem]
+def run_problems(runs: Sequence[Any], width: int | None = None) -> list[str]:
+    """Footnotes for a runs table: why each failed, broken or crashed run is so, one line each
+    (cut to `width` characters with '…'; `nnctl show` and `runs --json` give the whole reason)."""
+    lines = []
+    for run in runs:
+        if not run.problem:
+            continue
+        first = run.problem.splitlines()[0] if run.problem.strip() else run.problem
+        # the name as the table shows it, so the note is found beside its row
+        line = f"{run.name if width is None else middle_ellipsis(run.short_name, NAME_WIDTH)}: {first}"
+        if width is not None and len(line) > width:
+            line = line[:width - 1] + "…"
+        lines.append(line)
+    return lines
 
 
 def model_table(rows: Sequence[tuple[Any, Any, int]], title: str | None = None) -> Table:
@@ -220,7 +288,10 @@ def history_table(history: Sequence[dict[str, Any]], best_epoch: int | None = No
     columns = ["epoch", *keys, "lr", "seconds"]
     best_index = next((i for i, r in enumerate(history) if r.get("epoch") == best_epoch), None)
     shown = thin_rows(len(history), max_rows, [best_index] if best_index is not None else [])
-    caption = f"{len(shown)} of {len(history)} epochs; best in green" if len(shown) < len(history) else None
+    # the best row is marked in the text, not only in colour: plain output (a pipe, NO_COLOR) shows it too
+    caption = "* best epoch" if best_index is not None else None
+    if len(shown) < len(history):
+        caption = f"{len(shown)} of {len(history)} epochs" + (f"; {caption}" if caption else "")
     table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     for c in columns:
         table.add_column(c, justify="right")
@@ -230,7 +301,8 @@ def history_table(history: Sequence[dict[str, Any]], best_epoch: int | None = No
         cells = []
         for c in columns:
             v = record.get(c)
-            cells.append(f"{v:.3f}" if c == "seconds" and isinstance(v, float) else cell(v))
+            text = f"{v:.3f}" if c == "seconds" and isinstance(v, float) else cell(v)
+            cells.append(f"{text}*" if c == "epoch" and i == best_index else text)
         table.add_row(*cells, style=style)
     return table
 
@@ -251,7 +323,7 @@ def sparkline_rows(history: Sequence[dict[str, Any]], keys: Sequence[str], width
         nums = [float(v) for v in vs if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
         if not nums:
             continue
-        best = max(nums) if k.removeprefix("val_") in ("accuracy", "r2") else min(nums)
+        best = max(nums) if auto_mode(k) == "max" else min(nums)
         lines.append(f"{k:<{pad}}  {sparkline(vs, lo, hi, width)}  {fmt(nums[0])} → {fmt(nums[-1])} "
                      f"(best {fmt(best)})")
     return lines

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ import numpy as np
 
 from nnctl import __version__
 from nnctl.errors import CheckpointError
+from nnctl.fileio import check_regular
 from nnctl.runs.store import atomic_write, json_default
 
 FORMAT = "nnctl-checkpoint"
@@ -66,10 +68,11 @@ def save_checkpoint(path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarr
 def load_checkpoint(path: Path) -> Checkpoint:
     """Load and check a checkpoint; any problem is one CheckpointError line naming the file."""
     path = Path(path)
-    if not path.exists():
+    if not os.path.lexists(path):
         raise CheckpointError(f"{path}: no such checkpoint")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, expected a .npz checkpoint")
+    check_regular(path, CheckpointError)  # a FIFO would block, a device never end, a loop raise
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -131,7 +134,7 @@ def resolve_checkpoint_path(target: Path, which: str = "best") -> Path:
     target = Path(target)
     if target.is_dir():
         cand = target / "checkpoints" / f"{which}.npz"
-        if not cand.exists():
+        if not os.path.lexists(cand):  # a FIFO or a symlink loop there is refused, not skipped
             other = target / "checkpoints" / ("last.npz" if which == "best" else "best.npz")
             if (target / "checkpoints").is_dir() and other.exists() and which == "best":
                 return other

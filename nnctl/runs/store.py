@@ -23,6 +23,7 @@ from typing import Any, Callable
 import yaml
 
 from nnctl.errors import NnctlError
+from nnctl.fileio import RUN_JSON_MAX_BYTES, SPEC_MAX_BYTES, read_text
 
 RUN_FILES = ("config.yaml", "status.json", "history.json", "metrics.json")
 STATUSES = ("running", "completed", "stopped_early", "failed", "interrupted")
@@ -79,9 +80,11 @@ def json_default(obj: Any) -> Any:
 
 
 def read_json(path: Path, default: Any = None) -> Any:
+    """The JSON in `path`, or `default` when it is missing, not a regular file, too large,
+    not UTF-8 or not JSON (a FIFO dropped into a run folder must not hang a reader)."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return json.loads(read_text(path, RUN_JSON_MAX_BYTES))
+    except (NnctlError, ValueError, RecursionError):
         return default
 
 
@@ -172,7 +175,11 @@ class RunDir:
         delete each other's temp files; flock is released by the kernel even on SIGKILL.
         """
         import fcntl
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:  # a read-only mount, a folder we may not write
+            raise NnctlError(f"{self.path}: cannot write to the run folder ({err.strerror or err}); "
+                             f"nothing was changed") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -204,24 +211,11 @@ class RunDir:
         text = dump_yaml(config)
         atomic_write(self.path / "config.yaml", lambda f: f.write(text), binary=False)
 
-    def read_config(self) -> dict[str, Any] | None:
-        try:
-            return yaml.safe_load((self.path / "config.yaml").read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError):
-            return None
-
     def write_history(self, history: list[dict[str, Any]]) -> None:
         write_json(self.path / "history.json", history)
 
-    def read_history(self) -> list[dict[str, Any]]:
-        data = read_json(self.path / "history.json", [])
-        return data if isinstance(data, list) else []
-
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         write_json(self.path / "metrics.json", metrics)
-
-    def read_metrics(self) -> dict[str, Any] | None:
-        return read_json(self.path / "metrics.json")
 
     def set_status(self, status: str, **extra: Any) -> None:
         assert status in STATUSES, status

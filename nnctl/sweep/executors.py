@@ -85,13 +85,16 @@ def run_trial(job: dict[str, Any], should_stop: Callable[[], bool] = lambda: Fal
     trial_dir.mkdir(parents=True, exist_ok=True)
     before = {p.name for p in trial_dir.iterdir() if p.is_dir()}
     threads = job.get("blas_threads") or blas_threads(1)
-    cmd = [sys.executable, "-c", _CHILD, "train", job["spec"], "--runs-dir", str(trial_dir), "--quiet"]
+    # A rerun whose interrupted run left a checkpoint continues that run (same result, less work).
+    args = (["train", "--resume", job["resume"], "--quiet"] if job.get("resume")
+            else ["train", job["spec"], "--runs-dir", str(trial_dir), "--quiet"])
+    cmd = [sys.executable, "-c", _CHILD, *args]
     log_path = trial_dir / "train.log"
     t0 = time.perf_counter()
     stopped = False
     with open(log_path, "ab") as log:
         offset = log.tell()
-        log.write(f"$ nnctl train {job['spec']} --runs-dir {trial_dir} --quiet  "
+        log.write(f"$ nnctl {' '.join(args)}  "
                   f"# {time.strftime('%Y-%m-%dT%H:%M:%S')}, {threads} BLAS threads\n".encode())
         log.flush()
         env = trial_env(threads)
@@ -159,13 +162,18 @@ def collect(job: dict[str, Any], trial_dir: Path, before: set[str], rc: int, out
     """Turn what the child left (exit code, output, run directory) into a trial result."""
     from nnctl.runs.store import read_json
     new = sorted(p for p in trial_dir.iterdir() if p.is_dir() and p.name not in before)
-    run = new[-1] if new else None
+    run = new[-1] if new else (Path(job["resume"]) if job.get("resume") else None)
     status_rec = read_json(run / "status.json") if run is not None else None
     run_status = status_rec.get("status") if isinstance(status_rec, dict) else None
     run_dir = str(run) if run is not None else None
-    if run_status in ("completed", "stopped_early") and rc == 0:
-        metric, error = read_metric(run, job["metric"])
-        return _result(job, run_status, metric, run_dir, error, seconds)
+    if run_status in ("completed", "stopped_early", "pruned") and rc == 0:
+        metrics = job.get("metrics") or [job["metric"]]
+        values, error = read_metrics(run, metrics)
+        res = _result(job, run_status, values[0], run_dir, error, seconds)
+        res["epochs"] = (read_json(run / "metrics.json") or {}).get("epochs")
+        if len(metrics) > 1:
+            res["values"] = values
+        return res
     if stopped or rc in (130, -signal.SIGINT):
         return _result(job, "interrupted", None, run_dir, None, seconds)
     error = None
@@ -191,6 +199,17 @@ def error_text(output: str, rc: int) -> str:
     if lines:
         return lines[-1]
     return f"the trial process exited with code {rc}"
+
+
+def read_metrics(run: Path, metrics: list[str]) -> tuple[list[float | None], str | None]:
+    """Every objective's value (see read_metric); the first problem, if any."""
+    values, errors = [], []
+    for m in metrics:
+        value, error = read_metric(run, m)
+        values.append(value)
+        if error:
+            errors.append(error)
+    return values, (errors[0] if errors else None)
 
 
 def read_metric(run: Path, metric: str) -> tuple[float | None, str | None]:

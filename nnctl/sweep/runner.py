@@ -6,17 +6,21 @@ Layout of one sweep (`runs/<sweep-name>-<YYYYmmdd-HHMMSS>/`):
                              run directory, wall time and error; rewritten atomically
                              whenever a trial starts or ends
     results.csv              one row per trial in leaderboard order
+    study.journal            model-based methods (tpe, gp, cmaes, nsga2): the Optuna study,
+                             an append-only journal the sweep asks/tells and trials report to
     trials/<k>/spec.yaml     trial k's resolved train spec, snapshotted at launch (resume
                              uses it, so later edits of the base file change nothing)
     trials/<k>/train.log     what each attempt of trial k printed
     trials/<k>/<run>/        trial k's run directory(ies), as written by `nnctl train`
-A trial is done when a run under trials/<k>/ finished (completed or stopped early) with
-exactly its snapshotted config; `--resume` reruns every other trial. The manifest never keeps
+A trial is done when a run under trials/<k>/ finished (completed, stopped early or pruned)
+with exactly its snapshotted config; `--resume` reruns every other trial (model-based
+methods: every trial the study still has running; failed ones were told and stay failed). The manifest never keeps
 a `running` trial once the sweep process has stopped on its own terms.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -34,12 +38,14 @@ from typing import Any, Iterator
 import yaml
 
 from nnctl.errors import NnctlError
+from nnctl.fileio import SPEC_MAX_BYTES, read_text
 from nnctl.runs.store import atomic_write, dump_yaml, read_json, unique_dir, write_json
-from nnctl.sweep.executors import STOP_GRACE, make_job, read_metric
+from nnctl.sweep.executors import STOP_GRACE, make_job, read_metrics
 from nnctl.sweep.spec import SweepSpec, Trial, config_hash
 
-DONE = ("completed", "stopped_early")
-TRIAL_STATUSES = ("pending", "running", "completed", "stopped_early", "failed", "interrupted")
+DONE = ("completed", "stopped_early")        # ran to their end: ranked by the metric
+FINISHED = DONE + ("pruned",)                 # never rerun by --resume
+TRIAL_STATUSES = ("pending", "running", "completed", "stopped_early", "pruned", "failed", "interrupted")
 EXIT_INTERRUPTED = 130
 
 
@@ -62,6 +68,8 @@ class TrialState:
     attempts: int = 0
     started: str | None = None
     finished: str | None = None
+    epochs: int | None = None               # epochs the run trained (a pruned trial: where it stopped)
+    values: list[float | None] | None = None  # every objective's value (several metrics: nsga2)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "TrialState":
@@ -70,6 +78,7 @@ class TrialState:
 
     @property
     def ranked(self) -> bool:
+        # A pruned trial trained fewer epochs than the others; its metric is shown, not ranked.
         return self.status in DONE and self.metric is not None and math.isfinite(self.metric)
 
 
@@ -140,20 +149,10 @@ class SweepDir:
         """A new `<name>-<timestamp>` folder holding the launched sweep and every trial's spec."""
         from nnctl.config.spec import safe_run_name
         path = unique_dir(Path(runs_dir), safe_run_name(sweep.name), now, what="sweep")
-        launched = {
-            "name": sweep.name,
-            "description": sweep.description,
-            "base": sweep.base,
-            "method": sweep.method,
-            **({"trials": sweep.trials} if sweep.method == "random" else {}),
-            "seed": sweep.seed,
-            "parameters": sweep.source.data.get("parameters"),
-            "metric": sweep.metric,
-            "goal": sweep.goal,
-        }
+        launched = dump_yaml(launched_spec(sweep))
         header = (f"# launched {_now()} from {sweep.path.resolve() if sweep.path else sweep.source.filename}; "
                   f"base: {sweep.base_label}, resolved and inlined\n")
-        text = header + dump_yaml(launched)
+        text = header + launched
         atomic_write(path / "sweep.yaml", lambda f: f.write(text), binary=False)
         for t in trials:
             folder = path / "trials" / str(t.index)
@@ -167,6 +166,12 @@ class SweepDir:
             "seed": sweep.seed,
             "metric": sweep.metric,
             "goal": sweep.goal,
+            "metrics": sweep.metrics,
+            "goals": sweep.goals,
+            "trials_declared": len(trials) if sweep.trials is None or not sweep.model_based else sweep.trials,
+            "pruner": sweep.pruner.to_dict() if sweep.pruner is not None else None,
+            # resume refuses a sweep.yaml edited since launch (its new trials come from it)
+            "launched_sha256": hashlib.sha256(launched.encode()).hexdigest(),
             "parameters": [p.name for p in sweep.parameters],
             "sweep_file": str(sweep.path.resolve()) if sweep.path else None,
             "base": sweep.base_label,
@@ -211,18 +216,32 @@ class SweepDir:
     def ranking(self) -> list[TrialState]:
         return leaderboard(self.trials, self.goal)
 
+    @property
+    def metrics(self) -> list[str]:
+        return list(self.meta.get("metrics") or [self.metric])
+
+    @property
+    def declared(self) -> int:
+        """How many trials the sweep is to have in the end."""
+        return int(self.meta.get("trials_declared") or len(self.trials))
+
     def write_results(self) -> Path:
-        """results.csv in leaderboard order: rank, index, each parameter, status, metric, run_dir, seconds, error."""
+        """results.csv in leaderboard order: rank, index, each parameter, status, the metric(s), epochs,
+        run_dir, seconds, error."""
         params = self.parameters
+        extra = self.metrics[1:]
         rows = []
         for rank, t in enumerate(self.ranking(), start=1):
+            more = list(t.values[1:]) if t.values and len(t.values) == len(self.metrics) else [None] * len(extra)
             rows.append([rank if t.ranked else "", t.index, *(csv_value(t.overrides.get(p)) for p in params),
-                         t.status, csv_value(t.metric), t.run_dir or "",
+                         t.status, csv_value(t.metric), *(csv_value(v) for v in more),
+                         "" if t.epochs is None else t.epochs, t.run_dir or "",
                          "" if t.seconds is None else f"{t.seconds:.2f}", t.error or ""])
 
         def write(f) -> None:
             w = csv.writer(f, lineterminator="\n")
-            w.writerow(["rank", "index", *params, "status", self.metric, "run_dir", "seconds", "error"])
+            w.writerow(["rank", "index", *params, "status", self.metric, *extra, "epochs", "run_dir", "seconds",
+                        "error"])
             w.writerows(rows)
 
         atomic_write(self.results, write, binary=False)
@@ -236,16 +255,37 @@ class SweepDir:
         runs = sorted((p for p in folder.iterdir() if p.is_dir()), reverse=True) if folder.is_dir() else []
         for run in runs:
             status = read_json(run / "status.json")
-            if not isinstance(status, dict) or status.get("status") not in DONE:
+            if not isinstance(status, dict) or status.get("status") not in FINISHED:
                 continue
             if not (run / "metrics.json").is_file():
                 continue
             try:
-                config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-            except (OSError, yaml.YAMLError):
+                config = yaml.safe_load(read_text(run / "config.yaml", SPEC_MAX_BYTES))
+            except (NnctlError, yaml.YAMLError, RecursionError):
                 continue
             if isinstance(config, dict) and config_hash(config) == want:
                 return run
+        return None
+
+    def resumable_run(self, index: int) -> Path | None:
+        """The newest run of trial `index` that was interrupted with a checkpoint of exactly its config.
+
+        Rerunning the trial continues that run from its last.npz (`nnctl train --resume`):
+        resume is exact, so the result is the one an uninterrupted trial would have had.
+        """
+        folder = self.trial_dir(index)
+        runs = sorted((p for p in folder.iterdir() if p.is_dir()), reverse=True) if folder.is_dir() else []
+        for run in runs:
+            status = read_json(run / "status.json")
+            if not isinstance(status, dict):
+                continue
+            if status.get("status") != "interrupted" or not (run / "checkpoints" / "last.npz").is_file():
+                return None     # only the newest run may be continued
+            try:
+                config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError):
+                return None
+            return run if isinstance(config, dict) and config_hash(config) == self.trials[index].config_hash else None
         return None
 
     @contextmanager
@@ -256,7 +296,11 @@ class SweepDir:
         crashed sweep never blocks its own resume, and a reused pid cannot fool it.
         """
         import fcntl
-        f = open(self.path / ".lock", "a+")
+        try:
+            f = open(self.path / ".lock", "a+")
+        except OSError as err:  # a read-only mount, a folder we may not write
+            raise NnctlError(f"{self.path}: cannot write to the sweep folder ({err.strerror or err}); "
+                             f"nothing was changed") from None
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -281,14 +325,35 @@ class SweepDir:
             if run is None:
                 todo.append(t.index)
                 continue
-            if t.status in DONE and t.run_dir == str(run):
+            if t.status in FINISHED and t.run_dir == str(run):
                 continue
             # The run finished but the manifest never heard (the sweep died in between).
             status = (read_json(run / "status.json") or {}).get("status", "completed")
-            metric, error = read_metric(run, self.metric)
-            t.status, t.metric, t.error, t.run_dir = status, metric, error, str(run)
-            t.seconds = (read_json(run / "metrics.json") or {}).get("seconds", t.seconds)
+            values, error = read_metrics(run, self.metrics)
+            t.status, t.metric, t.error, t.run_dir = status, values[0], error, str(run)
+            t.values = values if len(values) > 1 else None
+            metrics = read_json(run / "metrics.json") or {}
+            t.seconds = metrics.get("seconds", t.seconds)
+            t.epochs = metrics.get("epochs", t.epochs)
         return todo
+
+
+def launched_spec(sweep: SweepSpec) -> dict[str, Any]:
+    """The sweep as launched, self-contained: what sweep.yaml holds (after its comment line)."""
+    metric: Any = sweep.metrics if len(sweep.metrics) > 1 else sweep.metric
+    goal: Any = sweep.goals if len(sweep.goals) > 1 else sweep.goal
+    return {
+        "name": sweep.name,
+        "description": sweep.description,
+        "base": sweep.base,
+        "method": sweep.method,
+        **({"trials": sweep.trials} if sweep.method != "grid" else {}),
+        "seed": sweep.seed,
+        **({"pruner": sweep.pruner.to_dict()} if sweep.pruner is not None else {}),
+        "parameters": sweep.source.data.get("parameters"),
+        "metric": metric,
+        "goal": goal,
+    }
 
 
 # -- running ----------------------------------------------------------------------------------
@@ -296,7 +361,7 @@ class SweepDir:
 class SweepListener:
     """Progress events of a sweep; every method is optional to override."""
 
-    def on_start(self, sweep: SweepDir, indices: list[int], executor: Any) -> None: ...
+    def on_start(self, sweep: SweepDir, indices: list[int], executor: Any, total: int | None = None) -> None: ...
     def on_trial_start(self, trial: TrialState) -> None: ...
     def on_trial_end(self, trial: TrialState) -> None: ...
     def on_stop(self, reason: str) -> None: ...
@@ -333,16 +398,49 @@ def _stop_signals(on_signal) -> Iterator[None]:
             signal.signal(sig, h)
 
 
+class FixedTrials:
+    """The trials of a grid or random sweep: all known at launch, run in index order."""
+
+    def __init__(self, indices: list[int]):
+        self.queue = deque(indices)
+        self.planned = len(indices)
+
+    def has_more(self) -> bool:
+        return bool(self.queue)
+
+    def next(self) -> int | None:
+        return self.queue.popleft() if self.queue else None
+
+    def job_extra(self, index: int) -> dict[str, Any]:
+        return {}
+
+    def ended(self, trial: TrialState) -> None:
+        pass
+
+    def cancel(self) -> list[int]:
+        """Forget the trials not started yet; return the known ones (to mark interrupted)."""
+        rest = list(self.queue)
+        self.queue.clear()
+        return rest
+
+
 def run_sweep(sd: SweepDir, executor: Any, indices: list[int] | None = None, fail_fast: bool = False,
-              listener: SweepListener | None = None, poll: float = 0.1) -> Outcome:
+              listener: SweepListener | None = None, poll: float = 0.1, source: Any = None) -> Outcome:
     """Run the given trials (default: all) with at most `executor.slots` at a time.
 
-    A failed trial is recorded and the rest go on, unless `fail_fast`. SIGINT/SIGTERM stop
-    the running trials (their runs are marked interrupted by `nnctl train`), mark every
-    unfinished trial interrupted and return exit code 130; a second signal kills at once.
+    `source` hands out the next trial when a slot is free and hears when each ends: the fixed
+    list of a grid/random sweep (default), or nnctl.sweep.study.StudyTrials, which asks an
+    Optuna sampler and tells it the results. A failed trial is recorded and the rest go on,
+    unless `fail_fast`. SIGINT/SIGTERM stop the running trials (their runs are marked
+    interrupted by `nnctl train`), mark every unfinished trial interrupted and return exit
+    code 130; a second signal kills at once.
     """
     listener = listener or SweepListener()
-    indices = list(range(len(sd.trials))) if indices is None else list(indices)
+    if source is None:
+        indices = list(range(len(sd.trials))) if indices is None else list(indices)
+        source = FixedTrials(indices)
+    else:
+        indices = list(source.queue)
     for i in indices:
         t = sd.trials[i]
         t.status, t.metric, t.error, t.run_dir, t.seconds, t.started, t.finished = (
@@ -359,21 +457,41 @@ def run_sweep(sd: SweepDir, executor: Any, indices: list[int] | None = None, fai
             stop["reason"] = "interrupted"
             stop["signal"] = name
 
-    queue = deque(indices)
     running: dict[Any, tuple[int, float]] = {}
+    ran: list[int] = []
     stop_sent = False
     killed = False
     deadline = math.inf
-    listener.on_start(sd, indices, executor)
+    listener.on_start(sd, indices, executor, source.planned)
+
+    def ended(t: TrialState) -> None:
+        source.ended(t)     # the study first: a crash after this leaves a run that resume adopts
+        sd.save()
+        listener.on_trial_end(t)
+        if t.status == "failed" and fail_fast and stop["reason"] is None:
+            stop["reason"] = "fail-fast"
+
     try:
         with _stop_signals(on_signal):
-            while queue or running:
+            while source.has_more() or running:
                 try:
                     if stop["reason"] is None:
-                        while queue and len(running) < executor.slots:
-                            i = queue.popleft()
+                        while len(running) < executor.slots:
+                            i = source.next()
+                            if i is None:
+                                break
+                            ran.append(i)
                             t = sd.trials[i]
+                            if t.status == "failed":   # a proposal whose train spec is not valid
+                                listener.on_trial_start(t)
+                                ended(t)
+                                continue
                             job = make_job(i, sd.spec_path(i), sd.trial_dir(i), sd.metric, executor.threads)
+                            job.update(source.job_extra(i))
+                            if t.attempts:
+                                run = sd.resumable_run(i)
+                                if run is not None:
+                                    job["resume"] = str(run.resolve())
                             running[executor.submit(job)] = (i, time.perf_counter())
                             t.status, t.started, t.attempts = "running", _now(), t.attempts + 1
                             sd.save()
@@ -382,16 +500,12 @@ def run_sweep(sd: SweepDir, executor: Any, indices: list[int] | None = None, fai
                         i, t0 = running.pop(fut)
                         t = sd.trials[i]
                         _record(t, _result_of(fut, t0), stopping=stop["reason"] is not None)
-                        sd.save()
-                        listener.on_trial_end(t)
-                        if t.status == "failed" and fail_fast and stop["reason"] is None:
-                            stop["reason"] = "fail-fast"
+                        ended(t)
                     if stop["reason"] is not None and not stop_sent:
                         stop_sent = True
                         executor.stop()
-                        for i in queue:
+                        for i in source.cancel():
                             sd.trials[i].status = "interrupted"
-                        queue.clear()
                         sd.save()
                         listener.on_stop(stop["reason"])
                         deadline = time.monotonic() + STOP_GRACE + 20.0
@@ -415,7 +529,7 @@ def run_sweep(sd: SweepDir, executor: Any, indices: list[int] | None = None, fai
                 pass
         if running or (stop["reason"] is not None and not stop_sent):
             executor.stop()   # e.g. an unexpected error: no trial may outlive the sweep
-        for i in queue:
+        for i in source.cancel():
             sd.trials[i].status = "interrupted"
         if stop["reason"] == "interrupted":
             state = "interrupted"
@@ -435,7 +549,7 @@ def run_sweep(sd: SweepDir, executor: Any, indices: list[int] | None = None, fai
         code = 1
     else:
         code = 0
-    outcome = Outcome(state=state, exit_code=code, counts=counts, ran=indices,
+    outcome = Outcome(state=state, exit_code=code, counts=counts, ran=ran,
                       seconds=time.perf_counter() - t_start)
     listener.on_end(sd, outcome)
     return outcome
@@ -451,10 +565,12 @@ def _result_of(fut: Any, t0: float) -> dict[str, Any]:
 
 def _record(t: TrialState, res: dict[str, Any], stopping: bool) -> None:
     status = res.get("status", "failed")
-    if stopping and status not in DONE:
+    if stopping and status not in FINISHED:
         status = "interrupted"      # stopped by us: whatever it died of is not its own failure
     t.status = status
     t.metric = res.get("metric")
+    t.values = res.get("values")
+    t.epochs = res.get("epochs")
     t.run_dir = res.get("run_dir")
     t.seconds = res.get("seconds")
     t.error = res.get("error") if status != "interrupted" else None

@@ -47,7 +47,12 @@ from nnctl.config.source import KeyPath, Source, format_path, read_spec
 from nnctl.engine.hparams import Param, unknown_name_message
 from nnctl.errors import ConfigError, NnctlError
 
-METHODS = ("grid", "random")
+METHODS = ("grid", "random", "tpe", "gp", "cmaes", "nsga2")
+# Methods whose next trial depends on the results so far: they run on Optuna (the search extra).
+MODEL_BASED = ("tpe", "gp", "cmaes", "nsga2")
+# Each trial is a training run and a folder: more than this is a typo (or an attack), and
+# a grid is counted before it is expanded, so a huge one is refused at once.
+MAX_TRIALS = 10_000
 GOALS = ("maximize", "minimize")
 DISTRIBUTIONS = ("choice", "int_uniform", "log_uniform", "uniform")
 CONTINUOUS = ("uniform", "log_uniform", "int_uniform")
@@ -56,13 +61,20 @@ SWEEP_PARAMS: dict[str, Param] = {
     "name": Param("str", None, nullable=True, doc="sweep name; runs/<name>-<timestamp>/ (default: the file's stem)"),
     "description": Param("str", None, nullable=True, doc="free text kept with the sweep"),
     "base": Param("any", nullable=True, doc="the train spec to vary: a path relative to this file, or the spec inline"),
-    "method": Param("str", "grid", choices=METHODS, doc="grid: every combination; random: `trials` samples"),
-    "trials": Param("int", None, ge=1, nullable=True, doc="number of random trials (method random only)"),
-    "seed": Param("int", 0, ge=0, doc="seeds the random sampling of trial values (not the trainings)"),
+    "method": Param("str", "grid", choices=METHODS,
+                    doc="grid: every combination; random: `trials` samples; tpe | gp | cmaes | nsga2: Optuna's "
+                        "samplers, which learn from the finished trials"),
+    "trials": Param("int", None, ge=1, le=MAX_TRIALS, nullable=True,
+                    doc=f"number of trials (every method but grid; at most {MAX_TRIALS:,})"),
+    "seed": Param("int", 0, ge=0, doc="seeds the sampling of trial values (not the trainings)"),
+    "pruner": Param("any", None, nullable=True,
+                    doc="stop hopeless trials early: {name: none | median | asha | hyperband, ...} (Optuna methods)"),
     "parameters": Param("mapping", doc="dotted train-spec path -> list of values or {distribution, min, max}"),
-    "metric": Param("str", doc="the logged metric that ranks trials, e.g. val_accuracy or test_loss"),
-    "goal": Param("str", None, choices=GOALS, nullable=True,
-                  doc="maximize or minimize the metric (default: maximize accuracy/r2, minimize the rest)"),
+    "metric": Param("any", doc="the logged metric that ranks trials, e.g. val_accuracy or test_loss "
+                               "(nsga2: a list of metrics)"),
+    "goal": Param("any", None, nullable=True,
+                  doc="maximize or minimize the metric (default: maximize accuracy/r2, minimize the rest); "
+                      "a list for several metrics"),
 }
 
 _PARAMETER_KEYS = {
@@ -113,7 +125,7 @@ class SweepSpec:
     trials: int | None
     seed: int
     parameters: list[Parameter]
-    metric: str
+    metric: str                     # the first (ranking) metric
     goal: str
     base: dict[str, Any]            # Spec.to_dict() of the base train spec
     base_raw: dict[str, Any]        # the base as written (component options for switches)
@@ -121,6 +133,13 @@ class SweepSpec:
     base_label: str                 # "digits.yaml" or "inline base"
     source: Source
     path: Path | None = None        # the sweep file
+    metrics: list[str] = field(default_factory=list)   # every objective (nsga2: several), metric first
+    goals: list[str] = field(default_factory=list)
+    pruner: Any = None              # nnctl.sweep.search.PrunerSpec, or None (no pruning)
+
+    @property
+    def model_based(self) -> bool:
+        return self.method in MODEL_BASED
 
     def where(self, path: KeyPath) -> str:
         return self.source.where(path)
@@ -168,34 +187,139 @@ def check_sweep(source: Source, folder: Path, default_name: str, path: Path | No
     params = _parse_parameters(chk, top["parameters"], top["method"])
 
     method = top["method"]
-    if method == "random" and top["trials"] is None:
-        chk.error(("trials",), "is required for method random")
+    missing = _missing_packages(method)
+    if missing:
+        chk.error(("method",), missing)
+    if method != "grid" and top["trials"] is None:
+        chk.error(("trials",), f"is required for method {method}")
     if method == "grid" and top["trials"] is not None:
-        chk.error(("trials",), "only used by method random (a grid runs every combination)")
+        chk.error(("trials",), "not used by method grid (a grid runs every combination)")
+    if method == "grid" and params:
+        count = grid_size(params)
+        if count > MAX_TRIALS:
+            chk.error(("parameters",), f"the grid has {count:,} combinations, more than the {MAX_TRIALS:,} "
+                                       f"trials a sweep may have")
     for p in params:
         _check_path(chk, p, base, params)
     task, has_val, has_test = exp_info
     valid = metrics_for(task, has_val, has_test)
-    metric = top["metric"]
-    if metric not in valid:
-        why = ""
-        if metric.startswith("val_") and not has_val:
-            why = " (there is no validation split: set data.val_split in the base spec)"
-        elif metric.startswith("test_") and not has_test:
-            why = " (there is no test split: set data.test_split in the base spec)"
-        chk.error(("metric",), unknown_name_message("metric", metric, valid) + f"; it is never logged{why}")
+    metrics = _parse_metrics(chk, top["metric"], method)
+    for at, metric in metrics:
+        if metric not in valid:
+            why = ""
+            if metric.startswith("val_") and not has_val:
+                why = " (there is no validation split: set data.val_split in the base spec)"
+            elif metric.startswith("test_") and not has_test:
+                why = " (there is no test split: set data.test_split in the base spec)"
+            chk.error(at, unknown_name_message("metric", metric, valid) + f"; it is never logged{why}")
+    names = [m for _, m in metrics]
+    goals = _parse_goals(chk, top["goal"], names)
+    pruner = _parse_pruner(chk, top["pruner"], method, names)
     chk.raise_if_any()
 
-    goal = top["goal"] or default_goal(metric)
     return SweepSpec(name=top["name"] or default_name, description=top["description"], method=method,
-                     trials=top["trials"], seed=top["seed"], parameters=params, metric=metric, goal=goal,
+                     trials=top["trials"], seed=top["seed"], parameters=params, metric=names[0], goal=goals[0],
                      base=base, base_raw=base_raw, base_dir=base_dir, base_label=base_label,
-                     source=source, path=path)
+                     source=source, path=path, metrics=names, goals=goals, pruner=pruner)
+
+
+def _missing_packages(method: str) -> str | None:
+    """Why `method` cannot run here (an extra not installed), or None; checked before anything is written."""
+    from importlib.util import find_spec
+    if method not in MODEL_BASED:
+        return None
+    if find_spec("optuna") is None:
+        return f'method {method} runs on Optuna, which is not installed: pip install -e ".[search]"'
+    if method == "gp" and (find_spec("torch") is None or find_spec("scipy") is None):
+        return "method gp needs torch and scipy (Optuna's GPSampler): pip install torch scipy"
+    if method == "cmaes" and find_spec("cmaes") is None:
+        return 'method cmaes needs the cmaes package: pip install -e ".[search]"'
+    return None
+
+
+def _parse_metrics(chk: Checker, raw: Any, method: str) -> list[tuple[KeyPath, str]]:
+    if isinstance(raw, str):
+        return [(("metric",), raw)]
+    if isinstance(raw, list) and raw and all(isinstance(m, str) for m in raw):
+        if len(raw) > 1 and method != "nsga2":
+            chk.error(("metric",), f"several metrics need method nsga2 (a multi-objective search); "
+                                   f"method {method} ranks by one metric")
+            return [(("metric",), raw[0])]
+        if len(set(raw)) != len(raw):
+            chk.error(("metric",), "lists a metric twice")
+        return [(("metric", i), m) for i, m in enumerate(raw)]
+    chk.error(("metric",), f"must be a metric name (or, for nsga2, a list of names), got {describe(raw)}")
+    return [(("metric",), "loss")]
+
+
+def _parse_goals(chk: Checker, raw: Any, metrics: list[str]) -> list[str]:
+    if raw is None:
+        return [default_goal(m) for m in metrics]
+    goals = raw if isinstance(raw, list) else [raw]
+    if len(goals) != len(metrics):
+        chk.error(("goal",), f"gives {len(goals)} goal(s) for {len(metrics)} metric(s); one per metric, in order")
+        return [default_goal(m) for m in metrics]
+    for i, g in enumerate(goals):
+        if g not in GOALS:
+            at = ("goal", i) if isinstance(raw, list) else ("goal",)
+            chk.error(at, unknown_name_message("goal", str(g), list(GOALS)))
+    return [g if g in GOALS else default_goal(m) for g, m in zip(goals, metrics)]
+
+
+def _parse_pruner(chk: Checker, raw: Any, method: str, metrics: list[str]):
+    """`pruner:` as a PrunerSpec (None when absent or `none`); options checked per pruner."""
+    from nnctl.sweep.search import PRUNER_OPTIONS, PRUNERS, PrunerSpec
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, dict):
+        chk.error(("pruner",), f"must be a mapping like {{name: median, warmup_epochs: 5}}, got {describe(raw)}")
+        return None
+    name = raw.get("name")
+    if name not in PRUNERS:
+        chk.error(("pruner", "name") if "name" in raw else ("pruner",),
+                  unknown_name_message("pruner", str(name), list(PRUNERS)) if name is not None
+                  else f"needs a name: {', '.join(PRUNERS)}")
+        return None
+    bad = False
+    values = {}
+    for key, value in raw.items():
+        if key == "name":
+            continue
+        if key not in PRUNER_OPTIONS[name]:
+            valid = ", ".join(PRUNER_OPTIONS[name]) or "none"
+            chk.error(("pruner", key), f"not an option of the {name} pruner; valid: {valid}")
+            bad = True
+            continue
+        low = 2 if key == "reduction_factor" else (1 if key in ("min_epochs", "max_epochs") else 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            chk.error(("pruner", key), f"must be an integer >= {low}, got {describe(value)}")
+            bad = True
+            continue
+        values[key] = value
+    if name == "none" or bad:
+        return None
+    if method not in MODEL_BASED:
+        chk.error(("pruner",), f"pruning needs an Optuna method ({', '.join(MODEL_BASED)}); method {method} "
+                               f"runs every trial to its end")
+    elif len(metrics) > 1:
+        chk.error(("pruner",), "Optuna cannot prune a search over several metrics; drop the pruner or keep one metric")
+    elif metrics[0].startswith("test_"):
+        chk.error(("pruner",), f"pruning compares the metric after every epoch, and {metrics[0]} is computed "
+                               f"once, after training; rank by a per-epoch metric (e.g. "
+                               f"{metrics[0].replace('test_', 'val_', 1)})")
+    return PrunerSpec(name=name, **values)
+
+
+def grid_size(params: list[Parameter]) -> int:
+    """How many trials the grid over `params` has (counted, not expanded)."""
+    return math.prod(len(p.values) for p in params)
 
 
 def metrics_for(task: str, has_val: bool, has_test: bool) -> list[str]:
     """Metrics a run of this task logs: per-epoch ones (the history) and, with a test split, test_*."""
-    from nnctl.config.spec import metric_names
+    from nnctl.engine.metrics import metric_names
     names = metric_names(task, has_val)
     if has_test:
         names += [f"test_{m}" for m in metric_names(task, False)]
@@ -203,19 +327,24 @@ def metrics_for(task: str, has_val: bool, has_test: bool) -> list[str]:
 
 
 def default_goal(metric: str) -> str:
-    return "maximize" if metric.endswith(("accuracy", "r2")) else "minimize"
+    from nnctl.engine.metrics import auto_mode
+    return "maximize" if auto_mode(metric) == "max" else "minimize"
 
 
 def _load_base(chk: Checker, base: Any, folder: Path, source: Source):
     """The base train spec: validated, resolved, and its data loaded once for task and splits."""
     from nnctl.config.spec import check_spec
     from nnctl.training.experiment import prepare
+    if isinstance(base, str) and (not base.strip() or not base.isprintable() or len(base) > 1024):
+        # a multi-line text or a whole file pasted under base: is not a path; quote only its start
+        chk.error(("base",), f"must be a train spec file (a path) or an inline train spec, got {describe(base)}")
+        chk.raise_if_any()
     if isinstance(base, str):
         base_path = folder / base
         try:
             base_source = read_spec(base_path)
         except ConfigError as err:
-            chk.error(("base",), str(err))
+            chk.error(("base",), "; ".join(err.problems))
             chk.raise_if_any()
         base_dir = base_path.resolve().parent
         label = base_path.name
@@ -307,7 +436,8 @@ def _parse_one(chk: Checker, at: KeyPath, name: str, path: KeyPath, spec: Any, m
         return Parameter(name, path, "choice", values=[_number(v) for v in values])
 
     if method == "grid":
-        chk.error(at, f"a {dist} distribution needs method: random; a grid takes a list of values")
+        chk.error(at, f"a {dist} distribution needs method: random (or tpe, gp, cmaes, nsga2); "
+                      f"a grid takes a list of values")
         return None
     bounds = {}
     for key in ("min", "max"):
@@ -382,6 +512,11 @@ def _check_path(chk: Checker, p: Parameter, base: dict[str, Any], params: list[P
 def expand(sweep: SweepSpec) -> list[dict[str, Any]]:
     """The value assignment of every trial, in trial order: [{parameter name: value}, ...]."""
     params = sweep.parameters
+    count = grid_size(params) if sweep.method == "grid" else (sweep.trials or 0)
+    if count > MAX_TRIALS:
+        raise ConfigError(f"{sweep.source.filename}: {count:,} trials, more than the {MAX_TRIALS:,} a sweep may have")
+    if sweep.model_based:
+        return []   # asked from the sampler one at a time, as workers free up (nnctl.sweep.study)
     if sweep.method == "grid":
         return [dict(zip((p.name for p in params), copy.deepcopy(combo)))
                 for combo in itertools.product(*(p.values for p in params))]
@@ -447,27 +582,32 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def build_trials(sweep: SweepSpec) -> list[Trial]:
-    """Expand and validate every trial's train spec; raise one ConfigError for all bad trials."""
+def build_trial(sweep: SweepSpec, index: int, overrides: dict[str, Any]) -> Trial:
+    """One trial's validated train spec; a ConfigError (one line per problem) when it is not valid."""
     from nnctl.config.spec import check_spec
     lines = {p.path: sweep.source.lines[("parameters", p.name)]
              for p in sweep.parameters if ("parameters", p.name) in sweep.source.lines}
+    data = apply_values(sweep, overrides)
+    data["name"] = f"{sweep.name}-{index}"
+    data["description"] = f"sweep {sweep.name} trial {index}: {describe_values(overrides)}"
+    # Errors at a swept path point at that parameter's line in the sweep file.
+    source = Source(data=data, filename=sweep.source.filename, lines=lines)
+    spec = check_spec(source, sweep.base_dir, data["name"])
+    return Trial(index, overrides, spec.to_dict())
+
+
+def build_trials(sweep: SweepSpec) -> list[Trial]:
+    """Expand and validate every trial's train spec; raise one ConfigError for all bad trials."""
     trials: list[Trial] = []
     problems: dict[str, list[int]] = {}
     assignments = expand(sweep)
     for index, overrides in enumerate(assignments):
-        data = apply_values(sweep, overrides)
-        data["name"] = f"{sweep.name}-{index}"
-        data["description"] = f"sweep {sweep.name} trial {index}: {describe_values(overrides)}"
-        # Errors at a swept path point at that parameter's line in the sweep file.
-        source = Source(data=data, filename=sweep.source.filename, lines=dict(lines))
         try:
-            spec = check_spec(source, sweep.base_dir, data["name"])
+            trials.append(build_trial(sweep, index, overrides))
         except NnctlError as err:
-            for line in str(err).splitlines():
+            for line in err.problems:
                 problems.setdefault(line, []).append(index)
             continue
-        trials.append(Trial(index, overrides, spec.to_dict()))
     if problems:
         out = []
         for line, indices in problems.items():
@@ -476,7 +616,7 @@ def build_trials(sweep: SweepSpec) -> list[Trial]:
                 out.append(f"trial {shown} ({describe_values(assignments[indices[0]])}): {line}")
             else:
                 out.append(f"trials {shown}: {line}")
-        raise ConfigError("\n".join(out))
+        raise ConfigError(*out)
     return trials
 
 

@@ -4,11 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-
-def auto_mode(monitor: str) -> str:
-    """'max' for metrics that grow when better (accuracy, r2), 'min' otherwise."""
-    name = monitor.removeprefix("val_").removeprefix("test_")
-    return "max" if name in ("accuracy", "r2") or name.endswith("accuracy") else "min"
+from nnctl.engine.metrics import auto_mode
 
 
 class EarlyStopping:

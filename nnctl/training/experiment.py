@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from nnctl.config.spec import CLASSIFICATION_LOSSES, Spec, metric_names
+from nnctl.config.spec import Spec, loss_task, metric_names
 from nnctl.data import Dataset, Preprocessor, Standardizer, load_dataset
 from nnctl.data.targets import CLASSIFICATION
 from nnctl.engine.losses import LOSSES, default_loss
@@ -19,6 +19,7 @@ from nnctl.engine.model import Sequential, build_layer
 from nnctl.engine.optimizers import OPTIMIZERS
 from nnctl.engine.schedules import build_schedule
 from nnctl.errors import ConfigError, NnctlError
+from nnctl.training.memory import check_memory
 
 
 @dataclass
@@ -121,7 +122,7 @@ def prepare(spec: Spec) -> Experiment:
     task = data.task
 
     loss_spec = spec.loss or {"name": default_loss(task, data.n_outputs)}
-    needs = "classification" if loss_spec["name"] in CLASSIFICATION_LOSSES else "regression"
+    needs = loss_task(loss_spec["name"])
     if needs != task:
         raise spec.error_at(("loss",), f"{loss_spec['name']} needs a {needs} task, but the data is {task} "
                                        f"(target {data.target_name or '?'}); set data.task or change the loss")
@@ -149,6 +150,7 @@ def prepare(spec: Spec) -> Experiment:
 
     dtype = np.dtype(spec.training.dtype)
     layer_specs = [*spec.layers, output_layer(spec, n_outputs)]
+    check_memory(spec, layer_specs, data)  # from shapes alone: refuse what cannot fit before allocating it
     model = build_model(spec, layer_specs, data.input_shape, dtype)
     check_output_shape(spec, model, n_outputs, data.input_shape)
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from nnctl.engine.metrics import r2_from_sums
+
 
 def predicted_classes(z: np.ndarray) -> np.ndarray:
     """Class indices from raw outputs: argmax of logits, or z > 0 for a single logit (binary)."""
@@ -65,11 +67,7 @@ class MetricAccumulator:
             out[f"{prefix}mae"] = self.abs_sum / self.n
             ss_tot = self.y_sq - self.y_sum ** 2 / self.n
             ss_res = self.sq_err
-            # a constant target has no variance to explain: R² is 0 unless the fit is perfect
-            with np.errstate(divide="ignore", invalid="ignore"):
-                r2 = np.where(ss_tot > 0, 1.0 - ss_res / np.where(ss_tot > 0, ss_tot, 1.0),
-                              np.where(ss_res == 0, 1.0, 0.0))
-            out[f"{prefix}r2"] = float(np.mean(r2))
+            out[f"{prefix}r2"] = float(np.mean(r2_from_sums(ss_res, ss_tot)))
         return out
 
 

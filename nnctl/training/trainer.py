@@ -74,28 +74,30 @@ class Trainer:
     # -- checkpoint state ----------------------------------------------------------------
     def _meta(self, kind: str) -> dict[str, Any]:
         exp, data = self.exp, self.exp.dataset
-        return {
-            "kind": kind,
-            "epoch": self.epoch,
-            "step": self.step,
-            "config": exp.spec.to_dict(),
-            "model": {"layers": exp.layer_specs, "input_shape": list(data.input_shape),
-                      "dtype": exp.spec.training.dtype},
-            "task": data.task,
-            "classes": data.classes,
-            "feature_names": data.feature_names,
-            "target_name": data.target_name,
-            "n_outputs": data.n_outputs,
-            "preprocess": exp.preprocessor.to_meta(),  # CSV table encoding (data layer)
-            "loss": exp.loss_spec,
-            "optimizer": {"name": exp.spec.optimizer["name"], "state": exp.optimizer.state_dict()["scalars"]},
-            "schedule": exp.schedule.state_dict(),
-            "early_stopping": self.stopper.state_dict(),
-            "rng": {"model": exp.model.rng.bit_generator.state},
+        # runsui: the typed metadata shared with the readers (runs/meta.py, runs/model.py)
+        from nnctl.runs.meta import CheckpointMeta
+        return CheckpointMeta(
+            kind=kind,
+            epoch=self.epoch,
+            step=self.step,
+            config=exp.spec.to_dict(),
+            model={"layers": exp.layer_specs, "input_shape": list(data.input_shape),
+                   "dtype": exp.spec.training.dtype},
+            task=data.task,
+            classes=data.classes,
+            feature_names=data.feature_names,
+            target_name=data.target_name,
+            n_outputs=data.n_outputs,
+            preprocess=exp.preprocessor.to_meta(),  # CSV table encoding (data layer)
+            loss=exp.loss_spec,
+            optimizer={"name": exp.spec.optimizer["name"], "state": exp.optimizer.state_dict()["scalars"]},
+            schedule=exp.schedule.state_dict(),
+            early_stopping=self.stopper.state_dict(),
+            rng={"model": exp.model.rng.bit_generator.state},
             # the history rides in last.npz, so checkpoint and history can never disagree on resume
-            "history": self.history if kind == "last" else [],
-            "elapsed": self.elapsed_before + (time.time() - self.started),
-        }
+            history=self.history if kind == "last" else [],
+            elapsed=self.elapsed_before + (time.time() - self.started),
+        ).to_meta()
 
     def _arrays(self, model_state: dict[str, np.ndarray], with_optimizer: bool) -> dict[str, np.ndarray]:
         arrays = {f"model/{k}": v for k, v in model_state.items()}

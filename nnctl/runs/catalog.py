@@ -1,4 +1,4 @@
-"""Reading run directories for `nnctl runs`, `show` and `diff`: tolerant of broken, running and crashed runs.
+"""The run catalog: reading run directories (and sweep trials) for `runs`, `show`, `diff` and `plot`.
 
 Everything here only reads JSON/YAML files; a run whose files are missing or damaged is
 described (status "broken", with the reason), never an exception, so one bad folder
@@ -18,8 +18,9 @@ from typing import Any
 import yaml
 
 from nnctl.errors import NnctlError
+from nnctl.fileio import RUN_JSON_MAX_BYTES, SPEC_MAX_BYTES, read_text
 from nnctl.runs.store import RUN_FILES
-from nnctl.training.early_stopping import auto_mode
+from nnctl.engine.metrics import MAIN_METRIC, auto_mode, direction
 
 # RunDir.create names folders <name>-<YYYYmmdd-HHMMSS>[-<n>].
 _STAMP_RE = re.compile(r"-(\d{8}-\d{6})(?:-\d+)?$")
@@ -48,6 +49,15 @@ class RunInfo:
 
     # -- derived -----------------------------------------------------------------------
     @property
+    def short_name(self) -> str:
+        """The name without its -YYYYmmdd-HHMMSS stamp (a -2 suffix stays): the started column shows it."""
+        match = _STAMP_RE.search(self.name)
+        if not match:
+            return self.name
+        suffix = self.name[match.end(1):]
+        return self.name[:match.start()] + suffix
+
+    @property
     def dataset(self) -> str | None:
         data = (self.config or {}).get("data")
         name = data.get("dataset") if isinstance(data, dict) else None
@@ -72,13 +82,16 @@ class RunInfo:
     @property
     def main_metric(self) -> str:
         """accuracy for classification, r2 for regression, else loss."""
-        return {"classification": "accuracy", "regression": "r2"}.get(self.task or "", "loss")
+        return MAIN_METRIC.get(self.task or "", "loss")
 
     @property
     def epochs(self) -> int | None:
         if self.metrics and isinstance(self.metrics.get("epochs"), int):
             return self.metrics["epochs"]
-        return len(self.history) if self.history or self.metrics is not None else None
+        if self.history or self.metrics is not None:
+            return len(self.history)
+        done = (self.status_record or {}).get("epochs_done")  # a run that failed before its first epoch
+        return done if isinstance(done, int) and not isinstance(done, bool) else None
 
     @property
     def max_epochs(self) -> int | None:
@@ -169,15 +182,15 @@ def _number(value: Any) -> float | None:
 
 def _read_json(path: Path) -> tuple[Any, str | None]:
     """(data, problem): problem says 'missing' or why the file cannot be used."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         return None, "missing"
-    except OSError as err:
-        return None, f"unreadable ({err.strerror or err})"
+    try:
+        text = read_text(path, RUN_JSON_MAX_BYTES)
+    except NnctlError as err:  # not a regular file, too large, not UTF-8, unreadable
+        return None, f"unreadable ({str(err).split(': ', 1)[-1]})"
     try:
         return json.loads(text), None
-    except ValueError:
+    except (ValueError, RecursionError):
         return None, "corrupt JSON"
 
 
@@ -222,15 +235,15 @@ def read_run(path: Path) -> RunInfo:
     problems: list[str] = []
 
     try:
-        config_text = (path / "config.yaml").read_text(encoding="utf-8")
+        config_text = read_text(path / "config.yaml", SPEC_MAX_BYTES)
         config = yaml.safe_load(config_text)
         if isinstance(config, dict):
             info.config = config
         else:
             problems.append("config.yaml is not a mapping")
-    except FileNotFoundError:
-        problems.append("no config.yaml")
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+    except NnctlError:  # missing, not a regular file, too large, not UTF-8
+        problems.append("config.yaml is unreadable" if os.path.lexists(path / "config.yaml") else "no config.yaml")
+    except (yaml.YAMLError, RecursionError):
         problems.append("config.yaml is unreadable")
 
     history, why = _read_json(path / "history.json")
@@ -265,6 +278,10 @@ def read_run(path: Path) -> RunInfo:
     except OSError:
         info.checkpoints = []
 
+    if info.status == "failed":
+        # the trainer's error message is the reason; show and runs --json give it whole
+        error = (info.status_record or {}).get("error")
+        info.problem = error if isinstance(error, str) and error else "failed (no error recorded in status.json)"
     if info.status == "running":
         pid = (info.status_record or {}).get("pid")
         if not pid_alive(pid):
@@ -448,11 +465,5 @@ def metric_diff(a: RunInfo, b: RunInfo) -> list[tuple[str, Any, Any, float | Non
 
 
 def better_direction(metric: str) -> str | None:
-    """'max'/'min' for a metric whose direction is known (loss, accuracy, ...), else None."""
-    name = metric.split(" ")[-1]
-    base = name.removeprefix("val_").removeprefix("test_")
-    if base in ("loss", "mae", "mse", "rmse"):
-        return "min"
-    if base in ("accuracy", "r2") or base.endswith("accuracy"):
-        return "max"
-    return None
+    """'max'/'min' for a diff row ("best val_loss", "final accuracy", "test_r2"), None when unknown."""
+    return direction(metric.split(" ")[-1])

@@ -1,4 +1,4 @@
-"""`python -m nnctl.bench_sweep`: wall time of a small sweep with N workers against 1 worker.
+"""`python -m nnctl.bench.sweep`: wall time of a small sweep with N workers against 1 worker.
 
 Runs the same grid of small trials (spirals, a 2x32 MLP) twice through the real runner and
 local executor, first with one worker, then with `--workers` (default 2), and prints both
@@ -17,6 +17,8 @@ from pathlib import Path
 from nnctl.sweep.executors import LocalExecutor, cpu_count
 from nnctl.sweep.runner import SweepDir, run_sweep
 from nnctl.sweep.spec import build_trials, sweep_from_dict
+from nnctl.bench import say
+
 
 
 def bench_spec(trials: int, epochs: int) -> dict:
@@ -51,7 +53,7 @@ def time_sweep(spec: dict, folder: Path, workers: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m nnctl.bench_sweep", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m nnctl.bench.sweep", description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8, help="trials in the sweep")
     parser.add_argument("--workers", type=int, default=2, help="workers of the parallel run")
     parser.add_argument("--epochs", type=int, default=40, help="epochs per trial")
@@ -61,21 +63,21 @@ def main(argv: list[str] | None = None) -> None:
     spec = bench_spec(args.trials, args.epochs)
     folder = Path(tempfile.mkdtemp(prefix="nnctl-bench-sweep-"))
     load = os.getloadavg()
-    print(f"{args.trials} trials (spirals, 2x32 MLP, {args.epochs} epochs), {cpu_count()} cores, "
+    say(f"{args.trials} trials (spirals, 2x32 MLP, {args.epochs} epochs), {cpu_count()} cores, "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     try:
         one = time_sweep(spec, folder, 1)
-        print(f"workers 1: {one:6.2f} s")
+        say(f"workers 1: {one:6.2f} s")
         many = time_sweep(spec, folder, args.workers)
-        print(f"workers {args.workers}: {many:6.2f} s")
+        say(f"workers {args.workers}: {many:6.2f} s")
     finally:
         if args.keep:
-            print(f"kept {folder}")
+            say(f"kept {folder}")
         else:
             shutil.rmtree(folder, ignore_errors=True)
     ratio = many / one
     load = os.getloadavg()
-    print(f"ratio (workers {args.workers} / workers 1): {ratio:.2f}  (target <= 0.6 for 2 workers on 2 idle cores); "
+    say(f"ratio (workers {args.workers} / workers 1): {ratio:.2f}  (target <= 0.6 for 2 workers on 2 idle cores); "
           f"load average after {load[0]:.2f}")
 
 

@@ -18,6 +18,9 @@ import numpy as np
 from nnctl.engine.losses import CrossEntropy
 from nnctl.engine.model import Sequential
 from nnctl.engine.optimizers import Adam
+from nnctl import threads
+from nnctl.bench import say
+
 
 
 class GemmFloor:
@@ -100,7 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chunk", type=int, default=25,
                    help="interleave the floor every this many batches (0: time it after the epoch)")
+    p.add_argument("--threads", type=int, default=None, help="BLAS threads (default: as `nnctl train` chooses)")
     a = p.parse_args(argv)
+    choice = threads.choose(a.threads, None)
+    with threads.limited(choice.threads, choice.source):
+        return _run(a, choice)
+
+
+def _run(a: argparse.Namespace, choice: threads.Choice) -> int:
     sizes = [a.d] + [int(h) for h in a.hidden.split(",") if h.strip()] + [a.classes]
     dtype = np.dtype(a.dtype)
     rng = np.random.default_rng(a.seed)
@@ -110,10 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     rate, value = train_epoch(sizes, x, y, a.batch, a.seed, floor, a.chunk)
     floor_rate = floor.samples / floor.seconds
     flops = 6 * sum(i * o for i, o in zip(sizes[:-1], sizes[1:]))  # per sample, fwd + bwd
-    print(f"mlp {sizes} batch {a.batch} {dtype}: {a.n} samples, one epoch (last batch loss {value:.4f})")
-    print(f"nnctl       {rate:10.0f} samples/s  {rate * flops / 1e9:6.1f} GFLOP/s")
-    print(f"gemm_floor  {floor_rate:10.0f} samples/s  {floor_rate * flops / 1e9:6.1f} GFLOP/s")
-    print(f"ratio       {rate / floor_rate:10.1%} of the GEMM floor")
+    say(f"mlp {sizes} batch {a.batch} {dtype}: {a.n} samples, one epoch (last batch loss {value:.4f}); "
+        f"BLAS {threads.blas_name()}, threads {choice.threads} ({choice.source})")
+    say(f"nnctl       {rate:10.0f} samples/s  {rate * flops / 1e9:6.1f} GFLOP/s")
+    say(f"gemm_floor  {floor_rate:10.0f} samples/s  {floor_rate * flops / 1e9:6.1f} GFLOP/s")
+    say(f"ratio       {rate / floor_rate:10.1%} of the GEMM floor")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Benchmark: conv2d and GRU layer time against the matrix products they reduce to.
 
-Run as `python -m nnctl.bench_layers [--reps N]`. This is a developer script, not part of
+Run as `python -m nnctl.bench.layers [--reps N]`. This is a developer script, not part of
 the engine (which never prints) and not a timed test: machines differ, so it reports
 ratios rather than asserting them.
 
@@ -23,6 +23,8 @@ import numpy as np
 
 from nnctl.engine.conv import Conv2D
 from nnctl.engine.recurrent import GRU
+from nnctl.bench import say
+
 
 
 def best_of(*fns, reps: int) -> list[float]:
@@ -114,11 +116,11 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     c = bench_conv(args.reps, rng)
-    print(f"conv2d 32->64 3x3 same, N=128 16x16 float32: forward {c['forward_s'] * 1e3:.1f} ms, "
+    say(f"conv2d 32->64 3x3 same, N=128 16x16 float32: forward {c['forward_s'] * 1e3:.1f} ms, "
           f"forward+backward {c['layer_s'] * 1e3:.1f} ms; GEMM floor {c['floor_s'] * 1e3:.1f} ms; "
           f"ratio floor/layer = {c['ratio']:.2f}")
     g = bench_gru(args.reps, rng)
-    print(f"gru 64 units, N=128 T=32 F=16 float32: forward+backward {g['layer_s'] * 1e3:.1f} ms "
+    say(f"gru 64 units, N=128 T=32 F=16 float32: forward+backward {g['layer_s'] * 1e3:.1f} ms "
           f"({g['per_step_layer_ms']:.3f} ms/step); matmul floor {g['floor_s'] * 1e3:.1f} ms "
           f"({g['per_step_floor_ms']:.3f} ms/step); ratio floor/layer = {g['ratio']:.2f}")
 

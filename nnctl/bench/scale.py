@@ -1,4 +1,4 @@
-"""`python -m nnctl.bench_scale --gb 2`: peak memory of training and predicting on data larger than it should hold.
+"""`python -m nnctl.bench.scale --gb 2`: peak memory of training and predicting on data larger than it should hold.
 
 Generates a memory-mappable float32 feature file of the given size (256 features, so
 2 GiB is 2,097,152 rows) and its int64 labels in a temporary folder (or --dir), then runs
@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from nnctl.bench import say
+
 
 FEATURES = 256
 CLASSES = 4
@@ -127,8 +129,7 @@ def phases(folder: Path) -> None:
 
     def show(step: str, t0: float) -> None:
         rss, anon, file = _rss()
-        print(f"  {step:<34} rss {rss:8.1f}  anon {anon:8.1f}  file {file:8.1f} MB   {time.perf_counter() - t0:6.1f}s",
-              flush=True)
+        say(f"  {step:<34} rss {rss:8.1f}  anon {anon:8.1f}  file {file:8.1f} MB   {time.perf_counter() - t0:6.1f}s")
 
     t0 = time.perf_counter()
     show("start (imports)", t0)
@@ -164,7 +165,7 @@ training: {{epochs: 1, batch_size: {batch}, eval_batch_size: 4096}}
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m nnctl.bench_scale", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m nnctl.bench.scale", description=__doc__.splitlines()[0])
     ap.add_argument("--gb", type=float, default=2.0, help="size of the training feature file in GiB (default 2)")
     ap.add_argument("--predict-rows", type=int, default=1_000_000, help="rows of the predict inputs (default 1M)")
     ap.add_argument("--batch", type=int, default=512, help="training batch size (default 512)")
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     need = rows * FEATURES * 4 + args.predict_rows * FEATURES * (4 + (0 if args.no_csv else 9))
     free = shutil.disk_usage(folder).free
     if free < need * 1.1:
-        print(f"not enough disk in {folder}: need ~{need / 2**30:.1f} GiB, free {free / 2**30:.1f} GiB")
+        say(f"not enough disk in {folder}: need ~{need / 2**30:.1f} GiB, free {free / 2**30:.1f} GiB")
         return 1
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent) + os.pathsep
            + os.environ.get("PYTHONPATH", "")}
@@ -198,21 +199,21 @@ def main(argv: list[str] | None = None) -> int:
         write_features(folder / "x_pred.npy", args.predict_rows, seed=1)
         if not args.no_csv:
             write_csv(folder / "x_pred.csv", args.predict_rows, seed=1)
-        print(f"data in {folder}: x.npy {rows:,} x {FEATURES} float32 "
+        say(f"data in {folder}: x.npy {rows:,} x {FEATURES} float32 "
               f"({(folder / 'x.npy').stat().st_size / 2**30:.2f} GiB), predict inputs {args.predict_rows:,} rows; "
-              f"generated in {time.perf_counter() - t:.0f}s", flush=True)
+              f"generated in {time.perf_counter() - t:.0f}s")
         (folder / "spec.yaml").write_text(SPEC.format(batch=args.batch))
 
         if args.phases:
-            print("training data path, step by step (resident MB after each step):", flush=True)
-            subprocess.run([sys.executable, "-m", "nnctl.bench_scale", "--_phases-only", str(folder)],
+            say("training data path, step by step (resident MB after each step):")
+            subprocess.run([sys.executable, "-m", "nnctl.bench.scale", "--_phases-only", str(folder)],
                            env=env, check=True)
 
         results["train (1 epoch)"] = run_measured(
             [*nnctl, "train", "spec.yaml", "--runs-dir", "runs", "--quiet"], folder, env, folder / "train.log")
         run = next((folder / "runs").iterdir(), None)
         if results["train (1 epoch)"]["exit"] != 0 or run is None:
-            print((folder / "train.log").read_text()[-2000:])
+            say((folder / "train.log").read_text()[-2000:])
             return 1
         inputs = ["x_pred.npy"] + ([] if args.no_csv else ["x_pred.csv"])
         for name in inputs:
@@ -224,13 +225,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
 
-    print(f"\n{'':<22}{'exit':>5}{'seconds':>9}{'peak RSS MB':>13}{'peak anon MB':>14}{'peak file MB':>14}")
+    say(f"\n{'':<22}{'exit':>5}{'seconds':>9}{'peak RSS MB':>13}{'peak anon MB':>14}{'peak file MB':>14}")
     for name, r in results.items():
-        print(f"{name:<22}{r['exit']:>5}{r['seconds']:>9}{r['peak_rss_mb']:>13}{r['peak_anon_mb']:>14}"
+        say(f"{name:<22}{r['exit']:>5}{r['seconds']:>9}{r['peak_rss_mb']:>13}{r['peak_anon_mb']:>14}"
               f"{r['peak_file_mb']:>14}")
-    print(f"test accuracy after one epoch: {metrics['test'].get('test_accuracy', float('nan')):.4f}")
+    say(f"test accuracy after one epoch: {metrics['test'].get('test_accuracy', float('nan')):.4f}")
     worst = max(r["peak_rss_mb"] for r in results.values())
-    print(f"largest peak RSS {worst:.0f} MB: {'under' if worst < 500 else 'OVER'} the 500 MB target")
+    say(f"largest peak RSS {worst:.0f} MB: {'under' if worst < 500 else 'OVER'} the 500 MB target")
     return 0 if all(r["exit"] == 0 for r in results.values()) else 1
 
 

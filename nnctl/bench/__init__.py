@@ -1,0 +1,18 @@
+"""Benchmarks (developer tools, not timed tests): they report ratios measured in one process.
+
+    python -m nnctl.bench          one epoch of an MLP against the GEMM floor (mlp.py; `nnctl bench`)
+    nnctl bench --suite            the issue-15 workloads through the real train path, PyTorch beside them
+    nnctl bench --busy             the MLP epoch alone and beside a CPU-bound competitor
+    python -m nnctl.bench.layers   conv2d and GRU layers against their matrix products
+    python -m nnctl.bench.scale    peak memory of train/predict on a large memory-mapped dataset
+    python -m nnctl.bench.sweep    sweep wall time with N workers against 1
+
+Everything prints through `say`, the one console, never through the engine.
+"""
+from __future__ import annotations
+
+
+def say(text: str) -> None:
+    """One line of benchmark output on the console (no markup: numbers and brackets print as they are)."""
+    from nnctl.console import console
+    console.print(text, markup=False, highlight=False, soft_wrap=True)

@@ -1,0 +1,356 @@
+"""`nnctl init`: look at a data file and write a commented starter spec for it.
+
+Every decision is made from the data and shown (the returned `Profile` lists them and the
+spec's comments repeat them): which column is the target and why, the task and why, which
+columns are left out (IDs, text) and which are used, a model sized to the data, early
+stopping on. Nothing is guessed silently: the user reads the choices in the file it writes.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nnctl.errors import ConfigError, DataError
+
+SUFFIXES = (".csv", ".npy", ".npz")
+# Sibling files `init x.npy` looks in for the targets, in this order ({stem} = the data file's stem).
+NPY_TARGETS = ("{stem}_y.npy", "{stem}_labels.npy", "{stem}_targets.npy", "y.npy", "labels.npy", "targets.npy")
+# A text column with at most this many distinct values (and repeats) is a category, not free text.
+MAX_CATEGORIES = 50
+_ID_NAME = re.compile(r"(^|[_\W])(id|uuid|guid|index|idx)$", re.IGNORECASE)
+
+
+@dataclass
+class Column:
+    """A column that is not used as a feature, and why."""
+
+    name: str
+    kind: str           # "id" | "categorical" | "text"
+    distinct: int
+    why: str
+
+
+@dataclass
+class Profile:
+    """What `init` found in a data file and what it chose; every field is shown to the user."""
+
+    path: Path
+    rows: int
+    input_shape: tuple[int, ...]
+    target: str | None                  # CSV column, or the .npy targets file, or "y" of an .npz
+    target_why: str
+    task: str
+    task_why: str
+    classes: list | None
+    n_outputs: int
+    features: list[str] | None = None   # CSV only
+    left_out: list[Column] = field(default_factory=list)
+    target_path: Path | None = None     # .npy only
+    hidden: list[int] = field(default_factory=list)
+    batch_size: int = 32
+    epochs: int = 100
+    patience: int = 10
+    split: float = 0.15
+
+    @property
+    def n_features(self) -> int:
+        return math.prod(self.input_shape)
+
+
+# ---------------------------------------------------------------------------- reading
+
+def _id_like_numbers(values: np.ndarray) -> bool:
+    """Whole numbers, all different and in steps of one once sorted: a row number, not a measurement."""
+    if len(values) < 3 or not np.all(values == np.round(values)):
+        return False
+    ordered = np.sort(values)
+    return bool(np.all(np.diff(ordered) == 1))
+
+
+def _csv_profile(path: Path, target: str | None) -> Profile:
+    from nnctl.data.files import default_target, read_csv
+    from nnctl.data.targets import infer_task
+
+    table = read_csv(path, path.name)
+    if not table.rows:
+        raise DataError(f"{path.name}: no data rows")
+    if target is None:
+        target = default_target(table.header)
+        target_why = (f"the column named '{target}'" if target in ("label", "target")
+                      else "the last column (no column is named label or target; use --target COL)")
+    else:
+        if target not in table.header:
+            raise table.no_column(target)
+        target_why = "given with --target"
+    features, left_out = [], []
+    for j, name in enumerate(table.header):
+        if name == target:
+            continue
+        cells = [c.strip() for c in table.column(j)]
+        distinct = len(set(cells))
+        numbers = _floats(cells)
+        if numbers is None:
+            if any(_is_number(c) for c in cells):
+                bad = next(i for i, c in enumerate(cells) if not _is_number(c))
+                left_out.append(Column(name, "text", distinct, f"partly numeric (row {table.lines[bad]}: "
+                                                                 f"{cells[bad]!r}); fix it to use the column"))
+            elif _ID_NAME.search(name) or distinct == len(cells):
+                left_out.append(Column(name, "id", distinct, "a different text in every row: an ID"))
+            elif distinct <= MAX_CATEGORIES:
+                left_out.append(Column(name, "categorical", distinct,
+                                       f"{distinct} categories; features must be numbers"))
+            else:
+                left_out.append(Column(name, "text", distinct, "free text"))
+        elif _ID_NAME.search(name) or _id_like_numbers(numbers):
+            left_out.append(Column(name, "id", distinct, "numbered 1 by 1 like a row ID"
+                                   if _id_like_numbers(numbers) else "named like an ID"))
+        elif not np.all(np.isfinite(numbers)):
+            left_out.append(Column(name, "text", distinct, "holds nan or inf"))
+        else:
+            features.append(name)
+    if not features:
+        raise DataError(f"{path.name}: no numeric feature column besides the target '{target}' "
+                        f"(left out: {', '.join(c.name for c in left_out) or 'none'})")
+    t = table.header.index(target)
+    cells = [c.strip() for c in table.column(t)]
+    if any(not c for c in cells):
+        i = next(i for i, c in enumerate(cells) if not c)
+        raise DataError(f"{path.name} row {table.lines[i]}, column '{target}': empty target cell")
+    numbers = _floats(cells)
+    raw_y = numbers if numbers is not None else np.array(cells, dtype=str)
+    task, task_why, classes = _task(raw_y, infer_task)
+    return Profile(path=path, rows=len(table.rows), input_shape=(len(features),), target=target,
+                   target_why=target_why, task=task, task_why=task_why, classes=classes,
+                   n_outputs=len(classes) if classes is not None else 1, features=features, left_out=left_out)
+
+
+def _floats(cells: list[str]) -> np.ndarray | None:
+    try:
+        return np.array([float(c) for c in cells], dtype=np.float64)
+    except ValueError:
+        return None
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _task(raw_y: np.ndarray, infer_task) -> tuple[str, str, list | None]:
+    """(task, why, classes) of a target, by the rule training itself applies (data.targets.infer_task)."""
+    y = np.asarray(raw_y)
+    task = infer_task(y)
+    if y.ndim > 1 and int(np.prod(y.shape[1:])) > 1:
+        return task, f"{int(np.prod(y.shape[1:]))} target values per row", None
+    flat = y.reshape(-1)
+    distinct = np.unique(flat)
+    if task == "classification":
+        kind = "text labels" if flat.dtype.kind in "USO" else (
+            "true/false" if flat.dtype.kind == "b" else "whole numbers that repeat")
+        classes = [v.item() if hasattr(v, "item") else v for v in distinct]
+        return task, f"{kind}, {len(classes)} classes", classes
+    if flat.dtype.kind == "f" and not np.all(flat == np.round(flat)):
+        return task, "numbers with fractions", None
+    return task, f"{len(distinct)} distinct whole numbers (too many, or none repeats, for classes)", None
+
+
+def _npy_profile(path: Path, target: str | None) -> Profile:
+    from nnctl.data.targets import infer_task
+    x = np.load(path, mmap_mode="r", allow_pickle=False)
+    if target is not None:
+        target_path = Path(target) if Path(target).is_absolute() else Path(target)
+        if not target_path.exists():
+            target_path = path.parent / target
+        why = "given with --target"
+    else:
+        stem = path.stem
+        candidates = [path.parent / n.format(stem=stem) for n in NPY_TARGETS]
+        if stem.lower() == "x":
+            candidates.insert(0, path.parent / ("Y.npy" if stem == "X" else "y.npy"))
+        target_path = next((c for c in candidates if c.is_file() and c.resolve() != path.resolve()), None)
+        if target_path is None:
+            raise DataError(f"{path.name}: a .npy file holds features only; give the targets file with "
+                            f"--target FILE.npy (looked for {', '.join(c.name for c in candidates)})")
+        why = f"found beside {path.name}"
+    if not target_path.is_file():
+        raise DataError(f"--target {target}: file not found (looked in {path.parent})")
+    y = np.load(target_path, allow_pickle=False)
+    if len(y) != len(x):
+        raise DataError(f"{target_path.name}: {len(y)} targets for {len(x)} rows of {path.name}")
+    task, task_why, classes = _task(y, infer_task)
+    n_out = len(classes) if classes is not None else (int(np.prod(y.shape[1:])) if y.ndim > 1 else 1)
+    return Profile(path=path, rows=len(x), input_shape=tuple(int(s) for s in x.shape[1:]),
+                   target=target_path.name, target_why=why, task=task, task_why=task_why, classes=classes,
+                   n_outputs=n_out, target_path=target_path)
+
+
+def _npz_profile(path: Path, target: str | None) -> Profile:
+    from nnctl.data.targets import infer_task
+    if target is not None:
+        raise ConfigError("--target: an .npz file keeps its targets in its array 'y'; --target is for CSV "
+                          "columns and .npy target files")
+    with np.load(path, allow_pickle=False) as z:
+        if "x" not in z.files or "y" not in z.files:
+            raise DataError(f"{path.name}: needs arrays 'x' and 'y' (has: {', '.join(z.files) or 'none'})")
+        x, y = z["x"], z["y"]
+    if len(x) != len(y):
+        raise DataError(f"{path.name}: {len(y)} targets in 'y' for {len(x)} rows in 'x'")
+    task, task_why, classes = _task(y, infer_task)
+    n_out = len(classes) if classes is not None else (int(np.prod(y.shape[1:])) if y.ndim > 1 else 1)
+    return Profile(path=path, rows=len(x), input_shape=tuple(int(s) for s in x.shape[1:]), target="y",
+                   target_why="the array 'y' of the .npz", task=task, task_why=task_why, classes=classes,
+                   n_outputs=n_out)
+
+
+def _size(profile: Profile) -> None:
+    """A model and schedule sized to the data (rules of thumb, written into the spec's comments).
+
+    Width: the power of two at or above twice the number of features, between 16 and 256;
+    a second, half-as-wide layer from 5,000 rows. Larger data: larger batches, fewer epochs.
+    """
+    f, n = profile.n_features, profile.rows
+    width = min(256, max(16, 2 ** math.ceil(math.log2(max(1, 2 * f)))))
+    profile.hidden = [width, width // 2] if n >= 5000 else [width]
+    profile.batch_size = 32 if n < 5000 else 64 if n < 50_000 else 128
+    profile.epochs = 200 if n < 1000 else 100 if n < 50_000 else 30
+    profile.split = 0.2 if n < 500 else 0.15
+    # a batch never larger than the training split (the splits round their rows up)
+    train_rows = n - 2 * math.ceil(n * profile.split)
+    profile.batch_size = max(1, min(profile.batch_size, train_rows))
+
+
+def profile_data(path: Path, target: str | None = None) -> Profile:
+    """Read `path` (.csv, .npy with its targets file, .npz) and decide every key of a starter spec."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        raise DataError(f"{path}: image folders are not supported yet; give a .csv, .npy or .npz file")
+    if suffix not in SUFFIXES:
+        raise DataError(f"{path.name}: nnctl init reads .csv, .npy and .npz files, got '{suffix or path.name}'")
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        reader = {".csv": _csv_profile, ".npy": _npy_profile, ".npz": _npz_profile}[suffix]
+        profile = reader(path, target)
+    except (ValueError, OSError) as err:
+        raise DataError(f"{path.name}: cannot read it ({err})") from None
+    if profile.rows < 10:
+        raise DataError(f"{path.name}: {profile.rows} rows are too few to split and train on")
+    _size(profile)
+    return profile
+
+
+# ---------------------------------------------------------------------------- writing
+
+def _quote(value) -> str:
+    """A YAML scalar that reads back as exactly `value` (a column named `yes` or `1e3` stays text)."""
+    import json
+
+    import yaml
+    text = str(value)
+    if isinstance(value, str) and re.fullmatch(r"[\w./-]+", text):
+        try:
+            if yaml.safe_load(text) == value:
+                return text
+        except yaml.YAMLError:
+            pass
+    return json.dumps(value) if isinstance(value, str) else text
+
+
+def _flow(items: list) -> str:
+    return "[" + ", ".join(_quote(i) for i in items) + "]"
+
+
+def render_spec(profile: Profile, spec_dir: Path) -> str:
+    """The starter spec as YAML text, every key commented; paths relative to `spec_dir`."""
+    p = profile
+    data_rel = Path(os.path.relpath(p.path.resolve(), spec_dir.resolve())).as_posix()
+    classes = ""
+    if p.classes is not None:
+        shown = ", ".join(str(c) for c in p.classes[:10]) + (", ..." if len(p.classes) > 10 else "")
+        classes = f" ({shown})"
+    lines = [
+        f"# Starter spec written by `nnctl init {p.path.name}`: read the choices below, then",
+        "#   nnctl validate <this file>   and   nnctl train <this file>",
+        f"# Data: {p.rows:,} rows, {p.n_features:,} features; target {p.target} ({p.target_why});",
+        f"# task {p.task}: {p.task_why}{classes}.",
+    ]
+    for c in p.left_out:
+        lines.append(f"# Left out: column '{c.name}' ({c.kind}, {c.distinct} distinct values): {c.why}.")
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", p.path.stem).strip(".-") or "run"
+    lines += [
+        f"name: {name}\t# runs/<name>-<time>/ holds everything about a run",
+        "seed: 0\t# seeds the split, the initial weights and the shuffling",
+        "data:",
+        f"  dataset: {_quote(data_rel)}\t# the data file, relative to this spec",
+    ]
+    if p.features is not None:
+        lines.append(f"  target: {_quote(p.target)}\t# the column to predict ({p.target_why})")
+        lines.append(f"  features: {_flow(p.features)}\t# the numeric input columns (the left-out ones above "
+                     "are not listed)")
+    if p.target_path is not None:
+        rel = Path(os.path.relpath(p.target_path.resolve(), spec_dir.resolve())).as_posix()
+        lines.append(f"  target_path: {_quote(rel)}\t# the targets of each row of the dataset")
+    lines += [
+        f"  task: {p.task}\t# {p.task_why}; set it to override",
+        f"  val_split: {p.split}\t# fraction of rows held out to pick the best epoch and stop early",
+        f"  test_split: {p.split}\t# fraction of rows held out for the final, untouched score",
+        "  standardize: true\t# zero mean, unit variance per feature, from the training rows only",
+        "model:",
+    ]
+    if len(p.input_shape) > 1:
+        layers = ["    - flatten\t# samples are " + "x".join(map(str, p.input_shape))
+                  + "; for images see configs/cnn-digits.yaml"]
+        layers += [f"    - dense: {{units: {u}, activation: relu}}" for u in p.hidden]
+        lines += [f"  # sized to the data: {p.n_features:,} inputs, {p.rows:,} rows "
+                  "(the output layer is added for you)", "  layers:", *layers]
+    else:
+        lines += [
+            f"  hidden: {_flow(p.hidden)}\t# sized to {p.n_features} features, {p.rows:,} rows; "
+            "the output layer is added",
+            "  activation: relu\t# of the hidden layers",
+            "  dropout: 0.0\t# raise (e.g. 0.2) if validation loss rises while training loss falls",
+        ]
+    loss = "cross_entropy" if p.task == "classification" else "mse"
+    lines += [
+        f"loss: {loss}\t# {'for class labels' if loss == 'cross_entropy' else 'mean squared error, for numbers'}",
+        "optimizer:",
+        "  name: adam\t# adam, adamw, sgd, momentum, nesterov, rmsprop, adagrad",
+        "  lr: 0.001\t# learning rate; try 0.003 or 0.0003 if training is slow or unstable",
+        "training:",
+        f"  epochs: {p.epochs}\t# at most this many passes over the training rows",
+        f"  batch_size: {p.batch_size}\t# rows per gradient step",
+        "  early_stopping:",
+        "    monitor: val_loss\t# the metric that picks the best epoch",
+        f"    patience: {p.patience}\t# stop after this many epochs without improvement",
+        "    restore_best: true\t# keep the best epoch's weights, not the last",
+    ]
+    return "\n".join(_align(line) for line in lines) + "\n"
+
+
+def _align(line: str) -> str:
+    """Comments of the keys start in one column (the tab marks where a key's comment begins)."""
+    code, sep, comment = line.partition("\t# ")
+    return f"{code:<30}  # {comment}" if sep else line
+
+
+def write_starter(data: Path, target: str | None, out: Path | None, force: bool) -> tuple[Profile, Path]:
+    """Profile `data` and write its starter spec to `out` (default: <data stem>.yaml here)."""
+    profile = profile_data(data, target)
+    out = Path(out) if out is not None else Path(f"{Path(data).stem}.yaml")
+    if out.suffix.lower() not in (".yaml", ".yml"):
+        raise ConfigError(f"--out {out}: a spec file ends in .yaml or .yml")
+    if out.exists() and not force:
+        raise ConfigError(f"{out}: exists; choose another name with --out or overwrite it with --force")
+    text = render_spec(profile, out.parent if str(out.parent) else Path("."))
+    from nnctl.runs.store import atomic_write
+    atomic_write(out, lambda f: f.write(text), binary=False)
+    return profile, out

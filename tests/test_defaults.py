@@ -1,0 +1,131 @@
+"""Defaults: what a spec that does not choose gets, that a run records it, and that `config` shows it."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from nnctl.bench.defaults import candidate
+from nnctl.cli import app
+from nnctl.config.annotate import annotated_yaml
+from nnctl.config.spec import spec_from_dict
+from nnctl.engine.initializers import DEFAULT_INITIALIZERS, default_initializer
+from nnctl.runs.checkpoint import load_checkpoint, save_checkpoint
+
+runner = CliRunner()
+
+# The documented defaults (README "Defaults"): one row per activation family.
+DOCUMENTED = {"relu": DEFAULT_INITIALIZERS["relu_like"], "gelu": DEFAULT_INITIALIZERS["relu_like"],
+              "leaky_relu": DEFAULT_INITIALIZERS["relu_like"], "elu": DEFAULT_INITIALIZERS["relu_like"],
+              "swish": DEFAULT_INITIALIZERS["relu_like"], "softplus": DEFAULT_INITIALIZERS["relu_like"],
+              "tanh": "xavier_uniform", "sigmoid": "xavier_uniform", "identity": "xavier_uniform"}
+
+
+def test_the_documented_table_is_what_the_readme_states():
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert f"| ReLU-like (relu, leaky_relu, elu, gelu, swish, softplus) | `{DEFAULT_INITIALIZERS['relu_like']}`" \
+        in readme
+    assert f"| others (tanh, sigmoid, identity, softmax) | `{DEFAULT_INITIALIZERS['other']}`" in readme
+
+
+@pytest.mark.parametrize("activation", sorted(DOCUMENTED))
+def test_a_spec_without_initializer_resolves_to_the_documented_default(activation):
+    short = spec_from_dict({"data": {"dataset": "xor"}, "model": {"hidden": [4, 4], "activation": activation}})
+    assert short.model["initializer"] == DOCUMENTED[activation]
+    assert [layer["initializer"] for layer in short.layers if layer["type"] == "dense"] == [DOCUMENTED[activation]] * 2
+    assert ("model", "initializer") in short.defaulted
+    long = spec_from_dict({"data": {"dataset": "xor"},
+                           "model": {"layers": [{"dense": {"units": 4, "activation": activation}},
+                                                {"residual": {"layers": [{"dense": {"units": 4,
+                                                                                    "activation": activation}}]}}]}})
+    assert long.layers[0]["initializer"] == DOCUMENTED[activation]
+    assert long.layers[1]["layers"][0]["initializer"] == DOCUMENTED[activation]
+    assert ("model", "layers", 0, "initializer") in long.defaulted
+
+
+def test_an_initializer_the_spec_names_is_kept_and_not_marked_default():
+    spec = spec_from_dict({"data": {"dataset": "xor"}, "model": {"hidden": [4], "initializer": "orthogonal"}})
+    assert spec.model["initializer"] == "orthogonal" and spec.layers[0]["initializer"] == "orthogonal"
+    assert ("model", "initializer") not in spec.defaulted
+
+
+def test_config_marks_every_default_and_stays_valid_yaml(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(textwrap.dedent("""\
+        data: {dataset: xor}
+        model: {hidden: [8]}
+        optimizer: {name: adam, lr: 0.01}
+        training: {epochs: 3}
+        """))
+    res = runner.invoke(app, ["config", str(path)])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert "  lr: 0.01" in lines                      # chosen: no mark
+    assert "  beta1: 0.9  # default" in lines         # not chosen: marked
+    assert "  epochs: 3" in lines
+    assert "  batch_size: 32  # default" in lines
+    assert f"  initializer: {DEFAULT_INITIALIZERS['relu_like']}  # default" in lines
+    assert "loss:  # default" in lines
+    parsed = yaml.safe_load(res.output)
+    assert parsed["optimizer"]["lr"] == 0.01 and parsed["training"]["batch_size"] == 32
+
+
+def test_annotated_yaml_round_trips_nested_lists():
+    data = {"a": 1, "b": {"c": [1, 2], "d": [{"type": "x", "n": 2}, {"type": "y", "k": {"z": None}}]}, "e": "s: t"}
+    text = annotated_yaml(data, {("b", "d", 1, "type"), ("e",)})
+    assert yaml.safe_load(text) == data
+    assert "  - type: y  # default" in text.replace("    - type: y", "  - type: y")
+    assert text.splitlines()[-1] == "e: 's: t'  # default"
+
+
+def _history(run):
+    return json.loads((run / "history.json").read_text())
+
+
+def test_resuming_a_run_recorded_under_another_default_keeps_it(tmp_path):
+    """A run trained when the ReLU default was xavier_uniform resumes (and retrains) with
+    xavier_uniform after the default changed: the run's config records the value it used."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: d\ndata: {dataset: moons}\nmodel: {hidden: [16, 16]}\ntraining: {epochs: 4}\n")
+    old = "xavier_uniform" if DEFAULT_INITIALIZERS["relu_like"] != "xavier_uniform" else "he_normal"
+    full, part = tmp_path / "full", tmp_path / "part"
+    with candidate({"relu_like": old}):
+        assert runner.invoke(app, ["train", str(spec), "--runs-dir", str(full), "--quiet"]).exit_code == 0
+        assert runner.invoke(app, ["train", str(spec), "--runs-dir", str(part), "--quiet",
+                                   "--set", "training.epochs=2"]).exit_code == 0
+    (full_run,), (run,) = list(full.iterdir()), list(part.iterdir())
+    recorded = yaml.safe_load((run / "config.yaml").read_text())
+    assert recorded["model"]["initializer"] == old
+    # make the 2-epoch run the interrupted first half of a 4-epoch run, then resume under today's default
+    last = run / "checkpoints" / "last.npz"
+    ckpt = load_checkpoint(last)
+    ckpt.meta["config"]["training"]["epochs"] = 4
+    save_checkpoint(last, {k: v for k, v in ckpt.meta.items()
+                           if k not in ("format", "format_version", "nnctl_version")}, ckpt.arrays)
+    (run / "status.json").write_text(json.dumps({"status": "interrupted"}))
+    assert DEFAULT_INITIALIZERS["relu_like"] != old
+    res = runner.invoke(app, ["train", "--resume", str(run), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert load_checkpoint(last).meta["config"]["model"]["initializer"] == old
+    a = [[r[k] for k in ("loss", "val_loss", "accuracy")] for r in _history(full_run)]
+    b = [[r[k] for k in ("loss", "val_loss", "accuracy")] for r in _history(run)]
+    np.testing.assert_allclose(b, a, rtol=1e-12)
+    # retraining from the run's own config.yaml draws the same initial weights as the old default did
+    again = tmp_path / "again"
+    assert runner.invoke(app, ["train", str(full_run / "config.yaml"), "--runs-dir", str(again),
+                               "--quiet"]).exit_code == 0
+    (again_run,) = list(again.iterdir())
+    np.testing.assert_allclose([[r[k] for k in ("loss", "val_loss", "accuracy")] for r in _history(again_run)],
+                               a, rtol=1e-12)
+
+
+def test_default_initializer_follows_the_table():
+    with candidate({"relu_like": "lecun_uniform", "other": "orthogonal"}):
+        assert default_initializer("relu") == "lecun_uniform"
+        assert default_initializer("tanh") == "orthogonal"
+    assert default_initializer("relu") == DEFAULT_INITIALIZERS["relu_like"]

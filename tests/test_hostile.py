@@ -1,0 +1,548 @@
+"""Hostile and odd inputs (issue 17): nothing hangs, nothing runs away, no file contents or
+markup in errors, no tracebacks, and YAML merge keys work.
+
+Every CLI case runs in-process under a SIGALRM deadline (a hang fails the test instead of
+the suite), asserts the exact one-line message and exit code, and hashes the folders it
+could have written to before and after.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import stat
+import tracemalloc
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from nnctl.cli import app
+from nnctl.config.source import MAX_NODES, parse_yaml, read_spec
+from nnctl.config.spec import load_spec
+from nnctl.engine.memory import estimate_memory, format_bytes
+from nnctl.errors import ConfigError, NnctlError, excerpt, one_line
+from nnctl.fileio import SPEC_MAX_BYTES, check_regular, read_text
+from nnctl.sweep.spec import MAX_TRIALS, expand, load_sweep
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parent.parent
+DEADLINE = 10  # seconds; every case takes well under one
+
+TINY = "data: {dataset: xor, val_split: 0.25, options: {n_samples: 80}}\nmodel: {hidden: [4]}\ntraining: {epochs: 2, batch_size: 8}\n"
+SECRET = ("root:x:0:0:root:/root:/bin/bash\n" * 30
+          + "API_TOKEN=sk-0123456789abcdef :x: :smile: [red]boom[/red]\n")
+
+
+class Hung(Exception):
+    pass
+
+
+@contextmanager
+def deadline(seconds: float = DEADLINE):
+    """Raise Hung in the main thread if the block takes longer than `seconds` (an open() of a
+    FIFO blocks in the kernel; the signal interrupts it)."""
+    def on_alarm(signum, frame):
+        raise Hung(f"still running after {seconds} s")
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def cli(*args: str) -> tuple[int, list[str]]:
+    """(exit code, output lines) of the real CLI; a hang or a traceback fails the test."""
+    with deadline():
+        res = runner.invoke(app, [str(a) for a in args])
+    if not isinstance(res.exception, (SystemExit, type(None))):
+        raise AssertionError(f"{type(res.exception).__name__}: {res.exception}\n{res.output}")
+    assert "Traceback" not in res.output
+    return res.exit_code, res.output.splitlines()
+
+
+def tree_hash(folder: Path) -> str:
+    """A fingerprint of every entry under `folder`: names, kinds and regular files' bytes
+    (FIFOs and devices are never opened)."""
+    h = hashlib.sha256()
+    if not os.path.lexists(folder):
+        return "absent"
+    for dirpath, dirnames, filenames in sorted(os.walk(folder)):
+        dirnames.sort()
+        for name in sorted(filenames) + dirnames:
+            p = Path(dirpath) / name
+            st = os.lstat(p)
+            h.update(f"{p.relative_to(folder)}:{stat.S_IFMT(st.st_mode)}\n".encode())
+            if stat.S_ISREG(st.st_mode):
+                h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """One finished tiny run to point eval/predict/show/resume at."""
+    root = tmp_path_factory.mktemp("trained")
+    (root / "tiny.yaml").write_text(TINY)
+    code, out = cli("train", root / "tiny.yaml", "--runs-dir", root / "runs", "-q")
+    assert code == 0, out
+    (run,) = (root / "runs").iterdir()
+    return run
+
+
+def _copy_run(run: Path, dest: Path) -> Path:
+    shutil.copytree(run, dest)
+    return dest
+
+
+# -- 1. hangs: only regular files are opened ------------------------------------------------
+
+def _nonregular(tmp_path: Path, kind: str, name: str) -> Path:
+    p = tmp_path / name
+    if kind == "fifo":
+        os.mkfifo(p)
+    elif kind == "loop":
+        os.symlink(p.name + ".b", p)
+        os.symlink(p.name, str(p) + ".b")
+    elif kind == "chardev":
+        os.symlink("/dev/zero", p)
+    elif kind == "socket":
+        import socket
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(str(p))
+        s.close()
+    return p
+
+
+KINDS = {"fifo": "is a FIFO (named pipe), not a regular file", "loop": "is a symlink loop",
+         "chardev": "is a character device, not a regular file", "socket": "is a socket, not a regular file"}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_a_spec_that_is_not_a_regular_file_is_refused_without_hanging(tmp_path, kind):
+    spec = _nonregular(tmp_path, kind, "spec.yaml")
+    runs = tmp_path / "runs"
+    for command in (["validate", spec], ["config", spec], ["train", spec, "--runs-dir", runs]):
+        code, out = cli(*command)
+        assert (code, out) == (1, [f"error: {spec}: {KINDS[kind]}"])
+    assert not runs.exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "loop"])
+def test_a_sweep_spec_or_its_base_that_is_not_a_regular_file_is_refused(tmp_path, kind):
+    sweep = _nonregular(tmp_path, kind, "sweep.yaml")
+    code, out = cli("sweep", sweep, "--dry-run", "--runs-dir", tmp_path / "runs")
+    assert (code, out) == (1, [f"error: {sweep}: {KINDS[kind]}"])
+    base = _nonregular(tmp_path, kind, "base.yaml")
+    (tmp_path / "s.yaml").write_text("base: base.yaml\nparameters: {seed: [1, 2]}\nmetric: val_loss\n")
+    code, out = cli("sweep", tmp_path / "s.yaml", "--dry-run", "--runs-dir", tmp_path / "runs")
+    assert (code, out) == (1, [f"error: base: {base}: {KINDS[kind]} (s.yaml line 1)"])
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("kind,key,name", [
+    ("fifo", "dataset", "d.csv"), ("loop", "dataset", "d.csv"), ("fifo", "dataset", "d.npy"),
+    ("socket", "dataset", "d.npz"), ("fifo", "val_path", "v.csv"), ("chardev", "target_path", "t.npy"),
+])
+def test_a_data_file_that_is_not_a_regular_file_is_refused(tmp_path, kind, key, name):
+    path = _nonregular(tmp_path, kind, name)
+    np.save(tmp_path / "x.npy", np.zeros((40, 2), np.float32))
+    np.savez(tmp_path / "ok.npz", x=np.zeros((40, 2), np.float32), y=np.arange(40) % 2)
+    if key == "target_path":
+        data = {"dataset": "x.npy", "target_path": name}
+    elif key == "dataset":
+        data = {"dataset": name, "target": "y"} if name.endswith(".csv") else {"dataset": name}
+    else:
+        data = {"dataset": "ok.npz", key: name}
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"data": data, "training": {"epochs": 1}}))
+    shown = "/dev/zero" if kind == "chardev" else str(path)
+    code, out = cli("train", spec, "--runs-dir", tmp_path / "runs")
+    assert (code, out) == (1, [f"error: data.{key}: {shown}: {KINDS[kind]}"])
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "loop", "chardev"])
+def test_a_checkpoint_or_predict_input_that_is_not_a_regular_file_is_refused(tmp_path, trained_run, kind):
+    run = _copy_run(trained_run, tmp_path / "run")
+    (run / "checkpoints" / "best.npz").unlink()
+    best = _nonregular(run / "checkpoints", kind, "best.npz")
+    before = tree_hash(run)
+    for command in (["eval", run], ["predict", run, ROOT / "README.md"], ["show", run]):
+        code, out = cli(*command)
+        assert code == 1
+        assert out[-1] == f"error: {best}: {KINDS[kind]}"
+    # the resume loads last.npz; an input file of predict that is not regular is refused too
+    inp = _nonregular(tmp_path, kind, "in.csv")
+    code, out = cli("predict", trained_run, inp, "--out", tmp_path / "p.csv")
+    assert (code, out) == (1, [f"error: in.csv: {KINDS[kind]}"])
+    assert tree_hash(run) == before and not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "chardev", "loop"])
+def test_run_folder_json_that_is_not_a_regular_file_is_reported_not_read(tmp_path, trained_run, kind):
+    run = _copy_run(trained_run, tmp_path / "runs" / "r")
+    for name in ("status.json", "metrics.json"):
+        (run / name).unlink()
+        _nonregular(run, kind, name)
+    before = tree_hash(tmp_path / "runs")
+    code, out = cli("runs", tmp_path / "runs")
+    assert code == 0
+    assert out[-1] == f"r: status.json is unreadable ({KINDS[kind]}); metrics.json is unreadable ({KINDS[kind]})"
+    code, out = cli("show", run)
+    assert out[0].startswith(f"r   broken (status.json is unreadable ({KINDS[kind]});")
+    assert tree_hash(tmp_path / "runs") == before
+
+
+def test_check_regular_names_each_kind(tmp_path):
+    for kind, why in KINDS.items():
+        p = _nonregular(tmp_path, kind, f"{kind}.x")
+        with pytest.raises(ConfigError) as info:
+            check_regular(p, ConfigError, "the spec")
+        assert str(info.value) == f"the spec: {why}"
+    check_regular(tmp_path / "missing", missing_ok=True)
+    with pytest.raises(NnctlError, match=r"missing: no such file$"):
+        check_regular(tmp_path / "missing", label="missing")
+    (tmp_path / "ok").write_text("fine")
+    check_regular(tmp_path / "ok")
+    with pytest.raises(NnctlError) as info:
+        read_text(tmp_path / "ok", 3, label="ok")
+    assert str(info.value) == "ok: 4 bytes is over the 3-byte limit for a file"
+    assert read_text(tmp_path / "ok", 4) == "fine"
+
+
+# -- 2. runaway sizes: bounded before parsing, counting or allocating ------------------------
+
+def test_a_spec_over_the_size_limit_is_refused_before_parsing(tmp_path):
+    spec = tmp_path / "big.yaml"
+    spec.write_text("# a comment line\n" * (SPEC_MAX_BYTES // 17 + 1))
+    size = spec.stat().st_size
+    code, out = cli("validate", spec)
+    assert (code, out) == (1, [f"error: {spec}: {size:,} bytes is over the 1,000,000-byte limit for a spec"])
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("base: big.yaml\nparameters: {seed: [1]}\nmetric: val_loss\n")
+    code, out = cli("sweep", sweep, "--dry-run", "--runs-dir", tmp_path / "runs")
+    assert (code, out) == (1, [f"error: base: {spec}: {size:,} bytes is over the 1,000,000-byte limit "
+                                f"for a spec (sweep.yaml line 1)"])
+
+
+@pytest.mark.parametrize("body,line", [
+    # the line is where the 100,001st node starts: root, key, list, then the values
+    ("model:\n  hidden: [" + ", ".join(["1"] * (MAX_NODES + 10)) + "]\n", 2),
+    # root, seed, 1, xs, the list: item i (on line i + 3) is node i + 6
+    ("seed: 1\nxs:\n" + "".join(f"- {i}\n" for i in range(MAX_NODES + 10)), MAX_NODES + 1 - 6 + 3),
+    ("m: {" + ", ".join(f"k{i}: {i}" for i in range(MAX_NODES // 2 + 10)) + "}\n", 1),
+])
+def test_a_spec_with_too_many_values_is_refused_while_it_is_composed(tmp_path, body, line):
+    spec = tmp_path / "many.yaml"
+    spec.write_text(body)
+    assert spec.stat().st_size < SPEC_MAX_BYTES
+    code, out = cli("validate", spec)
+    assert (code, out) == (1, [f"error: many.yaml line {line}: more than 100,000 values; a spec is never that large"])
+
+
+def _sweep(tmp_path: Path, body: str) -> Path:
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    (tmp_path / "sweep.yaml").write_text("base: tiny.yaml\nmetric: val_loss\n" + body)
+    return tmp_path / "sweep.yaml"
+
+
+@pytest.mark.parametrize("body,message", [
+    ("method: random\ntrials: 1000000000000\nparameters: {seed: {distribution: int_uniform, min: 0, max: 9}}\n",
+     "error: trials: must be <= 10000, got 1000000000000 (sweep.yaml line 4)"),
+    ("method: random\ntrials: 10001\nparameters: {optimizer.lr: [0.1, 0.2]}\n",
+     "error: trials: must be <= 10000, got 10001 (sweep.yaml line 4)"),
+    ("parameters:\n  seed: [" + ", ".join(map(str, range(101))) + "]\n  training.epochs: ["
+     + ", ".join(map(str, range(1, 101))) + "]\n",
+     "error: parameters: the grid has 10,100 combinations, more than the 10,000 trials a sweep may have "
+     "(sweep.yaml line 3)"),
+    ("parameters:\n" + "".join(f"  {k}: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\n" for k in (
+        "seed", "training.epochs", "training.batch_size", "training.eval_batch_size", "optimizer.lr",
+        "optimizer.beta1", "optimizer.beta2", "optimizer.eps")),
+     "error: parameters: the grid has 100,000,000 combinations, more than the 10,000 trials "
+     "a sweep may have (sweep.yaml line 3)"),
+])
+def test_sweep_trial_counts_are_bounded_before_expansion(tmp_path, body, message):
+    sweep = _sweep(tmp_path, body)
+    code, out = cli("sweep", sweep, "--dry-run", "--runs-dir", tmp_path / "runs")
+    assert out[-1] == message and code == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_expand_refuses_a_huge_sweep_built_in_code(tmp_path):
+    sweep = load_sweep(_sweep(tmp_path, "method: random\ntrials: 3\nparameters: {optimizer.lr: [0.1, 0.2]}\n"))
+    assert len(expand(sweep)) == 3
+    sweep.trials = MAX_TRIALS + 1
+    with pytest.raises(ConfigError, match=r"^sweep.yaml: 10,001 trials, more than the 10,000 a sweep may have$"):
+        with deadline(2):
+            expand(sweep)
+
+
+def test_the_memory_estimate_is_hand_computed_and_matches_the_built_model():
+    # dense 2 -> 4 -> 2: 2*4+4 + 4*2+2 = 22 parameters, float32
+    est = estimate_memory([{"type": "dense", "units": 4, "activation": "relu"}, {"type": "dense", "units": 2}],
+                          (2,), "float32", batch_rows=10, optimizer_arrays=3)
+    assert [(s.output_shape, s.parameters) for s in est.layers] == [((4,), 12), ((2,), 10)]
+    assert (est.parameter_bytes, est.gradient_bytes, est.optimizer_bytes) == (88, 88, 264)
+    # rows * sum(2*out + in) * itemsize = 10 * ((8 + 2) + (4 + 4)) * 4
+    assert est.activation_bytes == 720
+    assert est.total_bytes == 88 + 88 + 264 + 720
+    assert format_bytes(1536) == "1.5 KiB" and format_bytes(1000) == "1000 B"
+
+
+@pytest.mark.parametrize("config", ["cnn-digits.yaml", "gru-marked-xor.yaml", "transformer-marked-xor.yaml",
+                                    "residual-mlp.yaml", "digits.yaml"])
+def test_the_shape_only_sizing_agrees_with_the_real_model(config):
+    from nnctl.training.experiment import prepare
+    exp = prepare(load_spec(ROOT / "configs" / config))
+    est = estimate_memory(exp.layer_specs, exp.dataset.input_shape, exp.dtype, 32, 3)
+    assert est.complete
+    assert [(s.output_shape, s.parameters) for s in est.layers] == \
+        [(tuple(r.output_shape), r.params) for r in exp.model.summary()]
+
+
+def test_sizing_a_huge_model_allocates_nothing():
+    tracemalloc.start()
+    try:
+        with deadline(5):
+            est = estimate_memory([{"type": "dense", "units": 100_000_000}, {"type": "dense", "units": 100_000_000},
+                                   {"type": "dense", "units": 3}], (64,), "float32", 32, 3)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert est.parameters == 64 * 10**8 + 10**8 + 10**16 + 10**8 + 3 * 10**8 + 3
+    assert peak < 5_000_000
+
+
+# xor: 2 features, 2 classes; 120 rows -> 30 validation rows, the largest evaluation batch (> batch 8).
+# Adam keeps m, v and one scratch array per parameter: optimizer state = 3 x parameters.
+@pytest.mark.parametrize("model,limit,message", [
+    # 2*16+16 + 16*2+2 = 82 parameters = 328 B; activations 30 rows * ((2*16+2) + (2*2+16)) * 4 B = 6480 B;
+    # total 328 + 328 + 984 + 6480 = 8120 B; the limit 1e-6 GiB = 1073 B
+    ("{hidden: [16]}", 1e-6,
+     "error: model: 82 parameters need about 7.9 KiB to train (parameters 328 B, gradients 328 B, optimizer "
+     "state 984 B, activations 6.3 KiB at 30 rows), more than training.memory_limit_gb (1.0 KiB); make the "
+     "model smaller or raise training.memory_limit_gb (spec.yaml line 2)"),
+    # 2*8+8 + 8*8+8 + 8*2+2 = 114 = 456 B; 30 * ((16+2) + (16+8) + (4+8)) * 4 = 6480 B; total 8760 B
+    ("{layers: [{type: dense, units: 8}, {type: dense, units: 8}]}", 1e-7,
+     "error: model: 114 parameters need about 8.6 KiB to train (parameters 456 B, gradients 456 B, optimizer "
+     "state 1.3 KiB, activations 6.3 KiB at 30 rows), more than training.memory_limit_gb (107 B); make the "
+     "model smaller or raise training.memory_limit_gb (spec.yaml line 2)"),
+])
+def test_a_memory_limit_in_the_spec_is_enforced_before_the_run_exists(tmp_path, model, limit, message):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"data: {{dataset: xor, val_split: 0.25, options: {{n_samples: 120}}}}\nmodel: {model}\n"
+                    f"training: {{epochs: 1, batch_size: 8, memory_limit_gb: {limit}}}\n")
+    for command in (["validate", spec], ["train", spec, "--runs-dir", tmp_path / "runs"]):
+        assert cli(*command) == (1, [message])
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("hidden,params", [
+    ("[100000000]", "500,000,002"),                        # 2*1e8+1e8 + 1e8*2+2
+    ("[100000000, 100000000]", "10,000,000,600,000,002"),  # 3e8 + (1e16+1e8) + (2e8+2)
+    ("[4, 100000000000]", "700,000,000,014"),              # 12 + 5e11 + (2e11+2)
+])
+def test_a_model_too_large_for_memory_fails_validate_and_train_with_one_line(tmp_path, hidden, params):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"data: {{dataset: xor, options: {{n_samples: 100}}}}\nmodel: {{hidden: {hidden}}}\n")
+    for command in (["validate", spec], ["train", spec, "--runs-dir", tmp_path / "runs"]):
+        code, out = cli(*command)
+        assert code == 1 and len(out) == 1
+        assert out[0].startswith(f"error: model: {params} parameters need about ")
+        assert "of memory available; make the model or batch smaller, or set training.memory_limit_gb" in out[0]
+        assert out[0].endswith("(spec.yaml line 2)")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_layer_too_large_to_describe_is_refused(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("data: {dataset: xor}\nmodel: {hidden: [10000000000000, 10000000000000]}\n"
+                    "training: {memory_limit_gb: 1000000000000}\n")
+    code, out = cli("validate", spec)
+    assert (code, out) == (1, ["error: model: layers.1 dense is too large to size: it would need more memory "
+                               "than any machine has; make the model smaller (spec.yaml line 2)"])
+
+
+# -- 3. secrets: short, escaped excerpts; no emoji or markup ---------------------------------
+
+def _assert_no_leak(out: list[str]) -> None:
+    text = "\n".join(out)
+    assert "API_TOKEN" not in text and "\u274c" not in text and "\U0001f604" not in text
+    assert all(len(line) < 600 for line in out)
+
+
+def test_a_spec_that_is_a_whole_file_of_text_is_quoted_as_an_excerpt(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("'" + SECRET.replace("'", "''").replace("\n", "\n\n") + "'\n")
+    code, out = cli("validate", spec)
+    head = repr(SECRET[:60])
+    assert (code, out) == (1, [f"error: spec.yaml: a spec must be a mapping of sections, got {head}... "
+                               f"({len(SECRET):,} characters)"])
+    _assert_no_leak(out)
+
+
+@pytest.mark.parametrize("where", ["base", "dataset", "optimizer", "set"])
+def test_long_user_text_in_any_value_is_excerpted(tmp_path, where):
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    text = yaml.safe_dump(SECRET, width=10**6)
+    if where == "base":
+        (tmp_path / "s.yaml").write_text(f"base: {text}\nparameters: {{seed: [1]}}\nmetric: val_loss\n")
+        args = ["sweep", tmp_path / "s.yaml", "--dry-run", "--runs-dir", tmp_path / "runs"]
+        expected = "error: base: must be a train spec file (a path) or an inline train spec, got"
+    elif where == "dataset":
+        (tmp_path / "s.yaml").write_text(f"data:\n  dataset: {text}\n")
+        args = ["validate", tmp_path / "s.yaml"]
+        value = str((tmp_path / yaml.safe_load(text)).resolve())  # stored absolute, like every data path
+        expected = f"error: data.dataset: unknown dataset '{excerpt(value)}'; valid: blobs,"
+    elif where == "optimizer":
+        (tmp_path / "s.yaml").write_text(TINY + f"optimizer: {text}\n")
+        args = ["validate", tmp_path / "s.yaml"]
+        expected = f"error: optimizer: unknown optimizer '{excerpt(yaml.safe_load(text))}'; valid: adagrad,"
+    else:
+        args = ["validate", tmp_path / "tiny.yaml", "--set", f"name={SECRET}"]
+        expected = f"error: --set {excerpt('name=' + SECRET, 300)}: value line "
+    code, out = cli(*args)
+    assert code == 1 and len(out) == 1 and out[0].startswith(expected), out
+    _assert_no_leak(out)
+
+
+def test_every_problem_is_one_escaped_line(tmp_path):
+    csv = tmp_path / "d.csv"
+    csv.write_text('"a\nb","a\nb",y\n1,2,3\n')
+    (tmp_path / "s.yaml").write_text("data: {dataset: d.csv, target: y}\n")
+    assert cli("validate", tmp_path / "s.yaml") == (1, ["error: d.csv: duplicate column name 'a\\nb' (columns 1 and 2)"])
+    # several problems stay several lines, each escaped
+    (tmp_path / "t.yaml").write_text("seed: -1\ntraining: {epochs: 0}\n\"odd\\nkey\\e[31m\": 1\n")
+    code, out = cli("validate", tmp_path / "t.yaml")
+    assert code == 1
+    assert out == ["error: ['odd\\nkey\\x1b[31m']: unknown key 'odd\\nkey\\x1b[31m'; valid: data, description, loss, "
+                   "model, name, optimizer, schedule, seed, training (t.yaml line 3)",
+                   "error: seed: must be >= 0, got -1 (t.yaml line 1)",
+                   "error: data.dataset: is required (t.yaml line 1)",
+                   "error: training.epochs: must be >= 1, got 0 (t.yaml line 2)"]
+
+
+def test_print_error_escapes_caps_and_never_substitutes(capsys):
+    from nnctl.console import print_error
+    print_error(NnctlError("first\nstill first \x1b[31m:x: [bold]b[/bold]", "second " + "z" * 2000))
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "error: first\\nstill first \\x1b[31m:x: [bold]b[/bold]"
+    assert err[1] == "error: second " + "z" * 993 + "... (1,007 more characters)"
+    assert len(err) == 2
+    assert excerpt("abc") == "abc" and excerpt("a\tb" * 40, 6) == "a\\tba\\tb... (120 characters)"
+    assert one_line("x\ny") == "x\\ny"
+    assert str(NnctlError("a", "b")) == "a\nb" and NnctlError("a", "b").problems == ["a", "b"]
+
+
+# -- 4. no tracebacks from damaged run folders or unwritable ones ----------------------------
+
+@pytest.mark.parametrize("garbage", [bytes(range(256)) * 4, b"\xff\xfe{\"status\": 1}", b"[" * 100_000,
+                                     b'{"status": "completed"'])
+def test_damaged_run_json_is_reported_not_a_traceback(tmp_path, trained_run, garbage):
+    run = _copy_run(trained_run, tmp_path / "runs" / "r")
+    for name in ("status.json", "history.json", "metrics.json"):
+        (run / name).write_bytes(garbage)
+    before = tree_hash(tmp_path / "runs")
+    for command in (["runs", tmp_path / "runs"], ["runs", tmp_path / "runs", "--json"], ["show", run],
+                    ["eval", run], ["diff", run, trained_run]):
+        code, out = cli(*command)
+        assert code in (0, 1)
+    code, out = cli("show", run)
+    assert out[0].startswith("r   broken (")
+    assert tree_hash(tmp_path / "runs") == before
+
+
+def test_resume_on_an_unwritable_run_folder_is_one_line_and_changes_nothing(tmp_path, trained_run):
+    run = _copy_run(trained_run, tmp_path / "r")
+    (run / "status.json").write_text('{"status": "interrupted"}')
+    (run / ".lock").unlink(missing_ok=True)
+    (run / ".lock").mkdir()  # as on a read-only mount, the lock file cannot be opened for writing
+    before = tree_hash(run)
+    code, out = cli("train", "--resume", run)
+    assert (code, out) == (1, [f"error: {run}: cannot write to the run folder (Is a directory); nothing was changed"])
+    assert tree_hash(run) == before
+
+
+def test_a_symlink_loop_anywhere_in_the_spec_paths_is_one_line(tmp_path):
+    _nonregular(tmp_path, "loop", "d.csv")
+    (tmp_path / "s.yaml").write_text("data: {dataset: xor, val_path: d.csv}\n")
+    assert cli("validate", tmp_path / "s.yaml") == (1, [f"error: data.val_path: {tmp_path / 'd.csv'}: is a symlink loop"])
+
+
+# -- 5. YAML merge keys -----------------------------------------------------------------------
+
+MERGES = """\
+shared: &shared
+  epochs: 5
+  batch_size: 8
+more: &more
+  epochs: 7
+  shuffle: false
+  dtype: float64
+a:
+  <<: *shared
+  epochs: 2
+b:
+  <<: [*shared, *more]
+c:
+  epochs: 3
+  <<: [*more, *shared]
+d:
+  <<: {eval_batch_size: 64, <<: *more}
+  dtype: float32
+"""
+
+
+def test_merge_keys_follow_yaml_1_1():
+    src = parse_yaml(MERGES, "m.yaml")
+    assert src.data["a"] == {"epochs": 2, "batch_size": 8}                       # explicit wins
+    assert src.data["b"] == {"epochs": 5, "batch_size": 8, "shuffle": False, "dtype": "float64"}  # earlier wins
+    assert src.data["c"] == {"epochs": 3, "shuffle": False, "dtype": "float64", "batch_size": 8}
+    assert src.data["d"] == {"eval_batch_size": 64, "epochs": 7, "shuffle": False, "dtype": "float32"}
+    # explicit keys keep their line; merged keys point at the line of the block they came from
+    assert src.lines[("a", "epochs")] == 10 and src.lines[("a", "batch_size")] == 3
+    assert src.lines[("b", "epochs")] == 2 and src.lines[("b", "shuffle")] == 6
+    assert src.lines[("c", "epochs")] == 14 and src.lines[("c", "batch_size")] == 3
+    assert src.lines[("d", "eval_batch_size")] == 17 and src.lines[("d", "dtype")] == 18
+    assert src.lines[("d", "epochs")] == 5  # merged into the merged block from `more`
+
+
+@pytest.mark.parametrize("text,message", [
+    ("a:\n  <<: {x: 1}\n  y: 2\n  y: 3\n", "a.y: duplicate key (lines 3 and 4)"),
+    ("a:\n  <<: {x: 1, x: 2}\n", "a.x: duplicate key (lines 2 and 2)"),
+    ("a:\n  <<: 5\n", "a.<<: merges a mapping or a list of mappings, got a scalar (m.yaml line 2)"),
+    ("a:\n  <<: [{x: 1}, [2]]\n", "a.<<: merges a mapping or a list of mappings, got a list (m.yaml line 2)"),
+])
+def test_merge_keys_still_catch_real_duplicates_and_bad_sources(text, message):
+    with pytest.raises(ConfigError) as info:
+        parse_yaml(text, "m.yaml")
+    assert str(info.value) == message
+
+
+def test_a_spec_sharing_a_block_through_merge_keys_trains_with_the_explicit_values(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("data: {dataset: xor, val_split: 0.25, options: {n_samples: 80}}\n"
+                    "model: {hidden: [4]}\n"
+                    "training:\n  <<: &defaults {epochs: 5, batch_size: 8, shuffle: false}\n  epochs: 2\n"
+                    "optimizer:\n  <<: [{name: sgd, lr: 0.5}, {name: adam, lr: 0.1, weight_decay: 0.01}]\n  lr: 0.05\n")
+    s = load_spec(spec)
+    assert (s.training.epochs, s.training.batch_size, s.training.shuffle) == (2, 8, False)
+    assert (s.optimizer["name"], s.optimizer["lr"], s.optimizer["weight_decay"]) == ("sgd", 0.05, 0.01)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(spec.read_text().replace("epochs: 2", "epochs: 0"))
+    assert cli("validate", bad) == (1, ["error: training.epochs: must be >= 1, got 0 (bad.yaml line 5)"])
+    bad.write_text(spec.read_text().replace("shuffle: false", "shuffle: maybe"))
+    assert cli("validate", bad) == (1, ["error: training.shuffle: must be true or false, got 'maybe' (bad.yaml line 4)"])
+
+
+def test_read_spec_is_the_bounded_reader(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_bytes(b"seed: 1\n\xff\n")
+    with pytest.raises(ConfigError, match=r"s.yaml: not UTF-8 text \(byte 8\)$"):
+        read_spec(p)
