@@ -372,7 +372,7 @@ def test_a_symlink_to_an_extensionless_blob_takes_the_links_format(tmp_path):
 
 def test_old_checkpoints_without_preprocess_still_load(tmp_path):
     """A checkpoint from before this change: standardize/* only, no preprocess or target/ entries."""
-    from nnctl.commands.evaluate import model_from_checkpoint
+    from nnctl.runs.model import model_from_checkpoint
     offset_csv(tmp_path / "r.csv", n=60)
     spec = spec_file(tmp_path, "{dataset: r.csv, target: y, standardize_target: false}")
     res = runner.invoke(app, ["train", str(spec), "--runs-dir", str(tmp_path / "runs"), "--quiet",
@@ -386,3 +386,63 @@ def test_old_checkpoints_without_preprocess_still_load(tmp_path):
     assert lm.preprocessor.standardizer is not None
     with pytest.raises(DataError):
         load_dataset({"dataset": "r.csv"}, 0, tmp_path)
+
+
+# ---------------------------------------------------------------------------- 10. image folders
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_an_image_folder_trains_evaluates_and_predicts_files_and_folders(tmp_path):
+    pytest.importorskip("PIL", reason='Pillow is the "images" extra')
+    from PIL import Image
+    # the shipped PNGs are exactly the digits rows they came from, scaled to 0..255
+    png = REPO / "datasets" / "digits_png" / "3"
+    first = sorted(png.iterdir())[0]
+    row = int(first.stem) + 2   # file line of that row in digits.csv (header is line 1)
+    cells = (REPO / "datasets" / "digits.csv").read_text().splitlines()[row - 1].split(",")
+    assert cells[-1] == "3"
+    pixels = np.asarray(Image.open(first), dtype=np.float64)
+    assert np.array_equal(pixels, np.round(np.array(cells[:-1], dtype=float).reshape(8, 8) * 255 / 16))
+
+    ds = load_dataset({"dataset": str(REPO / "datasets" / "digits_png"), "image_size": [8, 8],
+                       "val_split": 0, "test_split": 0}, 0, tmp_path)
+    assert ds.input_shape == (1, 8, 8) and ds.classes == [str(d) for d in range(10)] and len(ds.train) == 300
+    assert ds.train.x.dtype == np.float32 and ds.train.x.min() == 0 and ds.train.x.max() == 1
+    assert np.allclose(ds.train.x[ds.classes.index("3") * 30, 0], pixels / 255)
+    rgb = load_dataset({"dataset": str(REPO / "datasets" / "digits_png"), "color": "rgb", "image_size": [4, 6],
+                        "val_split": 0, "test_split": 0}, 0, tmp_path)
+    assert rgb.input_shape == (3, 4, 6)
+
+    res = runner.invoke(app, ["train", str(REPO / "configs" / "cnn-digits-png.yaml"), "--runs-dir",
+                              str(tmp_path / "runs"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    run = next((tmp_path / "runs").iterdir())
+    test = json.loads((run / "metrics.json").read_text())["test"]
+    assert test["test_accuracy"] >= 0.8
+    res = runner.invoke(app, ["eval", str(run), "--json"])
+    assert json.loads(res.stdout)["accuracy"] == test["test_accuracy"]
+    res = runner.invoke(app, ["predict", str(run), str(first)])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.splitlines() == ["path,label", f"{first},3"]
+    res = runner.invoke(app, ["predict", str(run), str(png.parent)])
+    rows = list(csv.reader(io.StringIO(res.stdout)))
+    assert rows[0] == ["path", "label"] and len(rows) == 301
+    right = sum(Path(p).parent.name == label for p, label in rows[1:])
+    assert right >= 0.85 * 300
+
+
+def test_image_folder_errors(tmp_path):
+    pytest.importorskip("PIL", reason='Pillow is the "images" extra')
+    from PIL import Image
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    (tmp_path / "imgs" / "b").mkdir()
+    Image.new("L", (4, 4)).save(tmp_path / "imgs" / "a" / "x.png")
+    Image.new("L", (5, 4)).save(tmp_path / "imgs" / "b" / "y.png")
+    with pytest.raises(DataError) as err:
+        load_dataset({"dataset": "imgs"}, 0, tmp_path)
+    assert str(err.value) == "b/y.png: image is 5x4, a/x.png is 4x4; set data.image_size: [H, W] to resize them all"
+    (tmp_path / "imgs" / "b" / "z.png").write_bytes(b"not a png")
+    with pytest.raises(DataError) as err:
+        load_dataset({"dataset": "imgs", "image_size": [4, 4]}, 0, tmp_path)
+    assert str(err.value).startswith("b/z.png: not a readable image (UnidentifiedImageError")

@@ -6,6 +6,7 @@
     python -m nnctl.bench.layers   conv2d and GRU layers against their matrix products
     python -m nnctl.bench.scale    peak memory of train/predict on a large memory-mapped dataset
     python -m nnctl.bench.sweep    sweep wall time with N workers against 1
+    python -m nnctl.bench.own_data a table with categories and missing values: nnctl against scikit-learn
 
 Everything prints through `say`, the one console, never through the engine.
 """

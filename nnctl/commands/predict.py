@@ -186,6 +186,16 @@ def feature_chunks(lm: LoadedModel, path: Path, keep: list[str] | tuple = (),
     """The input's features in chunks of (b, *input_shape), with the --keep columns (CSV only);
     .npy stays memory-mapped. Notes for the user (ignored columns, unseen categories) go to `notes`."""
     path = Path(path)
+    if _images(lm, path):
+        from nnctl.data.images import read_images_to_predict
+        data = lm.meta["config"]["data"]
+        x, files = read_images_to_predict(path, data.get("image_size"), data.get("color", "grayscale"))
+        if tuple(x.shape[1:]) != lm.input_shape:
+            raise DataError(f"{path.name}: images are {list(x.shape[1:])} (C, H, W), the model expects "
+                            f"{list(lm.input_shape)}")
+        for s in range(0, len(x), CHUNK_ROWS):
+            yield x[s:s + CHUNK_ROWS], [files[s:s + CHUNK_ROWS]]
+        return
     suffix = suffix_of(path, path.name)
     if suffix == ".csv":
         reader = CsvFeatureReader(path, lm.feature_names, lm.target_name, lm.input_shape,
@@ -202,6 +212,12 @@ def feature_chunks(lm: LoadedModel, path: Path, keep: list[str] | tuple = (),
     x, _ = load_features(path, lm.feature_names, lm.input_shape, lm.target_name, dtype=lm.dtype)
     for s in range(0, len(x), CHUNK_ROWS):
         yield x[s:s + CHUNK_ROWS], []
+
+
+def _images(lm: LoadedModel, path: Path) -> bool:
+    """An image file or folder, for a model trained on an image folder."""
+    from nnctl.data.images import is_image
+    return path.is_dir() or is_image(path)
 
 
 def header(lm: LoadedModel, proba: bool, keep: list[str] | tuple = ()) -> list[str]:
@@ -263,6 +279,10 @@ def run_predict(lm: LoadedModel, source: Path, out: Path | None, batch_size: int
         raise NnctlError(f"--proba needs a classification model; {lm.path} is {lm.task}")
     if len(set(keep)) != len(keep):
         raise NnctlError("--keep: a column is named twice")
+    if _images(lm, Path(source)):
+        if keep:
+            raise NnctlError("--keep copies CSV columns; an image input gets a path column instead")
+        keep = ["path"]   # one row per file, with its path
     if out is None:
         return write_predictions(lm, source, sys.stdout, batch_size, proba, keep, notes)
     out = Path(out)

@@ -21,7 +21,8 @@ from nnctl.fileio import check_regular, shown
 
 PARAMS_DATA: dict[str, Param] = {
     "dataset": Param("str", doc="a built-in name (xor, spirals, moons, circles, blobs, sine, "
-                                "digits, iris, ...) or a .csv, .npy or .npz file"),
+                                "digits, iris, ...), a .csv, .npy or .npz file, or a folder of images "
+                                "with one subfolder per class"),
     "target": Param("str", None, nullable=True,
                     doc="the CSV column to predict; required for CSV files (never guessed)"),
     "task": Param("str", None, choices=("classification", "regression"), nullable=True,
@@ -53,6 +54,10 @@ PARAMS_DATA: dict[str, Param] = {
     "missing": Param("str", "error", choices=("error", "drop", "impute"),
                      doc="missing CSV cells (empty, NA, NaN): error; drop the rows; impute (training mean, most "
                          "frequent category); rows with a missing target are dropped under drop and impute"),
+    "image_size": Param("int_list", None, gt=0, nullable=True,
+                        doc="an image folder: resize every image to [H, W] (default: all must share one size)"),
+    "color": Param("str", "grayscale", choices=("grayscale", "rgb"),
+                   doc="an image folder: 1 channel (grayscale) or 3 (rgb); pixels scaled to [0, 1]"),
     "standardize_target": Param("bool", True,
                                 doc="regression: train on (y - mean) / std of the training split; metrics and "
                                     "predictions stay in the target's units"),
@@ -165,6 +170,12 @@ def _options(data: dict) -> dict[str, Any]:
         raise ConfigError(f"data.max_categories: must be an integer > 0, got {mc!r}")
     if not isinstance(out["standardize_target"], bool):
         raise ConfigError(f"data.standardize_target: must be true or false, got {out['standardize_target']!r}")
+    size = out["image_size"]
+    if size is not None and (not isinstance(size, list) or len(size) != 2 or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise ConfigError(f"data.image_size: must be [H, W], two positive integers, got {size!r}")
+    if out["color"] not in ("grayscale", "rgb"):
+        raise ConfigError(f"data.color: must be grayscale or rgb, got {out['color']!r}")
     if out["task"] not in (None, CLASSIFICATION, REGRESSION):
         raise ConfigError(f"data.task: must be classification or regression, got {out['task']!r}")
     shape = out["shape"]
@@ -214,6 +225,9 @@ def _read_main(opts: dict, seed: int, base_dir: Path, dtype) -> tuple[RawData, s
             if opts[key] is not None and not (key == "target" and opts[key] == raw.target_name):
                 raise ConfigError(f"data.{key}: applies to data files, not the built-in dataset '{name}'")
         return raw, raw.source
+    folder = Path(name).expanduser() if Path(name).expanduser().is_absolute() else base_dir / name
+    if folder.is_dir():
+        return _read_images(opts, folder, name), str(folder)
     # a link's own name decides the format (DVC and git-annex link to extension-less blobs)
     if not Path(name).suffix:
         raise ConfigError(
@@ -243,6 +257,16 @@ def _read_main(opts: dict, seed: int, base_dir: Path, dtype) -> tuple[RawData, s
     else:
         raw = read_npz_data(path, shown, dtype=dtype)
     return raw, str(path)
+
+
+def _read_images(opts: dict, folder: Path, name: str) -> RawData:
+    from nnctl.data.images import read_image_folder
+    for key in CSV_ONLY + ("target_path",):
+        if opts[key] is not None:
+            raise ConfigError(f"data.{key}: does not apply to an image folder ({name})")
+    if opts["options"]:
+        raise ConfigError("data.options: only built-in datasets take options")
+    return read_image_folder(folder, opts["image_size"], opts["color"], folder.name)
 
 
 def _read_extra(opts: dict, key: str, main: RawData, base_dir: Path, dtype) -> RawData:
