@@ -355,6 +355,15 @@ def _target_column(table: CsvTable, j: int, dtype) -> tuple[np.ndarray, np.ndarr
     return np.array([c.strip() for c in cells], dtype=str), missing
 
 
+def default_target(header: list[str]) -> str:
+    """`nnctl init`'s guess, shown in the starter spec it writes (training never guesses):
+    'label' if present, else 'target', else the last column."""
+    for name in ("label", "target"):
+        if name in header:
+            return name
+    return header[-1]
+
+
 def _is_text_column(table: CsvTable, j: int) -> bool:
     """No present cell is a number (missing cells do not count)."""
     return not any(_is_number(c) and not is_missing(c) for c in table.column(j))
