@@ -82,13 +82,19 @@ def train(
     threads: Optional[int] = typer.Option(None, "--threads", min=1,
                                           help="BLAS threads (default: training.threads, else the environment, "
                                                "else half the physical cores, 1 to 4); recorded in the run."),
+    sweep_pruning: Optional[str] = typer.Option(None, "--sweep-pruning", hidden=True,
+                                                help="Set by `nnctl sweep`: report each epoch to the study (JSON)."),
 ) -> None:
     """Train a model from a spec; everything about the run goes to runs/<name>-<time>/."""
     from nnctl.threads import preset
     preset(threads)  # before NumPy loads: without threadpoolctl the environment is the only lever
     from nnctl.commands.train import run_training
     try:
-        code = run_training(config, set_, resume, runs_dir, quiet, threads)
+        callbacks = None
+        if sweep_pruning is not None:
+            from nnctl.sweep.pruning import pruning_callbacks
+            callbacks = pruning_callbacks(sweep_pruning)
+        code = run_training(config, set_, resume, runs_dir, quiet, threads, callbacks=callbacks)
     except NnctlError as err:
         fail(err)
     except KeyboardInterrupt:
@@ -126,6 +132,8 @@ def validate(config: Path = SPEC_ARG, set_: List[str] = SET_OPTION) -> None:
                   f"{exp.model.num_parameters():,} parameters; rows: train {len(d.train)}"
                   f", val {len(d.val) if d.val is not None else 0}, test {len(d.test) if d.test is not None else 0}",
                   highlight=False, soft_wrap=True)
+    for line in exp.augmenter.describe():
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print(f"{config}: ok", highlight=False)
 
 
@@ -230,6 +238,7 @@ def bench(
 
 def _register_extras() -> None:
     # eval/predict/runs/show/diff/plot and sweep live in their own modules; they add their commands here.
+    from nnctl.commands import augment as _augment
     from nnctl.commands import export as _export
     from nnctl.commands import inspect as _inspect
     from nnctl.commands import lr_find as _lr_find
@@ -238,6 +247,7 @@ def _register_extras() -> None:
     _sweep.register(app, fail)
     _export.register(app, fail)
     _lr_find.register(app, fail)
+    _augment.register(app, fail)
 
 
 _register_extras()

@@ -9,6 +9,7 @@ import re
 
 from nnctl.config import spec as S
 from nnctl.data import DATASETS, PARAMS_DATA
+from nnctl.data.augment import LAYOUTS, TRANSFORMS
 from nnctl.engine.activations import ACTIVATIONS
 from nnctl.engine.base import LAYERS
 from nnctl.engine.hparams import REQUIRED, Param, Registry
@@ -65,6 +66,19 @@ def _registry(reg: Registry, title: str) -> str:
     return "\n".join(lines)
 
 
+def _augmentations() -> str:
+    """One row per transform: the layouts it applies to and every option with its default and range."""
+    lines = ["#### Augmentations (`data.augment`, applied in the listed order)", "",
+             "| transform | applies to | options | what it does |", "|---|---|---|---|"]
+    for name in sorted(TRANSFORMS.entries):
+        cls = TRANSFORMS.entries[name]
+        fits = ", ".join(f"{f} {LAYOUTS[f].shape}" for f in cls.FITS)
+        opts = "; ".join(f"`{k}`={_default(p).replace('`', '')}" + (f" ({_range(p)})" if _range(p) else "")
+                         for k, p in cls.PARAMS.items())
+        lines.append(f"| `{name}` | {fits} | {opts} | {_first_sentence(cls.__doc__)} |")
+    return "\n".join(lines)
+
+
 def reference() -> str:
     sections = [
         BEGIN,
@@ -83,6 +97,7 @@ def reference() -> str:
                        (INITIALIZERS, "Initializers"), (LOSSES, "Losses (`loss`)"),
                        (OPTIMIZERS, "Optimizers (`optimizer`)"), (SCHEDULES, "Schedules (`schedule`)")):
         sections.append(_registry(reg, title))
+    sections.append(_augmentations())
     sections.append(END)
     return "\n\n".join(sections) + "\n"
 

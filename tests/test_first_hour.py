@@ -151,14 +151,15 @@ def test_loss_contradicting_the_task_is_the_cause(tmp_path):
 
 # -- item 6: completion ---------------------------------------------------------------------
 
-def _complete(words: str, cwd: Path) -> list[str]:
-    env = {**os.environ, "_NNCTL_COMPLETE": "complete_bash", "COMP_WORDS": words,
+def _complete(words: str, cwd: Path, monkeypatch) -> list[str]:
+    """What bash completion offers for the last word of `words` (Typer's protocol, in process)."""
+    monkeypatch.chdir(cwd)
+    env = {"_NNCTL_COMPLETE": "complete_bash", "COMP_WORDS": words,
            "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1))}
-    out = subprocess.run([sys.executable, "-m", "nnctl"], env=env, cwd=cwd, capture_output=True, text=True)
-    return out.stdout.split()
+    return runner.invoke(app, [], env=env, prog_name="nnctl").stdout.split()
 
 
-def test_completion_script_and_values(runs, tmp_path):
+def test_completion_script_and_values(runs, tmp_path, monkeypatch):
     env = {**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
     script = subprocess.run([sys.executable, "-m", "nnctl", "--show-completion", "bash"], env=env,
                             capture_output=True, text=True).stdout
@@ -166,11 +167,11 @@ def test_completion_script_and_values(runs, tmp_path):
     (tmp_path / "a.yaml").write_text("")
     (tmp_path / "b.txt").write_text("")
     (tmp_path / "configs").mkdir()
-    assert _complete("nnctl train ", tmp_path) == ["a.yaml", "configs/"]
-    assert _complete("nnctl validate a.yaml --set training.early_stopping.p", tmp_path) == \
+    assert _complete("nnctl train ", tmp_path, monkeypatch) == ["a.yaml", "configs/"]
+    assert _complete("nnctl validate a.yaml --set training.early_stopping.p", tmp_path, monkeypatch) == \
         ["training.early_stopping.patience="]
     run = failed_run(runs)
-    assert _complete(f"nnctl show {runs}/dive", tmp_path) == [str(run)]
+    assert _complete(f"nnctl show {runs}/dive", tmp_path, monkeypatch) == [str(run)]
 
 
 # -- item 7: terminal output ----------------------------------------------------------------
@@ -190,7 +191,7 @@ def test_epoch_header_is_not_glued():
     reporter = RichReporter(console)
     record = {"epoch": 1, "loss": 0.5, "accuracy": 0.75, "val_loss": 0.625, "val_accuracy": 0.5,
               "lr": 0.001, "seconds": 0.25}
-    reporter.on_epoch_end(record, improved=False)
+    reporter.on_epoch_end(None, record, improved=False)  # events: callbacks take the TrainState first
     header = console.export_text().splitlines()[0]
     assert header.split() == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
 

@@ -8,6 +8,7 @@ could have written to before and after.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -167,6 +168,14 @@ def test_a_data_file_that_is_not_a_regular_file_is_refused(tmp_path, kind, key, 
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("kind", ["fifo", "loop", "chardev", "socket"])
+def test_init_refuses_a_data_file_that_is_not_a_regular_file(tmp_path, kind):
+    data = _nonregular(tmp_path, kind, "d.csv")
+    code, out = cli("init", data, "--out", tmp_path / "d.yaml")
+    assert (code, out) == (1, [f"error: {data}: {KINDS[kind]}"])
+    assert not (tmp_path / "d.yaml").exists()
+
+
 @pytest.mark.parametrize("kind", ["fifo", "loop", "chardev"])
 def test_a_checkpoint_or_predict_input_that_is_not_a_regular_file_is_refused(tmp_path, trained_run, kind):
     run = _copy_run(trained_run, tmp_path / "run")
@@ -191,11 +200,13 @@ def test_run_folder_json_that_is_not_a_regular_file_is_reported_not_read(tmp_pat
         (run / name).unlink()
         _nonregular(run, kind, name)
     before = tree_hash(tmp_path / "runs")
-    code, out = cli("runs", tmp_path / "runs")
+    code, out = cli("runs", tmp_path / "runs", "--json")
     assert code == 0
-    assert out[-1] == f"r: status.json is unreadable ({KINDS[kind]}); metrics.json is unreadable ({KINDS[kind]})"
+    (entry,) = json.loads("\n".join(out))
+    assert (entry["status"], entry["problem"]) == (
+        "broken", f"status.json is unreadable ({KINDS[kind]}); metrics.json is unreadable ({KINDS[kind]})")
     code, out = cli("show", run)
-    assert out[0].startswith(f"r   broken (status.json is unreadable ({KINDS[kind]});")
+    assert out[0].startswith("r   broken (status.json is unreadable (")
     assert tree_hash(tmp_path / "runs") == before
 
 
@@ -387,7 +398,7 @@ def test_a_spec_that_is_a_whole_file_of_text_is_quoted_as_an_excerpt(tmp_path):
     _assert_no_leak(out)
 
 
-@pytest.mark.parametrize("where", ["base", "dataset", "optimizer", "set"])
+@pytest.mark.parametrize("where", ["base", "basefile", "dataset", "optimizer", "set", "key"])
 def test_long_user_text_in_any_value_is_excerpted(tmp_path, where):
     (tmp_path / "tiny.yaml").write_text(TINY)
     text = yaml.safe_dump(SECRET, width=10**6)
@@ -395,6 +406,12 @@ def test_long_user_text_in_any_value_is_excerpted(tmp_path, where):
         (tmp_path / "s.yaml").write_text(f"base: {text}\nparameters: {{seed: [1]}}\nmetric: val_loss\n")
         args = ["sweep", tmp_path / "s.yaml", "--dry-run", "--runs-dir", tmp_path / "runs"]
         expected = "error: base: must be a train spec file (a path) or an inline train spec, got"
+    elif where == "basefile":  # base: names a file that is not a spec at all
+        (tmp_path / "secret.txt").write_text(text)
+        (tmp_path / "s.yaml").write_text("base: secret.txt\nparameters: {seed: [1]}\nmetric: val_loss\n")
+        args = ["sweep", tmp_path / "s.yaml", "--dry-run", "--runs-dir", tmp_path / "runs"]
+        expected = (f"error: secret.txt: a spec must be a mapping of sections, got {SECRET[:60]!r}... "
+                    f"({len(SECRET):,} characters)")
     elif where == "dataset":
         (tmp_path / "s.yaml").write_text(f"data:\n  dataset: {text}\n")
         args = ["validate", tmp_path / "s.yaml"]
@@ -404,6 +421,12 @@ def test_long_user_text_in_any_value_is_excerpted(tmp_path, where):
         (tmp_path / "s.yaml").write_text(TINY + f"optimizer: {text}\n")
         args = ["validate", tmp_path / "s.yaml"]
         expected = f"error: optimizer: unknown optimizer '{excerpt(yaml.safe_load(text))}'; valid: adagrad,"
+    elif where == "key":
+        (tmp_path / "s.yaml").write_text(TINY + f"? {text}\n: 1\n")
+        args = ["validate", tmp_path / "s.yaml"]
+        key = yaml.safe_load(text)
+        # the list of valid keys follows; the line may be cut at 1,000 characters after it
+        expected = f"error: [{key[:60]!r}...]: unknown key '{excerpt(key)}'; valid: data, "
     else:
         args = ["validate", tmp_path / "tiny.yaml", "--set", f"name={SECRET}"]
         expected = f"error: --set {excerpt('name=' + SECRET, 300)}: value line "
@@ -421,8 +444,9 @@ def test_every_problem_is_one_escaped_line(tmp_path):
     (tmp_path / "t.yaml").write_text("seed: -1\ntraining: {epochs: 0}\n\"odd\\nkey\\e[31m\": 1\n")
     code, out = cli("validate", tmp_path / "t.yaml")
     assert code == 1
-    assert out == ["error: ['odd\\nkey\\x1b[31m']: unknown key 'odd\\nkey\\x1b[31m'; valid: data, description, loss, "
-                   "model, name, optimizer, schedule, seed, training (t.yaml line 3)",
+    from nnctl.config.spec import TOP_PARAMS
+    assert out == ["error: ['odd\\nkey\\x1b[31m']: unknown key 'odd\\nkey\\x1b[31m'; valid: "
+                   f"{', '.join(sorted(TOP_PARAMS))} (t.yaml line 3)",
                    "error: seed: must be >= 0, got -1 (t.yaml line 1)",
                    "error: data.dataset: is required (t.yaml line 1)",
                    "error: training.epochs: must be >= 1, got 0 (t.yaml line 2)"]
@@ -546,3 +570,21 @@ def test_read_spec_is_the_bounded_reader(tmp_path):
     p.write_bytes(b"seed: 1\n\xff\n")
     with pytest.raises(ConfigError, match=r"s.yaml: not UTF-8 text \(byte 8\)$"):
         read_spec(p)
+
+
+@pytest.mark.parametrize("libyaml", [True, False])
+def test_both_parsers_bound_values_and_resolve_merges_alike(monkeypatch, libyaml):
+    import nnctl.config.source as source
+    if not libyaml:
+        monkeypatch.setattr(source, "_CLoader", None)  # the pure-Python loader counts while composing
+    elif source._CLoader is None:
+        pytest.skip("PyYAML was built without libyaml")
+    monkeypatch.setattr(source, "MAX_NODES", 50)
+    with pytest.raises(ConfigError) as info:
+        parse_yaml("a: 1\nxs:\n" + "".join(f"- {i}\n" for i in range(60)), "s.yaml")
+    # root, a, 1, xs, the list: item i (line i + 3) is node i + 6, so node 51 is item 45
+    assert str(info.value) == "s.yaml line 48: more than 50 values; a spec is never that large"
+    src = parse_yaml(MERGES, "m.yaml")
+    assert src.data["b"]["epochs"] == 5 and src.data["a"]["epochs"] == 2
+    with pytest.raises(ConfigError, match=r"^m.yaml line 2 column 2: .*expected .,. or .]."):
+        parse_yaml("a: [1, 2\nb: c: d\n", "m.yaml")

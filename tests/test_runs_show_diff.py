@@ -140,7 +140,7 @@ def test_runs_sorting(runs):
 
 
 def test_runs_table_and_errors(runs, tmp_path):
-    res = invoke("runs", runs["root"])
+    res = invoke("runs", runs["root"], "--wide")  # every column, full names (the compact listing: test_first_hour)
     assert res.exit_code == 0, res.output
     lines = res.stdout.splitlines()
     header = next(l for l in lines if l.lstrip().startswith("run "))
@@ -150,8 +150,8 @@ def test_runs_table_and_errors(runs, tmp_path):
     row = next(l for l in lines if runs["fast"].name in l)
     m = json.loads((runs["fast"] / "metrics.json").read_text())
     assert "completed" in row and f"{m['test']['test_accuracy']:.4f}" in row and "iris" in row
-    assert next(l for l in lines if l.startswith(" nockpt-")).split()[1:3] == ["iris", "broken"]
-    assert next(l for l in lines if l.startswith(" dead-")).split()[1:3] == ["iris", "crashed?"]
+    assert next(l for l in lines if l.startswith("nockpt-")).split()[1:3] == ["iris", "broken"]
+    assert next(l for l in lines if l.startswith("dead-")).split()[1:3] == ["iris", "crashed?"]
     # why each one is broken, one footnote line per run under the table
     assert "nockpt-20250101-000004: no checkpoints" in lines
     assert any(l.startswith("dead-20250101-000002: status is running but process ") for l in lines)

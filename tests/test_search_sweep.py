@@ -51,82 +51,123 @@ def run_statuses(sweep_dir: Path) -> list[str]:
     return [(read_json(p) or {}).get("status") for p in sweep_dir.glob("trials/*/*/status.json")]
 
 
-def test_sigkill_then_resume_finishes_the_study_without_duplicates(tmp_path):
+PRUNED_SWEEP = """\
+name: {name}
+base:
+  data: {{dataset: moons, options: {{n_samples: 300, noise: 0.2}}, val_split: 0.3, test_split: 0.0}}
+  model: {{hidden: [8], activation: tanh}}
+  optimizer: {{name: sgd, lr: 0.001}}
+  training: {{epochs: 20, batch_size: 32}}
+method: tpe
+trials: {trials}
+seed: 0
+pruner: {{name: median, warmup_epochs: 2, startup_trials: 2}}
+parameters:
+  optimizer.lr: {{distribution: log_uniform, min: 1.0e-6, max: 1.0}}
+metric: val_loss
+"""
+
+
+def check_study_matches_manifest(sweep_dir: Path, trials: list[dict]) -> None:
+    """Every trial told once, as what it ended as; every epoch a trial trained reported once."""
+    S = optuna.trial.TrialState
+    study = study_of(sweep_dir)
+    want = {"completed": S.COMPLETE, "pruned": S.PRUNED}
+    assert [ft.number for ft in study.trials] == [t["index"] for t in trials]
+    for ft, t in zip(study.trials, trials):
+        assert ft.state == want[t["status"]], (ft.number, ft.state, t["status"])
+        assert sorted(ft.intermediate_values) == list(range(1, t["epochs"] + 1))
+        history = read_json(Path(t["run_dir"]) / "history.json")
+        assert [r["val_loss"] for r in history] == [ft.intermediate_values[e] for e in range(1, t["epochs"] + 1)]
+        assert (read_json(Path(t["run_dir"]) / "status.json") or {}).get("status") == t["status"]
+        if t["status"] == "completed":
+            assert ft.value == t["metric"]
+
+
+def base_val_loss(tmp_path: Path) -> float:
+    """The base spec trained as it is (in-process): what the search must beat."""
+    import yaml
+
+    from nnctl.commands.train import run_training
+    base = yaml.safe_load(PRUNED_SWEEP.format(name="x", trials=1))["base"]
+    path = tmp_path / "base.yaml"
+    path.write_text(yaml.safe_dump({"name": "base", **base}))
+    assert run_training(path, [], None, tmp_path / "base-runs", True) == 0
+    (run,) = (tmp_path / "base-runs").iterdir()
+    return read_json(run / "metrics.json")["best"]["val_loss"]
+
+
+def test_tpe_with_median_pruning_survives_sigkill_and_saves_epochs(tmp_path):
+    """One worker, so which trial is pruned does not depend on which finished first."""
     spec = tmp_path / "sweep.yaml"
-    spec.write_text(textwrap.dedent("""\
-        name: killme
-        base:
-          data: {dataset: blobs, options: {n_samples: 240}, val_split: 0.25, test_split: 0.0}
-          model: {hidden: [8]}
-          training: {epochs: 20, batch_size: 16}
-        method: tpe
-        trials: 4
-        seed: 3
-        parameters:
-          optimizer.lr: {distribution: log_uniform, min: 1.0e-3, max: 0.3}
-          model.hidden: [[4], [8]]
-        metric: val_loss
-        """))
+    spec.write_text(PRUNED_SWEEP.format(name="killme", trials=8))
     runs = tmp_path / "runs"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "nnctl", "sweep", str(spec), "--workers", "2",
-                             "--runs-dir", str(runs)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "nnctl", "sweep", str(spec), "--runs-dir", str(runs)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         sweep_dir = wait_for(lambda: next(iter(runs.glob("killme-*/sweep.json")), None), 60, "the sweep").parent
 
-        def early_epochs(index: int) -> bool:
-            histories = list((sweep_dir / "trials" / str(index)).glob("*/history.json"))
-            return bool(histories) and 1 <= len(read_json(histories[0]) or []) <= 5
-
-        def one_done_one_training():
-            trials = (read_json(sweep_dir / "sweep.json") or {}).get("trials", [])
-            done = [t for t in trials if t["status"] == "completed"]
-            training = [t for t in trials if t["status"] == "running" and early_epochs(t["index"])]
-            return done and training
-        wait_for(one_done_one_training, 90, "a trial done and another one training")
+        def trial_1_training():
+            histories = list((sweep_dir / "trials" / "1").glob("*/history.json"))
+            return histories and 1 <= len(read_json(histories[0]) or []) <= 5
+        wait_for(trial_1_training, 90, "trial 1 training")
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    # The orphaned trials notice and interrupt themselves (no training outlives the sweep).
-    wait_for(lambda: "running" not in run_statuses(sweep_dir), 60, "the orphaned trials to stop")
+    # The orphaned trial notices and interrupts itself (no training outlives the sweep).
+    wait_for(lambda: "running" not in run_statuses(sweep_dir), 60, "the orphaned trial to stop")
     before = read_json(sweep_dir / "sweep.json")["trials"]
-    kept = {t["index"]: t for t in before if t["status"] == "completed"}
-    running = [t["index"] for t in before if t["status"] == "running"]
-    interrupted = {i: run for i in running for run in (sweep_dir / "trials" / str(i)).iterdir()
-                   if (read_json(run / "status.json") or {}).get("status") == "interrupted"}
-    assert kept and interrupted
+    assert [t["status"] for t in before] == ["completed", "running"]
+    (interrupted,) = [p for p in (sweep_dir / "trials" / "1").iterdir() if p.is_dir()]
+    assert read_json(interrupted / "status.json")["status"] == "interrupted"
     S = optuna.trial.TrialState
-    assert {ft.number for ft in study_of(sweep_dir).trials if ft.state == S.RUNNING} == set(running)
+    assert [ft.state for ft in study_of(sweep_dir).trials] == [S.COMPLETE, S.RUNNING]
 
     # The sweep file edited since launch: refused with the diff, nothing run.
     original = spec.read_text()
-    spec.write_text(original.replace("trials: 4", "trials: 7"))
+    spec.write_text(original.replace("trials: 8", "trials: 9"))
     res = sweep_cli("--resume", str(sweep_dir))
     assert res.exit_code == 1
     lines = res.output.splitlines()
     assert lines[0] == (f"error: {spec}: edited since this sweep was launched; --resume continues the launched "
                         f"study and refuses a changed spec (restore it, or launch a new sweep):")
-    assert "error: -trials: 4" in lines and "error: +trials: 7" in lines
+    assert "error: -trials: 8" in lines and "error: +trials: 9" in lines
     assert read_json(sweep_dir / "sweep.json")["trials"] == before
     spec.write_text(original)
 
-    res = sweep_cli("--resume", str(sweep_dir), "--workers", "2")
+    res = sweep_cli("--resume", str(sweep_dir))
     assert res.exit_code == 0, res.output
     after = read_json(sweep_dir / "sweep.json")["trials"]
-    assert [t["index"] for t in after] == [0, 1, 2, 3]
-    assert [t["status"] for t in after] == ["completed"] * 4
-    for i, t in kept.items():   # kept as they were
-        assert after[i]["run_dir"] == t["run_dir"] and after[i]["attempts"] == 1 and after[i]["metric"] == t["metric"]
-    for i, run in interrupted.items():   # the same trial, continued from its last.npz
-        assert after[i]["overrides"] == before[i]["overrides"] and after[i]["attempts"] == 2
-        assert after[i]["run_dir"] == str(run.resolve())
-        assert [r["epoch"] for r in read_json(run / "history.json")] == list(range(1, 21))
-    values = [json.dumps(t["overrides"], sort_keys=True) for t in after]
-    assert len(set(values)) == 4    # the resumed sampler did not replay the first proposals
-    study = study_of(sweep_dir)
-    assert [ft.state for ft in study.trials] == [S.COMPLETE] * 4
-    assert [ft.value for ft in study.trials] == [t["metric"] for t in after]
-    assert [ft.params["optimizer.lr"] for ft in study.trials] == [t["overrides"]["optimizer.lr"] for t in after]
+    assert [t["index"] for t in after] == list(range(8))
+    assert {t["status"] for t in after} <= {"completed", "pruned"}
+    assert after[0] == {**before[0], "status": "completed"}              # kept as it was
+    assert after[1]["attempts"] == 2 and after[1]["run_dir"] == str(interrupted.resolve())   # continued
+    assert len({json.dumps(t["overrides"]) for t in after}) == 8          # the resumed sampler did not replay
+    check_study_matches_manifest(sweep_dir, after)
+
+    pruned = [t for t in after if t["status"] == "pruned"]
+    assert len(pruned) >= 2 and all(t["epochs"] < 20 for t in pruned)
+    trained = sum(t["epochs"] for t in after)
+    assert trained <= 0.7 * 8 * 20, trained                              # pruning saved >= 30% of the epochs
+    best = min(t["metric"] for t in after if t["status"] == "completed")
+    assert best < base_val_loss(tmp_path)
+    for t in pruned:
+        assert f"trial {t['index']}  pruned at epoch {t['epochs']} (val_loss " in res.output
+
+
+def test_the_pruned_tpe_sweep_on_a_dask_local_cluster(tmp_path):
+    """Trials run as Dask tasks still report every epoch to the journal in the sweep directory."""
+    pytest.importorskip("distributed", reason='the dask extra: pip install -e ".[dask]"')
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(PRUNED_SWEEP.format(name="dask", trials=3))
+    res = sweep_cli(str(spec), "--executor", "dask", "--workers", "2", "--runs-dir", str(tmp_path / "runs"))
+    assert res.exit_code == 0, res.output
+    assert "2 Dask tasks at once on a local Dask cluster" in res.output
+    (sweep_dir,) = (tmp_path / "runs").iterdir()
+    trials = read_json(sweep_dir / "sweep.json")["trials"]
+    assert [t["index"] for t in trials] == [0, 1, 2]
+    assert {t["status"] for t in trials} <= {"completed", "pruned"}
+    check_study_matches_manifest(sweep_dir, trials)

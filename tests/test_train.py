@@ -284,37 +284,50 @@ def test_ctrl_c_marks_interrupted_and_resume_finishes(tmp_path):
 
 
 def test_rich_reporter_on_a_terminal():
+    """Batches labelled, samples/s and the run's ETA from a controlled clock; header names apart."""
     import io
-    from rich.console import Console
-    from nnctl.report.progress import RichReporter
-    buf = io.StringIO()
-    rep = RichReporter(Console(file=buf, force_terminal=True, width=120))
-
-    class FakeTrainer:  # the reporter reads only these attributes
-        class exp:
-            class spec:
-                name = "t"
-                class training:
-                    epochs = 2
-            class dataset:
-                source = "xor (built-in)"
-                @staticmethod
-                def describe():
-                    return ["target 'label' (classification, 2 classes: 0, 1)"]
-            class model:
-                @staticmethod
-                def num_parameters():
-                    return 42
-        class run:
-            path = "runs/t-1"
-    rep.on_train_begin(FakeTrainer)
-    rep.on_epoch_begin(1, 2, 3)
-    rep.on_batch_end(1, 1, 0.5)
-    rep.on_epoch_end({"epoch": 1, "lr": 0.01, "loss": 0.5, "accuracy": 0.75, "seconds": 0.1}, True)
-    rep.on_train_end(None)
     import re
+    from rich.console import Console
+    from nnctl.report.progress import RichReporter, throughput
+    buf = io.StringIO()
+    ticks = iter([100.0, 100.0, 102.0, 103.0])   # train begin, epoch begin, batch 1, batch 2
+    rep = RichReporter(Console(file=buf, force_terminal=True, width=150), "runs/t-1", clock_fn=lambda: next(ticks))
+
+    class FakeState:  # the reporter reads only these attributes of the TrainState
+        epoch, epochs, steps_per_epoch = 0, 2, 3
+        class spec:
+            name = "t"
+            class training:
+                batch_size = 50
+        class dataset:
+            source = "xor (built-in)"
+            train = range(120)   # 120 rows: batches of 50, 50, 20
+            @staticmethod
+            def describe():
+                return ["target 'label' (classification, 2 classes: 0, 1)"]
+        class model:
+            @staticmethod
+            def num_parameters():
+                return 42
+    rep.on_train_begin(FakeState)
+    rep.on_epoch_begin(FakeState)
+    rep.on_batch_end(FakeState, 1, 0.5)
+    # 50 samples in 2 s = 25/s; left: 240 - 50 = 190 samples = 7.6 s
+    assert rep.progress.tasks[0].fields == {"epoch": "1/2", "loss": "0.5000", "batch": "1/3", "speed": "25",
+                                            "eta": "0:00:08"}
+    rep.on_batch_end(FakeState, 2, 0.25)
+    # 100 samples in 3 s; 140 left = 4.2 s
+    assert rep.progress.tasks[0].fields["eta"] == "0:00:04" and rep.progress.tasks[0].fields["speed"] == "33"
+    rep.progress.refresh()
+    rep.on_epoch_end(FakeState, {"epoch": 1, "lr": 0.01, "loss": 0.5, "accuracy": 0.75, "val_loss": 0.6,
+                                 "val_accuracy": 0.5, "seconds": 0.1}, True)
+    rep.on_train_end(FakeState, None)
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buf.getvalue())
-    assert "42 parameters" in text and "accuracy" in text and "0.7500" in text
+    assert "42 parameters" in text and "0.7500" in text
+    assert "batch 2/3" in text and "33 samples/s" in text and "ETA 0:00:04" in text
+    header = next(line for line in text.splitlines() if "val_accuracy" in line)
+    assert header.split() == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+    assert throughput(0, 1.0, 10) == (None, None) and throughput(10, 2.0, 30) == (5.0, 6.0)
 
 
 def test_a_run_being_trained_cannot_be_resumed_twice(tmp_path):

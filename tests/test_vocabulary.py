@@ -85,3 +85,20 @@ def test_checkpoint_metadata_is_the_typed_record(tmp_path):
     bad = {**ckpt.meta, "n_outputs": "3"}
     with pytest.raises(CheckpointError, match=r"last\.npz: metadata field n_outputs is missing or not a int$"):
         model_fields(ckpt.path, bad)
+
+
+def test_trial_metric_is_read_through_the_catalog(tmp_path):
+    import json
+
+    from nnctl.runs.catalog import kept_metric
+    from nnctl.sweep.executors import read_metric
+    run = tmp_path / "r"
+    run.mkdir()
+    assert kept_metric(run, "val_loss") == (None, f"{run}: no metrics.json")
+    (run / "history.json").write_text(json.dumps([{"epoch": 1, "val_loss": 0.5}, {"epoch": 2, "val_loss": 0.75}]))
+    (run / "metrics.json").write_text(json.dumps({"best": {"epoch": 1, "val_loss": 0.5}, "test": {"test_r2": 0.25}}))
+    assert read_metric(run, "val_loss") == kept_metric(run, "val_loss") == (0.5, None)  # best weights kept
+    assert kept_metric(run, "test_r2") == (0.25, None)
+    assert kept_metric(run, "val_r2") == (None, "val_r2 was not logged by this run")
+    (run / "metrics.json").write_text(json.dumps({"weights": "last", "best": {"epoch": 1, "val_loss": 0.5}}))
+    assert kept_metric(run, "val_loss") == (0.75, None)  # restore_best off: the last epoch's

@@ -6,6 +6,9 @@
     python -m nnctl.bench.layers   conv2d and GRU layers against their matrix products
     python -m nnctl.bench.scale    peak memory of train/predict on a large memory-mapped dataset
     python -m nnctl.bench.sweep    sweep wall time with N workers against 1
+    python -m nnctl.bench.search   TPE against random search at one budget, and the epochs pruning saves
+    python -m nnctl.bench.augment  epoch time of a 1-D CNN and an MLP with and without data.augment
+    python -m nnctl.bench.defaults the defaults panel: candidate defaults on a dozen small tasks
     python -m nnctl.bench.own_data a table with categories and missing values: nnctl against scikit-learn
 
 Everything prints through `say`, the one console, never through the engine.

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from nnctl.errors import ConfigError, excerpt, printable
+from nnctl.errors import EXCERPT_CHARS, ConfigError, excerpt, printable
 from nnctl.fileio import SPEC_MAX_BYTES, read_text
 
 # A path into the spec: keys and list indices, e.g. ("model", "layers", 2, "units").
@@ -20,6 +20,9 @@ def format_path(path: KeyPath) -> str:
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif isinstance(part, str) and len(part) > EXCERPT_CHARS:
+            # a key that is a whole pasted file: its start identifies it
+            out += f"[{part[:EXCERPT_CHARS]!r}...]"
         elif not isinstance(part, str) or _needs_quotes(part):
             # a key like " " or "a: b" (or a null/float key) would vanish into the message
             out += f"[{part!r}]"
@@ -195,7 +198,7 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, filename: str) -> Any:
     except Exception as err:  # noqa: BLE001
         # PyYAML's own constructors trip over some explicitly tagged scalars (`!!float ''`,
         # `!!timestamp x`) with IndexError/AttributeError/...; still the user's input, not our bug
-        raise ConfigError(f"{filename}: invalid YAML value ({type(err).__name__}: {err})") from None
+        raise ConfigError(f"{filename}: invalid YAML value ({type(err).__name__}: {excerpt(str(err), 100)})") from None
 
 
 MERGE_TAG = "tag:yaml.org,2002:merge"

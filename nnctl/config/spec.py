@@ -16,8 +16,10 @@ from typing import Any
 
 import nnctl.engine  # noqa: F401  (registers every layer)
 from nnctl.config.check import Checker, describe
+from nnctl.config.loggers import check_loggers
 from nnctl.config.source import Source, apply_overrides, format_path, printable, read_spec
 from nnctl.data import DATASETS, PARAMS_DATA
+from nnctl.data.augment import check_augment
 from nnctl.engine.activations import ACTIVATIONS
 from nnctl.engine.base import LAYERS
 from nnctl.engine.hparams import Param
@@ -40,6 +42,7 @@ TOP_PARAMS: dict[str, Param] = {
     "optimizer": Param("any", "adam", doc="optimizer name or {name, lr, ...}"),
     "schedule": Param("any", None, nullable=True, doc="learning-rate schedule name or {name, ...}; constant if omitted"),
     "training": Param("mapping", {}, doc="epochs, batch size, dtype, early stopping"),
+    "loggers": Param("any", None, nullable=True, doc="experiment loggers: [tensorboard, csv, {mlflow: {tracking_uri, experiment}}]"),
 }
 
 MODEL_PARAMS: dict[str, Param] = {
@@ -137,6 +140,7 @@ class Spec:
     source: Source | None = field(default=None, repr=False)
     # key paths (as in to_dict()) whose values came from defaults, not from the spec
     defaulted: frozenset = field(default=frozenset(), repr=False)
+    loggers: list[dict[str, Any]] = field(default_factory=list)   # [{name: {options}}] (config/loggers.py)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as plain data: valid input for `nnctl train` again."""
@@ -153,6 +157,7 @@ class Spec:
             "optimizer": copy.deepcopy(self.optimizer),
             "schedule": copy.deepcopy(self.schedule),
             "training": training,
+            "loggers": copy.deepcopy(self.loggers),
         }
 
     def error_at(self, path: tuple, message: str) -> ConfigError:
@@ -243,6 +248,7 @@ def check_spec(source: Source, base_dir: Path, default_name: str) -> Spec:
     if isinstance(data.get("dataset"), str) and data["dataset"] in DATASETS:
         cls = DATASETS.get(data["dataset"])
         data["options"] = chk.section(("data", "options"), data.get("options"), getattr(cls, "PARAMS", {}), REGISTRIES)
+    data["augment"] = check_augment(chk, data.get("augment"))
 
     model = chk.section(("model",), raw.get("model"), MODEL_PARAMS, REGISTRIES)
     if model.get("layers") is not None and raw.get("model", {}).get("hidden") is not None:
@@ -262,6 +268,7 @@ def check_spec(source: Source, base_dir: Path, default_name: str) -> Spec:
     es = None
     if training.get("early_stopping") is not None:
         es = chk.section(("training", "early_stopping"), training["early_stopping"], EARLY_STOPPING_PARAMS, REGISTRIES)
+    loggers = check_loggers(chk, top.get("loggers"), base_dir)
     # No raise here: the cross-field checks below run on whatever parsed, so a file with an
     # unknown key, an unknown optimizer and an unknown metric gets all three in one report.
     _check_task_fit(chk, data, loss, schedule, es)
@@ -287,7 +294,7 @@ def check_spec(source: Source, base_dir: Path, default_name: str) -> Spec:
     return Spec(
         name=name, description=top.get("description"), seed=top["seed"], data=data, model=model,
         layers=layers, loss=loss, optimizer=optimizer, schedule=schedule, training=train_cfg,
-        base_dir=base_dir, source=source, defaulted=frozenset(chk.defaulted),
+        base_dir=base_dir, source=source, defaulted=frozenset(chk.defaulted), loggers=loggers,
     )
 
 

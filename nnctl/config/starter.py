@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from nnctl.errors import ConfigError, DataError
+from nnctl.fileio import check_regular
 
 SUFFIXES = (".csv", ".npy", ".npz")
 # Sibling files `init x.npy` looks in for the targets, in this order ({stem} = the data file's stem).
@@ -235,8 +236,7 @@ def profile_data(path: Path, target: str | None = None) -> Profile:
         raise DataError(f"{path}: image folders are not supported yet; give a .csv, .npy or .npz file")
     if suffix not in SUFFIXES:
         raise DataError(f"{path.name}: nnctl init reads .csv, .npy and .npz files, got '{suffix or path.name}'")
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
+    check_regular(path, DataError)  # "no such file", or a FIFO/device/loop that would hang or never end
     try:
         reader = {".csv": _csv_profile, ".npy": _npy_profile, ".npz": _npz_profile}[suffix]
         profile = reader(path, target)

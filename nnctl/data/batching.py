@@ -1,7 +1,7 @@
 """Mini-batches gathered into buffers allocated once per epoch, cast and standardized in place."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -12,6 +12,7 @@ from nnctl.data.standardize import Standardizer
 
 def iterate_batches(split: Split, batch_size: int, rng: np.random.Generator | None, dtype,
                     standardizer: Standardizer | None = None, drop_last: bool = False,
+                    augment: Callable | None = None,
                     ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """One pass over a split in mini-batches.
 
@@ -22,6 +23,10 @@ def iterate_batches(split: Split, batch_size: int, rng: np.random.Generator | No
 
     rng=None keeps the split's row order (evaluation); with an rng, each call draws a fresh
     permutation of the split's rows (one epoch).
+
+    augment: for training batches only, `augment(step, xb, yb) -> (xb, yb)` with step the
+    batch's index in this pass (Augmenter.for_epoch); it runs after standardization, may
+    change xb in place, and may return soft targets (float (b, K)) in place of yb.
 
     The batches are views of buffers allocated once per call, so a caller must be done
     with a batch before asking for the next one (copy it to keep it). The last partial
@@ -63,14 +68,15 @@ def iterate_batches(split: Split, batch_size: int, rng: np.random.Generator | No
     stop = n - n % batch_size if drop_last else n
     reader = MappedRows.open(x) if mapped else None
     try:
-        yield from _batches(x, y, rows, stop, batch_size, mapped, reader, xbuf, raw, ybuf, yraw, standardizer)
+        yield from _batches(x, y, rows, stop, batch_size, mapped, reader, xbuf, raw, ybuf, yraw, standardizer,
+                            augment)
     finally:
         if reader is not None:
             reader.close()
 
 
-def _batches(x, y, rows, stop, batch_size, mapped, reader, xbuf, raw, ybuf, yraw, standardizer):
-    for start in range(0, stop, batch_size):
+def _batches(x, y, rows, stop, batch_size, mapped, reader, xbuf, raw, ybuf, yraw, standardizer, augment):
+    for step, start in enumerate(range(0, stop, batch_size)):
         take = rows[start:start + batch_size]
         if mapped:
             take = np.sort(take)
@@ -98,4 +104,6 @@ def _batches(x, y, rows, stop, batch_size, mapped, reader, xbuf, raw, ybuf, yraw
             else:
                 np.take(y, take, axis=0, out=yraw[:b], mode="clip")
                 np.copyto(yb, yraw[:b], casting="unsafe")
+        if augment is not None:
+            xb, yb = augment(step, xb, yb)
         yield xb, yb

@@ -64,6 +64,9 @@ PARAMS_DATA: dict[str, Param] = {
     "target_path": Param("str", None, nullable=True,
                          doc="for a .npy dataset: the .npy file holding its targets, (N,) or (N, k)"),
     "options": Param("any", {}, doc="options of a built-in dataset, e.g. {n_samples: 1000, noise: 0.2}"),
+    "augment": Param("any", [], doc="training-batch transforms in order, e.g. [{shift: {max: 2}}] (see Augmentations)"),
+    "layout": Param("str", None, choices=("table", "signals", "sequences", "images"), nullable=True,
+                    doc="how augment reads a sample; null: from its rank and the first layer (conv1d: signals)"),
 }
 
 # Separate random streams per use, so the data a generator makes does not depend on the

@@ -8,7 +8,8 @@ gradient p - q lives only in `cross_entropy`). Every loss returns the batch mean
     value, dz = loss(z, y)      # same as loss.loss(z, y); dz has z's shape and dtype
     value = loss.value(z, y)    # without the gradient
 
-Targets: int class indices (N,) for cross_entropy; 0/1 (or soft, in [0, 1]) values with
+Targets: int class indices (N,), or soft targets (a probability matrix (N, C) as mixup
+makes), for cross_entropy; 0/1 (or soft, in [0, 1]) values with
 z's number of elements for binary_cross_entropy; floats with z's number of elements for
 the regression losses. Targets are cast to z's dtype, so a float32 model stays float32.
 """
@@ -68,16 +69,19 @@ class Loss:
 class CrossEntropy(Loss):
     """Softmax cross-entropy on logits, optionally with label smoothing and class weights.
 
-    Shapes: z (N, C) (or (..., C) with y (...)), y int (N,) in [0, C); dz (N, C).
+    Shapes: z (N, C) (or (..., C) with y (...)), y int (N,) in [0, C), or soft targets y
+    float (N, C) (z's shape), rows of probabilities summing to 1; dz (N, C).
 
     Notes
     -----
-    With p = softmax(z) and the smoothed target q = (1 - eps) onehot(y) + eps / C, the
-    per-sample loss is l_i = -sum_c q_ic log p_ic = lse(z_i) - (1 - eps) z_iy - (eps/C) sum_c z_ic,
+    With p = softmax(z), t_i = onehot(y_i) (or the soft row y_i) and the smoothed target
+    q = (1 - eps) t + eps / C, the per-sample loss is
+    l_i = -sum_c q_ic log p_ic = lse(z_i) - (1 - eps) t_i . z_i - (eps/C) sum_c z_ic,
     lse the log-sum-exp (computed shifted by the row max). The batch loss is the mean of l_i,
-    or with class weights the weighted mean sum_i w_i l_i / sum_i w_i, w_i = class_weights[y_i]
-    (PyTorch's normalization; PyTorch additionally weights each class term of the smoothing
-    part by its own class weight, here the sample's weight scales its whole smoothed loss).
+    or with class weights the weighted mean sum_i w_i l_i / sum_i w_i, w_i = t_i . class_weights
+    (class_weights[y_i] for a hard label, the expected weight of a soft one; PyTorch's
+    normalization; PyTorch additionally weights each class term of the smoothing part by its
+    own class weight, here the sample's weight scales its whole smoothed loss).
     dz_i = (w_i / sum w) (p_i - q_i), or (p_i - q_i) / N without weights. A batch whose
     weights sum to 0 has loss 0 and a zero gradient.
     """
@@ -100,21 +104,48 @@ class CrossEntropy(Loss):
         y = np.asarray(y)
         if y.dtype.kind == "b":
             y = y.astype(np.int64)
+        if y.dtype.kind == "f" and y.shape == z.shape:
+            q2 = self._soft(y.reshape(-1, c).astype(z.dtype, copy=False))
+            return z2, q2, self._weights(z2, None, q2)
         if y.dtype.kind not in "iu":
-            raise DataError(f"{self.NAME}: targets must be integer class indices, got {y.dtype} values")
+            raise DataError(f"{self.NAME}: targets must be integer class indices, got {y.dtype} values "
+                            f"(or probabilities shaped like the logits {z.shape})")
         y2 = y.reshape(-1)
         if y2.shape[0] != z2.shape[0]:
             raise DataError(f"{self.NAME}: {y2.shape[0]} targets for {z2.shape[0]} rows of logits {z.shape}")
         if y2.size and (y2.min() < 0 or y2.max() >= c):
             bad = y2.min() if y2.min() < 0 else y2.max()
             raise DataError(f"{self.NAME}: target class {bad} is out of range for {c} classes (0..{c - 1})")
-        w = None
+        return z2, y2, self._weights(z2, y2, None)
+
+    def _weights(self, z2: np.ndarray, y2: np.ndarray | None, q2: np.ndarray | None) -> np.ndarray | None:
+        """Per-sample weights (N,) from class_weights: of the label, or expected under soft targets."""
         cw = self.hparams["class_weights"]
-        if cw is not None:
-            if len(cw) != c:
-                raise ConfigError(f"{self.NAME}: class_weights has {len(cw)} entries but the model outputs {c} classes")
-            w = np.asarray(cw, dtype=z.dtype)[y2]
-        return z2, y2, w
+        if cw is None:
+            return None
+        c = z2.shape[1]
+        if len(cw) != c:
+            raise ConfigError(f"{self.NAME}: class_weights has {len(cw)} entries but the model outputs {c} classes")
+        cw = np.asarray(cw, dtype=z2.dtype)
+        return cw[y2] if q2 is None else q2 @ cw
+
+    def _soft(self, q2: np.ndarray) -> np.ndarray:
+        """Soft targets checked: finite, >= 0, each row summing to 1."""
+        if q2.size and not (np.all(np.isfinite(q2)) and q2.min() >= 0):
+            raise DataError(f"{self.NAME}: soft targets must be finite probabilities >= 0")
+        sums = q2.sum(axis=1)
+        # float32 mixing rounds; a row off by more than this is not a distribution
+        if q2.size and np.abs(sums - 1).max() > 1e-4:
+            bad = sums[np.argmax(np.abs(sums - 1))]
+            raise DataError(f"{self.NAME}: each row of soft targets must sum to 1, got {bad:.6g}")
+        return q2
+
+    @staticmethod
+    def _target_dot(z2: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """t_i . z_i per row: z at the label for int targets, the probability-weighted sum for soft ones."""
+        if t.ndim == 1:
+            return z2[np.arange(z2.shape[0]), t]
+        return np.einsum("ij,ij->i", z2, t)
 
     def _per_sample(self, z2: np.ndarray, y2: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-sample losses (N,), and the row sums of exp(z - max) (N, 1); `e` receives exp(z - max)."""
@@ -124,7 +155,7 @@ class CrossEntropy(Loss):
         np.exp(e, out=e)
         s = e.sum(axis=1, keepdims=True)
         lse = (m + np.log(s))[:, 0]
-        l = lse - (1.0 - eps) * z2[np.arange(z2.shape[0]), y2]
+        l = lse - (1.0 - eps) * self._target_dot(z2, y2)
         if eps:
             l -= (eps / c) * z2.sum(axis=1)
         return l, s
@@ -149,7 +180,10 @@ class CrossEntropy(Loss):
         value = self._mean(l, w)
         # fused softmax + cross-entropy gradient, in place: p - q, then the mean's weights
         dz /= s
-        dz[np.arange(n), y2] -= 1.0 - eps
+        if y2.ndim == 1:
+            dz[np.arange(n), y2] -= 1.0 - eps
+        else:
+            dz -= (1.0 - eps) * y2
         if eps:
             dz -= eps / c
         if w is None:

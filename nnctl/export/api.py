@@ -34,13 +34,16 @@ class ExportResult:
     parity: Any  # nnctl.export.parity.Parity
 
 
-def require(module: str) -> None:
-    """Import an optional package of the `export` extra, or say how to install it."""
-    import importlib
+def require_export_extra() -> None:
+    """Import the `export` extra's packages (onnx builds, onnxruntime checks), or say how to install them."""
     try:
-        importlib.import_module(module)
+        import onnx  # noqa: F401
     except ImportError:
-        raise ExportError(f'{module} is not installed: pip install -e ".[export]"') from None
+        raise ExportError('onnx is not installed: pip install -e ".[export]"') from None
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise ExportError('onnxruntime is not installed: pip install -e ".[export]"') from None
 
 
 def default_out(target: Path, checkpoint: Path, fmt: str) -> Path:
@@ -99,8 +102,7 @@ def export_model(target: Path, fmt: str = "onnx", out: Path | None = None, opset
     if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
         raise ExportError(f"--tolerance must be a finite number >= 0, got {tolerance!r}")
     if fmt == "onnx":
-        require("onnx")
-        require("onnxruntime")
+        require_export_extra()
 
     ckpt_path = checkpoint_for(Path(target))
     lm = model_from_checkpoint(load_checkpoint(ckpt_path))

@@ -19,7 +19,7 @@ import yaml
 
 from nnctl.errors import NnctlError
 from nnctl.fileio import RUN_JSON_MAX_BYTES, SPEC_MAX_BYTES, read_text
-from nnctl.runs.store import RUN_FILES
+from nnctl.runs.store import RUN_FILES, read_json
 from nnctl.engine.metrics import MAIN_METRIC, auto_mode, direction
 
 # RunDir.create names folders <name>-<YYYYmmdd-HHMMSS>[-<n>].
@@ -343,6 +343,32 @@ def open_run(path: Path) -> RunInfo:
     if not is_run_dir(path):
         raise NnctlError(f"{path}: not a run directory (no config.yaml, status.json, history.json or checkpoints/)")
     return read_run(path)
+
+
+def kept_metric(run: Path, metric: str) -> tuple[float | None, str | None]:
+    """(value, problem): the metric of the weights the run kept, as a sweep ranks its trials.
+
+    test_* from metrics.json, else that epoch's record: with restore_best (the default) the
+    kept weights are the best epoch's, so the value is the metric in the best epoch's
+    record; otherwise the last epoch's.
+    """
+    metrics = read_json(run / "metrics.json")
+    if not isinstance(metrics, dict):
+        return None, f"{run}: no metrics.json"
+    if metric.startswith("test_"):
+        value = (metrics.get("test") or {}).get(metric)
+    else:
+        record = metrics.get("best") if metrics.get("weights", "best") == "best" else None
+        if not record:
+            history = read_json(run / "history.json", [])
+            record = history[-1] if isinstance(history, list) and history else {}
+        value = record.get(metric)
+    if value is None:
+        return None, f"{metric} was not logged by this run"
+    try:
+        return float(value), None
+    except (TypeError, ValueError):
+        return None, f"{metric} is not a number: {value!r}"
 
 
 # ---------------------------------------------------------------------------- sorting

@@ -2,7 +2,7 @@
 
 Layout of one run (`runs/<name>-<YYYYmmdd-HHMMSS>/`):
     config.yaml            the resolved spec (valid input for `nnctl train`)
-    status.json            {"status": running|completed|stopped_early|failed|interrupted, ...}
+    status.json            {"status": one of nnctl.status.STATUSES, ...}
     history.json           a list of per-epoch records, rewritten atomically after every epoch
     metrics.json           final test metrics and the best epoch
     checkpoints/last.npz   the state after the last completed epoch (what --resume loads)
@@ -24,9 +24,9 @@ import yaml
 
 from nnctl.errors import NnctlError
 from nnctl.fileio import RUN_JSON_MAX_BYTES, SPEC_MAX_BYTES, read_text
+from nnctl.status import STATUSES
 
 RUN_FILES = ("config.yaml", "status.json", "history.json", "metrics.json")
-STATUSES = ("running", "completed", "stopped_early", "failed", "interrupted")
 
 
 def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = True) -> None:

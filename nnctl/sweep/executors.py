@@ -22,6 +22,7 @@ and write their run directories beside it; nnctl must be installed on every work
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -34,12 +35,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from nnctl.errors import NnctlError
+from nnctl.status import CLEAN_ENDS
 
 BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 DASK_MISSING = 'the dask executor needs dask.distributed: pip install -e ".[dask]"'
 STOP_GRACE = 5.0   # seconds a stopped trial gets to mark its run interrupted before SIGKILL
 
-# The child imports the CLI itself, after starting the watchdog.
+# The child runs `python -m nnctl` itself, after starting the watchdog.
 _CHILD = "from nnctl.sweep.executors import child_main; child_main()"
 
 
@@ -88,6 +90,9 @@ def run_trial(job: dict[str, Any], should_stop: Callable[[], bool] = lambda: Fal
     # A rerun whose interrupted run left a checkpoint continues that run (same result, less work).
     args = (["train", "--resume", job["resume"], "--quiet"] if job.get("resume")
             else ["train", job["spec"], "--runs-dir", str(trial_dir), "--quiet"])
+    if job.get("pruning"):
+        # the trial reports each epoch to the sweep's study (nnctl.sweep.pruning)
+        args += ["--sweep-pruning", json.dumps(job["pruning"], separators=(",", ":"))]
     cmd = [sys.executable, "-c", _CHILD, *args]
     log_path = trial_dir / "train.log"
     t0 = time.perf_counter()
@@ -166,7 +171,7 @@ def collect(job: dict[str, Any], trial_dir: Path, before: set[str], rc: int, out
     status_rec = read_json(run / "status.json") if run is not None else None
     run_status = status_rec.get("status") if isinstance(status_rec, dict) else None
     run_dir = str(run) if run is not None else None
-    if run_status in ("completed", "stopped_early", "pruned") and rc == 0:
+    if run_status in CLEAN_ENDS and rc == 0:
         metrics = job.get("metrics") or [job["metric"]]
         values, error = read_metrics(run, metrics)
         res = _result(job, run_status, values[0], run_dir, error, seconds)
@@ -213,33 +218,13 @@ def read_metrics(run: Path, metrics: list[str]) -> tuple[list[float | None], str
 
 
 def read_metric(run: Path, metric: str) -> tuple[float | None, str | None]:
-    """The metric of the weights the run kept: test_* from metrics.json, else that epoch's record.
-
-    With restore_best (the default) the kept weights are the best epoch's, so the value is
-    the metric in the best epoch's record; otherwise the last epoch's.
-    """
-    from nnctl.runs.store import read_json
-    metrics = read_json(run / "metrics.json")
-    if not isinstance(metrics, dict):
-        return None, f"{run}: no metrics.json"
-    if metric.startswith("test_"):
-        value = (metrics.get("test") or {}).get(metric)
-    else:
-        record = metrics.get("best") if metrics.get("weights", "best") == "best" else None
-        if not record:
-            history = read_json(run / "history.json", [])
-            record = history[-1] if isinstance(history, list) and history else {}
-        value = record.get(metric)
-    if value is None:
-        return None, f"{metric} was not logged by this run"
-    try:
-        return float(value), None
-    except (TypeError, ValueError):
-        return None, f"{metric} is not a number: {value!r}"
+    """The metric of the weights the run kept, read by the run catalog (runs/ owns the run folder)."""
+    from nnctl.runs.catalog import kept_metric
+    return kept_metric(run, metric)
 
 
 def child_main() -> None:
-    """Entry of a trial process: a parent-death watchdog, then the `nnctl` CLI with our argv."""
+    """Entry of a trial process: a parent-death watchdog, then `python -m nnctl` with our argv."""
     # The pid from the environment, not getppid(): the parent may already be gone by now.
     parent = int(os.environ.get("NNCTL_SWEEP_PARENT") or os.getppid())
 
@@ -255,9 +240,10 @@ def child_main() -> None:
     # ignoring; the sweep stops trials with SIGINT, so make it raise KeyboardInterrupt.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=watch, name="nnctl-parent-watchdog", daemon=True).start()
-    from nnctl.cli import main
+    # `python -m nnctl` from here on, so this module never imports the CLI (the CLI imports it)
+    import runpy
     sys.argv = ["nnctl", *sys.argv[1:]]
-    main()
+    runpy.run_module("nnctl", run_name="__main__", alter_sys=True)
 
 
 # -- executors ------------------------------------------------------------------------------

@@ -1,5 +1,9 @@
 """Pruning inside a trial: a training callback that reports each epoch's metric to the study.
 
+A trial process is `nnctl train SPEC --sweep-pruning '<json>'` (a hidden option the sweep's
+executor adds), so the trial is still the normal train command and run directory, plus this
+callback.
+
 The trial process (a local worker's child, or one started by a Dask task) opens the sweep's
 study from its journal file, finds its own trial by number, reports the monitored metric
 after every epoch and, when the pruner says so, asks the trainer to stop with status
@@ -11,16 +15,13 @@ after every epoch and, when the pruner says so, asks the trainer to stop with st
 """
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
 from nnctl.errors import NnctlError
 
-try:   # the trainer's callback base (events branch); a plain base keeps this importable before it lands
-    from nnctl.training.callbacks import Callback
-except ImportError:  # pragma: no cover
-    class Callback:  # type: ignore[no-redef]
-        pass
+from nnctl.training.callbacks import Callback
 
 
 class PruningCallback(Callback):
@@ -61,6 +62,15 @@ class PruningCallback(Callback):
         if self.pruner_spec.get("name", "none") != "none" and trial.should_prune():
             state.request_stop("pruned", f"pruned by the {self.pruner_spec['name']} pruner at epoch {epoch} "
                                          f"({self.metric} {value:.4g})")
+
+
+def pruning_callbacks(text: str) -> list:
+    """The callbacks of `nnctl train --sweep-pruning JSON` (see the module notes)."""
+    try:
+        info = json.loads(text)
+        return [PruningCallback(info["journal"], info["trial"], info["metric"], info.get("pruner"))]
+    except (ValueError, KeyError, TypeError) as err:
+        raise NnctlError(f"--sweep-pruning: not a pruning job ({type(err).__name__}: {err})") from None
 
 
 def callbacks_for(job: dict[str, Any]) -> list:

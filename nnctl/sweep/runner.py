@@ -40,11 +40,12 @@ import yaml
 from nnctl.errors import NnctlError
 from nnctl.fileio import SPEC_MAX_BYTES, read_text
 from nnctl.runs.store import atomic_write, dump_yaml, read_json, unique_dir, write_json
+from nnctl.status import CLEAN_ENDS
 from nnctl.sweep.executors import STOP_GRACE, make_job, read_metrics
 from nnctl.sweep.spec import SweepSpec, Trial, config_hash
 
-DONE = ("completed", "stopped_early")        # ran to their end: ranked by the metric
-FINISHED = DONE + ("pruned",)                 # never rerun by --resume
+FINISHED = CLEAN_ENDS                          # the run ended cleanly: never rerun by --resume
+DONE = tuple(s for s in CLEAN_ENDS if s != "pruned")   # ran to their end: ranked by the metric
 TRIAL_STATUSES = ("pending", "running", "completed", "stopped_early", "pruned", "failed", "interrupted")
 EXIT_INTERRUPTED = 130
 
@@ -282,8 +283,8 @@ class SweepDir:
             if status.get("status") != "interrupted" or not (run / "checkpoints" / "last.npz").is_file():
                 return None     # only the newest run may be continued
             try:
-                config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-            except (OSError, yaml.YAMLError):
+                config = yaml.safe_load(read_text(run / "config.yaml", SPEC_MAX_BYTES))
+            except (NnctlError, yaml.YAMLError, RecursionError):
                 return None
             return run if isinstance(config, dict) and config_hash(config) == self.trials[index].config_hash else None
         return None

@@ -122,7 +122,7 @@ def sampler_seed(seed: int, asked_before: int) -> int:
     return int(np.random.SeedSequence([seed, asked_before]).generate_state(1)[0])
 
 
-def make_sampler(method: str, seed: int, n_objectives: int = 1):
+def make_sampler(method: str, seed: int):
     optuna = import_optuna()
     import warnings
     with warnings.catch_warnings():
@@ -218,16 +218,12 @@ def journal_storage(path: Path):
     return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
 
 
-def directions(goals: list[str]) -> list[str]:
-    return list(goals)
-
-
 def open_study(journal: Path, goals: list[str], sampler=None, pruner=None, create: bool = False):
     """The sweep's study in `journal`; created by the sweep, loaded by everyone else."""
     optuna = import_optuna()
     storage = journal_storage(journal)
     if create:
-        return optuna.create_study(study_name=STUDY_NAME, storage=storage, directions=directions(goals),
+        return optuna.create_study(study_name=STUDY_NAME, storage=storage, directions=list(goals),
                                    sampler=sampler, pruner=pruner, load_if_exists=True)
     try:
         return optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=sampler, pruner=pruner)
@@ -247,7 +243,3 @@ def tell(study, number: int, status: str, values: list[float] | None) -> None:
         # Failed, or completed without a usable value: the sampler must not learn from it.
         study.tell(number, state=state.FAIL, skip_if_finished=True)
 
-
-def trial_state(study, number: int) -> str:
-    """"running", "complete", "pruned", "fail" or "waiting": what the journal holds for trial `number`."""
-    return study.trials[number].state.name.lower()

@@ -626,8 +626,11 @@ def config_hash(config: dict[str, Any]) -> str:
     """A fingerprint of a resolved train spec, ignoring its name and description.
 
     Resume compares a trial's snapshotted spec with the config.yaml its run wrote, so a run
-    counts as done only when it trained exactly that configuration.
+    counts as done only when it trained exactly that configuration. `training.threads` is left
+    out: a trial's snapshot leaves it open (null) and its run records the count it chose.
     """
     body = {k: v for k, v in config.items() if k not in ("name", "description")}
+    if isinstance(body.get("training"), dict):
+        body["training"] = {k: v for k, v in body["training"].items() if k != "threads"}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

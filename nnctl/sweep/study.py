@@ -20,6 +20,7 @@ from collections import deque
 from typing import Any
 
 from nnctl.errors import NnctlError
+from nnctl.fileio import RUN_JSON_MAX_BYTES, read_text
 from nnctl.runs.store import atomic_write, dump_yaml
 from nnctl.sweep import search
 from nnctl.sweep.runner import FINISHED, SweepDir, TrialState
@@ -33,8 +34,7 @@ class StudyTrials:
         self.sd = sd
         self.sweep = sweep
         self.journal = sd.path / search.JOURNAL
-        sampler = search.make_sampler(sweep.method, search.sampler_seed(sweep.seed, len(sd.trials)),
-                                      len(sweep.metrics))
+        sampler = search.make_sampler(sweep.method, search.sampler_seed(sweep.seed, len(sd.trials)))
         self.pruner_spec = sweep.pruner
         self.study = search.open_study(self.journal, sweep.goals, sampler, search.make_pruner(sweep.pruner),
                                        create=True)
@@ -145,7 +145,7 @@ def prepare_resume(sd: SweepDir) -> tuple[SweepSpec, list[int]]:
     from nnctl.sweep.runner import launched_spec
     from nnctl.sweep.spec import load_sweep
     path = sd.path / "sweep.yaml"
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, RUN_JSON_MAX_BYTES, what="launched sweep spec")  # regular, bounded, UTF-8
     body = text.split("\n", 1)[1] if text.startswith("#") else text
     if hashlib.sha256(body.encode()).hexdigest() != sd.meta.get("launched_sha256"):
         raise NnctlError(f"{path}: edited since the sweep was launched; the study continues only the sweep it "
@@ -159,8 +159,10 @@ def prepare_resume(sd: SweepDir) -> tuple[SweepSpec, list[int]]:
         if now != body:
             diff = "".join(difflib.unified_diff(body.splitlines(keepends=True), now.splitlines(keepends=True),
                                                 fromfile=f"launched ({path})", tofile=f"now ({original})"))
+            # one problem per diff line: each is printed as its own line
             raise NnctlError(f"{original}: edited since this sweep was launched; --resume continues the launched "
-                             f"study and refuses a changed spec (restore it, or launch a new sweep):\n{diff.rstrip()}")
+                             f"study and refuses a changed spec (restore it, or launch a new sweep):",
+                             *diff.rstrip().splitlines())
     sweep = load_sweep(path)
     return sweep, reconcile(sd, sweep)
 
@@ -168,7 +170,7 @@ def prepare_resume(sd: SweepDir) -> tuple[SweepSpec, list[int]]:
 def first_proposals(sweep: SweepSpec, count: int = 10) -> list[dict[str, Any]]:
     """What the seeded sampler proposes for the first trials, before any result comes back (--dry-run)."""
     optuna = search.import_optuna()
-    sampler = search.make_sampler(sweep.method, search.sampler_seed(sweep.seed, 0), len(sweep.metrics))
+    sampler = search.make_sampler(sweep.method, search.sampler_seed(sweep.seed, 0))
     study = optuna.create_study(directions=sweep.goals, sampler=sampler)
     space = search.search_space(sweep.parameters)
     return [search.overrides_of(sweep.parameters, study.ask(space).params) for _ in range(min(count, sweep.trials))]

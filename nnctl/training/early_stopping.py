@@ -5,9 +5,10 @@ import math
 from typing import Any
 
 from nnctl.engine.metrics import auto_mode
+from nnctl.training.callbacks import Callback, TrainState
 
 
-class EarlyStopping:
+class EarlyStopping(Callback):
     """Tracks the best value of `monitor` and decides when to stop.
 
     An epoch improves when its value beats the best by more than `min_delta`
@@ -15,6 +16,9 @@ class EarlyStopping:
     count of completed epochs) are neither counted nor tracked, as in Keras. `patience`
     epochs without improvement stop training. With patience=None it only tracks the best
     epoch (used when the spec has no early_stopping, so best.npz is still kept).
+
+    The Trainer owns one (it decides which epochs "improved", which every other callback is
+    told) and calls it first among the callbacks: its `on_epoch_end` asks for the stop.
     """
 
     def __init__(self, monitor: str, mode: str = "auto", patience: int | None = 5,
@@ -51,6 +55,10 @@ class EarlyStopping:
             self.stopped_epoch = epoch
             return False, True
         return False, False
+
+    def on_epoch_end(self, state: TrainState, record: dict[str, Any], improved: bool) -> None:
+        if self.stopped_epoch is not None and self.stopped_epoch == state.epoch:
+            state.request_stop("stopped_early", f"{self.monitor} did not improve for {self.patience} epochs")
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait,

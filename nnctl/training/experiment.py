@@ -6,13 +6,14 @@ run directory exists.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from nnctl.config.spec import Spec, loss_task, metric_names
 from nnctl.data import Dataset, Preprocessor, Standardizer, load_dataset
+from nnctl.data.augment import Augmenter, build_augmenter
 from nnctl.data.targets import CLASSIFICATION
 from nnctl.engine.losses import LOSSES, default_loss
 from nnctl.engine.model import Sequential, build_layer
@@ -34,6 +35,7 @@ class Experiment:
     schedule: Any
     layer_specs: list[dict[str, Any]]   # hidden layers + the output layer, canonical
     steps_per_epoch: int
+    augmenter: Augmenter = field(default_factory=Augmenter)   # training batches only
 
     @property
     def dtype(self):
@@ -153,6 +155,7 @@ def prepare(spec: Spec) -> Experiment:
     check_memory(spec, layer_specs, data)  # from shapes alone: refuse what cannot fit before allocating it
     model = build_model(spec, layer_specs, data.input_shape, dtype)
     check_output_shape(spec, model, n_outputs, data.input_shape)
+    augmenter = build_augmenter(spec, data.input_shape, task, loss_spec["name"], data.n_outputs)
 
     mode = spec.data.get("standardize", True)
     standardizer = Standardizer().fit(data.train, per_feature=mode != "global") if mode else None
@@ -178,4 +181,4 @@ def prepare(spec: Spec) -> Experiment:
         schedule = build_schedule(spec.schedule, optimizer.lr, spec.training.epochs, steps)
     return Experiment(spec=spec, dataset=data, preprocessor=preprocessor, model=model, loss=loss,
                       loss_spec=loss_spec, optimizer=optimizer, schedule=schedule,
-                      layer_specs=layer_specs, steps_per_epoch=steps)
+                      layer_specs=layer_specs, steps_per_epoch=steps, augmenter=augmenter)

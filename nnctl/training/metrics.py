@@ -15,11 +15,22 @@ def predicted_classes(z: np.ndarray) -> np.ndarray:
     return np.argmax(z, axis=1)
 
 
+def target_classes(y: np.ndarray) -> np.ndarray:
+    """Class indices of targets: int labels as they are; soft targets (mixup, cutmix) by their
+    dominant label: argmax of a probability matrix (N, K), or p > 0.5 for binary probabilities (N,)."""
+    if y.dtype.kind in "iub":
+        return y
+    if y.ndim == 2 and y.shape[1] > 1:
+        return np.argmax(y, axis=1)
+    return (y.reshape(len(y)) > 0.5).astype(np.int64)
+
+
 class MetricAccumulator:
     """Accumulates batch results in float64 so epoch metrics don't depend on batch order noise.
 
-    Classification logs loss and accuracy; regression logs loss, mae and r2 (R² averaged
-    uniformly over outputs, like scikit-learn's r2_score).
+    Classification logs loss and accuracy (against the dominant label of soft targets);
+    regression logs loss, mae and r2 (R² averaged uniformly over outputs, like scikit-learn's
+    r2_score).
 
     target_scale: (k,) scale of a standardized regression target. z and y are then in
     scaled units; mae is reported in the target's own units (errors times the scale; R²
@@ -42,7 +53,7 @@ class MetricAccumulator:
         self.n += b
         self.loss_sum += float(loss) * b
         if self.task == "classification":
-            self.correct += int(np.count_nonzero(predicted_classes(z) == y))
+            self.correct += int(np.count_nonzero(predicted_classes(z) == target_classes(y)))
             return
         y2 = y.reshape(b, -1).astype(np.float64)
         z2 = z.reshape(b, -1).astype(np.float64)

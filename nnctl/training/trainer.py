@@ -1,8 +1,10 @@
-"""The training loop: epochs of shuffled mini-batches, metrics, early stopping, checkpoints, resume.
+"""The training loop: epochs of shuffled mini-batches, metrics, early stopping, resume.
 
-The trainer prints nothing. It reports through a listener (`on_epoch_begin`,
-`on_batch_end`, `on_epoch_end`, ...) and writes the run directory through `RunDir`, so the
-CLI decides how progress looks.
+The trainer prints nothing and touches no files. It emits events to a list of callbacks
+(nnctl/training/callbacks.py) in order: early stopping, the run folder (runs/recorder.py),
+progress, loggers and pruning are all callbacks. A stop is a request (`TrainState.request_stop`),
+honoured at the next batch boundary ("interrupted") or after the epoch's bookkeeping
+("stopped_early", "pruned"), so no event is ever cut off half-way by a signal.
 """
 from __future__ import annotations
 
@@ -13,29 +15,22 @@ from typing import Any
 
 import numpy as np
 
-from nnctl import __version__
 from nnctl.data import iterate_batches
 from nnctl.errors import CheckpointError, TrainingError
-from nnctl.runs.checkpoint import Checkpoint, save_checkpoint
-from nnctl.runs.store import RunDir
+from nnctl.status import CLEAN_ENDS
+from nnctl.training.callbacks import Callback, TrainState
 from nnctl.training.early_stopping import EarlyStopping
 from nnctl.training.experiment import Experiment
 from nnctl.training.metrics import MetricAccumulator, evaluate
 
 
-class Listener:
-    """Progress events; every method is optional to override."""
-
-    def on_train_begin(self, trainer: "Trainer") -> None: ...
-    def on_epoch_begin(self, epoch: int, epochs: int, steps: int) -> None: ...
-    def on_batch_end(self, epoch: int, batch: int, loss: float) -> None: ...
-    def on_epoch_end(self, record: dict[str, Any], improved: bool) -> None: ...
-    def on_train_end(self, result: "Result") -> None: ...
+class _Interrupted(Exception):
+    """Raised inside the loop at a batch boundary once an interrupt was requested."""
 
 
 @dataclass
 class Result:
-    status: str                         # completed | stopped_early | failed | interrupted
+    status: str                         # completed | stopped_early | pruned | failed | interrupted
     epochs_run: int
     best_epoch: int | None
     best_value: float | None
@@ -43,15 +38,14 @@ class Result:
     test_metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     message: str = ""
+    weights: str = "best"               # which weights the model holds at the end: best | last
 
 
 class Trainer:
-    """Runs an Experiment into a RunDir. `fit()` returns a Result; it never prints."""
+    """Runs an Experiment, telling `callbacks` (in order) what happens. `fit()` returns a Result."""
 
-    def __init__(self, exp: Experiment, run: RunDir, listener: Listener | None = None):
+    def __init__(self, exp: Experiment, callbacks: list[Callback] | None = None):
         self.exp = exp
-        self.run = run
-        self.listener = listener or Listener()
         spec = exp.spec
         has_val = exp.dataset.val is not None and len(exp.dataset.val) > 0
         es = spec.training.early_stopping
@@ -62,62 +56,42 @@ class Trainer:
             # No early stopping asked for: still keep the best weights, by the validation loss.
             self.stopper = EarlyStopping("val_loss" if has_val else "loss", "min", None)
             self.restore_best = True
+        # the stopper decides "improved" for everyone, so it hears every epoch first
+        self.callbacks: list[Callback] = [self.stopper, *(callbacks or [])]
+        self.state = TrainState(self)
         self.has_val = has_val
         self.epoch = 0          # completed epochs
-        self.saved_epoch = 0    # the epoch last.npz holds
         self.step = 0           # completed batches
         self.history: list[dict[str, Any]] = []
         self.best_state: dict[str, np.ndarray] | None = None
+        self.resumed = False
+        self.stop_status: str | None = None
+        self.stop_message = ""
         self.started = time.time()
         self.elapsed_before = 0.0
 
-    # -- checkpoint state ----------------------------------------------------------------
-    def _meta(self, kind: str) -> dict[str, Any]:
-        exp, data = self.exp, self.exp.dataset
-        # runsui: the typed metadata shared with the readers (runs/meta.py, runs/model.py)
-        from nnctl.runs.meta import CheckpointMeta
-        return CheckpointMeta(
-            kind=kind,
-            epoch=self.epoch,
-            step=self.step,
-            config=exp.spec.to_dict(),
-            model={"layers": exp.layer_specs, "input_shape": list(data.input_shape),
-                   "dtype": exp.spec.training.dtype},
-            task=data.task,
-            classes=data.classes,
-            feature_names=data.feature_names,
-            target_name=data.target_name,
-            n_outputs=data.n_outputs,
-            preprocess=exp.preprocessor.to_meta(),  # CSV table encoding (data layer)
-            loss=exp.loss_spec,
-            optimizer={"name": exp.spec.optimizer["name"], "state": exp.optimizer.state_dict()["scalars"]},
-            schedule=exp.schedule.state_dict(),
-            early_stopping=self.stopper.state_dict(),
-            rng={"model": exp.model.rng.bit_generator.state},
-            # the history rides in last.npz, so checkpoint and history can never disagree on resume
-            history=self.history if kind == "last" else [],
-            elapsed=self.elapsed_before + (time.time() - self.started),
-        ).to_meta()
+    # -- resume state --------------------------------------------------------------------
+    def resume_state(self) -> dict[str, Any]:
+        """Everything besides the arrays that a resume needs to continue exactly."""
+        exp = self.exp
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "optimizer": {"name": exp.spec.optimizer["name"], "state": exp.optimizer.state_dict()["scalars"]},
+            "schedule": exp.schedule.state_dict(),
+            "early_stopping": self.stopper.state_dict(),
+            "rng": {"model": exp.model.rng.bit_generator.state},
+            "history": self.history,
+            "elapsed": self.elapsed_before + (time.time() - self.started),
+        }
 
-    def _arrays(self, model_state: dict[str, np.ndarray], with_optimizer: bool) -> dict[str, np.ndarray]:
-        arrays = {f"model/{k}": v for k, v in model_state.items()}
-        if with_optimizer:
-            arrays.update({f"optim/{k}": v for k, v in self.exp.optimizer.state_dict()["arrays"].items()})
-        arrays.update(self.exp.preprocessor.to_arrays())  # standardize/*, target/* (data layer)
-        return arrays
+    def restore(self, ckpt: Any, best: Any | None) -> None:
+        """Continue exactly where `ckpt` (a last checkpoint) left off; `best` holds the best weights.
 
-    def save_last(self) -> None:
-        save_checkpoint(self.run.last, self._meta("last"), self._arrays(self.exp.model.state_dict(), True))
-        self.saved_epoch = self.epoch
-
-    def save_best(self) -> None:
-        assert self.best_state is not None
-        meta = self._meta("best")
-        meta["epoch"] = self.stopper.best_epoch or self.epoch
-        save_checkpoint(self.run.best, meta, self._arrays(self.best_state, False))
-
-    def restore(self, ckpt: Checkpoint, best: Checkpoint | None) -> None:
-        """Continue exactly where `ckpt` (a last.npz) left off."""
+        Both are checkpoints as `runs.checkpoint.load_checkpoint` returns them (meta, arrays,
+        path). Everything is checked here, before any callback writes anything; every error
+        names the file it is about.
+        """
         meta = ckpt.meta
         problem = _resume_fields_problem(meta)
         if problem:
@@ -130,7 +104,6 @@ class Trainer:
             self.stopper.load_state_dict(meta["early_stopping"])
             self.exp.model.rng.bit_generator.state = meta["rng"]["model"]
             self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
-            self.saved_epoch = self.epoch
             self.elapsed_before = float(meta.get("elapsed", 0.0))
         except CheckpointError as err:
             # the engine's loaders say what does not fit; which file it is in, only we know
@@ -144,11 +117,18 @@ class Trainer:
             raise CheckpointError(f"{ckpt.path}: history in the checkpoint is not the records of epochs "
                                   f"1..{self.epoch}")
         self.history = history
-        self.run.write_history(self.history)  # history.json may have been a write behind
         if best is not None:
+            problem = _weights_problem(self.exp.model.state_dict(), best.model_state)
+            if problem:
+                raise CheckpointError(f"{best.path}: does not fit the model of {ckpt.path} ({problem})")
             self.best_state = {k: v.copy() for k, v in best.model_state.items()}
+        self.resumed = True
 
     # -- the loop ------------------------------------------------------------------------
+    def _check_interrupt(self) -> None:
+        if self.stop_status == "interrupted":
+            raise _Interrupted
+
     def _train_epoch(self, epoch_index: int) -> dict[str, float]:
         exp = self.exp
         model, loss, opt, sched = exp.model, exp.loss, exp.optimizer, exp.schedule
@@ -157,7 +137,8 @@ class Trainer:
         # A fresh Generator per epoch from (seed, epoch): the shuffle order needs no saved state,
         # so a resumed run sees exactly the batches the uninterrupted run saw.
         rng = np.random.default_rng([exp.spec.seed, 1, epoch_index]) if exp.spec.training.shuffle else None
-        batches = iterate_batches(exp.dataset.train, exp.spec.training.batch_size, rng, exp.dtype, exp.standardizer)
+        batches = iterate_batches(exp.dataset.train, exp.spec.training.batch_size, rng, exp.dtype, exp.standardizer,
+                                  augment=exp.augmenter.for_epoch(exp.spec.seed, epoch_index))
         lr = opt.lr
         for b, (xb, yb) in enumerate(batches):
             lr = sched.lr_at(epoch_index, self.step)
@@ -171,7 +152,9 @@ class Trainer:
             model.backward(dz)
             opt.step(params, grads)
             self.step += 1
-            self.listener.on_batch_end(epoch_index + 1, b + 1, value)
+            for cb in self.callbacks:
+                cb.on_batch_end(self.state, b + 1, value)
+            self._check_interrupt()
         logs = acc.result()
         logs["lr"] = lr
         return logs
@@ -180,18 +163,17 @@ class Trainer:
         exp, spec = self.exp, self.exp.spec
         epochs = spec.training.epochs
         self.started = time.time()
-        self.run.set_status("running", epochs=epochs)
-        if self.epoch == 0 and not self.run.last.exists():
-            self.save_last()  # so even an interrupt during epoch 1 leaves a loadable checkpoint
-        self.listener.on_train_begin(self)
         status, message = "completed", ""
         try:
-            while self.epoch < epochs:
-                if self.stopper.stopped_epoch is not None:
-                    status = "stopped_early"
-                    break
+            for cb in self.callbacks:
+                cb.on_train_begin(self.state)
+            # a run resumed after early stopping fired has nothing left to train
+            if self.stopper.stopped_epoch is not None:
+                self.state.request_stop("stopped_early")
+            while self.epoch < epochs and self.stop_status is None:
                 t0 = time.perf_counter()
-                self.listener.on_epoch_begin(self.epoch + 1, epochs, exp.steps_per_epoch)
+                for cb in self.callbacks:
+                    cb.on_epoch_begin(self.state)
                 # Overflow is caught as a non-finite loss with a clear message; numpy's own
                 # RuntimeWarnings would only add noise in front of it.
                 with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -200,54 +182,36 @@ class Trainer:
                         logs.update(evaluate(exp.model, exp.loss, exp.dataset.val, exp.standardizer,
                                              spec.training.eval_batch_size, exp.dataset.task, exp.dtype,
                                              prefix="val_", target_scale=exp.target_scale))
+                self._check_interrupt()
                 self.epoch += 1
                 record = {"epoch": self.epoch, "lr": logs.pop("lr"), **logs,
                           "seconds": round(time.perf_counter() - t0, 4)}
                 exp.schedule.observe(self.epoch - 1, logs)
-                improved, stop = self.stopper.update(self.epoch, logs)
+                improved, _ = self.stopper.update(self.epoch, logs)
                 self.history.append(record)
                 if improved or self.best_state is None:
                     self.best_state = exp.model.state_dict()
-                    self.save_best()
-                # last.npz carries the history too; history.json is a readable copy of it.
-                self.save_last()
-                self.run.write_history(self.history)
-                self.listener.on_epoch_end(record, improved)
-                if stop:
-                    status = "stopped_early"
-                    break
+                for cb in self.callbacks:
+                    cb.on_epoch_end(self.state, record, improved)
+            self._check_interrupt()
+            if self.stop_status is not None:
+                status, message = self.stop_status, self.stop_message
         except TrainingError as err:
             status, message = "failed", str(err)
-        except KeyboardInterrupt:
-            status, message = "interrupted", "interrupted by the user"
-            self._back_to_last_checkpoint()
+        except (_Interrupted, KeyboardInterrupt):
+            status, message = "interrupted", self.stop_message or "interrupted by the user"
         result = self._finish(status, message)
-        self.listener.on_train_end(result)
+        for cb in self.callbacks:
+            cb.on_train_end(self.state, result)
         return result
-
-    def _back_to_last_checkpoint(self) -> None:
-        """After an interrupt inside an epoch's writes, report (and list) what last.npz holds.
-
-        An interrupt between appending epoch e+1 to the history and saving it (or between
-        saving last.npz and history.json) would otherwise leave the status, the message and
-        history.json one epoch apart from the checkpoint a resume starts from.
-        """
-        if self.saved_epoch != self.epoch or len(self.history) != self.saved_epoch:
-            self.epoch = self.saved_epoch
-            self.history = self.history[:self.saved_epoch]
-        try:
-            self.run.write_history(self.history)
-        except OSError:
-            pass  # last.npz carries the history; resume rewrites history.json from it
 
     def _finish(self, status: str, message: str) -> Result:
         exp, spec = self.exp, self.exp.spec
         seconds = self.elapsed_before + (time.time() - self.started)
         result = Result(status=status, epochs_run=self.epoch, best_epoch=self.stopper.best_epoch,
                         best_value=self.stopper.best, monitor=self.stopper.monitor, seconds=seconds,
-                        message=message)
-        if status in ("failed", "interrupted"):
-            self.run.set_status(status, error=message if status == "failed" else None, epochs_done=self.epoch)
+                        message=message, weights="best" if self.restore_best else "last")
+        if status not in CLEAN_ENDS:
             return result
         if self.restore_best and self.best_state is not None:
             exp.model.load_state_dict(self.best_state)
@@ -256,22 +220,8 @@ class Trainer:
             result.test_metrics = evaluate(exp.model, exp.loss, test, exp.standardizer,
                                            spec.training.eval_batch_size, exp.dataset.task, exp.dtype, prefix="test_",
                                            target_scale=exp.target_scale)
-        best_record = next((r for r in self.history if r["epoch"] == result.best_epoch), None)
-        metrics = {
-            "status": status,
-            "epochs": self.epoch,
-            "best_epoch": result.best_epoch,
-            "monitor": result.monitor,
-            "best_value": result.best_value,
-            "best": {k: v for k, v in (best_record or {}).items() if k not in ("seconds",)},
-            "test": result.test_metrics,
-            "weights": "best" if self.restore_best else "last",
-            "parameters": exp.model.num_parameters(),
-            "seconds": round(seconds, 3),
-            "nnctl_version": __version__,
-        }
-        self.run.write_metrics(metrics)
-        self.run.set_status(status, epochs_done=self.epoch)
+        if self.stop_status == "interrupted":  # a signal during the test evaluation
+            result.status, result.message = "interrupted", self.stop_message
         return result
 
 
@@ -299,4 +249,18 @@ def _resume_fields_problem(meta: dict[str, Any]) -> str | None:
             return f"early_stopping.{key} must be an epoch number or null, got {es[key]!r}"
     if not _count(es.get("wait", 0)):
         return f"early_stopping.wait must be a non-negative integer, got {es.get('wait')!r}"
+    return None
+
+
+def _weights_problem(expected: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> str | None:
+    """Why `got` cannot be loaded into a model whose state is `expected`, or None."""
+    missing = sorted(set(expected) - set(got))
+    if missing:
+        return f"missing {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+    extra = sorted(set(got) - set(expected))
+    if extra:
+        return f"unexpected {extra[0]}" + (f" and {len(extra) - 1} more" if len(extra) > 1 else "")
+    for name, value in expected.items():
+        if got[name].shape != value.shape:
+            return f"{name} has shape {got[name].shape}, the model needs {value.shape}"
     return None

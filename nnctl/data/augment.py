@@ -1,0 +1,760 @@
+"""Data augmentation declared in YAML: seeded transforms of training batches, vectorized over the batch.
+
+A spec lists transforms under `data.augment`, run in that order on every training batch
+(after standardization, so `noise.std` is in standardized units). Each transform is declared
+once in `TRANSFORMS` with its options as `Param`s: the spec check, the README reference and
+`describe()` all read those declarations.
+
+Batches are arrays (N, *sample); the sample layout says which axes a transform may move:
+
+    table      (N, F)          no spatial axis
+    signals    (N, C, L)       moves L
+    sequences  (N, T, F)       moves T
+    images     (N, C, H, W)    moves H and W
+
+Every draw comes from a Generator that is a pure function of (seed, epoch, step) (see
+EpochStreams), so a batch is augmented the same way in every run of the spec, including a
+resumed one.
+mixup and cutmix mix pairs of samples and turn the targets into soft targets: a
+probability matrix (N, K) for cross_entropy, a probability (N,) for binary_cross_entropy,
+or mixed values for a regression loss (only with `allow_regression: true`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from nnctl.engine.hparams import Param, Registry, unknown_name_message
+
+TRANSFORMS = Registry("augmentation")
+
+# The stream number inside default_rng([seed, stream, epoch, step]): 0 is the model, 1 the shuffle.
+AUGMENT_STREAM = 2
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a sample's axes are read. Axes here are batch axes (0 is N)."""
+
+    name: str
+    shape: str                  # "(N, C, H, W)"
+    spatial: tuple[int, ...]    # the axes shift/crop/flip/cutout/cutmix move
+    features: int | None        # the axis feature_dropout zeroes along
+    names: tuple[str, ...]      # the name of each sample axis (batch axes 1..)
+
+    @property
+    def rank(self) -> int:
+        return len(self.names)
+
+    def axis_names(self, axes: tuple[int, ...]) -> str:
+        return ", ".join(self.names[a - 1] for a in axes)
+
+
+LAYOUTS = {
+    "table": Layout("table", "(N, F)", (), 1, ("F",)),
+    "signals": Layout("signals", "(N, C, L)", (2,), None, ("C", "L")),
+    "sequences": Layout("sequences", "(N, T, F)", (1,), 2, ("T", "F")),
+    "images": Layout("images", "(N, C, H, W)", (2, 3), None, ("C", "H", "W")),
+}
+
+# A model's first layer tells how a 2-D sample is read: conv1d/pool1d take (C, L), the
+# recurrent and attention layers (T, F).
+_SIGNAL_LAYERS = ("conv1d", "maxpool1d", "avgpool1d")
+_SEQUENCE_LAYERS = ("simple_rnn", "gru", "lstm", "multi_head_attention", "transformer_block",
+                    "transformer_encoder", "sinusoidal_encoding", "positional_embedding")
+
+P = Param("float", 1.0, ge=0.0, le=1.0, doc="probability that a sample is transformed")
+FILL = Param("str", "zero", choices=("zero", "edge", "wrap"),
+             doc="what enters at the border: zero (the mean, after standardization), edge (repeat), wrap")
+
+
+def _p(default: float) -> Param:
+    return Param("float", default, ge=0.0, le=1.0, doc="probability that a sample is transformed")
+
+
+class Transform:
+    """Base class: declared PARAMS, the layouts it fits, `apply(x, y, rng)`.
+
+    `apply` changes x (N, *sample) in place and returns the targets: y unchanged, or for a
+    mixing transform (MIXES) the soft targets mixed like x.
+    """
+
+    NAME = "transform"
+    PARAMS: dict[str, Param] = {"p": P}
+    FITS: tuple[str, ...] = tuple(LAYOUTS)
+    MIXES = False
+
+    def __init__(self, layout: Layout, **options: Any):
+        self.layout = layout
+        self.options = options
+        for key, value in options.items():
+            setattr(self, key, value)
+
+    def check(self, input_shape: tuple[int, ...]) -> tuple[str, str] | None:
+        """(option, message) if the options do not fit samples of this shape, else None."""
+        return None
+
+    def moves(self) -> str:
+        """Which axes it changes, for `describe`."""
+        return "values"
+
+    def chosen(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray | slice, int]:
+        """(which, k): the samples this batch transforms (each with probability p) and their count.
+
+        With p = 1 `which` is slice(None), so x[which] is a view and the transform runs in
+        place without gathering and scattering the batch.
+        """
+        if self.p >= 1:
+            return slice(None), n
+        idx = np.flatnonzero(rng.random(n) < self.p)
+        return idx, len(idx)
+
+    def apply(self, x: np.ndarray, y: Any, rng: np.random.Generator) -> Any:
+        raise NotImplementedError
+
+
+def _length(value: float, size: int) -> int:
+    """A length in samples: value itself if >= 1, else that fraction of `size` (rounded)."""
+    return int(value) if value >= 1 else int(round(value * size))
+
+
+def _whole_or_fraction(name: str, value: float) -> tuple[str, str] | None:
+    if value >= 1 and value != int(value):
+        return name, f"must be a whole number of samples or a fraction < 1, got {value:g}"
+    return None
+
+
+def _shift_along(x: np.ndarray, axis: int, offsets: np.ndarray, fill: str) -> np.ndarray:
+    """x shifted along `axis` by a per-sample offset (n,): out[..., i, ...] = x[..., i - s, ...].
+
+    Returns a new array; what enters at the border follows `fill`.
+    """
+    size = x.shape[axis]
+    src = np.arange(size)[None, :] - offsets[:, None]          # (n, size)
+    valid = None
+    if fill == "wrap":
+        src %= size
+    else:
+        if fill == "zero":
+            valid = (src >= 0) & (src < size)
+        np.clip(src, 0, size - 1, out=src)
+    shape = [1] * x.ndim
+    shape[0], shape[axis] = len(offsets), size
+    out = np.take_along_axis(x, src.reshape(shape), axis=axis)
+    if valid is not None:
+        out *= valid.reshape(shape)
+    return out
+
+
+def _boxes(layout: Layout, shape: tuple[int, ...], lengths: np.ndarray, rng: np.random.Generator
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Random boxes clipped to the sample: a mask over the spatial axes and each box's area fraction.
+
+    lengths (n, k): the box's side along each of the k spatial axes, centred uniformly over
+    the axis (the box may stick out and is clipped, as in cutout's paper).
+    Returns mask (n, 1.., *spatial sizes) broadcastable against x, and area (n,) in [0, 1].
+    """
+    n = lengths.shape[0]
+    mask = np.ones((n,) + (1,) * (len(shape) - 1), dtype=bool)
+    area = np.ones(n)
+    for j, axis in enumerate(layout.spatial):
+        size = shape[axis]
+        centre = rng.integers(0, size, n)
+        lo = np.clip(centre - lengths[:, j] // 2, 0, size)
+        hi = np.clip(centre - lengths[:, j] // 2 + lengths[:, j], 0, size)
+        pos = np.arange(size)
+        inside = (pos[None, :] >= lo[:, None]) & (pos[None, :] < hi[:, None])      # (n, size)
+        view = [1] * len(shape)
+        view[0], view[axis] = n, size
+        mask = mask & inside.reshape(view)
+        area = area * (hi - lo) / size
+    return mask, area
+
+
+# -- geometric transforms -----------------------------------------------------------------
+
+@TRANSFORMS.register("shift")
+class Shift(Transform):
+    """Random translation along every spatial axis, a whole number of samples each way.
+
+    Notes
+    -----
+    Each chosen sample draws an offset s uniformly from -m..m per spatial axis (m = max, or
+    round(max * length) for a fraction < 1); out[i] = x[i - s], so a one-hot pixel moves by s.
+    """
+
+    PARAMS = {
+        "max": Param("float", 2, gt=0, doc="largest shift in samples, or a fraction < 1 of each axis"),
+        "fill": FILL,
+        "p": P,
+    }
+    FITS = ("signals", "sequences", "images")
+
+    def check(self, input_shape):
+        bad = _whole_or_fraction("max", self.max)
+        if bad:
+            return bad
+        for axis in self.layout.spatial:
+            size = input_shape[axis - 1]
+            m = _length(self.max, size)
+            if m >= size:
+                return "max", f"{m} samples is not smaller than axis {self.layout.names[axis - 1]} ({size})"
+        return None
+
+    def moves(self):
+        return f"{self.layout.axis_names(self.layout.spatial)} by up to {self.max:g}, {self.fill} fill"
+
+    def apply(self, x, y, rng):
+        idx, k = self.chosen(len(x), rng)
+        if k == 0:
+            return y
+        part = x[idx]
+        for axis in self.layout.spatial:
+            m = _length(self.max, x.shape[axis])
+            part = _shift_along(part, axis, rng.integers(-m, m + 1, k), self.fill)
+        x[idx] = part
+        return y
+
+
+@TRANSFORMS.register("crop")
+class Crop(Shift):
+    """Pad every spatial axis by `padding`, then crop a random window of the original size.
+
+    Notes
+    -----
+    A window at offset o in 0..2*padding of the padded sample is the sample shifted by
+    padding - o, so this is `shift` with max = padding (the CIFAR recipe with zero padding).
+    """
+
+    PARAMS = {
+        "padding": Param("float", 2, gt=0, doc="padding in samples, or a fraction < 1 of each axis"),
+        "fill": FILL,
+        "p": P,
+    }
+
+    def __init__(self, layout, **options):
+        super().__init__(layout, **options)
+        self.max = self.padding
+
+    def check(self, input_shape):
+        bad = super().check(input_shape)
+        return ("padding", bad[1]) if bad else None
+
+    def moves(self):
+        return f"{self.layout.axis_names(self.layout.spatial)}: pad {self.padding:g} ({self.fill}), crop back"
+
+
+@TRANSFORMS.register("flip")
+class Flip(Transform):
+    """Mirror along one spatial axis (default the last: images horizontally, signals in time)."""
+
+    PARAMS = {
+        "axis": Param("int", None, nullable=True,
+                      doc="sample axis to mirror (-1: last); null: the last spatial axis"),
+        "p": _p(0.5),
+    }
+    FITS = ("signals", "sequences", "images")
+
+    def _axis(self) -> int:
+        """The batch axis mirrored."""
+        if self.axis is None:
+            return self.layout.spatial[-1]
+        return self.axis % self.layout.rank + 1
+
+    def check(self, input_shape):
+        rank = self.layout.rank
+        if self.axis is not None and not -rank <= self.axis < rank:
+            return "axis", f"{self.axis} is not an axis of {self.layout.name} samples ({', '.join(self.layout.names)})"
+        if self._axis() not in self.layout.spatial:
+            spatial = ", ".join(f"{a - 1 - rank} ({self.layout.names[a - 1]})" for a in self.layout.spatial)
+            return "axis", (f"{self.axis} is axis {self.layout.names[self._axis() - 1]} of {self.layout.name} "
+                            f"{self.layout.shape}; flip a spatial axis: {spatial}")
+        return None
+
+    def moves(self):
+        return f"mirrors {self.layout.names[self._axis() - 1]}"
+
+    def apply(self, x, y, rng):
+        idx, k = self.chosen(len(x), rng)
+        if k:
+            x[idx] = np.flip(x[idx], axis=self._axis())
+        return y
+
+
+@TRANSFORMS.register("rotate")
+class Rotate(Transform):
+    """Rotate images by a random angle in [-degrees, degrees] about their centre, bilinear.
+
+    Notes
+    -----
+    Output pixel (i, j) samples the input at the centre c plus R(-theta) (i - c_i, j - c_j),
+    interpolating its four neighbours; neighbours outside the image count as 0 (fill: zero)
+    or as the nearest border pixel (fill: edge).
+    """
+
+    PARAMS = {
+        "degrees": Param("float", 10.0, gt=0, le=180, doc="largest rotation either way, in degrees"),
+        "fill": Param("str", "zero", choices=("zero", "edge"), doc="value outside the image: zero or the nearest edge"),
+        "p": P,
+    }
+    FITS = ("images",)
+
+    def moves(self):
+        return f"H, W: up to ±{self.degrees:g}°, bilinear, {self.fill} fill"
+
+    def apply(self, x, y, rng):
+        idx, k = self.chosen(len(x), rng)
+        if k:
+            theta = np.deg2rad(rng.uniform(-self.degrees, self.degrees, k))
+            x[idx] = rotate_images(x[idx], theta, self.fill)
+        return y
+
+
+def rotate_images(x: np.ndarray, theta: np.ndarray, fill: str = "zero") -> np.ndarray:
+    """Images x (n, C, H, W) each rotated by its angle theta (n,) in radians, bilinear; a new array."""
+    n, c, h, w = x.shape
+    cos, sin = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]
+    di = (np.arange(h) - (h - 1) / 2)[None, :, None]
+    dj = (np.arange(w) - (w - 1) / 2)[None, None, :]
+    si = (h - 1) / 2 + cos * di + sin * dj            # (n, h, w) source rows
+    sj = (w - 1) / 2 - sin * di + cos * dj            # source columns
+    i0, j0 = np.floor(si).astype(np.int64), np.floor(sj).astype(np.int64)
+    fi, fj = (si - i0).astype(x.dtype), (sj - j0).astype(x.dtype)
+    flat = x.reshape(n, c, h * w)
+    out = np.zeros((n, c, h * w), dtype=x.dtype)
+    for di_, dj_, weight in ((0, 0, (1 - fi) * (1 - fj)), (0, 1, (1 - fi) * fj),
+                             (1, 0, fi * (1 - fj)), (1, 1, fi * fj)):
+        ii, jj = i0 + di_, j0 + dj_
+        if fill == "zero":
+            weight = weight * ((ii >= 0) & (ii < h) & (jj >= 0) & (jj < w))
+        src = (np.clip(ii, 0, h - 1) * w + np.clip(jj, 0, w - 1)).reshape(n, 1, h * w)
+        out += np.take_along_axis(flat, src, axis=2) * weight.reshape(n, 1, h * w)
+    return out.reshape(n, c, h, w)
+
+
+# -- value transforms ---------------------------------------------------------------------
+
+@TRANSFORMS.register("scale")
+class Scale(Transform):
+    """Multiply each sample's values by a factor drawn uniformly from [min, max] (signal amplitude)."""
+
+    PARAMS = {
+        "min": Param("float", 0.8, gt=0, doc="smallest factor"),
+        "max": Param("float", 1.2, gt=0, doc="largest factor"),
+        "p": P,
+    }
+
+    def check(self, input_shape):
+        if self.min > self.max:
+            return "min", f"{self.min:g} is larger than max ({self.max:g})"
+        return None
+
+    def moves(self):
+        return f"every value × [{self.min:g}, {self.max:g}]"
+
+    def apply(self, x, y, rng):
+        idx, k = self.chosen(len(x), rng)
+        if k:
+            factor = rng.uniform(self.min, self.max, k).astype(x.dtype)
+            x[idx] *= factor.reshape((-1,) + (1,) * (x.ndim - 1))
+        return y
+
+
+@TRANSFORMS.register("noise")
+class Noise(Transform):
+    """Add Gaussian noise of standard deviation `std` to every value (standardized units)."""
+
+    PARAMS = {"std": Param("float", 0.1, gt=0, doc="standard deviation of the noise"), "p": P}
+
+    def moves(self):
+        return f"every value + N(0, {self.std:g}²)"
+
+    def apply(self, x, y, rng):
+        idx, k = self.chosen(len(x), rng)
+        if k:
+            noise = rng.standard_normal((k,) + x.shape[1:], dtype=x.dtype)
+            noise *= x.dtype.type(self.std)
+            x[idx] += noise
+        return y
+
+
+@TRANSFORMS.register("cutout")
+class Cutout(Transform):
+    """Zero a random square (images) or segment (signals, sequences) of side `size`, clipped at the border."""
+
+    PARAMS = {
+        "size": Param("float", 4, gt=0, doc="side in samples, or a fraction < 1 of each axis"),
+        "p": _p(0.5),
+    }
+    FITS = ("signals", "sequences", "images")
+
+    def check(self, input_shape):
+        return _whole_or_fraction("size", self.size)
+
+    def moves(self):
+        return f"zeroes a {self.size:g}-sample box over {self.layout.axis_names(self.layout.spatial)}"
+
+    def apply(self, x, y, rng):
+        idx, k = self.chosen(len(x), rng)
+        if k == 0:
+            return y
+        sides = np.array([max(1, _length(self.size, x.shape[a])) for a in self.layout.spatial])
+        mask, _ = _boxes(self.layout, x.shape, np.broadcast_to(sides, (k, len(sides))), rng)
+        part = x[idx]
+        part[np.broadcast_to(mask, part.shape)] = 0
+        x[idx] = part
+        return y
+
+
+@TRANSFORMS.register("feature_dropout")
+class FeatureDropout(Transform):
+    """Zero each feature of each sample with probability p (tables; sequences: at every step).
+
+    Unlike the dropout layer, the kept values are not rescaled: the model sees the same
+    scale in training and evaluation.
+    """
+
+    PARAMS = {"p": Param("float", 0.1, ge=0.0, lt=1.0, doc="probability that a feature is zeroed (per sample)")}
+    FITS = ("table", "sequences")
+
+    def moves(self):
+        return f"zeroes each F with probability {self.p:g}"
+
+    def apply(self, x, y, rng):
+        axis = self.layout.features
+        shape = [1] * x.ndim
+        shape[0], shape[axis] = len(x), x.shape[axis]
+        keep = rng.random(tuple(shape), dtype=np.float32) >= self.p
+        x *= keep
+        return y
+
+
+# -- mixing transforms --------------------------------------------------------------------
+
+class _Mix(Transform):
+    MIXES = True
+
+    def partners(self, n: int, idx: np.ndarray | slice, rng: np.random.Generator) -> np.ndarray:
+        """Each chosen sample's partner: a random permutation of the batch."""
+        return rng.permutation(n)[idx]
+
+
+ALLOW_REGRESSION = Param("bool", False, doc="also mix regression targets (off: an error with a regression loss)")
+
+
+@TRANSFORMS.register("mixup")
+class Mixup(_Mix):
+    """Replace a sample by lam * itself + (1 - lam) * a random partner, targets alike (soft).
+
+    Notes
+    -----
+    lam ~ Beta(alpha, alpha), drawn per chosen sample; the partner comes from a random
+    permutation of the batch (it may be the sample itself). Targets become
+    lam * y_i + (1 - lam) * y_j, one-hot vectors for classification.
+    """
+
+    PARAMS = {
+        "alpha": Param("float", 0.2, gt=0, doc="Beta(alpha, alpha) of the mixing weight"),
+        "p": P,
+        "allow_regression": ALLOW_REGRESSION,
+    }
+
+    def moves(self):
+        return f"mixes pairs, weight ~ Beta({self.alpha:g}, {self.alpha:g}); soft targets"
+
+    def apply(self, x, y, rng):
+        n = len(x)
+        idx, k = self.chosen(n, rng)
+        if k == 0:
+            return y
+        j = self.partners(n, idx, rng)
+        lam = rng.beta(self.alpha, self.alpha, k)
+        _mix_into(x, idx, j, 1 - lam)
+        _mix_into(y, idx, j, 1 - lam)
+        return y
+
+
+def _mix_into(a: np.ndarray, idx: np.ndarray | slice, j: np.ndarray, w: np.ndarray) -> None:
+    """a[idx] <- (1 - w) a[idx] + w a[j], per row; the partners' rows are read before any is written.
+
+    Written as a[idx] + w (a[j] - a[idx]) so a p = 1 batch (idx a slice) mixes in place with one
+    gathered copy.
+    """
+    other = a[j]                      # fancy indexing: a copy, safe against overwriting
+    other -= a[idx]
+    other *= w.astype(a.dtype).reshape((-1,) + (1,) * (a.ndim - 1))
+    if isinstance(idx, slice):
+        a[idx] += other
+    else:
+        a[idx] = a[idx] + other
+
+
+@TRANSFORMS.register("cutmix")
+class Cutmix(_Mix):
+    """Paste a random box of a partner sample into a sample; targets mixed by the box's area.
+
+    Notes
+    -----
+    lam ~ Beta(alpha, alpha) per chosen sample; the box covers about 1 - lam of the sample
+    (side length * sqrt(1 - lam) on images, length * (1 - lam) on 1-D), centred uniformly and
+    clipped at the border; the target weight of the partner is the box's actual area fraction.
+    """
+
+    PARAMS = {
+        "alpha": Param("float", 1.0, gt=0, doc="Beta(alpha, alpha) of the kept area"),
+        "p": P,
+        "allow_regression": ALLOW_REGRESSION,
+    }
+    FITS = ("signals", "sequences", "images")
+
+    def moves(self):
+        return f"pastes a partner's box over {self.layout.axis_names(self.layout.spatial)}; soft targets by area"
+
+    def apply(self, x, y, rng):
+        n = len(x)
+        idx, k = self.chosen(n, rng)
+        if k == 0:
+            return y
+        j = self.partners(n, idx, rng)
+        lam = rng.beta(self.alpha, self.alpha, k)
+        dims = len(self.layout.spatial)
+        sizes = np.array([x.shape[a] for a in self.layout.spatial])
+        lengths = np.rint(sizes[None, :] * (1 - lam[:, None]) ** (1 / dims)).astype(np.int64)
+        mask, area = _boxes(self.layout, x.shape, lengths, rng)
+        x[idx] = np.where(mask, x[j], x[idx])
+        a = area.astype(y.dtype).reshape((-1,) + (1,) * (y.ndim - 1))
+        y[idx] = (1 - a) * y[idx] + a * y[j]
+        return y
+
+
+# -- the pipeline -------------------------------------------------------------------------
+
+class Augmenter:
+    """The spec's transforms in order, for samples of one layout.
+
+    targets: how a mixing transform sees the labels: "onehot" (cross_entropy: int labels
+    become a probability matrix (N, n_classes)), "binary" (binary_cross_entropy: a
+    probability (N,)) or "values" (regression targets, mixed as they are).
+    """
+
+    def __init__(self, transforms: list[Transform] | None = None, layout: Layout | None = None,
+                 targets: str = "onehot", n_classes: int = 0, why_layout: str = ""):
+        self.transforms = list(transforms or [])
+        self.layout = layout
+        self.targets = targets
+        self.n_classes = n_classes
+        self.why_layout = why_layout
+        self.mixes = any(t.MIXES for t in self.transforms)
+
+    def __bool__(self) -> bool:
+        return bool(self.transforms)
+
+    def soft_targets(self, y: np.ndarray, dtype) -> np.ndarray:
+        """Targets as floats that can be mixed: one-hot rows, probabilities or values (a new array)."""
+        if self.targets == "onehot":
+            q = np.zeros((len(y), self.n_classes), dtype=dtype)
+            q[np.arange(len(y)), y] = 1
+            return q
+        return np.array(y, dtype=dtype)
+
+    def __call__(self, x: np.ndarray, y: np.ndarray | None, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Augment the batch x (N, *sample) in place; returns (x, targets), soft if a transform mixes."""
+        if self.mixes and y is not None:
+            y = self.soft_targets(y, x.dtype)
+        for t in self.transforms:
+            y = t.apply(x, y, rng)
+        return x, y
+
+    def for_epoch(self, seed: int, epoch: int) -> Callable | None:
+        """`augment(step, x, y)` for iterate_batches in epoch `epoch` (0-based), or None if there is nothing to do."""
+        if not self.transforms:
+            return None
+        streams = EpochStreams(seed, epoch)
+
+        def augment(step: int, x: np.ndarray, y: np.ndarray | None):
+            return self(x, y, streams.at(step))
+        return augment
+
+    def describe(self) -> list[str]:
+        """One line per active transform, for validate, show and the train header."""
+        if not self.transforms:
+            return []
+        head = f"augment ({self.layout.name} {self.layout.shape}{self.why_layout}), training batches only:"
+        lines = [head]
+        for i, t in enumerate(self.transforms):
+            p = "" if isinstance(t, FeatureDropout) or t.p == 1 else f", p {t.p:g}"
+            lines.append(f"  {i + 1}. {t.NAME}: {t.moves()}{p}")
+        return lines
+
+
+class EpochStreams:
+    """The augmentation Generators of one epoch's batches, each a pure function of (seed, epoch, step).
+
+    Notes
+    -----
+    Step s draws from PCG64 seeded by SeedSequence([seed, 2, epoch]) and advanced by s * 2^64,
+    so the batches' streams never overlap (2^64 draws each) and a resumed run redraws exactly.
+    Advancing one bit generator costs a few microseconds; a fresh default_rng per batch
+    measured ~200 us of a table batch's ~330 us of augmentation.
+    """
+
+    def __init__(self, seed: int, epoch: int):
+        self.bits = np.random.PCG64(np.random.SeedSequence([int(seed), AUGMENT_STREAM, int(epoch)]))
+        self.start = self.bits.state
+        self.gen = np.random.Generator(self.bits)
+
+    def at(self, step: int) -> np.random.Generator:
+        """The Generator of batch `step`; the same object each call, rewound and advanced."""
+        self.bits.state = self.start
+        self.bits.advance(int(step) << 64)
+        return self.gen
+
+
+def batch_rng(seed: int, epoch: int, step: int) -> np.random.Generator:
+    """The Generator of one training batch's augmentation (a fresh one; see EpochStreams)."""
+    return EpochStreams(seed, epoch).at(step)
+
+
+def describe(augmenter: Augmenter | None) -> str:
+    """The active augmentations as text ('' when there are none)."""
+    return "\n".join(augmenter.describe()) if augmenter else ""
+
+
+def describe_entries(entries: list[dict[str, dict[str, Any]]] | None) -> str:
+    """A stored config's `data.augment` on one line, without the data (for `nnctl show`):
+    'shift(max=2, fill=zero), mixup(alpha=0.2, p=0.5)'; options at their default are left out."""
+    parts = []
+    for entry in entries or []:
+        (name, options), = entry.items()
+        params = TRANSFORMS.get(name).PARAMS
+        shown = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in options.items()
+                 if k not in params or v != params[k].default]
+        parts.append(f"{name}({', '.join(shown)})" if shown else name)
+    return ", ".join(parts)
+
+
+# -- from the spec ------------------------------------------------------------------------
+
+def _entry(item: Any) -> tuple[Any, Any] | None:
+    """(name, options) of one list entry: `shift`, `{shift: {max: 4}}` or `{shift: null}`."""
+    if isinstance(item, str):
+        return item, {}
+    if isinstance(item, dict) and len(item) == 1:
+        name, options = next(iter(item.items()))
+        return name, {} if options is None else options
+    return None
+
+
+def check_augment(chk, raw: Any) -> list[dict[str, dict[str, Any]]]:
+    """Check `data.augment` (names, option types and ranges) with a config Checker.
+
+    Returns the canonical list [{name: {every option}}, ...]; errors go to `chk` with their
+    YAML path, e.g. data.augment[1].shift.max.
+    """
+    path = ("data", "augment")
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        chk.error(path, "must be a list of transforms, e.g. [{shift: {max: 2}}, {noise: {std: 0.1}}]")
+        return []
+    out = []
+    for i, item in enumerate(raw):
+        entry = _entry(item)
+        if entry is None:
+            chk.error(path + (i,), "must be a transform name or a one-key mapping like {shift: {max: 2}}")
+            continue
+        name, options = entry
+        if not isinstance(name, str) or name not in TRANSFORMS:
+            chk.error(path + (i,), unknown_name_message("augmentation", name, TRANSFORMS.names()))
+            continue
+        canon = TRANSFORMS.canonical(name)
+        if not isinstance(options, dict):
+            chk.error(path + (i, name), f"{canon} takes options as a mapping, got {options!r}")
+            continue
+        checked = chk.section(path + (i, name), options, TRANSFORMS.entries[canon].PARAMS, {})
+        out.append({canon: checked})
+    return out
+
+
+def layout_of(data: dict, layers: list[dict], input_shape: tuple[int, ...]) -> tuple[Layout, str, tuple]:
+    """The sample layout: data.layout if given, else from the sample rank and the first layer.
+
+    Returns (layout, why, path): why says where it came from (shown to the user); path is
+    the YAML key to blame when it does not fit. Raises ValueError(message) if it cannot tell.
+    """
+    rank = len(input_shape)
+    declared = data.get("layout")
+    if declared is not None:
+        layout = LAYOUTS[declared]
+        if layout.rank != rank:
+            raise ValueError(f"{declared} samples have {layout.rank} axes ({', '.join(layout.names)}), "
+                             f"the data's samples are {list(input_shape)}")
+        return layout, ", data.layout", ("data", "layout")
+    if rank == 1:
+        return LAYOUTS["table"], "", ("data",)
+    if rank == 3:
+        return LAYOUTS["images"], "", ("data",)
+    first = layers[0]["type"] if layers else None
+    if rank == 2 and first in _SIGNAL_LAYERS:
+        return LAYOUTS["signals"], f", as {first} reads it", ("data",)
+    if rank == 2 and first in _SEQUENCE_LAYERS:
+        return LAYOUTS["sequences"], f", as {first} reads it", ("data",)
+    if rank == 2:
+        raise ValueError(f"samples {list(input_shape)} may be signals (C, L) or sequences (T, F); "
+                         "set data.layout: signals or sequences")
+    raise ValueError(f"samples of rank {rank} ({list(input_shape)}) have no layout to augment")
+
+
+def build_augmenter(spec, input_shape: tuple[int, ...], task: str, loss_name: str, n_classes: int) -> Augmenter:
+    """The spec's `data.augment` fitted to the data, or a ConfigError naming the key and line.
+
+    spec: a checked Spec (its data.augment canonical); the layout comes from data.layout,
+    else the sample rank and the model's first layer. Checks that each transform fits the
+    layout and the sample size, and that mixing transforms meet a loss that takes their
+    targets (a regression loss only with allow_regression: true).
+    """
+    entries = spec.data.get("augment") or []
+    declared = spec.data.get("layout") is not None
+    if not entries and not declared:
+        return Augmenter()
+    try:
+        layout, why, _ = layout_of(spec.data, spec.layers, tuple(input_shape))
+    except ValueError as err:
+        raise spec.error_at(("data", "layout") if declared else ("data", "augment"), str(err)) from None
+    transforms = []
+    for i, entry in enumerate(entries):
+        (name, options), = entry.items()
+        path = ("data", "augment", i, name)
+        cls = TRANSFORMS.get(name)
+        if layout.name not in cls.FITS:
+            fits = ", ".join(f"{LAYOUTS[f].name} {LAYOUTS[f].shape}" for f in cls.FITS)
+            raise spec.error_at(path, f"does not apply to {layout.name} {layout.shape} "
+                                      f"(samples {list(input_shape)}); it applies to {fits}")
+        t = cls(layout, **options)
+        bad = t.check(tuple(input_shape))
+        if bad is not None:
+            raise spec.error_at(path + (bad[0],), bad[1])
+        if t.MIXES and task == "regression" and not options.get("allow_regression"):
+            raise spec.error_at(path, f"mixes targets, and {loss_name} is a regression loss; set "
+                                      "allow_regression: true to mix regression targets")
+        transforms.append(t)
+    targets = "values" if task == "regression" else ("binary" if loss_name == "binary_cross_entropy" else "onehot")
+    return Augmenter(transforms, layout, targets, n_classes, why)
+
+
+def preview(augmenter: Augmenter, split, standardizer, dtype, n: int, seed: int
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(x before, x after, y before, y after) for the first n rows of a split (standardized).
+
+    The draws are those of step 0 of epoch 0, for a batch of these n rows.
+    """
+    from nnctl.data.batching import iterate_batches
+    xb, yb = next(iterate_batches(split, min(n, len(split)), None, dtype, standardizer))
+    before = xb.copy()
+    y_before = None if yb is None else yb.copy()
+    after, y_after = augmenter(xb.copy(), None if yb is None else yb.copy(), batch_rng(seed, 0, 0))
+    return before, after, y_before, y_after
