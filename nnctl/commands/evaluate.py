@@ -146,6 +146,9 @@ def evaluate_model(lm: LoadedModel, split: Split, batch_size: int) -> dict[str, 
     y_true, y_pred = np.concatenate(trues), np.concatenate(preds)
     n = len(y_true)
     out: dict[str, Any] = {"task": lm.task, "n": n, "loss": head["loss"], "loss_name": lm.loss_name}
+    if lm.preprocessor.target_scale is not None:
+        # the loss is what training minimized, on (y - mean) / std; mse, rmse, mae are in y's units
+        out["loss_units"] = "standardized target"
     if classification:
         rep = classification_report(y_true, y_pred, lm.n_outputs)
         out["accuracy"] = head["accuracy"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,7 +197,8 @@ def _resolve(base_dir: Path, value: str, key: str) -> Path:
     path = Path(value).expanduser()
     if not path.is_absolute():
         path = Path(base_dir) / path
-    check_regular(path, DataError, f"data.{key}: {shown(value)}", missing_ok=True)
+    # named by where it leads (a link to /dev/zero is "/dev/zero: is a character device")
+    check_regular(path, DataError, f"data.{key}: {shown(os.path.realpath(path))}", missing_ok=True)
     if not path.exists():
         where = path.parent.resolve() if path.parent.exists() else path.parent
         raise DataError(f"data.{key}: file not found: {value} (looked in {where}){_close_files(path)}")
