@@ -77,7 +77,10 @@ def test_a_registered_function_generator(monkeypatch):
     ds = load_dataset({"dataset": "counting", "options": {"steps": 3}}, 0, REPO)
     assert ds.task == "regression" and ds.input_shape == (3, 1) and ds.n_outputs == 1
     assert (len(ds.train), len(ds.val), len(ds.test)) == (46, 9, 9)
-    assert np.array_equal(ds.train.y[:, 0], ds.train.x.sum(axis=(1, 2)))
+    # the regression target is standardized with the training split's mean and std
+    y = ds.train.y[:, 0] * ds.target_scale[0] + ds.target_mean[0]
+    assert np.allclose(y, ds.train.x.sum(axis=(1, 2)))
+    assert np.isclose(ds.target_mean[0], ds.train.x[ds.train.rows()].sum(axis=(1, 2)).mean())
     assert ds.source == "counting (built-in)"
 
 
@@ -171,11 +174,12 @@ def test_unknown_dataset_name():
 def test_csv_bom_quotes_blank_lines_and_string_labels(tmp_path):
     p = write(tmp_path / "d.csv",
               'a,"b, quoted",label\n1,"2.5",cat\n\n3,4,"dog"\n5,"6",cat\n\n\n', bom=True)
-    raw = read_csv_data(p, None, None)
+    raw = read_csv_data(p, "label", None)
     assert raw.feature_names == ["a", "b, quoted"] and raw.target_name == "label"
-    assert raw.x.tolist() == [[1, 2.5], [3, 4], [5, 6]]
+    assert [c.values.tolist() for c in raw.columns] == [[1, 3, 5], [2.5, 4, 6]]
     assert raw.lines.tolist() == [2, 4, 5]
-    ds = load_dataset({"dataset": "d.csv", "val_split": 0, "test_split": 0}, 0, tmp_path)
+    ds = load_dataset({"dataset": "d.csv", "target": "label", "val_split": 0, "test_split": 0}, 0, tmp_path)
+    assert ds.train.x.tolist() == [[1, 2.5], [3, 4], [5, 6]]
     assert ds.classes == ["cat", "dog"] and ds.train.y.tolist() == [0, 1, 0]
     assert ds.task == "classification" and ds.source == str(p.resolve())
 
@@ -184,36 +188,42 @@ def test_csv_multiline_quoted_field_keeps_line_numbers(tmp_path):
     p = write(tmp_path / "m.csv", 'note,x,y\n"two\nlines",1,a\nok,zz,b\n')
     with pytest.raises(DataError) as err:
         read_csv_data(p, "y", ["x"])
-    assert str(err.value) == "m.csv row 4, column 'x': not a number: 'zz'"
+    assert str(err.value) == ("m.csv row 4, column 'x': not a number: 'zz' (the column's other cells are "
+                              "numbers; list it in data.categorical to use it as categories)")
 
 
-def test_csv_default_target_and_features(tmp_path):
+def test_csv_target_is_required_and_features_default_to_the_rest(tmp_path):
     p = write(tmp_path / "t.csv", "target,x,label,name\n1,2,a,id1\n3,4,b,id2\n")
-    raw = read_csv_data(p, None, None)
-    # "label" wins over "target"; the all-text "name" column is not a feature.
-    assert raw.target_name == "label" and raw.feature_names == ["target", "x"]
-    p = write(tmp_path / "u.csv", "x,target,z\n1,2,3\n4,5,6\n")
-    assert read_csv_data(p, None, None).target_name == "target"
-    p = write(tmp_path / "v.csv", "x,z,w\n1,2,3\n4,5,6\n")
-    raw = read_csv_data(p, None, None)
-    assert raw.target_name == "w" and raw.feature_names == ["x", "z"]
-    raw = read_csv_data(p, "x", ["w"])
-    assert raw.feature_names == ["w"] and raw.x.tolist() == [[3], [6]] and raw.y.tolist() == [1, 4]
+    with pytest.raises(DataError) as err:
+        read_csv_data(p, None, None)
+    # no silent default (not even a column called "label"): the error lists the columns
+    assert str(err.value) == ("t.csv: data.target is required for a CSV file (the column to predict); "
+                              "columns are: target, x, label, name")
+    raw = read_csv_data(p, "label", None)
+    # every other column is a feature; the all-text "name" is categorical
+    assert raw.feature_names == ["target", "x", "name"]
+    assert [c.kind for c in raw.columns] == ["numeric", "numeric", "categorical"]
+    raw = read_csv_data(p, "label", None, ignore=["name"])
+    assert raw.feature_names == ["target", "x"] and raw.ignored == ["name"]
+    raw = read_csv_data(p, "x", ["target"], categorical=["target"])
+    assert raw.feature_names == ["target"] and raw.columns[0].kind == "categorical"
+    assert raw.columns[0].values.tolist() == ["1", "3"] and raw.y.tolist() == [2, 4]
 
 
 CSV_ERRORS = [
     ("digits.csv", "a,b,label\n1,2,0\n3,4\n", {},
      "digits.csv row 3: expected 3 fields, got 2"),
     ("data.csv", "x1,x2,label\n1,2,0\n1,2,1\n3,4,0\n1,abc,1\n", {},
-     "data.csv row 5, column 'x2': not a number: 'abc'"),
-    ("data.csv", "x1,x2,label\n1,2,0\n1,nan,1\n", {},
-     "data.csv row 3, column 'x2': not a finite number: 'nan'"),
+     "data.csv row 5, column 'x2': not a number: 'abc' (the column's other cells are numbers; "
+     "list it in data.categorical to use it as categories)"),
+    ("data.csv", "x1,x2,label\n1,2,0\n1,1e300,1\n", {},
+     "data.csv row 3, column 'x2': '1e300' is not finite in float32 (the model's dtype)"),
     ("data.csv", "x1,x2,label\n1,-inf,0\n", {},
      "data.csv row 2, column 'x2': not a finite number: '-inf'"),
-    ("data.csv", "x1,x2,label\n1,2,0\n,3,1\n", {},
-     "data.csv row 3, column 'x1': empty cell (missing values are not supported)"),
-    ("data.csv", "x1,x2,label\n1,2,0\n1,3,\n", {},
-     "data.csv row 3, column 'label': empty target cell"),
+    ("data.csv", "x1,x2,label\n1,2,0\n-4e39,3,1\n", {},
+     "data.csv row 3, column 'x1': '-4e39' is not finite in float32 (the model's dtype)"),
+    ("data.csv", "x1,x2,label\n1,2,0\n1,3,1e300\n", {},
+     "data.csv row 3, column 'label': '1e300' is not finite in float32 (the model's dtype)"),
     ("data.csv", "", {}, "data.csv: file is empty"),
     ("data.csv", "\n\n", {}, "data.csv: file is empty"),
     ("data.csv", "a,b,label\n\n", {}, "data.csv: no data rows, only a header"),
@@ -221,10 +231,17 @@ CSV_ERRORS = [
     ("data.csv", "a,,c\n1,2,3\n", {}, "data.csv: column 2 has no name in the header"),
     ("data.csv", "a,b,c\n1,2,3\n", {"target": "label"},
      "data.csv: no column 'label'; columns are: a, b, c"),
-    ("data.csv", "a,b,c\n1,2,3\n", {"features": ["a", "x"]},
+    ("data.csv", "a,b,c\n1,2,3\n", {"features": ["a", "x"], "target": "c"},
      "data.csv: no column 'x'; columns are: a, b, c"),
-    ("data.csv", "id,label\nu,0\nv,1\n", {},
-     "data.csv: no numeric feature columns besides the target 'label'"),
+    ("data.csv", "id,label\nu,0\nv,1\n", {"ignore": ["id"]},
+     "data.csv: no feature columns besides the target 'label' and the ignored ones"),
+    ("data.csv", "id,label\nu,0\nv,1\nw,0\n", {"max_categories": 2},
+     "data.csv: column 'id' has 3 distinct values, more than data.max_categories (2); an ID column is "
+     "not a feature: add it to data.ignore"),
+    ("data.csv", "id,label\nu,0\n", {"ignore": ["label"]},
+     "data.csv: data.ignore lists the target column 'label'"),
+    ("data.csv", "id,x,label\nu,1,0\n", {"features": ["x"], "ignore": ["x"]},
+     "data.csv: column 'x' is in both data.features and data.ignore"),
 ]
 
 
@@ -232,20 +249,23 @@ CSV_ERRORS = [
 def test_csv_errors(tmp_path, fname, text, kw, message):
     p = write(tmp_path / fname, text)
     with pytest.raises(DataError) as err:
-        read_csv_data(p, kw.get("target"), kw.get("features"))
+        read_csv_data(p, kw.get("target", "label"), kw.get("features"), ignore=kw.get("ignore"),
+                      max_categories=kw.get("max_categories", 50))
     assert str(err.value) == message
 
 
 def test_csv_target_errors_name_the_cell(tmp_path):
     write(tmp_path / "r.csv", "x,y\n1,0.5\n2,1.5\n3,oops\n")
     with pytest.raises(DataError) as err:
-        load_dataset({"dataset": "r.csv", "task": "regression", "val_split": 0, "test_split": 0}, 0, tmp_path)
+        load_dataset({"dataset": "r.csv", "target": "y", "task": "regression", "val_split": 0, "test_split": 0},
+                     0, tmp_path)
     assert str(err.value).startswith("r.csv row 4, column 'y': not a number: 'oops'")
     write(tmp_path / "c.csv", "x,y\n1,0.5\n2,1\n3,1\n")
     with pytest.raises(DataError) as err:
-        load_dataset({"dataset": "c.csv", "task": "classification", "val_split": 0, "test_split": 0},
-                     0, tmp_path)
-    assert str(err.value).startswith("c.csv row 2, column 'y': 0.5 is not a class label;")
+        load_dataset({"dataset": "c.csv", "target": "y", "task": "classification", "val_split": 0,
+                      "test_split": 0}, 0, tmp_path)
+    assert str(err.value) == ("c.csv: data.task is classification, but target 'y' holds 2 distinct values that "
+                              "are not all whole numbers; is this a regression target? (set data.task: regression)")
 
 
 def test_load_features_for_prediction(tmp_path):
@@ -257,9 +277,8 @@ def test_load_features_for_prediction(tmp_path):
     with pytest.raises(DataError) as err:
         load_features(p, ["x1", "x2", "x3"], (3,), "label")
     assert str(err.value) == "input.csv: missing feature column 'x3'"
-    with pytest.raises(DataError) as err:
-        load_features(p, ["x1"], (1,), "label")
-    assert str(err.value) == "input.csv: unknown column 'x2'; the model's features are: x1"
+    x, _ = load_features(p, ["x1"], (1,), "label")   # columns the model does not use are ignored
+    assert x.tolist() == [[1], [3]]
     with pytest.raises(DataError) as err:
         load_features(p, ["x1", "x2"], (3,), "label")
     assert str(err.value) == "input.csv: each sample has 2 values (shape [2]), the model expects 3 (input shape [3])"
@@ -381,16 +400,16 @@ def test_shape_option_on_digits():
 def test_separate_val_csv(tmp_path):
     write(tmp_path / "train.csv", "a,b,label\n" + "".join(f"{i},{i % 5},{'xy'[i % 2]}\n" for i in range(40)))
     write(tmp_path / "val.csv", "b,a,label,extra_text\n1,2,y,q\n3,4,x,r\n")
-    ds = load_dataset({"dataset": "train.csv", "val_path": "val.csv", "test_split": 0.25}, 0, tmp_path)
+    ds = load_dataset({"dataset": "train.csv", "target": "label", "val_path": "val.csv", "test_split": 0.25}, 0, tmp_path)
     assert ds.val.x.tolist() == [[2, 1], [4, 3]] and ds.val.y.tolist() == [1, 0]
     assert (len(ds.train), len(ds.test)) == (30, 10)
     # classes come from every file given, so a label seen only in val is still a class
     write(tmp_path / "val2.csv", "a,b,label\n1,2,z\n")
-    ds = load_dataset({"dataset": "train.csv", "val_path": "val2.csv"}, 0, tmp_path)
+    ds = load_dataset({"dataset": "train.csv", "target": "label", "val_path": "val2.csv"}, 0, tmp_path)
     assert ds.classes == ["x", "y", "z"] and ds.n_outputs == 3 and ds.val.y.tolist() == [2]
     write(tmp_path / "val3.csv", "a,label\n1,x\n")
     with pytest.raises(DataError) as err:
-        load_dataset({"dataset": "train.csv", "val_path": "val3.csv"}, 0, tmp_path)
+        load_dataset({"dataset": "train.csv", "target": "label", "val_path": "val3.csv"}, 0, tmp_path)
     assert str(err.value) == "val3.csv: no column 'b'; columns are: a, label"
 
 
@@ -454,7 +473,8 @@ def test_load_dataset_splits_are_a_function_of_the_seed():
 def test_params_data_declares_every_key():
     assert set(PARAMS_DATA) == {"dataset", "target", "task", "val_split", "test_split", "val_path",
                                 "test_path", "standardize", "shape", "features", "target_path", "options",
-                                "augment", "layout"}
+                                "ignore", "categorical", "max_categories", "missing", "standardize_target",
+                                "image_size", "color", "augment", "layout"}
     assert PARAMS_DATA["dataset"].required
     assert PARAMS_DATA["val_split"].default == 0.15 and PARAMS_DATA["val_split"].lt == 1
     assert PARAMS_DATA["task"].choices == ("classification", "regression")

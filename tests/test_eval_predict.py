@@ -136,8 +136,12 @@ def test_eval_regression_reproduces_training_and_reports_errors(sine_run):
     assert res["loss"] == test["test_loss"]
     assert res["mae"] == test["test_mae"]
     assert res["r2"] == test["test_r2"]
-    # the mse loss is the mean squared error (in float32), RMSE its root
-    assert res["mse"] == pytest.approx(res["loss"], rel=1e-5)
+    # the mse loss is the mean squared error of the standardized target (in float32); mse is in
+    # the target's own units: the loss times the target's variance; RMSE its root
+    with np.load(sine_run / "checkpoints" / "best.npz") as ckpt:
+        scale = float(ckpt["target/scale"][0])
+    assert scale != pytest.approx(1.0)
+    assert res["mse"] == pytest.approx(res["loss"] * scale ** 2, rel=1e-5)
     assert res["rmse"] == pytest.approx(math.sqrt(res["mse"]), rel=1e-12)
     assert res["outputs"] == ["y"]
 
@@ -359,9 +363,10 @@ def test_inputs_that_do_not_fit_the_model(iris_run, bad, tmp_path):
                  "x5.npy: each sample has 5 values (shape [5]), the model expects 4 (input shape [4])")
     expect_error(["predict", iris_run, bad / "missing_col.csv"],
                  "missing_col.csv: missing feature column 'petal_width'")
-    expect_error(["predict", iris_run, bad / "unknown_col.csv"],
-                 "unknown_col.csv: unknown column 'height'; the model's features are: "
-                 "sepal_length, sepal_width, petal_length, petal_width")
+    # a column the model does not use is ignored, with one note (issue 10)
+    res = invoke("predict", iris_run, bad / "unknown_col.csv")
+    assert res.exit_code == 0 and res.stdout.splitlines()[0] == "species", res.output
+    assert res.stderr == "note: unknown_col.csv: ignored columns the model does not use: height\n"
     expect_error(["eval", iris_run, "--data", bad / "no_target.csv"],
                  "no_target.csv: no target column 'species' to evaluate against (nnctl predict needs none)")
     expect_error(["eval", iris_run, "--data", bad / "x4.npy"],
@@ -369,7 +374,8 @@ def test_inputs_that_do_not_fit_the_model(iris_run, bad, tmp_path):
                  "or a CSV with the target column")
     out = tmp_path / "never.csv"
     expect_error(["predict", iris_run, bad / "bad_cell.csv", "--out", out],
-                 "bad_cell.csv row 3, column 'sepal_width': not a number: 'x'")
+                 "bad_cell.csv row 3, column 'sepal_width': not a number: 'x' (the column's other cells are "
+                 "numbers; list it in data.categorical to use it as categories)")
     assert not out.exists() and list(tmp_path.iterdir()) == []  # no file, no temp file left
     res = invoke("eval", iris_run, "--data", bad / "unseen.csv")
     assert res.exit_code == 1 and res.stdout == ""

@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -225,7 +226,18 @@ def test_eval_regression_shows_one_mse(tmp_path):
     (run,) = (tmp_path / "runs").iterdir()
     out = invoke("eval", run).stdout
     names = [line.split()[0] for line in out.splitlines()[1:] if line.strip()]
-    assert names == ["mse", "rmse", "mae", "r2"]
+    # the target is standardized for training (issue 10): the loss is another number, named so
+    assert names == ["loss", "mse", "rmse", "mae", "r2"]
+    assert "loss (mse, standardized target)" in out
+    res = json.loads(invoke("eval", run, "--json").stdout)
+    scale = float(np.load(run / "checkpoints" / "best.npz")["target/scale"][0])
+    assert res["loss_name"] == "mse" and res["mse"] == pytest.approx(res["loss"] * scale ** 2, rel=1e-5)
+    # unscaled, the loss and the mse are one quantity: shown once
+    assert invoke("train", spec, "--runs-dir", tmp_path / "raw", "-q", "--set",
+                  "data.standardize_target=false").exit_code == 0
+    (run,) = (tmp_path / "raw").iterdir()
+    out = invoke("eval", run).stdout
+    assert [line.split()[0] for line in out.splitlines()[1:] if line.strip()] == ["mse", "rmse", "mae", "r2"]
     res = json.loads(invoke("eval", run, "--json").stdout)
     assert res["loss_name"] == "mse" and res["mse"] == pytest.approx(res["loss"], rel=1e-5)
 

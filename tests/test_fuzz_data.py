@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from nnctl.commands.predict import CsvFeatureReader
 from nnctl.data import load_dataset, load_features
-from nnctl.data.files import read_csv_features, read_npz_data
+from nnctl.data.files import read_npz_data
 from nnctl.errors import ConfigError, DataError
 
 FUZZ = dict(derandomize=True, deadline=None, database=None,
@@ -101,17 +101,34 @@ def expected_message(t: dict, defect: str, r: int, c: int, starts: list[int], ba
     where = f"{NAME} row {starts[r]}, column '{col}'"
     width = len(header)
     return {
-        "text": f"{where}: not a number: {bad!r}",
-        "empty": f"{where}: empty cell (missing values are not supported)",
+        "text": f"{where}: not a number: {bad!r} (the column's other cells are numbers; list it in "
+                "data.categorical to use it as categories)",
+        "empty": missing_message(where),
         "huge": f"{where}: not a finite number: '1e400'",
         "nonfinite": None,  # filled in by the caller (the cell text is part of it)
         "ragged_more": f"{NAME} row {starts[r]}: expected {width} fields, got {width + 1}",
         "ragged_less": f"{NAME} row {starts[r]}: expected {width} fields, got {width - 1}",
         "duplicate_header": f"{NAME}: duplicate column name 'label' (columns {header.index(col) + 1} and {width})",
         "unnamed_header": f"{NAME}: column {header.index(col) + 1} has no name in the header",
-        "empty_target": f"{NAME} row {starts[r]}, column 'label': empty target cell",
+        "empty_target": missing_message(f"{NAME} row {starts[r]}, column 'label'"),
         "none": None,
     }[defect]
+
+
+def missing_message(where: str) -> str:
+    """Training's error for one missing cell (data.missing: error, the default)."""
+    return (f"{NAME}: 1 missing value (empty, NA or NaN), first at {where}; set data.missing: drop (remove those "
+            "rows) or impute (fill from the training split)")
+
+
+def nonfinite_message(where: str, cell: str) -> str:
+    # NaN is a missing value; inf is never one
+    return missing_message(where) if cell.lower() == "nan" else f"{where}: not a finite number: {cell!r}"
+
+
+def data_spec(t: dict, **more) -> dict:
+    """The data section for a table: its target, and the text id column (if any) ignored."""
+    return {"dataset": NAME, "target": "label", "ignore": ["id"] if t["ids"] else None, **more}
 
 
 def inject(t: dict, defect: str, r: int, c: int, nonfinite: str, bad: str) -> None:
@@ -149,8 +166,8 @@ def test_one_defect_at_a_known_cell(tmp_path, record_counts):
         path.write_text(text, encoding="utf-8", newline="")
         want = expected_message(t, defect, r, c, starts, bad)
         if defect == "nonfinite":
-            want = f"{NAME} row {starts[r]}, column '{t['header'][c]}': not a finite number: {nonfinite!r}"
-        data = {"dataset": NAME, "val_split": 0.0, "test_split": 0.0, "task": "classification"}
+            want = nonfinite_message(f"{NAME} row {starts[r]}, column '{t['header'][c]}'", nonfinite)
+        data = data_spec(t, val_split=0.0, test_split=0.0, task="classification")
         try:
             ds = load_dataset(data, 0, tmp_path)
         except DataError as err:
@@ -184,8 +201,13 @@ def test_predict_reader_names_the_same_cell(tmp_path, record_counts):
         path.write_text(text, encoding="utf-8", newline="")
         features = t["header"][:-1]
         want = expected_message(t, defect, r, c, starts, bad)
-        if defect == "nonfinite":
-            want = f"{NAME} row {starts[r]}, column '{t['header'][c]}': not a finite number: {nonfinite!r}"
+        where = f"{NAME} row {starts[r]}, column '{t['header'][c]}'"
+        if defect == "empty" or (defect == "nonfinite" and nonfinite.lower() == "nan"):
+            # predict fills a missing cell only for a model trained with data.missing: impute
+            want = (f"{where}: missing value (1 in this column); the model was trained with data.missing: "
+                    "error, so it has no fill value (use data.missing: impute)")
+        elif defect == "nonfinite":
+            want = nonfinite_message(where, nonfinite)
         if defect == "ragged_less":
             want = f"{NAME} row {starts[r]}: expected {len(t['header']) + bool(t['ids'])} fields, got " \
                    f"{len(t['header']) + bool(t['ids']) - 1}"
@@ -214,12 +236,14 @@ def test_predict_reader_names_the_same_cell(tmp_path, record_counts):
     ('a,b,label\n1,"2,0\n', "d.csv row 2: expected 3 fields, got 2"),
     ("a,b,label\n1,1e400,0\n2,3,1\n", "d.csv row 2, column 'b': not a finite number: '1e400'"),
     ("a,a,label\n1,2,0\n", "d.csv: duplicate column name 'a' (columns 1 and 2)"),
-    ("a,b,label\n1,2,0\n1,2,1e400\n", "d.csv row 3, column 'label': target is inf; targets must be finite"),
+    ("a,b,label\n1,2,0\n1,2,1e400\n", "d.csv row 3, column 'label': not a finite number: '1e400'"),
+    ("a,b,label\n1,2,0\n1,2,1e300\n", "d.csv row 3, column 'label': '1e300' is not finite in float32 "
+                                        "(the model's dtype)"),
 ])
 def test_exact_messages(tmp_path, text, message):
     (tmp_path / NAME).write_text(text, encoding="utf-8")
     with pytest.raises(DataError) as info:
-        load_dataset({"dataset": NAME, "val_split": 0.0, "test_split": 0.0}, 0, tmp_path)
+        load_dataset({"dataset": NAME, "target": "label", "val_split": 0.0, "test_split": 0.0}, 0, tmp_path)
     assert str(info.value) == message
 
 
@@ -228,7 +252,7 @@ def test_not_utf8_names_the_line_and_the_real_offset(tmp_path):
     (tmp_path / NAME).write_bytes(b"a,b,label\n" + b"1,2,0\n" * 5000 + b"1,2,\xff\n")
     message = "d.csv row 5002: not UTF-8 text (byte 30014: invalid start byte)"
     with pytest.raises(DataError) as info:
-        load_dataset({"dataset": NAME}, 0, tmp_path)
+        load_dataset({"dataset": NAME, "target": "label"}, 0, tmp_path)
     assert str(info.value) == message
     with pytest.raises(DataError) as info:
         list(CsvFeatureReader(tmp_path / NAME, None, "label", (2,)).chunks())
@@ -262,9 +286,9 @@ def test_random_csv_text(tmp_path, record_counts):
     @given(csv_text, st.sampled_from([None, "classification", "regression"]))
     def run(text, task):
         path.write_text(text, encoding="utf-8", newline="")
-        data = {"dataset": NAME, "val_split": 0.0, "test_split": 0.0, "task": task}
+        data = {"dataset": NAME, "target": "label", "val_split": 0.0, "test_split": 0.0, "task": task}
         counts[f"train {_csv_outcome(lambda: load_dataset(data, 0, tmp_path))}"] += 1
-        counts[f"eval {_csv_outcome(lambda: read_csv_features(path, None, 'label'))}"] += 1
+        counts[f"eval {_csv_outcome(lambda: load_features(path, None, None, 'label'))}"] += 1
         reader = CsvFeatureReader(path, None, "label", (2,), chunk_rows=2)
         counts[f"predict {_csv_outcome(lambda: list(reader.chunks()))}"] += 1
 

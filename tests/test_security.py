@@ -173,7 +173,7 @@ def test_relative_data_paths_resolve_against_the_spec_folder(tmp_path):
     x = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
     np.save(project / "data" / "x.npy", x)
     np.save(project / "data" / "y.npy", (x[:, 0] > 0).astype(np.int64))
-    (project / "csv.yaml").write_text("data: {dataset: data/d.csv, val_split: 0.0, test_split: 0.0}\n"
+    (project / "csv.yaml").write_text("data: {dataset: data/d.csv, target: label, val_split: 0.0, test_split: 0.0}\n"
                                       "training: {epochs: 1, batch_size: 8}\n")
     (project / "npy.yaml").write_text("data: {dataset: data/x.npy, target_path: data/y.npy, test_split: 0.0}\n"
                                       "training: {epochs: 1, batch_size: 8}\n")

@@ -302,6 +302,9 @@ def test_rich_reporter_on_a_terminal():
         class dataset:
             source = "xor (built-in)"
             train = range(120)   # 120 rows: batches of 50, 50, 20
+            @staticmethod
+            def describe():
+                return ["target 'label' (classification, 2 classes: 0, 1)"]
         class model:
             @staticmethod
             def num_parameters():

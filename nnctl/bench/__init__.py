@@ -10,6 +10,7 @@
     python -m nnctl.bench.augment  epoch time of a 1-D CNN and an MLP with and without data.augment
     python -m nnctl.bench.defaults the defaults panel: candidate defaults on a dozen small tasks
     python -m nnctl.bench.startup  what `import nnctl.cli` imports and how long `nnctl --help` takes
+    python -m nnctl.bench.own_data a table with categories and missing values: nnctl against scikit-learn
 
 Output goes through the console (`say`), never through the engine.
 """

@@ -28,6 +28,7 @@ class EvalData:
     split: Split
     description: str
     split_name: str | None = None
+    note: str | None = None   # e.g. how many categories the training split never had
 
 
 def run_split(lm: LoadedModel, which: str) -> EvalData:
@@ -37,7 +38,9 @@ def run_split(lm: LoadedModel, which: str) -> EvalData:
     if which not in SPLITS:
         raise NnctlError(f"--split must be one of {', '.join(SPLITS)}, got {which!r}")
     spec = spec_from_dict(lm.meta["config"], filename=f"{lm.path} (stored config)")
-    dataset = load_dataset(spec.data, spec.seed, spec.base_dir)
+    # the targets in the units the model was trained on (older checkpoints: not scaled)
+    data = {**spec.data, "standardize_target": lm.preprocessor.target_scale is not None}
+    dataset = load_dataset(data, spec.seed, spec.base_dir, lm.dtype)
     if tuple(dataset.input_shape) != lm.input_shape:
         raise DataError(f"{dataset.source}: samples have shape {list(dataset.input_shape)}, "
                         f"the model in {lm.path.name} expects {list(lm.input_shape)}; has the data changed?")
@@ -66,12 +69,16 @@ def data_source(lm: LoadedModel, value: str, need_targets: bool) -> EvalData:
         from nnctl.engine.hparams import unknown_name_message
         raise DataError(f"--data: {unknown_name_message('dataset', value, DATASETS.names())} "
                         "(or give a .csv, .npy or .npz file)")
-    x, raw_y = load_features(path, lm.feature_names, lm.input_shape, lm.target_name)
+    notes: list[str] = []
+    x, raw_y = load_features(path, lm.feature_names, lm.input_shape, lm.target_name,
+                             table=lm.preprocessor.table, dtype=lm.dtype, notes=notes)
     y = None
     if raw_y is not None:
         y = encode_targets(raw_y, lm.task, lm.classes, path.name)
         if lm.task != CLASSIFICATION and y.shape[1] != lm.n_outputs:
             raise DataError(f"{path.name}: {y.shape[1]} target columns, the model predicts {lm.n_outputs}")
+        if lm.task != CLASSIFICATION:
+            y = lm.preprocessor.scale_targets(y)
     elif need_targets:
         if path.suffix.lower() == ".npy":
             raise DataError(f"{path.name}: a .npy file holds features only; to evaluate, give an .npz "
@@ -80,7 +87,7 @@ def data_source(lm: LoadedModel, value: str, need_targets: bool) -> EvalData:
             raise DataError(f"{path.name}: no array 'y' with the targets to evaluate against")
         raise DataError(f"{path.name}: no target column '{lm.target_name or 'label'}' to evaluate against "
                         "(nnctl predict needs none)")
-    return EvalData(Split(x, y, None), str(path))
+    return EvalData(Split(x, y, None), str(path), note="; ".join(notes) or None)
 
 
 def _builtin(lm: LoadedModel, name: str) -> EvalData:
@@ -91,15 +98,19 @@ def _builtin(lm: LoadedModel, name: str) -> EvalData:
             and DATASETS.canonical(trained["dataset"]) == DATASETS.canonical(name))
     data = {"dataset": name, "val_split": 0.0, "test_split": 0.0, "task": lm.task,
             "options": trained.get("options") or {} if same else {},
-            "shape": trained.get("shape") if same else None}
+            "shape": trained.get("shape") if same else None,
+            "standardize_target": False}
     seed = config.get("seed", 0) if isinstance(config.get("seed"), int) else 0
-    dataset = load_dataset(data, seed, Path("."))
+    dataset = load_dataset(data, seed, Path("."), lm.dtype)
     if tuple(dataset.input_shape) != lm.input_shape:
         raise DataError(f"--data {name}: samples have shape {list(dataset.input_shape)}, "
                         f"the model expects {list(lm.input_shape)}")
     if lm.task != CLASSIFICATION and dataset.n_outputs != lm.n_outputs:
         raise DataError(f"--data {name}: {dataset.n_outputs} targets, the model predicts {lm.n_outputs}")
-    return EvalData(_align_classes(lm, dataset.classes, dataset.train, dataset.source), f"all of {dataset.source}")
+    split = dataset.train
+    if lm.task != CLASSIFICATION:   # in the units the model was trained on
+        split = Split(split.x, lm.preprocessor.scale_targets(split.y), split.idx)
+    return EvalData(_align_classes(lm, dataset.classes, split, dataset.source), f"all of {dataset.source}")
 
 
 # ---------------------------------------------------------------------------- scoring
@@ -115,7 +126,7 @@ def evaluate_model(lm: LoadedModel, split: Split, batch_size: int) -> dict[str, 
         raise DataError("no targets to evaluate against")
     if len(split) == 0:
         raise DataError("no rows to evaluate")
-    acc = MetricAccumulator(lm.task)
+    acc = MetricAccumulator(lm.task, lm.preprocessor.target_scale)
     classification = lm.task == CLASSIFICATION
     ks = top_k_values(lm.n_outputs) if classification else []
     hits = {k: 0 for k in ks}
@@ -123,17 +134,21 @@ def evaluate_model(lm: LoadedModel, split: Split, batch_size: int) -> dict[str, 
     trues: list[np.ndarray] = []
     for z, yb in lm.batches(split, batch_size):
         acc.update(lm.loss.value(z, yb), z, yb)
-        trues.append(np.array(yb, copy=True))  # yb is a view of a reused buffer
+        # yb is a view of a reused buffer; regression values back in the target's units
+        trues.append(np.array(yb, copy=True) if classification else lm.preprocessor.unscale(yb))
         if classification:
             preds.append(predicted_classes(z).astype(np.int64))
             for k in ks:
                 hits[k] += int(top_k_hits(yb, z, k).sum())
         else:
-            preds.append(np.array(z, dtype=np.float64).reshape(len(z), -1))
+            preds.append(lm.preprocessor.unscale(z))
     head = acc.result()
     y_true, y_pred = np.concatenate(trues), np.concatenate(preds)
     n = len(y_true)
     out: dict[str, Any] = {"task": lm.task, "n": n, "loss": head["loss"], "loss_name": lm.loss_name}
+    if lm.preprocessor.target_scale is not None:
+        # the loss is what training minimized, on (y - mean) / std; mse, rmse, mae are in y's units
+        out["loss_units"] = "standardized target"
     if classification:
         rep = classification_report(y_true, y_pred, lm.n_outputs)
         out["accuracy"] = head["accuracy"]
@@ -163,4 +178,6 @@ def run_eval(target: Path, data: str | None, split: str, batch_size: int | None)
     result = evaluate_model(lm, source.split, batch_size or default_batch_size(lm))
     head = {"checkpoint": str(lm.path), "epoch": lm.epoch, "data": source.description,
             "split": source.split_name}
+    if source.note:
+        head["note"] = source.note
     return finite_json({**head, **result})

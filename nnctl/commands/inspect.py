@@ -70,6 +70,8 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
         else:
             from nnctl.report.views import render_eval
             render_eval(result)
+            if result.get("note"):  # data layer: e.g. categories the training split never had
+                err_console.print(f"note: {result['note']}", markup=False, highlight=False, soft_wrap=True)
 
     @app.command("predict")
     def predict_command(
@@ -81,13 +83,16 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
         proba: bool = typer.Option(False, "--proba", help="Add one p_<label> probability column per class."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1,
                                                  help="Rows per forward pass (default: the run's eval_batch_size)."),
+        keep: List[str] = typer.Option([], "--keep", help="Copy this input column (e.g. an ID) into the output; "
+                                       "repeatable."),
     ) -> None:
         """Predict labels (or values) for new rows, as CSV."""
         from nnctl.runs.model import default_batch_size, load_model
         from nnctl.commands.predict import run_predict
+        notes: list[str] = []
         try:
             lm = load_model(target)
-            n = run_predict(lm, input, out, batch_size or default_batch_size(lm), proba)
+            n = run_predict(lm, input, out, batch_size or default_batch_size(lm), proba, keep, notes)
         except NnctlError as err:
             fail(err)
             return
@@ -99,6 +104,8 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
             except (OSError, ValueError, AttributeError):
                 pass
             raise typer.Exit(0)
+        for note in notes:  # stderr: stdout may be the predictions themselves
+            err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
         if out is not None:
             console.print(f"wrote {n:,} predictions to {out}", markup=False, soft_wrap=True)
 

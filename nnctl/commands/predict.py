@@ -1,9 +1,11 @@
 """`nnctl predict`: predictions for new rows, read and written in chunks so any input size runs in bounded memory.
 
-Input: a CSV with the model's feature columns (by name, any order; a target column and
-text columns such as ids are ignored), a .npy of features (memory-mapped) or an .npz with
-"x". Output: CSV with the predicted original labels (or values), and with `proba` one
-`p_<label>` column per class; to a file (written atomically) or to a stream.
+Input: a CSV with the model's feature columns (by name, any order; categorical columns are
+encoded with the training vocabulary, unseen values as "unknown"; other columns are
+ignored, with one note naming them), a .npy of features (memory-mapped) or an .npz with
+"x". Output: CSV with the `--keep` columns copied from the input (IDs), then the predicted
+original labels (or values, in the target's own units), and with `proba` one `p_<label>`
+column per class; to a file (written atomically) or to a stream.
 
 A CSV input is parsed in chunks (at most CHUNK_ROWS rows and CHUNK_CELLS cells) and a .npy
 is memory-mapped, and each chunk's predictions are written before the next is read, so
@@ -19,9 +21,9 @@ from typing import IO, Iterator
 
 import numpy as np
 
+from nnctl.data import Split, TableEncoder, load_features
+from nnctl.data.files import CsvTable, not_utf8, read_csv_columns, suffix_of
 from nnctl.runs.model import CLASSIFICATION, LoadedModel
-from nnctl.data import Split, load_features
-from nnctl.data.files import not_utf8, suffix_of
 from nnctl.errors import DataError, NnctlError
 from nnctl.fileio import check_regular
 from nnctl.runs.store import atomic_write
@@ -47,20 +49,26 @@ class CsvFeatureReader:
 
     Same conventions as training's CSV reader (nnctl.data.files): header on the first
     non-blank line, UTF-8 with optional BOM, quoted fields, blank lines skipped, 1-based
-    file lines in messages. Columns are matched by name: every feature must be present; a
-    column that is neither a feature nor the target is ignored if it holds text (an id) and
-    an error if it holds numbers (the file does not fit the model). Because the file is
-    streamed, "holds text" is judged on the first chunk.
+    file lines in messages. Columns are matched by name and encoded by the checkpoint's
+    table encoding (categories one-hot, unseen ones to "unknown", imputed fills); every
+    feature must be present; other columns are ignored (listed once in `notes`), and the
+    `keep` columns are handed back as text beside each chunk.
     """
 
     def __init__(self, path: Path, feature_names: list[str] | None, target_name: str | None,
-                 input_shape: tuple[int, ...], chunk_rows: int | None = None):
+                 input_shape: tuple[int, ...], chunk_rows: int | None = None,
+                 table: TableEncoder | None = None, keep: list[str] | tuple = (), dtype=np.float32):
         self.path = Path(path)
         self.name = self.path.name
         self.feature_names = feature_names
         self.target_name = target_name
         self.input_shape = tuple(input_shape)
         self.chunk_rows = chunk_rows
+        self.table = table
+        self.keep = list(keep)
+        self.dtype = dtype
+        self.notes: list[str] = []
+        self.unknown = 0
 
     def _open(self) -> IO[str]:
         check_regular(self.path, DataError, self.name, missing_ok=True)
@@ -88,8 +96,8 @@ class CsvFeatureReader:
         except UnicodeDecodeError:
             raise not_utf8(self.path, self.name) from None
 
-    def _columns(self, header: list[str], first: list[tuple[int, list[str]]]) -> list[int]:
-        """Indices of the feature columns in the model's order; checks the header fits the model."""
+    def _encoding(self, header: list[str], first: list[tuple[int, list[str]]]) -> TableEncoder:
+        """The table encoding to apply; checks the header fits the model and notes ignored columns."""
         seen: dict[str, int] = {}
         for j, h in enumerate(header, start=1):
             if not h:
@@ -97,53 +105,48 @@ class CsvFeatureReader:
             if h in seen:
                 raise DataError(f"{self.name}: duplicate column name '{h}' (columns {seen[h]} and {j})")
             seen[h] = j
+        for k in self.keep:
+            if k not in header:
+                raise DataError(f"{self.name}: --keep names no column '{k}'; columns are: {', '.join(header)}")
         target = header.index(self.target_name) if self.target_name in header else None
-
-        def numeric(j: int) -> bool:
-            return any(_is_number(rec[j]) for _, rec in first if j < len(rec))
-
         want = math.prod(self.input_shape)
-        if self.feature_names is None:
-            cols = [j for j in range(len(header)) if j != target and numeric(j)]
-            if len(cols) != want:
-                raise DataError(f"{self.name}: {len(cols)} numeric feature columns, the model expects {want} "
+        table = self.table
+        if table is None and self.feature_names is None:
+            def numeric(j: int) -> bool:
+                return any(_is_number(rec[j]) for _, rec in first if j < len(rec))
+            names = [h for j, h in enumerate(header) if j != target and numeric(j) and h not in self.keep]
+            if len(names) != want:
+                raise DataError(f"{self.name}: {len(names)} numeric feature columns, the model expects {want} "
                                 f"(input shape {list(self.input_shape)})")
-            return cols
-        for f in self.feature_names:
-            if f not in header:
-                raise DataError(f"{self.name}: missing feature column '{f}'")
-        known = set(self.feature_names)
-        for j, h in enumerate(header):
-            if h not in known and j != target and numeric(j):
-                raise DataError(f"{self.name}: unknown column '{h}'; the model's features are: "
-                                f"{', '.join(self.feature_names)}")
-        if len(self.feature_names) != want:
-            raise DataError(f"{self.name}: the model has {len(self.feature_names)} feature names but "
+            table = TableEncoder.numeric(names)
+        elif table is None:
+            table = TableEncoder.numeric(self.feature_names)
+        for name, _ in table.kinds:
+            if name not in header:
+                raise DataError(f"{self.name}: missing feature column '{name}'")
+        if len(table.feature_names) != want:
+            raise DataError(f"{self.name}: the model has {len(table.feature_names)} features but "
                             f"input shape {list(self.input_shape)}")
-        return [header.index(f) for f in self.feature_names]
+        used = {n for n, _ in table.kinds} | set(self.keep) | ({self.target_name} if target is not None else set())
+        ignored = [h for h in header if h not in used]
+        if ignored:
+            self.notes.append(f"{self.name}: ignored columns the model does not use: {', '.join(ignored)}")
+        return table
 
-    def _parse(self, header: list[str], cols: list[int], chunk: list[tuple[int, list[str]]]) -> np.ndarray:
-        x = np.empty((len(chunk), len(cols)), dtype=np.float64)
+    def _parse(self, header: list[str], table: TableEncoder,
+               chunk: list[tuple[int, list[str]]]) -> tuple[np.ndarray, list[list[str]]]:
         width = len(header)
-        for i, (line, record) in enumerate(chunk):
+        for line, record in chunk:
             if len(record) != width:
                 raise DataError(f"{self.name} row {line}: expected {width} fields, got {len(record)}")
-            for k, j in enumerate(cols):
-                cell = record[j]
-                try:
-                    value = float(cell)
-                except ValueError:
-                    where = f"{self.name} row {line}, column '{header[j]}'"
-                    if not cell.strip():
-                        raise DataError(f"{where}: empty cell (missing values are not supported)") from None
-                    raise DataError(f"{where}: not a number: {cell!r}") from None
-                if not math.isfinite(value):
-                    raise DataError(f"{self.name} row {line}, column '{header[j]}': not a finite number: {cell!r}")
-                x[i, k] = value
-        return x.reshape((len(chunk),) + self.input_shape)
+        part = CsvTable(self.name, header, [r for _, r in chunk], [line for line, _ in chunk])
+        x, unknown = table.transform(read_csv_columns(part, table.kinds, self.dtype), self.name, part.lines)
+        self.unknown += unknown
+        kept = [part.column(header.index(k)) for k in self.keep]
+        return x.reshape((len(chunk),) + self.input_shape), kept
 
-    def chunks(self) -> Iterator[np.ndarray]:
-        """Feature arrays (b, *input_shape) float64, b <= chunk_rows, in file order."""
+    def chunks_with_kept(self) -> Iterator[tuple[np.ndarray, list[list[str]]]]:
+        """(features (b, *input_shape) float64, the --keep columns' cells), b <= chunk_rows, in file order."""
         with self._open() as f:
             records = self._records(f)
             header_record = next(records, None)
@@ -152,45 +155,78 @@ class CsvFeatureReader:
             header = [h.strip() for h in header_record[1]]
             size = self.chunk_rows or min(CHUNK_ROWS, max(64, CHUNK_CELLS // len(header)))
             chunk: list[tuple[int, list[str]]] = []
-            cols: list[int] | None = None
+            table: TableEncoder | None = None
             any_rows = False
             for rec in records:
                 chunk.append(rec)
                 if len(chunk) == size:
-                    if cols is None:
-                        cols = self._columns(header, chunk)
-                    yield self._parse(header, cols, chunk)
+                    if table is None:
+                        table = self._encoding(header, chunk)
+                    yield self._parse(header, table, chunk)
                     any_rows = True
                     chunk = []
             if chunk:
-                if cols is None:
-                    cols = self._columns(header, chunk)
-                yield self._parse(header, cols, chunk)
+                if table is None:
+                    table = self._encoding(header, chunk)
+                yield self._parse(header, table, chunk)
                 any_rows = True
             if not any_rows:
                 raise DataError(f"{self.name}: no data rows, only a header")
+        if self.unknown:
+            self.notes.append(f"{self.name}: {self.unknown} categorical value{'s' * (self.unknown != 1)} the "
+                              "training split never had, encoded as 'unknown'")
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        for x, _ in self.chunks_with_kept():
+            yield x
 
 
-def feature_chunks(lm: LoadedModel, path: Path) -> Iterator[np.ndarray]:
-    """The input's features in chunks of (b, *input_shape); .npy stays memory-mapped."""
+def feature_chunks(lm: LoadedModel, path: Path, keep: list[str] | tuple = (),
+                   notes: list[str] | None = None) -> Iterator[tuple[np.ndarray, list[list[str]]]]:
+    """The input's features in chunks of (b, *input_shape), with the --keep columns (CSV only);
+    .npy stays memory-mapped. Notes for the user (ignored columns, unseen categories) go to `notes`."""
     path = Path(path)
+    if _images(lm, path):
+        from nnctl.data.images import read_images_to_predict
+        data = lm.meta["config"]["data"]
+        x, files = read_images_to_predict(path, data.get("image_size"), data.get("color", "grayscale"))
+        if tuple(x.shape[1:]) != lm.input_shape:
+            raise DataError(f"{path.name}: images are {list(x.shape[1:])} (C, H, W), the model expects "
+                            f"{list(lm.input_shape)}")
+        for s in range(0, len(x), CHUNK_ROWS):
+            yield x[s:s + CHUNK_ROWS], [files[s:s + CHUNK_ROWS]]
+        return
     suffix = suffix_of(path, path.name)
     if suffix == ".csv":
-        yield from CsvFeatureReader(path, lm.feature_names, lm.target_name, lm.input_shape).chunks()
+        reader = CsvFeatureReader(path, lm.feature_names, lm.target_name, lm.input_shape,
+                                  table=lm.preprocessor.table, keep=keep, dtype=lm.dtype)
+        try:
+            yield from reader.chunks_with_kept()
+        finally:
+            if notes is not None:
+                notes.extend(reader.notes)
         return
-    # load_features maps a .npy (rows are read per batch) and checks the sample shape
-    x, _ = load_features(path, lm.feature_names, lm.input_shape, lm.target_name)
+    if keep:
+        raise DataError(f"{path.name}: --keep copies CSV columns; a {suffix} file has none")
+    # load_features maps a .npy (rows are read per batch) and checks the sample shape and values
+    x, _ = load_features(path, lm.feature_names, lm.input_shape, lm.target_name, dtype=lm.dtype)
     for s in range(0, len(x), CHUNK_ROWS):
-        yield x[s:s + CHUNK_ROWS]
+        yield x[s:s + CHUNK_ROWS], []
 
 
-def header(lm: LoadedModel, proba: bool) -> list[str]:
+def _images(lm: LoadedModel, path: Path) -> bool:
+    """An image file or folder, for a model trained on an image folder."""
+    from nnctl.data.images import is_image
+    return path.is_dir() or is_image(path)
+
+
+def header(lm: LoadedModel, proba: bool, keep: list[str] | tuple = ()) -> list[str]:
     if lm.task == CLASSIFICATION:
-        cols = [lm.target_name or "label"]
+        cols = [*keep, lm.target_name or "label"]
         if proba:
             cols += [f"p_{label}" for label in lm.classes]
         return cols
-    return lm.output_names()
+    return [*keep, *lm.output_names()]
 
 
 def _text(values: np.ndarray) -> np.ndarray:
@@ -209,40 +245,53 @@ def predict_rows(lm: LoadedModel, x: np.ndarray, batch_size: int, proba: bool) -
                 p = lm.probabilities(z)
                 cols += [_text(p[:, c]) for c in range(p.shape[1])]
         else:
-            z2 = np.asarray(z).reshape(len(z), -1)
+            # back in the target's own units, in the model's dtype (shortest text that reads back)
+            z2 = lm.preprocessor.unscale(z).astype(lm.dtype)
             cols = [_text(z2[:, j]) for j in range(z2.shape[1])]
         parts.append(cols)
     return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))] if parts else []
 
 
-def write_predictions(lm: LoadedModel, source: Path, stream: IO[str], batch_size: int, proba: bool) -> int:
+def write_predictions(lm: LoadedModel, source: Path, stream: IO[str], batch_size: int, proba: bool,
+                      keep: list[str] | tuple = (), notes: list[str] | None = None) -> int:
     """Predict every row of `source` and write CSV to `stream`; returns the number of rows."""
     writer = csv.writer(stream, lineterminator="\n")
     n = 0
     # The header goes out only once the first chunk has parsed, so an input that does not
     # fit the model (missing column, wrong width) prints nothing but the error.
-    for x in feature_chunks(lm, source):
+    for x, kept in feature_chunks(lm, source, keep, notes):
         cols = predict_rows(lm, x, batch_size, proba)
         if n == 0:
-            writer.writerow(header(lm, proba))
-        writer.writerows(zip(*(c.tolist() for c in cols)))
+            writer.writerow(header(lm, proba, keep))
+        writer.writerows(zip(*kept, *(c.tolist() for c in cols)))
         n += len(x)
     return n
 
 
-def run_predict(lm: LoadedModel, source: Path, out: Path | None, batch_size: int, proba: bool) -> int:
-    """`nnctl predict`: to `out` atomically (nothing is left behind on error), else to stdout."""
+def run_predict(lm: LoadedModel, source: Path, out: Path | None, batch_size: int, proba: bool,
+                keep: list[str] | tuple = (), notes: list[str] | None = None) -> int:
+    """`nnctl predict`: to `out` atomically (nothing is left behind on error), else to stdout.
+
+    keep: input columns copied into the output first (IDs); notes receives one line per
+    thing the user should know (ignored columns, categories mapped to unknown).
+    """
     if proba and lm.task != CLASSIFICATION:
         raise NnctlError(f"--proba needs a classification model; {lm.path} is {lm.task}")
+    if len(set(keep)) != len(keep):
+        raise NnctlError("--keep: a column is named twice")
+    if _images(lm, Path(source)):
+        if keep:
+            raise NnctlError("--keep copies CSV columns; an image input gets a path column instead")
+        keep = ["path"]   # one row per file, with its path
     if out is None:
-        return write_predictions(lm, source, sys.stdout, batch_size, proba)
+        return write_predictions(lm, source, sys.stdout, batch_size, proba, keep, notes)
     out = Path(out)
     if out.is_dir():
         raise NnctlError(f"--out {out}: is a directory")
     count = [0]
 
     def write(f) -> None:
-        count[0] = write_predictions(lm, source, f, batch_size, proba)
+        count[0] = write_predictions(lm, source, f, batch_size, proba, keep, notes)
 
     try:
         atomic_write(out, write, binary=False)

@@ -110,6 +110,8 @@ class Checker:
                 self.error(path, unknown_name_message("value", value, list(p.choices)))
             return value
         if kind in ("int_list", "float_list", "int_or_tuple"):
+            if isinstance(value, str) and p.choices is not None and value in p.choices:
+                return value  # a named rule in place of the list, e.g. class_weights: balanced
             if kind == "int_or_tuple" and isinstance(value, int) and not isinstance(value, bool):
                 self._bounds(path, value, p)
                 return value

@@ -277,12 +277,13 @@ def check_spec(source: Source, base_dir: Path, default_name: str) -> Spec:
     for key in ("dataset", "val_path", "test_path", "target_path"):
         # Stored configs (runs/*/config.yaml, checkpoints) must find the data from anywhere.
         value = data.get(key)
-        if isinstance(value, str) and not (key == "dataset" and value in DATASETS):
-            try:
-                data[key] = str((base_dir / value).resolve())
-            except (RuntimeError, OSError, ValueError):
-                # a symlink loop (or an unusable name): reported, with the key, when the data is read
-                data[key] = os.path.abspath(base_dir / value)
+        # a suffix-less name that is no file is a misspelt built-in: the data layer says "did you mean"
+        unknown_name = key == "dataset" and isinstance(value, str) and not Path(value).suffix \
+            and not os.path.lexists(base_dir / value)
+        if isinstance(value, str) and not (key == "dataset" and value in DATASETS) and not unknown_name:
+            # absolute but not resolved: a symlink's own name (data.csv -> blob) tells the format,
+            # and a symlink loop is reported, with the key, when the data is read
+            data[key] = os.path.abspath(base_dir / value)
     name = top.get("name") or default_name
     early = EarlyStopping(**es) if es else None
     train_cfg = Training(early_stopping=early, **{k: v for k, v in training.items() if k != "early_stopping"})

@@ -5,7 +5,7 @@ Pure NumPy like the engine: nothing here reads YAML, draws on a terminal or prin
 from nnctl.data.batching import iterate_batches
 from nnctl.data.builtin import DATASETS, BuiltinDataset, datasets_dir
 from nnctl.data.dataset import PARAMS_DATA, Dataset, load_dataset
-from nnctl.data.files import load_features
+from nnctl.data.preprocess import Preprocessor, TableEncoder, load_features
 from nnctl.data.splits import Split
 from nnctl.data.standardize import Standardizer
 from nnctl.data.targets import encode_labels, encode_targets, infer_task
@@ -13,6 +13,8 @@ from nnctl.data.targets import encode_labels, encode_targets, infer_task
 __all__ = [
     "DATASETS",
     "PARAMS_DATA",
+    "Preprocessor",
+    "TableEncoder",
     "BuiltinDataset",
     "Dataset",
     "Split",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnctl.data.files import RawData, read_csv_data
+from nnctl.data.files import RawData, numeric_matrix, read_csv_data
 from nnctl.data.targets import CLASSIFICATION, REGRESSION
 from nnctl.engine.hparams import Param, Registry, defaults, unknown_name_message
 from nnctl.errors import ConfigError, DataError
@@ -222,6 +222,7 @@ class _Shipped(BuiltinDataset):
                 "datasets/ folder next to the package (install with `pip install -e .` from the repository)"
             )
         raw = read_csv_data(path, self.TARGET, None)
+        raw.x, raw.columns = numeric_matrix(raw), None
         raw.source = f"{self.NAME} (built-in)"
         raw.task = CLASSIFICATION
         return raw

@@ -1,15 +1,18 @@
 """The `data` section turned into a Dataset: source, task, labels and seeded splits."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import difflib
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from nnctl.data.builtin import DATASETS, generate
-from nnctl.data.files import (RawData, read_csv_data, read_npy_data, read_npz_data,
+from nnctl.data.files import (CATEGORICAL, RawData, read_csv_data, read_npy_data, read_npz_data,
                               reshape_rows, suffix_of)
+from nnctl.data.preprocess import TableEncoder, fit_target_scale, handle_missing
 from nnctl.data.splits import Split, split_indices
 from nnctl.data.targets import (CLASSIFICATION, REGRESSION, classes_of, encode_labels,
                                 infer_task, merge_classes, regression_targets)
@@ -19,9 +22,10 @@ from nnctl.fileio import check_regular, shown
 
 PARAMS_DATA: dict[str, Param] = {
     "dataset": Param("str", doc="a built-in name (xor, spirals, moons, circles, blobs, sine, "
-                                "digits, iris, ...) or a .csv, .npy or .npz file"),
+                                "digits, iris, ...), a .csv, .npy or .npz file, or a folder of images "
+                                "with one subfolder per class"),
     "target": Param("str", None, nullable=True,
-                    doc="CSV target column; default 'label' if present, else 'target', else the last column"),
+                    doc="the CSV column to predict; required for CSV files (never guessed)"),
     "task": Param("str", None, choices=("classification", "regression"), nullable=True,
                   doc="inferred from the target when null (text/bools/few whole numbers: classification)"),
     "val_split": Param("float", 0.15, ge=0, lt=1,
@@ -39,7 +43,25 @@ PARAMS_DATA: dict[str, Param] = {
     "shape": Param("int_list", None, gt=0, nullable=True,
                    doc="reshape each sample, e.g. [1, 8, 8] for a conv net on digits"),
     "features": Param("any", None, nullable=True,
-                      doc="CSV feature columns (a list of names); default: every other numeric column"),
+                      doc="CSV feature columns (a list of names); default: every column but the target and ignore"),
+    "ignore": Param("any", None, nullable=True,
+                    doc="CSV columns that are not features, e.g. [customer_id] (predict --keep can copy them)"),
+    "categorical": Param("any", "auto",
+                         doc="auto (a column with no numbers is categorical) or a list of CSV columns to one-hot "
+                             "encode even if they hold numbers; categories come from the training split, "
+                             "plus one 'unknown' slot"),
+    "max_categories": Param("int", 50, gt=0,
+                            doc="a categorical column with more distinct values is an error (an ID column: ignore it)"),
+    "missing": Param("str", "error", choices=("error", "drop", "impute"),
+                     doc="missing CSV cells (empty, NA, NaN): error; drop the rows; impute (training mean, most "
+                         "frequent category); rows with a missing target are dropped under drop and impute"),
+    "image_size": Param("int_list", None, gt=0, nullable=True,
+                        doc="an image folder: resize every image to [H, W] (default: all must share one size)"),
+    "color": Param("str", "grayscale", choices=("grayscale", "rgb"),
+                   doc="an image folder: 1 channel (grayscale) or 3 (rgb); pixels scaled to [0, 1]"),
+    "standardize_target": Param("bool", True,
+                                doc="regression: train on (y - mean) / std of the training split; metrics and "
+                                    "predictions stay in the target's units"),
     "target_path": Param("str", None, nullable=True,
                          doc="for a .npy dataset: the .npy file holding its targets, (N,) or (N, k)"),
     "options": Param("any", {}, doc="options of a built-in dataset, e.g. {n_samples: 1000, noise: 0.2}"),
@@ -62,9 +84,15 @@ def stream(seed: int, which: int) -> np.random.Generator:
 class Dataset:
     """Everything the trainer needs about the data.
 
-    train/val/test: Splits (val/test None when not held out); their x are raw features.
+    train/val/test: Splits (val/test None when not held out); their x are raw features
+    (CSV: already encoded, numbers and one-hot categories; not standardized); a regression
+    target is already scaled when target_scale is set.
     input_shape: per-sample shape after data.shape, e.g. (64,) or (1, 8, 8).
     n_outputs: number of classes K, or of regression targets k.
+    table: the CSV encoding fitted on the training split (None for other sources).
+    target_mean, target_scale: (k,) of a standardized regression target, else None.
+    dropped: rows removed by data.missing ({"target": n, "features": m}).
+    unknown: per split, categorical cells mapped to "unknown" (values train never had).
     """
 
     train: Split
@@ -77,6 +105,41 @@ class Dataset:
     n_outputs: int
     target_name: str | None
     source: str
+    table: TableEncoder | None = None
+    target_mean: np.ndarray | None = None
+    target_scale: np.ndarray | None = None
+    missing: str | None = None
+    ignored: list[str] = field(default_factory=list)
+    dropped: dict[str, int] = field(default_factory=dict)
+    unknown: dict[str, int] = field(default_factory=dict)
+
+    def describe(self) -> list[str]:
+        """What was decided about the data, one line per topic (validate, the train header)."""
+        if self.task == CLASSIFICATION:
+            shown = ", ".join(str(c) for c in (self.classes or [])[:10])
+            more = ", ..." if len(self.classes or []) > 10 else ""
+            task = f"classification, {self.n_outputs} classes: {shown}{more}"
+        else:
+            scaled = "standardized for training" if self.target_scale is not None else "not scaled"
+            task = f"regression, {self.n_outputs} output{'s' * (self.n_outputs != 1)}, {scaled}"
+        lines = [f"target '{self.target_name}' ({task})" if self.target_name else f"target: {task}"]
+        if self.table is not None:
+            num = [c["name"] for c in self.table.columns if c["kind"] == "numeric"]
+            cat = [f"{c['name']} ({len(c['categories'])})" for c in self.table.columns if c["kind"] != "numeric"]
+            parts = [f"{len(num)} numeric" + (f" ({_few(num)})" if num else "")]
+            parts.append(f"{len(cat)} categorical" + (f" ({_few(cat)}; one-hot + unknown)" if cat else ""))
+            parts.append("ignored: " + (_few(self.ignored) if self.ignored else "none"))
+            lines.append("features: " + "; ".join(parts))
+            dropped = ", ".join(f"{n} for a missing {k}" for k, n in self.dropped.items() if n)
+            lines.append(f"missing values: {self.missing}" + (f"; rows dropped: {dropped}" if dropped else ""))
+            seen = ", ".join(f"{n} in {k}" for k, n in self.unknown.items() if n)
+            if seen:
+                lines.append(f"categories the training split never had (mapped to unknown): {seen}")
+        return lines
+
+
+def _few(names: list[str], limit: int = 8) -> str:
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
 def _options(data: dict) -> dict[str, Any]:
@@ -92,13 +155,31 @@ def _options(data: dict) -> dict[str, Any]:
         v = out[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
             raise ConfigError(f"data.{key}: must be a fraction in [0, 1), got {v!r}")
-    feats = out["features"]
-    if feats is not None and (not isinstance(feats, list) or not feats
-                              or not all(isinstance(f, str) for f in feats)):
-        raise ConfigError(f"data.features: must be a non-empty list of column names, got {feats!r}")
-    if feats is not None and len(set(feats)) != len(feats):
-        dup = next(f for f in feats if feats.count(f) > 1)
-        raise ConfigError(f"data.features: column '{dup}' is listed twice")
+    for key in ("features", "ignore"):
+        names = out[key]
+        if names is not None and (not isinstance(names, list) or (key == "features" and not names)
+                                  or not all(isinstance(f, str) for f in names)):
+            raise ConfigError(f"data.{key}: must be a {'non-empty ' * (key == 'features')}list of column names, "
+                              f"got {names!r}")
+        if names is not None and len(set(names)) != len(names):
+            dup = next(f for f in names if names.count(f) > 1)
+            raise ConfigError(f"data.{key}: column '{dup}' is listed twice")
+    cat = out["categorical"]
+    if cat != "auto" and (not isinstance(cat, list) or not all(isinstance(f, str) for f in cat)):
+        raise ConfigError(f"data.categorical: must be auto or a list of column names, got {cat!r}")
+    if out["missing"] not in ("error", "drop", "impute"):
+        raise ConfigError(f"data.missing: must be error, drop or impute, got {out['missing']!r}")
+    mc = out["max_categories"]
+    if isinstance(mc, bool) or not isinstance(mc, int) or mc < 1:
+        raise ConfigError(f"data.max_categories: must be an integer > 0, got {mc!r}")
+    if not isinstance(out["standardize_target"], bool):
+        raise ConfigError(f"data.standardize_target: must be true or false, got {out['standardize_target']!r}")
+    size = out["image_size"]
+    if size is not None and (not isinstance(size, list) or len(size) != 2 or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise ConfigError(f"data.image_size: must be [H, W], two positive integers, got {size!r}")
+    if out["color"] not in ("grayscale", "rgb"):
+        raise ConfigError(f"data.color: must be grayscale or rgb, got {out['color']!r}")
     if out["task"] not in (None, CLASSIFICATION, REGRESSION):
         raise ConfigError(f"data.task: must be classification or regression, got {out['task']!r}")
     shape = out["shape"]
@@ -116,21 +197,43 @@ def _resolve(base_dir: Path, value: str, key: str) -> Path:
     path = Path(value).expanduser()
     if not path.is_absolute():
         path = Path(base_dir) / path
-    check_regular(path, DataError, f"data.{key}: {shown(value)}", missing_ok=True)
-    path = path.resolve()
+    # named by where it leads (a link to /dev/zero is "/dev/zero: is a character device")
+    check_regular(path, DataError, f"data.{key}: {shown(os.path.realpath(path))}", missing_ok=True)
     if not path.exists():
-        raise DataError(f"data.{key}: file not found: {value} (looked for {path})")
-    return path
+        where = path.parent.resolve() if path.parent.exists() else path.parent
+        raise DataError(f"data.{key}: file not found: {value} (looked in {where}){_close_files(path)}")
+    try:
+        return path.resolve(strict=True)
+    except (RuntimeError, OSError) as err:
+        raise DataError(f"data.{key}: cannot open {value}: {getattr(err, 'strerror', None) or err}") from None
 
 
-def _read_main(opts: dict, seed: int, base_dir: Path) -> tuple[RawData, str]:
+def _close_files(path: Path) -> str:
+    """'; did you mean ...' with file names in the folder close to the one asked for."""
+    try:
+        names = [p.name for p in path.parent.iterdir()] if path.parent.is_dir() else []
+    except OSError:
+        names = []
+    close = difflib.get_close_matches(path.name, names, n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+CSV_ONLY = ("target", "features", "ignore")
+
+
+def _read_main(opts: dict, seed: int, base_dir: Path, dtype) -> tuple[RawData, str]:
     name = opts["dataset"]
     if name in DATASETS:
-        for key in ("target", "features", "target_path"):
-            if opts[key] is not None:
-                raise ConfigError(f"data.{key}: applies to data files, not the built-in dataset '{name}'")
         raw = generate(name, opts["options"], stream(seed, _DATA_STREAM))
+        for key in ("target", "features", "target_path", "ignore"):
+            # the built-in's own target may be named (nnctl config prints it)
+            if opts[key] is not None and not (key == "target" and opts[key] == raw.target_name):
+                raise ConfigError(f"data.{key}: applies to data files, not the built-in dataset '{name}'")
         return raw, raw.source
+    folder = Path(name).expanduser() if Path(name).expanduser().is_absolute() else base_dir / name
+    if folder.is_dir():
+        return _read_images(opts, folder, name), str(folder)
+    # a link's own name decides the format (DVC and git-annex link to extension-less blobs)
     if not Path(name).suffix:
         raise ConfigError(
             f"data.dataset: {unknown_name_message('dataset', name, DATASETS.names())} "
@@ -138,39 +241,59 @@ def _read_main(opts: dict, seed: int, base_dir: Path) -> tuple[RawData, str]:
         )
     if opts["options"]:
         raise ConfigError("data.options: only built-in datasets take options")
-    suffix = suffix_of(Path(name), Path(name).name)
+    shown = Path(name).name
+    suffix = suffix_of(Path(name), shown)
     path = _resolve(base_dir, name, "dataset")
     if suffix != ".csv":
-        for key in ("target", "features"):
+        for key in CSV_ONLY:
             if opts[key] is not None:
-                raise ConfigError(f"data.{key}: names CSV columns; {path.name} is a {suffix} file")
+                raise ConfigError(f"data.{key}: names CSV columns; {shown} is a {suffix} file")
+        if opts["categorical"] != "auto":
+            raise ConfigError(f"data.categorical: names CSV columns; {shown} is a {suffix} file")
     if suffix != ".npy" and opts["target_path"] is not None:
-        raise ConfigError(f"data.target_path: only a .npy dataset takes one; {path.name} is a {suffix} file")
+        raise ConfigError(f"data.target_path: only a .npy dataset takes one; {shown} is a {suffix} file")
     if suffix == ".csv":
-        raw = read_csv_data(path, opts["target"], opts["features"])
+        raw = read_csv_data(path, opts["target"], opts["features"], shown, ignore=opts["ignore"],
+                            categorical=opts["categorical"], max_categories=opts["max_categories"], dtype=dtype)
     elif suffix == ".npy":
         target = opts["target_path"]
-        raw = read_npy_data(path, None if target is None else _resolve(base_dir, target, "target_path"))
+        raw = read_npy_data(path, None if target is None else _resolve(base_dir, target, "target_path"),
+                            shown, dtype=dtype)
     else:
-        raw = read_npz_data(path)
+        raw = read_npz_data(path, shown, dtype=dtype)
     return raw, str(path)
 
 
-def _read_extra(opts: dict, key: str, main: RawData, base_dir: Path) -> RawData:
-    """A separate val/test file, read with the training file's columns."""
+def _read_images(opts: dict, folder: Path, name: str) -> RawData:
+    from nnctl.data.images import read_image_folder
+    for key in CSV_ONLY + ("target_path",):
+        if opts[key] is not None:
+            raise ConfigError(f"data.{key}: does not apply to an image folder ({name})")
+    if opts["options"]:
+        raise ConfigError("data.options: only built-in datasets take options")
+    return read_image_folder(folder, opts["image_size"], opts["color"], folder.name)
+
+
+def _read_extra(opts: dict, key: str, main: RawData, base_dir: Path, dtype) -> RawData:
+    """A separate val/test file, read with the training file's columns (and their kinds)."""
     value = opts[key]
-    suffix = suffix_of(Path(value), Path(value).name)
+    shown = Path(value).name
+    suffix = suffix_of(Path(value), shown)
     path = _resolve(base_dir, value, key)
     if suffix == ".csv":
-        if main.target_name is None:
+        if main.columns is None:
             raise ConfigError(f"data.{key}: a CSV file needs a CSV dataset (column names) to match")
-        return read_csv_data(path, main.target_name, main.feature_names)
-    if suffix == ".npz":
-        raw = read_npz_data(path)
-        if raw.parts:
-            raise DataError(f"{path.name}: as data.{key} it must hold only 'x' and 'y'")
+        cats = [c.name for c in main.columns if c.kind == CATEGORICAL]
+        raw = read_csv_data(path, main.target_name, [c.name for c in main.columns], shown,
+                            categorical=cats, max_categories=2**62, dtype=dtype)
+        handle_missing(raw, opts["missing"])
         return raw
-    raise ConfigError(f"data.{key}: use a .csv or .npz file (x and y together), got {path.name}")
+    if suffix == ".npz":
+        raw = read_npz_data(path, shown, dtype=dtype)
+        if raw.parts:
+            raise DataError(f"{shown}: as data.{key} it must hold only 'x' and 'y'")
+        return raw
+    raise ConfigError(f"data.{key}: use a .csv or .npz file (x and y together), got {shown}")
 
 
 def _encode(raw: RawData, task: str, classes: list | None) -> np.ndarray:
@@ -180,11 +303,26 @@ def _encode(raw: RawData, task: str, classes: list | None) -> np.ndarray:
     return regression_targets(raw.y, raw.source, **where)
 
 
-def load_dataset(data: dict, seed: int, base_dir: Path) -> Dataset:
-    """Load, label and split the data a spec's `data` section describes.
+def _check_classification(raw: RawData) -> None:
+    """A float target with values that are not whole numbers is not a set of classes."""
+    y = np.asarray(raw.y)
+    if y.dtype.kind != "f":
+        return
+    flat = y.reshape(-1)
+    flat = flat[np.isfinite(flat)]
+    if len(flat) and np.any(flat != np.round(flat)):
+        what = f"target '{raw.target_name}'" if raw.target_name else "the target"
+        raise DataError(f"{raw.source}: data.task is classification, but {what} holds {len(np.unique(flat))} "
+                        "distinct values that are not all whole numbers; is this a regression target? "
+                        "(set data.task: regression)")
+
+
+def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32") -> Dataset:
+    """Load, label, split and encode the data a spec's `data` section describes.
 
     data: the `data` section as a plain dict (keys of PARAMS_DATA; missing keys take their
     defaults). Relative paths resolve against base_dir (the spec file's folder).
+    dtype: the model's dtype; every value must be finite in it.
 
     Notes
     -----
@@ -193,13 +331,16 @@ def load_dataset(data: dict, seed: int, base_dir: Path) -> Dataset:
     split training held out. Rows of one file share one x; each split holds sorted row
     indices into it (a memory-mapped .npy is never copied). Separate val/test files (or an
     .npz's x_val/x_test) replace the corresponding fraction, which then applies to nothing;
-    the remaining fractions apply to the main file's rows.
+    the remaining fractions apply to the main file's rows. A CSV's missing values are
+    handled first (data.missing), then the splits are drawn, then the table encoding
+    (vocabularies, fill values) and the target scale are fitted on the training rows.
     """
     opts = _options(data)
-    raw, source = _read_main(opts, seed, Path(base_dir))
+    raw, source = _read_main(opts, seed, Path(base_dir), dtype)
     if raw.y is None:
         raise DataError(f"{raw.source}: has no targets to train on")
-    if opts["shape"] is not None:
+    dropped = handle_missing(raw, opts["missing"])
+    if opts["shape"] is not None and raw.x is not None:   # a CSV's x exists once it is encoded
         raw.x = reshape_rows(raw.x, opts["shape"], raw.source)
 
     extra: dict[str, RawData] = {}
@@ -208,22 +349,14 @@ def load_dataset(data: dict, seed: int, base_dir: Path) -> Dataset:
         if opts[key] is not None:
             if part in raw.parts:
                 raise ConfigError(f"data.{key}: {raw.source} already has 'x_{part}'; use one of the two")
-            extra[part] = _read_extra(opts, key, raw, Path(base_dir))
+            extra[part] = _read_extra(opts, key, raw, Path(base_dir), dtype)
         elif part in raw.parts:
             extra[part] = raw.parts[part]
-    input_shape = tuple(int(s) for s in raw.x.shape[1:])
-    for part, other in extra.items():
-        if opts["shape"] is not None:
-            other.x = reshape_rows(other.x, opts["shape"], other.source)
-        if tuple(other.x.shape[1:]) != input_shape:
-            raise DataError(
-                f"{other.source}: {part} samples have shape {list(other.x.shape[1:])}, "
-                f"the training samples {list(input_shape)}"
-            )
 
     task = opts["task"] or raw.task or infer_task(raw.y)
     classes = None
     if task == CLASSIFICATION:
+        _check_classification(raw)
         lists = [classes_of(r.y, r.source, lines=r.lines,
                             column=r.target_name if r.lines is not None else None)
                  for r in (raw, *extra.values())]
@@ -237,22 +370,63 @@ def load_dataset(data: dict, seed: int, base_dir: Path) -> Dataset:
         raise ConfigError(
             f"data.val_split + data.test_split must be < 1, got {val_fraction:g} + {test_fraction:g}"
         )
-    splits: dict[str, Split | None] = {"val": None, "test": None}
-    if val_fraction == 0 and test_fraction == 0:
-        train = Split(raw.x, y, None)
-    else:
+    n = len(raw)
+    rows: dict[str, np.ndarray | None] = {"train": None, "val": None, "test": None}
+    if val_fraction > 0 or test_fraction > 0:
         labels = y if task == CLASSIFICATION else None
-        tr, va, te = split_indices(len(raw.x), labels, val_fraction, test_fraction,
-                                   stream(seed, _SPLIT_STREAM))
-        train = Split(raw.x, y, tr)
-        if val_fraction > 0:
-            splits["val"] = Split(raw.x, y, va)
-        if test_fraction > 0:
-            splits["test"] = Split(raw.x, y, te)
+        try:
+            tr, va, te = split_indices(n, labels, val_fraction, test_fraction, stream(seed, _SPLIT_STREAM))
+        except DataError as err:
+            raise DataError(f"{raw.source}: {err}") from None
+        rows = {"train": tr, "val": va if val_fraction > 0 else None, "test": te if test_fraction > 0 else None}
+    train_rows = rows["train"] if rows["train"] is not None else np.arange(n, dtype=np.int64)
+    if task == CLASSIFICATION:
+        present = np.unique(y[train_rows])
+        if len(present) < 2:
+            what = f"target '{raw.target_name}'" if raw.target_name else "the target"
+            only = classes[int(present[0])] if len(present) else None
+            raise DataError(f"{raw.source}: the training split has a single class ({only!r}) in {what}; "
+                            "classification needs at least two")
+
+    # the CSV table's encoding, fitted on the training rows, applied to every row
+    table = None
+    unknown: dict[str, int] = {}
+    if raw.columns is not None:
+        table = TableEncoder.fit(raw.columns, train_rows, opts["missing"], raw.source)
+        raw.x, _ = table.transform(raw.columns, raw.source, raw.lines)
+        for part in ("val", "test"):
+            if rows[part] is not None:
+                unknown[part] = _unknown_count(table, raw, rows[part])
+        for part, other in extra.items():
+            other.x, unknown[part] = table.transform(other.columns, other.source, other.lines)
+    if opts["shape"] is not None:
+        raw.x = reshape_rows(raw.x, opts["shape"], raw.source)   # a no-op if done above
+    input_shape = tuple(int(s) for s in raw.x.shape[1:])
+    for part, other in extra.items():
+        if opts["shape"] is not None:
+            other.x = reshape_rows(other.x, opts["shape"], other.source)
+        if tuple(other.x.shape[1:]) != input_shape:
+            raise DataError(
+                f"{other.source}: {part} samples have shape {list(other.x.shape[1:])}, "
+                f"the training samples {list(input_shape)}"
+            )
+
+    target_mean = target_scale = None
+    if task == REGRESSION and opts["standardize_target"]:
+        target_mean, target_scale = fit_target_scale(y[train_rows])
+        y = (y - target_mean) / target_scale
+
+    splits: dict[str, Split | None] = {"val": None, "test": None}
+    train = Split(raw.x, y, rows["train"])
+    for part in ("val", "test"):
+        if rows[part] is not None:
+            splits[part] = Split(raw.x, y, rows[part])
     for part, other in extra.items():
         yo = _encode(other, task, classes)
         if task == REGRESSION and yo.shape[1] != n_outputs:
             raise DataError(f"{other.source}: {yo.shape[1]} target columns, the training data has {n_outputs}")
+        if target_scale is not None:
+            yo = (yo - target_mean) / target_scale
         splits[part] = Split(other.x, yo, None)
 
     return Dataset(
@@ -261,9 +435,26 @@ def load_dataset(data: dict, seed: int, base_dir: Path) -> Dataset:
         test=splits["test"],
         task=task,
         classes=classes,
-        feature_names=raw.feature_names,
+        feature_names=table.feature_names if table is not None else raw.feature_names,
         input_shape=input_shape,
         n_outputs=n_outputs,
         target_name=raw.target_name,
         source=source,
+        table=table,
+        target_mean=target_mean,
+        target_scale=target_scale,
+        missing=opts["missing"] if table is not None else None,
+        ignored=list(raw.ignored),
+        dropped=dropped,
+        unknown=unknown,
     )
+
+
+def _unknown_count(table: TableEncoder, raw: RawData, rows: np.ndarray) -> int:
+    """Categorical cells of `rows` whose value the training rows never had."""
+    count = 0
+    for spec, col in zip(table.columns, raw.columns):
+        if spec["kind"] == CATEGORICAL:
+            values = col.values[rows][~col.missing[rows]]
+            count += int((~np.isin(values, spec["categories"])).sum())
+    return count

@@ -7,13 +7,15 @@ CSV conventions
   spanning lines counts every line; a record is named by its first line).
 - A UTF-8 byte-order mark, quoted fields (commas and newlines inside quotes) and blank
   lines (anywhere, e.g. trailing) are accepted.
-- Target column: the `target` option; by default "label" if there is such a column, else
-  "target", else the last column. Its cells are numbers if every cell parses as one,
-  otherwise they are kept as text labels (stripped of surrounding spaces).
-- Features: the `features` option (a list of column names, all must be numeric); by default
-  every other column that holds numbers. A column in which no cell is a number (an id or a
-  name) is left out; a column that is partly numeric is an error at its first bad cell.
-  Empty cells, text, "nan" and "inf" are errors in a feature column.
+- Target column: the `target` option, required (no column is ever guessed). Its cells are
+  numbers if every present cell parses as one, otherwise text labels (stripped).
+- Features: the `features` option, or every column but the target and `ignore`. With
+  `categorical: auto` a column none of whose cells is a number is categorical (kept as
+  text, one-hot encoded later); a list forces those columns to be categorical. A column
+  that is otherwise numeric is an error at its first non-number cell.
+- Missing cells (empty, NA, N/A, NaN, any case) are kept as missing (NaN / "") for
+  `data.missing` to handle; "inf" and numbers beyond the model's dtype (1e300 in float32)
+  are errors naming the cell.
 
 NumPy conventions
 -----------------
@@ -137,9 +139,12 @@ class RawData:
     lines: np.ndarray | None = None
     task: str | None = None
     parts: dict[str, "RawData"] = field(default_factory=dict)
+    columns: list["Column"] | None = None
+    y_missing: np.ndarray | None = None
+    ignored: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(self.x) if self.x is not None else len(self.y)
 
 
 # ---------------------------------------------------------------------------- CSV
@@ -261,42 +266,98 @@ def _is_number(cell: str) -> bool:
     return True
 
 
-def _feature_column(table: CsvTable, j: int) -> np.ndarray:
-    """Column j as finite float64 values; the first bad cell is a DataError naming it."""
-    cells = table.column(j)
-    values = _floats(cells)
-    col = table.header[j]
-    if values is None:
-        i = next(i for i, c in enumerate(cells) if not _is_number(c))
-        where = f"{table.name} row {table.lines[i]}, column '{col}'"
-        if not cells[i].strip():
-            raise DataError(f"{where}: empty cell (missing values are not supported)")
-        raise DataError(f"{where}: not a number: {cells[i]!r}")
-    finite = np.isfinite(values)
-    if not finite.all():
-        i = int(np.argmin(finite))
-        raise DataError(
-            f"{table.name} row {table.lines[i]}, column '{col}': not a finite number: {cells[i]!r}"
-        )
-    return values
+NUMERIC = "numeric"
+CATEGORICAL = "categorical"
+
+# Cells that mean "no value" (compared stripped and lower-cased): empty, NA, N/A, NaN.
+MISSING_CELLS = frozenset({"", "na", "n/a", "nan"})
 
 
-def _target_column(table: CsvTable, j: int) -> np.ndarray:
-    """Column j as numbers if every cell is one, else as text labels; empty cells are errors."""
-    cells = table.column(j)
-    for i, c in enumerate(cells):
-        if not c.strip():
-            raise DataError(
-                f"{table.name} row {table.lines[i]}, column '{table.header[j]}': empty target cell"
-            )
+def is_missing(cell: str) -> bool:
+    return cell.strip().lower() in MISSING_CELLS
+
+
+def float_limit(dtype) -> float:
+    """The largest magnitude finite in `dtype` (float32 by default: the models' dtype)."""
+    return float(np.finfo(np.dtype(dtype)).max)
+
+
+@dataclass
+class Column:
+    """One CSV feature column as read, before any encoding.
+
+    values: numeric float64 (N,) with NaN where missing; categorical str (N,) (cells
+    stripped of surrounding spaces) with "" where missing.
+    missing: bool (N,), True where the cell is empty, NA, N/A or NaN.
+    """
+
+    name: str
+    kind: str
+    values: np.ndarray
+    missing: np.ndarray
+
+    def take(self, rows: np.ndarray) -> "Column":
+        return Column(self.name, self.kind, self.values[rows], self.missing[rows])
+
+
+def numeric_column(file: str, name: str, cells: list[str], lines, dtype=np.float32) -> Column:
+    """A column of numbers (missing cells allowed); a bad cell is a DataError naming file, row and column.
+
+    Values must be finite in `dtype`, the dtype they will be used in: 1e300 is a float64
+    but infinite in float32.
+    """
     values = _floats(cells)
+    limit = float_limit(dtype)
     if values is not None:
-        return values
-    return np.array([c.strip() for c in cells], dtype=str)
+        missing = np.isnan(values)
+        bad = ~missing & ~(np.abs(values) <= limit)
+        if not bad.any():
+            return Column(name, NUMERIC, values, missing)
+    values = np.empty(len(cells), dtype=np.float64)
+    missing = np.zeros(len(cells), dtype=bool)
+    for i, cell in enumerate(cells):
+        where = f"{file} row {int(lines[i])}, column '{name}'"
+        try:
+            v = float(cell)
+        except ValueError:
+            if is_missing(cell):
+                values[i], missing[i] = np.nan, True
+                continue
+            raise DataError(f"{where}: not a number: {cell!r} (the column's other cells are numbers; "
+                            "list it in data.categorical to use it as categories)") from None
+        if math.isnan(v):
+            values[i], missing[i] = np.nan, True
+            continue
+        if not math.isfinite(v):
+            raise DataError(f"{where}: not a finite number: {cell!r}")
+        if abs(v) > limit:
+            raise DataError(f"{where}: {cell.strip()!r} is not finite in {np.dtype(dtype).name} "
+                            "(the model's dtype)")
+        values[i] = v
+    return Column(name, NUMERIC, values, missing)
+
+
+def categorical_column(name: str, cells: list[str]) -> Column:
+    missing = np.array([is_missing(c) for c in cells], dtype=bool)
+    values = np.array([c.strip() for c in cells], dtype=str)
+    values[missing] = ""
+    return Column(name, CATEGORICAL, values, missing)
+
+
+def _target_column(table: CsvTable, j: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Column j as numbers if every present cell is one, else as text labels, and its missing mask."""
+    cells = table.column(j)
+    missing = np.array([is_missing(c) for c in cells], dtype=bool)
+    present = [c for c, m in zip(cells, missing) if not m]
+    if present and all(_is_number(c) for c in present):
+        col = numeric_column(table.name, table.header[j], cells, table.lines, dtype)
+        return col.values, col.missing
+    return np.array([c.strip() for c in cells], dtype=str), missing
 
 
 def default_target(header: list[str]) -> str:
-    """'label' if present, else 'target', else the last column."""
+    """`nnctl init`'s guess, shown in the starter spec it writes (training never guesses):
+    'label' if present, else 'target', else the last column."""
     for name in ("label", "target"):
         if name in header:
             return name
@@ -304,80 +365,105 @@ def default_target(header: list[str]) -> str:
 
 
 def _is_text_column(table: CsvTable, j: int) -> bool:
-    return not any(_is_number(c) for c in table.column(j))
+    """No present cell is a number (missing cells do not count)."""
+    return not any(_is_number(c) and not is_missing(c) for c in table.column(j))
+
+
+def _names(table: CsvTable, names, key: str) -> list[str]:
+    for n in names:
+        if n not in table.header:
+            raise table.no_column(n)
+    return list(names)
 
 
 def read_csv_data(path: Path, target: str | None, features: list[str] | None,
-                  name: str | None = None) -> RawData:
-    """A labelled CSV file: features (N, F) float64 and the raw target column (N,)."""
+                  name: str | None = None, *, ignore: list[str] | None = None,
+                  categorical="auto", max_categories: int = 50, dtype=np.float32) -> RawData:
+    """A labelled CSV file: its feature columns (numeric or categorical, missing cells kept) and target.
+
+    target: the target column (required: nnctl never guesses which column to predict).
+    features: the feature columns; default every column but the target and `ignore`.
+    categorical: "auto" (a column none of whose cells is a number is categorical) or a
+    list of columns to treat as categories even if they hold numbers (integer codes).
+    The result has `columns` (Column per feature) and x None: the features are encoded
+    once the training split is known (see nnctl.data.preprocess).
+    """
     table = read_csv(path, name)
-    target = target if target is not None else default_target(table.header)
+    if target is None:
+        raise DataError(f"{table.name}: data.target is required for a CSV file (the column to predict); "
+                        f"columns are: {', '.join(table.header)}")
     if target not in table.header:
         raise table.no_column(target)
     t = table.header.index(target)
+    ignore = _names(table, ignore or [], "ignore")
+    if target in ignore:
+        raise DataError(f"{table.name}: data.ignore lists the target column '{target}'")
+    forced = [] if categorical == "auto" else _names(table, categorical, "categorical")
     if features is not None:
+        _names(table, features, "features")
         for f in features:
-            if f not in table.header:
-                raise table.no_column(f)
             if f == target:
                 raise DataError(f"{table.name}: data.features lists the target column '{target}'")
+            if f in ignore:
+                raise DataError(f"{table.name}: column '{f}' is in both data.features and data.ignore")
         cols = [table.header.index(f) for f in features]
     else:
-        cols = [j for j in range(len(table.header)) if j != t and not _is_text_column(table, j)]
+        cols = [j for j in range(len(table.header)) if j != t and table.header[j] not in ignore]
         if not cols:
-            raise DataError(f"{table.name}: no numeric feature columns besides the target '{target}'")
-    x = _stack_features(table, cols)
+            raise DataError(f"{table.name}: no feature columns besides the target '{target}'"
+                            + (" and the ignored ones" if ignore else ""))
+    for f in forced:
+        if f == target or f not in [table.header[j] for j in cols]:
+            raise DataError(f"{table.name}: data.categorical lists '{f}', which is not a feature column")
+    columns = []
+    for j in cols:
+        h = table.header[j]
+        if h in forced or (categorical == "auto" and _is_text_column(table, j)):
+            col = categorical_column(h, table.column(j))
+            distinct = len(np.unique(col.values[~col.missing]))
+            if distinct > max_categories:
+                raise DataError(f"{table.name}: column '{h}' has {distinct} distinct values, more than "
+                                f"data.max_categories ({max_categories}); an ID column is not a feature: "
+                                "add it to data.ignore")
+        else:
+            col = numeric_column(table.name, h, table.column(j), table.lines, dtype)
+        columns.append(col)
+    y, y_missing = _target_column(table, t, dtype)
     return RawData(
-        x=x,
-        y=_target_column(table, t),
-        feature_names=[table.header[j] for j in cols],
+        x=None,
+        y=y,
+        feature_names=[c.name for c in columns],
         target_name=target,
         source=table.name,
         lines=np.asarray(table.lines, dtype=np.int64),
+        columns=columns,
+        y_missing=y_missing,
+        ignored=[h for h in table.header if h != target and h not in [c.name for c in columns]],
     )
 
 
-def _stack_features(table: CsvTable, cols: list[int]) -> np.ndarray:
-    x = np.empty((len(table.rows), len(cols)), dtype=np.float64)
-    for k, j in enumerate(cols):
-        x[:, k] = _feature_column(table, j)
-    return x
+def numeric_matrix(raw: RawData) -> np.ndarray:
+    """The features of an all-numeric CSV without missing cells, (N, F) float64 (the shipped datasets)."""
+    for c in raw.columns:
+        if c.kind != NUMERIC or c.missing.any():
+            raise DataError(f"{raw.source}: column '{c.name}' is not a complete numeric column")
+    if raw.y_missing is not None and raw.y_missing.any():
+        raise DataError(f"{raw.source}: the target has missing cells")
+    return np.stack([c.values for c in raw.columns], axis=1)
 
 
-def read_csv_features(path: Path, feature_names: list[str] | None, target_name: str | None,
-                      name: str | None = None) -> RawData:
-    """A CSV file to predict on: the model's feature columns (any order), target optional.
-
-    With `feature_names`, every one must be present ("input.csv: missing feature column
-    'x3'"), and any other numeric column that is not the target is an error (the file does
-    not match the model); text columns such as ids are ignored, as in training.
-    """
-    table = read_csv(path, name)
-    t = table.header.index(target_name) if target_name in table.header else None
-    if feature_names is None:
-        cols = [j for j in range(len(table.header)) if j != t and not _is_text_column(table, j)]
-        if not cols:
-            raise DataError(f"{table.name}: no numeric feature columns")
-    else:
-        for f in feature_names:
-            if f not in table.header:
-                raise DataError(f"{table.name}: missing feature column '{f}'")
-        known = set(feature_names)
-        for j, h in enumerate(table.header):
-            if h not in known and j != t and not _is_text_column(table, j):
-                raise DataError(
-                    f"{table.name}: unknown column '{h}'; the model's features are: "
-                    f"{', '.join(feature_names)}"
-                )
-        cols = [table.header.index(f) for f in feature_names]
-    return RawData(
-        x=_stack_features(table, cols),
-        y=_target_column(table, t) if t is not None else None,
-        feature_names=[table.header[j] for j in cols],
-        target_name=target_name if t is not None else None,
-        source=table.name,
-        lines=np.asarray(table.lines, dtype=np.int64),
-    )
+def read_csv_columns(table: CsvTable, wanted: list[tuple[str, str]], dtype=np.float32) -> list[Column]:
+    """The named columns of a table to predict on, each read as the kind training saw."""
+    out = []
+    for name, kind in wanted:
+        if name not in table.header:
+            raise DataError(f"{table.name}: missing feature column '{name}'")
+        j = table.header.index(name)
+        if kind == CATEGORICAL:
+            out.append(categorical_column(name, table.column(j)))
+        else:
+            out.append(numeric_column(table.name, name, table.column(j), table.lines, dtype))
+    return out
 
 
 # ---------------------------------------------------------------------------- NumPy
@@ -396,8 +482,9 @@ def _npy(path: Path, name: str, mmap: bool) -> np.ndarray:
         raise DataError(f"{name}: not a valid .npy file ({type(err).__name__}: {err})") from None
 
 
-def check_features(x: np.ndarray, name: str) -> np.ndarray:
-    """Features must be numeric, non-empty and finite; (N,) becomes (N, 1).
+def check_features(x: np.ndarray, name: str, dtype=np.float32) -> np.ndarray:
+    """Features must be numeric, non-empty and finite in `dtype`, the dtype training casts them
+    to (a float64 1e300 is infinite in float32); (N,) becomes (N, 1).
 
     A memmap is checked CHUNK_BYTES at a time, so memory stays bounded.
     """
@@ -410,14 +497,21 @@ def check_features(x: np.ndarray, name: str) -> np.ndarray:
     if x.dtype.kind == "f":
         row_bytes = max(1, x.itemsize * math.prod(x.shape[1:]))
         step = max(1, CHUNK_BYTES // row_bytes)
+        limit = float_limit(dtype) if x.itemsize > np.dtype(dtype).itemsize else np.inf
         for s in range(0, len(x), step):
-            finite = np.isfinite(x[s:s + step])
+            block = x[s:s + step]
+            finite = np.isfinite(block)
+            if limit < np.inf:
+                finite &= np.abs(block) <= limit
             release_pages(x)
             if not finite.all():
                 where = np.unravel_index(int(np.argmin(finite)), finite.shape)
                 pos = (where[0] + s,) + tuple(where[1:])
                 value = x[pos]
                 idx = ", ".join(str(int(i)) for i in pos)
+                if np.isfinite(value):
+                    raise DataError(f"{name}: x[{idx}] is {value}, which is not finite in "
+                                    f"{np.dtype(dtype).name} (the model's dtype); features must be finite")
                 raise DataError(f"{name}: x[{idx}] is {value}; features must be finite")
     return x
 
@@ -429,7 +523,7 @@ def _check_rows(name: str, x: np.ndarray, y: np.ndarray, xname: str, yname: str)
 
 
 def read_npy_data(path: Path, target_path: Path | None, name: str | None = None,
-                  target_name: str | None = None) -> RawData:
+                  target_name: str | None = None, dtype=np.float32) -> RawData:
     """Memory-mapped features from a .npy file and the targets from `target_path`."""
     path = Path(path)
     name = name or path.name
@@ -438,14 +532,14 @@ def read_npy_data(path: Path, target_path: Path | None, name: str | None = None,
             f"{name}: a .npy dataset needs data.target_path, the .npy file holding its targets"
         )
     target_path = Path(target_path)
-    x = check_features(_npy(path, name, mmap=True), name)
+    x = check_features(_npy(path, name, mmap=True), name, dtype)
     tname = target_name or target_path.name
     y = _npy(target_path, tname, mmap=False)
     _check_rows(name, x, y, name, target_path.name)
     return RawData(x=x, y=y, feature_names=None, target_name=None, source=name)
 
 
-def read_npz_data(path: Path, name: str | None = None, need_y: bool = True) -> RawData:
+def read_npz_data(path: Path, name: str | None = None, need_y: bool = True, dtype=np.float32) -> RawData:
     """Arrays x/y (and x_val/y_val, x_test/y_test as `parts`) from an .npz archive."""
     path = Path(path)
     name = name or path.name
@@ -480,7 +574,7 @@ def read_npz_data(path: Path, name: str | None = None, need_y: bool = True) -> R
                 raise DataError(f"{name}: array '{key}' is not a .npy array")
             return value
 
-        x = check_features(get("x"), f"{name} 'x'")
+        x = check_features(get("x"), f"{name} 'x'", dtype)
         y = get("y") if (need_y or "y" in keys) else None
         if y is not None:
             _check_rows(name, x, y, "'x'", "'y'")
@@ -491,7 +585,7 @@ def read_npz_data(path: Path, name: str | None = None, need_y: bool = True) -> R
                 if xk not in keys or yk not in keys:
                     have, missing = (xk, yk) if xk in keys else (yk, xk)
                     raise DataError(f"{name}: has '{have}' but no '{missing}'")
-                xp = check_features(get(xk), f"{name} '{xk}'")
+                xp = check_features(get(xk), f"{name} '{xk}'", dtype)
                 yp = get(yk)
                 _check_rows(name, xp, yp, f"'{xk}'", f"'{yk}'")
                 raw.parts[part] = RawData(x=xp, y=yp, feature_names=None, target_name=None,
@@ -523,36 +617,3 @@ def suffix_of(path: Path, name: str) -> str:
             f"{name}: unsupported file type '{suffix or '(none)'}'; use .csv, .npy or .npz"
         )
     return suffix
-
-
-def load_features(path: Path, feature_names: list[str] | None, input_shape,
-                  target_name: str | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Features of a new file for predict/eval, shaped like the training samples.
-
-    Returns x (N, *input_shape) and the raw target column (N,)/(N, k) if the file has one
-    (a CSV column named `target_name`, or "y" in an .npz), else None. A .npy file carries
-    features only (memory-mapped); give an .npz or a CSV to evaluate with targets.
-    CSV feature columns are matched by name (see `read_csv_features`).
-    """
-    path = Path(path)
-    name = path.name
-    suffix = suffix_of(path, name)
-    if suffix == ".csv":
-        raw = read_csv_features(path, feature_names, target_name)
-    elif suffix == ".npy":
-        raw = RawData(x=check_features(_npy(path, name, mmap=True), name), y=None,
-                      feature_names=None, target_name=None, source=name)
-    else:
-        raw = read_npz_data(path, need_y=False)
-    x = raw.x
-    if input_shape is not None:
-        shape = tuple(int(s) for s in input_shape)
-        if tuple(x.shape[1:]) != shape:
-            have, want = math.prod(x.shape[1:]), math.prod(shape)
-            if have != want:
-                raise DataError(
-                    f"{name}: each sample has {have} values (shape {list(x.shape[1:])}), "
-                    f"the model expects {want} (input shape {list(shape)})"
-                )
-            x = x.reshape((len(x),) + shape)
-    return x, raw.y

@@ -88,7 +88,9 @@ class CrossEntropy(Loss):
 
     PARAMS = {
         "label_smoothing": Param("float", 0.0, ge=0.0, lt=1.0, doc="mix eps of the uniform distribution into the targets"),
-        "class_weights": Param("float_list", None, ge=0.0, nullable=True, doc="one weight per class (weighted mean)"),
+        "class_weights": Param("float_list", None, ge=0.0, nullable=True, choices=("balanced",),
+                               doc="one weight per class (weighted mean), or balanced: n_samples / (n_classes "
+                                   "* count) from the training split, resolved before training"),
     }
     OUTPUT = "softmax"
     TASK = "classification"

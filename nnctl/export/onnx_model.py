@@ -66,6 +66,11 @@ def output_head(g: Graph, lm: Any, z: str) -> list[tuple[str, str, int, list]]:
     tp = g.TensorProto
     z2 = g.op("Flatten", z, hint="head.flatten", axis=1)              # (N, outputs)
     if lm.task != CLASSIFICATION:
+        pre = getattr(lm, "preprocessor", None)
+        if pre is not None and pre.target_scale is not None:
+            # data layer: a standardized target back in its own units, z * scale + mean
+            z2 = g.op("Mul", z2, g.const("head.target_scale", pre.target_scale), hint="head.unscale")
+            z2 = g.op("Add", z2, g.const("head.target_mean", pre.target_mean), hint="head.target_units")
         return [("values", z2, g.elem_type, ["batch", lm.n_outputs])]
     k = len(lm.classes)
     width = math.prod(lm.model.output_shape)

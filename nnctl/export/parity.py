@@ -47,7 +47,7 @@ def nnctl_outputs(lm: Any, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, 
             values.append(np.asarray(lm.probabilities(z), dtype=np.float64))
             labels.append(predicted_classes(z).astype(np.int64))
         else:
-            values.append(np.asarray(z, dtype=np.float64).reshape(len(z), -1))
+            values.append(lm.preprocessor.unscale(z))   # in the target's units, as predict writes them
     v = np.concatenate(values) if values else np.empty((0, 0))
     return v, (np.concatenate(labels) if labels else None)
 

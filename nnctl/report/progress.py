@@ -43,6 +43,8 @@ class PlainReporter(Callback):
         if not self.quiet:
             self._line(f"run {self.run_path}  data {state.dataset.source}  "
                        f"params {state.model.num_parameters():,}  epochs {self.epochs}")
+            for line in state.dataset.describe():  # target, task, columns (data layer)
+                self._line(line)
 
     def on_epoch_end(self, state: TrainState, record: dict[str, Any], improved: bool) -> None:
         if self.quiet:
@@ -98,6 +100,8 @@ class RichReporter(PlainReporter):
         self.first_epoch = state.epoch
         self.console.print(f"[bold]{state.spec.name}[/]  data [cyan]{state.dataset.source}[/]  "
                            f"{state.model.num_parameters():,} parameters  → {self.run_path}", highlight=False)
+        for line in state.dataset.describe():  # target, task, columns (data layer)
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
         self.progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
                                  TextColumn("batch {task.fields[batch]}"), TextColumn("loss {task.fields[loss]}"),
                                  TextColumn("{task.fields[speed]} samples/s"), TextColumn("ETA {task.fields[eta]}"),

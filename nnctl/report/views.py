@@ -47,8 +47,11 @@ def render_eval(result: dict[str, Any]) -> None:
         # The training loss is computed as training does (in the model's dtype); mse, rmse, mae
         # and r2 in float64. When the loss is the MSE they are one quantity that may differ in
         # the last digits, so only the float64 one is shown; any other loss is named.
+        # A standardized target (data layer) makes the loss a different number: it is named so.
         name = result.get("loss_name")
-        rows = [] if name == "mse" else [(f"loss ({name})" if name else "loss", result["loss"])]
+        scaled = result.get("loss_units") == "standardized target"
+        label = f"loss ({name}, standardized target)" if scaled else (f"loss ({name})" if name else "loss")
+        rows = [] if name == "mse" and not scaled else [(label, result["loss"])]
         rows += [(k, result[k]) for k in ("mse", "rmse", "mae", "r2")]
         console.print(key_value_table(rows))
         if "per_output" in result:

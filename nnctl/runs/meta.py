@@ -43,6 +43,7 @@ class CheckpointMeta:
     rng: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)  # last.npz only
     elapsed: float = 0.0
+    preprocess: dict[str, Any] | None = None    # data layer: the CSV table encoding (Preprocessor.to_meta)
 
     def to_meta(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,6 +92,9 @@ def model_fields(path: Path, meta: dict[str, Any]) -> ModelFields:
         classes = _need(path, meta, "classes", list)
         if len(classes) != n_outputs:
             raise CheckpointError(f"{path}: metadata lists {len(classes)} classes but n_outputs is {n_outputs}")
+        if len(classes) < 2:   # e.g. trained before a single-class target was refused
+            raise CheckpointError(f"{path}: a classification model needs at least two classes, this one has "
+                                  f"{len(classes)} ({', '.join(map(repr, classes))})")
         if not all(isinstance(c, (str, int, float)) for c in classes):
             raise CheckpointError(f"{path}: metadata field classes must hold plain labels (text or numbers)")
     feature_names = meta.get("feature_names")

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from nnctl.data import Split, Standardizer, iterate_batches
+from nnctl.data import Preprocessor, Split, Standardizer, iterate_batches
 from nnctl.errors import CheckpointError, DataError, NnctlError
 from nnctl.runs.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint_path
 from nnctl.runs.meta import model_fields
@@ -41,6 +41,11 @@ class LoadedModel:
     target_name: str | None
     n_outputs: int
     input_shape: tuple[int, ...]
+    preprocessor: Preprocessor | None = None   # data layer: CSV table encoding, target scale
+
+    def __post_init__(self):
+        if self.preprocessor is None:
+            self.preprocessor = Preprocessor(standardizer=self.standardizer)
 
     @property
     def loss_name(self) -> str:
@@ -116,6 +121,15 @@ def model_from_checkpoint(ckpt: Checkpoint) -> LoadedModel:
             raise CheckpointError(f"{path}: {err}") from None
 
     try:
+        # data layer: the CSV encoding and target scale (absent in older checkpoints: none)
+        preprocessor = Preprocessor.from_checkpoint(meta, ckpt.group("target"), str(path), f.n_outputs,
+                                                    standardizer)
+    except DataError as err:
+        raise CheckpointError(str(err)) from None
+    if preprocessor.table is not None and f.feature_names != preprocessor.table.feature_names:
+        raise CheckpointError(f"{path}: metadata feature_names do not match its preprocess.table")
+
+    try:
         model = Sequential.from_config(f.layers, f.input_shape, np.random.default_rng(0), dtype)
     except (NnctlError, TypeError, ValueError, KeyError) as err:
         raise CheckpointError(f"{path}: cannot rebuild the model from its metadata: {_why(err)}") from None
@@ -140,7 +154,7 @@ def model_from_checkpoint(ckpt: Checkpoint) -> LoadedModel:
         raise CheckpointError(f"{path}: the model has {outputs} outputs but metadata n_outputs is {f.n_outputs}")
     return LoadedModel(path=path, meta=meta, model=model, loss=loss, standardizer=standardizer, dtype=dtype,
                        task=f.task, classes=f.classes, feature_names=f.feature_names, target_name=f.target_name,
-                       n_outputs=f.n_outputs, input_shape=f.input_shape)
+                       n_outputs=f.n_outputs, input_shape=f.input_shape, preprocessor=preprocessor)
 
 
 def _why(err: BaseException) -> str:

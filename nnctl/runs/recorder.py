@@ -29,6 +29,7 @@ def describe(exp) -> dict[str, Any]:
         "target_name": data.target_name,
         "n_outputs": data.n_outputs,
         "loss": exp.loss_spec,
+        "preprocess": exp.preprocessor.to_meta(),   # data layer: the CSV table encoding
     }
 
 
@@ -49,10 +50,7 @@ class RunRecorder:
         arrays = {f"model/{k}": v for k, v in model_state.items()}
         if with_optimizer:
             arrays.update({f"optim/{k}": v for k, v in state.optimizer_arrays().items()})
-        std = state.experiment.standardizer
-        if std is not None:
-            arrays["standardize/mean"] = std.mean
-            arrays["standardize/scale"] = std.scale
+        arrays.update(state.experiment.preprocessor.to_arrays())   # standardize/*, target/* (data layer)
         return arrays
 
     def save_last(self, state: Any) -> None:

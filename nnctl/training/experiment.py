@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from nnctl.config.spec import Spec, loss_task, metric_names
-from nnctl.data import Dataset, Standardizer, load_dataset
+from nnctl.data import Dataset, Preprocessor, Standardizer, load_dataset
 from nnctl.data.augment import Augmenter, build_augmenter
+from nnctl.data.targets import CLASSIFICATION
 from nnctl.engine.losses import LOSSES, default_loss
 from nnctl.engine.model import Sequential, build_layer
 from nnctl.engine.optimizers import OPTIMIZERS
@@ -26,7 +27,7 @@ from nnctl.training.memory import check_memory
 class Experiment:
     spec: Spec
     dataset: Dataset
-    standardizer: Standardizer | None
+    preprocessor: Preprocessor
     model: Sequential
     loss: Any
     loss_spec: dict[str, Any]
@@ -39,6 +40,15 @@ class Experiment:
     @property
     def dtype(self):
         return np.dtype(self.spec.training.dtype)
+
+    @property
+    def standardizer(self) -> Standardizer | None:
+        return self.preprocessor.standardizer
+
+    @property
+    def target_scale(self) -> np.ndarray | None:
+        """(k,) scale of a standardized regression target: metrics multiply errors by it."""
+        return self.preprocessor.target_scale
 
 
 def output_layer(spec: Spec, n_outputs: int) -> dict[str, Any]:
@@ -87,8 +97,30 @@ def located(spec: Spec, path: tuple):
         raise spec.error_at(path, str(err)) from None
 
 
+def check_output_shape(spec: Spec, model: Sequential, n_outputs: int, input_shape) -> None:
+    """The model must give (N, n_outputs): a dense stack on (N, 8, 8) gives (N, 8, n_outputs)."""
+    out = tuple(model.output_shape or ())
+    if out == (n_outputs,):
+        return
+    hint = ""
+    if len(input_shape) > 1:
+        hint = (f"; a dense layer acts on the last axis of each {list(input_shape)} sample: add "
+                "{type: flatten} before the dense layers, or set data.shape")
+    raise spec.error_at(("model",), f"the model's output per sample is {list(out)}, the loss needs "
+                                    f"[{n_outputs}]{hint}")
+
+
+def balanced_weights(y: np.ndarray, n_classes: int, where) -> list[float]:
+    """n_samples / (n_classes * count_c) per class, from the training split's class indices."""
+    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=n_classes)
+    if (counts == 0).any():
+        raise where(f"class_weights: balanced needs every class in the training split; class "
+                    f"{int(np.argmin(counts))} has no row")
+    return [float(v) for v in len(y) / (n_classes * counts)]
+
+
 def prepare(spec: Spec) -> Experiment:
-    data = load_dataset(spec.data, spec.seed, spec.base_dir)
+    data = load_dataset(spec.data, spec.seed, spec.base_dir, spec.training.dtype)
     task = data.task
 
     loss_spec = spec.loss or {"name": default_loss(task, data.n_outputs)}
@@ -122,10 +154,20 @@ def prepare(spec: Spec) -> Experiment:
     layer_specs = [*spec.layers, output_layer(spec, n_outputs)]
     check_memory(spec, layer_specs, data)  # from shapes alone: refuse what cannot fit before allocating it
     model = build_model(spec, layer_specs, data.input_shape, dtype)
+    check_output_shape(spec, model, n_outputs, data.input_shape)
     augmenter = build_augmenter(spec, data.input_shape, task, loss_spec["name"], data.n_outputs)
 
     mode = spec.data.get("standardize", True)
     standardizer = Standardizer().fit(data.train, per_feature=mode != "global") if mode else None
+    if standardizer is not None and data.table is not None:
+        # one-hot columns stay 0/1: scaling a rare category up to unit variance only adds noise
+        onehot = data.table.onehot_mask().reshape(standardizer.mean.shape)
+        standardizer.mean[onehot], standardizer.scale[onehot] = 0.0, 1.0
+    preprocessor = Preprocessor(table=data.table, standardizer=standardizer,
+                                target_mean=data.target_mean, target_scale=data.target_scale)
+    if loss_spec.get("class_weights") == "balanced" and task == CLASSIFICATION:
+        loss_spec = {**loss_spec, "class_weights": balanced_weights(
+            data.train.targets(), data.n_outputs, lambda m: spec.error_at(("loss", "class_weights"), m))}
     with located(spec, ("loss",)):
         loss = LOSSES.create(loss_spec)
     weights = loss_spec.get("class_weights")
@@ -137,6 +179,6 @@ def prepare(spec: Spec) -> Experiment:
     steps = -(-n_train // spec.training.batch_size)
     with located(spec, ("schedule",)):
         schedule = build_schedule(spec.schedule, optimizer.lr, spec.training.epochs, steps)
-    return Experiment(spec=spec, dataset=data, standardizer=standardizer, model=model, loss=loss,
+    return Experiment(spec=spec, dataset=data, preprocessor=preprocessor, model=model, loss=loss,
                       loss_spec=loss_spec, optimizer=optimizer, schedule=schedule,
                       layer_specs=layer_specs, steps_per_epoch=steps, augmenter=augmenter)

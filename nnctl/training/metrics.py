@@ -31,10 +31,15 @@ class MetricAccumulator:
     Classification logs loss and accuracy (against the dominant label of soft targets);
     regression logs loss, mae and r2 (R² averaged uniformly over outputs, like scikit-learn's
     r2_score).
+
+    target_scale: (k,) scale of a standardized regression target. z and y are then in
+    scaled units; mae is reported in the target's own units (errors times the scale; R²
+    does not change under the affine map). The loss stays what the optimizer minimizes.
     """
 
-    def __init__(self, task: str):
+    def __init__(self, task: str, target_scale: np.ndarray | None = None):
         self.task = task
+        self.target_scale = None if target_scale is None else np.asarray(target_scale, dtype=np.float64)
         self.n = 0
         self.loss_sum = 0.0
         self.correct = 0
@@ -52,6 +57,8 @@ class MetricAccumulator:
             return
         y2 = y.reshape(b, -1).astype(np.float64)
         z2 = z.reshape(b, -1).astype(np.float64)
+        if self.target_scale is not None:
+            y2, z2 = y2 * self.target_scale, z2 * self.target_scale
         err = z2 - y2
         self.abs_sum += float(np.abs(err).sum()) / y2.shape[1]
         if self.sq_err is None:
@@ -75,10 +82,11 @@ class MetricAccumulator:
         return out
 
 
-def evaluate(model, loss, split, standardizer, batch_size: int, task: str, dtype, prefix: str = "") -> dict[str, float]:
+def evaluate(model, loss, split, standardizer, batch_size: int, task: str, dtype, prefix: str = "",
+             target_scale: np.ndarray | None = None) -> dict[str, float]:
     """Loss and task metrics of `model` (in evaluation mode) over one split."""
     from nnctl.data import iterate_batches
-    acc = MetricAccumulator(task)
+    acc = MetricAccumulator(task, target_scale)
     for xb, yb in iterate_batches(split, batch_size, None, dtype, standardizer):
         z = model.forward(xb, training=False)
         acc.update(loss.value(z, yb), z, yb)

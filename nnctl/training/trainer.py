@@ -133,7 +133,7 @@ class Trainer:
         exp = self.exp
         model, loss, opt, sched = exp.model, exp.loss, exp.optimizer, exp.schedule
         params, grads = model.named_parameters(), model.named_grads()
-        acc = MetricAccumulator(exp.dataset.task)
+        acc = MetricAccumulator(exp.dataset.task, exp.target_scale)
         # A fresh Generator per epoch from (seed, epoch): the shuffle order needs no saved state,
         # so a resumed run sees exactly the batches the uninterrupted run saw.
         rng = np.random.default_rng([exp.spec.seed, 1, epoch_index]) if exp.spec.training.shuffle else None
@@ -181,7 +181,7 @@ class Trainer:
                     if self.has_val:
                         logs.update(evaluate(exp.model, exp.loss, exp.dataset.val, exp.standardizer,
                                              spec.training.eval_batch_size, exp.dataset.task, exp.dtype,
-                                             prefix="val_"))
+                                             prefix="val_", target_scale=exp.target_scale))
                 self._check_interrupt()
                 self.epoch += 1
                 record = {"epoch": self.epoch, "lr": logs.pop("lr"), **logs,
@@ -218,7 +218,8 @@ class Trainer:
         test = exp.dataset.test
         if test is not None and len(test) > 0:
             result.test_metrics = evaluate(exp.model, exp.loss, test, exp.standardizer,
-                                           spec.training.eval_batch_size, exp.dataset.task, exp.dtype, prefix="test_")
+                                           spec.training.eval_batch_size, exp.dataset.task, exp.dtype, prefix="test_",
+                                           target_scale=exp.target_scale)
         if self.stop_status == "interrupted":  # a signal during the test evaluation
             result.status, result.message = "interrupted", self.stop_message
         return result

@@ -1,0 +1,96 @@
+"""Image folders: one subfolder per class of PNG/JPEG files, decoded with Pillow (the `images` extra).
+
+The layout of Keras' `image_dataset_from_directory` and torchvision's `ImageFolder`:
+
+    digits_png/0/a.png  digits_png/0/b.png  digits_png/1/c.png ...
+
+Images become float32 (N, C, H, W) in [0, 1] (C = 1 for grayscale, 3 for rgb), resized to
+`image_size` [H, W] when given (otherwise every image must already have one size). Files
+are read in sorted order (class folders, then file names), so the rows do not depend on the
+file system's listing order.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from nnctl.data.files import RawData
+from nnctl.data.targets import CLASSIFICATION
+from nnctl.errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+COLORS = ("grayscale", "rgb")
+
+
+def _pil():
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DataError('Pillow is not installed: pip install -e ".[images]"') from None
+    return Image
+
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files directly in `folder`, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_image(p))
+
+
+def decode(paths: list[Path], image_size, color: str, root: Path) -> np.ndarray:
+    """float32 (N, C, H, W) in [0, 1]; a file that is not a readable image is a DataError naming it."""
+    Image = _pil()
+    mode = "L" if color == "grayscale" else "RGB"
+    size = None if image_size is None else (int(image_size[1]), int(image_size[0]))   # Pillow: (W, H)
+    arrays = []
+    first = None
+    for p in paths:
+        shown = p.relative_to(root) if p.is_relative_to(root) else p
+        try:
+            with Image.open(p) as im:
+                im = im.convert(mode)
+                if size is not None and im.size != size:
+                    im = im.resize(size, Image.Resampling.BILINEAR)
+                a = np.asarray(im, dtype=np.float32)
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            raise DataError(f"{shown}: not a readable image ({type(err).__name__}: {err})") from None
+        if first is None:
+            first = (a.shape, shown)
+        elif a.shape != first[0]:
+            raise DataError(f"{shown}: image is {a.shape[1]}x{a.shape[0]}, {first[1]} is "
+                            f"{first[0][1]}x{first[0][0]}; set data.image_size: [H, W] to resize them all")
+        arrays.append(a)
+    x = np.stack(arrays) / np.float32(255.0)
+    return x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+
+
+def read_image_folder(path: Path, image_size, color: str, name: str) -> RawData:
+    """A folder with one subfolder per class -> RawData with x (N, C, H, W) and the class names as labels."""
+    classes = sorted(p for p in path.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{name}: an image folder needs one subfolder per class (e.g. {name}/cat/*.png)")
+    paths, labels = [], []
+    for c in classes:
+        files = image_files(c)
+        if not files:
+            raise DataError(f"{name}/{c.name}: no .png or .jpg images in this class folder")
+        paths += files
+        labels += [c.name] * len(files)
+    x = decode(paths, image_size, color, path)
+    return RawData(x=x, y=np.asarray(labels, dtype=str), feature_names=None, target_name=None,
+                   source=name, task=CLASSIFICATION)
+
+
+def read_images_to_predict(path: Path, image_size, color: str) -> tuple[np.ndarray, list[str]]:
+    """One image file, or every image under a folder (recursively, sorted): x and the files' paths."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and is_image(p))
+        if not files:
+            raise DataError(f"{path}: no .png or .jpg images in this folder")
+    else:
+        files = [path]
+    return decode(files, image_size, color, path if path.is_dir() else path.parent), [str(p) for p in files]
