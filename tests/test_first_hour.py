@@ -280,20 +280,23 @@ def test_init_csv_string_target_and_categorical_column(tmp_path, monkeypatch):
     assert "target species (given with --target)" in out
     assert "task classification (text labels, 2 classes: big, small)" in out
     assert "left out row_id: id, numbered 1 by 1 like a row ID" in out
-    assert "left out colour: categorical, 3 categories; features must be numbers" in out
+    assert "categorical colour: 3 categories, one-hot encoded (plus one for unknown)" in out
     assert "wrote animals.yaml; next: nnctl validate animals.yaml && nnctl train animals.yaml" in out
     text = (tmp_path / "animals.yaml").read_text()
     import yaml
     spec = yaml.safe_load(text)
-    assert spec["data"] == {"dataset": "data/animals.csv", "target": "species", "features": ["size", "weight"],
-                            "task": "classification", "val_split": 0.2, "test_split": 0.2, "standardize": True}
+    assert spec["data"] == {"dataset": "data/animals.csv", "target": "species", "ignore": ["row_id"],
+                            "categorical": "auto", "task": "classification", "val_split": 0.2, "test_split": 0.2,
+                            "standardize": True}
     assert spec["model"]["hidden"] == [16] and spec["loss"] == "cross_entropy"
     assert spec["training"]["early_stopping"] == {"monitor": "val_loss", "patience": 10, "restore_best": True}
     # every key line carries a comment saying what it means
     keys = [line for line in text.splitlines() if not line.lstrip().startswith("#") and ":" in line
             and not line.rstrip().endswith(":")]
     assert keys and all("  # " in line for line in keys)
-    assert invoke("validate", "animals.yaml").exit_code == 0
+    res = invoke("validate", "animals.yaml")
+    # size, weight and colour one-hot (3 categories + unknown): the 6 inputs init sized the model for
+    assert res.exit_code == 0 and "input (6,), 2 outputs" in res.stdout, res.output
     res = invoke("train", "animals.yaml", "--set", "training.epochs=1", "--runs-dir", "runs", "-q")
     assert res.exit_code == 0 and res.stdout.startswith("completed: 1 epochs"), res.output
     again = invoke("init", "data/animals.csv", "--target", "species")

@@ -49,8 +49,9 @@ class Profile:
     task_why: str
     classes: list | None
     n_outputs: int
-    features: list[str] | None = None   # CSV only
-    left_out: list[Column] = field(default_factory=list)
+    features: list[str] | None = None   # CSV only: the columns used (numeric and categorical)
+    categorical: list[Column] = field(default_factory=list)   # CSV: one-hot encoded by the loader
+    left_out: list[Column] = field(default_factory=list)      # CSV: written as data.ignore
     target_path: Path | None = None     # .npy only
     hidden: list[int] = field(default_factory=list)
     batch_size: int = 32
@@ -88,7 +89,7 @@ def _csv_profile(path: Path, target: str | None) -> Profile:
         if target not in table.header:
             raise table.no_column(target)
         target_why = "given with --target"
-    features, left_out = [], []
+    features, left_out, categorical = [], [], []
     for j, name in enumerate(table.header):
         if name == target:
             continue
@@ -103,10 +104,12 @@ def _csv_profile(path: Path, target: str | None) -> Profile:
             elif _ID_NAME.search(name) or distinct == len(cells):
                 left_out.append(Column(name, "id", distinct, "a different text in every row: an ID"))
             elif distinct <= MAX_CATEGORIES:
-                left_out.append(Column(name, "categorical", distinct,
-                                       f"{distinct} categories; features must be numbers"))
+                # the loader one-hot encodes a column without numbers (data.categorical: auto)
+                categorical.append(Column(name, "categorical", distinct,
+                                          f"{distinct} categories, one-hot encoded (plus one for unknown)"))
+                features.append(name)
             else:
-                left_out.append(Column(name, "text", distinct, "free text"))
+                left_out.append(Column(name, "text", distinct, f"free text (over {MAX_CATEGORIES} values)"))
         elif _ID_NAME.search(name) or _id_like_numbers(numbers):
             left_out.append(Column(name, "id", distinct, "numbered 1 by 1 like a row ID"
                                    if _id_like_numbers(numbers) else "named like an ID"))
@@ -115,7 +118,7 @@ def _csv_profile(path: Path, target: str | None) -> Profile:
         else:
             features.append(name)
     if not features:
-        raise DataError(f"{path.name}: no numeric feature column besides the target '{target}' "
+        raise DataError(f"{path.name}: no usable feature column besides the target '{target}' "
                         f"(left out: {', '.join(c.name for c in left_out) or 'none'})")
     t = table.header.index(target)
     cells = [c.strip() for c in table.column(t)]
@@ -125,9 +128,12 @@ def _csv_profile(path: Path, target: str | None) -> Profile:
     numbers = _floats(cells)
     raw_y = numbers if numbers is not None else np.array(cells, dtype=str)
     task, task_why, classes = _task(raw_y, infer_task)
-    return Profile(path=path, rows=len(table.rows), input_shape=(len(features),), target=target,
+    # each categorical column becomes one input per category plus one for unknown values
+    width = len(features) + sum(c.distinct for c in categorical)
+    return Profile(path=path, rows=len(table.rows), input_shape=(width,), target=target,
                    target_why=target_why, task=task, task_why=task_why, classes=classes,
-                   n_outputs=len(classes) if classes is not None else 1, features=features, left_out=left_out)
+                   n_outputs=len(classes) if classes is not None else 1, features=features,
+                   categorical=categorical, left_out=left_out)
 
 
 def _floats(cells: list[str]) -> np.ndarray | None:
@@ -283,6 +289,8 @@ def render_spec(profile: Profile, spec_dir: Path) -> str:
         f"# Data: {p.rows:,} rows, {p.n_features:,} features; target {p.target} ({p.target_why});",
         f"# task {p.task}: {p.task_why}{classes}.",
     ]
+    for c in p.categorical:
+        lines.append(f"# Categorical: column '{c.name}': {c.why}.")
     for c in p.left_out:
         lines.append(f"# Left out: column '{c.name}' ({c.kind}, {c.distinct} distinct values): {c.why}.")
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", p.path.stem).strip(".-") or "run"
@@ -294,8 +302,11 @@ def render_spec(profile: Profile, spec_dir: Path) -> str:
     ]
     if p.features is not None:
         lines.append(f"  target: {_quote(p.target)}\t# the column to predict ({p.target_why})")
-        lines.append(f"  features: {_flow(p.features)}\t# the numeric input columns (the left-out ones above "
-                     "are not listed)")
+        if p.left_out:
+            lines.append(f"  ignore: {_flow([c.name for c in p.left_out])}\t# not features (see Left out above); "
+                         "predict --keep can copy them")
+        lines.append("  categorical: auto\t# a column without numbers is one-hot encoded"
+                     + (f": {', '.join(c.name for c in p.categorical)}" if p.categorical else ""))
     if p.target_path is not None:
         rel = Path(os.path.relpath(p.target_path.resolve(), spec_dir.resolve())).as_posix()
         lines.append(f"  target_path: {_quote(rel)}\t# the targets of each row of the dataset")

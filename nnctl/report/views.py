@@ -147,6 +147,8 @@ def render_starter(profile, path) -> None:
     rows = [("data", f"{p.path.name}: {p.rows:,} rows, {p.n_features:,} features"),
             ("target", f"{p.target} ({p.target_why})"),
             ("task", f"{p.task} ({p.task_why}{classes})")]
+    for c in p.categorical:
+        rows.append(("categorical", f"{c.name}: {c.why}"))
     for c in p.left_out:
         rows.append(("left out", f"{c.name}: {c.kind}, {c.why}"))
     rows.append(("model", f"hidden {p.hidden}, batch {p.batch_size}, up to {p.epochs} epochs, "
