@@ -374,7 +374,8 @@ def test_unknown_names_and_option_ranges_name_the_key_and_line(tmp_path):
      "data.layout: images samples have 3 axes (C, H, W), the data's samples are [64] (spec.yaml line 3)"),
 ])
 def test_transforms_that_do_not_fit_the_data_are_errors(tmp_path, augment, data_extra, loss, message):
-    text = f"data:\n  {data_extra}\n  augment:\n    {augment}\n" + (f"loss: {loss}\n" if loss else "")
+    text = (f"data:\n  {data_extra}\n  augment:\n    {augment}\n" + (f"loss: {loss}\n" if loss else "")
+            + "model: {layers: [flatten]}\n")
     path = tmp_path / "spec.yaml"
     path.write_text(text)
     assert config_error(path) == message
