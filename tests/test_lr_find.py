@@ -29,7 +29,9 @@ def linear_csv(path: Path) -> Path:
 
 
 def spec_dict(csv: Path, lr: float = 0.1) -> dict:
-    return {"name": "lin", "data": {"dataset": str(csv), "target": "y", "task": "regression", "val_split": 0.25},
+    return {"name": "lin", "data": {"dataset": str(csv), "target": "y", "task": "regression", "val_split": 0.25,
+                                     # the curve and the grid below were tuned on the raw target
+                                     "standardize_target": False},
             "model": {"hidden": [16], "activation": "tanh"}, "optimizer": {"name": "sgd", "lr": lr},
             "training": {"batch_size": 32, "epochs": 3}}
 

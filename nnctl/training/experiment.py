@@ -154,8 +154,8 @@ def prepare(spec: Spec) -> Experiment:
     layer_specs = [*spec.layers, output_layer(spec, n_outputs)]
     check_memory(spec, layer_specs, data)  # from shapes alone: refuse what cannot fit before allocating it
     model = build_model(spec, layer_specs, data.input_shape, dtype)
-    check_output_shape(spec, model, n_outputs, data.input_shape)
     augmenter = build_augmenter(spec, data.input_shape, task, loss_spec["name"], data.n_outputs)
+    check_output_shape(spec, model, n_outputs, data.input_shape)
 
     mode = spec.data.get("standardize", True)
     standardizer = Standardizer().fit(data.train, per_feature=mode != "global") if mode else None
