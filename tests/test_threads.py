@@ -155,3 +155,15 @@ def test_the_cli_puts_the_default_into_the_environment_before_numpy(tmp_path):
     assert f"ENV {threads.default_threads()}" in out.stdout, out.stdout + out.stderr
     (run,) = sorted((tmp_path / "runs").iterdir())
     assert f"threads: {threads.default_threads()}" in (run / "config.yaml").read_text()
+
+
+def test_a_sweep_trial_is_the_same_trial_whatever_thread_count_its_run_recorded():
+    """The run writes training.threads; the trial's snapshot has null: resume must still see it done."""
+    from nnctl.sweep.spec import config_hash
+    trial = _spec(None).to_dict()
+    ran = _spec(1).to_dict()
+    assert trial["training"]["threads"] is None and ran["training"]["threads"] == 1
+    assert config_hash(ran) == config_hash(trial)
+    other = _spec(1).to_dict()
+    other["training"]["epochs"] = 2
+    assert config_hash(other) != config_hash(trial)

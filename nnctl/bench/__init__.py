@@ -9,9 +9,10 @@
     python -m nnctl.bench.search   TPE against random search at one budget, and the epochs pruning saves
     python -m nnctl.bench.augment  epoch time of a 1-D CNN and an MLP with and without data.augment
     python -m nnctl.bench.defaults the defaults panel: candidate defaults on a dozen small tasks
+    python -m nnctl.bench.startup  what `import nnctl.cli` imports and how long `nnctl --help` takes
     python -m nnctl.bench.own_data a table with categories and missing values: nnctl against scikit-learn
 
-Everything prints through `say`, the one console, never through the engine.
+Output goes through the console (`say`), never through the engine.
 """
 from __future__ import annotations
 

@@ -169,7 +169,7 @@ def torch_epochs(w: Workload, data: Path, epochs: int, threads: int) -> list[flo
         return None
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    with np.load(data) as z:
+    with np.load(data, allow_pickle=False) as z:
         x, y = torch.from_numpy(z["x"]), torch.from_numpy(z["y"])
     n_val = int(round(0.1 * len(x)))
     xv, yv, xt, yt = x[:n_val], y[:n_val], x[n_val:], y[n_val:]
@@ -235,7 +235,7 @@ def predict_seconds(w: Workload, data: Path, threads: int, reps: int = 3) -> tup
     `torch.no_grad()` forward of the same net when it is installed."""
     from nnctl.config.spec import spec_from_dict
     from nnctl.training.experiment import prepare
-    with np.load(data) as z:
+    with np.load(data, allow_pickle=False) as z:
         x = np.ascontiguousarray(z["x"])
     model = prepare(spec_from_dict(_spec(w, data, 1))).model  # the model `nnctl train` builds
     best = float("inf")

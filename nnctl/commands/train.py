@@ -157,6 +157,9 @@ def _run_training(config, overrides, resume, runs_dir, quiet, held: list, thread
         trainer = Trainer(exp, _callbacks(run, spec, quiet, stop, extra))
     if not quiet:  # speed (threads) hook: the train header's threads line
         console.print(threads_header(choice), markup=False, highlight=False, soft_wrap=True)
+    if not quiet:  # augment hook: the active augmentations and the axes they move
+        for line in exp.augmenter.describe():
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
     try:
         result = trainer.fit()
     except KeyboardInterrupt:

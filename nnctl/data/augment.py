@@ -628,7 +628,12 @@ def describe_entries(entries: list[dict[str, dict[str, Any]]] | None) -> str:
     """A stored config's `data.augment` on one line, without the data (for `nnctl show`):
     'shift(max=2, fill=zero), mixup(alpha=0.2, p=0.5)'; options at their default are left out."""
     parts = []
-    for entry in entries or []:
+    for entry in entries if isinstance(entries, list) else []:
+        # a stored config may have been edited by hand: show what cannot be read as it is
+        if not (isinstance(entry, dict) and len(entry) == 1 and next(iter(entry)) in TRANSFORMS
+                and isinstance(next(iter(entry.values())), dict)):
+            parts.append(repr(entry))
+            continue
         (name, options), = entry.items()
         params = TRANSFORMS.get(name).PARAMS
         shown = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in options.items()

@@ -63,6 +63,7 @@ def render_show(info, max_rows: int) -> NnctlError | None:
     from rich.markup import escape
     from rich.syntax import Syntax
 
+    from nnctl.data.augment import describe_entries
     from nnctl.runs.model import load_model
     from nnctl.report.tables import history_table, key_value_table, model_table, sparkline_rows, status_text
     from nnctl.runs.store import dump_yaml
@@ -89,6 +90,10 @@ def render_show(info, max_rows: int) -> NnctlError | None:
         console.print(model_table(lm.model.summary()))
         console.print(f"{lm.model.num_parameters():,} parameters; input {list(lm.input_shape)}, {lm.dtype}, "
                       f"{lm.task}; weights of epoch {lm.epoch} ({lm.path.name})", markup=False, soft_wrap=True)
+    data = info.config.get("data") if isinstance(info.config, dict) else None
+    augment = describe_entries(data.get("augment")) if isinstance(data, dict) else ""
+    if augment:  # augment hook: the transforms training batches went through
+        console.print(f"augment (training batches only): {augment}", markup=False, soft_wrap=True)
 
     console.rule("history", align="left", style="dim")
     if info.history:

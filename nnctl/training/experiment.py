@@ -150,11 +150,12 @@ def prepare(spec: Spec) -> Experiment:
         raise spec.error_at(("training", "batch_size"),
                             f"{spec.training.batch_size} is larger than the training split ({n_train} rows)")
 
+    # the data's own rules (augmentation fits the layout and the loss) before the model's
+    augmenter = build_augmenter(spec, data.input_shape, task, loss_spec["name"], data.n_outputs)
     dtype = np.dtype(spec.training.dtype)
     layer_specs = [*spec.layers, output_layer(spec, n_outputs)]
     check_memory(spec, layer_specs, data)  # from shapes alone: refuse what cannot fit before allocating it
     model = build_model(spec, layer_specs, data.input_shape, dtype)
-    augmenter = build_augmenter(spec, data.input_shape, task, loss_spec["name"], data.n_outputs)
     check_output_shape(spec, model, n_outputs, data.input_shape)
 
     mode = spec.data.get("standardize", True)
