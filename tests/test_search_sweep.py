@@ -26,13 +26,13 @@ def sweep_cli(*args: str):
     return runner.invoke(app, ["sweep", *args])
 
 
-def wait_for(predicate, timeout: float, what: str):
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.05):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         value = predicate()
         if value:
             return value
-        time.sleep(0.05)
+        time.sleep(poll)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -110,8 +110,10 @@ def test_tpe_with_median_pruning_survives_sigkill_and_saves_epochs(tmp_path):
 
         def trial_1_training():
             histories = list((sweep_dir / "trials" / "1").glob("*/history.json"))
+            # trial 1 cannot be pruned (startup_trials: 2) and trains 20 epochs of ~15 ms on a quiet
+            # machine: a fine poll catches it early enough that the trial's watchdog stops it mid-run
             return histories and 1 <= len(read_json(histories[0]) or []) <= 5
-        wait_for(trial_1_training, 90, "trial 1 training")
+        wait_for(trial_1_training, 90, "trial 1 training", poll=0.005)
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
     finally:
