@@ -22,7 +22,7 @@ from typing import IO, Iterator
 import numpy as np
 
 from nnctl.data import Split, TableEncoder, load_features
-from nnctl.data.files import CsvTable, not_utf8, read_csv_columns, suffix_of
+from nnctl.data.files import CsvTable, is_number, not_utf8, read_csv_columns, suffix_of
 from nnctl.runs.model import CLASSIFICATION, LoadedModel
 from nnctl.errors import DataError, NnctlError
 from nnctl.fileio import check_regular
@@ -34,14 +34,6 @@ CHUNK_ROWS = 16384
 # ... and at most this many cells: a parsed cell is a Python string of ~55 bytes, so 16384
 # rows of 256 columns would hold ~230 MB of strings at once.
 CHUNK_CELLS = 1_000_000
-
-
-def _is_number(cell: str) -> bool:
-    try:
-        float(cell)
-    except ValueError:
-        return False
-    return True
 
 
 class CsvFeatureReader:
@@ -113,7 +105,7 @@ class CsvFeatureReader:
         table = self.table
         if table is None and self.feature_names is None:
             def numeric(j: int) -> bool:
-                return any(_is_number(rec[j]) for _, rec in first if j < len(rec))
+                return any(is_number(rec[j]) for _, rec in first if j < len(rec))
             names = [h for j, h in enumerate(header) if j != target and numeric(j) and h not in self.keep]
             if len(names) != want:
                 raise DataError(f"{self.name}: {len(names)} numeric feature columns, the model expects {want} "

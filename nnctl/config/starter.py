@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nnctl.data.files import is_number, parse_floats
 from nnctl.errors import ConfigError, DataError
 from nnctl.fileio import check_regular
 
@@ -95,10 +96,10 @@ def _csv_profile(path: Path, target: str | None) -> Profile:
             continue
         cells = [c.strip() for c in table.column(j)]
         distinct = len(set(cells))
-        numbers = _floats(cells)
+        numbers = parse_floats(cells)
         if numbers is None:
-            if any(_is_number(c) for c in cells):
-                bad = next(i for i, c in enumerate(cells) if not _is_number(c))
+            if any(is_number(c) for c in cells):
+                bad = next(i for i, c in enumerate(cells) if not is_number(c))
                 left_out.append(Column(name, "text", distinct, f"partly numeric (row {table.lines[bad]}: "
                                                                  f"{cells[bad]!r}); fix it to use the column"))
             elif _ID_NAME.search(name) or distinct == len(cells):
@@ -125,7 +126,7 @@ def _csv_profile(path: Path, target: str | None) -> Profile:
     if any(not c for c in cells):
         i = next(i for i, c in enumerate(cells) if not c)
         raise DataError(f"{path.name} row {table.lines[i]}, column '{target}': empty target cell")
-    numbers = _floats(cells)
+    numbers = parse_floats(cells)
     raw_y = numbers if numbers is not None else np.array(cells, dtype=str)
     task, task_why, classes = _task(raw_y, infer_task)
     # each categorical column becomes one input per category plus one for unknown values
@@ -134,21 +135,6 @@ def _csv_profile(path: Path, target: str | None) -> Profile:
                    target_why=target_why, task=task, task_why=task_why, classes=classes,
                    n_outputs=len(classes) if classes is not None else 1, features=features,
                    categorical=categorical, left_out=left_out)
-
-
-def _floats(cells: list[str]) -> np.ndarray | None:
-    try:
-        return np.array([float(c) for c in cells], dtype=np.float64)
-    except ValueError:
-        return None
-
-
-def _is_number(cell: str) -> bool:
-    try:
-        float(cell)
-    except ValueError:
-        return False
-    return True
 
 
 def _task(raw_y: np.ndarray, infer_task) -> tuple[str, str, list | None]:

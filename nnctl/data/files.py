@@ -250,7 +250,7 @@ def not_utf8(path: Path, name: str) -> DataError:
     return DataError(f"{name}: not UTF-8 text")
 
 
-def _floats(cells: list[str]) -> np.ndarray | None:
+def parse_floats(cells: list[str]) -> np.ndarray | None:
     """The cells as float64, or None if any is not a number."""
     try:
         return np.array([float(c) for c in cells], dtype=np.float64)
@@ -258,7 +258,7 @@ def _floats(cells: list[str]) -> np.ndarray | None:
         return None
 
 
-def _is_number(cell: str) -> bool:
+def is_number(cell: str) -> bool:
     try:
         float(cell)
     except ValueError:
@@ -306,7 +306,7 @@ def numeric_column(file: str, name: str, cells: list[str], lines, dtype=np.float
     Values must be finite in `dtype`, the dtype they will be used in: 1e300 is a float64
     but infinite in float32.
     """
-    values = _floats(cells)
+    values = parse_floats(cells)
     limit = float_limit(dtype)
     if values is not None:
         missing = np.isnan(values)
@@ -349,7 +349,7 @@ def _target_column(table: CsvTable, j: int, dtype) -> tuple[np.ndarray, np.ndarr
     cells = table.column(j)
     missing = np.array([is_missing(c) for c in cells], dtype=bool)
     present = [c for c, m in zip(cells, missing) if not m]
-    if present and all(_is_number(c) for c in present):
+    if present and all(is_number(c) for c in present):
         col = numeric_column(table.name, table.header[j], cells, table.lines, dtype)
         return col.values, col.missing
     return np.array([c.strip() for c in cells], dtype=str), missing
@@ -366,7 +366,7 @@ def default_target(header: list[str]) -> str:
 
 def _is_text_column(table: CsvTable, j: int) -> bool:
     """No present cell is a number (missing cells do not count)."""
-    return not any(_is_number(c) and not is_missing(c) for c in table.column(j))
+    return not any(is_number(c) and not is_missing(c) for c in table.column(j))
 
 
 def _names(table: CsvTable, names, key: str) -> list[str]:
