@@ -12,7 +12,7 @@ from nnctl.data import DATASETS, PARAMS_DATA
 from nnctl.data.augment import LAYOUTS, TRANSFORMS
 from nnctl.engine.activations import ACTIVATIONS
 from nnctl.engine.base import LAYERS
-from nnctl.engine.hparams import REQUIRED, Param, Registry
+from nnctl.hparams import REQUIRED, Param, Registry
 from nnctl.engine.initializers import INITIALIZERS
 from nnctl.engine.losses import LOSSES
 from nnctl.engine.optimizers import OPTIMIZERS

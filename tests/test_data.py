@@ -65,7 +65,7 @@ def test_every_registered_builtin_is_covered():
 
 
 def test_a_registered_function_generator(monkeypatch):
-    from nnctl.engine.hparams import Param
+    from nnctl.hparams import Param
 
     def counting(rng, n_samples, steps):
         x = rng.integers(0, 2, size=(n_samples, steps, 1)).astype(np.float64)

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from nnctl.cli import app
 from nnctl.data import DATASETS
 from nnctl.engine.base import LAYERS
-from nnctl.engine.hparams import unknown_name_message
+from nnctl.hparams import unknown_name_message
 
 ROOT = Path(__file__).resolve().parent.parent
 IRIS_CSV = ROOT / "datasets" / "iris.csv"

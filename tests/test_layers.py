@@ -1,7 +1,7 @@
 """The allowed import directions between nnctl's packages, checked by an AST scan of every module.
 
 Arrows point down: cli -> commands -> (sweep, training, report) -> (config, data, runs) -> engine
--> errors. Imports inside functions count too (a lazy import is still a dependency).
+-> (errors, hparams). Imports inside functions count too (a lazy import is still a dependency).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ RANK = {
     "engine": 1,
     # leaves: nnctl/__init__.py (the version) and modules that import only errors
     "errors": 0, "status": 0, "fileio": 0, "threads": 0, "__init__": 0,
+    "hparams": 0,  # declarations read by engine, data, augment and sweep alike; imports only errors
 }
 UI_LIBRARIES = ("yaml", "typer", "rich")
 

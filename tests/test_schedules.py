@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from nnctl.engine.hparams import REQUIRED
+from nnctl.hparams import REQUIRED
 from nnctl.engine.schedules import SCHEDULE_KEYS, SCHEDULES, Schedule, build_schedule
 from nnctl.errors import CheckpointError, ConfigError, TrainingError
 

@@ -66,7 +66,7 @@ def data_source(lm: LoadedModel, value: str, need_targets: bool) -> EvalData:
     if not path.exists() and value in DATASETS:
         return _builtin(lm, value)
     if not path.suffix and not path.exists():
-        from nnctl.engine.hparams import unknown_name_message
+        from nnctl.hparams import unknown_name_message
         raise DataError(f"--data: {unknown_name_message('dataset', value, DATASETS.names())} "
                         "(or give a .csv, .npy or .npz file)")
     notes: list[str] = []

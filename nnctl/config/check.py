@@ -6,7 +6,7 @@ import re
 from typing import Any, Callable
 
 from nnctl.config.source import KeyPath, Source, format_path, printable
-from nnctl.engine.hparams import Param, Registry, unknown_name_message
+from nnctl.hparams import Param, Registry, unknown_name_message
 from nnctl.errors import EXCERPT_CHARS, ConfigError
 
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from nnctl.config.check import Checker, describe
-from nnctl.engine.hparams import Param, unknown_name_message
+from nnctl.hparams import Param, unknown_name_message
 
 LOGGER_PARAMS: dict[str, dict[str, Param]] = {
     "tensorboard": {},

@@ -22,7 +22,7 @@ from nnctl.data import DATASETS, PARAMS_DATA
 from nnctl.data.augment import check_augment
 from nnctl.engine.activations import ACTIVATIONS
 from nnctl.engine.base import LAYERS
-from nnctl.engine.hparams import Param
+from nnctl.hparams import Param
 from nnctl.engine.initializers import INITIALIZERS
 from nnctl.engine.losses import LOSSES
 from nnctl.engine.metrics import metric_names
@@ -201,7 +201,7 @@ def _check_task_fit(chk: Checker, data: dict[str, Any], loss: Any, schedule: Any
     valid = metric_names(task, has_val)
     for path, monitor in monitors:
         if monitor not in valid:
-            from nnctl.engine.hparams import unknown_name_message
+            from nnctl.hparams import unknown_name_message
             why = "" if has_val or not monitor.startswith("val_") else " (there is no validation split: set data.val_split)"
             chk.error(path, unknown_name_message("metric", monitor, valid) + f"; it is never logged{why}")
 

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from nnctl.engine.hparams import Param, Registry, unknown_name_message
+from nnctl.hparams import Param, Registry, unknown_name_message
 
 TRANSFORMS = Registry("augmentation")
 

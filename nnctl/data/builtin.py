@@ -18,7 +18,7 @@ import numpy as np
 
 from nnctl.data.files import RawData, numeric_matrix, read_csv_data
 from nnctl.data.targets import CLASSIFICATION, REGRESSION
-from nnctl.engine.hparams import Param, Registry, defaults, unknown_name_message
+from nnctl.hparams import Param, Registry, defaults, unknown_name_message
 from nnctl.errors import ConfigError, DataError
 
 DATASETS = Registry("dataset")

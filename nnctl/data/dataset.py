@@ -16,7 +16,7 @@ from nnctl.data.preprocess import TableEncoder, fit_target_scale, handle_missing
 from nnctl.data.splits import Split, split_indices
 from nnctl.data.targets import (CLASSIFICATION, REGRESSION, classes_of, encode_labels,
                                 infer_task, merge_classes, regression_targets)
-from nnctl.engine.hparams import Param, defaults, unknown_name_message
+from nnctl.hparams import Param, defaults, unknown_name_message
 from nnctl.errors import ConfigError, DataError
 from nnctl.fileio import check_regular, shown
 

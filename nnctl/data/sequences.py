@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nnctl.engine.hparams import Param
+from nnctl.hparams import Param
 
 CLASSIFICATION = "classification"
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from nnctl.engine.base import Workspace, check_hparams
-from nnctl.engine.hparams import Param, Registry, defaults
+from nnctl.hparams import Param, Registry, defaults
 
 ACTIVATIONS = Registry("activation")
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from nnctl.engine.activations import softmax
 from nnctl.engine.base import LAYERS, Layer, Workspace, check_hparams
-from nnctl.engine.hparams import REQUIRED, Param
+from nnctl.hparams import REQUIRED, Param
 from nnctl.engine.initializers import get_initializer
 from nnctl.engine.layers import Dense, Dropout, LayerNorm
 from nnctl.errors import ConfigError, DataError

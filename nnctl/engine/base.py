@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from nnctl.engine.hparams import Param, Registry, defaults
+from nnctl.hparams import Param, Registry, defaults
 
 LAYERS = Registry("layer")
 

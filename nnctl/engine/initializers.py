@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from nnctl.engine.base import building_shapes_only, check_hparams
-from nnctl.engine.hparams import Param, Registry, defaults
+from nnctl.hparams import Param, Registry, defaults
 
 INITIALIZERS = Registry("initializer")
 

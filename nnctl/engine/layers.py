@@ -16,7 +16,7 @@ import numpy as np
 
 from nnctl.engine.activations import ACTIVATIONS, Activation, Identity, get_activation
 from nnctl.engine.base import LAYERS, Layer, Workspace, check_hparams
-from nnctl.engine.hparams import REQUIRED, Param
+from nnctl.hparams import REQUIRED, Param
 from nnctl.engine.initializers import compute_fans, default_initializer, get_initializer
 from nnctl.errors import ConfigError
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from nnctl.engine.activations import sigmoid, softmax
 from nnctl.engine.base import check_hparams
-from nnctl.engine.hparams import Param, Registry, defaults
+from nnctl.hparams import Param, Registry, defaults
 from nnctl.errors import ConfigError, DataError
 
 LOSSES = Registry("loss")

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from nnctl.engine.base import NO_DECAY_NAMES
-from nnctl.engine.hparams import Param, Registry
+from nnctl.hparams import Param, Registry
 from nnctl.errors import CheckpointError, ConfigError
 
 OPTIMIZERS = Registry("optimizer")

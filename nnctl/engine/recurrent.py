@@ -14,7 +14,7 @@ import numpy as np
 from nnctl.engine import shapes
 from nnctl.engine.activations import Activation, Sigmoid, get_activation
 from nnctl.engine.base import LAYERS, Layer, Workspace, check_hparams
-from nnctl.engine.hparams import REQUIRED, Param
+from nnctl.hparams import REQUIRED, Param
 from nnctl.engine.initializers import get_initializer
 
 _COMMON = {

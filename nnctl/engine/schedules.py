@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from nnctl.engine.hparams import Param, Registry
+from nnctl.hparams import Param, Registry
 from nnctl.engine.metrics import auto_mode
 from nnctl.engine.optimizers import check_hparams
 from nnctl.errors import CheckpointError, ConfigError, TrainingError

@@ -390,7 +390,7 @@ class DaskExecutor:
 def make_executor(kind: str, workers: int | None, address: str | None = None):
     """"local" or "dask"; bad combinations are one-line NnctlErrors."""
     if kind not in ("local", "dask"):
-        from nnctl.engine.hparams import unknown_name_message
+        from nnctl.hparams import unknown_name_message
         raise NnctlError(f"--executor: {unknown_name_message('executor', kind, ['dask', 'local'])}")
     if workers is not None and workers < 1:
         raise NnctlError(f"--workers: must be >= 1, got {workers}")

@@ -44,7 +44,7 @@ import numpy as np
 
 from nnctl.config.check import Checker, describe
 from nnctl.config.source import KeyPath, Source, format_path, read_spec
-from nnctl.engine.hparams import Param, unknown_name_message
+from nnctl.hparams import Param, unknown_name_message
 from nnctl.errors import ConfigError, NnctlError
 
 METHODS = ("grid", "random", "tpe", "gp", "cmaes", "nsga2")

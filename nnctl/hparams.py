@@ -2,7 +2,9 @@
 
 The config layer reads these declarations to validate YAML (type, range, choices) and to
 fill defaults; constructors take the same names as keyword arguments, so a component's
-`get_config()` round-trips through the spec. Nothing here knows about YAML.
+`get_config()` round-trips through the spec. Nothing here knows about YAML. It sits at the
+bottom of the package (beside errors) because the engine, the data layer, augmentation and
+the sweep spec all declare their parameters with it; none of them owns it.
 """
 from __future__ import annotations
 
