@@ -403,6 +403,78 @@ def test_npz_weights_read_with_numpy_alone(iris_run, tmp_path):
     assert labels == _predict_labels(iris_run, IRIS_CSV)
 
 
+# -- a table with text columns and missing cells ----------------------------------------------
+COLORS = ["red", "green", "blue", "teal"]
+
+
+def _table_csv(path: Path, n: int, seed: int, task: str, extra_colors: tuple[str, ...] = ()) -> Path:
+    """A CSV with numbers (some missing), text categories (some missing as '', NA or NaN) and a
+    target that depends on both: string labels for classification, values near 150 for regression."""
+    rng = np.random.default_rng(seed)
+    colors = COLORS + list(extra_colors)
+    rows = ["size,color,weight,shape,target"]
+    for i in range(n):
+        size, weight = rng.normal(0, 1), rng.normal(5, 2)
+        color = colors[i % len(colors)] if i % 11 else ["", "NA", "NaN"][i % 3]
+        shape = ["round", "square"][int(rng.integers(0, 2))]
+        bonus = {"red": 1.5, "green": -1.0}.get(color, 0.0)
+        if task == "classification":
+            target = "big" if size + bonus + (shape == "round") > 0.5 else "small"
+        else:
+            target = f"{150 + 3 * size - 0.5 * weight + 2 * bonus:.4f}"
+        rows.append(f"{'' if i % 7 == 3 else f'{size:.4f}'},{color},{'NA' if i % 13 == 5 else f'{weight:.3f}'},"
+                    f"{shape},{target}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+TABLE_SPEC = """\
+    name: {name}
+    seed: 1
+    data: {{dataset: {csv}, target: target, missing: impute, val_split: 0.2, test_split: 0.2}}
+    model:
+      layers:
+        - dense: {{units: 8, activation: tanh}}
+    {loss}
+    optimizer: {{name: adam, lr: 0.03}}
+    training: {{epochs: 6, batch_size: 16}}
+    """
+
+
+def test_npz_weights_regression_in_target_units_from_the_file_alone(tmp_path):
+    csv_path = _table_csv(tmp_path / "table.csv", 120, 0, "regression")
+    run = _train(tmp_path, TABLE_SPEC.format(name="table-npz", csv=csv_path, loss="loss: mse"))
+    res = runner.invoke(app, ["export", str(run), "--format", "npz-weights"])
+    assert res.exit_code == 0, res.output
+    assert "max abs diff 0 (tolerance" in res.stdout
+    with np.load(run / "model.weights.npz", allow_pickle=False) as npz:
+        arch = json.loads(npz["architecture.json"].decode("utf-8"))
+        a = {k: npz[k].astype(np.float64) for k in npz.files if k != "architecture.json"}
+    assert arch["target"] == {"unscale": "values * target.scale + target.mean"}
+    assert a["target.mean"].shape == (1,) and 140 < a["target.mean"][0] < 160
+    # the CSV encoded by hand from the JSON: numbers (mean-filled), one-hot text columns + unknown slot
+    header, *cells = [line.split(",") for line in csv_path.read_text().splitlines()]
+    feats = []
+    for col in arch["input"]["table"]["columns"]:
+        j = header.index(col["name"])
+        raw = [r[j] for r in cells]
+        if col["kind"] == "numeric":
+            feats.append([[col["fill"] if v in ("", "NA") else float(v)] for v in raw])
+        else:
+            cats = col["categories"]
+            vals = [col["fill"] if v in ("", "NA", "NaN") else v for v in raw]
+            feats.append([[float(v == c) for c in cats] + [float(v not in cats)] for v in vals])
+    x = np.concatenate([np.array(f) for f in feats], axis=1)
+    assert x.shape == (120, 2 + 5 + 3) and arch["feature_names"][1:6] == [
+        "color=blue", "color=green", "color=red", "color=teal", "color=<unknown>"]
+    h = np.tanh(((x - a["standardize.mean"]) / a["standardize.scale"]) @ a["layers.0.W"] + a["layers.0.b"])
+    values = (h @ a["layers.1.W"] + a["layers.1.b"]) * a["target.scale"] + a["target.mean"]
+    pred = runner.invoke(app, ["predict", str(run), str(csv_path)])
+    assert pred.exit_code == 0, pred.output
+    want = np.array([float(line.split(",")[0]) for line in pred.stdout.splitlines()[1:]])
+    np.testing.assert_allclose(values[:, 0], want, rtol=1e-6, atol=0)   # float32 predictions near 150
+
+
 def test_regression_without_test_split_checks_on_the_val_split_and_says_so(tmp_path):
     run = _train(tmp_path, """\
         name: sine-export
