@@ -18,7 +18,7 @@ ort = pytest.importorskip("onnxruntime", reason="the export extra is not install
 
 from nnctl.cli import app  # noqa: E402
 from nnctl.runs.model import LoadedModel  # noqa: E402
-from nnctl.data import Standardizer  # noqa: E402
+from nnctl.data import Preprocessor, Standardizer, TableEncoder  # noqa: E402
 from nnctl.engine.base import LAYERS  # noqa: E402
 from nnctl.engine.losses import LOSSES  # noqa: E402
 from nnctl.engine.model import Sequential  # noqa: E402
@@ -439,6 +439,82 @@ TABLE_SPEC = """\
     optimizer: {{name: adam, lr: 0.03}}
     training: {{epochs: 6, batch_size: 16}}
     """
+
+
+def _table_model(columns, seed=0, **kw) -> LoadedModel:
+    """A random-weight model behind a hand-made table encoding (standardized, one-hot columns left 0/1)."""
+    table = TableEncoder(columns, "impute")
+    width = len(table.feature_names)
+    rng = np.random.default_rng(seed)
+    mean = np.where(table.onehot_mask(), 0.0, rng.normal(0, 2, width))
+    scale = np.where(table.onehot_mask(), 1.0, rng.uniform(0.5, 2, width))
+    lm = loaded([{"type": "dense", "units": 6, "activation": "tanh"}, {"type": "dense", "units": 3}], (width,),
+                seed=seed, standardizer=Standardizer.from_arrays(mean, scale), **kw)
+    lm.preprocessor = Preprocessor(table=table, standardizer=lm.standardizer)
+    lm.feature_names = table.feature_names
+    return lm
+
+
+# raw CSV cells: fills where the column has one; missing markers in several spellings; values
+# training never had ("w", "r", "Y": categories are case-sensitive)
+RAW = {
+    "num_a": ["1.5", "", "-2", "NaN", "3.25", "NA", "0", "7"],
+    "cat_b": ["x", "NA", "w", "", "z", "nan", "N/A", "Y"],
+    "cat_c": ["q", "p", "q", "p", "r", "p", "q", "p"],
+    "num_d": ["0.5", "1", "-1", "2", "0.25", "-3", "4", "1e3"],
+}
+TABLE_COLUMNS = [{"name": "num_a", "kind": "numeric", "fill": 0.5},
+                 {"name": "cat_b", "kind": "categorical", "categories": ["x", "y", "z"], "fill": "y"},
+                 {"name": "cat_c", "kind": "categorical", "categories": ["p", "q"], "fill": None},
+                 {"name": "num_d", "kind": "numeric", "fill": None}]
+
+
+def _nnctl_side(lm, names):
+    """What `nnctl predict` computes from the RAW cells: the data layer reads and encodes them."""
+    from nnctl.data.files import categorical_column, numeric_column
+    from nnctl.export.parity import nnctl_outputs
+    cols = [categorical_column(n, RAW[n]) if n.startswith("cat") else
+            numeric_column("raw", n, RAW[n], range(2, 10)) for n in names]
+    x, unknown = lm.preprocessor.table.transform(cols, "raw", None)
+    return nnctl_outputs(lm, x, 64)[0], unknown
+
+
+def test_table_graph_takes_raw_columns_and_encodes_them_like_nnctl():
+    lm = _table_model(TABLE_COLUMNS, task="classification", loss="cross_entropy", classes=["a", "b", "c"])
+    proto = build_onnx(lm)
+    types = {i.name: i.type.tensor_type.elem_type for i in proto.graph.input}
+    assert types == {"num_a": onnx.TensorProto.FLOAT, "cat_b": onnx.TensorProto.STRING,
+                     "cat_c": onnx.TensorProto.STRING, "num_d": onnx.TensorProto.FLOAT}
+    assert [d.dim_param or d.dim_value for d in proto.graph.input[1].type.tensor_type.shape.dim] == ["batch", 1]
+    assert {(o.domain, o.version) for o in proto.opset_import} == {("", 17), ("ai.onnx.ml", 2)}
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(props["columns"]) == ["num_a", "cat_b", "cat_c", "num_d"]
+    assert json.loads(props["input"])["table"]["columns"][1] == {
+        "name": "cat_b", "kind": "categorical", "fill": "y", "categories": ["x", "y", "z"]}
+    feeds = {n: (np.array([float(v) if v not in ("", "NA") else np.nan for v in RAW[n]], dtype=np.float32)
+                 if n.startswith("num") else np.array(RAW[n], dtype=object)).reshape(-1, 1) for n in RAW}
+    p, _, _ = run_onnx(proto, feeds)
+    want, unknown = _nnctl_side(lm, list(RAW))
+    assert unknown == 3                                  # w, Y and r took an unknown slot
+    np.testing.assert_allclose(p, want, rtol=0, atol=1e-6)
+
+
+def test_numbers_only_table_with_fills_takes_the_features_matrix_with_nan():
+    lm = _table_model([TABLE_COLUMNS[0], TABLE_COLUMNS[3]])
+    proto = build_onnx(lm)
+    assert [(i.name, [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim])
+            for i in proto.graph.input] == [("features", ["batch", 2])]
+    x = np.array([[float(a) if a not in ("", "NA") else np.nan, float(d)]
+                  for a, d in zip(RAW["num_a"], RAW["num_d"])], dtype=np.float32)
+    (values,) = run_onnx(proto, {"features": x})
+    np.testing.assert_allclose(values, _nnctl_side(lm, ["num_a", "num_d"])[0], rtol=0, atol=1e-6)
+
+
+def test_a_column_named_like_a_graph_output_is_refused():
+    lm = _table_model([{"name": "label", "kind": "categorical", "categories": ["u", "v"], "fill": None}],
+                      task="classification", loss="cross_entropy", classes=["a", "b", "c"])
+    with pytest.raises(ExportError, match=r"^column 'label' has the name of a graph output \(probabilities, "):
+        build_onnx(lm)
 
 
 def test_npz_weights_regression_in_target_units_from_the_file_alone(tmp_path):
