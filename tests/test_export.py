@@ -517,6 +517,69 @@ def test_a_column_named_like_a_graph_output_is_refused():
         build_onnx(lm)
 
 
+# A process with only onnxruntime and numpy, fed the CSV's columns as sklearn-onnx users do.
+STANDALONE_TABLE = """
+import csv, sys, numpy as np, onnxruntime as ort
+model, data = sys.argv[1], sys.argv[2]
+rows = list(csv.DictReader(open(data)))
+sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+def number(cell):
+    try:
+        return float(cell)
+    except ValueError:        # "" or NA: missing
+        return float("nan")
+feeds = {}
+for i in sess.get_inputs():
+    cells = [r[i.name].strip() for r in rows]
+    if i.type == "tensor(string)":
+        feeds[i.name] = np.array(cells, dtype=object).reshape(-1, 1)
+    else:
+        feeds[i.name] = np.array([number(c) for c in cells], dtype=np.float32).reshape(-1, 1)
+labels = sess.run(["label"], feeds)[0]
+assert not [m for m in sys.modules if m.startswith("nnctl")]
+print("\\n".join(labels))
+"""
+
+
+@pytest.fixture(scope="module")
+def table_run(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("table")
+    csv_path = _table_csv(tmp / "table.csv", 150, 2, "classification")
+    return _train(tmp, TABLE_SPEC.format(name="table-export", csv=csv_path, loss=""))
+
+
+def test_categorical_csv_export_matches_predict_in_a_process_without_nnctl(table_run, tmp_path):
+    out = tmp_path / "table.onnx"
+    res = runner.invoke(app, ["export", str(table_run), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    # 30 test rows + 6 base rows x (size, weight: missing; color, shape: missing and unseen)
+    csv_path = table_run.parent.parent / "table.csv"
+    assert (f"parity on 66 rows of the test split of {csv_path}, 36 of them probes (a column missing or unseen "
+            "in turn): max abs diff ") in res.stdout
+    assert "labels agree 100.00% (0 differ)" in res.stdout
+    # new rows: a colour training never had, missing numbers and text in several spellings
+    new = _table_csv(tmp_path / "new.csv", 40, 5, "classification", extra_colors=("purple",))
+    text = new.read_text()
+    assert ",purple," in text and ",NA," in text and ",NaN," in text and "\n," in text
+    res = runner.invoke(app, ["export", str(table_run), "--out", str(tmp_path / "m2.onnx"), "--check-data", str(new)])
+    assert res.exit_code == 0, res.output
+    assert f"parity on 76 rows of {new}, 36 of them probes" in res.stdout and "labels agree 100.00%" in res.stdout
+    out2 = subprocess.run([sys.executable, "-c", STANDALONE_TABLE, str(out), str(new)],
+                          capture_output=True, text=True, cwd="/", timeout=120)
+    assert out2.returncode == 0, out2.stderr
+    labels = out2.stdout.split()
+    assert labels == _predict_labels(table_run, new) and len(labels) == 40 and set(labels) == {"big", "small"}
+
+
+def test_a_wrong_table_encoding_fails_the_parity_check(table_run, tmp_path, monkeypatch):
+    from nnctl.export import tabular
+    monkeypatch.setattr(tabular, "missing_markers", lambda: [])   # missing text would land in "unknown"
+    out = tmp_path / "bad.onnx"
+    res = runner.invoke(app, ["export", str(table_run), "--out", str(out)])
+    assert res.exit_code == 1
+    assert f"error: {out}: onnxruntime differs from nnctl by " in res.output and out.exists()
+
+
 def test_npz_weights_regression_in_target_units_from_the_file_alone(tmp_path):
     csv_path = _table_csv(tmp_path / "table.csv", 120, 0, "regression")
     run = _train(tmp_path, TABLE_SPEC.format(name="table-npz", csv=csv_path, loss="loss: mse"))
