@@ -580,6 +580,22 @@ def test_a_wrong_table_encoding_fails_the_parity_check(table_run, tmp_path, monk
     assert f"error: {out}: onnxruntime differs from nnctl by " in res.output and out.exists()
 
 
+def test_check_data_with_a_missing_cell_and_no_fill_is_refused_as_predict_refuses_it(tmp_path):
+    csv_path = _table_csv(tmp_path / "table.csv", 100, 2, "classification")
+    run = _train(tmp_path, TABLE_SPEC.format(name="table-drop", csv=csv_path, loss="").replace("impute", "drop"))
+    res = runner.invoke(app, ["export", str(run)])       # no fills: only unseen-value probes
+    assert res.exit_code == 0, res.output
+    assert ", 12 of them probes (a column missing or unseen in turn)" in res.stdout
+    new = tmp_path / "new.csv"
+    new.write_text("size,color,weight,shape\n1.0,red,2.5,round\n0.5,blue,NA,square\n")
+    message = ("error: new.csv row 3, column 'weight': missing value (1 in this column); the model was trained "
+               "with data.missing: drop, so it has no fill value (use data.missing: impute)")
+    res = runner.invoke(app, ["export", str(run), "--check-data", str(new), "--out", str(tmp_path / "m.onnx")])
+    assert res.exit_code == 1 and res.output.strip() == message and not (tmp_path / "m.onnx").exists()
+    res = runner.invoke(app, ["predict", str(run), str(new)])
+    assert res.exit_code == 1 and res.output.strip() == message
+
+
 def test_npz_weights_regression_in_target_units_from_the_file_alone(tmp_path):
     csv_path = _table_csv(tmp_path / "table.csv", 120, 0, "regression")
     run = _train(tmp_path, TABLE_SPEC.format(name="table-npz", csv=csv_path, loss="loss: mse"))

@@ -141,8 +141,10 @@ def _rows(lm: Any, check_data: str | None):
     from nnctl.export.parity import CheckRows
     table = tabular.encoded_table(lm)
     path = Path(check_data) if check_data is not None else None
+    source, lines = None, None
     if table is not None and path is not None and path.suffix.lower() == ".csv" and path.exists():
         raw, description = tabular.read_table(path, table, lm.dtype), str(path)
+        source, lines = path.name, raw.lines
     else:
         x, description = check_rows(lm, check_data)
         if table is None and len(x):
@@ -153,7 +155,9 @@ def _rows(lm: Any, check_data: str | None):
     extra = tabular.probes(table, raw)
     rows = tabular.concat([raw, extra])
     # nnctl's side: the data layer's own encoding of the very same columns, as predict does it
-    x, _ = table.transform(rows.columns, description, None)
+    # (a missing cell without a fill is refused here, by file row, as predict refuses it)
+    x = np.concatenate([table.transform(raw.columns, source or description, lines)[0],
+                        table.transform(extra.columns, "probe rows", None)[0]])
     x = x.reshape((len(x), *lm.input_shape))
     if len(extra):
         description += f", {len(extra)} of them probes (a column missing or unseen in turn)"

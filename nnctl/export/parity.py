@@ -2,11 +2,11 @@
 
 Both sides see the same raw rows (for a CSV model with text columns or fill values, the
 raw columns: nnctl encodes them with its data layer, the graph with its own nodes, and
-probe rows make every fill and unknown slot take part). nnctl's side is exactly `nnctl predict`'s path
-(batches cast to the model dtype, standardized, evaluation-mode forward, then
-probabilities and classes by `LoadedModel.probabilities` and `predicted_classes`); ONNX
-Runtime's side is the serialized model, the very bytes then written to disk, so what is
-checked is what ships.
+probe rows make every fill and unknown slot take part). nnctl's side is exactly `nnctl
+predict`'s path (batches cast to the model dtype, standardized, evaluation-mode forward,
+then probabilities and classes by `LoadedModel.probabilities` and `predicted_classes`);
+ONNX Runtime's side is the serialized model, the very bytes then written to disk, so what
+is checked is what ships.
 """
 from __future__ import annotations
 

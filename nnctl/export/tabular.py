@@ -43,7 +43,7 @@ PROBE_BASE_ROWS = 6
 def encoded_table(lm: Any):
     """The TableEncoder the graph must reproduce, or None when the input needs no encoding
     (not a CSV, or numbers only without fill values: the `features` matrix is already the row)."""
-    table = getattr(lm.preprocessor, "table", None)
+    table = lm.preprocessor.table
     return None if table is None or table.is_plain else table
 
 
