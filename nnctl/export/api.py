@@ -161,4 +161,4 @@ def _rows(lm: Any, check_data: str | None):
     x = x.reshape((len(x), *lm.input_shape))
     if len(extra):
         description += f", {len(extra)} of them probes (a column missing or unseen in turn)"
-    return CheckRows(x, rows, len(extra)), description
+    return CheckRows(x, rows), description

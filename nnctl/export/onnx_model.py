@@ -29,7 +29,8 @@ from nnctl.export.graph import MIN_OPSET, ExportError, Graph, export_layer
 
 CLASSIFICATION = "classification"
 INPUT_NAME = "features"
-OUTPUT_NAMES = ("probabilities", "label_index", "label", "values")
+# the graph's outputs (a column may not take one of these names as its input's name)
+OUTPUT_NAMES = (PROBABILITIES, LABEL_INDEX, LABEL, VALUES) = ("probabilities", "label_index", "label", "values")
 
 
 def input_shape_of(lm: Any) -> tuple[int, ...]:
@@ -75,7 +76,7 @@ def output_head(g: Graph, lm: Any, z: str) -> list[tuple[str, str, int, list]]:
             # data layer: a standardized target back in its own units, z * scale + mean
             z2 = g.op("Mul", z2, g.const("head.target_scale", pre.target_scale), hint="head.unscale")
             z2 = g.op("Add", z2, g.const("head.target_mean", pre.target_mean), hint="head.target_units")
-        return [("values", z2, g.elem_type, ["batch", lm.n_outputs])]
+        return [(VALUES, z2, g.elem_type, ["batch", lm.n_outputs])]
     k = len(lm.classes)
     width = math.prod(lm.model.output_shape)
     output = getattr(lm.loss, "OUTPUT", "softmax")
@@ -93,9 +94,9 @@ def output_head(g: Graph, lm: Any, z: str) -> list[tuple[str, str, int, list]]:
         index = g.op("ArgMax", z2, hint="head.index", axis=1, keepdims=0)
     labels = g.const("head.labels", np.array([str(c) for c in lm.classes], dtype=object), object)
     label = g.op("Gather", labels, index, hint="head.label", axis=0)
-    return [("probabilities", p, g.elem_type, ["batch", k]),
-            ("label_index", index, tp.INT64, ["batch"]),
-            ("label", label, tp.STRING, ["batch"])]
+    return [(PROBABILITIES, p, g.elem_type, ["batch", k]),
+            (LABEL_INDEX, index, tp.INT64, ["batch"]),
+            (LABEL, label, tp.STRING, ["batch"])]
 
 
 def metadata(lm: Any, inputs: list, dtype: np.dtype) -> dict[str, str]:

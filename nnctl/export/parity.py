@@ -18,7 +18,8 @@ import numpy as np
 
 from nnctl.export import tabular
 from nnctl.export.graph import ExportError
-from nnctl.export.onnx_model import CLASSIFICATION, INPUT_NAME, input_shape_of
+from nnctl.export.onnx_model import (CLASSIFICATION, INPUT_NAME, LABEL_INDEX, PROBABILITIES, VALUES,
+                                     input_shape_of)
 
 # Rows per onnxruntime call: bounded memory on any split size.
 CHUNK = 4096
@@ -28,12 +29,10 @@ CHUNK = 4096
 class CheckRows:
     """The rows both sides run: `x` (N, *input_shape) the model input nnctl's data layer made
     (not standardized), and for a CSV model with an encoding, `table` the raw columns those
-    were encoded from, which is what the graph is fed. `probes`: how many of the rows are
-    synthetic (tabular.probes)."""
+    were encoded from, which is what the graph is fed."""
 
     x: np.ndarray
     table: Any = None        # tabular.TableRows
-    probes: int = 0
 
     def __len__(self) -> int:
         return len(self.x)
@@ -97,7 +96,7 @@ def session(blob: bytes, out: Path):
 
 def onnx_outputs(lm: Any, sess: Any, path: Path, rows: CheckRows, dtype: np.dtype
                  ) -> tuple[np.ndarray, np.ndarray | None]:
-    want = ["probabilities", "label_index"] if lm.task == CLASSIFICATION else ["values"]
+    want = [PROBABILITIES, LABEL_INDEX] if lm.task == CLASSIFICATION else [VALUES]
     values, labels = [], []
     for s in range(0, len(rows), CHUNK):
         try:
