@@ -479,19 +479,21 @@ def _nnctl_side(lm, names):
     return nnctl_outputs(lm, x, 64)[0], unknown
 
 
-def test_table_graph_takes_raw_columns_and_encodes_them_like_nnctl():
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_table_graph_takes_raw_columns_and_encodes_them_like_nnctl(dtype):
     lm = _table_model(TABLE_COLUMNS, task="classification", loss="cross_entropy", classes=["a", "b", "c"])
-    proto = build_onnx(lm)
+    proto = build_onnx(lm, dtype)
+    real = onnx.TensorProto.FLOAT if dtype == "float32" else onnx.TensorProto.DOUBLE
     types = {i.name: i.type.tensor_type.elem_type for i in proto.graph.input}
-    assert types == {"num_a": onnx.TensorProto.FLOAT, "cat_b": onnx.TensorProto.STRING,
-                     "cat_c": onnx.TensorProto.STRING, "num_d": onnx.TensorProto.FLOAT}
+    assert types == {"num_a": real, "cat_b": onnx.TensorProto.STRING, "cat_c": onnx.TensorProto.STRING,
+                     "num_d": real}
     assert [d.dim_param or d.dim_value for d in proto.graph.input[1].type.tensor_type.shape.dim] == ["batch", 1]
     assert {(o.domain, o.version) for o in proto.opset_import} == {("", 17), ("ai.onnx.ml", 2)}
     props = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(props["columns"]) == ["num_a", "cat_b", "cat_c", "num_d"]
     assert json.loads(props["input"])["table"]["columns"][1] == {
         "name": "cat_b", "kind": "categorical", "fill": "y", "categories": ["x", "y", "z"]}
-    feeds = {n: (np.array([float(v) if v not in ("", "NA") else np.nan for v in RAW[n]], dtype=np.float32)
+    feeds = {n: (np.array([float(v) if v not in ("", "NA") else np.nan for v in RAW[n]], dtype=dtype)
                  if n.startswith("num") else np.array(RAW[n], dtype=object)).reshape(-1, 1) for n in RAW}
     p, _, _ = run_onnx(proto, feeds)
     want, unknown = _nnctl_side(lm, list(RAW))
@@ -564,6 +566,11 @@ def test_categorical_csv_export_matches_predict_in_a_process_without_nnctl(table
     res = runner.invoke(app, ["export", str(table_run), "--out", str(tmp_path / "m2.onnx"), "--check-data", str(new)])
     assert res.exit_code == 0, res.output
     assert f"parity on 76 rows of {new}, 36 of them probes" in res.stdout and "labels agree 100.00%" in res.stdout
+    # on the whole training table (its missing cells, plus the probes' unseen values) within 1e-5
+    res = runner.invoke(app, ["export", str(table_run), "--out", str(tmp_path / "m3.onnx"), "--check-data",
+                              str(csv_path), "--tolerance", "1e-5"])
+    assert res.exit_code == 0, res.output
+    assert f"parity on 186 rows of {csv_path}, 36 of them probes" in res.stdout
     out2 = subprocess.run([sys.executable, "-c", STANDALONE_TABLE, str(out), str(new)],
                           capture_output=True, text=True, cwd="/", timeout=120)
     assert out2.returncode == 0, out2.stderr
