@@ -612,7 +612,7 @@ def test_npz_weights_regression_in_target_units_from_the_file_alone(tmp_path):
     with np.load(run / "model.weights.npz", allow_pickle=False) as npz:
         arch = json.loads(npz["architecture.json"].decode("utf-8"))
         a = {k: npz[k].astype(np.float64) for k in npz.files if k != "architecture.json"}
-    assert arch["target"] == {"unscale": "values * target.scale + target.mean"}
+    assert arch["format_version"] == 2 and arch["target"] == {"unscale": "values * target.scale + target.mean"}
     assert a["target.mean"].shape == (1,) and 140 < a["target.mean"][0] < 160
     # the CSV encoded by hand from the JSON: numbers (mean-filled), one-hot text columns + unknown slot
     header, *cells = [line.split(",") for line in csv_path.read_text().splitlines()]

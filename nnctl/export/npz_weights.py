@@ -29,7 +29,8 @@ from nnctl import __version__
 from nnctl.export.graph import ExportError
 
 FORMAT = "nnctl-npz-weights"
-FORMAT_VERSION = 1
+# 2: target.mean/target.scale arrays, input.table and target in the JSON (version 1 had neither)
+FORMAT_VERSION = 2
 ARCHITECTURE = "architecture.json"
 _EPOCH = (1980, 1, 1, 0, 0, 0)   # zip's earliest date: the bytes depend on the model only
 
