@@ -96,14 +96,13 @@ def table_inputs(g: Graph, lm: Any, outputs: tuple[str, ...]) -> tuple[list, str
             continue
         infos.append(helper.make_tensor_value_info(name, tp.STRING, ["batch", 1]))
         cats = c["categories"]
-        keys, values = list(cats), list(range(len(cats)))
+        slot_of = {v: i for i, v in enumerate(cats)}
         if c["fill"] is not None:
-            # vocabularies never hold a missing marker (those cells are missing), so keys stay distinct
-            markers = missing_markers()
-            keys += markers
-            values += [cats.index(c["fill"])] * len(markers)
+            # a marker is a missing cell to the data layer whatever the vocabulary says, so it wins
+            # (a fill outside the vocabulary, which only a hand-edited checkpoint has, is unknown there too)
+            slot_of.update(dict.fromkeys(missing_markers(), slot_of.get(c["fill"], len(cats))))
         index = g.op("LabelEncoder", name, hint=f"pre.{name}.index", domain=ML_DOMAIN,
-                     keys_strings=keys, values_int64s=values, default_int64=len(cats))
+                     keys_strings=list(slot_of), values_int64s=list(slot_of.values()), default_int64=len(cats))
         slots = g.ints(f"pre.{name}.slots", np.arange(len(cats) + 1))
         hot = g.op("Equal", index, slots, hint=f"pre.{name}.is")          # (batch, categories + 1)
         parts.append(g.op("Cast", hot, hint=f"pre.{name}.onehot", to=g.elem_type))
