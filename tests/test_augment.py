@@ -471,6 +471,7 @@ RESUME = """\
 
 def test_resume_with_augmentation_equals_uninterrupted(tmp_path):
     from nnctl.runs.checkpoint import load_checkpoint, save_checkpoint
+    from nnctl.runs.store import RunDir
     spec = write(tmp_path, RESUME)
     full_dir, part_dir = tmp_path / "full", tmp_path / "part"
     assert runner.invoke(app, ["train", str(spec), "-q", "--runs-dir", str(full_dir)]).exit_code == 0
@@ -482,6 +483,7 @@ def test_resume_with_augmentation_equals_uninterrupted(tmp_path):
     ckpt.meta["config"]["training"]["epochs"] = 4
     save_checkpoint(ckpt_path, {k: v for k, v in ckpt.meta.items()
                                 if k not in ("format", "format_version", "nnctl_version")}, ckpt.arrays)
+    RunDir(run).write_config(ckpt.meta["config"])  # config.yaml says so too, or resume refuses the edit
     (run / "status.json").write_text(json.dumps({"status": "interrupted"}))
     res = runner.invoke(app, ["train", "--resume", str(run), "-q"])
     assert res.exit_code == 0, res.output

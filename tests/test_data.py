@@ -123,7 +123,7 @@ def test_builtin_option_errors():
                               "valid: n_samples, noise")
     with pytest.raises(ConfigError) as err:
         generate("xor", {"noise": -1}, rng())
-    assert str(err.value) == "data.options.noise: must be >= 0, got -1.0"
+    assert str(err.value) == "data.options.noise: must be >= 0, got -1"  # as the YAML check says it
     with pytest.raises(ConfigError) as err:
         generate("blobs", {"centers": 2.5}, rng())
     assert str(err.value) == "data.options.centers: must be an integer, got 2.5"
