@@ -286,7 +286,7 @@ def _read_extra(opts: dict, key: str, main: RawData, base_dir: Path, dtype) -> R
         cats = [c.name for c in main.columns if c.kind == CATEGORICAL]
         raw = read_csv_data(path, main.target_name, [c.name for c in main.columns], shown,
                             categorical=cats, max_categories=2**62, dtype=dtype)
-        handle_missing(raw, opts["missing"])
+        _drop_missing(raw, opts["missing"])
         return raw
     if suffix == ".npz":
         raw = read_npz_data(path, shown, dtype=dtype)
@@ -294,6 +294,20 @@ def _read_extra(opts: dict, key: str, main: RawData, base_dir: Path, dtype) -> R
             raise DataError(f"{shown}: as data.{key} it must hold only 'x' and 'y'")
         return raw
     raise ConfigError(f"data.{key}: use a .csv or .npz file (x and y together), got {shown}")
+
+
+def _drop_missing(raw: RawData, policy: str) -> dict[str, int]:
+    dropped = handle_missing(raw, policy)
+    if any(dropped.values()):
+        raw.numbers = None   # the columns are now copies without those rows
+    return dropped
+
+
+def _features(table: TableEncoder, raw: RawData) -> tuple[np.ndarray, int]:
+    """The encoded features and the count of unknown categories; numbers as parsed when nothing needs encoding."""
+    if raw.numbers is not None and table.is_plain:
+        return raw.numbers, 0
+    return table.transform(raw.columns, raw.source, raw.lines)
 
 
 def _encode(raw: RawData, task: str, classes: list | None) -> np.ndarray:
@@ -339,7 +353,7 @@ def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32") -> Data
     raw, source = _read_main(opts, seed, Path(base_dir), dtype)
     if raw.y is None:
         raise DataError(f"{raw.source}: has no targets to train on")
-    dropped = handle_missing(raw, opts["missing"])
+    dropped = _drop_missing(raw, opts["missing"])
     if opts["shape"] is not None and raw.x is not None:   # a CSV's x exists once it is encoded
         raw.x = reshape_rows(raw.x, opts["shape"], raw.source)
 
@@ -393,12 +407,12 @@ def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32") -> Data
     unknown: dict[str, int] = {}
     if raw.columns is not None:
         table = TableEncoder.fit(raw.columns, train_rows, opts["missing"], raw.source)
-        raw.x, _ = table.transform(raw.columns, raw.source, raw.lines)
+        raw.x, _ = _features(table, raw)
         for part in ("val", "test"):
             if rows[part] is not None:
                 unknown[part] = _unknown_count(table, raw, rows[part])
         for part, other in extra.items():
-            other.x, unknown[part] = table.transform(other.columns, other.source, other.lines)
+            other.x, unknown[part] = _features(table, other)
     if opts["shape"] is not None:
         raw.x = reshape_rows(raw.x, opts["shape"], raw.source)   # a no-op if done above
     input_shape = tuple(int(s) for s in raw.x.shape[1:])
