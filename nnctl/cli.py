@@ -246,6 +246,7 @@ def bench(
 def _register_extras() -> None:
     # eval/predict/runs/show/diff/plot and sweep live in their own modules; they add their commands here.
     from nnctl.commands import augment as _augment
+    from nnctl.commands import cache as _cache
     from nnctl.commands import export as _export
     from nnctl.commands import inspect as _inspect
     from nnctl.commands import lr_find as _lr_find
@@ -255,6 +256,7 @@ def _register_extras() -> None:
     _export.register(app, fail)
     _lr_find.register(app, fail)
     _augment.register(app, fail)
+    _cache.register(app, fail)
 
 
 _register_extras()

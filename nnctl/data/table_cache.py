@@ -75,6 +75,15 @@ class TableCache:
         self.dir = self.root / "tables"
         self.status: str | None = None
 
+    @staticmethod
+    def key(path: Path, **kw) -> tuple[str, str, dict]:
+        """(entry name, the file's real path, the options that shape its parse) for parse_csv's keywords."""
+        options = {k: kw.get(k) for k in ("features", "target", "categorical", "ignore")}
+        options["dtype"] = np.dtype(kw.get("dtype", np.float32)).name
+        source = os.path.realpath(path)
+        key = hashlib.sha256(json.dumps([FORMAT, source, options], sort_keys=True).encode()).hexdigest()[:24]
+        return key, source, options
+
     def describe(self) -> str:
         return f"{self.dir}" + (f" ({'hit' if self.status == 'hit' else 'parsed and stored'})"
                                 if self.status else "")
@@ -84,10 +93,7 @@ class TableCache:
     def parse(self, *, path: Path, check: Callable[[list[str]], None] | None = None, **kw) -> CsvColumns:
         """parse_csv(path, check=check, **kw), from the cache when it holds this file with these options."""
         path = Path(path)
-        options = {k: kw.get(k) for k in ("features", "target", "categorical", "ignore")}
-        options["dtype"] = np.dtype(kw.get("dtype", np.float32)).name
-        source = os.path.realpath(path)
-        key = hashlib.sha256(json.dumps([FORMAT, source, options], sort_keys=True).encode()).hexdigest()[:24]
+        key, source, options = self.key(path, **kw)
         entry = self.dir / key
         name = kw.get("name") or path.name
         table = self._load(entry, source, options, name)
