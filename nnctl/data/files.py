@@ -524,18 +524,22 @@ def _count_lines(path: Path) -> int:
     return n
 
 
-class _Parse:
-    """One pass of parse_csv over a file (see there); `text` are the columns read as text."""
+class BlockParser:
+    """Parses a CSV's blocks (from _Blocks) into chunks; see parse_csv for the rules.
 
-    def __init__(self, path: Path, name: str, blocks, header: list[str], numeric: list[str],
-                 target: str | None, strict: set[str], forced: set[str], text: list[str], dtype):
-        self.path, self.name, self.header = path, name, header
+    numeric: columns read as numbers; target: the target column (numbers unless it is in
+    `text`); strict: numeric columns whose text is an error (others may turn out to be text,
+    see _Restart); forced: text columns never checked for numbers; text: columns read as text.
+    `chunks()` yields (lines int64 (n,), float64 (n, len(numeric) + target) with NaN where
+    missing, {text column: [cells]}) per block.
+    """
+
+    def __init__(self, name: str, blocks, header: list[str], numeric: list[str], target: str | None,
+                 strict: set[str], forced: set[str], text: list[str], dtype):
+        self.name, self.header, self.blocks = name, header, blocks
         self.width = len(header)
         self.dtype, self.limit = np.dtype(dtype), float_limit(dtype)
-        self.strict = strict
-        self.forced = forced
-        self.target = target
-        # numbers are parsed (float64) for the numeric features then the target, by file column
+        self.strict, self.forced, self.target = strict, forced, target
         self.numeric = [c for c in numeric if c not in text]
         self.number_cols = [header.index(c) for c in self.numeric]
         self.target_numeric = target is not None and target not in text
@@ -544,52 +548,25 @@ class _Parse:
         self.text = text
         self.text_cols = [header.index(c) for c in text]
         self.all_columns = sorted(self.number_cols) == list(range(self.width))
-        capacity = _count_lines(path)
-        self.numbers = np.empty((capacity, len(self.numeric)), dtype=self.dtype)
-        self.target_values = np.empty(capacity if self.target_numeric else 0, dtype=np.float64)
-        self.lines = np.empty(capacity, dtype=np.int64)
-        self.cells: dict[str, list[str]] = {c: [] for c in text}
         self.has_number = np.zeros(len(self.number_cols), dtype=bool)
         # a text feature under categorical: auto with a number in it is numeric after all; the
         # error then names its first text cell (line, cell)
         self.first_text: dict[str, tuple[int, str]] = {}
         self.text_number: set[str] = set()
-        self.n = 0
-        self.blocks = blocks
 
-    def run(self) -> CsvColumns:
+    def chunks(self):
         for kind, *rest in self.blocks:
-            if kind == "lines":
-                self._lines(*rest)
-            else:
-                self._records(rest[0])
+            chunk = self._lines(*rest) if kind == "lines" else self._records(rest[0])
+            lines, values, cells = chunk
+            if len(values):
+                self.has_number |= (~np.isnan(values)).any(axis=0)
+            yield chunk
         for c in self.text:
             if c in self.text_number and c in self.first_text:
                 line, cell = self.first_text[c]
                 numeric_column(self.name, c, [cell], [line], self.dtype)   # raises its message
-        n = self.n
-        if n == 0:
-            raise DataError(f"{self.name}: no data rows, only a header")
-        # views: the arrays were sized from the line count, so only the header and blank
-        # lines are left over at their ends
-        return CsvColumns(
-            name=self.name, header=self.header, lines=self.lines[:n], numbers=self.numbers[:n],
-            numeric=self.numeric, target=self.target_values[:n] if self.target_numeric else None,
-            text={c: np.asarray(v, dtype=str) for c, v in self.cells.items()},
-        )
 
-    def _store(self, values: np.ndarray, lines) -> None:
-        """Append a block's float64 numbers (rows, len(number_cols)) and lines."""
-        a, b = self.n, self.n + len(values)
-        k = len(self.numeric)
-        self.numbers[a:b] = values[:, :k]
-        if self.target_numeric:
-            self.target_values[a:b] = values[:, k]
-        self.lines[a:b] = lines
-        self.has_number |= (~np.isnan(values)).any(axis=0) if len(values) else False
-        self.n = b
-
-    def _lines(self, start: int, lines: list[str]) -> None:
+    def _lines(self, start: int, lines: list[str]):
         """A block without quotes: numpy's C reader, or the exact checks when it refuses."""
         values = None
         if self.number_cols:
@@ -604,19 +581,17 @@ class _Parse:
             if values is not None and (len(values) != len(lines)
                                        or not (np.isnan(values) | (np.abs(values) <= self.limit)).all()):
                 values = None
-        elif not self._fields_ok(lines):
-            values = None
-        else:
+        elif self._fields_ok(lines):
             values = np.empty((len(lines), 0))
         if values is None or (self.text and not all(lines)):
             reader = csv.reader(lines)
-            self._records([(start + i, rec) for i, rec in enumerate(reader)
-                           if rec and not (len(rec) == 1 and not rec[0].strip())])
-            return
+            return self._records([(start + i, rec) for i, rec in enumerate(reader)
+                                  if rec and not (len(rec) == 1 and not rec[0].strip())])
+        cells = {}
         if self.text:
             split = [line.split(",") for line in lines]
-            self._text([(start + i, fields) for i, fields in enumerate(split)])
-        self._store(values, np.arange(start, start + len(lines)))
+            cells = self._text([(start + i, fields) for i, fields in enumerate(split)])
+        return np.arange(start, start + len(lines), dtype=np.int64), values, cells
 
     def _loadtxt(self, lines: list[str]) -> np.ndarray | None:
         """The number columns of a block as float64 (rows, k), or None if the fields do not line up."""
@@ -633,10 +608,10 @@ class _Parse:
         want = self.width - 1
         return all(line.count(",") == want for line in lines)
 
-    def _text(self, records: list[tuple[int, list[str]]]) -> None:
+    def _text(self, records: list[tuple[int, list[str]]]) -> dict[str, list[str]]:
+        out = {}
         for c, j in zip(self.text, self.text_cols):
-            cells = [rec[j] for _, rec in records]
-            self.cells[c].extend(cells)
+            cells = out[c] = [rec[j] for _, rec in records]
             if c in self.forced or c == self.target or c in self.text_number:
                 continue
             if c not in self.first_text:
@@ -646,8 +621,9 @@ class _Parse:
                         break
             if any(is_number(cell) and not is_missing(cell) for cell in cells):
                 self.text_number.add(c)
+        return out
 
-    def _records(self, records: list[tuple[int, list[str]]]) -> None:
+    def _records(self, records: list[tuple[int, list[str]]]):
         """csv records (first line, fields): Python's checks, with today's exact messages."""
         for line, rec in records:
             if len(rec) != self.width:
@@ -666,8 +642,24 @@ class _Parse:
                     if c == self.target or not numbers:
                         raise _Restart(c)
             values[:, k] = numeric_column(self.name, c, cells, lines, self.dtype).values
-        self._text(records)
-        self._store(values, lines)
+        return np.asarray(lines, dtype=np.int64), values, self._text(records)
+
+
+def open_csv(path: Path, name: str):
+    """(_Blocks, header, the first block) of a CSV file; errors for an empty file, a bad header, no rows."""
+    blocks = _Blocks(path, name)
+    try:
+        it = iter(blocks)
+        first = next(it, None)
+        if blocks.header is None:
+            raise DataError(f"{name}: file is empty")
+        header = _header_names(name, blocks.header)
+        if first is None:
+            raise DataError(f"{name}: no data rows, only a header")
+    except BaseException:
+        blocks.close()
+        raise
+    return blocks, header, itertools.chain([first], it)
 
 
 def parse_csv(path: Path, name: str | None = None, *, features: list[str] | None = None,
@@ -697,29 +689,47 @@ def parse_csv(path: Path, name: str | None = None, *, features: list[str] | None
     name = name or path.name
     text: list[str] = [] if categorical == "auto" else list(categorical)
     while True:
-        blocks = _Blocks(path, name)
+        blocks, header, chunks = open_csv(path, name)
         try:
-            it = iter(blocks)
-            first = next(it, None)
-            if blocks.header is None:
-                raise DataError(f"{name}: file is empty")
-            header = _header_names(name, blocks.header)
-            if first is None:
-                raise DataError(f"{name}: no data rows, only a header")
             if check is not None:
                 check(header)
             feats = features if features is not None else [
                 h for h in header if h != target and h not in (ignore or [])]
             forced = set() if categorical == "auto" else set(categorical)
             strict = set() if categorical == "auto" else set(feats) - forced
-            p = _Parse(path, name, blocks, header, feats, target, strict, forced, text, dtype)
-            p.blocks = itertools.chain([first], it)
+            parser = BlockParser(name, chunks, header, feats, target, strict, forced, text, dtype)
             try:
-                return p.run()
+                return _collect(parser, _count_lines(path))
             except _Restart as again:
                 text.append(again.column)
         finally:
             blocks.close()
+
+
+def _collect(parser: BlockParser, capacity: int) -> CsvColumns:
+    """Every chunk of `parser` copied into arrays of `capacity` rows (the file's line count bounds them)."""
+    k = len(parser.numeric)
+    numbers = np.empty((capacity, k), dtype=parser.dtype)
+    target = np.empty(capacity if parser.target_numeric else 0, dtype=np.float64)
+    lines = np.empty(capacity, dtype=np.int64)
+    cells: dict[str, list[str]] = {c: [] for c in parser.text}
+    n = 0
+    for chunk_lines, values, chunk_cells in parser.chunks():
+        a, b = n, n + len(chunk_lines)
+        numbers[a:b] = values[:, :k]
+        if parser.target_numeric:
+            target[a:b] = values[:, k]
+        lines[a:b] = chunk_lines
+        for c, v in chunk_cells.items():
+            cells[c].extend(v)
+        n = b
+    if n == 0:
+        raise DataError(f"{parser.name}: no data rows, only a header")
+    # views: the arrays were sized from the line count, so only the header and blank lines
+    # are left over at their ends
+    return CsvColumns(name=parser.name, header=parser.header, lines=lines[:n], numbers=numbers[:n],
+                      numeric=parser.numeric, target=target[:n] if parser.target_numeric else None,
+                      text={c: np.asarray(v, dtype=str) for c, v in cells.items()})
 
 
 def default_target(header: list[str]) -> str:
