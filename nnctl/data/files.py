@@ -540,7 +540,7 @@ class BlockParser:
         self.width = len(header)
         self.dtype, self.limit = np.dtype(dtype), float_limit(dtype)
         self.strict, self.forced, self.target = strict, forced, target
-        self.numeric = [c for c in numeric if c not in text]
+        self.numeric = list(numeric)
         self.number_cols = [header.index(c) for c in self.numeric]
         self.target_numeric = target is not None and target not in text
         if self.target_numeric:
@@ -697,7 +697,8 @@ def parse_csv(path: Path, name: str | None = None, *, features: list[str] | None
                 h for h in header if h != target and h not in (ignore or [])]
             forced = set() if categorical == "auto" else set(categorical)
             strict = set() if categorical == "auto" else set(feats) - forced
-            parser = BlockParser(name, chunks, header, feats, target, strict, forced, text, dtype)
+            numeric = [f for f in feats if f not in text]
+            parser = BlockParser(name, chunks, header, numeric, target, strict, forced, text, dtype)
             try:
                 return _collect(parser, _count_lines(path))
             except _Restart as again:
