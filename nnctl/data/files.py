@@ -548,6 +548,7 @@ class BlockParser:
         self.text = text
         self.text_cols = [header.index(c) for c in text]
         self.all_columns = sorted(self.number_cols) == list(range(self.width))
+        self.others_numeric = not self.text   # the columns not asked for may be numbers too
         self.has_number = np.zeros(len(self.number_cols), dtype=bool)
         # a text feature under categorical: auto with a number in it is numeric after all; the
         # error then names its first text cell (line, cell)
@@ -595,10 +596,16 @@ class BlockParser:
 
     def _loadtxt(self, lines: list[str]) -> np.ndarray | None:
         """The number columns of a block as float64 (rows, k), or None if the fields do not line up."""
-        if self.all_columns:
-            # numpy checks every line has the first line's number of fields
-            values = np.loadtxt(lines, delimiter=",", comments=None, dtype=np.float64, ndmin=2)
-            return values[:, self.number_cols] if values.shape[1] == self.width else None
+        if self.all_columns or self.others_numeric:
+            # every column at once: numpy checks every line has the first line's number of
+            # fields, which saves counting them in Python
+            try:
+                values = np.loadtxt(lines, delimiter=",", comments=None, dtype=np.float64, ndmin=2)
+                return values[:, self.number_cols] if values.shape[1] == self.width else None
+            except ValueError:
+                if self.all_columns:
+                    raise
+                self.others_numeric = False   # an unused column holds text: count fields from now on
         if not self._fields_ok(lines):
             return None
         return np.loadtxt(lines, delimiter=",", comments=None, dtype=np.float64, ndmin=2, usecols=self.number_cols)
