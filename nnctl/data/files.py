@@ -463,7 +463,7 @@ class _Blocks:
             if first and block.startswith(codecs.BOM_UTF8):
                 block, offset = block[len(codecs.BOM_UTF8):], len(codecs.BOM_UTF8)
             first = False
-            if b'"' in block or block.count(b"\r") != block.count(b"\r\n"):
+            if b'"' in block or (b"\r" in block and block.count(b"\r") != block.count(b"\r\n")):
                 yield from self._records(offset, line)
                 return
             text = self._decode(block)
@@ -559,7 +559,7 @@ class BlockParser:
         for kind, *rest in self.blocks:
             chunk = self._lines(*rest) if kind == "lines" else self._records(rest[0])
             lines, values, cells = chunk
-            if len(values):
+            if len(values) and not self.has_number.all():   # true for every column after a block or so
                 self.has_number |= (~np.isnan(values)).any(axis=0)
             yield chunk
         for c in self.text:
