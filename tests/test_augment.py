@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from nnctl.cli import app
 from nnctl.config.spec import load_spec, spec_from_dict
 from nnctl.data import iterate_batches
-from nnctl.data.augment import (LAYOUTS, TRANSFORMS, Augmenter, _shift_along, batch_rng, describe_entries,
-                                 rotate_images)
+from nnctl.data.augment import (LAYOUTS, TRANSFORMS, Augmenter, batch_rng, describe_entries, gaussian,
+                                 rotate_images, shift_samples)
 from nnctl.engine.losses import get_loss
 from nnctl.errors import ConfigError, DataError
 from nnctl.training.experiment import prepare
@@ -83,16 +83,27 @@ def _one_hot_images(n: int, h: int = 7, w: int = 7) -> tuple[np.ndarray, tuple[i
 
 
 def test_shift_by_k_moves_a_one_hot_pixel_by_k():
+    def shifted(x, offsets, fill):
+        out = x.copy()
+        shift_samples(out, (2,), [np.array(offsets)], [max(abs(o) for o in offsets)], fill)
+        return out
+
     x = np.zeros((3, 1, 10))
     x[:, 0, 4] = 1.0
-    out = _shift_along(x, 2, np.array([2, -3, 0]), "zero")
+    out = shifted(x, [2, -3, 0], "zero")
     assert [int(np.argmax(r[0])) for r in out] == [6, 1, 4]
     assert out.sum() == 3
     # wrap brings a pixel pushed off one end in at the other; zero fill loses it
-    np.testing.assert_array_equal(_shift_along(x[:1], 2, np.array([7]), "wrap")[0, 0], np.eye(10)[1])
-    assert _shift_along(x[:1], 2, np.array([7]), "zero").sum() == 0
-    edge = _shift_along(np.arange(5.0)[None, None, :], 2, np.array([2]), "edge")
+    np.testing.assert_array_equal(shifted(x[:1], [7], "wrap")[0, 0], np.eye(10)[1])
+    assert shifted(x[:1], [7], "zero").sum() == 0
+    edge = shifted(np.arange(5.0)[None, None, :], [2], "edge")
     np.testing.assert_array_equal(edge[0, 0], [0, 0, 0, 1, 2])
+    # two axes in one gather, channels alike: each sample moves by its own (di, dj)
+    img = np.arange(2 * 2 * 4 * 5, dtype=np.float32).reshape(2, 2, 4, 5)
+    both = img.copy()
+    shift_samples(both, (2, 3), [np.array([1, -2]), np.array([0, 3])], [2, 3], "wrap")
+    np.testing.assert_array_equal(both[0], np.roll(img[0], (1, 0), axis=(1, 2)))
+    np.testing.assert_array_equal(both[1], np.roll(img[1], (-2, 3), axis=(1, 2)))
 
     # the transform: every sample's pixel moves by some (di, dj) with |d| <= 2, and all 25 occur
     x, (ci, cj) = _one_hot_images(400)
