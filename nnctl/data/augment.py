@@ -376,33 +376,63 @@ class Rotate(Transform):
 
     def run(self, x, y, active, u, rng):
         theta = np.deg2rad(self.degrees * (2 * u[0] - 1))
-        if active is None:
-            x[...] = rotate_images(x, theta, self.fill)
-        else:
-            x[active] = rotate_images(x[active], theta[active], self.fill)
+        if active is not None:
+            theta *= active                       # angle 0 leaves a sample exactly as it is
+        rotate_images(x, theta, self.fill, out=x, kept=self.kept)
         return y
 
 
-def rotate_images(x: np.ndarray, theta: np.ndarray, fill: str = "zero") -> np.ndarray:
-    """Images x (n, C, H, W) each rotated by its angle theta (n,) in radians, bilinear; a new array."""
+def rotate_images(x: np.ndarray, theta: np.ndarray, fill: str = "zero", out: np.ndarray | None = None,
+                  kept: Callable = _fresh) -> np.ndarray:
+    """Images x (n, C, H, W) each rotated by its angle theta (n,) in radians, bilinear.
+
+    Writes into `out` (default a new array; x itself works) and returns it. An angle of 0
+    returns the image exactly.
+
+    Notes
+    -----
+    x is copied into the middle of an array padded by B = the farthest a rotated source
+    position can fall outside the image, plus 1, so the four neighbours of every source
+    position are read by flat index without bounds checks: fill zero reads the zero border,
+    fill edge clips rows and columns to the image first.
+    """
     n, c, h, w = x.shape
+    radius = math.hypot((h - 1) / 2, (w - 1) / 2)
+    border = math.ceil(radius - min(h - 1, w - 1) / 2) + 1
+    hp, wp = h + 2 * border, w + 2 * border
+    padded = kept(("padded", x.shape, x.dtype), lambda: np.zeros((n, c, hp, wp), x.dtype))
+    np.copyto(padded[:, :, border:border + h, border:border + w], x)
+    base = kept(("base", x.shape), lambda: (np.arange(n)[:, None, None, None] * (c * hp * wp)
+                                            + np.arange(c)[None, :, None, None] * (hp * wp)))
     cos, sin = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]
     di = (np.arange(h) - (h - 1) / 2)[None, :, None]
     dj = (np.arange(w) - (w - 1) / 2)[None, None, :]
     si = (h - 1) / 2 + cos * di + sin * dj            # (n, h, w) source rows
     sj = (w - 1) / 2 - sin * di + cos * dj            # source columns
-    i0, j0 = np.floor(si).astype(np.int64), np.floor(sj).astype(np.int64)
-    fi, fj = (si - i0).astype(x.dtype), (sj - j0).astype(x.dtype)
-    flat = x.reshape(n, c, h * w)
-    out = np.zeros((n, c, h * w), dtype=x.dtype)
-    for di_, dj_, weight in ((0, 0, (1 - fi) * (1 - fj)), (0, 1, (1 - fi) * fj),
-                             (1, 0, fi * (1 - fj)), (1, 1, fi * fj)):
-        ii, jj = i0 + di_, j0 + dj_
-        if fill == "zero":
-            weight = weight * ((ii >= 0) & (ii < h) & (jj >= 0) & (jj < w))
-        src = (np.clip(ii, 0, h - 1) * w + np.clip(jj, 0, w - 1)).reshape(n, 1, h * w)
-        out += np.take_along_axis(flat, src, axis=2) * weight.reshape(n, 1, h * w)
-    return out.reshape(n, c, h, w)
+    i0, j0 = np.floor(si), np.floor(sj)
+    fi = (si - i0).astype(x.dtype)[:, None]
+    fj = (sj - j0).astype(x.dtype)[:, None]
+    i0, j0 = i0.astype(np.intp), j0.astype(np.intp)
+    if fill == "edge":
+        rows = [np.minimum(np.maximum(i, 0), h - 1) + border for i in (i0, i0 + 1)]
+        cols = [np.minimum(np.maximum(j, 0), w - 1) + border for j in (j0, j0 + 1)]
+    else:
+        rows, cols = [i0 + border, i0 + border + 1], [j0 + border, j0 + border + 1]
+    flat = padded.reshape(-1)
+    (a00, a01), (a10, a11) = [[flat[base + (r * wp + cl)[:, None]] for cl in cols] for r in rows]
+    # bilinear as three interpolations: along columns in the two rows, then between the rows
+    a01 -= a00
+    a01 *= fj
+    a00 += a01
+    a11 -= a10
+    a11 *= fj
+    a10 += a11
+    a10 -= a00
+    a10 *= fi
+    if out is None:
+        out = np.empty_like(x)
+    np.add(a00, a10, out=out)
+    return out
 
 
 # -- value transforms ---------------------------------------------------------------------
