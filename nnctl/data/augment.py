@@ -85,7 +85,7 @@ class Transform:
     -----
     Augmentation runs once per training batch, so it is written for small batches where
     Python overhead and allocation cost as much as arithmetic: a transform draws all its
-    per-sample numbers in one call (row 0 decides p, DRAWS more rows feed its parameters),
+    per-sample numbers in one call (row 0 decides p, `draws()` more rows feed its parameters),
     works on the whole batch in place (a sample that p leaves alone gets the identity
     parameters: offset 0, factor 1, an empty box), keeps its scratch arrays between
     batches (`kept`), and returns at once when p picks no sample.
@@ -95,7 +95,6 @@ class Transform:
     PARAMS: dict[str, Param] = {"p": P}
     FITS: tuple[str, ...] = tuple(LAYOUTS)
     MIXES = False
-    DRAWS = 0
 
     def __init__(self, layout: Layout, **options: Any):
         self.layout = layout
@@ -114,7 +113,7 @@ class Transform:
 
     def draws(self) -> int:
         """How many uniforms each sample needs besides the one that decides p."""
-        return self.DRAWS
+        return 0
 
     def kept(self, key: tuple, make: Callable[[], np.ndarray]) -> np.ndarray:
         """The array stored under key, made by make() the first time: a batch's shape repeats
@@ -372,7 +371,8 @@ class Rotate(Transform):
     def moves(self):
         return f"H, W: up to ±{self.degrees:g}°, bilinear, {self.fill} fill"
 
-    DRAWS = 1
+    def draws(self):
+        return 1
 
     def run(self, x, y, active, u, rng):
         theta = np.deg2rad(self.degrees * (2 * u[0] - 1))
@@ -455,7 +455,8 @@ class Scale(Transform):
     def moves(self):
         return f"every value × [{self.min:g}, {self.max:g}]"
 
-    DRAWS = 1
+    def draws(self):
+        return 1
 
     def run(self, x, y, active, u, rng):
         factor = self.min + (self.max - self.min) * u[0]
