@@ -44,7 +44,9 @@ def plot_lr_curve(result, out: Path) -> Path:
     fig = _figure(6.0, 4.0)
     ax = fig.subplots()
     ax.plot(result.lrs, result.losses, color="C0", alpha=0.35, label="loss (batch)")
-    ax.plot(result.lrs, result.smoothed, color="C0", label="loss (smoothed)")
+    ax.plot(result.lrs, result.smoothed, color="C0", label="loss (smoothed, centred)")
+    if result.suggested is not None:
+        ax.axvline(result.suggested, color="C3", linestyle="-", label=f"suggested {result.suggested:.3g}")
     if result.steepest is not None:
         ax.axvline(result.steepest, color="C2", linestyle="--", label=f"steepest {result.steepest:.3g}")
     if result.min_over_10 is not None:
