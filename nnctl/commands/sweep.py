@@ -100,6 +100,9 @@ def run_sweep_command(config: Path | None, workers: int | None, resume: Path | N
                 raise NnctlError("give a sweep spec (nnctl sweep SWEEP.yaml) or --resume SWEEP_DIR")
             spec = load_sweep(config)
             trials = build_trials(spec)
+            # sized like `train` sizes a run, before the sweep folder exists (nnctl.sweep.memory)
+            from nnctl.sweep.memory import check_sweep_memory, sweep_trials_to_size
+            check_sweep_memory(spec, sweep_trials_to_size(spec, trials), workers or 1, together=executor == "local")
             if dry_run and spec.model_based:
                 from nnctl.sweep.study import first_proposals
                 print_space(console, spec)
