@@ -243,3 +243,18 @@ def tell(study, number: int, status: str, values: list[float] | None) -> None:
         # Failed, or completed without a usable value: the sampler must not learn from it.
         study.tell(number, state=state.FAIL, skip_if_finished=True)
 
+
+
+# -- several objectives (nsga2) ------------------------------------------------------------------
+
+def pareto_front(points: list[tuple[int, list[float]]], goals: list[str]) -> list[int]:
+    """The trial numbers on the Pareto front of `points` ((number, one value per goal), finished
+    trials only): Optuna's `best_trials`, i.e. those no other point dominates (at least as good on
+    every objective and better on one). Equal points are all kept."""
+    optuna = import_optuna()
+    study = optuna.create_study(directions=list(goals))
+    numbers = []
+    for number, values in points:
+        study.add_trial(optuna.trial.create_trial(values=[float(v) for v in values]))
+        numbers.append(number)
+    return sorted(numbers[t.number] for t in study.best_trials)
