@@ -144,7 +144,7 @@ def _sampler(optuna, method: str, seed: int):
             import scipy  # noqa: F401
             import torch  # noqa: F401
         except ImportError:
-            raise NnctlError("method gp needs torch and scipy (Optuna's GPSampler): pip install torch scipy") from None
+            raise NnctlError("method gp needs torch and scipy (Optuna's GPSampler): pip install -e \".[search-gp]\"") from None
         return s.GPSampler(seed=seed, n_startup_trials=STARTUP_TRIALS["gp"])
     if method == "cmaes":
         try:

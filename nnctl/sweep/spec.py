@@ -233,7 +233,7 @@ def _missing_packages(method: str) -> str | None:
     if find_spec("optuna") is None:
         return f'method {method} runs on Optuna, which is not installed: pip install -e ".[search]"'
     if method == "gp" and (find_spec("torch") is None or find_spec("scipy") is None):
-        return "method gp needs torch and scipy (Optuna's GPSampler): pip install torch scipy"
+        return "method gp needs torch and scipy (Optuna's GPSampler): pip install -e \".[search-gp]\""
     if method == "cmaes" and find_spec("cmaes") is None:
         return 'method cmaes needs the cmaes package: pip install -e ".[search]"'
     return None
