@@ -101,3 +101,28 @@ def test_corners_are_every_choice_and_both_ends_then_a_seeded_sample():
     sample = corners(many, 3)
     assert len(sample) == MAX_CORNERS and sample == corners(many, 3) and sample != corners(many, 4)
     assert all(set(c.values()) <= {0, 1} for c in sample)
+
+
+def test_a_resume_with_more_workers_is_sized_too_and_changes_nothing(tmp_path, monkeypatch):
+    import hashlib
+
+    import nnctl.training.memory as memory
+    from nnctl.sweep.runner import SweepDir
+    sweep = write_sweep(tmp_path, "model.hidden: [[8], [256, 256], [128, 128]]\n")
+    spec = load_sweep(sweep)
+    trials = build_trials(spec)
+    sd = SweepDir.create(tmp_path / "runs", spec, trials)   # launched, no trial run yet: all three to run
+    sized = {s.index: s.bytes for s in size_trials(spec, sweep_trials_to_size(spec, trials), available=2**40)}
+    machine = sized[1] + sized[2] // 2
+    monkeypatch.setattr(memory, "available_memory", lambda meminfo=None: machine)
+
+    def digest() -> str:
+        return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(sd.path.rglob("*")) if p.is_file())).hexdigest()
+
+    before = digest()
+    res = runner.invoke(app, ["sweep", "--resume", str(sd.path), "--workers", "2"])
+    assert res.exit_code == 1
+    assert res.output.startswith("error: --workers 2: the 2 largest trials side by side need about "
+                                 f"{format_bytes(sized[1] + sized[2])} to train (the largest, trial 1 ")
+    assert res.output.endswith("; use --workers 1 or make the models smaller\n")
+    assert digest() == before

@@ -95,6 +95,8 @@ def run_sweep_command(config: Path | None, workers: int | None, resume: Path | N
                 return 0
             if workers is None and executor == sd.meta.get("executor", "local") and not address:
                 workers = sd.meta.get("workers")
+            from nnctl.sweep.memory import check_resume_memory
+            check_resume_memory(sd, spec, todo, workers or 1, together=executor == "local")
         else:
             if config is None:
                 raise NnctlError("give a sweep spec (nnctl sweep SWEEP.yaml) or --resume SWEEP_DIR")

@@ -162,3 +162,17 @@ def sweep_trials_to_size(sweep, trials) -> list[tuple[int | None, dict[str, Any]
             continue   # a combination that is not a valid spec fails as that trial, if proposed
         out.append((None, overrides, trial.spec))
     return out
+
+
+def check_resume_memory(sd, sweep, todo: list[int], workers: int, together: bool) -> None:
+    """`check_sweep_memory` for a resume: the snapshotted specs of the trials to run again, and
+    for a model-based sweep with trials still to ask, its space's corners; nothing is written."""
+    from nnctl.config.spec import load_spec
+    from nnctl.sweep.spec import load_sweep
+    if sweep is None:
+        sweep = load_sweep(sd.path / "sweep.yaml")   # as launched, base inlined
+    trials: list[tuple[int | None, dict[str, Any], Any]] = [
+        (i, sd.trial(i).overrides, load_spec(sd.spec_path(i))) for i in todo]
+    if sweep.model_based and sd.declared > len(sd.trials):
+        trials += sweep_trials_to_size(sweep, [])
+    check_sweep_memory(sweep, trials, workers, together)
