@@ -159,3 +159,10 @@ def test_the_panel_tables_have_categorical_columns_and_the_targets_they_claim(tm
     assert sorted(cls.classes) == ["high", "low", "mid"]
     reg = load_dataset({"dataset": str(tmp_path / "r.csv"), "target": "price"}, 0, tmp_path)
     assert reg.task == "regression" and 300 < float(reg.target_mean[0]) < 500   # an offset target: scaled
+
+
+def test_bench_defaults_refuses_an_unknown_study_in_one_line():
+    res = runner.invoke(app, ["bench", "--defaults", "--study", "patiense"])
+    assert res.exit_code == 1
+    assert res.output == ("error: --study: unknown study 'patiense'; did you mean 'patience'? valid: initializer, "
+                          "standardize, adam-lr, batch-size, patience, all\n")
