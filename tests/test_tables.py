@@ -232,3 +232,13 @@ def test_cache_list_and_clear(tmp_path):
     assert out.exit_code == 0 and out.output.startswith(f"{cache / 'tables'}: removed 1 table (")
     assert not [p for p in (cache / "tables").iterdir() if p.is_dir()]
     assert runner.invoke(app, ["cache", "list"]).output.strip() == f"{cache / 'tables'}: no cached tables"
+
+
+def test_an_unwritable_cache_folder_does_not_stop_a_run(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("NNCTL_CACHE_DIR", str(blocker))
+    path = table_csv(tmp_path / "t.csv")
+    ds = load_dataset(data_spec(path), 0, tmp_path)
+    assert ds.describe()[-1] == f"table cache: {blocker / 'tables'} (not writable: Not a directory)"
+    assert len(ds.train) + len(ds.val) + len(ds.test) == 300
