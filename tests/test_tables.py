@@ -190,7 +190,7 @@ def test_two_processes_racing_build_once_and_read_equal_arrays(tmp_path):
         fcntl.flock(lock, fcntl.LOCK_EX)
         procs = [subprocess.Popen([sys.executable, "-c", RACER, str(path)], env=env, cwd=tmp_path,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-        time.sleep(1.0)
+        time.sleep(0.5)
         assert all(p.poll() is None for p in procs)   # both wait on the lock
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
@@ -210,7 +210,7 @@ def test_a_sweep_of_four_trials_parses_once(tmp_path):
           data: {dataset: t.csv, target: label, val_split: 0.2, test_split: 0.2}
           model: {hidden: [4]}
           optimizer: {name: sgd, lr: 0.05}
-          training: {epochs: 2, batch_size: 32}
+          training: {epochs: 1, batch_size: 64}
         parameters:
           optimizer.lr: [0.01, 0.02, 0.03, 0.04]
         metric: val_loss
