@@ -48,17 +48,18 @@ class TableEncoder:
         """Vocabularies and fill values from the training rows `rows` of `columns`."""
         out = []
         for col in columns:
-            present = ~col.missing[rows]
-            values = col.values[rows][present]
             if col.kind == NUMERIC:
                 fill = None
-                if missing == "impute":
+                if missing == "impute":   # only then are the training values needed
+                    values = col.values[rows][~col.missing[rows]]
                     if len(values) == 0:
                         raise DataError(f"{source}: column '{col.name}' has no value in the training split "
                                         "to impute from")
-                    fill = float(values.mean())
+                    # in float64 whatever the parsed dtype: the mean of many float32 values drifts
+                    fill = float(values.mean(dtype=np.float64))
                 out.append({"name": col.name, "kind": NUMERIC, "fill": fill})
             else:
+                values = col.values[rows][~col.missing[rows]]
                 cats, counts = np.unique(values, return_counts=True)
                 if len(cats) == 0:
                     raise DataError(f"{source}: column '{col.name}' has no value in the training split")
