@@ -242,3 +242,26 @@ def test_an_unwritable_cache_folder_does_not_stop_a_run(tmp_path, monkeypatch):
     ds = load_dataset(data_spec(path), 0, tmp_path)
     assert ds.describe()[-1] == f"table cache: {blocker / 'tables'} (not writable: Not a directory)"
     assert len(ds.train) + len(ds.val) + len(ds.test) == 300
+
+
+@pytest.mark.parametrize("block", [50, 4 * 2**20])
+def test_predict_chunks_are_the_same_whatever_the_block_size(tmp_path, monkeypatch, block):
+    """predict's stream: features encoded with the training vocabulary, --keep cells, notes."""
+    from nnctl.commands.predict import CsvFeatureReader
+    from nnctl.data.preprocess import TableEncoder
+    monkeypatch.setattr(files, "BLOCK_BYTES", block)
+    path = tmp_path / "new.csv"
+    path.write_text("id,num,color,extra\n" + "".join(
+        f"r{i},{i / 4},{['red', 'blue', 'teal'][i % 3]},{i}\n" for i in range(30)) + 'r30,7.5,"red",x\n')
+    table = TableEncoder([{"name": "num", "kind": "numeric", "fill": None},
+                          {"name": "color", "kind": "categorical", "categories": ["blue", "red"], "fill": None}])
+    reader = CsvFeatureReader(path, None, "label", (4,), table=table, keep=["id"], chunk_rows=4)
+    chunks = list(reader.chunks_with_kept())
+    x = np.concatenate([c[0] for c in chunks])
+    ids = [i for c in chunks for i in c[1][0]]
+    assert all(len(c[0]) <= 4 for c in chunks)
+    assert x.shape == (31, 4) and x[:, 0].tolist() == [i / 4 for i in range(30)] + [7.5]
+    assert x[:3, 1:].tolist() == [[0, 1, 0], [1, 0, 0], [0, 0, 1]]   # red, blue, teal -> unknown
+    assert ids == [f"r{i}" for i in range(31)]
+    assert reader.notes == ["new.csv: ignored columns the model does not use: extra",
+                            "new.csv: 10 categorical values the training split never had, encoded as 'unknown'"]
