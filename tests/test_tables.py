@@ -165,8 +165,13 @@ def test_a_damaged_or_foreign_entry_is_rebuilt(tmp_path, damage):
         meta = json.loads((entry / "meta.json").read_text())
         meta["shapes"]["numbers"][0][0] += 1      # claims a row the array does not have
         (entry / "meta.json").write_text(json.dumps(meta))
+    killed = cache / "tables" / f".{entry.name}.999999.tmp"   # a builder killed midway
+    killed.mkdir()
+    (killed / "numbers.npy").write_bytes(b"half")
     again = load_dataset(data_spec(path), 0, tmp_path)
     assert builds(cache) == 2 and again.describe()[-1].endswith("(parsed and stored)")
+    assert sorted(p.name for p in (cache / "tables").iterdir()) == sorted(
+        [entry.name, f"{entry.name}.lock", "builds.log"])
     assert np.array_equal(good, x_of(again))
 
 

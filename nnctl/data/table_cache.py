@@ -137,7 +137,10 @@ class TableCache:
     def _publish(self, entry: Path, tmp: Path, table: CsvColumns, source: str, options: dict,
                  st: os.stat_result, digest: str, started: float) -> CsvColumns:
         global BUILDS
-        shutil.rmtree(tmp, ignore_errors=True)
+        # under the lock no one else builds this entry: folders left by a builder that was
+        # killed midway are garbage
+        for stale in [*self.dir.glob(f".{entry.name}.*.tmp"), *self.dir.glob(f".{entry.name}.*.old")]:
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
         arrays: dict[str, np.ndarray] = {"numbers": table.numbers, "lines": table.lines}
         if table.target is not None:
