@@ -165,8 +165,13 @@ def test_a_damaged_or_foreign_entry_is_rebuilt(tmp_path, damage):
         meta = json.loads((entry / "meta.json").read_text())
         meta["shapes"]["numbers"][0][0] += 1      # claims a row the array does not have
         (entry / "meta.json").write_text(json.dumps(meta))
+    killed = cache / "tables" / f".{entry.name}.999999.tmp"   # a builder killed midway
+    killed.mkdir()
+    (killed / "numbers.npy").write_bytes(b"half")
     again = load_dataset(data_spec(path), 0, tmp_path)
     assert builds(cache) == 2 and again.describe()[-1].endswith("(parsed and stored)")
+    assert sorted(p.name for p in (cache / "tables").iterdir()) == sorted(
+        [entry.name, f"{entry.name}.lock", "builds.log"])
     assert np.array_equal(good, x_of(again))
 
 
@@ -190,7 +195,7 @@ def test_two_processes_racing_build_once_and_read_equal_arrays(tmp_path):
         fcntl.flock(lock, fcntl.LOCK_EX)
         procs = [subprocess.Popen([sys.executable, "-c", RACER, str(path)], env=env, cwd=tmp_path,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-        time.sleep(1.0)
+        time.sleep(0.5)
         assert all(p.poll() is None for p in procs)   # both wait on the lock
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
@@ -210,7 +215,7 @@ def test_a_sweep_of_four_trials_parses_once(tmp_path):
           data: {dataset: t.csv, target: label, val_split: 0.2, test_split: 0.2}
           model: {hidden: [4]}
           optimizer: {name: sgd, lr: 0.05}
-          training: {epochs: 2, batch_size: 32}
+          training: {epochs: 1, batch_size: 64}
         parameters:
           optimizer.lr: [0.01, 0.02, 0.03, 0.04]
         metric: val_loss
@@ -232,3 +237,36 @@ def test_cache_list_and_clear(tmp_path):
     assert out.exit_code == 0 and out.output.startswith(f"{cache / 'tables'}: removed 1 table (")
     assert not [p for p in (cache / "tables").iterdir() if p.is_dir()]
     assert runner.invoke(app, ["cache", "list"]).output.strip() == f"{cache / 'tables'}: no cached tables"
+
+
+def test_an_unwritable_cache_folder_does_not_stop_a_run(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("NNCTL_CACHE_DIR", str(blocker))
+    path = table_csv(tmp_path / "t.csv")
+    ds = load_dataset(data_spec(path), 0, tmp_path)
+    assert ds.describe()[-1] == f"table cache: {blocker / 'tables'} (not writable: Not a directory)"
+    assert len(ds.train) + len(ds.val) + len(ds.test) == 300
+
+
+@pytest.mark.parametrize("block", [50, 4 * 2**20])
+def test_predict_chunks_are_the_same_whatever_the_block_size(tmp_path, monkeypatch, block):
+    """predict's stream: features encoded with the training vocabulary, --keep cells, notes."""
+    from nnctl.commands.predict import CsvFeatureReader
+    from nnctl.data.preprocess import TableEncoder
+    monkeypatch.setattr(files, "BLOCK_BYTES", block)
+    path = tmp_path / "new.csv"
+    path.write_text("id,num,color,extra\n" + "".join(
+        f"r{i},{i / 4},{['red', 'blue', 'teal'][i % 3]},{i}\n" for i in range(30)) + 'r30,7.5,"red",x\n')
+    table = TableEncoder([{"name": "num", "kind": "numeric", "fill": None},
+                          {"name": "color", "kind": "categorical", "categories": ["blue", "red"], "fill": None}])
+    reader = CsvFeatureReader(path, None, "label", (4,), table=table, keep=["id"], chunk_rows=4)
+    chunks = list(reader.chunks_with_kept())
+    x = np.concatenate([c[0] for c in chunks])
+    ids = [i for c in chunks for i in c[1][0]]
+    assert all(len(c[0]) <= 4 for c in chunks)
+    assert x.shape == (31, 4) and x[:, 0].tolist() == [i / 4 for i in range(30)] + [7.5]
+    assert x[:3, 1:].tolist() == [[0, 1, 0], [1, 0, 0], [0, 0, 1]]   # red, blue, teal -> unknown
+    assert ids == [f"r{i}" for i in range(31)]
+    assert reader.notes == ["new.csv: ignored columns the model does not use: extra",
+                            "new.csv: 10 categorical values the training split never had, encoded as 'unknown'"]

@@ -373,8 +373,8 @@ RECORD_BATCH = 20000
 class _Restart(Exception):
     """A column read as numbers turned out to hold text: parse again with it as a text column."""
 
-    def __init__(self, column: str):
-        self.column = column
+    def __init__(self, columns: list[str]):
+        self.columns = columns
 
 
 @dataclass
@@ -638,6 +638,7 @@ class BlockParser:
         lines = [line for line, _ in records]
         values = np.empty((len(records), len(self.number_cols)), dtype=np.float64)
         names = self.numeric + ([self.target] if self.target_numeric else [])
+        restart = []
         for k, (c, j) in enumerate(zip(names, self.number_cols)):
             cells = [rec[j] for _, rec in records]
             if c not in self.strict:
@@ -647,8 +648,11 @@ class BlockParser:
                 if text_at is not None:
                     numbers = self.has_number[k] or any(is_number(cell) and not is_missing(cell) for cell in cells)
                     if c == self.target or not numbers:
-                        raise _Restart(c)
+                        restart.append(c)
+                        continue
             values[:, k] = numeric_column(self.name, c, cells, lines, self.dtype).values
+        if restart:
+            raise _Restart(restart)   # every column this block shows to be text, in one more pass
         return np.asarray(lines, dtype=np.int64), values, self._text(records)
 
 
@@ -709,7 +713,7 @@ def parse_csv(path: Path, name: str | None = None, *, features: list[str] | None
             try:
                 return _collect(parser, _count_lines(path))
             except _Restart as again:
-                text.append(again.column)
+                text.extend(again.columns)
         finally:
             blocks.close()
 

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from nnctl.data.files import (CATEGORICAL, NUMERIC, Column, RawData, check_features, read_csv,
-                              read_csv_columns, read_npz_data, suffix_of, _npy, _target_column)
+from nnctl.data.files import (CATEGORICAL, NUMERIC, Column, RawData, categorical_column, check_features,
+                              is_missing, open_csv, parse_csv, read_csv, read_csv_columns, read_npz_data,
+                              suffix_of, _npy, _target_column)
 from nnctl.data.standardize import Standardizer
 from nnctl.errors import DataError
 
@@ -47,17 +48,18 @@ class TableEncoder:
         """Vocabularies and fill values from the training rows `rows` of `columns`."""
         out = []
         for col in columns:
-            present = ~col.missing[rows]
-            values = col.values[rows][present]
             if col.kind == NUMERIC:
                 fill = None
-                if missing == "impute":
+                if missing == "impute":   # only then are the training values needed
+                    values = col.values[rows][~col.missing[rows]]
                     if len(values) == 0:
                         raise DataError(f"{source}: column '{col.name}' has no value in the training split "
                                         "to impute from")
-                    fill = float(values.mean())
+                    # in float64 whatever the parsed dtype: the mean of many float32 values drifts
+                    fill = float(values.mean(dtype=np.float64))
                 out.append({"name": col.name, "kind": NUMERIC, "fill": fill})
             else:
+                values = col.values[rows][~col.missing[rows]]
                 cats, counts = np.unique(values, return_counts=True)
                 if len(cats) == 0:
                     raise DataError(f"{source}: column '{col.name}' has no value in the training split")
@@ -287,6 +289,44 @@ def handle_missing(raw: RawData, policy: str) -> dict[str, int]:
 
 # ---------------------------------------------------------------------------- new files (eval, predict)
 
+def _csv_features(path: Path, table: TableEncoder, target_name: str | None, dtype,
+                  notes: list[str] | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """A CSV's features encoded by `table` and its target column (None if it has none), by the block parser."""
+    name = path.name
+
+    def check(names: list[str]) -> None:
+        for n, _ in table.kinds:
+            if n not in names:
+                raise DataError(f"{name}: missing feature column '{n}'")
+
+    blocks, first_header, _ = open_csv(path, name)   # the header decides whether there is a target
+    blocks.close()
+    target = target_name if target_name in first_header else None
+    cats = [n for n, kind in table.kinds if kind == CATEGORICAL]
+    parsed = parse_csv(path, name, features=[n for n, _ in table.kinds], target=target, categorical=cats,
+                       dtype=dtype, check=check)
+    columns = [categorical_column(n, parsed.text[n]) if kind == CATEGORICAL else
+               Column(n, NUMERIC, parsed.numbers[:, parsed.numeric.index(n)],
+                      np.isnan(parsed.numbers[:, parsed.numeric.index(n)]))
+               for n, kind in table.kinds]
+    x, unknown = table.transform(columns, name, parsed.lines)
+    if unknown and notes is not None:
+        notes.append(f"{name}: {unknown} categorical value{'s' * (unknown != 1)} the training split never "
+                     "had, encoded as 'unknown'")
+    y = None
+    if target is not None:
+        if parsed.target is not None:
+            y, missing = parsed.target, np.isnan(parsed.target)
+        else:
+            cells = parsed.text[target]
+            missing = np.array([is_missing(c) for c in cells], dtype=bool)
+            y = np.char.strip(cells)
+        if missing.any():
+            i = int(np.argmax(missing))
+            raise DataError(f"{name} row {parsed.lines[i]}, column '{target_name}': missing target value")
+    return x, y
+
+
 def load_features(path: Path, feature_names: list[str] | None, input_shape, target_name: str | None,
                   table: TableEncoder | None = None, dtype=np.float32, notes: list[str] | None = None
                   ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -303,7 +343,10 @@ def load_features(path: Path, feature_names: list[str] | None, input_shape, targ
     name = path.name
     suffix = suffix_of(path, name)
     y = None
-    if suffix == ".csv":
+    if suffix == ".csv" and (table is not None or feature_names is not None):
+        x, y = _csv_features(path, table or TableEncoder.numeric(feature_names), target_name, dtype, notes)
+    elif suffix == ".csv":
+        # a model from before feature names were kept: the numeric columns, read as text first
         csv = read_csv(path)
         if table is None:
             if feature_names is None:

@@ -32,7 +32,6 @@ from typing import Any, Callable
 import numpy as np
 
 from nnctl.data.files import CsvColumns, parse_csv
-from nnctl.errors import DataError
 
 FORMAT = 1
 ENV_DIR = "NNCTL_CACHE_DIR"
@@ -85,8 +84,8 @@ class TableCache:
         return key, source, options
 
     def describe(self) -> str:
-        return f"{self.dir}" + (f" ({'hit' if self.status == 'hit' else 'parsed and stored'})"
-                                if self.status else "")
+        shown = {"hit": "hit", "built": "parsed and stored"}
+        return f"{self.dir}" + (f" ({shown.get(self.status, self.status)})" if self.status else "")
 
     # -------------------------------------------------------------------- parse through the cache
 
@@ -102,22 +101,21 @@ class TableCache:
                 self.dir.mkdir(parents=True, exist_ok=True)
                 lock = open(self.dir / f"{key}.lock", "a+b")
             except OSError as err:
-                raise DataError(f"data.cache: cannot write {self.dir} ({err.strerror or err}); "
-                                "set data.cache: off or another folder") from None
+                # a read-only home or cache folder must not stop training: parse without it
+                self.status = f"not writable: {err.strerror or err}"
+                return parse_csv(path, check=check, **kw)
             with lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)   # released when the file closes
                 table = self._load(entry, source, options, name)   # built while we waited?
                 if table is None:
-                    table = self._build(entry, path, source, options, check, kw)
                     self.status = "built"
-                    return table
+                    return self._build(entry, path, source, options, check, kw)
         if check is not None:
             check(table.header)
         self.status = "hit"
         return table
 
     def _build(self, entry: Path, path: Path, source: str, options: dict, check, kw: dict) -> CsvColumns:
-        global BUILDS
         started = time.perf_counter()
         # stamp and hash before parsing: if the file changes meanwhile, the next run sees a
         # different stamp and hash and parses again
@@ -128,7 +126,21 @@ class TableCache:
             return parse_csv(path, check=check, **kw)   # parse_csv names the problem
         table = parse_csv(path, check=check, **kw)
         tmp = self.dir / f".{entry.name}.{os.getpid()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            return self._publish(entry, tmp, table, source, options, st, digest, started)
+        except OSError as err:
+            # a full disk or a read-only folder: this run uses what it parsed, the next tries again
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.status = f"not writable: {err.strerror or err}"
+            return table
+
+    def _publish(self, entry: Path, tmp: Path, table: CsvColumns, source: str, options: dict,
+                 st: os.stat_result, digest: str, started: float) -> CsvColumns:
+        global BUILDS
+        # under the lock no one else builds this entry: folders left by a builder that was
+        # killed midway are garbage
+        for stale in [*self.dir.glob(f".{entry.name}.*.tmp"), *self.dir.glob(f".{entry.name}.*.old")]:
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
         arrays: dict[str, np.ndarray] = {"numbers": table.numbers, "lines": table.lines}
         if table.target is not None:
