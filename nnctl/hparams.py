@@ -21,7 +21,9 @@ class Param:
 
     kind: "float", "int", "bool", "str", "bool_or_choice" (true/false or one of `choices`),
           "int_or_tuple" (an int or a list of ints),
-          "float_list", "int_list", "layers" (a nested list of layer specs), "any".
+          "float_list", "int_list", "float_list_or_map" (a list of numbers, or a mapping
+          name -> number that a later stage turns into the list, e.g. class weights by label),
+          "layers" (a nested list of layer specs), "any".
           Integers are accepted where floats are expected.
     default: the value when the spec omits it; REQUIRED if it must be given.
     gt/ge/lt/le: numeric bounds (on every element, for lists).

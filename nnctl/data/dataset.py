@@ -112,6 +112,7 @@ class Dataset:
     ignored: list[str] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)
     unknown: dict[str, int] = field(default_factory=dict)
+    class_weights: list[float] | None = None   # the loss's weight per class, set once resolved (for describe)
 
     def describe(self) -> list[str]:
         """What was decided about the data, one line per topic (validate, the train header)."""
@@ -123,6 +124,9 @@ class Dataset:
             scaled = "standardized for training" if self.target_scale is not None else "not scaled"
             task = f"regression, {self.n_outputs} output{'s' * (self.n_outputs != 1)}, {scaled}"
         lines = [f"target '{self.target_name}' ({task})" if self.target_name else f"target: {task}"]
+        if self.class_weights is not None:
+            pairs = [f"{c} {w:.4g}" for c, w in zip(self.classes or [], self.class_weights)]
+            lines.append("class weights: " + _few(pairs, 10))
         if self.table is not None:
             num = [c["name"] for c in self.table.columns if c["kind"] == "numeric"]
             cat = [f"{c['name']} ({len(c['categories'])})" for c in self.table.columns if c["kind"] != "numeric"]

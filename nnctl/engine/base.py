@@ -168,7 +168,8 @@ def check_hparams(owner: str, params: dict[str, Param], values: dict[str, Any]) 
         items: list[Any]
         if p.kind in ("float", "int"):
             items = [v]
-        elif p.kind in ("float_list", "int_list"):
+        elif p.kind in ("float_list", "int_list", "float_list_or_map"):
+            # the engine takes lists only: a mapping by name is resolved before a component is built
             if not isinstance(v, (list, tuple)):
                 raise ConfigError(f"{owner}.{key}: must be a list of numbers, got {v!r}")
             items = list(v)
