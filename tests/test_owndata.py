@@ -101,3 +101,78 @@ def test_a_weight_for_an_unknown_label_is_one_line_and_writes_nothing(tmp_path, 
     assert res.exit_code == 1, res.output
     assert res.output.strip().splitlines() == [f"error: {message}"]
     assert folder_hash(runs) == before
+
+
+# ---------------------------------------------------------------------------- image decode cache
+
+def image_folder(root: Path, n_per_class: int = 3) -> Path:
+    """Two classes of 4x5 grayscale PNGs with distinct, known pixels."""
+    Image = pytest.importorskip("PIL.Image", reason="Pillow (the images extra) is not installed")
+    for c, name in enumerate(("cat", "dog")):
+        (root / name).mkdir(parents=True)
+        for i in range(n_per_class):
+            a = (np.arange(20, dtype=np.uint8).reshape(4, 5) * 10 + 40 * c + i)
+            Image.fromarray(a, mode="L").save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def decodes(monkeypatch, tmp_path):
+    """Counts files decoded by Pillow, with the cache in a folder of this test's own."""
+    from nnctl.data import images
+    monkeypatch.setenv("NNCTL_CACHE_DIR", str(tmp_path / "cache"))
+    count = {"files": 0}
+    real = images._decode_one
+
+    def counting(*args):
+        count["files"] += 1
+        return real(*args)
+
+    monkeypatch.setattr(images, "_decode_one", counting)
+    return count
+
+
+def test_an_image_folder_is_decoded_once_then_read_from_the_cache(tmp_path, decodes):
+    from nnctl.data import load_dataset
+    folder = image_folder(tmp_path / "imgs")
+    opts = {"dataset": str(folder), "val_split": 0, "test_split": 0}
+    first = load_dataset(opts, 0, tmp_path)
+    assert decodes["files"] == 6
+    cached = list((tmp_path / "cache" / "images").glob("*.npy"))
+    assert len(cached) == 1 and np.load(cached[0]).dtype == np.uint8
+    second = load_dataset(opts, 0, tmp_path)
+    assert decodes["files"] == 6                      # nothing decoded the second time
+    assert np.array_equal(first.train.x, second.train.x)
+    # the cache holds the files in sorted order: cat/0.png first, whose first row is 0, 10, ... 40;
+    # dog/2.png last (+ 40 + 2)
+    stored = np.load(cached[0])
+    assert stored.shape == (6, 1, 4, 5)
+    assert stored[0, 0, 0].tolist() == [0, 10, 20, 30, 40] and stored[5, 0, 0].tolist() == [42, 52, 62, 72, 82]
+    assert second.train.x.dtype == np.float32
+    assert sorted(np.asarray(second.train.x)[:, 0, 0, 0].tolist()) == pytest.approx(
+        sorted(v / 255 for v in (0, 1, 2, 40, 41, 42)))
+    off = load_dataset({**opts, "image_cache": False}, 0, tmp_path)
+    assert decodes["files"] == 12                     # image_cache: false always decodes
+    assert np.array_equal(off.train.x, first.train.x)
+
+
+def test_editing_an_image_or_the_options_invalidates_the_cache(tmp_path, decodes):
+    import os
+    from nnctl.data import load_dataset
+    from PIL import Image
+    folder = image_folder(tmp_path / "imgs")
+    opts = {"dataset": str(folder), "val_split": 0, "test_split": 0}
+    before = np.asarray(load_dataset(opts, 0, tmp_path).train.x).copy()
+    Image.fromarray(np.full((4, 5), 255, np.uint8), mode="L").save(folder / "dog" / "1.png")
+    st = (folder / "dog" / "1.png").stat()
+    os.utime(folder / "dog" / "1.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))   # a distinct mtime
+    after = np.asarray(load_dataset(opts, 0, tmp_path).train.x)
+    assert decodes["files"] == 12
+    changed = np.flatnonzero(np.any(before != after, axis=(1, 2, 3)))
+    assert len(changed) == 1 and np.all(after[changed[0]] == 1.0)
+    load_dataset({**opts, "image_size": [2, 2]}, 0, tmp_path)
+    assert decodes["files"] == 18
+    (folder / "cat" / "2.png").unlink()               # a removed file changes the key too
+    assert len(load_dataset(opts, 0, tmp_path).train) == 5
+    assert decodes["files"] == 23
+    assert len(list((tmp_path / "cache" / "images").glob("*.npy"))) == 4

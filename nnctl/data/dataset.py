@@ -59,6 +59,9 @@ PARAMS_DATA: dict[str, Param] = {
                         doc="an image folder: resize every image to [H, W] (default: all must share one size)"),
     "color": Param("str", "grayscale", choices=("grayscale", "rgb"),
                    doc="an image folder: 1 channel (grayscale) or 3 (rgb); pixels scaled to [0, 1]"),
+    "image_cache": Param("bool", True,
+                         doc="an image folder: keep the decoded pixels (uint8 .npy, keyed by the files' names, "
+                             "sizes and mtimes) in the cache folder, so later runs do not decode again"),
     "standardize_target": Param("bool", True,
                                 doc="regression: train on (y - mean) / std of the training split; metrics and "
                                     "predictions stay in the target's units"),
@@ -275,7 +278,7 @@ def _read_images(opts: dict, folder: Path, name: str) -> RawData:
             raise ConfigError(f"data.{key}: does not apply to an image folder ({name})")
     if opts["options"]:
         raise ConfigError("data.options: only built-in datasets take options")
-    return read_image_folder(folder, opts["image_size"], opts["color"], folder.name)
+    return read_image_folder(folder, opts["image_size"], opts["color"], folder.name, cache=opts["image_cache"])
 
 
 def _read_extra(opts: dict, key: str, main: RawData, base_dir: Path, dtype) -> RawData:

@@ -40,8 +40,17 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and is_image(p))
 
 
-def decode(paths: list[Path], image_size, color: str, root: Path) -> np.ndarray:
-    """float32 (N, C, H, W) in [0, 1]; a file that is not a readable image is a DataError naming it."""
+def _decode_one(Image, p: Path, mode: str, size) -> np.ndarray:
+    """One file as uint8 (H, W) or (H, W, 3); Pillow's errors propagate."""
+    with Image.open(p) as im:
+        im = im.convert(mode)
+        if size is not None and im.size != size:
+            im = im.resize(size, Image.Resampling.BILINEAR)
+        return np.asarray(im, dtype=np.uint8)
+
+
+def decode_pixels(paths: list[Path], image_size, color: str, root: Path) -> np.ndarray:
+    """uint8 (N, C, H, W); a file that is not a readable image is a DataError naming it."""
     Image = _pil()
     mode = "L" if color == "grayscale" else "RGB"
     size = None if image_size is None else (int(image_size[1]), int(image_size[0]))   # Pillow: (W, H)
@@ -50,11 +59,7 @@ def decode(paths: list[Path], image_size, color: str, root: Path) -> np.ndarray:
     for p in paths:
         shown = p.relative_to(root) if p.is_relative_to(root) else p
         try:
-            with Image.open(p) as im:
-                im = im.convert(mode)
-                if size is not None and im.size != size:
-                    im = im.resize(size, Image.Resampling.BILINEAR)
-                a = np.asarray(im, dtype=np.float32)
+            a = _decode_one(Image, p, mode, size)
         except (OSError, ValueError, Image.DecompressionBombError) as err:
             raise DataError(f"{shown}: not a readable image ({type(err).__name__}: {err})") from None
         if first is None:
@@ -63,11 +68,30 @@ def decode(paths: list[Path], image_size, color: str, root: Path) -> np.ndarray:
             raise DataError(f"{shown}: image is {a.shape[1]}x{a.shape[0]}, {first[1]} is "
                             f"{first[0][1]}x{first[0][0]}; set data.image_size: [H, W] to resize them all")
         arrays.append(a)
-    x = np.stack(arrays) / np.float32(255.0)
+    x = np.stack(arrays)
     return x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
 
 
-def read_image_folder(path: Path, image_size, color: str, name: str) -> RawData:
+def to_unit(pixels: np.ndarray) -> np.ndarray:
+    """uint8 pixels -> float32 in [0, 1] (exactly v / 255 in float32, cached or not)."""
+    return np.asarray(pixels, dtype=np.float32) / np.float32(255.0)
+
+
+def decode(paths: list[Path], image_size, color: str, root: Path, cache: bool = False) -> np.ndarray:
+    """float32 (N, C, H, W) in [0, 1]. With `cache`, pixels decoded before (same files, sizes,
+    mtimes and options) are read from the decode cache instead (see image_cache)."""
+    if not cache:
+        return to_unit(decode_pixels(paths, image_size, color, root))
+    from nnctl.data.image_cache import cache_key, cached_pixels, store_pixels
+    key = cache_key(paths, root, image_size, color)
+    pixels = cached_pixels(key)
+    if pixels is None or len(pixels) != len(paths):
+        pixels = decode_pixels(paths, image_size, color, root)
+        store_pixels(key, pixels)
+    return to_unit(pixels)
+
+
+def read_image_folder(path: Path, image_size, color: str, name: str, cache: bool = False) -> RawData:
     """A folder with one subfolder per class -> RawData with x (N, C, H, W) and the class names as labels."""
     classes = sorted(p for p in path.iterdir() if p.is_dir())
     if not classes:
@@ -79,7 +103,7 @@ def read_image_folder(path: Path, image_size, color: str, name: str) -> RawData:
             raise DataError(f"{name}/{c.name}: no .png or .jpg images in this class folder")
         paths += files
         labels += [c.name] * len(files)
-    x = decode(paths, image_size, color, path)
+    x = decode(paths, image_size, color, path, cache=cache)
     return RawData(x=x, y=np.asarray(labels, dtype=str), feature_names=None, target_name=None,
                    source=name, task=CLASSIFICATION)
 
