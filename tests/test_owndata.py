@@ -176,3 +176,77 @@ def test_editing_an_image_or_the_options_invalidates_the_cache(tmp_path, decodes
     assert len(load_dataset(opts, 0, tmp_path).train) == 5
     assert decodes["files"] == 23
     assert len(list((tmp_path / "cache" / "images").glob("*.npy"))) == 4
+
+
+# ---------------------------------------------------------------------------- nnctl init
+
+def shop_csv(path: Path, n: int = 90) -> Path:
+    """order_id (an ID), city (text), plan (codes 1/2/3), amount (a number), returned (yes/no)."""
+    lines = ["order_id,city,plan,amount,returned"]
+    for i in range(n):
+        city = ("oslo", "rome", "lima", "kyiv")[i % 4]
+        amount = 10 + (i * 7) % 50
+        lines.append(f"A{i:04d},{city},{1 + i % 3},{amount}.5,{'yes' if (i % 4 == 1) or amount > 50 else 'no'}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_init_declares_text_columns_under_categorical_and_offers_integer_codes(tmp_path, monkeypatch):
+    import yaml
+    monkeypatch.chdir(tmp_path)
+    shop_csv(tmp_path / "shop.csv")
+    res = runner.invoke(app, ["init", "shop.csv", "--target", "returned"])
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.stdout.split())
+    assert "categorical city: 4 categories, one-hot encoded (plus one for unknown)" in out
+    assert ("maybe categorical plan: 3 whole numbers (1, 2, 3): if they are codes, not amounts, add it to "
+            "data.categorical") in out
+    text = (tmp_path / "shop.yaml").read_text()
+    assert "# Maybe categorical: column 'plan': 3 whole numbers (1, 2, 3): if they are codes, not amounts, " \
+           "add it to data.categorical.\n" in text
+    spec = yaml.safe_load(text)
+    assert spec["data"]["categorical"] == ["city"] and spec["data"]["ignore"] == ["order_id"]
+    # city one-hot (4 + unknown), plan and amount as numbers
+    res = runner.invoke(app, ["validate", "shop.yaml"])
+    assert res.exit_code == 0 and "input (7,), 2 outputs" in res.stdout, res.output
+    assert "features: 2 numeric (plan, amount); 1 categorical (city (4); one-hot + unknown); " \
+           "ignored: order_id\n" in res.stdout
+    # taking the offer: plan as a category too
+    res = runner.invoke(app, ["validate", "shop.yaml", "--set", "data.categorical=[city, plan]"])
+    assert res.exit_code == 0 and "input (10,), 2 outputs" in res.stdout, res.output  # amount, 5 + 4 one-hot
+
+
+def test_init_on_an_image_folder_writes_a_cnn_spec_that_trains(tmp_path, monkeypatch):
+    import yaml
+    Image = pytest.importorskip("PIL.Image", reason="Pillow (the images extra) is not installed")
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("circle", "square", "stripe")):
+        (tmp_path / "shapes" / name).mkdir(parents=True)
+        for i in range(8):
+            size = (20, 12) if i else (10, 6)     # one smaller image per class: resized to 20x12
+            a = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+            Image.fromarray(a, mode="RGB").save(tmp_path / "shapes" / name / f"{i}.png")
+    res = runner.invoke(app, ["init", "shapes"])
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.stdout.split())
+    assert "data shapes: 24 images of 3x12x20" in out
+    assert "task classification (an image folder, 3 classes: circle, square, stripe)" in out
+    assert "images 12x20 rgb (21 of 24 are 12x20, the others are resized; color images)" in out
+    assert "model CNN, conv filters [16, 32], batch 14, up to 50 epochs" in out
+    spec = yaml.safe_load((tmp_path / "shapes.yaml").read_text())
+    assert spec["data"] == {"dataset": "shapes/", "image_size": [12, 20], "color": "rgb",
+                            "task": "classification", "val_split": 0.2, "test_split": 0.2, "standardize": "global"}
+    assert spec["model"]["layers"] == [
+        {"conv2d": {"filters": 16, "kernel_size": 3, "padding": "same", "activation": "relu"}},
+        {"maxpool2d": {"size": 2}},
+        {"conv2d": {"filters": 32, "kernel_size": 3, "padding": "same", "activation": "relu"}},
+        {"maxpool2d": {"size": 2}}, "flatten"]
+    res = runner.invoke(app, ["validate", "shapes.yaml"])
+    assert res.exit_code == 0 and "input (3, 12, 20), 3 outputs" in res.stdout, res.output
+    res = runner.invoke(app, ["train", "shapes.yaml", "--set", "training.epochs=1", "--runs-dir", "runs", "-q"])
+    assert res.exit_code == 0 and res.stdout.startswith("completed: 1 epochs"), res.output
+    res = runner.invoke(app, ["init", "shapes", "--target", "x", "-o", "other.yaml"])
+    assert res.exit_code == 1
+    assert res.stderr == ("error: --target: an image folder's classes are its subfolders; --target is for "
+                          "CSV columns and .npy target files\n")
