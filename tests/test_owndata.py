@@ -250,3 +250,31 @@ def test_init_on_an_image_folder_writes_a_cnn_spec_that_trains(tmp_path, monkeyp
     assert res.exit_code == 1
     assert res.stderr == ("error: --target: an image folder's classes are its subfolders; --target is for "
                           "CSV columns and .npy target files\n")
+
+
+# ---------------------------------------------------------------------------- public tables
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("config, rows, features, counts", [
+    ("breast-cancer.yaml", 569, 30, {"benign": 357, "malignant": 212}),
+    ("wine.yaml", 178, 13, {"cultivar_1": 59, "cultivar_2": 71, "cultivar_3": 48}),
+])
+def test_the_public_tables_load_as_their_readme_describes(config, rows, features, counts):
+    exp = prepare(load_spec(ROOT / "configs" / config, []))
+    d = exp.dataset
+    assert d.input_shape == (features,) and d.classes == sorted(counts)
+    splits = [d.train, d.val, d.test]
+    assert sum(len(s) for s in splits) == rows
+    labels = np.concatenate([s.targets() for s in splits])
+    assert dict(zip(d.classes, np.bincount(labels).tolist())) == counts
+    assert (ROOT / "datasets" / Path(exp.spec.data["dataset"]).name).stat().st_size < 2 * 2**20
+
+
+def test_the_public_bench_compares_on_nnctls_own_test_rows():
+    pytest.importorskip("sklearn", reason="scikit-learn is not installed (the --public bench needs it)")
+    from nnctl.bench.own_data import run_public
+    scores, n_test = run_public("wine.yaml", "cultivar", 0)
+    assert n_test == 44 and set(scores) == {"nnctl", "logistic", "sklearn MLP"}
+    assert all(0.8 <= v <= 1.0 for v in scores.values())
