@@ -148,12 +148,17 @@ def test_an_image_folder_is_decoded_once_then_read_from_the_cache(tmp_path, deco
     stored = np.load(cached[0])
     assert stored.shape == (6, 1, 4, 5)
     assert stored[0, 0, 0].tolist() == [0, 10, 20, 30, 40] and stored[5, 0, 0].tolist() == [42, 52, 62, 72, 82]
-    assert second.train.x.dtype == np.float32
-    assert sorted(np.asarray(second.train.x)[:, 0, 0, 0].tolist()) == pytest.approx(
-        sorted(v / 255 for v in (0, 1, 2, 40, 41, 42)))
+    # training reads the cache through a memmap (memory holds batches, not the folder) ...
+    assert isinstance(second.train.x, np.memmap) and second.train.x.dtype == np.uint8
+    assert isinstance(first.train.x, np.memmap)       # the first load maps what it just wrote
+    # ... and every batch is float in [0, 1]: v / 255 in the model's dtype
+    from nnctl.data.batching import iterate_batches
+    (xb, yb), = list(iterate_batches(second.train, 6, None, np.float32))
+    assert xb.dtype == np.float32 and np.array_equal(xb, stored.astype(np.float32) / np.float32(255))
+    assert second.train.features().tolist() == xb.tolist()
     off = load_dataset({**opts, "image_cache": False}, 0, tmp_path)
     assert decodes["files"] == 12                     # image_cache: false always decodes
-    assert np.array_equal(off.train.x, first.train.x)
+    assert not isinstance(off.train.x, np.memmap) and np.array_equal(off.train.x, stored)
 
 
 def test_editing_an_image_or_the_options_invalidates_the_cache(tmp_path, decodes):
@@ -162,14 +167,14 @@ def test_editing_an_image_or_the_options_invalidates_the_cache(tmp_path, decodes
     from PIL import Image
     folder = image_folder(tmp_path / "imgs")
     opts = {"dataset": str(folder), "val_split": 0, "test_split": 0}
-    before = np.asarray(load_dataset(opts, 0, tmp_path).train.x).copy()
+    before = np.array(load_dataset(opts, 0, tmp_path).train.x)
     Image.fromarray(np.full((4, 5), 255, np.uint8), mode="L").save(folder / "dog" / "1.png")
     st = (folder / "dog" / "1.png").stat()
     os.utime(folder / "dog" / "1.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))   # a distinct mtime
-    after = np.asarray(load_dataset(opts, 0, tmp_path).train.x)
+    after = np.array(load_dataset(opts, 0, tmp_path).train.x)
     assert decodes["files"] == 12
     changed = np.flatnonzero(np.any(before != after, axis=(1, 2, 3)))
-    assert len(changed) == 1 and np.all(after[changed[0]] == 1.0)
+    assert changed.tolist() == [4] and np.all(after[4] == 255)      # dog/1.png, the 5th file
     load_dataset({**opts, "image_size": [2, 2]}, 0, tmp_path)
     assert decodes["files"] == 18
     (folder / "cat" / "2.png").unlink()               # a removed file changes the key too

@@ -69,13 +69,14 @@ def iterate_batches(split: Split, batch_size: int, rng: np.random.Generator | No
     reader = MappedRows.open(x) if mapped else None
     try:
         yield from _batches(x, y, rows, stop, batch_size, mapped, reader, xbuf, raw, ybuf, yraw, standardizer,
-                            augment)
+                            augment, split.divisor)
     finally:
         if reader is not None:
             reader.close()
 
 
-def _batches(x, y, rows, stop, batch_size, mapped, reader, xbuf, raw, ybuf, yraw, standardizer, augment):
+def _batches(x, y, rows, stop, batch_size, mapped, reader, xbuf, raw, ybuf, yraw, standardizer, augment,
+             divisor=None):
     for step, start in enumerate(range(0, stop, batch_size)):
         take = rows[start:start + batch_size]
         if mapped:
@@ -94,6 +95,8 @@ def _batches(x, y, rows, stop, batch_size, mapped, reader, xbuf, raw, ybuf, yraw
         else:
             np.take(x, take, axis=0, out=raw[:b], mode="clip")
             np.copyto(xb, raw[:b], casting="unsafe")
+        if divisor is not None:
+            np.divide(xb, divisor, out=xb)   # uint8 pixels -> [0, 1] in the batch's dtype
         if standardizer is not None:
             standardizer.transform(xb, out=xb)
         yb = None

@@ -271,6 +271,10 @@ def _read_main(opts: dict, seed: int, base_dir: Path, dtype) -> tuple[RawData, s
     return raw, str(path)
 
 
+# uint8 pixels over this are the [0, 1] values a model sees (data/images.py decodes to uint8)
+PIXEL_MAX = 255.0
+
+
 def _read_images(opts: dict, folder: Path, name: str) -> RawData:
     from nnctl.data.images import read_image_folder
     for key in CSV_ONLY + ("target_path",):
@@ -424,10 +428,12 @@ def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32") -> Data
         y = (y - target_mean) / target_scale
 
     splits: dict[str, Split | None] = {"val": None, "test": None}
-    train = Split(raw.x, y, rows["train"])
+    # an image folder's x is uint8 pixels (a memmap of the decode cache): batches divide by 255
+    divisor = PIXEL_MAX if raw.x.dtype == np.uint8 and Path(source).is_dir() else None
+    train = Split(raw.x, y, rows["train"], divisor)
     for part in ("val", "test"):
         if rows[part] is not None:
-            splits[part] = Split(raw.x, y, rows[part])
+            splits[part] = Split(raw.x, y, rows[part], divisor)
     for part, other in extra.items():
         yo = _encode(other, task, classes)
         if task == REGRESSION and yo.shape[1] != n_outputs:

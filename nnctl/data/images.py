@@ -4,8 +4,11 @@ The layout of Keras' `image_dataset_from_directory` and torchvision's `ImageFold
 
     digits_png/0/a.png  digits_png/0/b.png  digits_png/1/c.png ...
 
-Images become float32 (N, C, H, W) in [0, 1] (C = 1 for grayscale, 3 for rgb), resized to
-`image_size` [H, W] when given (otherwise every image must already have one size). Files
+A model sees (N, C, H, W) values in [0, 1] (C = 1 for grayscale, 3 for rgb), resized to
+`image_size` [H, W] when given (otherwise every image must already have one size). A training
+folder is held as uint8 pixels (a memmap of the decode cache) that each batch divides by 255,
+so memory holds the batches, not the folder as floats; files to predict are decoded to
+float32 directly. Files
 are read in sorted order (class folders, then file names), so the rows do not depend on the
 file system's listing order.
 """
@@ -77,22 +80,31 @@ def to_unit(pixels: np.ndarray) -> np.ndarray:
     return np.asarray(pixels, dtype=np.float32) / np.float32(255.0)
 
 
-def decode(paths: list[Path], image_size, color: str, root: Path, cache: bool = False) -> np.ndarray:
-    """float32 (N, C, H, W) in [0, 1]. With `cache`, pixels decoded before (same files, sizes,
-    mtimes and options) are read from the decode cache instead (see image_cache)."""
+def decode(paths: list[Path], image_size, color: str, root: Path) -> np.ndarray:
+    """float32 (N, C, H, W) in [0, 1] (files to predict: decoded every time, never cached)."""
+    return to_unit(decode_pixels(paths, image_size, color, root))
+
+
+def load_pixels(paths: list[Path], image_size, color: str, root: Path, cache: bool) -> np.ndarray:
+    """uint8 (N, C, H, W). With `cache`, a memmap of the decode cache, written first if these
+    files (names, sizes, mtimes) with these options were never decoded (see image_cache);
+    training memory then holds only the batches, whatever the folder's size."""
     if not cache:
-        return to_unit(decode_pixels(paths, image_size, color, root))
+        return decode_pixels(paths, image_size, color, root)
     from nnctl.data.image_cache import cache_key, cached_pixels, store_pixels
     key = cache_key(paths, root, image_size, color)
     pixels = cached_pixels(key)
-    if pixels is None or len(pixels) != len(paths):
-        pixels = decode_pixels(paths, image_size, color, root)
-        store_pixels(key, pixels)
-    return to_unit(pixels)
+    if pixels is not None and len(pixels) == len(paths):
+        return pixels
+    pixels = decode_pixels(paths, image_size, color, root)
+    store_pixels(key, pixels)
+    mapped = cached_pixels(key)   # the decoded array is freed; None if the cache could not be written
+    return pixels if mapped is None else mapped
 
 
 def read_image_folder(path: Path, image_size, color: str, name: str, cache: bool = False) -> RawData:
-    """A folder with one subfolder per class -> RawData with x (N, C, H, W) and the class names as labels."""
+    """A folder with one subfolder per class -> RawData with x uint8 (N, C, H, W) pixels (0-255, a
+    Split divides them by 255) and the class names as labels."""
     classes = sorted(p for p in path.iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"{name}: an image folder needs one subfolder per class (e.g. {name}/cat/*.png)")
@@ -103,7 +115,7 @@ def read_image_folder(path: Path, image_size, color: str, name: str, cache: bool
             raise DataError(f"{name}/{c.name}: no .png or .jpg images in this class folder")
         paths += files
         labels += [c.name] * len(files)
-    x = decode(paths, image_size, color, path, cache=cache)
+    x = load_pixels(paths, image_size, color, path, cache)
     return RawData(x=x, y=np.asarray(labels, dtype=str), feature_names=None, target_name=None,
                    source=name, task=CLASSIFICATION)
 
