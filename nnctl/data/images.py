@@ -72,7 +72,8 @@ def decode_pixels(paths: list[Path], image_size, color: str, root: Path) -> np.n
                             f"{first[0][1]}x{first[0][0]}; set data.image_size: [H, W] to resize them all")
         arrays.append(a)
     x = np.stack(arrays)
-    return x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    # contiguous rows: a batch gather from a transposed (strided) view was 10x slower
+    return x[:, None] if x.ndim == 3 else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
 def to_unit(pixels: np.ndarray) -> np.ndarray:
