@@ -2,6 +2,7 @@
 
     python -m nnctl.bench.own_data [--rows 3000] [--seeds 3]
     python -m nnctl.bench.own_data --public [--seeds 5]
+    python -m nnctl.bench.own_data --images 6000
 
 Writes a seeded synthetic table (numeric and text columns, an ID column, 4% of the feature
 cells missing), trains nnctl on it (`data.missing: impute`, categorical auto, the ID
@@ -17,6 +18,11 @@ configs/ (its own split, early stopping on its validation rows) and scikit-learn
 StandardScaler + LogisticRegression and a StandardScaler + MLPClassifier (the spec's hidden
 layer, Adam, learning rate, batch size and epochs) on exactly nnctl's training rows; all three
 are scored on nnctl's test rows, which none of them saw.
+
+--images N: the image decode cache. Writes N random 64x64 RGB PNGs in 4 class folders and
+runs one training epoch (flatten + dense) three times in child processes: the first load
+(decodes and writes the cache), a second (maps the cache) and one with data.image_cache:
+false; prints each one's seconds and peak resident memory (see bench/scale.py). Needs Pillow.
 """
 from __future__ import annotations
 
@@ -164,6 +170,40 @@ def public(seeds: int) -> None:
             + f" ({seeds} held-out test splits of {results[0][1]} rows)")
 
 
+def images(n: int) -> None:
+    import os
+    import sys
+
+    from PIL import Image
+
+    from nnctl.bench.scale import run_measured
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for i in range(n):
+            folder = tmp / "imgs" / f"c{i % 4}"
+            folder.mkdir(parents=True, exist_ok=True)
+            # the class darkens the image, so one epoch learns something
+            pixels = (rng.integers(0, 256, size=(64, 64, 3)) // (i % 4 + 1)).astype(np.uint8)
+            Image.fromarray(pixels, "RGB").save(folder / f"{i}.png", compress_level=1)
+        (tmp / "s.yaml").write_text(
+            "name: images\ndata: {dataset: imgs/, color: rgb, standardize: global}\n"
+            "model: {layers: [flatten, {dense: {units: 16, activation: relu}}]}\n"
+            "training: {epochs: 1, batch_size: 64}\n")
+        env = {**os.environ, "NNCTL_CACHE_DIR": str(tmp / "cache")}
+        say(f"{n} PNGs of 64x64 RGB: {n * 64 * 64 * 3 / 2**20:.0f} MiB as uint8, "
+            f"{n * 64 * 64 * 3 * 4 / 2**20:.0f} MiB as float32")
+        for label, extra in (("first load (decode, write cache)", []), ("second load (cached)", []),
+                             ("image_cache: false", ["--set", "data.image_cache=false"])):
+            cmd = [sys.executable, "-m", "nnctl", "train", "s.yaml", "--runs-dir", "runs", "-q", *extra]
+            r = run_measured(cmd, tmp, env, tmp / "log.txt")
+            if r["exit"] != 0:
+                say((tmp / "log.txt").read_text())
+                raise SystemExit(1)
+            say(f"{label}: {r['seconds']} s, peak RSS {r['peak_rss_mb']} MB "
+                f"(anon {r['peak_anon_mb']}, file {r['peak_file_mb']})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=3000)
@@ -171,7 +211,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--public", action="store_true",
                         help="held-out accuracy on the public tables in datasets/ against scikit-learn")
+    parser.add_argument("--images", type=int, default=0, metavar="N",
+                        help="time and peak memory of an N-image folder, first load, cached and uncached")
     args = parser.parse_args()
+    if args.images:
+        images(args.images)
+        return
     try:
         import sklearn  # noqa: F401
     except ImportError:
