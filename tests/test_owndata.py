@@ -283,3 +283,20 @@ def test_the_public_bench_compares_on_nnctls_own_test_rows():
     scores, n_test = run_public("wine.yaml", "cultivar", 0)
     assert n_test == 44 and set(scores) == {"nnctl", "logistic", "sklearn MLP"}
     assert all(0.8 <= v <= 1.0 for v in scores.values())
+
+
+def test_a_broken_or_unwritable_cache_only_costs_a_decode(tmp_path, decodes, monkeypatch):
+    from nnctl.data import load_dataset
+    folder = image_folder(tmp_path / "imgs")
+    opts = {"dataset": str(folder), "val_split": 0, "test_split": 0}
+    good = np.array(load_dataset(opts, 0, tmp_path).train.x)
+    (cached,) = (tmp_path / "cache" / "images").glob("*.npy")
+    cached.write_bytes(cached.read_bytes()[:100])     # truncated: not a readable .npy any more
+    assert np.array_equal(load_dataset(opts, 0, tmp_path).train.x, good)
+    assert decodes["files"] == 12 and np.array_equal(np.load(cached), good)   # decoded and rewritten
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("NNCTL_CACHE_DIR", str(blocker))   # the cache folder cannot be created
+    for _ in range(2):
+        assert np.array_equal(load_dataset(opts, 0, tmp_path).train.x, good)
+    assert decodes["files"] == 24 and blocker.read_text() == ""
