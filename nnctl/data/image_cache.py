@@ -20,6 +20,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -56,22 +57,39 @@ def cached_pixels(key: str) -> np.ndarray | None:
     return x if x.dtype == np.uint8 and x.ndim == 4 else None
 
 
-def store_pixels(key: str, pixels: np.ndarray) -> None:
-    """Write uint8 pixels under `key` atomically (a reader never sees half a file); failures are ignored."""
+def write_pixels(key: str, n: int, images: Iterator[np.ndarray]) -> np.ndarray | None:
+    """Write n uint8 (C, H, W) images into the entry `key`, one at a time, and return it mapped.
+
+    The .npy is written image by image (memory holds one image, not the folder), under a
+    temporary name renamed into place when complete, so a reader
+    never sees half a file. Returns None, having consumed nothing, if the cache folder cannot
+    be created; None too if writing fails midway (a full disk); a DataError from `images`
+    (an unreadable file) propagates, and the partial file is removed either way.
+    """
     folder = cache_dir() / "images"
-    tmp = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, np.ascontiguousarray(pixels, dtype=np.uint8), allow_pickle=False)
+        os.close(fd)
+    except OSError:
+        return None
+    try:
+        # plain writes, not a writable memmap: a full disk is then an OSError, not a SIGBUS
+        with open(tmp, "wb") as f:
+            first = next(images)
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": np.dtype(np.uint8).str, "fortran_order": False, "shape": (n,) + first.shape})
+            f.write(first.tobytes())
+            for image in images:
+                f.write(image.tobytes())   # C order, also for a transposed view
         os.replace(tmp, folder / f"{key}.npy")
         tmp = None
     except OSError:
-        pass
+        return None
     finally:
         if tmp is not None:
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
+    return cached_pixels(key)

@@ -15,6 +15,7 @@ file system's listing order.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -52,12 +53,12 @@ def _decode_one(Image, p: Path, mode: str, size) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8)
 
 
-def decode_pixels(paths: list[Path], image_size, color: str, root: Path) -> np.ndarray:
-    """uint8 (N, C, H, W); a file that is not a readable image is a DataError naming it."""
+def decoded(paths: list[Path], image_size, color: str, root: Path) -> Iterator[np.ndarray]:
+    """Each file as uint8 (C, H, W), in order; a file that is not a readable image, or whose size
+    differs from the first one's, is a DataError naming it."""
     Image = _pil()
     mode = "L" if color == "grayscale" else "RGB"
     size = None if image_size is None else (int(image_size[1]), int(image_size[0]))   # Pillow: (W, H)
-    arrays = []
     first = None
     for p in paths:
         shown = p.relative_to(root) if p.is_relative_to(root) else p
@@ -70,10 +71,12 @@ def decode_pixels(paths: list[Path], image_size, color: str, root: Path) -> np.n
         elif a.shape != first[0]:
             raise DataError(f"{shown}: image is {a.shape[1]}x{a.shape[0]}, {first[1]} is "
                             f"{first[0][1]}x{first[0][0]}; set data.image_size: [H, W] to resize them all")
-        arrays.append(a)
-    x = np.stack(arrays)
-    # contiguous rows: a batch gather from a transposed (strided) view was 10x slower
-    return x[:, None] if x.ndim == 3 else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        yield a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def decode_pixels(paths: list[Path], image_size, color: str, root: Path) -> np.ndarray:
+    """uint8 (N, C, H, W) in memory (C-contiguous: a batch gather from a strided view is ~10x slower)."""
+    return np.stack(list(decoded(paths, image_size, color, root)))
 
 
 def to_unit(pixels: np.ndarray) -> np.ndarray:
@@ -87,20 +90,19 @@ def decode(paths: list[Path], image_size, color: str, root: Path) -> np.ndarray:
 
 
 def load_pixels(paths: list[Path], image_size, color: str, root: Path, cache: bool) -> np.ndarray:
-    """uint8 (N, C, H, W). With `cache`, a memmap of the decode cache, written first if these
-    files (names, sizes, mtimes) with these options were never decoded (see image_cache);
-    training memory then holds only the batches, whatever the folder's size."""
+    """uint8 (N, C, H, W). With `cache`, a memmap of the decode cache; files (names, sizes,
+    mtimes) never decoded with these options are decoded straight into a new cache file
+    (see image_cache), so neither the first load nor training holds the folder in memory."""
     if not cache:
         return decode_pixels(paths, image_size, color, root)
-    from nnctl.data.image_cache import cache_key, cached_pixels, store_pixels
+    from nnctl.data.image_cache import cache_key, cached_pixels, write_pixels
     key = cache_key(paths, root, image_size, color)
     pixels = cached_pixels(key)
     if pixels is not None and len(pixels) == len(paths):
         return pixels
-    pixels = decode_pixels(paths, image_size, color, root)
-    store_pixels(key, pixels)
-    mapped = cached_pixels(key)   # the decoded array is freed; None if the cache could not be written
-    return pixels if mapped is None else mapped
+    pixels = write_pixels(key, len(paths), decoded(paths, image_size, color, root))
+    # None: the cache folder could not be written; decode into memory instead
+    return pixels if pixels is not None else decode_pixels(paths, image_size, color, root)
 
 
 def read_image_folder(path: Path, image_size, color: str, name: str, cache: bool = False) -> RawData:
