@@ -246,7 +246,7 @@ def _image_profile(path: Path, target: str | None) -> Profile:
             try:
                 with Image.open(f) as im:
                     sizes[(im.height, im.width)] += 1
-                    rgb += im.mode not in ("1", "L", "LA", "I", "I;16", "F", "P")
+                    rgb += im.mode not in ("1", "L", "LA", "I", "I;16", "F")   # a palette (P) may hold color
             except (OSError, ValueError) as err:
                 raise DataError(f"{c.name}/{f.name}: not a readable image ({type(err).__name__}: {err})") from None
         rows += len(files)
