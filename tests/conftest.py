@@ -1,14 +1,14 @@
 """Shared test plumbing: the fuzz and fault tests record how many cases they ran, shown after the run."""
 from __future__ import annotations
 
-import os
-import tempfile
-
 import pytest
 
-# Caches (decoded image folders, parsed tables) go to a fresh folder per test session, never
-# to the user's ~/.cache; subprocesses started by tests inherit it.
-os.environ["NNCTL_CACHE_DIR"] = tempfile.mkdtemp(prefix="nnctl-test-cache-")
+@pytest.fixture(autouse=True)
+def _table_cache_dir(tmp_path_factory, monkeypatch):
+    """Every test gets its own parsed-table cache (data.cache: auto), so none writes to ~/.cache
+    and none sees another's tables; subprocesses inherit it through the environment."""
+    monkeypatch.setenv("NNCTL_CACHE_DIR", str(tmp_path_factory.mktemp("nnctl-cache")))
+
 
 # (test id, what was counted) lines, in the order the tests recorded them.
 _COUNTS: list[tuple[str, str]] = []

@@ -156,8 +156,8 @@ def test_an_image_folder_is_decoded_once_then_read_from_the_cache(tmp_path, deco
     (xb, yb), = list(iterate_batches(second.train, 6, None, np.float32))
     assert xb.dtype == np.float32 and np.array_equal(xb, stored.astype(np.float32) / np.float32(255))
     assert second.train.features().tolist() == xb.tolist()
-    off = load_dataset({**opts, "image_cache": False}, 0, tmp_path)
-    assert decodes["files"] == 12                     # image_cache: false always decodes
+    off = load_dataset({**opts, "cache": "off"}, 0, tmp_path)
+    assert decodes["files"] == 12                     # data.cache: off always decodes
     assert not isinstance(off.train.x, np.memmap) and np.array_equal(off.train.x, stored)
 
 

@@ -21,8 +21,8 @@ are scored on nnctl's test rows, which none of them saw.
 
 --images N: the image decode cache. Writes N random 64x64 RGB PNGs in 4 class folders and
 runs one training epoch (flatten + dense) three times in child processes: the first load
-(decodes and writes the cache), a second (maps the cache) and one with data.image_cache:
-false; prints each one's seconds and peak resident memory (see bench/scale.py). Needs Pillow.
+(decodes and writes the cache), a second (maps the cache) and one with data.cache: off;
+prints each one's seconds and peak resident memory (see bench/scale.py). Needs Pillow.
 """
 from __future__ import annotations
 
@@ -194,7 +194,7 @@ def images(n: int) -> None:
         say(f"{n} PNGs of 64x64 RGB: {n * 64 * 64 * 3 / 2**20:.0f} MiB as uint8, "
             f"{n * 64 * 64 * 3 * 4 / 2**20:.0f} MiB as float32")
         for label, extra in (("first load (decode, write cache)", []), ("second load (cached)", []),
-                             ("image_cache: false", ["--set", "data.image_cache=false"])):
+                             ("data.cache: off", ["--set", "data.cache=off"])):
             cmd = [sys.executable, "-m", "nnctl", "train", "s.yaml", "--runs-dir", "runs", "-q", *extra]
             r = run_measured(cmd, tmp, env, tmp / "log.txt")
             if r["exit"] != 0:

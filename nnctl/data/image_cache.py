@@ -10,8 +10,9 @@ its size and modification time (ns), and the image_size and color options. Editi
 removing or renaming an image changes the key, so a stale cache is never read; it is simply
 no longer used (delete the cache folder to reclaim the space).
 
-The cache folder is NNCTL_CACHE_DIR if set, else $XDG_CACHE_HOME/nnctl, else ~/.cache/nnctl.
-A cache that cannot be written (read-only home, full disk) is skipped silently: it only ever
+Entries live under <root>/images/, root being the folder `data.cache` names (auto:
+NNCTL_CACHE_DIR, else $XDG_CACHE_HOME/nnctl, else ~/.cache/nnctl; see table_cache.cache_root),
+beside the parsed-table cache. A cache that cannot be written (read-only home, full disk) is skipped silently: it only ever
 saves time, never changes a result.
 """
 from __future__ import annotations
@@ -28,15 +29,6 @@ import numpy as np
 FORMAT = 1
 
 
-def cache_dir() -> Path:
-    """Where nnctl keeps caches: NNCTL_CACHE_DIR, else $XDG_CACHE_HOME/nnctl, else ~/.cache/nnctl."""
-    if os.environ.get("NNCTL_CACHE_DIR"):
-        return Path(os.environ["NNCTL_CACHE_DIR"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "nnctl"
-    return Path.home() / ".cache" / "nnctl"
-
-
 def cache_key(paths: list[Path], root: Path, image_size, color: str) -> str:
     """Hex digest of the file list (relative paths, sizes, mtimes) and the decoding options."""
     h = hashlib.sha256(f"nnctl-images {FORMAT} {list(image_size) if image_size else None} {color}\n".encode())
@@ -47,9 +39,9 @@ def cache_key(paths: list[Path], root: Path, image_size, color: str) -> str:
     return h.hexdigest()
 
 
-def cached_pixels(key: str) -> np.ndarray | None:
+def cached_pixels(root: Path, key: str) -> np.ndarray | None:
     """The uint8 (N, C, H, W) pixels stored under `key`, memory-mapped, or None if absent or unreadable."""
-    path = cache_dir() / "images" / f"{key}.npy"
+    path = Path(root) / "images" / f"{key}.npy"
     try:
         x = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError):
@@ -57,7 +49,7 @@ def cached_pixels(key: str) -> np.ndarray | None:
     return x if x.dtype == np.uint8 and x.ndim == 4 else None
 
 
-def write_pixels(key: str, n: int, images: Iterator[np.ndarray]) -> np.ndarray | None:
+def write_pixels(root: Path, key: str, n: int, images: Iterator[np.ndarray]) -> np.ndarray | None:
     """Write n uint8 (C, H, W) images into the entry `key`, one at a time, and return it mapped.
 
     The .npy is written image by image (memory holds one image, not the folder), under a
@@ -66,7 +58,7 @@ def write_pixels(key: str, n: int, images: Iterator[np.ndarray]) -> np.ndarray |
     be created; None too if writing fails midway (a full disk); a DataError from `images`
     (an unreadable file) propagates, and the partial file is removed either way.
     """
-    folder = cache_dir() / "images"
+    folder = Path(root) / "images"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
@@ -92,4 +84,4 @@ def write_pixels(key: str, n: int, images: Iterator[np.ndarray]) -> np.ndarray |
                 os.unlink(tmp)
             except OSError:
                 pass
-    return cached_pixels(key)
+    return cached_pixels(root, key)

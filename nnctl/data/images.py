@@ -89,23 +89,24 @@ def decode(paths: list[Path], image_size, color: str, root: Path) -> np.ndarray:
     return to_unit(decode_pixels(paths, image_size, color, root))
 
 
-def load_pixels(paths: list[Path], image_size, color: str, root: Path, cache: bool) -> np.ndarray:
-    """uint8 (N, C, H, W). With `cache`, a memmap of the decode cache; files (names, sizes,
-    mtimes) never decoded with these options are decoded straight into a new cache file
-    (see image_cache), so neither the first load nor training holds the folder in memory."""
-    if not cache:
+def load_pixels(paths: list[Path], image_size, color: str, root: Path, cache_root: Path | None) -> np.ndarray:
+    """uint8 (N, C, H, W). With a `cache_root` (data.cache), a memmap of the decode cache; files
+    (names, sizes, mtimes) never decoded with these options are decoded straight into a new
+    cache file (see image_cache), so neither the first load nor training holds the folder in
+    memory. Without one (data.cache: off), decoded into memory."""
+    if cache_root is None:
         return decode_pixels(paths, image_size, color, root)
     from nnctl.data.image_cache import cache_key, cached_pixels, write_pixels
     key = cache_key(paths, root, image_size, color)
-    pixels = cached_pixels(key)
+    pixels = cached_pixels(cache_root, key)
     if pixels is not None and len(pixels) == len(paths):
         return pixels
-    pixels = write_pixels(key, len(paths), decoded(paths, image_size, color, root))
+    pixels = write_pixels(cache_root, key, len(paths), decoded(paths, image_size, color, root))
     # None: the cache folder could not be written; decode into memory instead
     return pixels if pixels is not None else decode_pixels(paths, image_size, color, root)
 
 
-def read_image_folder(path: Path, image_size, color: str, name: str, cache: bool = False) -> RawData:
+def read_image_folder(path: Path, image_size, color: str, name: str, cache_root: Path | None = None) -> RawData:
     """A folder with one subfolder per class -> RawData with x uint8 (N, C, H, W) pixels (0-255, a
     Split divides them by 255) and the class names as labels."""
     classes = sorted(p for p in path.iterdir() if p.is_dir())
@@ -118,7 +119,7 @@ def read_image_folder(path: Path, image_size, color: str, name: str, cache: bool
             raise DataError(f"{name}/{c.name}: no .png or .jpg images in this class folder")
         paths += files
         labels += [c.name] * len(files)
-    x = load_pixels(paths, image_size, color, path, cache)
+    x = load_pixels(paths, image_size, color, path, cache_root)
     return RawData(x=x, y=np.asarray(labels, dtype=str), feature_names=None, target_name=None,
                    source=name, task=CLASSIFICATION)
 

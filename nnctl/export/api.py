@@ -67,7 +67,7 @@ def check_rows(lm: Any, check_data: str | None) -> tuple[np.ndarray, str]:
     Default: the run's test split, rebuilt from the stored spec and seed as `nnctl eval`
     does; a run without one falls back to its validation, then training split, and says so.
     """
-    from nnctl.commands.evaluate import data_source, run_split
+    from nnctl.runs.sources import data_source, run_split
     if check_data is not None:
         src = data_source(lm, check_data, need_targets=False)
         return src.split.x, src.description
