@@ -194,7 +194,7 @@ def images(n: int) -> None:
         say(f"{n} PNGs of 64x64 RGB: {n * 64 * 64 * 3 / 2**20:.0f} MiB as uint8, "
             f"{n * 64 * 64 * 3 * 4 / 2**20:.0f} MiB as float32")
         for label, extra in (("first load (decode, write cache)", []), ("second load (cached)", []),
-                             ("data.cache: off", ["--set", "data.cache=off"])):
+                             ("data.cache: off", ["--set", 'data.cache="off"'])):
             cmd = [sys.executable, "-m", "nnctl", "train", "s.yaml", "--runs-dir", "runs", "-q", *extra]
             r = run_measured(cmd, tmp, env, tmp / "log.txt")
             if r["exit"] != 0:
