@@ -159,6 +159,9 @@ def test_an_image_folder_is_decoded_once_then_read_from_the_cache(tmp_path, deco
     off = load_dataset({**opts, "cache": "off"}, 0, tmp_path)
     assert decodes["files"] == 12                     # data.cache: off always decodes
     assert not isinstance(off.train.x, np.memmap) and np.array_equal(off.train.x, stored)
+    # validate and the train header name the cache file (to find or delete it)
+    assert second.describe()[-1] == f"image cache: {cached[0]}"
+    assert off.describe() == ["target: classification, 2 classes: cat, dog"]
 
 
 def test_editing_an_image_or_the_options_invalidates_the_cache(tmp_path, decodes):

@@ -146,6 +146,8 @@ class Dataset:
             if seen:
                 lines.append(f"categories the training split never had (mapped to unknown): {seen}")
             lines.append(f"table cache: {self.cache or 'off'}")
+        elif self.cache:
+            lines.append(f"image cache: {self.cache}")
         return lines
 
 
@@ -488,7 +490,9 @@ def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32") -> Data
         ignored=list(raw.ignored),
         dropped=dropped,
         unknown=unknown,
-        cache=cache.describe() if cache is not None and cache.status else None,
+        cache=(cache.describe() if cache is not None and cache.status else
+               # an image folder mapped from its decode cache: the file, so a user can find (or delete) it
+               raw.x.filename if divisor is not None and isinstance(raw.x, np.memmap) else None),
     )
 
 
