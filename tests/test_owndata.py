@@ -254,7 +254,11 @@ def test_init_on_an_image_folder_writes_a_cnn_spec_that_trains(tmp_path, monkeyp
     assert res.exit_code == 0 and "input (3, 12, 20), 3 outputs" in res.stdout, res.output
     res = runner.invoke(app, ["train", "shapes.yaml", "--set", "training.epochs=1", "--runs-dir", "runs", "-q"])
     assert res.exit_code == 0 and res.stdout.startswith("completed: 1 epochs"), res.output
-    res = runner.invoke(app, ["init", "shapes", "--target", "x", "-o", "other.yaml"])
+    monkeypatch.chdir(tmp_path / "shapes")            # `init .` names the spec after the folder
+    res = runner.invoke(app, ["init", "."])
+    assert res.exit_code == 0 and (tmp_path / "shapes" / "shapes.yaml").exists(), res.output
+    assert yaml.safe_load((tmp_path / "shapes" / "shapes.yaml").read_text())["data"]["dataset"] == "./"
+    res = runner.invoke(app, ["init", ".", "--target", "x", "-o", "other.yaml"])
     assert res.exit_code == 1
     assert res.stderr == ("error: --target: an image folder's classes are its subfolders; --target is for "
                           "CSV columns and .npy target files\n")

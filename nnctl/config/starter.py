@@ -293,7 +293,8 @@ def profile_data(path: Path, target: str | None = None) -> Profile:
     path = Path(path)
     suffix = path.suffix.lower()
     if path.is_dir():
-        profile = _image_profile(path, target)
+        # resolved, so `nnctl init .` names the folder (and the spec) after the folder itself
+        profile = _image_profile(path.resolve(), target)
         if profile.rows < 10:
             raise DataError(f"{path.name}: {profile.rows} images are too few to split and train on")
         _size(profile)
@@ -443,7 +444,7 @@ def _align(line: str) -> str:
 def write_starter(data: Path, target: str | None, out: Path | None, force: bool) -> tuple[Profile, Path]:
     """Profile `data` and write its starter spec to `out` (default: <data stem>.yaml here)."""
     profile = profile_data(data, target)
-    out = Path(out) if out is not None else Path(f"{Path(data).stem}.yaml")
+    out = Path(out) if out is not None else Path(f"{profile.path.stem}.yaml")
     if out.suffix.lower() not in (".yaml", ".yml"):
         raise ConfigError(f"--out {out}: a spec file ends in .yaml or .yml")
     if out.exists() and not force:
