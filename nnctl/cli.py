@@ -221,11 +221,13 @@ def bench(
                                                            "(the first is a warm-up)."),
     only: Optional[str] = typer.Option(None, "--only", help="--suite: only workloads whose name contains this."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="BLAS threads (default as for train)."),
-    defaults: bool = typer.Option(False, "--defaults", help="The defaults panel: candidate initializers on "
+    defaults: bool = typer.Option(False, "--defaults", help="The defaults panel: candidate defaults on "
                                                             "small tasks, test metric mean ± std over seeds."),
     seeds: int = typer.Option(3, "--seeds", min=1, help="--defaults: seeds per task and candidate."),
     tables: bool = typer.Option(False, "--tables", help="CSV parse time, peak memory and cache-hit time at "
                                                         "10k/200k/1M rows, pandas beside them if installed."),
+    study: str = typer.Option("initializer", "--study", help="--defaults: which default to test: initializer, "
+                                                             "standardize, adam-lr, batch-size, patience or all."),
 ) -> None:
     """Time one epoch of an MLP against the GEMM floor (the bare matrix products); --suite, --busy, --defaults, --tables."""
     from nnctl.threads import preset
@@ -236,7 +238,11 @@ def bench(
         return
     if defaults:
         from nnctl.bench import defaults as defaults_mod
-        defaults_mod.main(["--seeds", str(seeds)])
+        from nnctl.errors import NnctlError
+        from nnctl.hparams import unknown_name_message
+        if study not in (*defaults_mod.STUDIES, "all"):
+            fail(NnctlError("--study: " + unknown_name_message("study", study, [*defaults_mod.STUDIES, "all"])))
+        defaults_mod.main(["--seeds", str(seeds), "--study", study])
         return
     if suite or busy:
         from nnctl.bench import suite as suite_mod
