@@ -183,7 +183,8 @@ def test_editing_an_image_or_the_options_invalidates_the_cache(tmp_path, decodes
     (folder / "cat" / "2.png").unlink()               # a removed file changes the key too
     assert len(load_dataset(opts, 0, tmp_path).train) == 5
     assert decodes["files"] == 23
-    assert len(list((tmp_path / "cache" / "images").glob("*.npy"))) == 4
+    # one entry per folder and options: the edits replaced theirs, the 2x2 size has its own
+    assert len(list((tmp_path / "cache" / "images").glob("*.npy"))) == 2
 
 
 # ---------------------------------------------------------------------------- nnctl init

@@ -2,18 +2,18 @@
 
 Decoding PNG/JPEG files is the slow part of reading an image folder (a 50,000-file folder takes
 minutes), and every run and every sweep trial would otherwise repeat it. The first load writes
-the decoded pixels, uint8 (N, C, H, W), to `<cache dir>/images/<key>.npy`; later loads map
-that file instead of opening a single image.
+the decoded pixels, uint8 (N, C, H, W), to `<root>/images/<slot>-<content>.npy`; later loads
+map that file instead of opening a single image.
 
-The key is a SHA-256 over what decides the pixels: each file's path relative to the folder,
-its size and modification time (ns), and the image_size and color options. Editing, adding,
-removing or renaming an image changes the key, so a stale cache is never read; it is simply
-no longer used (delete the cache folder to reclaim the space).
+The content part is a SHA-256 over what decides the pixels: each file's path relative to the
+folder, its size and modification time (ns), and the image_size and color options. Editing,
+adding, removing or renaming an image changes it, so a stale entry is never read; the new
+entry replaces the old one of its slot (the folder's real path and the options).
 
-Entries live under <root>/images/, root being the folder `data.cache` names (auto:
-NNCTL_CACHE_DIR, else $XDG_CACHE_HOME/nnctl, else ~/.cache/nnctl; see table_cache.cache_root),
-beside the parsed-table cache. A cache that cannot be written (read-only home, full disk) is skipped silently: it only ever
-saves time, never changes a result.
+<root> is the folder `data.cache` names (auto: NNCTL_CACHE_DIR, else $XDG_CACHE_HOME/nnctl,
+else ~/.cache/nnctl; see table_cache.cache_root), beside the parsed-table cache. A cache that
+cannot be written (read-only home, full disk) is skipped silently: it only ever saves time,
+never changes a result.
 """
 from __future__ import annotations
 
@@ -30,13 +30,21 @@ FORMAT = 1
 
 
 def cache_key(paths: list[Path], root: Path, image_size, color: str) -> str:
-    """Hex digest of the file list (relative paths, sizes, mtimes) and the decoding options."""
-    h = hashlib.sha256(f"nnctl-images {FORMAT} {list(image_size) if image_size else None} {color}\n".encode())
+    """"<slot>-<content>": slot, a digest of the folder's real path and the decoding options;
+    content, of the file list (relative paths, sizes, mtimes) too.
+
+    One slot holds one entry: a folder edited ten times leaves one cached copy, not ten
+    (write_pixels removes the slot's older contents), while a sweep over image_size keeps
+    one per size.
+    """
+    options = f"nnctl-images {FORMAT} {list(image_size) if image_size else None} {color}\n"
+    slot = hashlib.sha256(f"{options}{Path(root).resolve()}".encode()).hexdigest()[:16]
+    h = hashlib.sha256(options.encode())
     for p in paths:
         st = p.stat()
         rel = p.relative_to(root).as_posix() if p.is_relative_to(root) else str(p)
         h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
+    return f"{slot}-{h.hexdigest()}"
 
 
 def cached_pixels(root: Path, key: str) -> np.ndarray | None:
@@ -76,6 +84,7 @@ def write_pixels(root: Path, key: str, n: int, images: Iterator[np.ndarray]) -> 
                 f.write(image.tobytes())   # C order, also for a transposed view
         os.replace(tmp, folder / f"{key}.npy")
         tmp = None
+        _drop_older(folder, key)
     except OSError:
         return None
     finally:
@@ -85,3 +94,17 @@ def write_pixels(root: Path, key: str, n: int, images: Iterator[np.ndarray]) -> 
             except OSError:
                 pass
     return cached_pixels(root, key)
+
+
+def _drop_older(folder: Path, key: str) -> None:
+    """Remove the other entries of key's slot: earlier contents of the same folder and options.
+
+    A process still mapping one keeps reading it (an unlinked file lives on while mapped).
+    """
+    slot = key.split("-", 1)[0]
+    for old in folder.glob(f"{slot}-*.npy"):
+        if old.name != f"{key}.npy":
+            try:
+                old.unlink()
+            except OSError:
+                pass
