@@ -159,7 +159,8 @@ def show_config(config: Path = SPEC_ARG, set_: List[str] = SET_OPTION) -> None:
 
 @app.command("init")
 def init_command(
-    data: Path = typer.Argument(..., help="A data file: .csv, .npy (with its targets .npy) or .npz."),
+    data: Path = typer.Argument(..., help="A data file: .csv, .npy (with its targets .npy) or .npz, or an "
+                                "image folder with one subfolder per class."),
     target: Optional[str] = typer.Option(None, "--target", help="The CSV column to predict, or the .npy file of "
                                          "targets (default: a column named label or target, else the last)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="The spec to write (default: <data name>.yaml).",

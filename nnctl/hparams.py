@@ -23,7 +23,9 @@ class Param:
 
     kind: "float", "int", "bool", "str", "bool_or_choice" (true/false or one of `choices`),
           "int_or_tuple" (an int or a list of ints),
-          "float_list", "int_list", "layers" (a nested list of layer specs), "any".
+          "float_list", "int_list", "float_list_or_map" (a list of numbers, or a mapping
+          name -> number that a later stage turns into the list, e.g. class weights by label),
+          "layers" (a nested list of layer specs), "any".
           Integers are accepted where floats are expected.
     default: the value when the spec omits it; REQUIRED if it must be given.
     gt/ge/lt/le: numeric bounds (on every element, for lists).
@@ -73,7 +75,8 @@ def check_value(where: str, value: Any, p: Param) -> Any:
         raise ConfigError(f"{where}: must not be null")
     if p.kind in ("float", "int"):
         return _check_number(where, value, p.kind, p)
-    if p.kind in ("float_list", "int_list"):
+    if p.kind in ("float_list", "int_list", "float_list_or_map"):
+        # a component takes lists only: a mapping by name is resolved before it is built
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: must be a list of {'integers' if p.kind == 'int_list' else 'numbers'}, "
                               f"got {value!r}")

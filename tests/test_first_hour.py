@@ -286,7 +286,7 @@ def test_init_csv_string_target_and_categorical_column(tmp_path, monkeypatch):
     import yaml
     spec = yaml.safe_load(text)
     assert spec["data"] == {"dataset": "data/animals.csv", "target": "species", "ignore": ["row_id"],
-                            "categorical": "auto", "task": "classification", "val_split": 0.2, "test_split": 0.2,
+                            "categorical": ["colour"], "task": "classification", "val_split": 0.2, "test_split": 0.2,
                             "standardize": True}
     assert spec["model"]["hidden"] == [16] and spec["loss"] == "cross_entropy"
     assert spec["training"]["early_stopping"] == {"monitor": "val_loss", "patience": 10, "restore_best": True}

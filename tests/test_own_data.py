@@ -408,8 +408,9 @@ def test_an_image_folder_trains_evaluates_and_predicts_files_and_folders(tmp_pat
     ds = load_dataset({"dataset": str(REPO / "datasets" / "digits_png"), "image_size": [8, 8],
                        "val_split": 0, "test_split": 0}, 0, tmp_path)
     assert ds.input_shape == (1, 8, 8) and ds.classes == [str(d) for d in range(10)] and len(ds.train) == 300
-    assert ds.train.x.dtype == np.float32 and ds.train.x.min() == 0 and ds.train.x.max() == 1
-    assert np.allclose(ds.train.x[ds.classes.index("3") * 30, 0], pixels / 255)
+    x = ds.train.features()    # uint8 pixels held (a memmap of the decode cache), values / 255
+    assert x.dtype == np.float32 and x.min() == 0 and x.max() == 1 and ds.train.x.dtype == np.uint8
+    assert np.allclose(x[ds.classes.index("3") * 30, 0], pixels / 255)
     rgb = load_dataset({"dataset": str(REPO / "datasets" / "digits_png"), "color": "rgb", "image_size": [4, 6],
                         "val_split": 0, "test_split": 0}, 0, tmp_path)
     assert rgb.input_shape == (3, 4, 6)

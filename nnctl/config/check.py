@@ -18,6 +18,7 @@ _TYPE_WORDS = {
     "str": "a string",
     "int_or_tuple": "an integer or a list of integers",
     "float_list": "a list of numbers",
+    "float_list_or_map": "a list of numbers or a mapping of names to numbers",
     "int_list": "a list of integers",
     "layers": "a list of layer specs",
     "mapping": "a mapping",
@@ -77,6 +78,20 @@ class Checker:
                 return False
         return True
 
+    def _number_map(self, path: KeyPath, value: dict, p: Param) -> dict:
+        """name -> number; the names are checked later by whoever knows them (e.g. the classes)."""
+        out = {}
+        for key, item in value.items():
+            if isinstance(key, (dict, list)) or key is None:
+                self.error(path, f"keys must be names or numbers, got {describe(key)}")
+                continue
+            if not self._number(item, "float"):
+                self.error(path + (str(key),), f"must be a number, got {describe(item)}")
+                continue
+            self._bounds(path + (str(key),), float(item), p)
+            out[key] = float(item)
+        return out
+
     def value(self, path: KeyPath, value: Any, p: Param, registries: dict[str, Registry]) -> Any:
         """Check one value; return it normalized (ints widened to float where floats expected)."""
         if value is None:
@@ -109,7 +124,9 @@ class Checker:
             elif p.choices is not None and value not in p.choices:
                 self.error(path, unknown_name_message("value", value, list(p.choices)))
             return value
-        if kind in ("int_list", "float_list", "int_or_tuple"):
+        if kind == "float_list_or_map" and isinstance(value, dict):
+            return self._number_map(path, value, p)
+        if kind in ("int_list", "float_list", "int_or_tuple", "float_list_or_map"):
             if isinstance(value, str) and p.choices is not None and value in p.choices:
                 return value  # a named rule in place of the list, e.g. class_weights: balanced
             if kind == "int_or_tuple" and isinstance(value, int) and not isinstance(value, bool):
@@ -118,7 +135,7 @@ class Checker:
             if not isinstance(value, list):
                 self.error(path, f"must be {_TYPE_WORDS[kind]}, got {describe(value)}")
                 return value
-            elem = "float" if kind == "float_list" else "int"
+            elem = "float" if kind in ("float_list", "float_list_or_map") else "int"
             out = []
             for i, item in enumerate(value):
                 if not self._number(item, elem):

@@ -24,6 +24,10 @@ SUFFIXES = (".csv", ".npy", ".npz")
 NPY_TARGETS = ("{stem}_y.npy", "{stem}_labels.npy", "{stem}_targets.npy", "y.npy", "labels.npy", "targets.npy")
 # A text column with at most this many distinct values (and repeats) is a category, not free text.
 MAX_CATEGORIES = 50
+# A numeric column of 3..MAX_CODES distinct whole numbers may be codes (plan 1/2/3): init says so.
+MAX_CODES = 10
+# Starter CNNs are sized for images at most this many pixels on a side (larger ones are resized).
+MAX_SIDE = 64
 _ID_NAME = re.compile(r"(^|[_\W])(id|uuid|guid|index|idx)$", re.IGNORECASE)
 
 
@@ -52,8 +56,13 @@ class Profile:
     n_outputs: int
     features: list[str] | None = None   # CSV only: the columns used (numeric and categorical)
     categorical: list[Column] = field(default_factory=list)   # CSV: one-hot encoded by the loader
+    codes: list[Column] = field(default_factory=list)         # CSV: whole numbers that may be category codes
     left_out: list[Column] = field(default_factory=list)      # CSV: written as data.ignore
     target_path: Path | None = None     # .npy only
+    image_size: list[int] | None = None  # image folder only: [H, W] every image is resized to
+    color: str | None = None            # image folder only: grayscale | rgb
+    image_why: str = ""                 # image folder only: how the size and color were chosen
+    filters: list[int] = field(default_factory=list)   # image folder: conv filters per conv+pool stage
     hidden: list[int] = field(default_factory=list)
     batch_size: int = 32
     epochs: int = 100
@@ -90,7 +99,7 @@ def _csv_profile(path: Path, target: str | None) -> Profile:
         if target not in table.header:
             raise table.no_column(target)
         target_why = "given with --target"
-    features, left_out, categorical = [], [], []
+    features, left_out, categorical, codes = [], [], [], []
     for j, name in enumerate(table.header):
         if name == target:
             continue
@@ -118,6 +127,11 @@ def _csv_profile(path: Path, target: str | None) -> Profile:
             left_out.append(Column(name, "text", distinct, "holds nan or inf"))
         else:
             features.append(name)
+            values = np.unique(numbers)
+            if 3 <= len(values) <= MAX_CODES and np.all(values == np.round(values)) and len(values) < len(cells):
+                shown = ", ".join(f"{v:g}" for v in values[:MAX_CODES])
+                codes.append(Column(name, "code", len(values), f"{len(values)} whole numbers ({shown}): if "
+                                    "they are codes, not amounts, add it to data.categorical"))
     if not features:
         raise DataError(f"{path.name}: no usable feature column besides the target '{target}' "
                         f"(left out: {', '.join(c.name for c in left_out) or 'none'})")
@@ -134,7 +148,7 @@ def _csv_profile(path: Path, target: str | None) -> Profile:
     return Profile(path=path, rows=len(table.rows), input_shape=(width,), target=target,
                    target_why=target_why, task=task, task_why=task_why, classes=classes,
                    n_outputs=len(classes) if classes is not None else 1, features=features,
-                   categorical=categorical, left_out=left_out)
+                   categorical=categorical, codes=codes, left_out=left_out)
 
 
 def _task(raw_y: np.ndarray, infer_task) -> tuple[str, str, list | None]:
@@ -203,6 +217,54 @@ def _npz_profile(path: Path, target: str | None) -> Profile:
                    n_outputs=n_out)
 
 
+def _image_profile(path: Path, target: str | None) -> Profile:
+    """A folder with one subfolder per class of images: classes, rows, and one size and color for all.
+
+    Only the image headers are read (Pillow opens a file lazily), so this stays quick on a
+    large folder. Mixed sizes: the most common one is chosen and the others are resized;
+    a side over MAX_SIDE pixels is scaled down (keeping the aspect) so the starter CNN
+    trains in reasonable time on a CPU.
+    """
+    from collections import Counter
+
+    from nnctl.data.images import _pil, image_files
+    if target is not None:
+        raise ConfigError("--target: an image folder's classes are its subfolders; --target is for CSV "
+                          "columns and .npy target files")
+    Image = _pil()
+    classes = sorted(p for p in path.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{path.name}: an image folder needs one subfolder per class (e.g. {path.name}/cat/*.png)")
+    sizes: Counter = Counter()
+    rgb = 0
+    rows = 0
+    for c in classes:
+        files = image_files(c)
+        if not files:
+            raise DataError(f"{path.name}/{c.name}: no .png or .jpg images in this class folder")
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    sizes[(im.height, im.width)] += 1
+                    rgb += im.mode not in ("1", "L", "LA", "I", "I;16", "F")   # a palette (P) may hold color
+            except (OSError, ValueError) as err:
+                raise DataError(f"{c.name}/{f.name}: not a readable image ({type(err).__name__}: {err})") from None
+        rows += len(files)
+    (h, w), count = sizes.most_common(1)[0]
+    why = f"all {h}x{w}" if len(sizes) == 1 else f"{count} of {rows} are {h}x{w}, the others are resized"
+    if max(h, w) > MAX_SIDE:
+        scale = MAX_SIDE / max(h, w)
+        h, w = max(1, round(h * scale)), max(1, round(w * scale))
+        why += f"; scaled to {h}x{w} for a CPU-sized CNN"
+    color = "rgb" if rgb else "grayscale"
+    why += f"; {'color' if rgb else 'grayscale'} images" + (f" ({rgb} in color)" if rgb and rgb < rows else "")
+    names = [c.name for c in classes]
+    return Profile(path=path, rows=rows, input_shape=(3 if rgb else 1, h, w), target="the class subfolders",
+                   target_why="one subfolder per class", task="classification",
+                   task_why=f"an image folder, {len(names)} classes", classes=names, n_outputs=len(names),
+                   image_size=[h, w], color=color, image_why=why)
+
+
 def _size(profile: Profile) -> None:
     """A model and schedule sized to the data (rules of thumb, written into the spec's comments).
 
@@ -218,14 +280,25 @@ def _size(profile: Profile) -> None:
     # a batch never larger than the training split (the splits round their rows up)
     train_rows = n - 2 * math.ceil(n * profile.split)
     profile.batch_size = max(1, min(profile.batch_size, train_rows))
+    if profile.image_size is not None:
+        # conv + 2x2 max-pool stages until the feature map is about 4 pixels on its short side
+        side = min(profile.image_size)
+        stages = max(1, min(3, int(math.log2(max(2, side) / 2))))
+        profile.filters = [16 * 2 ** i for i in range(stages)]
+        profile.epochs = min(profile.epochs, 50)   # a CNN step costs far more than a dense one
 
 
 def profile_data(path: Path, target: str | None = None) -> Profile:
-    """Read `path` (.csv, .npy with its targets file, .npz) and decide every key of a starter spec."""
+    """Read `path` (.csv, .npy with its targets file, .npz, an image folder) and decide every key of a starter spec."""
     path = Path(path)
     suffix = path.suffix.lower()
     if path.is_dir():
-        raise DataError(f"{path}: image folders are not supported yet; give a .csv, .npy or .npz file")
+        # resolved, so `nnctl init .` names the folder (and the spec) after the folder itself
+        profile = _image_profile(path.resolve(), target)
+        if profile.rows < 10:
+            raise DataError(f"{path.name}: {profile.rows} images are too few to split and train on")
+        _size(profile)
+        return profile
     if suffix not in SUFFIXES:
         raise DataError(f"{path.name}: nnctl init reads .csv, .npy and .npz files, got '{suffix or path.name}'")
     check_regular(path, DataError)  # "no such file", or a FIFO/device/loop that would hang or never end
@@ -272,11 +345,13 @@ def render_spec(profile: Profile, spec_dir: Path) -> str:
     lines = [
         f"# Starter spec written by `nnctl init {p.path.name}`: read the choices below, then",
         "#   nnctl validate <this file>   and   nnctl train <this file>",
-        f"# Data: {p.rows:,} rows, {p.n_features:,} features; target {p.target} ({p.target_why});",
+        f"# Data: {amount(p)}; target {p.target} ({p.target_why});",
         f"# task {p.task}: {p.task_why}{classes}.",
     ]
     for c in p.categorical:
         lines.append(f"# Categorical: column '{c.name}': {c.why}.")
+    for c in p.codes:
+        lines.append(f"# Maybe categorical: column '{c.name}': {c.why}.")
     for c in p.left_out:
         lines.append(f"# Left out: column '{c.name}' ({c.kind}, {c.distinct} distinct values): {c.why}.")
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", p.path.stem).strip(".-") or "run"
@@ -284,15 +359,23 @@ def render_spec(profile: Profile, spec_dir: Path) -> str:
         f"name: {name}\t# runs/<name>-<time>/ holds everything about a run",
         "seed: 0\t# seeds the split, the initial weights and the shuffling",
         "data:",
-        f"  dataset: {_quote(data_rel)}\t# the data file, relative to this spec",
+        f"  dataset: {_quote(data_rel + '/' if p.image_size else data_rel)}\t# the data "
+        + ("folder (one subfolder per class)" if p.image_size else "file") + ", relative to this spec",
     ]
+    if p.image_size is not None:
+        lines += [f"  image_size: {_flow(p.image_size)}\t# [H, W] every image is resized to ({p.image_why})",
+                  f"  color: {p.color}\t# {p.input_shape[0]} channel{'s' * (p.input_shape[0] > 1)}; "
+                  "pixels scaled to [0, 1]"]
     if p.features is not None:
         lines.append(f"  target: {_quote(p.target)}\t# the column to predict ({p.target_why})")
         if p.left_out:
             lines.append(f"  ignore: {_flow([c.name for c in p.left_out])}\t# not features (see Left out above); "
                          "predict --keep can copy them")
-        lines.append("  categorical: auto\t# a column without numbers is one-hot encoded"
-                     + (f": {', '.join(c.name for c in p.categorical)}" if p.categorical else ""))
+        if p.categorical:
+            lines.append(f"  categorical: {_flow([c.name for c in p.categorical])}\t# text columns, one-hot "
+                         "encoded (plus an unknown slot); add integer codes here too")
+        else:
+            lines.append("  categorical: auto\t# a column without numbers would be one-hot encoded")
     if p.target_path is not None:
         rel = Path(os.path.relpath(p.target_path.resolve(), spec_dir.resolve())).as_posix()
         lines.append(f"  target_path: {_quote(rel)}\t# the targets of each row of the dataset")
@@ -300,10 +383,22 @@ def render_spec(profile: Profile, spec_dir: Path) -> str:
         f"  task: {p.task}\t# {p.task_why}; set it to override",
         f"  val_split: {p.split}\t# fraction of rows held out to pick the best epoch and stop early",
         f"  test_split: {p.split}\t# fraction of rows held out for the final, untouched score",
+        "  standardize: global\t# one mean and scale over all pixels, from the training rows only"
+        if p.image_size else
         "  standardize: true\t# zero mean, unit variance per feature, from the training rows only",
         "model:",
     ]
-    if len(p.input_shape) > 1:
+    if p.image_size is not None:
+        side, layers = min(p.image_size), []
+        for i, f in enumerate(p.filters):
+            layers.append(f"    - conv2d: {{filters: {f}, kernel_size: 3, padding: same, activation: relu}}")
+            if side >= 2:
+                layers.append("    - maxpool2d: {size: 2}\t# halves height and width")
+                side //= 2
+        layers.append("    - flatten\t# the feature maps as one vector for the output layer")
+        lines += [f"  # a small CNN for {'x'.join(map(str, p.input_shape))} images, {p.rows:,} of them "
+                  "(the output layer is added for you)", "  layers:", *layers]
+    elif len(p.input_shape) > 1:
         layers = ["    - flatten\t# samples are " + "x".join(map(str, p.input_shape))
                   + "; for images see configs/cnn-digits.yaml"]
         layers += [f"    - dense: {{units: {u}, activation: relu}}" for u in p.hidden]
@@ -333,6 +428,13 @@ def render_spec(profile: Profile, spec_dir: Path) -> str:
     return "\n".join(_align(line) for line in lines) + "\n"
 
 
+def amount(p: Profile) -> str:
+    """How much data: "300 images of 1x8x8" or "120 rows, 6 features"."""
+    if p.image_size is not None:
+        return f"{p.rows:,} images of {'x'.join(map(str, p.input_shape))}"
+    return f"{p.rows:,} rows, {p.n_features:,} features"
+
+
 def _align(line: str) -> str:
     """Comments of the keys start in one column (the tab marks where a key's comment begins)."""
     code, sep, comment = line.partition("\t# ")
@@ -342,7 +444,7 @@ def _align(line: str) -> str:
 def write_starter(data: Path, target: str | None, out: Path | None, force: bool) -> tuple[Profile, Path]:
     """Profile `data` and write its starter spec to `out` (default: <data stem>.yaml here)."""
     profile = profile_data(data, target)
-    out = Path(out) if out is not None else Path(f"{Path(data).stem}.yaml")
+    out = Path(out) if out is not None else Path(f"{profile.path.stem}.yaml")
     if out.suffix.lower() not in (".yaml", ".yml"):
         raise ConfigError(f"--out {out}: a spec file ends in .yaml or .yml")
     if out.exists() and not force:

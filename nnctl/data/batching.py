@@ -69,7 +69,7 @@ def iterate_batches(split: Split, batch_size: int, rng: np.random.Generator | No
     reader = MappedRows.open(x) if mapped else None
     try:
         yield from _batches(x, y, rows, stop, batch_size, mapped, reader, xbuf, raw, ybuf, yraw, standardizer,
-                            augment)
+                            augment, split.divisor)
     finally:
         if reader is not None:
             reader.close()
@@ -89,7 +89,8 @@ def _gather(src: np.ndarray, take: np.ndarray, out: np.ndarray, raw: np.ndarray 
         np.copyto(out, raw, casting="unsafe")
 
 
-def _batches(x, y, rows, stop, batch_size, mapped, reader, xbuf, raw, ybuf, yraw, standardizer, augment):
+def _batches(x, y, rows, stop, batch_size, mapped, reader, xbuf, raw, ybuf, yraw, standardizer, augment,
+             divisor=None):
     for step, start in enumerate(range(0, stop, batch_size)):
         take = rows[start:start + batch_size]
         if mapped:
@@ -103,6 +104,8 @@ def _batches(x, y, rows, stop, batch_size, mapped, reader, xbuf, raw, ybuf, yraw
                 np.copyto(xb, raw[:b], casting="unsafe")
         else:
             _gather(x, take, xb, raw)
+        if divisor is not None:
+            np.divide(xb, divisor, out=xb)   # uint8 pixels -> [0, 1] in the batch's dtype
         if standardizer is not None:
             standardizer.transform(xb, out=xb)
         yb = None

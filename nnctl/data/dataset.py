@@ -68,7 +68,8 @@ PARAMS_DATA: dict[str, Param] = {
     "options": Param("any", {}, doc="options of a built-in dataset, e.g. {n_samples: 1000, noise: 0.2}"),
     "augment": Param("any", [], doc="training-batch transforms in order, e.g. [{shift: {max: 2}}] (see Augmentations)"),
     "cache": Param("str", "auto",
-                   doc="where a CSV's parsed table is kept for later runs: auto (NNCTL_CACHE_DIR, else "
+                   doc="where a CSV's parsed table or an image folder's decoded pixels are kept for later "
+                       "runs: auto (NNCTL_CACHE_DIR, else "
                        "XDG_CACHE_HOME/nnctl or ~/.cache/nnctl), a folder, or off"),
     "layout": Param("str", None, choices=("table", "signals", "sequences", "images"), nullable=True,
                     doc="how augment reads a sample; null: from its rank and the first layer (conv1d: signals)"),
@@ -116,6 +117,7 @@ class Dataset:
     ignored: list[str] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)
     unknown: dict[str, int] = field(default_factory=dict)
+    class_weights: list[float] | None = None   # the loss's weight per class, set once resolved (for describe)
     cache: str | None = None
 
     def describe(self) -> list[str]:
@@ -128,6 +130,9 @@ class Dataset:
             scaled = "standardized for training" if self.target_scale is not None else "not scaled"
             task = f"regression, {self.n_outputs} output{'s' * (self.n_outputs != 1)}, {scaled}"
         lines = [f"target '{self.target_name}' ({task})" if self.target_name else f"target: {task}"]
+        if self.class_weights is not None:
+            pairs = [f"{c} {w:.4g}" for c, w in zip(self.classes or [], self.class_weights)]
+            lines.append("class weights: " + _few(pairs, 10))
         if self.table is not None:
             num = [c["name"] for c in self.table.columns if c["kind"] == "numeric"]
             cat = [f"{c['name']} ({len(c['categories'])})" for c in self.table.columns if c["kind"] != "numeric"]
@@ -141,6 +146,8 @@ class Dataset:
             if seen:
                 lines.append(f"categories the training split never had (mapped to unknown): {seen}")
             lines.append(f"table cache: {self.cache or 'off'}")
+        elif self.cache:
+            lines.append(f"image cache: {self.cache}")
         return lines
 
 
@@ -245,7 +252,7 @@ def _read_main(opts: dict, seed: int, base_dir: Path, dtype, cache: TableCache |
         return raw, raw.source
     folder = Path(name).expanduser() if Path(name).expanduser().is_absolute() else base_dir / name
     if folder.is_dir():
-        return _read_images(opts, folder, name), str(folder)
+        return _read_images(opts, folder, name, None if cache is None else cache.root), str(folder)
     # a link's own name decides the format (DVC and git-annex link to extension-less blobs)
     if not Path(name).suffix:
         raise ConfigError(
@@ -278,14 +285,18 @@ def _read_main(opts: dict, seed: int, base_dir: Path, dtype, cache: TableCache |
     return raw, str(path)
 
 
-def _read_images(opts: dict, folder: Path, name: str) -> RawData:
+# uint8 pixels over this are the [0, 1] values a model sees (data/images.py decodes to uint8)
+PIXEL_MAX = 255.0
+
+
+def _read_images(opts: dict, folder: Path, name: str, cache_root: Path | None) -> RawData:
     from nnctl.data.images import read_image_folder
     for key in CSV_ONLY + ("target_path",):
         if opts[key] is not None:
             raise ConfigError(f"data.{key}: does not apply to an image folder ({name})")
     if opts["options"]:
         raise ConfigError("data.options: only built-in datasets take options")
-    return read_image_folder(folder, opts["image_size"], opts["color"], folder.name)
+    return read_image_folder(folder, opts["image_size"], opts["color"], folder.name, cache_root)
 
 
 def _read_extra(opts: dict, key: str, main: RawData, base_dir: Path, dtype, cache: TableCache | None) -> RawData:
@@ -447,10 +458,12 @@ def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32") -> Data
         y = (y - target_mean) / target_scale
 
     splits: dict[str, Split | None] = {"val": None, "test": None}
-    train = Split(raw.x, y, rows["train"])
+    # an image folder's x is uint8 pixels (a memmap of the decode cache): batches divide by 255
+    divisor = PIXEL_MAX if raw.x.dtype == np.uint8 and Path(source).is_dir() else None
+    train = Split(raw.x, y, rows["train"], divisor)
     for part in ("val", "test"):
         if rows[part] is not None:
-            splits[part] = Split(raw.x, y, rows[part])
+            splits[part] = Split(raw.x, y, rows[part], divisor)
     for part, other in extra.items():
         yo = _encode(other, task, classes)
         if task == REGRESSION and yo.shape[1] != n_outputs:
@@ -477,7 +490,9 @@ def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32") -> Data
         ignored=list(raw.ignored),
         dropped=dropped,
         unknown=unknown,
-        cache=cache.describe() if cache is not None and cache.status else None,
+        cache=(cache.describe() if cache is not None and cache.status else
+               # an image folder mapped from its decode cache: the file, so a user can find (or delete) it
+               raw.x.filename if divisor is not None and isinstance(raw.x, np.memmap) else None),
     )
 
 

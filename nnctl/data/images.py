@@ -4,14 +4,18 @@ The layout of Keras' `image_dataset_from_directory` and torchvision's `ImageFold
 
     digits_png/0/a.png  digits_png/0/b.png  digits_png/1/c.png ...
 
-Images become float32 (N, C, H, W) in [0, 1] (C = 1 for grayscale, 3 for rgb), resized to
-`image_size` [H, W] when given (otherwise every image must already have one size). Files
+A model sees (N, C, H, W) values in [0, 1] (C = 1 for grayscale, 3 for rgb), resized to
+`image_size` [H, W] when given (otherwise every image must already have one size). A training
+folder is held as uint8 pixels (a memmap of the decode cache) that each batch divides by 255,
+so memory holds the batches, not the folder as floats; files to predict are decoded to
+float32 directly. Files
 are read in sorted order (class folders, then file names), so the rows do not depend on the
 file system's listing order.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -40,21 +44,26 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and is_image(p))
 
 
-def decode(paths: list[Path], image_size, color: str, root: Path) -> np.ndarray:
-    """float32 (N, C, H, W) in [0, 1]; a file that is not a readable image is a DataError naming it."""
+def _decode_one(Image, p: Path, mode: str, size) -> np.ndarray:
+    """One file as uint8 (H, W) or (H, W, 3); Pillow's errors propagate."""
+    with Image.open(p) as im:
+        im = im.convert(mode)
+        if size is not None and im.size != size:
+            im = im.resize(size, Image.Resampling.BILINEAR)
+        return np.asarray(im, dtype=np.uint8)
+
+
+def decoded(paths: list[Path], image_size, color: str, root: Path) -> Iterator[np.ndarray]:
+    """Each file as uint8 (C, H, W), in order; a file that is not a readable image, or whose size
+    differs from the first one's, is a DataError naming it."""
     Image = _pil()
     mode = "L" if color == "grayscale" else "RGB"
     size = None if image_size is None else (int(image_size[1]), int(image_size[0]))   # Pillow: (W, H)
-    arrays = []
     first = None
     for p in paths:
         shown = p.relative_to(root) if p.is_relative_to(root) else p
         try:
-            with Image.open(p) as im:
-                im = im.convert(mode)
-                if size is not None and im.size != size:
-                    im = im.resize(size, Image.Resampling.BILINEAR)
-                a = np.asarray(im, dtype=np.float32)
+            a = _decode_one(Image, p, mode, size)
         except (OSError, ValueError, Image.DecompressionBombError) as err:
             raise DataError(f"{shown}: not a readable image ({type(err).__name__}: {err})") from None
         if first is None:
@@ -62,13 +71,44 @@ def decode(paths: list[Path], image_size, color: str, root: Path) -> np.ndarray:
         elif a.shape != first[0]:
             raise DataError(f"{shown}: image is {a.shape[1]}x{a.shape[0]}, {first[1]} is "
                             f"{first[0][1]}x{first[0][0]}; set data.image_size: [H, W] to resize them all")
-        arrays.append(a)
-    x = np.stack(arrays) / np.float32(255.0)
-    return x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+        yield a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
-def read_image_folder(path: Path, image_size, color: str, name: str) -> RawData:
-    """A folder with one subfolder per class -> RawData with x (N, C, H, W) and the class names as labels."""
+def decode_pixels(paths: list[Path], image_size, color: str, root: Path) -> np.ndarray:
+    """uint8 (N, C, H, W) in memory (C-contiguous: a batch gather from a strided view is ~10x slower)."""
+    return np.stack(list(decoded(paths, image_size, color, root)))
+
+
+def to_unit(pixels: np.ndarray) -> np.ndarray:
+    """uint8 pixels -> float32 in [0, 1] (exactly v / 255 in float32, cached or not)."""
+    return np.asarray(pixels, dtype=np.float32) / np.float32(255.0)
+
+
+def decode(paths: list[Path], image_size, color: str, root: Path) -> np.ndarray:
+    """float32 (N, C, H, W) in [0, 1] (files to predict: decoded every time, never cached)."""
+    return to_unit(decode_pixels(paths, image_size, color, root))
+
+
+def load_pixels(paths: list[Path], image_size, color: str, root: Path, cache_root: Path | None) -> np.ndarray:
+    """uint8 (N, C, H, W). With a `cache_root` (data.cache), a memmap of the decode cache; files
+    (names, sizes, mtimes) never decoded with these options are decoded straight into a new
+    cache file (see image_cache), so neither the first load nor training holds the folder in
+    memory. Without one (data.cache: off), decoded into memory."""
+    if cache_root is None:
+        return decode_pixels(paths, image_size, color, root)
+    from nnctl.data.image_cache import cache_key, cached_pixels, write_pixels
+    key = cache_key(paths, root, image_size, color)
+    pixels = cached_pixels(cache_root, key)
+    if pixels is not None and len(pixels) == len(paths):
+        return pixels
+    pixels = write_pixels(cache_root, key, len(paths), decoded(paths, image_size, color, root))
+    # None: the cache folder could not be written; decode into memory instead
+    return pixels if pixels is not None else decode_pixels(paths, image_size, color, root)
+
+
+def read_image_folder(path: Path, image_size, color: str, name: str, cache_root: Path | None = None) -> RawData:
+    """A folder with one subfolder per class -> RawData with x uint8 (N, C, H, W) pixels (0-255, a
+    Split divides them by 255) and the class names as labels."""
     classes = sorted(p for p in path.iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"{name}: an image folder needs one subfolder per class (e.g. {name}/cat/*.png)")
@@ -79,7 +119,7 @@ def read_image_folder(path: Path, image_size, color: str, name: str) -> RawData:
             raise DataError(f"{name}/{c.name}: no .png or .jpg images in this class folder")
         paths += files
         labels += [c.name] * len(files)
-    x = decode(paths, image_size, color, path)
+    x = load_pixels(paths, image_size, color, path, cache_root)
     return RawData(x=x, y=np.asarray(labels, dtype=str), feature_names=None, target_name=None,
                    source=name, task=CLASSIFICATION)
 

@@ -17,11 +17,14 @@ class Split:
        cut from one file, so it is never copied.
     y: classification int64 (N_total,); regression float (N_total, k); None when unlabelled.
     idx: int64 (n,) sorted row indices into x/y for this split; None means all rows.
+    divisor: x holds integers standing for x / divisor (an image folder's uint8 pixels, 255),
+       so a large folder stays a uint8 memmap and only batches become floats; None: x as is.
     """
 
     x: np.ndarray
     y: np.ndarray | None
     idx: np.ndarray | None = None
+    divisor: float | None = None
 
     def __len__(self) -> int:
         return len(self.x) if self.idx is None else len(self.idx)
@@ -29,6 +32,11 @@ class Split:
     def rows(self) -> np.ndarray:
         """int64 (n,): the split's row indices into x/y."""
         return np.arange(len(self.x), dtype=np.int64) if self.idx is None else self.idx
+
+    def features(self) -> np.ndarray:
+        """The split's rows of x, gathered, as values (divided by `divisor` when set)."""
+        x = np.take(self.x, self.rows(), axis=0)
+        return x if self.divisor is None else x.astype(np.float32) / np.float32(self.divisor)
 
     def targets(self) -> np.ndarray | None:
         """The split's targets (n,) or (n, k), gathered (targets are small)."""

@@ -50,6 +50,8 @@ class Standardizer:
         for s in range(0, len(rows), step):
             # np.take returns a fresh array, so the deviations can overwrite it.
             block = np.take(x, rows[s:s + step], axis=0).astype(np.float64, copy=False)
+            if split.divisor is not None:
+                block /= split.divisor
             release_pages(x)
             nb = len(block)
             mean_b = block.mean(axis=0)

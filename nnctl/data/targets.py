@@ -217,3 +217,30 @@ def merge_classes(lists: list[list]) -> list:
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         return sorted(set(values))
     return sorted({label_key(v) for v in values})
+
+
+# YAML 1.1 reads the keys yes/no, on/off, true/false as booleans: a weight keyed `yes:` is
+# meant for the class spelled yes (or true, on, y) when the labels are text.
+_BOOL_WORDS = {True: ("true", "yes", "on", "y"), False: ("false", "no", "off", "n")}
+
+
+def weights_by_label(weights: dict, classes: list) -> list[float]:
+    """A mapping label -> weight as one weight per class (in `classes` order); classes not named weigh 1.
+
+    Keys match labels by their text (3, 3.0 and "3" are one label); a boolean key also matches
+    a text class spelled like it (yes/no, true/false, on/off, y/n, any case). A key that names
+    no class is a DataError naming it and the known classes.
+    """
+    lookup = {label_key(c): i for i, c in enumerate(classes)}
+    out = [1.0] * len(classes)
+    for key, w in weights.items():
+        i = lookup.get(label_key(key))
+        if i is None and isinstance(key, bool):
+            words = [j for j, c in enumerate(classes) if str(c).strip().lower() in _BOOL_WORDS[key]]
+            i = words[0] if len(words) == 1 else None
+        if i is None:
+            shown = ", ".join(str(c) for c in classes[:20]) + (", ..." if len(classes) > 20 else "")
+            note = " (YAML reads unquoted yes/no/on/off as true/false)" if isinstance(key, bool) else ""
+            raise DataError(f"no class {_python_value(key)!r}{note}; the {len(classes)} classes are: {shown}")
+        out[i] = float(w)
+    return out

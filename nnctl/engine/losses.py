@@ -73,9 +73,10 @@ class CrossEntropy(Loss):
 
     PARAMS = {
         "label_smoothing": Param("float", 0.0, ge=0.0, lt=1.0, doc="mix eps of the uniform distribution into the targets"),
-        "class_weights": Param("float_list", None, ge=0.0, nullable=True, choices=("balanced",),
-                               doc="one weight per class (weighted mean), or balanced: n_samples / (n_classes "
-                                   "* count) from the training split, resolved before training"),
+        "class_weights": Param("float_list_or_map", None, ge=0.0, nullable=True, choices=("balanced",),
+                               doc="one weight per class (weighted mean), a mapping label -> weight (classes "
+                                   "not named weigh 1), or balanced: n_samples / (n_classes * count) from the "
+                                   "training split; resolved to a list before training"),
     }
     OUTPUT = "softmax"
     TASK = "classification"

@@ -80,7 +80,7 @@ def check_rows(lm: Any, check_data: str | None) -> tuple[np.ndarray, str]:
                 raise
             last = err
             continue
-        return np.take(src.split.x, src.split.rows(), axis=0), src.description
+        return src.split.features(), src.description
     raise ExportError(f"{lm.path}: no rows of the run to check the export on ({last}); give --check-data FILE")
 
 

@@ -144,14 +144,20 @@ def render_starter(profile, path) -> None:
     classes = ""
     if p.classes is not None:
         classes = ": " + ", ".join(str(c) for c in p.classes[:10]) + (", ..." if len(p.classes) > 10 else "")
-    rows = [("data", f"{p.path.name}: {p.rows:,} rows, {p.n_features:,} features"),
+    from nnctl.config.starter import amount
+    rows = [("data", f"{p.path.name}: {amount(p)}"),
             ("target", f"{p.target} ({p.target_why})"),
             ("task", f"{p.task} ({p.task_why}{classes})")]
     for c in p.categorical:
         rows.append(("categorical", f"{c.name}: {c.why}"))
+    for c in p.codes:
+        rows.append(("maybe categorical", f"{c.name}: {c.why}"))
     for c in p.left_out:
         rows.append(("left out", f"{c.name}: {c.kind}, {c.why}"))
-    rows.append(("model", f"hidden {p.hidden}, batch {p.batch_size}, up to {p.epochs} epochs, "
+    if p.image_size is not None:
+        rows.append(("images", f"{p.image_size[0]}x{p.image_size[1]} {p.color} ({p.image_why})"))
+    model = f"CNN, conv filters {p.filters}" if p.image_size is not None else f"hidden {p.hidden}"
+    rows.append(("model", f"{model}, batch {p.batch_size}, up to {p.epochs} epochs, "
                           f"early stopping on val_loss (patience {p.patience})"))
     console.print(key_value_table(rows))
     console.print(f"wrote {path}; next: nnctl validate {path} && nnctl train {path}",

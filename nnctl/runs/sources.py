@@ -51,7 +51,7 @@ def _align_classes(lm: LoadedModel, classes: list | None, split: Split, source: 
     if lm.task != CLASSIFICATION or classes == lm.classes:
         return split
     mapping = encode_labels(np.asarray(classes), lm.classes, source)
-    return Split(split.x, mapping[split.y], split.idx)
+    return Split(split.x, mapping[split.y], split.idx, split.divisor)
 
 
 def data_source(lm: LoadedModel, value: str, need_targets: bool) -> EvalData:
@@ -103,5 +103,5 @@ def _builtin(lm: LoadedModel, name: str) -> EvalData:
         raise DataError(f"--data {name}: {dataset.n_outputs} targets, the model predicts {lm.n_outputs}")
     split = dataset.train
     if lm.task != CLASSIFICATION:   # in the units the model was trained on
-        split = Split(split.x, lm.preprocessor.scale_targets(split.y), split.idx)
+        split = Split(split.x, lm.preprocessor.scale_targets(split.y), split.idx, split.divisor)
     return EvalData(_align_classes(lm, dataset.classes, split, dataset.source), f"all of {dataset.source}")

@@ -14,12 +14,12 @@ import numpy as np
 from nnctl.config.spec import Spec, loss_task, metric_names
 from nnctl.data import Dataset, Preprocessor, Standardizer, load_dataset
 from nnctl.data.augment import Augmenter, build_augmenter
-from nnctl.data.targets import CLASSIFICATION
+from nnctl.data.targets import CLASSIFICATION, weights_by_label
 from nnctl.engine.losses import LOSSES, default_loss
 from nnctl.engine.model import Sequential, build_layer
 from nnctl.engine.optimizers import OPTIMIZERS
 from nnctl.engine.schedules import build_schedule
-from nnctl.errors import ConfigError, NnctlError
+from nnctl.errors import ConfigError, DataError, NnctlError
 from nnctl.training.memory import check_memory
 
 
@@ -166,9 +166,17 @@ def prepare(spec: Spec) -> Experiment:
         standardizer.mean[onehot], standardizer.scale[onehot] = 0.0, 1.0
     preprocessor = Preprocessor(table=data.table, standardizer=standardizer,
                                 target_mean=data.target_mean, target_scale=data.target_scale)
-    if loss_spec.get("class_weights") == "balanced" and task == CLASSIFICATION:
+    given = loss_spec.get("class_weights")
+    if given == "balanced" and task == CLASSIFICATION:
         loss_spec = {**loss_spec, "class_weights": balanced_weights(
             data.train.targets(), data.n_outputs, lambda m: spec.error_at(("loss", "class_weights"), m))}
+    elif isinstance(given, dict) and task == CLASSIFICATION:
+        try:
+            loss_spec = {**loss_spec, "class_weights": weights_by_label(given, data.classes or [])}
+        except DataError as err:
+            raise spec.error_at(("loss", "class_weights"), str(err)) from None
+    # shown beside the classes by validate and the train header
+    data.class_weights = loss_spec.get("class_weights") if task == CLASSIFICATION else None
     with located(spec, ("loss",)):
         loss = LOSSES.create(loss_spec)
     weights = loss_spec.get("class_weights")
