@@ -128,7 +128,8 @@ def validate(config: Path = SPEC_ARG, set_: List[str] = SET_OPTION) -> None:
     d = exp.dataset
     for line in d.describe():  # data layer: target, task, columns, missing values
         console.print(line, markup=False, highlight=False, soft_wrap=True)
-    console.print(f"input {tuple(d.input_shape)}, {d.n_outputs} outputs, "
+    latent = f", latent {exp.latent}" if exp.latent else ""
+    console.print(f"input {tuple(d.input_shape)}, {d.n_outputs} outputs{latent}, "
                   f"{exp.model.num_parameters():,} parameters; rows: train {len(d.train)}"
                   f", val {len(d.val) if d.val is not None else 0}, test {len(d.test) if d.test is not None else 0}",
                   highlight=False, soft_wrap=True)
@@ -146,8 +147,9 @@ def show_config(config: Path = SPEC_ARG, set_: List[str] = SET_OPTION) -> None:
     defaulted = set(exp.spec.defaulted)
     if exp.spec.loss is None:
         defaulted.add(("loss",))
-    resolved["loss"] = exp.loss_spec
-    resolved["data"]["task"] = exp.dataset.task
+    if not exp.spec.task:  # an autoencoder's loss and task are written as the spec has them
+        resolved["loss"] = exp.loss_spec
+        resolved["data"]["task"] = exp.dataset.task
     # the resolved target, never null (a built-in's own target name; dropped when it has none)
     resolved["data"]["target"] = exp.dataset.target_name
     if resolved["data"]["target"] is None:

@@ -16,6 +16,7 @@ from nnctl.data.preprocess import TableEncoder, fit_target_scale, handle_missing
 from nnctl.data.splits import Split, split_indices
 from nnctl.data.targets import (CLASSIFICATION, REGRESSION, classes_of, encode_labels,
                                 infer_task, merge_classes, regression_targets)
+from nnctl.engine.metrics import GENERATIVE_TASKS
 from nnctl.hparams import Param, defaults, unknown_name_message
 from nnctl.errors import ConfigError, DataError
 from nnctl.fileio import check_regular, shown
@@ -115,6 +116,10 @@ class Dataset:
 
     def describe(self) -> list[str]:
         """What was decided about the data, one line per topic (validate, the train header)."""
+        if self.task in GENERATIVE_TASKS:
+            labels = f"; labels '{self.target_name}' only colour latent plots" if self.target_name else ""
+            return [f"{self.task}: reconstructs its {self.n_outputs} input values, scaled to [0, 1] by the training "
+                    f"split's min and max{labels}"]
         if self.task == CLASSIFICATION:
             shown = ", ".join(str(c) for c in (self.classes or [])[:10])
             more = ", ..." if len(self.classes or []) > 10 else ""
