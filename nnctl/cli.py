@@ -249,6 +249,7 @@ def _register_extras() -> None:
     # eval/predict/runs/show/diff/plot and sweep live in their own modules; they add their commands here.
     from nnctl.commands import augment as _augment
     from nnctl.commands import export as _export
+    from nnctl.commands import generate as _generate
     from nnctl.commands import inspect as _inspect
     from nnctl.commands import lr_find as _lr_find
     from nnctl.commands import sweep as _sweep
@@ -257,6 +258,7 @@ def _register_extras() -> None:
     _export.register(app, fail)
     _lr_find.register(app, fail)
     _augment.register(app, fail)
+    _generate.register(app, fail)
 
 
 _register_extras()

@@ -100,7 +100,8 @@ def _builtin(lm: LoadedModel, name: str) -> EvalData:
     trained = config.get("data", {}) if isinstance(config.get("data"), dict) else {}
     same = (isinstance(trained.get("dataset"), str)
             and DATASETS.canonical(trained["dataset"]) == DATASETS.canonical(name))
-    data = {"dataset": name, "val_split": 0.0, "test_split": 0.0, "task": lm.task,
+    generative = lm.task in GENERATIVE_TASKS   # labels, if any, are only carried along
+    data = {"dataset": name, "val_split": 0.0, "test_split": 0.0, "task": None if generative else lm.task,
             "options": trained.get("options") or {} if same else {},
             "shape": trained.get("shape") if same else None,
             "standardize_target": False}
@@ -109,6 +110,8 @@ def _builtin(lm: LoadedModel, name: str) -> EvalData:
     if tuple(dataset.input_shape) != lm.input_shape:
         raise DataError(f"--data {name}: samples have shape {list(dataset.input_shape)}, "
                         f"the model expects {list(lm.input_shape)}")
+    if generative:
+        return EvalData(dataset.train, f"all of {dataset.source}")
     if lm.task != CLASSIFICATION and dataset.n_outputs != lm.n_outputs:
         raise DataError(f"--data {name}: {dataset.n_outputs} targets, the model predicts {lm.n_outputs}")
     split = dataset.train
