@@ -190,3 +190,79 @@ def test_a_digit_classifier_recognizes_vae_samples_but_not_an_untrained_decoder_
     fresh = dataclasses.replace(lm, model=Sequential.from_config(lm.model.get_config(), lm.input_shape, 0, lm.dtype))
     share, covered = _judge(clf, sample(fresh, 200, 0, 1024))
     assert covered < CLASSES_COVERED, (share, covered)
+
+
+def test_resume_equals_uninterrupted_for_a_vae(tmp_path):
+    from nnctl.runs.checkpoint import load_checkpoint, save_checkpoint
+    args = [VAE_SPEC, "--set", "model.encoder.hidden=[32]", "--set", "model.latent=3", "--set", "training.epochs=4"]
+    full = _train(tmp_path / "full", *args)
+    part = _train(tmp_path / "part", *args[:-2], "--set", "training.epochs=2")
+    # make the 2-epoch run the 4-epoch run interrupted after epoch 2, then resume it
+    path = part / "checkpoints" / "last.npz"
+    ckpt = load_checkpoint(path)
+    ckpt.meta["config"]["training"]["epochs"] = 4
+    save_checkpoint(path, {k: v for k, v in ckpt.meta.items() if k not in ("format", "format_version", "nnctl_version")},
+                    ckpt.arrays)
+    (part / "status.json").write_text(json.dumps({"status": "interrupted"}))
+    res = runner.invoke(app, ["train", "--resume", str(part), "--quiet"])
+    assert res.exit_code == 0, res.output
+
+    def numbers(run):
+        return [[v for k, v in r.items() if k != "seconds"] for r in json.loads((run / "history.json").read_text())]
+    assert len(numbers(part)) == 4
+    # the sampling layer's noise comes from the checkpointed Generator: bit-for-bit the same
+    assert numbers(part) == numbers(full)
+    a, b = load_checkpoint(part / "checkpoints" / "last.npz"), load_checkpoint(full / "checkpoints" / "last.npz")
+    assert all(np.array_equal(a.model_state[k], b.model_state[k]) for k in b.model_state)
+
+
+def test_a_sweep_over_latent_and_beta_builds_each_model():
+    # the sweep itself runs trials as `nnctl train` processes (tests/test_sweep.py); what is
+    # new here is that its dotted paths reach the generative keys, checked without training
+    from nnctl.config.spec import spec_from_dict
+    from nnctl.sweep.spec import build_trials, load_sweep
+    from nnctl.training.experiment import prepare
+    trials = build_trials(load_sweep(ROOT / "configs" / "sweeps" / "vae-digits-sweep.yaml"))
+    assert [(t.overrides["model.latent"], t.overrides["loss.beta"]) for t in trials] == \
+        [(2, 0.5), (2, 1.0), (8, 0.5), (8, 1.0)]
+    for t in trials:
+        exp = prepare(spec_from_dict(t.config, ROOT / "configs"))
+        assert (exp.latent, exp.loss.hparams["beta"]) == (t.overrides["model.latent"], t.overrides["loss.beta"])
+        assert exp.model.output_shape == (64 + 2 * exp.latent,)
+
+
+def _line_of(text: str) -> int:
+    lines = Path(VAE_SPEC).read_text().splitlines()
+    return next(i for i, line in enumerate(lines, 1) if text in line and not line.lstrip().startswith("#"))
+
+
+@pytest.mark.parametrize("sets,message", [
+    (["loss=cross_entropy"], "loss: a vae reconstructs its inputs with mse or binary_cross_entropy, got "
+                             "'cross_entropy' (--set loss)"),
+    (["task=autoencoder"], "loss.beta: unknown key 'beta' for an autoencoder loss; only a vae has a KL term "
+                           f"to weigh (vae-digits.yaml line {_line_of('beta:')})"),
+    (["model.output=identity"], "model.output: binary_cross_entropy reconstructs through a sigmoid: set "
+                                "output: sigmoid, or use loss mse (--set model.output)"),
+    (["model.hidden=[3]"], "model.hidden: unknown key 'hidden'; valid: decoder, encoder, latent, output "
+                           "(--set model.hidden)"),
+    (["model.decoder=null", "model.encoder.hidden=null", "model.encoder.layers=[{type: dense, units: 4}]"],
+     "model.decoder: is required when the encoder is in long form (layers): only a short-form encoder "
+     "(hidden) is mirrored (--set model.decoder)"),
+])
+def test_spec_errors_are_one_line_and_write_nothing(tmp_path, sets, message):
+    args = [a for s in sets for a in ("--set", s)]
+    res = runner.invoke(app, ["train", VAE_SPEC, *args, "--runs-dir", str(tmp_path / "runs")])
+    assert res.exit_code == 1
+    assert res.output.strip() == f"error: {message}"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_generative_commands_refuse_what_they_cannot_do(vae_run, tmp_path):
+    codes = tmp_path / "bad.npy"
+    np.save(codes, np.zeros((3, 5)))
+    res = runner.invoke(app, ["decode", str(vae_run), str(codes)])
+    assert (res.exit_code, res.output.strip()) == (1, "error: decode: codes must have shape (N, 8) for this "
+                                                      "model's latent size 8, got [3, 5]")
+    res = runner.invoke(app, ["sample", str(vae_run), "--out", str(tmp_path / "s.txt")])
+    assert (res.exit_code, res.output.strip()) == (1, "error: --out: must end in .npy, .csv, .png, got 's.txt'")
+    assert list(tmp_path.iterdir()) == [codes]

@@ -376,15 +376,23 @@ def _reconstruction_loss(chk: Checker, raw: Any, task: str) -> dict[str, Any] | 
     canon = LOSSES.canonical(name) if isinstance(name, str) else None
     if canon not in RECONSTRUCTION_LOSSES:
         chk.error(("loss", "name") if "name" in raw and len(raw) > 1 else ("loss",),
-                  f"a {task} reconstructs its inputs with {' or '.join(RECONSTRUCTION_LOSSES)}, got {name!r}")
+                  f"{_a(task)} reconstructs its inputs with {' or '.join(RECONSTRUCTION_LOSSES)}, got {name!r}")
         return None
     engine_name = "elbo" if task == "vae" else "reconstruction"
     options = {k: v for k, v in raw.items() if k != "name"}
-    if "reconstruction" in options:
-        chk.error(("loss", "reconstruction"), "unknown option: the reconstruction is the loss's name")
-        return None
+    valid = sorted(set(LOSSES.get(engine_name).PARAMS) - {"reconstruction"})   # the name says which
+    for key in options:
+        if key not in valid:
+            why = "only a vae has a KL term to weigh" if key == "beta" else \
+                f"valid: {', '.join(valid) or 'none (an autoencoder loss takes no options)'}"
+            chk.error(("loss", key), f"unknown key '{key}' for {_a(task)} loss; {why}")
+            return None
     checked = chk.component(("loss",), {"name": engine_name, **options, "reconstruction": canon}, LOSSES)
     return {"name": canon, **{k: v for k, v in checked.items() if k not in ("name", "reconstruction")}}
+
+
+def _a(task: str) -> str:
+    return ("an " if task[0] in "aeiou" else "a ") + task
 
 
 def _resolve_generative(model: dict[str, Any], loss: dict[str, Any], task: str):
