@@ -266,3 +266,25 @@ def test_generative_commands_refuse_what_they_cannot_do(vae_run, tmp_path):
     res = runner.invoke(app, ["sample", str(vae_run), "--out", str(tmp_path / "s.txt")])
     assert (res.exit_code, res.output.strip()) == (1, "error: --out: must end in .npy, .csv, .png, got 's.txt'")
     assert list(tmp_path.iterdir()) == [codes]
+
+
+def test_latent_projection_is_the_codes_or_their_principal_components():
+    from nnctl.report.latent_plot import project
+    two = np.array([[1.0, 2.0], [3.0, -4.0]])
+    assert project(two)[0] is two and project(two)[1] == ("z0", "z1")
+    # points on a line along (1, 1, 0) plus a small spread along (0, 0, 1): PC1 carries the line
+    t = np.linspace(-2, 2, 9)
+    codes = np.column_stack([t, t, 0.1 * np.cos(7 * t)]) + 5.0
+    xy, axes = project(codes)
+    assert axes == ("PC1", "PC2")
+    np.testing.assert_allclose(np.abs(xy[:, 0]), np.abs(t) * np.sqrt(2), atol=1e-12)
+    assert np.abs(xy[:, 1]).max() < 0.2
+
+
+def test_plot_latent_draws_every_row(vae_run, tmp_path):
+    pytest.importorskip("matplotlib", reason="plot --latent needs the plot extra (matplotlib)")
+    out = tmp_path / "latent.png"
+    res = runner.invoke(app, ["plot", str(vae_run), "--latent", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert res.output.strip() == f"wrote {out} (1,797 rows; axes PC1, PC2)"
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

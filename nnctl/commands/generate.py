@@ -39,6 +39,25 @@ def _data_range(lm) -> tuple[float, float]:
     return lo, lo + float(lm.standardizer.scale.reshape(-1)[0])
 
 
+def latent_map(runs: list[Path], out: Path, dpi: int) -> str:
+    """`nnctl plot RUN --latent`: every row of the run's data encoded and drawn; returns the line to print."""
+    from nnctl.commands.evaluate import run_split
+    from nnctl.report.latent_plot import plot_latent
+    from nnctl.report.plots import require_matplotlib
+    from nnctl.runs.generative import autoencoder_of, encode
+    from nnctl.runs.model import default_batch_size, load_model
+    if len(runs) != 1:
+        raise NnctlError(f"plot --latent: draws one run, got {len(runs)}")
+    require_matplotlib()
+    lm = load_model(runs[0])
+    autoencoder_of(lm, "plot --latent")
+    split = run_split(lm, "test").split   # its x and y hold every row of the data, all splits
+    codes = encode(lm, split.x, default_batch_size(lm))
+    names = lm.meta.get("config", {}).get("name") or runs[0].name
+    axes = plot_latent(codes, split.y, None, out, f"{names}: {len(codes):,} codes", dpi)
+    return f"wrote {out} ({len(codes):,} rows; axes {axes})"
+
+
 def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
     @app.command("sample")
     def sample_command(
