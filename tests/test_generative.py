@@ -288,3 +288,21 @@ def test_plot_latent_draws_every_row(vae_run, tmp_path):
     assert res.exit_code == 0, res.output
     assert res.output.strip() == f"wrote {out} (1,797 rows; axes PC1, PC2)"
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_export_writes_an_encoder_and_a_decoder_that_match_nnctl(vae_run, tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason="the export extra is not installed: pip install -e '.[export]'")
+    pytest.importorskip("onnx", reason="the export extra is not installed: pip install -e '.[export]'")
+    res = runner.invoke(app, ["export", str(vae_run), "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["decoder.onnx", "encoder.onnx"]
+    lm = load_model(vae_run)
+    from nnctl.data import load_dataset
+    x = load_dataset({"dataset": "digits", "val_split": 0, "test_split": 0}, 0, ROOT).train.x[:50]
+    enc = ort.InferenceSession(str(tmp_path / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    dec = ort.InferenceSession(str(tmp_path / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    mean, logvar = enc.run(["latent", "log_variance"], {"features": x.astype(np.float32)})
+    np.testing.assert_allclose(mean, encode(lm, x, 1024), atol=1e-5)
+    assert logvar.shape == (50, 8) and logvar.mean() < 0   # the posterior is narrower than the prior
+    z = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
+    np.testing.assert_allclose(dec.run(["samples"], {"latent": z})[0], decode(lm, z, 1024), atol=1e-4)
