@@ -193,7 +193,9 @@ def gradcheck_command(
     from nnctl.engine.gradcheck import gradcheck
     exp = _prepared(config, [*set_, "training.dtype=float64"])
     train = exp.dataset.train
+    from nnctl.training.metrics import loss_targets
     xb, yb = next(iterate_batches(train, min(samples, len(train)), None, np.float64, exp.standardizer))
+    yb = loss_targets(exp.dataset.task, xb, yb)   # an autoencoder's target is its input
     from nnctl.report.tables import titled
     errors = gradcheck(exp.model, xb.copy(), yb.copy(), loss=exp.loss, training=True, max_checks=max_checks)
     table = Table(title=f"{exp.spec.name}: gradient check on {len(xb)} rows (float64, central differences)",

@@ -52,6 +52,26 @@ def test_autoencoder_gradcheck_through_the_loss(variational, output, loss):
     assert model.output_shape == ((6 + 2 * 2,) if variational else (6,))
 
 
+@pytest.mark.parametrize("shape,encoder,decoder", [
+    # conv encoder, and a decoder that reshapes back to feature maps
+    ((1, 4, 4), [{"type": "conv2d", "filters": 2, "kernel_size": 3, "padding": "same", "activation": "tanh"},
+                 {"type": "maxpool2d", "size": 2}, {"type": "flatten"}],
+     [{"type": "dense", "units": 8, "activation": "tanh"}, {"type": "reshape", "shape": [2, 2, 2]},
+      {"type": "conv2d", "filters": 2, "kernel_size": 2, "padding": "same"}, {"type": "flatten"}]),
+    # a GRU reads a sequence (N, T, F) into its last state
+    ((4, 3), [{"type": "gru", "units": 5}], [{"type": "dense", "units": 6, "activation": "tanh"}]),
+], ids=["conv", "gru"])
+def test_encoder_and_decoder_take_any_engine_layer(shape, encoder, decoder):
+    rng = np.random.default_rng(2)
+    spec = [{"type": "autoencoder", "encoder": encoder, "latent": 3, "decoder": decoder, "variational": True}]
+    model = Sequential.from_config(spec, shape, 4, "float64")
+    d = int(np.prod(shape))
+    assert model.output_shape == (d + 6,)
+    # inputs in general position: no ties for max-pooling to break (blank image regions have them)
+    errors = gradcheck(model, rng.normal(size=(4, *shape)), rng.uniform(size=(4, d)), loss={"name": "elbo"}, h=H)
+    assert max(errors.values()) < TOL, errors
+
+
 def test_kl_term_matches_its_closed_form_and_its_gradient():
     rng = np.random.default_rng(11)
     mu, logvar = rng.normal(size=(4, 3)), rng.normal(size=(4, 3)) * 0.5
