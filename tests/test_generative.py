@@ -326,3 +326,22 @@ def test_export_writes_an_encoder_and_a_decoder_that_match_nnctl(vae_run, tmp_pa
     assert logvar.shape == (50, 8) and logvar.mean() < 0   # the posterior is narrower than the prior
     z = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
     np.testing.assert_allclose(dec.run(["samples"], {"latent": z})[0], decode(lm, z, 1024), atol=1e-4)
+
+
+def test_an_autoencoder_trains_on_a_npy_file_without_targets(tmp_path):
+    x = np.random.default_rng(0).uniform(0, 5, (120, 6)).astype(np.float32)
+    np.save(tmp_path / "rows.npy", x)
+    spec = tmp_path / "ae.yaml"
+    spec.write_text("task: autoencoder\ndata: {dataset: rows.npy}\nmodel: {encoder: {hidden: [8]}, latent: 2}\n"
+                    "training: {epochs: 2, batch_size: 16}\n")
+    run = _train(tmp_path / "runs", str(spec))
+    history = json.loads((run / "history.json").read_text())
+    assert [sorted(r) for r in history][0] == ["epoch", "loss", "lr", "reconstruction", "seconds",
+                                               "val_loss", "val_reconstruction"]
+    res = runner.invoke(app, ["eval", str(run), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["n"] == 18   # the test split: floor(0.15 * 120)
+    # a supervised spec on the same file still needs its targets
+    res = runner.invoke(app, ["train", str(spec), "--set", "task=null", "--set", "model={hidden: [4]}",
+                              "--runs-dir", str(tmp_path / "r2")])
+    assert res.output.strip() == "error: rows.npy: a .npy dataset needs data.target_path, the .npy file holding its targets"

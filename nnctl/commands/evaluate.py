@@ -42,7 +42,7 @@ def run_split(lm: LoadedModel, which: str) -> EvalData:
     spec = spec_from_dict(lm.meta["config"], filename=f"{lm.path} (stored config)")
     # the targets in the units the model was trained on (older checkpoints: not scaled)
     data = {**spec.data, "standardize_target": lm.preprocessor.target_scale is not None}
-    dataset = load_dataset(data, spec.seed, spec.base_dir, lm.dtype)
+    dataset = load_dataset(data, spec.seed, spec.base_dir, lm.dtype, unlabelled_ok=lm.task in GENERATIVE_TASKS)
     if tuple(dataset.input_shape) != lm.input_shape:
         raise DataError(f"{dataset.source}: samples have shape {list(dataset.input_shape)}, "
                         f"the model in {lm.path.name} expects {list(lm.input_shape)}; has the data changed?")

@@ -226,7 +226,7 @@ def _close_files(path: Path) -> str:
 CSV_ONLY = ("target", "features", "ignore")
 
 
-def _read_main(opts: dict, seed: int, base_dir: Path, dtype) -> tuple[RawData, str]:
+def _read_main(opts: dict, seed: int, base_dir: Path, dtype, need_y: bool = True) -> tuple[RawData, str]:
     name = opts["dataset"]
     if name in DATASETS:
         raw = generate(name, opts["options"], stream(seed, _DATA_STREAM))
@@ -263,9 +263,9 @@ def _read_main(opts: dict, seed: int, base_dir: Path, dtype) -> tuple[RawData, s
     elif suffix == ".npy":
         target = opts["target_path"]
         raw = read_npy_data(path, None if target is None else _resolve(base_dir, target, "target_path"),
-                            shown, dtype=dtype)
+                            shown, dtype=dtype, need_y=need_y)
     else:
-        raw = read_npz_data(path, shown, dtype=dtype)
+        raw = read_npz_data(path, shown, need_y=need_y, dtype=dtype)
     return raw, str(path)
 
 
@@ -322,7 +322,7 @@ def _check_classification(raw: RawData) -> None:
                         "(set data.task: regression)")
 
 
-def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32") -> Dataset:
+def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32", unlabelled_ok: bool = False) -> Dataset:
     """Load, label, split and encode the data a spec's `data` section describes.
 
     data: the `data` section as a plain dict (keys of PARAMS_DATA; missing keys take their
@@ -341,8 +341,10 @@ def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32") -> Data
     (vocabularies, fill values) and the target scale are fitted on the training rows.
     """
     opts = _options(data)
-    raw, source = _read_main(opts, seed, Path(base_dir), dtype)
+    raw, source = _read_main(opts, seed, Path(base_dir), dtype, need_y=not unlabelled_ok)
     if raw.y is None:
+        if unlabelled_ok:   # an autoencoder's target is its input
+            return _unlabelled(raw, opts, seed, source)
         raise DataError(f"{raw.source}: has no targets to train on")
     dropped = handle_missing(raw, opts["missing"])
     if opts["shape"] is not None and raw.x is not None:   # a CSV's x exists once it is encoded
@@ -453,6 +455,27 @@ def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32") -> Data
         dropped=dropped,
         unknown=unknown,
     )
+
+
+def _unlabelled(raw: RawData, opts: dict, seed: int, source: str) -> Dataset:
+    """Rows without targets (a .npy with no target_path), split at random, for an autoencoder."""
+    for key in ("val_path", "test_path"):
+        if opts[key] is not None:
+            raise ConfigError(f"data.{key}: unlabelled data is split with val_split and test_split only")
+    if opts["shape"] is not None:
+        raw.x = reshape_rows(raw.x, opts["shape"], raw.source)
+    val_fraction, test_fraction = float(opts["val_split"]), float(opts["test_split"])
+    if val_fraction + test_fraction >= 1:
+        raise ConfigError(f"data.val_split + data.test_split must be < 1, got {val_fraction:g} + {test_fraction:g}")
+    try:
+        tr, va, te = split_indices(len(raw), None, val_fraction, test_fraction, stream(seed, _SPLIT_STREAM))
+    except DataError as err:
+        raise DataError(f"{raw.source}: {err}") from None
+    shape = tuple(int(d) for d in raw.x.shape[1:])
+    return Dataset(train=Split(raw.x, None, tr), val=Split(raw.x, None, va) if val_fraction > 0 else None,
+                   test=Split(raw.x, None, te) if test_fraction > 0 else None, task="unlabelled", classes=None,
+                   feature_names=raw.feature_names, input_shape=shape, n_outputs=int(np.prod(shape)),
+                   target_name=None, source=source)
 
 
 def _unknown_count(table: TableEncoder, raw: RawData, rows: np.ndarray) -> int:

@@ -146,7 +146,7 @@ def unit_range(split) -> Standardizer:
 
 
 def prepare(spec: Spec) -> Experiment:
-    data = load_dataset(spec.data, spec.seed, spec.base_dir, spec.training.dtype)
+    data = load_dataset(spec.data, spec.seed, spec.base_dir, spec.training.dtype, unlabelled_ok=bool(spec.task))
     if spec.task is not None:
         # the target is the input itself; labels stay in the splits only to colour latent plots
         data = dataclasses.replace(data, task=spec.task, n_outputs=math.prod(data.input_shape))
