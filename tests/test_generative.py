@@ -283,6 +283,9 @@ def test_generative_commands_refuse_what_they_cannot_do(vae_run, tmp_path):
     res = runner.invoke(app, ["decode", str(vae_run), str(codes)])
     assert (res.exit_code, res.output.strip()) == (1, "error: decode: codes must have shape (N, 8) for this "
                                                       "model's latent size 8, got [3, 5]")
+    res = runner.invoke(app, ["predict", str(vae_run), str(codes)])
+    assert (res.exit_code, res.output.strip()) == (1, f"error: predict: {vae_run}/checkpoints/best.npz is a vae, "
+                                                      "which predicts no target; use nnctl encode, decode or sample")
     res = runner.invoke(app, ["sample", str(vae_run), "--out", str(tmp_path / "s.txt")])
     assert (res.exit_code, res.output.strip()) == (1, "error: --out: must end in .npy, .csv, .png, got 's.txt'")
     assert list(tmp_path.iterdir()) == [codes]
