@@ -227,10 +227,16 @@ def bench(
     defaults: bool = typer.Option(False, "--defaults", help="The defaults panel: candidate initializers on "
                                                             "small tasks, test metric mean ± std over seeds."),
     seeds: int = typer.Option(3, "--seeds", min=1, help="--defaults: seeds per task and candidate."),
+    tables: bool = typer.Option(False, "--tables", help="CSV parse time, peak memory and cache-hit time at "
+                                                        "10k/200k/1M rows, pandas beside them if installed."),
 ) -> None:
-    """Time one epoch of an MLP against the GEMM floor (the bare matrix products); --suite, --busy, --defaults."""
+    """Time one epoch of an MLP against the GEMM floor (the bare matrix products); --suite, --busy, --defaults, --tables."""
     from nnctl.threads import preset
     preset(threads)  # before NumPy loads, as for train
+    if tables:
+        from nnctl.bench import tables as tables_mod
+        tables_mod.main([])
+        return
     if defaults:
         from nnctl.bench import defaults as defaults_mod
         defaults_mod.main(["--seeds", str(seeds)])
@@ -250,6 +256,7 @@ def bench(
 def _register_extras() -> None:
     # eval/predict/runs/show/diff/plot and sweep live in their own modules; they add their commands here.
     from nnctl.commands import augment as _augment
+    from nnctl.commands import cache as _cache
     from nnctl.commands import export as _export
     from nnctl.commands import generate as _generate
     from nnctl.commands import inspect as _inspect
@@ -260,6 +267,7 @@ def _register_extras() -> None:
     _export.register(app, fail)
     _lr_find.register(app, fail)
     _augment.register(app, fail)
+    _cache.register(app, fail)
     _generate.register(app, fail)
 
 

@@ -223,6 +223,8 @@ def test_resume_equals_uninterrupted_for_a_vae(tmp_path):
     ckpt.meta["config"]["training"]["epochs"] = 4
     save_checkpoint(path, {k: v for k, v in ckpt.meta.items() if k not in ("format", "format_version", "nnctl_version")},
                     ckpt.arrays)
+    from nnctl.runs.store import RunDir
+    RunDir(part).write_config(ckpt.meta["config"])   # config.yaml says so too, or resume refuses the edit
     (part / "status.json").write_text(json.dumps({"status": "interrupted"}))
     res = runner.invoke(app, ["train", "--resume", str(part), "--quiet"])
     assert res.exit_code == 0, res.output

@@ -41,7 +41,7 @@ def _data_range(lm) -> tuple[float, float]:
 
 def latent_map(runs: list[Path], out: Path, dpi: int) -> str:
     """`nnctl plot RUN --latent`: every row of the run's data encoded and drawn; returns the line to print."""
-    from nnctl.commands.evaluate import run_split
+    from nnctl.runs.sources import run_split
     from nnctl.report.latent_plot import plot_latent
     from nnctl.report.plots import require_matplotlib
     from nnctl.runs.generative import autoencoder_of, encode
@@ -86,7 +86,7 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="latent.npy or .csv; default: CSV on stdout."),
     ) -> None:
         """Encode rows to their latent codes (a VAE's posterior means)."""
-        from nnctl.commands.evaluate import data_source
+        from nnctl.runs.sources import data_source
         from nnctl.runs.generative import autoencoder_of, encode
         from nnctl.runs.model import default_batch_size, load_model
         try:

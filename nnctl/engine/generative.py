@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 
 from nnctl.engine.base import LAYERS, Layer
-from nnctl.engine.layers import _CoreLayer, _shape_text
+from nnctl.engine.layers import CheckedLayer, _shape_text
 from nnctl.errors import ConfigError
 from nnctl.hparams import REQUIRED, Param
 
 
 @LAYERS.register("sampling")
-class Sampling(_CoreLayer):
+class Sampling(CheckedLayer):
     """z = mu + exp(logvar / 2) * eps, eps ~ N(0, I) from the model's Generator; z = mu in evaluation.
 
     Shapes: x (N, 2L) = [mu (N, L), logvar (N, L)] -> z (N, L).
@@ -78,7 +78,7 @@ class Sampling(_CoreLayer):
 
 
 @LAYERS.register("autoencoder")
-class Autoencoder(_CoreLayer):
+class Autoencoder(CheckedLayer):
     """Encoder, latent head, optional sampling, decoder and the output layer, as one layer.
 
     Shapes: x (N, *shape) -> (N, D) for an autoencoder, (N, D + 2 * latent) for a VAE

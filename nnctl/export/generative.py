@@ -141,7 +141,7 @@ def _run(sess: Any, path: Path, name: str, feed: dict[str, np.ndarray]) -> np.nd
 def export_autoencoder(lm: Any, target: Path, checkpoint: Path, out: Path | None, dtype: str, opset: int | None,
                        check_data: str | None, tolerance: float, batch_size: int):
     """Write <out>/encoder.onnx and <out>/decoder.onnx (out: a folder; default the run's own)."""
-    from nnctl.export.api import ExportResult, _rows
+    from nnctl.export.api import ExportResult, check_rows
     from nnctl.export.parity import Parity, compare, session
     from nnctl.runs.generative import decode, encode
     from nnctl.runs.store import atomic_write
@@ -153,7 +153,9 @@ def export_autoencoder(lm: Any, target: Path, checkpoint: Path, out: Path | None
     protos = build_graphs(lm, dtype, opset)
     blobs = [p.SerializeToString() for p in protos]
     paths = [folder / name for name in FILES]
-    x, description = _rows(lm, check_data)
+    x, description = check_rows(lm, check_data)
+    if len(x) == 0:
+        raise ExportError(f"{description}: no rows to check the export on")
     flat_shape = (-1, *input_shape_of(lm))
     enc, dec = session(blobs[0], paths[0]), session(blobs[1], paths[1])
     dt = np.dtype(dtype)
