@@ -19,15 +19,12 @@ RUN_ARG_HELP = "A run directory (its best weights) or a checkpoint (.npz) of a t
 
 
 def _emit(values, out: Optional[Path], lo: float, hi: float, what: str) -> None:
-    from nnctl.report.image_grid import write_samples
+    from nnctl.report.image_grid import write_csv, write_samples
+    prefix = "z" if what == "codes" else "x"
     if out is None:
-        import numpy as np
-        flat = values.reshape(len(values), -1)
-        prefix = "z" if what == "codes" else "x"
-        sys.stdout.write(",".join(f"{prefix}{j}" for j in range(flat.shape[1])) + "\n")
-        np.savetxt(sys.stdout, flat, delimiter=",", fmt="%.6g")
+        write_csv(values, sys.stdout, prefix)
         return
-    write_samples(values, out, lo, hi)
+    write_samples(values, out, lo, hi, prefix)
     err_console.print(f"wrote {len(values)} {what} to {out}", markup=False, highlight=False, soft_wrap=True)
 
 

@@ -61,17 +61,22 @@ def grid(samples: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return out
 
 
-def write_samples(samples: np.ndarray, out: Path, lo: float, hi: float) -> None:
-    """samples (N, *shape) to .npy (as they are), .csv (one flattened row each, x0..), or .png (a grid)."""
+def write_csv(values: np.ndarray, stream, prefix: str = "x") -> None:
+    """One flattened row per sample, under a header x0, x1, ... (z0, z1, ... for codes)."""
+    flat = values.reshape(len(values), -1)
+    stream.write(",".join(f"{prefix}{j}" for j in range(flat.shape[1])) + "\n")
+    np.savetxt(stream, flat, delimiter=",", fmt="%.6g")
+
+
+def write_samples(samples: np.ndarray, out: Path, lo: float, hi: float, prefix: str = "x") -> None:
+    """samples (N, *shape) to .npy (as they are), .csv (one flattened row each), or .png (a grid)."""
     suffix = out.suffix.lower()
     check_out(out)
     if suffix == ".npy":
         atomic_write(out, lambda f: np.save(f, samples, allow_pickle=False))
     elif suffix == ".csv":
-        flat = samples.reshape(len(samples), -1)
         text = io.StringIO()
-        text.write(",".join(f"x{j}" for j in range(flat.shape[1])) + "\n")
-        np.savetxt(text, flat, delimiter=",", fmt="%.6g")
+        write_csv(samples, text, prefix)
         atomic_write(out, lambda f: f.write(text.getvalue()), binary=False)
     else:
         if image_shape(tuple(samples.shape[1:])) is None:
