@@ -290,6 +290,9 @@ def test_generative_commands_refuse_what_they_cannot_do(vae_run, tmp_path):
                                                       "which predicts no target; use nnctl encode, decode or sample")
     res = runner.invoke(app, ["sample", str(vae_run), "--out", str(tmp_path / "s.txt")])
     assert (res.exit_code, res.output.strip()) == (1, "error: --out: must end in .npy, .csv, .png, got 's.txt'")
+    res = runner.invoke(app, ["sample", str(vae_run), "-n", "5000", "--out", str(tmp_path / "s.png")])
+    assert (res.exit_code, res.output.strip()) == (1, "error: --out s.png: a grid holds at most 4,096 samples, "
+                                                      "got 5,000; write .npy or .csv")
     assert list(tmp_path.iterdir()) == [codes]
 
 

@@ -69,7 +69,7 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
         from nnctl.runs.generative import sample
         from nnctl.runs.model import default_batch_size, load_model
         try:
-            check_out(out)
+            check_out(out, n)
             lm = load_model(target)
             values = sample(lm, n, seed, default_batch_size(lm))
             _emit(values, out, *_data_range(lm), "samples")

@@ -13,10 +13,16 @@ from nnctl.runs.store import atomic_write
 OUT_SUFFIXES = (".npy", ".csv", ".png")
 
 
-def check_out(out: Path | None) -> None:
-    """Refuse an --out suffix we cannot write before any work is done."""
+# a grid beyond this many tiles is no longer a picture anyone reads (and 10^6 tiles would need gigabytes)
+GRID_MAX = 4096
+
+
+def check_out(out: Path | None, n: int | None = None) -> None:
+    """Refuse an --out we cannot write (its suffix; a grid of more than GRID_MAX samples) before any work."""
     if out is not None and out.suffix.lower() not in OUT_SUFFIXES:
         raise NnctlError(f"--out: must end in {', '.join(OUT_SUFFIXES)}, got {out.name!r}")
+    if out is not None and out.suffix.lower() == ".png" and n is not None and n > GRID_MAX:
+        raise NnctlError(f"--out {out.name}: a grid holds at most {GRID_MAX:,} samples, got {n:,}; write .npy or .csv")
 
 
 def image_shape(sample_shape: tuple[int, ...]) -> tuple[int, int, int] | None:
@@ -71,7 +77,7 @@ def write_csv(values: np.ndarray, stream, prefix: str = "x") -> None:
 def write_samples(samples: np.ndarray, out: Path, lo: float, hi: float, prefix: str = "x") -> None:
     """samples (N, *shape) to .npy (as they are), .csv (one flattened row each), or .png (a grid)."""
     suffix = out.suffix.lower()
-    check_out(out)
+    check_out(out, len(samples))
     if suffix == ".npy":
         atomic_write(out, lambda f: np.save(f, samples, allow_pickle=False))
     elif suffix == ".csv":
