@@ -353,3 +353,15 @@ def test_an_autoencoder_trains_on_a_npy_file_without_targets(tmp_path):
     res = runner.invoke(app, ["train", str(spec), "--set", "task=null", "--set", "model={hidden: [4]}",
                               "--runs-dir", str(tmp_path / "r2")])
     assert res.output.strip() == "error: rows.npy: a .npy dataset needs data.target_path, the .npy file holding its targets"
+
+
+def test_image_grid_layout():
+    from nnctl.report.image_grid import grid, image_shape
+    assert [image_shape(s) for s in [(64,), (63,), (8, 8), (1, 8, 8), (3, 4, 5), (4, 5, 3), (2, 4, 4)]] == \
+        [(8, 8, 1), None, (8, 8, 1), (8, 8, 1), (4, 5, 3), (4, 5, 3), None]
+    samples = np.arange(10)[:, None] * np.ones((10, 64))   # sample i is all i
+    picture = grid(samples, 0.0, 9.0)
+    # 10 tiles: 4 columns, 3 rows, one background pixel between tiles
+    assert picture.shape == (3 * 9 - 1, 4 * 9 - 1, 3)
+    assert picture[9, 9].tolist() == [5 / 9] * 3          # tile 5: row 1, column 1
+    assert picture[8, 0].tolist() == [0.0] * 3 and picture[18:, 18:].max() == 0.0   # gaps, the two empty tiles
