@@ -128,7 +128,8 @@ def validate(config: Path = SPEC_ARG, set_: List[str] = SET_OPTION) -> None:
     d = exp.dataset
     for line in d.describe():  # data layer: target, task, columns, missing values
         console.print(line, markup=False, highlight=False, soft_wrap=True)
-    console.print(f"input {tuple(d.input_shape)}, {d.n_outputs} outputs, "
+    latent = f", latent {exp.latent}" if exp.latent else ""
+    console.print(f"input {tuple(d.input_shape)}, {d.n_outputs} outputs{latent}, "
                   f"{exp.model.num_parameters():,} parameters; rows: train {len(d.train)}"
                   f", val {len(d.val) if d.val is not None else 0}, test {len(d.test) if d.test is not None else 0}",
                   highlight=False, soft_wrap=True)
@@ -146,8 +147,9 @@ def show_config(config: Path = SPEC_ARG, set_: List[str] = SET_OPTION) -> None:
     defaulted = set(exp.spec.defaulted)
     if exp.spec.loss is None:
         defaulted.add(("loss",))
-    resolved["loss"] = exp.loss_spec
-    resolved["data"]["task"] = exp.dataset.task
+    if not exp.spec.task:  # an autoencoder's loss and task are written as the spec has them
+        resolved["loss"] = exp.loss_spec
+        resolved["data"]["task"] = exp.dataset.task
     # the resolved target, never null (a built-in's own target name; dropped when it has none)
     resolved["data"]["target"] = exp.dataset.target_name
     if resolved["data"]["target"] is None:
@@ -194,7 +196,9 @@ def gradcheck_command(
     from nnctl.engine.gradcheck import gradcheck
     exp = _prepared(config, [*set_, "training.dtype=float64"])
     train = exp.dataset.train
+    from nnctl.training.metrics import loss_targets
     xb, yb = next(iterate_batches(train, min(samples, len(train)), None, np.float64, exp.standardizer))
+    yb = loss_targets(exp.dataset.task, xb, yb)   # an autoencoder's target is its input
     from nnctl.report.tables import titled
     errors = gradcheck(exp.model, xb.copy(), yb.copy(), loss=exp.loss, training=True, max_checks=max_checks)
     table = Table(title=f"{exp.spec.name}: gradient check on {len(xb)} rows (float64, central differences)",
@@ -263,6 +267,7 @@ def _register_extras() -> None:
     from nnctl.commands import augment as _augment
     from nnctl.commands import cache as _cache
     from nnctl.commands import export as _export
+    from nnctl.commands import generate as _generate
     from nnctl.commands import inspect as _inspect
     from nnctl.commands import lr_find as _lr_find
     from nnctl.commands import sweep as _sweep
@@ -272,6 +277,7 @@ def _register_extras() -> None:
     _lr_find.register(app, fail)
     _augment.register(app, fail)
     _cache.register(app, fail)
+    _generate.register(app, fail)
 
 
 _register_extras()

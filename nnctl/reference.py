@@ -87,6 +87,7 @@ def reference() -> str:
         "### Top level", _table(S.TOP_PARAMS, ""),
         "### `data`", _table(PARAMS_DATA, "data."),
         "### `model`", _table(S.MODEL_PARAMS, "model."),
+        "### `model` of an autoencoder or VAE (`task: autoencoder | vae`)", _table(S.GENERATIVE_MODEL_PARAMS, "model."),
         "### `training`", _table(S.TRAINING_PARAMS, "training."),
         "### `training.early_stopping`", _table(S.EARLY_STOPPING_PARAMS, "training.early_stopping."),
         "### `schedule`: keys every schedule takes", _table(S.SCHEDULE_COMMON, "schedule."),

@@ -13,12 +13,17 @@ from nnctl.engine.model import Sequential
 from nnctl.errors import ConfigError, DataError
 
 TOL = 1e-6
+ELBO_LATENT = 2
 
 def _targets(name: str, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     if name == "cross_entropy":
         return rng.integers(0, shape[-1], shape[:-1])
     if name == "binary_cross_entropy":
         return rng.integers(0, 2, shape).astype(np.float64)
+    if name == "reconstruction":  # inputs in [0, 1], so binary_cross_entropy fits as well
+        return rng.uniform(size=shape)
+    if name == "elbo":  # z is [reconstruction, mean, log-variance]: the inputs are z's first columns
+        return rng.uniform(size=(shape[0], shape[1] - 2 * ELBO_LATENT))
     return rng.standard_normal(shape)
 
 
@@ -37,6 +42,10 @@ LOSS_CASES = [
     ("huber", {}, (6, 2), 0.3),            # mostly inside delta
     ("huber", {"delta": 0.5}, (6, 2), 3.0),  # mostly outside
     ("huber", {"delta": 2.0}, (8, 3), 2.0),  # both regimes
+    ("reconstruction", {}, (5, 4), 1.0),
+    ("reconstruction", {"reconstruction": "binary_cross_entropy"}, (5, 4), 2.0),
+    ("elbo", {}, (5, 3 + 2 * ELBO_LATENT), 1.0),
+    ("elbo", {"reconstruction": "binary_cross_entropy", "beta": 0.3}, (6, 4 + 2 * ELBO_LATENT), 1.0),
 ]
 
 

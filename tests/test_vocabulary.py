@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from nnctl.engine.losses import LOSSES
-from nnctl.engine.metrics import auto_mode, direction, metric_names, r2_from_sums
+from nnctl.engine.metrics import TASKS, auto_mode, direction, metric_names, r2_from_sums
 from nnctl.engine.schedules import build_schedule
 from nnctl.runs.catalog import RunInfo, better_direction, sort_runs
 from nnctl.sweep.spec import default_goal
@@ -32,6 +32,8 @@ def test_metric_names_per_task():
     assert metric_names("classification", True) == ["loss", "accuracy", "val_loss", "val_accuracy"]
     assert metric_names("regression", False) == ["loss", "mae", "r2"]
     assert metric_names(None, False) == ["loss", "accuracy", "mae", "r2"]
+    assert metric_names("vae", True) == ["loss", "reconstruction", "kl", "val_loss", "val_reconstruction", "val_kl"]
+    assert metric_names("autoencoder", False) == ["loss", "reconstruction"]
 
 
 def test_loss_tasks_come_from_the_loss_classes():
@@ -39,7 +41,8 @@ def test_loss_tasks_come_from_the_loss_classes():
     assert loss_task("mse") == "regression"
     assert loss_task("ce") == "classification"
     assert loss_task("bce") == "classification"
-    assert all(LOSSES.get(n).TASK in ("classification", "regression") for n in LOSSES.names())
+    assert all(LOSSES.get(n).TASK in TASKS for n in LOSSES.names())
+    assert loss_task("elbo") == "vae" and loss_task("reconstruction") == "autoencoder"
 
 
 def test_r2_by_hand():

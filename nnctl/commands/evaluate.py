@@ -15,8 +15,10 @@ from nnctl.errors import DataError
 from nnctl.report.metrics import (classification_report, finite_json, regression_report, top_k_hits,
                                   top_k_values)
 from nnctl.runs.model import CLASSIFICATION, LoadedModel, default_batch_size, load_model
+from nnctl.data import iterate_batches
+from nnctl.engine.metrics import GENERATIVE_TASKS
 from nnctl.runs.sources import data_source, run_split
-from nnctl.training.metrics import MetricAccumulator, predicted_classes
+from nnctl.training.metrics import MetricAccumulator, loss_targets, predicted_classes
 
 def evaluate_model(lm: LoadedModel, split: Split, batch_size: int) -> dict[str, Any]:
     """Loss and metrics of the model over a labelled split.
@@ -25,10 +27,12 @@ def evaluate_model(lm: LoadedModel, split: Split, batch_size: int) -> dict[str, 
     of the same size, so on the run's test split they equal metrics.json bit for bit; the
     rest (per-class scores, confusion matrix, top-k, MSE/RMSE) from nnctl.report.metrics.
     """
-    if split.y is None:
-        raise DataError("no targets to evaluate against")
     if len(split) == 0:
         raise DataError("no rows to evaluate")
+    if lm.task in GENERATIVE_TASKS:
+        return reconstruction_scores(lm, split, batch_size)
+    if split.y is None:
+        raise DataError("no targets to evaluate against")
     acc = MetricAccumulator(lm.task, lm.preprocessor.target_scale)
     classification = lm.task == CLASSIFICATION
     ks = top_k_values(lm.n_outputs) if classification else []
@@ -74,10 +78,41 @@ def evaluate_model(lm: LoadedModel, split: Split, batch_size: int) -> dict[str, 
     return out
 
 
+def reconstruction_scores(lm: LoadedModel, split: Split, batch_size: int) -> dict[str, Any]:
+    """An autoencoder's or VAE's scores: the logged loss terms (the trainer's accumulator, so the
+    run's test split gives metrics.json's numbers), the ELBO, and the MSE in the data's units."""
+    acc = MetricAccumulator(lm.task, None, lm.loss)
+    sq, count = 0.0, 0
+    for xb, _ in iterate_batches(split, batch_size, None, lm.dtype, lm.standardizer):
+        z = lm.model.forward(xb, training=False)
+        target = loss_targets(lm.task, xb, None)
+        acc.update(lm.loss.value(z, target), z, target)
+        recon = lm.loss.output(z[:, :target.shape[1]]).astype(np.float64)
+        err = unscale_inputs(lm, recon) - unscale_inputs(lm, target.astype(np.float64))
+        sq += float((err * err).sum())
+        count += err.size
+    head = acc.result()
+    out: dict[str, Any] = {"task": lm.task, "n": len(split), "loss": head["loss"], "loss_name": lm.loss_name,
+                           "reconstruction": head["reconstruction"]}
+    if "kl" in head:
+        out["kl"] = head["kl"]
+        # the bound itself at beta = 1 (nats per sample under binary_cross_entropy)
+        out["elbo"] = -(head["reconstruction"] + head["kl"])
+    out["mse"] = sq / max(count, 1)
+    return out
+
+
+def unscale_inputs(lm: LoadedModel, flat: np.ndarray) -> np.ndarray:
+    """Flattened scaled inputs or reconstructions (N, D) back in the data's units."""
+    if lm.standardizer is None:
+        return flat
+    return flat * lm.standardizer.scale.reshape(-1) + lm.standardizer.mean.reshape(-1)
+
+
 def run_eval(target: Path, data: str | None, split: str, batch_size: int | None) -> dict[str, Any]:
     """The whole of `nnctl eval` but the rendering: a JSON-able result."""
     lm = load_model(target)
-    source = run_split(lm, split) if data is None else data_source(lm, data, need_targets=True)
+    source = run_split(lm, split) if data is None else data_source(lm, data, need_targets=lm.task not in GENERATIVE_TASKS)
     result = evaluate_model(lm, source.split, batch_size or default_batch_size(lm))
     head = {"checkpoint": str(lm.path), "epoch": lm.epoch, "data": source.description,
             "split": source.split_name}

@@ -190,10 +190,19 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
                                          "default: loss and accuracy or r2, train and val."),
         out: Path = typer.Option(Path("curves.png"), "--out", "-o", help="The PNG to write."),
         dpi: int = typer.Option(100, "--dpi", min=20, max=600, help="Pixels per inch (a panel is 5 x 4 inches)."),
+        latent: bool = typer.Option(False, "--latent", help="An autoencoder/VAE run: a 2-D map of its codes "
+                                    "(first two dimensions or PCA), coloured by label."),
     ) -> None:
         """Draw learning curves of one or more runs (one panel per metric) into a PNG."""
         from nnctl.runs.catalog import open_run
         from nnctl.report.plots import plot_runs, require_matplotlib
+        if latent:
+            from nnctl.commands.generate import latent_map
+            try:
+                console.print(latent_map(runs, out, dpi), markup=False, soft_wrap=True)
+            except NnctlError as err:
+                fail(err)
+            return
         try:
             require_matplotlib()
             infos = [open_run(p) for p in runs]

@@ -230,6 +230,9 @@ def run_predict(lm: LoadedModel, source: Path, out: Path | None, batch_size: int
     keep: input columns copied into the output first (IDs); notes receives one line per
     thing the user should know (ignored columns, categories mapped to unknown).
     """
+    if lm.task in ("autoencoder", "vae"):
+        raise NnctlError(f"predict: {lm.path} is a {lm.task}, which predicts no target; use nnctl encode, "
+                         "decode or sample")
     if proba and lm.task != CLASSIFICATION:
         raise NnctlError(f"--proba needs a classification model; {lm.path} is {lm.task}")
     if len(set(keep)) != len(keep):

@@ -25,7 +25,7 @@ from nnctl.engine.base import LAYERS
 from nnctl.hparams import Param
 from nnctl.engine.initializers import INITIALIZERS
 from nnctl.engine.losses import LOSSES
-from nnctl.engine.metrics import metric_names
+from nnctl.engine.metrics import GENERATIVE_TASKS, metric_names
 from nnctl.engine.optimizers import OPTIMIZERS
 from nnctl.engine.schedules import SCHEDULES
 from nnctl.errors import ConfigError
@@ -35,6 +35,9 @@ REGISTRIES = {"layer": LAYERS, "activation": ACTIVATIONS, "initializer": INITIAL
 TOP_PARAMS: dict[str, Param] = {
     "name": Param("str", None, nullable=True, doc="run name; runs/<name>-<timestamp>/ (default: the spec file's stem)"),
     "description": Param("str", None, nullable=True, doc="free text kept with the run"),
+    "task": Param("str", None, choices=GENERATIVE_TASKS, nullable=True,
+                  doc="autoencoder or vae: learn to reconstruct the inputs (model: encoder, latent, decoder); "
+                      "null: supervised, the data's target decides"),
     "seed": Param("int", 0, ge=0, doc="seeds data generation, splits, initialization, shuffling and dropout"),
     "data": Param("mapping", {}, doc="where the data comes from and how it is split"),
     "model": Param("mapping", {}, doc="the network: short form (hidden, ...) or long form (layers)"),
@@ -54,6 +57,22 @@ MODEL_PARAMS: dict[str, Param] = {
     "layers": Param("layers", None, nullable=True, doc="long form: a list of engine layers; the output layer is added for you"),
     "output_initializer": Param("initializer", None, nullable=True, doc="initializer of the output layer (default xavier_uniform)"),
 }
+
+# The model of an autoencoder or VAE (task: autoencoder | vae); encoder and decoder are each
+# written like a supervised model (STACK_PARAMS: short or long form).
+GENERATIVE_MODEL_PARAMS: dict[str, Param] = {
+    "encoder": Param("mapping", {}, doc="the encoder's layers: short form (hidden, activation, ...) or long form "
+                                        "(layers), as model; it ends in the latent head (mean and log-variance for a vae)"),
+    "latent": Param("int", 8, gt=0, doc="size of the code z"),
+    "decoder": Param("mapping", None, nullable=True,
+                     doc="the decoder's layers, as encoder; the output layer back to the input size is added "
+                         "(default: the encoder's short form mirrored)"),
+    "output": Param("str", None, choices=("identity", "sigmoid"), nullable=True,
+                    doc="activation of the reconstruction (default: sigmoid for binary_cross_entropy, which "
+                        "needs it, identity for mse)"),
+}
+STACK_PARAMS = {k: p for k, p in MODEL_PARAMS.items() if k != "output_initializer"}
+RECONSTRUCTION_LOSSES = ("mse", "binary_cross_entropy")
 
 EARLY_STOPPING_PARAMS: dict[str, Param] = {
     "monitor": Param("str", "val_loss", doc="a logged metric: loss, val_loss, accuracy, val_accuracy, mae, val_mae, r2, val_r2"),
@@ -141,16 +160,16 @@ class Spec:
     # key paths (as in to_dict()) whose values came from defaults, not from the spec
     defaulted: frozenset = field(default=frozenset(), repr=False)
     loggers: list[dict[str, Any]] = field(default_factory=list)   # [{name: {options}}] (config/loggers.py)
+    task: str | None = None         # autoencoder | vae; None: supervised (the data decides)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as plain data: valid input for `nnctl train` again."""
         es = self.training.early_stopping
         training = {k: getattr(self.training, k) for k in TRAINING_PARAMS if k != "early_stopping"}
         training["early_stopping"] = None if es is None else dict(es.__dict__)
-        return {
+        out = {
             "name": self.name,
             "description": self.description,
-            "seed": self.seed,
             "data": copy.deepcopy(self.data),
             "model": copy.deepcopy(self.model),
             "loss": copy.deepcopy(self.loss),
@@ -159,13 +178,17 @@ class Spec:
             "training": training,
             "loggers": copy.deepcopy(self.loggers),
         }
+        # supervised specs stay as they were written before generative tasks existed
+        head = {"task": self.task} if self.task is not None else {}
+        return {**head, "seed": self.seed, **out}
 
     def error_at(self, path: tuple, message: str) -> ConfigError:
         where = self.source.where(path) if self.source is not None else ""
         return ConfigError(f"{format_path(path)}: {printable(message)}{where}")
 
 
-def _check_task_fit(chk: Checker, data: dict[str, Any], loss: Any, schedule: Any, es: Any) -> None:
+def _check_task_fit(chk: Checker, data: dict[str, Any], loss: Any, schedule: Any, es: Any,
+                    generative: str | None = None) -> None:
     """The loss, the data's task and the monitored metrics must agree; report the cause first.
 
     A loss that contradicts the task is the cause: `--set loss=mse` on a classification spec
@@ -183,6 +206,8 @@ def _check_task_fit(chk: Checker, data: dict[str, Any], loss: Any, schedule: Any
         monitors.append((("training", "early_stopping", "monitor"), es["monitor"]))
     if isinstance(schedule, dict) and isinstance(schedule.get("monitor"), str):
         monitors.append((("schedule", "monitor"), schedule["monitor"]))
+    if generative is not None:
+        task, loss = generative, None   # the loss was checked against the task already
     if isinstance(loss, dict) and isinstance(loss.get("name"), str) and loss["name"] in LOSSES:
         needs = loss_task(loss["name"])
         if task is not None and needs != task:
@@ -250,15 +275,18 @@ def check_spec(source: Source, base_dir: Path, default_name: str) -> Spec:
         data["options"] = chk.section(("data", "options"), data.get("options"), getattr(cls, "PARAMS", {}), REGISTRIES)
     data["augment"] = check_augment(chk, data.get("augment"))
 
-    model = chk.section(("model",), raw.get("model"), MODEL_PARAMS, REGISTRIES)
-    if model.get("layers") is not None and raw.get("model", {}).get("hidden") is not None:
-        chk.error(("model", "hidden"), "give either hidden (short form) or layers (long form), not both")
-    if model.get("layers") is None and model.get("hidden") is None:
-        model["hidden"] = [64]
-
-    loss = None
-    if top.get("loss") is not None:
-        loss = chk.component(("loss",), top["loss"], LOSSES)
+    task = top.get("task") if top.get("task") in GENERATIVE_TASKS else None
+    if task is not None:
+        model = _generative_model(chk, raw.get("model"))
+        loss = _reconstruction_loss(chk, top.get("loss"), task)
+        if loss is not None and loss["name"] == "binary_cross_entropy" and model.get("output") == "identity":
+            chk.error(("model", "output"), "binary_cross_entropy reconstructs through a sigmoid: set output: "
+                                           "sigmoid, or use loss mse")
+    else:
+        model = _stack(chk, ("model",), raw.get("model"), MODEL_PARAMS)
+        loss = None
+        if top.get("loss") is not None:
+            loss = chk.component(("loss",), top["loss"], LOSSES)
     optimizer = chk.component(("optimizer",), top["optimizer"], OPTIMIZERS)
     schedule = None
     if top.get("schedule") is not None:
@@ -271,7 +299,7 @@ def check_spec(source: Source, base_dir: Path, default_name: str) -> Spec:
     loggers = check_loggers(chk, top.get("loggers"), base_dir)
     # No raise here: the cross-field checks below run on whatever parsed, so a file with an
     # unknown key, an unknown optimizer and an unknown metric gets all three in one report.
-    _check_task_fit(chk, data, loss, schedule, es)
+    _check_task_fit(chk, data, loss, schedule, es, generative=task)
     chk.raise_if_any()
 
     for key in ("dataset", "val_path", "test_path", "target_path"):
@@ -287,15 +315,98 @@ def check_spec(source: Source, base_dir: Path, default_name: str) -> Spec:
     name = top.get("name") or default_name
     early = EarlyStopping(**es) if es else None
     train_cfg = Training(early_stopping=early, **{k: v for k, v in training.items() if k != "early_stopping"})
-    _record_default_initializers(model)
-    layers = model["layers"] if model.get("layers") is not None else expand_short_form(model)
-    if model.get("layers") is not None:
-        model = {k: v for k, v in model.items() if k in ("layers", "output_initializer")}
+    if task is not None:
+        model, layers = _resolve_generative(model, loss, task)
+    else:
+        model, layers = _resolve_stack(model, ("layers", "output_initializer"))
     return Spec(
         name=name, description=top.get("description"), seed=top["seed"], data=data, model=model,
         layers=layers, loss=loss, optimizer=optimizer, schedule=schedule, training=train_cfg,
-        base_dir=base_dir, source=source, defaulted=frozenset(chk.defaulted), loggers=loggers,
+        base_dir=base_dir, source=source, defaulted=frozenset(chk.defaulted), loggers=loggers, task=task,
     )
+
+
+def _stack(chk: Checker, path: tuple, raw: Any, params: dict[str, Param]) -> dict[str, Any]:
+    """A model (or an encoder, a decoder) in short or long form, checked; hidden [64] when neither."""
+    model = chk.section(path, raw, params, REGISTRIES)
+    if model.get("layers") is not None and isinstance(raw, dict) and raw.get("hidden") is not None:
+        chk.error(path + ("hidden",), "give either hidden (short form) or layers (long form), not both")
+    if model.get("layers") is None and model.get("hidden") is None:
+        model["hidden"] = [64]
+    return model
+
+
+def _resolve_stack(model: dict[str, Any], keep: tuple[str, ...]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(the stack as stored in the resolved spec, its canonical layer specs)."""
+    _record_default_initializers(model)
+    layers = model["layers"] if model.get("layers") is not None else expand_short_form(model)
+    if model.get("layers") is not None:
+        model = {k: v for k, v in model.items() if k in keep}
+    return model, layers
+
+
+def _generative_model(chk: Checker, raw: Any) -> dict[str, Any]:
+    """model: {encoder, latent, decoder, output}; a missing decoder mirrors a short-form encoder."""
+    model = chk.section(("model",), raw, GENERATIVE_MODEL_PARAMS, REGISTRIES)
+    raw = raw if isinstance(raw, dict) else {}
+    model["encoder"] = _stack(chk, ("model", "encoder"), raw.get("encoder"), STACK_PARAMS)
+    if model.get("decoder") is None:
+        enc = model["encoder"]
+        if enc.get("layers") is not None:
+            chk.error(("model", "decoder"), "is required when the encoder is in long form (layers): only a "
+                                            "short-form encoder (hidden) is mirrored")
+            return model
+        model["decoder"] = {**enc, "hidden": list(reversed(enc["hidden"]))}
+    else:
+        model["decoder"] = _stack(chk, ("model", "decoder"), raw.get("decoder"), STACK_PARAMS)
+    return model
+
+
+def _reconstruction_loss(chk: Checker, raw: Any, task: str) -> dict[str, Any] | None:
+    """loss of an autoencoder or VAE: mse or binary_cross_entropy, with the VAE's beta.
+
+    Checked as the engine's reconstruction / elbo loss, stored under the reconstruction's name
+    ({name: mse, beta: 1.0}) as the spec writes it.
+    """
+    raw = {"name": "mse"} if raw is None else ({"name": raw} if isinstance(raw, str) else raw)
+    if not isinstance(raw, dict):
+        chk.error(("loss",), f"must be a loss name or a mapping with 'name', got {describe(raw)}")
+        return None
+    name = raw.get("name", "mse")
+    canon = LOSSES.canonical(name) if isinstance(name, str) else None
+    if canon not in RECONSTRUCTION_LOSSES:
+        chk.error(("loss", "name") if "name" in raw and len(raw) > 1 else ("loss",),
+                  f"{_a(task)} reconstructs its inputs with {' or '.join(RECONSTRUCTION_LOSSES)}, got {name!r}")
+        return None
+    engine_name = "elbo" if task == "vae" else "reconstruction"
+    options = {k: v for k, v in raw.items() if k != "name"}
+    valid = sorted(set(LOSSES.get(engine_name).PARAMS) - {"reconstruction"})   # the name says which
+    for key in options:
+        if key not in valid:
+            why = "only a vae has a KL term to weigh" if key == "beta" else \
+                f"valid: {', '.join(valid) or 'none (an autoencoder loss takes no options)'}"
+            chk.error(("loss", key), f"unknown key '{key}' for {_a(task)} loss; {why}")
+            return None
+    checked = chk.component(("loss",), {"name": engine_name, **options, "reconstruction": canon}, LOSSES)
+    return {"name": canon, **{k: v for k, v in checked.items() if k not in ("name", "reconstruction")}}
+
+
+def _a(task: str) -> str:
+    return ("an " if task[0] in "aeiou" else "a ") + task
+
+
+def _resolve_generative(model: dict[str, Any], loss: dict[str, Any], task: str):
+    """(the model as stored, [the one autoencoder layer spec])."""
+    encoder, enc_layers = _resolve_stack(model["encoder"], ("layers",))
+    decoder, dec_layers = _resolve_stack(model["decoder"], ("layers",))
+    bce = loss["name"] == "binary_cross_entropy"
+    output = model.get("output") or ("sigmoid" if bce else "identity")
+    resolved = {"encoder": encoder, "latent": model["latent"], "decoder": decoder, "output": output}
+    layer = {"type": "autoencoder", "encoder": enc_layers, "latent": model["latent"], "decoder": dec_layers,
+             "variational": task == "vae",
+             # binary_cross_entropy takes logits and applies the sigmoid itself
+             "output": "identity" if bce else output}
+    return resolved, [layer]
 
 
 def _record_default_initializers(model: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ from nnctl.data.splits import Split, split_indices
 from nnctl.data.table_cache import TableCache, cache_root
 from nnctl.data.targets import (CLASSIFICATION, REGRESSION, classes_of, encode_labels,
                                 infer_task, merge_classes, regression_targets)
+from nnctl.engine.metrics import GENERATIVE_TASKS
 from nnctl.hparams import Param, defaults, unknown_name_message
 from nnctl.errors import ConfigError, DataError
 from nnctl.fileio import check_regular, shown
@@ -122,6 +123,10 @@ class Dataset:
 
     def describe(self) -> list[str]:
         """What was decided about the data, one line per topic (validate, the train header)."""
+        if self.task in GENERATIVE_TASKS:
+            labels = f"; labels '{self.target_name}' only colour latent plots" if self.target_name else ""
+            return [f"{self.task}: reconstructs its {self.n_outputs} input values, scaled to [0, 1] by the training "
+                    f"split's min and max{labels}"]
         if self.task == CLASSIFICATION:
             shown = ", ".join(str(c) for c in (self.classes or [])[:10])
             more = ", ..." if len(self.classes or []) > 10 else ""
@@ -241,7 +246,8 @@ def _table_cache(opts: dict, base_dir: Path) -> TableCache | None:
     return None if root is None else TableCache(root)
 
 
-def _read_main(opts: dict, seed: int, base_dir: Path, dtype, cache: TableCache | None) -> tuple[RawData, str]:
+def _read_main(opts: dict, seed: int, base_dir: Path, dtype, cache: TableCache | None,
+               need_y: bool = True) -> tuple[RawData, str]:
     name = opts["dataset"]
     if name in DATASETS:
         raw = generate(name, opts["options"], stream(seed, _DATA_STREAM))
@@ -279,9 +285,9 @@ def _read_main(opts: dict, seed: int, base_dir: Path, dtype, cache: TableCache |
     elif suffix == ".npy":
         target = opts["target_path"]
         raw = read_npy_data(path, None if target is None else _resolve(base_dir, target, "target_path"),
-                            shown, dtype=dtype)
+                            shown, dtype=dtype, need_y=need_y)
     else:
-        raw = read_npz_data(path, shown, dtype=dtype)
+        raw = read_npz_data(path, shown, need_y=need_y, dtype=dtype)
     return raw, str(path)
 
 
@@ -357,7 +363,7 @@ def _check_classification(raw: RawData) -> None:
                         "(set data.task: regression)")
 
 
-def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32") -> Dataset:
+def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32", unlabelled_ok: bool = False) -> Dataset:
     """Load, label, split and encode the data a spec's `data` section describes.
 
     data: the `data` section as a plain dict (keys of PARAMS_DATA; missing keys take their
@@ -377,8 +383,10 @@ def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32") -> Data
     """
     opts = _options(data)
     cache = _table_cache(opts, Path(base_dir))
-    raw, source = _read_main(opts, seed, Path(base_dir), dtype, cache)
+    raw, source = _read_main(opts, seed, Path(base_dir), dtype, cache, need_y=not unlabelled_ok)
     if raw.y is None:
+        if unlabelled_ok:   # an autoencoder's target is its input
+            return _unlabelled(raw, opts, seed, source)
         raise DataError(f"{raw.source}: has no targets to train on")
     dropped = _drop_missing(raw, opts["missing"])
     if opts["shape"] is not None and raw.x is not None:   # a CSV's x exists once it is encoded
@@ -494,6 +502,27 @@ def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32") -> Data
                # an image folder mapped from its decode cache: the file, so a user can find (or delete) it
                raw.x.filename if divisor is not None and isinstance(raw.x, np.memmap) else None),
     )
+
+
+def _unlabelled(raw: RawData, opts: dict, seed: int, source: str) -> Dataset:
+    """Rows without targets (a .npy with no target_path), split at random, for an autoencoder."""
+    for key in ("val_path", "test_path"):
+        if opts[key] is not None:
+            raise ConfigError(f"data.{key}: unlabelled data is split with val_split and test_split only")
+    if opts["shape"] is not None:
+        raw.x = reshape_rows(raw.x, opts["shape"], raw.source)
+    val_fraction, test_fraction = float(opts["val_split"]), float(opts["test_split"])
+    if val_fraction + test_fraction >= 1:
+        raise ConfigError(f"data.val_split + data.test_split must be < 1, got {val_fraction:g} + {test_fraction:g}")
+    try:
+        tr, va, te = split_indices(len(raw), None, val_fraction, test_fraction, stream(seed, _SPLIT_STREAM))
+    except DataError as err:
+        raise DataError(f"{raw.source}: {err}") from None
+    shape = tuple(int(d) for d in raw.x.shape[1:])
+    return Dataset(train=Split(raw.x, None, tr), val=Split(raw.x, None, va) if val_fraction > 0 else None,
+                   test=Split(raw.x, None, te) if test_fraction > 0 else None, task="unlabelled", classes=None,
+                   feature_names=raw.feature_names, input_shape=shape, n_outputs=int(np.prod(shape)),
+                   target_name=None, source=source)
 
 
 def _unknown_count(table: TableEncoder, raw: RawData, rows: np.ndarray) -> int:

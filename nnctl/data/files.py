@@ -923,10 +923,14 @@ def _check_rows(name: str, x: np.ndarray, y: np.ndarray, xname: str, yname: str)
 
 
 def read_npy_data(path: Path, target_path: Path | None, name: str | None = None,
-                  target_name: str | None = None, dtype=np.float32) -> RawData:
-    """Memory-mapped features from a .npy file and the targets from `target_path`."""
+                  target_name: str | None = None, dtype=np.float32, need_y: bool = True) -> RawData:
+    """Memory-mapped features from a .npy file and the targets from `target_path` (none when
+    `need_y` is False and no target_path is given: an autoencoder's data)."""
     path = Path(path)
     name = name or path.name
+    if target_path is None and not need_y:
+        return RawData(x=check_features(_npy(path, name, mmap=True), name, dtype), y=None, feature_names=None,
+                       target_name=None, source=name)
     if target_path is None:
         raise DataError(
             f"{name}: a .npy dataset needs data.target_path, the .npy file holding its targets"

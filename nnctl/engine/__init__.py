@@ -6,7 +6,7 @@ Importing the package imports every module that registers components, so the reg
 typer or rich.
 """
 from nnctl.engine import activations, gradcheck, initializers, layers, losses  # noqa: F401  (registration)
-from nnctl.engine import attention, conv, optimizers, recurrent, schedules  # noqa: F401  (registration)
+from nnctl.engine import attention, conv, generative, optimizers, recurrent, schedules  # noqa: F401  (registration)
 from nnctl.engine.activations import ACTIVATIONS
 from nnctl.engine.base import LAYERS, Layer
 from nnctl.engine.initializers import INITIALIZERS

@@ -309,6 +309,113 @@ class Huber(_Regression):
         return np.clip(r, -d, d, out=r)
 
 
+def kl_divergence(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per sample (N,), summed over the latent dimensions.
+
+    Notes
+    -----
+    Closed form for diagonal Gaussians: KL = 1/2 sum_j (mu_j^2 + exp(logvar_j) - 1 - logvar_j),
+    so dKL/dmu = mu and dKL/dlogvar = (exp(logvar) - 1) / 2.
+    """
+    return 0.5 * (mu * mu + np.exp(logvar) - 1.0 - logvar).sum(axis=1)
+
+
+@LOSSES.register("reconstruction")
+class Reconstruction(Loss):
+    """An autoencoder's loss: the reconstruction error of its input, summed over features.
+
+    Shapes: z (N, D) raw reconstructions, y (N, D) the (scaled) inputs; dz like z.
+
+    Notes
+    -----
+    reconstruction = D * inner(z, y), inner the elementwise mean of mse or binary_cross_entropy
+    (on logits, its sigmoid fused), i.e. the per-sample sum over features averaged over the
+    batch: the scale of the ELBO's likelihood term, so that a VAE's KL weighs against the whole
+    sample, not one pixel. dz = D * d inner / dz.
+    """
+
+    PARAMS = {"reconstruction": Param("str", "mse", choices=("mse", "binary_cross_entropy"),
+                                      doc="the elementwise error: mse (identity or sigmoid output) or "
+                                          "binary_cross_entropy (inputs scaled to [0, 1], sigmoid output)")}
+    TASK = "autoencoder"
+
+    def __init__(self, **hparams: Any):
+        super().__init__(**hparams)
+        self.inner: Loss = LOSSES.create(self.hparams["reconstruction"])
+        self.OUTPUT = self.inner.OUTPUT
+
+    def _split(self, z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        return np.asarray(z), None, None
+
+    def parts(self, z: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        """The terms of the loss for the logs: {"reconstruction": ...} (and "kl" for a VAE)."""
+        recon, mu, logvar = self._split(z, y)
+        out = {"reconstruction": recon.shape[1] * self.inner.value(recon, y) if len(y) else 0.0}
+        if mu is not None:
+            out["kl"] = float(kl_divergence(mu.astype(np.float64), logvar.astype(np.float64)).mean()) if len(y) else 0.0
+        return out
+
+    def value(self, z, y):
+        return self.parts(z, y)["reconstruction"]
+
+    def loss(self, z, y):
+        recon, _, _ = self._split(z, y)
+        value, dz = self.inner.loss(recon, y)
+        dz *= recon.shape[1]
+        return recon.shape[1] * value, dz
+
+    def output(self, z):
+        """Reconstructions in the scaled input units: the inner loss's output activation applied."""
+        return self.inner.output(np.asarray(z))
+
+
+@LOSSES.register("elbo")
+class ELBO(Reconstruction):
+    """A VAE's negative evidence lower bound: reconstruction + beta * KL(q(z|x) || N(0, I)).
+
+    Shapes: z (N, D + 2L) = [reconstruction (D), mean (L), log-variance (L)] as the autoencoder
+    layer emits them; y (N, D); dz like z.
+
+    Notes
+    -----
+    Per sample, KL = 1/2 sum_j (mu_j^2 + exp(lv_j) - 1 - lv_j) (engine/generative.py), averaged
+    over the batch like the reconstruction term (see Reconstruction), so the value is the mean
+    negative ELBO per sample when beta = 1. dz of the mean is beta * mu / N, of the log-variance
+    beta * (exp(lv) - 1) / (2N); the reconstruction's gradient flows back through the sampling
+    layer to the same heads.
+    """
+
+    PARAMS = {**Reconstruction.PARAMS,
+              "beta": Param("float", 1.0, ge=0.0, doc="weight of the KL term (beta-VAE; 1 is the ELBO)")}
+    TASK = "vae"
+
+    def _split(self, z, y):
+        z = np.asarray(z)
+        d = int(np.asarray(y).reshape(len(y), -1).shape[1])
+        latent = (z.shape[1] - d) // 2
+        if z.ndim != 2 or latent < 1 or d + 2 * latent != z.shape[1]:
+            raise DataError(f"{self.NAME}: outputs of shape {z.shape} are not [reconstruction ({d}), "
+                            f"mean, log-variance] for inputs of {d} features")
+        return z[:, :d], z[:, d:d + latent], z[:, d + latent:]
+
+    def value(self, z, y):
+        p = self.parts(z, y)
+        return p["reconstruction"] + self.hparams["beta"] * p["kl"]
+
+    def loss(self, z, y):
+        recon, mu, logvar = self._split(z, y)
+        n, beta = max(len(recon), 1), self.hparams["beta"]
+        value, drecon = self.inner.loss(recon, y)
+        d = recon.shape[1]
+        dz = np.empty_like(np.asarray(z))
+        np.multiply(drecon, d, out=dz[:, :d])
+        kl = float(kl_divergence(mu, logvar).sum(dtype=np.float64)) / n
+        var = np.exp(logvar)
+        np.multiply(mu, beta / n, out=dz[:, d:d + mu.shape[1]])
+        np.multiply(var - 1.0, 0.5 * beta / n, out=dz[:, d + mu.shape[1]:])
+        return d * value + beta * kl, dz
+
+
 def get_loss(spec: Any) -> Loss:
     """A Loss from a name, a mapping {"name": ..., **options}, or an instance."""
     if isinstance(spec, Loss):

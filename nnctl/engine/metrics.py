@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import numpy as np
 
+# Every task nnctl trains. The generative ones reconstruct their input: the target of a batch
+# is the batch itself (flattened), and labels, if any, are kept only to colour latent plots.
+SUPERVISED_TASKS = ("classification", "regression")
+GENERATIVE_TASKS = ("autoencoder", "vae")
+TASKS = SUPERVISED_TASKS + GENERATIVE_TASKS
+
 # base metric -> (direction, the tasks that log it). "max": higher is better.
 METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "loss": ("min", ("classification", "regression")),
+    "loss": ("min", TASKS),
     "accuracy": ("max", ("classification",)),
     "mae": ("min", ("regression",)),
     "r2": ("max", ("regression",)),
+    "reconstruction": ("min", GENERATIVE_TASKS),   # per-sample sum over features (engine/losses.py)
+    "kl": ("min", ("vae",)),
     # reported by eval (not logged per epoch), ranked the same way
     "mse": ("min", ()),
     "rmse": ("min", ()),
@@ -23,7 +31,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
 SPLIT_PREFIXES = ("val_", "test_")
 
 # The headline metric of a task (the runs table's test column, show's sparklines).
-MAIN_METRIC = {"classification": "accuracy", "regression": "r2"}
+MAIN_METRIC = {"classification": "accuracy", "regression": "r2", "autoencoder": "reconstruction",
+               "vae": "reconstruction"}
 
 
 def base_name(metric: str) -> str:
@@ -50,8 +59,9 @@ def auto_mode(metric: str) -> str:
 
 
 def metric_names(task: str | None, has_val: bool) -> list[str]:
-    """Every metric the trainer logs for this task (task None: the union of both), in log order."""
-    train = [m for m, (_, tasks) in METRICS.items() if tasks and (task is None or task in tasks)]
+    """Every metric the trainer logs for this task (task None: the union of the supervised ones), in log order."""
+    wanted = SUPERVISED_TASKS if task is None else (task,)
+    train = [m for m, (_, tasks) in METRICS.items() if any(t in tasks for t in wanted)]
     return train + ([f"val_{m}" for m in train] if has_val else [])
 
 

@@ -106,6 +106,11 @@ def export_model(target: Path, fmt: str = "onnx", out: Path | None = None, opset
 
     ckpt_path = checkpoint_for(Path(target))
     lm = model_from_checkpoint(load_checkpoint(ckpt_path))
+    if fmt == "onnx" and lm.task in ("autoencoder", "vae"):
+        # two graphs, encoder.onnx and decoder.onnx, into a folder (export/generative.py)
+        from nnctl.export.generative import export_autoencoder
+        return export_autoencoder(lm, Path(target), ckpt_path, out, dtype or "float32", opset, check_data,
+                                  tolerance, default_batch_size(lm))
     out = Path(out) if out is not None else default_out(Path(target), ckpt_path, fmt)
     _check_out(out)
     batch_size = default_batch_size(lm)

@@ -336,3 +336,7 @@ def _transformer_encoder(g, layer, x, prefix):
     for local, child in layer.children():
         h = export_layer(g, child, h, f"{prefix}.{local}")
     return h
+
+
+# the autoencoder and sampling layers' exporters live beside the two-graph export
+from nnctl.export import generative as _generative  # noqa: E402,F401

@@ -29,6 +29,12 @@ def render_eval(result: dict[str, Any]) -> None:
     from nnctl.report.tables import class_report_table, confusion_table, key_value_table, per_output_table, titled
     console.print(f"[bold]{escape(result['checkpoint'])}[/] (epoch {result['epoch']}) on "
                   f"{escape(result['data'])}: {result['n']:,} rows", soft_wrap=True)
+    if "reconstruction" in result:   # an autoencoder or a VAE
+        rows = [(f"loss ({result['loss_name']})", result["loss"]), ("reconstruction", result["reconstruction"])]
+        rows += [(k, result[k]) for k in ("kl", "elbo") if k in result]
+        rows.append(("mse (data units)", result["mse"]))
+        console.print(key_value_table(rows))
+        return
     if result["task"] == "classification":
         name = result.get("loss_name")
         rows = [(f"loss ({name})" if name else "loss", result["loss"]), ("accuracy", result["accuracy"])]

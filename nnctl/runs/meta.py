@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nnctl.engine.metrics import TASKS
 from nnctl.errors import CheckpointError
 
-TASKS = ("classification", "regression")
 DTYPES = ("float32", "float64")
 
 
@@ -85,7 +85,7 @@ def model_fields(path: Path, meta: dict[str, Any]) -> ModelFields:
         raise CheckpointError(f"{path}: metadata field model.dtype must be float32 or float64, got {dtype!r}")
     task = meta.get("task")
     if task not in TASKS:
-        raise CheckpointError(f"{path}: metadata field task must be classification or regression, got {task!r}")
+        raise CheckpointError(f"{path}: metadata field task must be one of {', '.join(TASKS)}, got {task!r}")
     n_outputs = _need(path, meta, "n_outputs", int)
     classes = None
     if task == "classification":

@@ -150,7 +150,9 @@ def model_from_checkpoint(ckpt: Checkpoint) -> LoadedModel:
         raise CheckpointError(f"{path}: metadata loss {loss_name} does not fit task {f.task}")
     outputs = math.prod(model.output_shape or ())
     binary = loss_name == "binary_cross_entropy" and f.n_outputs == 2
-    if outputs != (1 if binary else f.n_outputs):
+    # a VAE also emits the posterior's mean and log-variance after its n_outputs reconstruction
+    stats = 2 * model.layers[0].latent if f.task == "vae" else 0
+    if outputs != (1 if binary else f.n_outputs + stats):
         raise CheckpointError(f"{path}: the model has {outputs} outputs but metadata n_outputs is {f.n_outputs}")
     return LoadedModel(path=path, meta=meta, model=model, loss=loss, standardizer=standardizer, dtype=dtype,
                        task=f.task, classes=f.classes, feature_names=f.feature_names, target_name=f.target_name,

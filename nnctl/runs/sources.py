@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from nnctl.data import DATASETS, Split, encode_labels, encode_targets, load_dataset, load_features
+from nnctl.engine.metrics import GENERATIVE_TASKS
 from nnctl.errors import DataError, NnctlError
 from nnctl.runs.model import CLASSIFICATION, LoadedModel
 
@@ -34,7 +35,7 @@ def run_split(lm: LoadedModel, which: str) -> EvalData:
     spec = spec_from_dict(lm.meta["config"], filename=f"{lm.path} (stored config)")
     # the targets in the units the model was trained on (older checkpoints: not scaled)
     data = {**spec.data, "standardize_target": lm.preprocessor.target_scale is not None}
-    dataset = load_dataset(data, spec.seed, spec.base_dir, lm.dtype)
+    dataset = load_dataset(data, spec.seed, spec.base_dir, lm.dtype, unlabelled_ok=lm.task in GENERATIVE_TASKS)
     if tuple(dataset.input_shape) != lm.input_shape:
         raise DataError(f"{dataset.source}: samples have shape {list(dataset.input_shape)}, "
                         f"the model in {lm.path.name} expects {list(lm.input_shape)}; has the data changed?")
@@ -67,7 +68,9 @@ def data_source(lm: LoadedModel, value: str, need_targets: bool) -> EvalData:
     x, raw_y = load_features(path, lm.feature_names, lm.input_shape, lm.target_name,
                              table=lm.preprocessor.table, dtype=lm.dtype, notes=notes)
     y = None
-    if raw_y is not None:
+    if lm.task in GENERATIVE_TASKS:
+        pass   # an autoencoder's target is its input; a label column is not needed
+    elif raw_y is not None:
         y = encode_targets(raw_y, lm.task, lm.classes, path.name)
         if lm.task != CLASSIFICATION and y.shape[1] != lm.n_outputs:
             raise DataError(f"{path.name}: {y.shape[1]} target columns, the model predicts {lm.n_outputs}")
@@ -90,7 +93,8 @@ def _builtin(lm: LoadedModel, name: str) -> EvalData:
     trained = config.get("data", {}) if isinstance(config.get("data"), dict) else {}
     same = (isinstance(trained.get("dataset"), str)
             and DATASETS.canonical(trained["dataset"]) == DATASETS.canonical(name))
-    data = {"dataset": name, "val_split": 0.0, "test_split": 0.0, "task": lm.task,
+    generative = lm.task in GENERATIVE_TASKS   # labels, if any, are only carried along
+    data = {"dataset": name, "val_split": 0.0, "test_split": 0.0, "task": None if generative else lm.task,
             "options": trained.get("options") or {} if same else {},
             "shape": trained.get("shape") if same else None,
             "standardize_target": False}
@@ -99,6 +103,8 @@ def _builtin(lm: LoadedModel, name: str) -> EvalData:
     if tuple(dataset.input_shape) != lm.input_shape:
         raise DataError(f"--data {name}: samples have shape {list(dataset.input_shape)}, "
                         f"the model expects {list(lm.input_shape)}")
+    if generative:
+        return EvalData(dataset.train, f"all of {dataset.source}")
     if lm.task != CLASSIFICATION and dataset.n_outputs != lm.n_outputs:
         raise DataError(f"--data {name}: {dataset.n_outputs} targets, the model predicts {lm.n_outputs}")
     split = dataset.train

@@ -5,6 +5,8 @@ run directory exists.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +48,11 @@ class Experiment:
         return self.preprocessor.standardizer
 
     @property
+    def latent(self) -> int | None:
+        """The code size of an autoencoder or VAE, else None."""
+        return self.model.layers[0].latent if self.spec.task else None
+
+    @property
     def target_scale(self) -> np.ndarray | None:
         """(k,) scale of a standardized regression target: metrics multiply errors by it."""
         return self.preprocessor.target_scale
@@ -76,7 +83,9 @@ def build_model(spec: Spec, layer_specs: list[dict[str, Any]], input_shape: tupl
             layer = build_layer(layer_spec)
             shape = layer.build(shape, rng, dtype)
         except NnctlError as err:
-            if i >= hidden:
+            if spec.task:
+                path, what = ("model",), ""
+            elif i >= hidden:
                 path = ("model",)
                 what = f"output layer ({layer_spec['units']} units)"
             elif "layers" in spec.model:
@@ -119,11 +128,31 @@ def balanced_weights(y: np.ndarray, n_classes: int, where) -> list[float]:
     return [float(v) for v in len(y) / (n_classes * counts)]
 
 
+def reconstruction_loss_spec(spec: Spec) -> dict[str, Any]:
+    """The engine loss of an autoencoder or VAE from the spec's {name: mse, beta: ...}."""
+    loss = spec.loss or {"name": "mse"}
+    engine = "elbo" if spec.task == "vae" else "reconstruction"
+    return {"name": engine, "reconstruction": loss["name"], **{k: v for k, v in loss.items() if k != "name"}}
+
+
+def unit_range(split) -> Standardizer:
+    """x -> (x - min) / (max - min) with the training rows' global min and max: an autoencoder's
+    inputs and targets in [0, 1], what a sigmoid output and binary_cross_entropy need, and one
+    scale for every feature so that reconstructions read back in the data's units."""
+    x = np.take(split.x, split.rows(), axis=0)
+    lo, hi = float(x.min()), float(x.max())
+    shape = split.x.shape[1:]
+    return Standardizer(np.full(shape, lo), np.full(shape, hi - lo if hi > lo else 1.0))
+
+
 def prepare(spec: Spec) -> Experiment:
-    data = load_dataset(spec.data, spec.seed, spec.base_dir, spec.training.dtype)
+    data = load_dataset(spec.data, spec.seed, spec.base_dir, spec.training.dtype, unlabelled_ok=bool(spec.task))
+    if spec.task is not None:
+        # the target is the input itself; labels stay in the splits only to colour latent plots
+        data = dataclasses.replace(data, task=spec.task, n_outputs=math.prod(data.input_shape))
     task = data.task
 
-    loss_spec = spec.loss or {"name": default_loss(task, data.n_outputs)}
+    loss_spec = reconstruction_loss_spec(spec) if spec.task else spec.loss or {"name": default_loss(task, data.n_outputs)}
     needs = loss_task(loss_spec["name"])
     if needs != task:
         raise spec.error_at(("loss",), f"{loss_spec['name']} needs a {needs} task, but the data is {task} "
@@ -153,13 +182,18 @@ def prepare(spec: Spec) -> Experiment:
     # the data's own rules (augmentation fits the layout and the loss) before the model's
     augmenter = build_augmenter(spec, data.input_shape, task, loss_spec["name"], data.n_outputs)
     dtype = np.dtype(spec.training.dtype)
-    layer_specs = [*spec.layers, output_layer(spec, n_outputs)]
+    # an autoencoder's one layer ends in its own output layer, sized from the input
+    layer_specs = list(spec.layers) if spec.task else [*spec.layers, output_layer(spec, n_outputs)]
     check_memory(spec, layer_specs, data)  # from shapes alone: refuse what cannot fit before allocating it
     model = build_model(spec, layer_specs, data.input_shape, dtype)
-    check_output_shape(spec, model, n_outputs, data.input_shape)
+    if not spec.task:
+        check_output_shape(spec, model, n_outputs, data.input_shape)
 
     mode = spec.data.get("standardize", True)
-    standardizer = Standardizer().fit(data.train, per_feature=mode != "global") if mode else None
+    if spec.task:
+        standardizer = unit_range(data.train)
+    else:
+        standardizer = Standardizer().fit(data.train, per_feature=mode != "global") if mode else None
     if standardizer is not None and data.table is not None:
         # one-hot columns stay 0/1: scaling a rare category up to unit variance only adds noise
         onehot = data.table.onehot_mask().reshape(standardizer.mean.shape)

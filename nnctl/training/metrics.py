@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from nnctl.engine.metrics import r2_from_sums
+from nnctl.engine.metrics import GENERATIVE_TASKS, r2_from_sums
+
+
+def loss_targets(task: str, xb: np.ndarray, yb: np.ndarray | None) -> np.ndarray | None:
+    """What the loss compares the outputs with: the labels, or for an autoencoder/VAE the
+    (scaled) input batch itself, flattened to (b, D) like the reconstruction."""
+    return xb.reshape(len(xb), -1) if task in GENERATIVE_TASKS else yb
 
 
 def predicted_classes(z: np.ndarray) -> np.ndarray:
@@ -37,8 +43,11 @@ class MetricAccumulator:
     does not change under the affine map). The loss stays what the optimizer minimizes.
     """
 
-    def __init__(self, task: str, target_scale: np.ndarray | None = None):
+    def __init__(self, task: str, target_scale: np.ndarray | None = None, loss=None):
         self.task = task
+        # an autoencoder/VAE logs the terms of its loss (loss.parts): reconstruction, kl
+        self.loss = loss if task in GENERATIVE_TASKS else None
+        self.part_sums: dict[str, float] = {}
         self.target_scale = None if target_scale is None else np.asarray(target_scale, dtype=np.float64)
         self.n = 0
         self.loss_sum = 0.0
@@ -54,6 +63,10 @@ class MetricAccumulator:
         self.loss_sum += float(loss) * b
         if self.task == "classification":
             self.correct += int(np.count_nonzero(predicted_classes(z) == target_classes(y)))
+            return
+        if self.loss is not None:
+            for name, v in self.loss.parts(z, y).items():
+                self.part_sums[name] = self.part_sums.get(name, 0.0) + float(v) * b
             return
         y2 = y.reshape(b, -1).astype(np.float64)
         z2 = z.reshape(b, -1).astype(np.float64)
@@ -74,6 +87,8 @@ class MetricAccumulator:
         out = {f"{prefix}loss": self.loss_sum / self.n}
         if self.task == "classification":
             out[f"{prefix}accuracy"] = self.correct / self.n
+        elif self.loss is not None:
+            out.update({f"{prefix}{k}": v / self.n for k, v in self.part_sums.items()})
         else:
             out[f"{prefix}mae"] = self.abs_sum / self.n
             ss_tot = self.y_sq - self.y_sum ** 2 / self.n
@@ -86,8 +101,9 @@ def evaluate(model, loss, split, standardizer, batch_size: int, task: str, dtype
              target_scale: np.ndarray | None = None) -> dict[str, float]:
     """Loss and task metrics of `model` (in evaluation mode) over one split."""
     from nnctl.data import iterate_batches
-    acc = MetricAccumulator(task, target_scale)
+    acc = MetricAccumulator(task, target_scale, loss)
     for xb, yb in iterate_batches(split, batch_size, None, dtype, standardizer):
         z = model.forward(xb, training=False)
+        yb = loss_targets(task, xb, yb)
         acc.update(loss.value(z, yb), z, yb)
     return acc.result(prefix)

@@ -21,7 +21,7 @@ from nnctl.status import CLEAN_ENDS
 from nnctl.training.callbacks import Callback, TrainState
 from nnctl.training.early_stopping import EarlyStopping
 from nnctl.training.experiment import Experiment
-from nnctl.training.metrics import MetricAccumulator, evaluate
+from nnctl.training.metrics import MetricAccumulator, evaluate, loss_targets
 
 
 class _Interrupted(Exception):
@@ -133,7 +133,7 @@ class Trainer:
         exp = self.exp
         model, loss, opt, sched = exp.model, exp.loss, exp.optimizer, exp.schedule
         params, grads = model.named_parameters(), model.named_grads()
-        acc = MetricAccumulator(exp.dataset.task, exp.target_scale)
+        acc = MetricAccumulator(exp.dataset.task, exp.target_scale, loss)
         # A fresh Generator per epoch from (seed, epoch): the shuffle order needs no saved state,
         # so a resumed run sees exactly the batches the uninterrupted run saw.
         rng = np.random.default_rng([exp.spec.seed, 1, epoch_index]) if exp.spec.training.shuffle else None
@@ -144,6 +144,7 @@ class Trainer:
             lr = sched.lr_at(epoch_index, self.step)
             opt.lr = lr
             z = model.forward(xb, training=True)
+            yb = loss_targets(exp.dataset.task, xb, yb)
             value, dz = loss(z, yb)
             if not math.isfinite(value):
                 raise TrainingError(f"loss is {value} at epoch {epoch_index + 1}, step {b + 1} "
