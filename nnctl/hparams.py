@@ -8,7 +8,9 @@ the sweep spec all declare their parameters with it; none of them owns it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from typing import Any
 
 
@@ -48,6 +50,101 @@ class Param:
 def defaults(params: dict[str, Param]) -> dict[str, Any]:
     """The non-required defaults of a PARAMS table."""
     return {k: p.default for k, p in params.items() if not p.required}
+
+
+# -- checking values given in code -------------------------------------------------------------
+# The config layer checks YAML against the same tables, with file and line, all errors at once
+# (config/check.py). These are the guards for components built in Python (and for values that
+# reach a constructor some other way): the first problem is one ConfigError line.
+
+def _is_bool(value: Any) -> bool:
+    # Python's bool is a numbers.Integral that must not count as a number; numpy's bool (named
+    # bool_ before numpy 2) is neither, and must count as a bool
+    return type(value).__name__ in ("bool", "bool_")
+
+
+def check_value(where: str, value: Any, p: Param) -> Any:
+    """`value` checked against `p` (type, finiteness, bounds, choices); numbers come back as
+    Python int/float. Kinds other than numbers, lists of numbers, bool and str pass unchanged."""
+    from nnctl.errors import ConfigError
+    if value is None:
+        if p.nullable or p.default is None:
+            return None
+        raise ConfigError(f"{where}: must not be null")
+    if p.kind in ("float", "int"):
+        return _check_number(where, value, p.kind, p)
+    if p.kind in ("float_list", "int_list"):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: must be a list of {'integers' if p.kind == 'int_list' else 'numbers'}, "
+                              f"got {value!r}")
+        elem = "int" if p.kind == "int_list" else "float"
+        return [_check_number(f"{where}[{i}]", v, elem, p) for i, v in enumerate(value)]
+    if p.kind == "bool":
+        if not _is_bool(value):
+            raise ConfigError(f"{where}: must be true or false, got {value!r}")
+        return bool(value)
+    if p.kind == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: must be a string, got {value!r}")
+        if p.choices is not None and value not in p.choices:
+            raise ConfigError(f"{where}: must be one of {', '.join(p.choices)}, got {value!r}")
+    return value
+
+
+def format_number(x: float | int) -> str:
+    """A number in a message, the same from YAML and from code: 1e-05, 0.5, -1, 7."""
+    return f"{x:.10g}" if isinstance(x, float) else str(x)
+
+
+def _check_number(where: str, value: Any, kind: str, p: Param) -> float | int:
+    from nnctl.errors import ConfigError
+    if _is_bool(value) or not isinstance(value, Integral if kind == "int" else Real):
+        raise ConfigError(f"{where}: must be {'an integer' if kind == 'int' else 'a number'}, got {value!r}")
+    value = int(value) if kind == "int" else float(value)
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: must be a finite number, got {value}")
+    for bound, ok, word in ((p.gt, lambda a, b: a > b, ">"), (p.ge, lambda a, b: a >= b, ">="),
+                            (p.lt, lambda a, b: a < b, "<"), (p.le, lambda a, b: a <= b, "<=")):
+        if bound is not None and not ok(value, bound):
+            raise ConfigError(f"{where}: must be {word} {format_number(bound)}, got {format_number(value)}")
+    return value
+
+
+def check_options(owner: str, params: dict[str, Param], given: dict[str, Any]) -> dict[str, Any]:
+    """`given` checked against a PARAMS table (unknown keys, required keys, each value); returns
+    every option, defaults filled in."""
+    from nnctl.errors import ConfigError
+    unknown = sorted(set(given) - set(params))
+    if unknown:
+        raise ConfigError(f"{owner}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(params))}")
+    out: dict[str, Any] = {}
+    for key, p in params.items():
+        if key in given:
+            out[key] = check_value(f"{owner}.{key}", given[key], p)
+        elif p.required:
+            raise ConfigError(f"{owner}.{key}: is required")
+        else:
+            out[key] = list(p.default) if isinstance(p.default, list) else p.default
+    return out
+
+
+class Configurable:
+    """A component built from keyword options declared in PARAMS (activations, initializers,
+    optimizers, schedules): constructed with them checked, `get_config()` returns exactly
+    them, so `type(c)(**c.get_config())` rebuilds it, and the repr shows them."""
+
+    NAME = "component"
+    PARAMS: dict[str, Param] = {}
+
+    def __init__(self, **hparams: Any):
+        self.hparams = check_options(self.NAME, self.PARAMS, hparams)
+
+    def get_config(self) -> dict[str, Any]:
+        return dict(self.hparams)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
 
 
 @dataclass

@@ -15,6 +15,7 @@ from nnctl.config.annotate import annotated_yaml
 from nnctl.config.spec import spec_from_dict
 from nnctl.engine.initializers import DEFAULT_INITIALIZERS, default_initializer
 from nnctl.runs.checkpoint import load_checkpoint, save_checkpoint
+from nnctl.runs.store import RunDir
 
 runner = CliRunner()
 
@@ -107,6 +108,7 @@ def test_resuming_a_run_recorded_under_another_default_keeps_it(tmp_path):
     ckpt.meta["config"]["training"]["epochs"] = 4
     save_checkpoint(last, {k: v for k, v in ckpt.meta.items()
                            if k not in ("format", "format_version", "nnctl_version")}, ckpt.arrays)
+    RunDir(run).write_config(ckpt.meta["config"])  # config.yaml says so too, or resume refuses the edit
     (run / "status.json").write_text(json.dumps({"status": "interrupted"}))
     assert DEFAULT_INITIALIZERS["relu_like"] != old
     res = runner.invoke(app, ["train", "--resume", str(run), "--quiet"])

@@ -28,6 +28,7 @@ from nnctl.runs.model import model_from_checkpoint
 from nnctl.commands.train import run_training
 from nnctl.errors import CheckpointError, NnctlError
 from nnctl.runs.checkpoint import META_KEY, load_checkpoint, save_checkpoint
+from nnctl.runs.store import RunDir
 
 FUZZ = dict(derandomize=True, deadline=None, database=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -309,6 +310,7 @@ def test_resume_with_damaged_state(trained, tmp_path, record_counts):
             mutate_array(arrays, *detail)
         # the run was cut short at epoch 2 of 3, so a sound checkpoint trains one more epoch
         meta["config"]["training"]["epochs"] = 3
+        RunDir(run_dir).write_config(meta["config"])  # config.yaml says so too, or resume refuses the edit
         (run_dir / "status.json").write_text(json.dumps({"status": "interrupted"}))
         try:
             rewrite(run_dir / "checkpoints" / "last.npz", meta, arrays)

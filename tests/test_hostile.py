@@ -494,6 +494,70 @@ def test_resume_on_an_unwritable_run_folder_is_one_line_and_changes_nothing(tmp_
     assert tree_hash(run) == before
 
 
+def _resumable(trained_run: Path, dest: Path) -> Path:
+    run = _copy_run(trained_run, dest)
+    (run / "status.json").write_text('{"status": "interrupted"}')
+    return run
+
+
+def _edit_config(run: Path, edit) -> None:
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    edit(config)
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+@pytest.mark.parametrize("edit, key, now, was", [
+    (lambda c: c["training"].update(epochs=5), "training.epochs", "5", "2"),
+    (lambda c: c["model"].update(hidden=[8, 8]), "model.hidden", "[8, 8]", "[4]"),
+    (lambda c: c["optimizer"].update(lr=0.5), "optimizer.lr", "0.5", "0.001"),
+    (lambda c: c["data"]["options"].update(noise=0.3), "data.options.noise", "0.3", "0.1"),
+    (lambda c: c.update(seed=7), "seed", "7", "0"),
+])
+def test_resume_refuses_an_edited_config_yaml_naming_the_key(tmp_path, trained_run, edit, key, now, was):
+    """--resume continues with the config in last.npz; an edit to config.yaml would be ignored."""
+    run = _resumable(trained_run, tmp_path / "r")
+    _edit_config(run, edit)
+    before = tree_hash(run)
+    code, out = cli("train", "--resume", run, "-q")
+    cfg = run / "config.yaml"
+    assert (code, out) == (1, [f"error: {cfg}: {key} is {now}, the run was trained with {was} (the config "
+                               f"stored in last.npz, which --resume continues with); undo the edit, or start "
+                               f"a new run with it: nnctl train {cfg}"])
+    assert tree_hash(run) == before
+
+
+def test_resume_refuses_a_config_yaml_edited_into_an_invalid_spec(tmp_path, trained_run):
+    run = _resumable(trained_run, tmp_path / "r")
+    text = (run / "config.yaml").read_text()
+    assert text.count("epochs: 2,") == 1
+    (run / "config.yaml").write_text(text.replace("epochs: 2,", "epochs: 0,"))
+    line = next(i for i, s in enumerate(text.splitlines(), 1) if "epochs: 2," in s)
+    before = tree_hash(run)
+    code, out = cli("train", "--resume", run, "-q")
+    assert (code, out) == (1, [f"error: training.epochs: must be >= 1, got 0 (config.yaml line {line})"])
+    assert tree_hash(run) == before
+
+
+@pytest.mark.parametrize("change", ["comments", "layout", "defaults", "name", "removed"])
+def test_resume_accepts_a_config_yaml_that_says_the_same(tmp_path, trained_run, change):
+    """Comments, layout, a default left out, the run name and a missing config.yaml are no edits."""
+    run = _resumable(trained_run, tmp_path / "r")
+    cfg = run / "config.yaml"
+    if change == "comments":
+        cfg.write_text("# tried lr 0.01 first\n" + cfg.read_text() + "# end\n")
+    elif change == "layout":
+        cfg.write_text(json.dumps(yaml.safe_load(cfg.read_text()), indent=1))
+    elif change == "defaults":
+        _edit_config(run, lambda c: [c.pop("description"), c["training"].pop("shuffle")])
+    elif change == "name":
+        _edit_config(run, lambda c: c.update(name="renamed"))
+    else:
+        cfg.unlink()
+    code, out = cli("train", "--resume", run, "-q")
+    assert code == 0, out
+    assert out[-1].startswith("completed: 2 epochs")
+
+
 def test_a_symlink_loop_anywhere_in_the_spec_paths_is_one_line(tmp_path):
     _nonregular(tmp_path, "loop", "d.csv")
     (tmp_path / "s.yaml").write_text("data: {dataset: xor, val_path: d.csv}\n")

@@ -14,6 +14,7 @@ from nnctl import threads
 from nnctl.cli import app
 from nnctl.config.spec import spec_from_dict
 from nnctl.runs.checkpoint import load_checkpoint, save_checkpoint
+from nnctl.runs.store import RunDir
 
 runner = CliRunner()
 
@@ -122,6 +123,7 @@ def test_train_header_config_and_resume_with_the_recorded_count(tmp_path, clean_
     ckpt.meta["config"]["training"]["epochs"] = 3
     save_checkpoint(ckpt_path, {k: v for k, v in ckpt.meta.items()
                                 if k not in ("format", "format_version", "nnctl_version")}, ckpt.arrays)
+    RunDir(run).write_config(ckpt.meta["config"])  # config.yaml says so too, or resume refuses the edit
     (run / "status.json").write_text(json.dumps({"status": "interrupted"}))
     refused = runner.invoke(app, ["train", "--resume", str(run), "--threads", "2"])
     assert refused.exit_code == 1

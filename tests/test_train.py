@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from nnctl.cli import app
 from nnctl.runs.checkpoint import load_checkpoint
+from nnctl.runs.store import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -126,6 +127,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     from nnctl.runs.checkpoint import save_checkpoint
     save_checkpoint(ckpt_path, {k: v for k, v in ckpt.meta.items()
                                 if k not in ("format", "format_version", "nnctl_version")}, ckpt.arrays)
+    RunDir(run).write_config(ckpt.meta["config"])  # config.yaml says so too, or resume refuses the edit
     (run / "status.json").write_text(json.dumps({"status": "interrupted"}))
     res = runner.invoke(app, ["train", "--resume", str(run)])
     assert res.exit_code == 0, res.output
@@ -277,6 +279,7 @@ def test_ctrl_c_marks_interrupted_and_resume_finishes(tmp_path):
     save_checkpoint(run / "checkpoints" / "last.npz",
                     {k: v for k, v in ckpt.meta.items() if k not in ("format", "format_version", "nnctl_version")},
                     ckpt.arrays)
+    RunDir(run).write_config(ckpt.meta["config"])  # config.yaml says so too, or resume refuses the edit
     res = runner.invoke(app, ["train", "--resume", str(run), "--quiet"])
     assert res.exit_code == 0, res.output
     history = json.loads((run / "history.json").read_text())

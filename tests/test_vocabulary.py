@@ -102,3 +102,39 @@ def test_trial_metric_is_read_through_the_catalog(tmp_path):
     assert kept_metric(run, "val_r2") == (None, "val_r2 was not logged by this run")
     (run / "metrics.json").write_text(json.dumps({"weights": "last", "best": {"epoch": 1, "val_loss": 0.5}}))
     assert kept_metric(run, "val_loss") == (0.75, None)  # restore_best off: the last epoch's
+
+
+# ---------------------------------------------------------------------------- options
+
+def _registries():
+    from nnctl.engine.activations import ACTIVATIONS
+    from nnctl.engine.initializers import INITIALIZERS
+    from nnctl.engine.optimizers import OPTIMIZERS
+    from nnctl.engine.schedules import SCHEDULES
+    return {"activation": (ACTIVATIONS, "leaky_relu", "alpha"), "initializer": (INITIALIZERS, "uniform", "limit"),
+            "loss": (LOSSES, "huber", "delta"), "optimizer": (OPTIMIZERS, "adam", "lr"),
+            "schedule": (SCHEDULES, "exponential", "gamma")}
+
+
+@pytest.mark.parametrize("kind", ["activation", "initializer", "loss", "optimizer", "schedule"])
+def test_every_component_checks_its_options_with_the_one_checker(kind):
+    """Activations, initializers, losses, optimizers and schedules are Configurable: the same
+    unknown-option line, numbers widened to Python floats, bounds in the YAML check's words."""
+    from nnctl.errors import ConfigError
+    from nnctl.hparams import Configurable
+
+    registry, name, key = _registries()[kind]
+    cls = registry.get(name)
+    assert issubclass(cls, Configurable)
+    valid = ", ".join(sorted(cls.PARAMS))
+    with pytest.raises(ConfigError) as err:
+        cls(**{f"{key}x": 1})
+    assert str(err.value) == f"{name}: unknown option(s) {key}x; valid: {valid}"
+    made = cls(**{key: np.float32(0.5)})
+    assert made.get_config()[key] == 0.5 and type(made.get_config()[key]) is float
+    assert type(made)(**made.get_config()).get_config() == made.get_config()
+    with pytest.raises(ConfigError) as err:
+        cls(**{key: -1})
+    bound = cls.PARAMS[key]
+    word, limit = next((w, b) for w, b in ((">", bound.gt), (">=", bound.ge)) if b is not None)
+    assert str(err.value) == f"{name}.{key}: must be {word} {limit:.10g}, got -1"

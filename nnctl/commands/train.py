@@ -11,6 +11,7 @@ from nnctl.console import console, err_console
 from nnctl.errors import CheckpointError, NnctlError
 from nnctl.loggers import build_loggers, check_installed
 from nnctl.report.progress import PlainReporter, RichReporter, summary_line, summary_table
+from nnctl.runs.catalog import check_config_unedited
 from nnctl.runs.checkpoint import load_checkpoint
 from nnctl.runs.recorder import RunRecorder
 from nnctl.runs.store import RunDir
@@ -131,6 +132,7 @@ def _run_training(config, overrides, resume, runs_dir, quiet, held: list, thread
             status = "completed"   # status.json lost, but the checkpoint says the run is done
         if status in CLEAN_ENDS:
             raise CheckpointError(f"{resume}: the run already finished ({status}); nothing to resume")
+        check_config_unedited(run.path / "config.yaml", spec.to_dict(), run.last)
         stop.arm()
         run.remove_temp_files()  # left by a process killed mid-write
     else:

@@ -6,7 +6,7 @@ import re
 from typing import Any, Callable
 
 from nnctl.config.source import KeyPath, Source, format_path, printable
-from nnctl.hparams import Param, Registry, unknown_name_message
+from nnctl.hparams import Param, Registry, format_number, unknown_name_message
 from nnctl.errors import EXCERPT_CHARS, ConfigError
 
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -73,7 +73,7 @@ class Checker:
         for bound, op, word in ((p.gt, lambda a, b: a > b, ">"), (p.ge, lambda a, b: a >= b, ">="),
                                 (p.lt, lambda a, b: a < b, "<"), (p.le, lambda a, b: a <= b, "<=")):
             if bound is not None and not op(value, bound):
-                self.error(path, f"must be {word} {_fmt(bound)}, got {_fmt(value)}")
+                self.error(path, f"must be {word} {format_number(bound)}, got {format_number(value)}")
                 return False
         return True
 
@@ -258,7 +258,3 @@ def _copy(value: Any) -> Any:
     if isinstance(value, tuple):
         return list(value)
     return value
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.10g}" if isinstance(x, float) else str(x)

@@ -75,6 +75,20 @@ def iterate_batches(split: Split, batch_size: int, rng: np.random.Generator | No
             reader.close()
 
 
+def _gather(src: np.ndarray, take: np.ndarray, out: np.ndarray, raw: np.ndarray | None) -> None:
+    """out[:] = src[take], through `raw` (a buffer in src's dtype) when out has another dtype.
+
+    mode="clip": the rows are valid by construction, and mode="raise" would gather through a
+    temporary copy instead of writing straight into the buffer.
+    """
+    if raw is None:
+        np.take(src, take, axis=0, out=out, mode="clip")
+    else:
+        raw = raw[:len(take)]
+        np.take(src, take, axis=0, out=raw, mode="clip")
+        np.copyto(out, raw, casting="unsafe")
+
+
 def _batches(x, y, rows, stop, batch_size, mapped, reader, xbuf, raw, ybuf, yraw, standardizer, augment):
     for step, start in enumerate(range(0, stop, batch_size)):
         take = rows[start:start + batch_size]
@@ -87,23 +101,14 @@ def _batches(x, y, rows, stop, batch_size, mapped, reader, xbuf, raw, ybuf, yraw
             reader.read(take, xb if raw is None else raw[:b])
             if raw is not None:
                 np.copyto(xb, raw[:b], casting="unsafe")
-        elif raw is None:
-            # mode="clip": the rows are valid by construction, and mode="raise" would gather
-            # through a temporary copy instead of writing straight into the buffer.
-            np.take(x, take, axis=0, out=xb, mode="clip")
         else:
-            np.take(x, take, axis=0, out=raw[:b], mode="clip")
-            np.copyto(xb, raw[:b], casting="unsafe")
+            _gather(x, take, xb, raw)
         if standardizer is not None:
             standardizer.transform(xb, out=xb)
         yb = None
         if ybuf is not None:
             yb = ybuf[:b]
-            if yraw is None:
-                np.take(y, take, axis=0, out=yb, mode="clip")
-            else:
-                np.take(y, take, axis=0, out=yraw[:b], mode="clip")
-                np.copyto(yb, yraw[:b], casting="unsafe")
+            _gather(y, take, yb, yraw)
         if augment is not None:
             xb, yb = augment(step, xb, yb)
         yield xb, yb

@@ -18,7 +18,7 @@ import numpy as np
 
 from nnctl.data.files import RawData, numeric_matrix, read_csv_data
 from nnctl.data.targets import CLASSIFICATION, REGRESSION
-from nnctl.hparams import Param, Registry, defaults, unknown_name_message
+from nnctl.hparams import Param, Registry, check_value, defaults, unknown_name_message
 from nnctl.errors import ConfigError, DataError
 
 DATASETS = Registry("dataset")
@@ -221,7 +221,7 @@ class _Shipped(BuiltinDataset):
                 f"built-in dataset '{self.NAME}': {path} is missing; nnctl looks for its "
                 "datasets/ folder next to the package (install with `pip install -e .` from the repository)"
             )
-        raw = read_csv_data(path, self.TARGET, None)
+        raw = read_csv_data(path, self.TARGET, None, dtype=np.float64)   # the shipped values, exactly
         raw.x, raw.columns = numeric_matrix(raw), None
         raw.source = f"{self.NAME} (built-in)"
         raw.task = CLASSIFICATION
@@ -246,35 +246,6 @@ class Iris(_Shipped):
 
 # ---------------------------------------------------------------------------- options
 
-def _check_value(key: str, value, p: Param):
-    where = f"data.options.{key}"
-    if value is None:
-        if p.nullable:
-            return value
-        raise ConfigError(f"{where}: must not be null")
-    if p.kind == "int":
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise ConfigError(f"{where}: must be an integer, got {value!r}")
-        value = int(value)
-    elif p.kind == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise ConfigError(f"{where}: must be a number, got {value!r}")
-        value = float(value)
-    elif p.kind == "bool" and not isinstance(value, bool):
-        raise ConfigError(f"{where}: must be true or false, got {value!r}")
-    elif p.kind == "str":
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: must be a string, got {value!r}")
-        if p.choices and value not in p.choices:
-            raise ConfigError(f"{where}: must be one of {', '.join(p.choices)}, got {value!r}")
-    if p.kind in ("int", "float"):
-        for bound, ok, sym in ((p.gt, lambda v, b: v > b, ">"), (p.ge, lambda v, b: v >= b, ">="),
-                               (p.lt, lambda v, b: v < b, "<"), (p.le, lambda v, b: v <= b, "<=")):
-            if bound is not None and not ok(value, bound):
-                raise ConfigError(f"{where}: must be {sym} {bound:g}, got {value!r}")
-    return value
-
-
 def resolve_options(name: str, options: dict | None) -> dict:
     """The full option set for built-in `name`: defaults filled, unknown keys and bad values refused."""
     entry = DATASETS.get(name)
@@ -290,7 +261,7 @@ def resolve_options(name: str, options: dict | None) -> dict:
         if p.required and key not in options:
             raise ConfigError(f"data.options.{key}: required for dataset '{name}'")
     out = {**defaults(params), **options}
-    return {k: _check_value(k, v, params[k]) for k, v in out.items()}
+    return {k: check_value(f"data.options.{k}", v, params[k]) for k, v in out.items()}
 
 
 def generate(name: str, options: dict | None, rng: np.random.Generator) -> RawData:

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from nnctl.engine.base import Workspace, check_hparams
-from nnctl.hparams import Param, Registry, defaults
+from nnctl.engine.base import Workspace
+from nnctl.hparams import Configurable, Param, Registry
 
 ACTIVATIONS = Registry("activation")
 
@@ -233,7 +233,7 @@ def erf(x: Any, out: np.ndarray | None = None) -> np.ndarray:
 
 
 # -- the activation classes ---------------------------------------------------------------
-class Activation:
+class Activation(Configurable):
     """Base class: declared PARAMS, constructor keywords, scratch buffers reused per shape."""
 
     NAME = "activation"
@@ -241,12 +241,7 @@ class Activation:
     USES_X = True
 
     def __init__(self, **hparams: Any):
-        unknown = set(hparams) - set(self.PARAMS)
-        if unknown:
-            from nnctl.errors import ConfigError
-            raise ConfigError(f"{self.NAME}: unknown option(s) {', '.join(sorted(unknown))}")
-        self.hparams = {**defaults(self.PARAMS), **hparams}
-        check_hparams(self.NAME, self.PARAMS, self.hparams)
+        super().__init__(**hparams)
         self.ws = Workspace()
 
     def forward(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -258,19 +253,12 @@ class Activation:
         """dx = f'(x) * dy; x may be None when USES_X is False."""
         raise NotImplementedError
 
-    def get_config(self) -> dict[str, Any]:
-        return dict(self.hparams)
-
     def spec(self) -> str | dict[str, Any]:
         """Canonical reference: the bare name, or {name, **options} when it has options."""
         return {"name": self.NAME, **self.hparams} if self.hparams else self.NAME
 
     def _scratch(self, name: str, like: np.ndarray, dtype=None) -> np.ndarray:
         return self.ws.get(name, like.shape, like.dtype if dtype is None else dtype)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
-        return f"{type(self).__name__}({args})"
 
 
 def _out(out: np.ndarray | None, like: np.ndarray) -> np.ndarray:

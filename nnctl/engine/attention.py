@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 
 from nnctl.engine.activations import softmax
-from nnctl.engine.base import LAYERS, Layer, Workspace, check_hparams
+from nnctl.engine.base import LAYERS, Layer
 from nnctl.hparams import REQUIRED, Param
 from nnctl.engine.initializers import get_initializer
-from nnctl.engine.layers import Dense, Dropout, LayerNorm
+from nnctl.engine.layers import CheckedLayer, Dense, Dropout, LayerNorm
 from nnctl.errors import ConfigError, DataError
 
 
@@ -30,19 +30,10 @@ def _expect_sequence(layer: str, input_shape: tuple[int, ...]) -> tuple[int, int
     return input_shape[0], input_shape[1]
 
 
-class _Checked(Layer):
-    """Options checked at construction (the engine's own guard for specs built in code)."""
-
-    def __init__(self, **hparams: Any):
-        super().__init__(**hparams)
-        check_hparams(self.NAME, self.PARAMS, self.hparams)
-        self.ws = Workspace()
-
-
 # -- embeddings ---------------------------------------------------------------------------
 
 @LAYERS.register("embedding")
-class Embedding(_Checked):
+class Embedding(CheckedLayer):
     """Token ids -> vectors: (N, T) (or (N, T, 1)) holding integers in [0, vocab_size) -> (N, T, dim).
 
     Batches are float arrays, so the ids arrive as floats holding integers; they are cast
@@ -90,7 +81,7 @@ class Embedding(_Checked):
 
 
 @LAYERS.register("sinusoidal_encoding")
-class SinusoidalEncoding(_Checked):
+class SinusoidalEncoding(CheckedLayer):
     """Adds fixed sinusoidal position codes: (N, T, D) -> (N, T, D); no parameters.
 
     Notes
@@ -120,7 +111,7 @@ class SinusoidalEncoding(_Checked):
 
 
 @LAYERS.register("positional_embedding")
-class PositionalEmbedding(_Checked):
+class PositionalEmbedding(CheckedLayer):
     """Adds a learned vector per position: (N, T, D) -> (N, T, D). Param: P (max_len, D).
 
     Notes
@@ -156,7 +147,7 @@ class PositionalEmbedding(_Checked):
 # -- attention ----------------------------------------------------------------------------
 
 @LAYERS.register("multi_head_attention", "mha")
-class MultiHeadAttention(_Checked):
+class MultiHeadAttention(CheckedLayer):
     """Multi-head scaled dot-product self-attention: (N, T, D) -> (N, T, D).
 
     Children: query, key, value (Dense D -> heads*key_dim) and output (Dense
@@ -304,7 +295,7 @@ _BLOCK_PARAMS = {
 
 
 @LAYERS.register("transformer_block")
-class TransformerBlock(_Checked):
+class TransformerBlock(CheckedLayer):
     """One pre-norm transformer encoder block: (N, T, D) -> (N, T, D).
 
     Children: ln1, attn (multi_head_attention), drop1, ln2, mlp1 (Dense D -> mlp_units,
@@ -369,7 +360,7 @@ class TransformerBlock(_Checked):
 
 
 @LAYERS.register("transformer_encoder")
-class TransformerEncoder(_Checked):
+class TransformerEncoder(CheckedLayer):
     """A stack of `num_layers` pre-norm transformer blocks and a final layer_norm: (N, T, D) -> (N, T, D).
 
     Children: blocks.0 ... blocks.<num_layers-1> (transformer_block), norm (layer_norm; a

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from nnctl.hparams import Param, Registry, defaults
+from nnctl.hparams import Param, Registry, check_value, defaults
 
 LAYERS = Registry("layer")
 
@@ -151,48 +151,13 @@ def check_hparams(owner: str, params: dict[str, Param], values: dict[str, Any]) 
     """Raise ConfigError for a missing required option, a wrong type, a bound or choice broken.
 
     The config layer checks YAML against the same PARAMS with line numbers; this is the
-    engine's own guard for specs built in code, so a bad value fails at construction
-    instead of deep inside numpy. Only scalar, string and list kinds are checked here.
+    engine's own guard for layers built in code, so a bad value fails at construction
+    instead of deep inside numpy. Each value is checked by nnctl.hparams.check_value, as
+    every other component's options are; `values` is left as given.
     """
     from nnctl.errors import ConfigError
     for key, p in params.items():
-        if key not in values:
-            if p.required:
-                raise ConfigError(f"{owner}: missing required option '{key}'")
-            continue
-        v = values[key]
-        if v is None:
-            if p.nullable or p.default is None:
-                continue
-            raise ConfigError(f"{owner}.{key}: must not be null")
-        items: list[Any]
-        if p.kind in ("float", "int"):
-            items = [v]
-        elif p.kind in ("float_list", "int_list"):
-            if not isinstance(v, (list, tuple)):
-                raise ConfigError(f"{owner}.{key}: must be a list of numbers, got {v!r}")
-            items = list(v)
-        elif p.kind == "str":
-            if not isinstance(v, str):
-                raise ConfigError(f"{owner}.{key}: must be a string, got {v!r}")
-            if p.choices is not None and v not in p.choices:
-                raise ConfigError(f"{owner}.{key}: must be one of {', '.join(p.choices)}; got '{v}'")
-            continue
-        elif p.kind == "bool":
-            if not isinstance(v, (bool, np.bool_)):
-                raise ConfigError(f"{owner}.{key}: must be true or false, got {v!r}")
-            continue
-        else:
-            continue
-        want_int = p.kind in ("int", "int_list")
-        for item in items:
-            ok = isinstance(item, (int, np.integer)) if want_int else isinstance(item, (int, float, np.integer, np.floating))
-            if isinstance(item, (bool, np.bool_)) or not ok:
-                raise ConfigError(f"{owner}.{key}: must be {'an integer' if want_int else 'a number'}, got {item!r}")
-            x = float(item)
-            if x != x or x in (float("inf"), float("-inf")):
-                raise ConfigError(f"{owner}.{key}: must be a finite number, got {item!r}")
-            for bound, word, holds in ((p.gt, ">", lambda b: x > b), (p.ge, ">=", lambda b: x >= b),
-                                       (p.lt, "<", lambda b: x < b), (p.le, "<=", lambda b: x <= b)):
-                if bound is not None and not holds(bound):
-                    raise ConfigError(f"{owner}.{key}: must be {word} {bound:g}, got {item!r}")
+        if key in values:
+            check_value(f"{owner}.{key}", values[key], p)
+        elif p.required:
+            raise ConfigError(f"{owner}: missing required option '{key}'")

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from nnctl.engine.base import building_shapes_only, check_hparams
-from nnctl.hparams import Param, Registry, defaults
+from nnctl.engine.base import building_shapes_only
+from nnctl.hparams import Configurable, Param, Registry
 
 INITIALIZERS = Registry("initializer")
 
@@ -54,19 +54,11 @@ def compute_fans(shape: tuple[int, ...], channels_last: bool = False) -> tuple[i
     return shape[1] * receptive, shape[0] * receptive
 
 
-class Initializer:
+class Initializer(Configurable):
     """Base class: declared PARAMS, keyword constructor, `__call__` draws the array."""
 
     NAME = "initializer"
     PARAMS: dict[str, Param] = {}
-
-    def __init__(self, **hparams: Any):
-        unknown = set(hparams) - set(self.PARAMS)
-        if unknown:
-            from nnctl.errors import ConfigError
-            raise ConfigError(f"{self.NAME}: unknown option(s) {', '.join(sorted(unknown))}")
-        self.hparams = {**defaults(self.PARAMS), **hparams}
-        check_hparams(self.NAME, self.PARAMS, self.hparams)
 
     def __call__(self, shape: tuple[int, ...], fan_in: int, fan_out: int,
                  rng: np.random.Generator, dtype) -> np.ndarray:
@@ -78,13 +70,6 @@ class Initializer:
 
     def draw(self, shape: tuple[int, ...], fan_in: int, fan_out: int, rng: np.random.Generator) -> np.ndarray:
         raise NotImplementedError
-
-    def get_config(self) -> dict[str, Any]:
-        return dict(self.hparams)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
-        return f"{type(self).__name__}({args})"
 
 
 def _normal(rng: np.random.Generator, shape, std: float) -> np.ndarray:

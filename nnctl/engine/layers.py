@@ -21,8 +21,9 @@ from nnctl.engine.initializers import compute_fans, default_initializer, get_ini
 from nnctl.errors import ConfigError
 
 
-class _CoreLayer(Layer):
-    """Checks the declared options at construction and owns a Workspace."""
+class CheckedLayer(Layer):
+    """Checks the declared options at construction (the engine's own guard for specs built in
+    code) and owns a Workspace. The base of the core and attention layers."""
 
     def __init__(self, **hparams: Any):
         super().__init__(**hparams)
@@ -39,7 +40,7 @@ def _shape_text(shape: tuple[int, ...]) -> str:
 
 # -- dense ----------------------------------------------------------------------------------
 @LAYERS.register("dense")
-class Dense(_CoreLayer):
+class Dense(CheckedLayer):
     """y = f(x @ W + b), over the last axis of x.
 
     Shapes: x (N, ..., in) -> y (N, ..., units); W (in, units); b (units,).
@@ -121,7 +122,7 @@ class Dense(_CoreLayer):
 
 # -- normalization --------------------------------------------------------------------------
 @LAYERS.register("batch_norm", "batchnorm")
-class BatchNorm(_CoreLayer):
+class BatchNorm(CheckedLayer):
     """Batch normalization over every axis but the feature axis.
 
     Shapes: x (N, F) or (N, ..., F) with axis=-1; x (N, C, ...) with axis=1 (channels first).
@@ -213,7 +214,7 @@ class BatchNorm(_CoreLayer):
 
 
 @LAYERS.register("layer_norm", "layernorm")
-class LayerNorm(_CoreLayer):
+class LayerNorm(CheckedLayer):
     """Layer normalization over the last axis, per sample (same in training and evaluation).
 
     Shapes: x (N, ..., F) -> y (N, ..., F); gamma, beta (F,).
@@ -273,7 +274,7 @@ class LayerNorm(_CoreLayer):
 
 # -- dropout --------------------------------------------------------------------------------
 @LAYERS.register("dropout")
-class Dropout(_CoreLayer):
+class Dropout(CheckedLayer):
     """Inverted dropout: at training time y = x * keep / (1 - rate), keep ~ Bernoulli(1 - rate);
     the identity at evaluation time.
 
@@ -327,7 +328,7 @@ class Dropout(_CoreLayer):
 
 # -- residual -------------------------------------------------------------------------------
 @LAYERS.register("residual")
-class Residual(_CoreLayer):
+class Residual(CheckedLayer):
     """y = x + f(x), f a sub-stack of layers that must keep the input's shape.
 
     Shapes: x (N, ...) -> y, same shape. Sub-layer parameters are named
@@ -382,7 +383,7 @@ class Residual(_CoreLayer):
 
 
 # -- one layer per activation ---------------------------------------------------------------
-class ActivationLayer(_CoreLayer):
+class ActivationLayer(CheckedLayer):
     """An activation on its own, y = f(x), elementwise (softmax: over the last axis)."""
 
     ACTIVATION: type[Activation] = Identity

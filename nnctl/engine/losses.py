@@ -20,27 +20,19 @@ from typing import Any
 import numpy as np
 
 from nnctl.engine.activations import sigmoid, softmax
-from nnctl.engine.base import check_hparams
-from nnctl.hparams import Param, Registry, defaults
+from nnctl.hparams import Configurable, Param, Registry
 from nnctl.errors import ConfigError, DataError
 
 LOSSES = Registry("loss")
 
 
-class Loss:
+class Loss(Configurable):
     """Base class: declared PARAMS, keyword constructor, `loss`/`value`/`output`."""
 
     NAME = "loss"
     PARAMS: dict[str, Param] = {}
     OUTPUT = "identity"
     TASK = "regression"
-
-    def __init__(self, **hparams: Any):
-        unknown = set(hparams) - set(self.PARAMS)
-        if unknown:
-            raise ConfigError(f"{self.NAME}: unknown option(s) {', '.join(sorted(unknown))}")
-        self.hparams = {**defaults(self.PARAMS), **hparams}
-        check_hparams(self.NAME, self.PARAMS, self.hparams)
 
     def __call__(self, z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
         return self.loss(z, y)
@@ -56,13 +48,6 @@ class Loss:
     def output(self, z: np.ndarray) -> np.ndarray:
         """Predictions from raw outputs: probabilities for classification, z itself for regression."""
         return z
-
-    def get_config(self) -> dict[str, Any]:
-        return dict(self.hparams)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
-        return f"{type(self).__name__}({args})"
 
 
 @LOSSES.register("cross_entropy", "categorical_cross_entropy", "ce")

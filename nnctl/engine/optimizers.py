@@ -26,74 +26,13 @@ from typing import Any
 import numpy as np
 
 from nnctl.engine.base import NO_DECAY_NAMES
-from nnctl.hparams import Param, Registry
+from nnctl.hparams import Configurable, Param, Registry
 from nnctl.errors import CheckpointError, ConfigError
 
 OPTIMIZERS = Registry("optimizer")
 
 
 # -- declared options -----------------------------------------------------------------------
-def check_hparams(owner: str, params: dict[str, Param], given: dict[str, Any]) -> dict[str, Any]:
-    """`given` checked against a PARAMS table (unknown keys, required keys, types, ranges, choices).
-
-    Returns every option with defaults filled in. The config layer validates specs before
-    they get here; this is for direct construction from Python, with the same one-line errors.
-    """
-    unknown = sorted(set(given) - set(params))
-    if unknown:
-        raise ConfigError(f"{owner}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(params))}")
-    out: dict[str, Any] = {}
-    for key, p in params.items():
-        if key in given:
-            out[key] = _check_value(f"{owner}.{key}", given[key], p)
-        elif p.required:
-            raise ConfigError(f"{owner}.{key}: is required")
-        else:
-            out[key] = list(p.default) if isinstance(p.default, list) else p.default
-    return out
-
-
-def _check_value(where: str, value: Any, p: Param) -> Any:
-    if value is None:
-        if p.nullable or p.default is None:
-            return None
-        raise ConfigError(f"{where}: must not be null")
-    if p.kind in ("float", "int"):
-        return _check_number(where, value, p.kind, p)
-    if p.kind in ("float_list", "int_list"):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: must be a list of {'integers' if p.kind == 'int_list' else 'numbers'}, got {value!r}")
-        elem = "int" if p.kind == "int_list" else "float"
-        return [_check_number(f"{where}[{i}]", v, elem, p) for i, v in enumerate(value)]
-    if p.kind == "bool":
-        if not isinstance(value, (bool, np.bool_)):
-            raise ConfigError(f"{where}: must be true or false, got {value!r}")
-        return bool(value)
-    if p.kind == "str":
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: must be a string, got {value!r}")
-        if p.choices is not None and value not in p.choices:
-            raise ConfigError(f"{where}: must be one of {', '.join(p.choices)}, got {value!r}")
-    return value
-
-
-def _check_number(where: str, value: Any, kind: str, p: Param) -> float | int:
-    is_int = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-    is_float = isinstance(value, (float, np.floating))
-    if kind == "int" and not is_int:
-        raise ConfigError(f"{where}: must be an integer, got {value!r}")
-    if kind == "float" and not (is_int or is_float):
-        raise ConfigError(f"{where}: must be a number, got {value!r}")
-    value = int(value) if kind == "int" else float(value)
-    if not math.isfinite(value):
-        raise ConfigError(f"{where}: must be a finite number, got {value}")
-    for bound, ok, word in ((p.gt, lambda a, b: a > b, ">"), (p.ge, lambda a, b: a >= b, ">="),
-                            (p.lt, lambda a, b: a < b, "<"), (p.le, lambda a, b: a <= b, "<=")):
-        if bound is not None and not ok(value, bound):
-            raise ConfigError(f"{where}: must be {word} {bound:g}, got {value:g}")
-    return value
-
-
 COMMON_PARAMS: dict[str, Param] = {
     "lr": Param("float", 0.01, gt=0, doc="learning rate (a schedule, if any, scales it over time)"),
     "weight_decay": Param("float", 0.0, ge=0, doc="weight decay: L2 term added to the gradient (decoupled for adamw)"),
@@ -113,7 +52,7 @@ def _params(lr: float, **own: Param) -> dict[str, Param]:
 
 
 # -- the shared loop --------------------------------------------------------------------------
-class Optimizer:
+class Optimizer(Configurable):
     """Base class: clipping, weight decay, the loop over named parameters, state and its save/load.
 
     Attributes:
@@ -144,7 +83,7 @@ class Optimizer:
     EXCLUDE_DEFAULT = False      # what exclude_from_decay=None means for this optimizer
 
     def __init__(self, **hparams: Any):
-        self.hparams = check_hparams(self.NAME, self.PARAMS, hparams)
+        super().__init__(**hparams)
         h = self.hparams
         self.lr = h["lr"]
         self.weight_decay = h["weight_decay"]
@@ -353,16 +292,6 @@ class Optimizer:
                 if arr.dtype != p.dtype:
                     s[slot] = arr.astype(p.dtype)
         self._unverified = False
-
-    # -- introspection ----------------------------------------------------------------------
-    def get_config(self) -> dict[str, Any]:
-        """Exactly the constructor's arguments, so `type(o)(**o.get_config())` rebuilds it."""
-        return dict(self.hparams)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
-
 
 # -- the flat layout ---------------------------------------------------------------------------
 def _flat_base(arrays: list[np.ndarray]) -> np.ndarray | None:

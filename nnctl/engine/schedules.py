@@ -15,9 +15,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from nnctl.hparams import Param, Registry
+from nnctl.hparams import Configurable, Param, Registry
 from nnctl.engine.metrics import auto_mode
-from nnctl.engine.optimizers import check_hparams
 from nnctl.errors import CheckpointError, ConfigError, TrainingError
 
 SCHEDULES = Registry("schedule")
@@ -27,7 +26,7 @@ SCHEDULE_KEYS = ("name", "interval", "warmup_epochs", "warmup_steps")
 INTERVALS = ("epoch", "step")
 
 
-class Schedule:
+class Schedule(Configurable):
     """Base class. A registered schedule declares PARAMS and implements `value(t)`.
 
     `bind(base_lr, total, interval)` gives it what the spec does not hold: the optimizer's
@@ -39,7 +38,7 @@ class Schedule:
     monitor: str | None = None  # the metric observe() reads; None for all but reduce_on_plateau
 
     def __init__(self, **hparams: Any):
-        self.hparams = check_hparams(self.NAME, self.PARAMS, hparams)
+        super().__init__(**hparams)
         self.base_lr = 0.0
         self.total = 1
         self.interval = "epoch"
@@ -71,14 +70,6 @@ class Schedule:
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         _check_state_keys(self.NAME, d, ())
-
-    def get_config(self) -> dict[str, Any]:
-        """Exactly the constructor's arguments, so `type(s)(**s.get_config())` rebuilds it."""
-        return dict(self.hparams)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
 
 def _check_state_keys(name: str, d: Any, expected: tuple[str, ...]) -> None:

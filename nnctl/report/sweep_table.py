@@ -185,14 +185,7 @@ class LiveSweepReporter(PlainSweepReporter):
     def render(self):
         assert self.sweep is not None
         sd = self.sweep
-        table = Table(title=f"sweep {sd.name}  [{self.done}/{self.total} done]", title_justify="left")
-        table.add_column("trial", justify="right")
-        for p in sd.parameters:
-            table.add_column(p)
-        table.add_column("status")
-        table.add_column(sd.metric, justify="right")
-        table.add_column("epochs", justify="right")
-        table.add_column("time", justify="right")
+        table = _trial_table(f"sweep {sd.name}  [{self.done}/{self.total} done]", sd)
         shown, hidden = self._visible()
         now = time.perf_counter()
         for t in shown:
@@ -206,6 +199,26 @@ class LiveSweepReporter(PlainSweepReporter):
         if hidden:
             return Group(table, Text(f"... {hidden} more trials not shown", style="dim"))
         return table
+
+
+def _trial_table(title: str, sd: SweepDir, rank: bool = False, metrics: list[str] | None = None,
+                 front: bool = False) -> Table:
+    """The columns of a trial row, shared by the live table and the leaderboard (which ranks and,
+    with several metrics, shows each and marks the Pareto front)."""
+    table = Table(title=title, title_justify="left")
+    if rank:
+        table.add_column("#", justify="right")
+    table.add_column("trial", justify="right")
+    for p in sd.parameters:
+        table.add_column(p)
+    table.add_column("status")
+    for m in metrics or [sd.metric]:
+        table.add_column(m, justify="right")
+    if front:
+        table.add_column("front", justify="center")
+    table.add_column("epochs", justify="right")
+    table.add_column("time", justify="right")
+    return table
 
 
 def sweep_reporter(console: Console) -> PlainSweepReporter:
@@ -247,18 +260,7 @@ def print_leaderboard(console: Console, sd: SweepDir) -> None:
             _line(console, f"{place} trial {t.index}  {tail}{err}  {describe_values(t.overrides)}  "
                            f"{fmt_seconds(t.seconds)}")
     else:
-        table = Table(title=title, title_justify="left")
-        table.add_column("#", justify="right")
-        table.add_column("trial", justify="right")
-        for p in sd.parameters:
-            table.add_column(p)
-        table.add_column("status")
-        for m in metrics:
-            table.add_column(m, justify="right")
-        if front is not None:
-            table.add_column("front", justify="center")
-        table.add_column("epochs", justify="right")
-        table.add_column("time", justify="right")
+        table = _trial_table(title, sd, rank=True, metrics=metrics, front=front is not None)
         for rank, t in enumerate(ranking, start=1):
             style = "bold green" if t is best else ("red" if t.status == "failed" else "")
             mark = [] if front is None else ["*" if t.index in front else ""]

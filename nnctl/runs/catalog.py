@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from nnctl.errors import NnctlError
+from nnctl.errors import ConfigError, NnctlError, excerpt
 from nnctl.fileio import RUN_JSON_MAX_BYTES, SPEC_MAX_BYTES, read_text
 from nnctl.runs.store import RUN_FILES, read_json
 from nnctl.engine.metrics import MAIN_METRIC, auto_mode, direction
@@ -453,6 +453,32 @@ def _same(a: Any, b: Any) -> bool:
 
 def is_missing(value: Any) -> bool:
     return value is MISSING
+
+
+def check_config_unedited(config_file: Path, trained: dict[str, Any], checkpoint: Path) -> None:
+    """Refuse a resume whose run folder's config.yaml no longer says what the run trained with.
+
+    `trained` is the resolved spec stored in `checkpoint` (Spec.to_dict()), which --resume
+    continues with; an edit to config.yaml (more epochs, another lr) would otherwise be
+    silently ignored, and the folder would describe a run that never happened. Both sides are compared resolved, so comments, layout and
+    spelled-out defaults are not edits; the run name is not compared (config_diff skips it).
+    A missing config.yaml is no edit: the checkpoint alone is enough to resume.
+    """
+    from nnctl.config.spec import load_spec
+
+    if not os.path.lexists(config_file):
+        return
+    written = load_spec(config_file).to_dict()
+    rows = config_diff(trained, written)
+    if not rows:
+        return
+    key, was, now = rows[0]
+
+    def shown(v: Any) -> str:
+        return "absent" if v is MISSING else excerpt(json.dumps(v, default=str))
+    raise ConfigError(f"{config_file}: {key} is {shown(now)}, the run was trained with {shown(was)} (the config "
+                      f"stored in {checkpoint.name}, which --resume continues with); undo the edit, or start "
+                      f"a new run with it: nnctl train {config_file}")
 
 
 def metric_rows(run: RunInfo) -> dict[str, Any]:
