@@ -80,3 +80,14 @@ def test_the_plot_draws_the_front(tmp_path):
     from nnctl.report.search_plots import plot_pareto
     out = plot_pareto(sweep_dir(tmp_path), FRONT, tmp_path / "pareto.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_terminal_leaderboard_has_a_column_per_metric_and_the_front(tmp_path):
+    out = io.StringIO()
+    print_leaderboard(Console(file=out, width=200, force_terminal=True, color_system=None), sweep_dir(tmp_path))
+    rows = out.getvalue().splitlines()
+    header = next(r for r in rows if "val_accuracy" in r and "front" in r)
+    assert [c.strip() for c in header.strip("┃│ ").split("┃")][-5:] == ["val_loss", "val_accuracy", "front", "epochs",
+                                                                         "time"]
+    starred = {int(r.split("│")[2]) for r in rows if r.count("│") > 5 and r.split("│")[-4].strip() == "*"}
+    assert starred == FRONT

@@ -56,7 +56,8 @@ def plot_lr_curve(result, out: Path) -> Path:
     ax.set_ylabel("loss")
     finite = [s for s in result.smoothed if math.isfinite(s)]
     if finite:   # the divergence at the end would flatten everything else
-        ax.set_ylim(top=max(finite[: max(1, len(finite) // 10)] + [min(finite) * 2]) * 1.1)
+        top = max(finite[: max(1, len(finite) // 10)] + [min(finite) * 2]) * 1.1
+        ax.set_ylim(bottom=0.0 if min(result.losses) >= 0 else None, top=top)   # losses here are >= 0
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     return _save(fig, out)
