@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=4096, help="samples per CNN epoch (the MLP's: 8x)")
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=5, help="epochs per condition (the fastest counts)")
+    ap.add_argument("--repeats", type=int, default=9, help="epochs per condition (the fastest counts)")
     ap.add_argument("--threads", type=int, default=None, help="BLAS threads (default: as `nnctl train` chooses)")
     args = ap.parse_args(argv)
     choice = threads.choose(args.threads, None)
