@@ -87,7 +87,8 @@ class Transform:
     Python overhead and allocation cost as much as arithmetic: a transform draws all its
     per-sample numbers in one call (row 0 decides p, `draws()` more rows feed its parameters),
     works on the whole batch in place (a sample that p leaves alone gets the identity
-    parameters: offset 0, factor 1, an empty box), keeps its scratch arrays between
+    parameters: offset 0, angle 0, factor 1, noise 0, an empty box, a partner share 0;
+    only flip copies out the samples it mirrors), keeps its scratch arrays between
     batches (`kept`), and returns at once when p picks no sample.
     """
 
