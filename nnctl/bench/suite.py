@@ -11,6 +11,9 @@ dependency: without it that column says so.
 The first epoch of each side is a warm-up; the figure is the median of the others. Machines
 are shared: compare ratios from one run, and run the suite more than once.
 
+The predict row's "% floor" is the forward GEMMs alone over the same rows and batches: the
+eval path is near it, so its ratio to PyTorch is mostly one BLAS against another.
+
 `--busy` trains the big MLP for a few epochs alone, then again beside a second CPU-bound
 process (a busy loop, as another job on the machine would be), and prints the slowdown.
 The issue's target is at most 1.5x.
@@ -229,6 +232,26 @@ def floor_seconds(sizes: list[int], n_train: int, n_val: int, batch: int, reps: 
     return best
 
 
+def predict_floor_seconds(sizes: list[int], rows: int, batch: int = 1024, reps: int = 3) -> float:
+    """The forward GEMMs alone of predicting `rows` rows in batches of `batch`: what any
+    implementation of the same dense net must spend (bias, activations and copies excluded)."""
+    rng = np.random.default_rng(3)
+    ws = [rng.standard_normal((i, o)).astype(np.float32) for i, o in zip(sizes[:-1], sizes[1:])]
+    x = rng.standard_normal((batch, sizes[0])).astype(np.float32)
+    outs = [np.empty((batch, o), dtype=np.float32) for o in sizes[1:]]
+    full, rest = divmod(rows, batch)
+    best = float("inf")
+    for _ in range(reps + 1):   # the first is a warm-up
+        t0 = time.perf_counter()
+        for b in [batch] * full + ([rest] if rest else []):
+            h = x[:b]
+            for w, o in zip(ws, outs):
+                np.matmul(h, w, out=o[:b])
+                h = o[:b]
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def predict_seconds(w: Workload, data: Path, threads: int, reps: int = 3) -> tuple[float, float | None]:
     """Best-of-`reps` seconds of predicting every row of the data in batches of 1024: the
     engine's `Sequential.predict` (what `nnctl predict` and `eval` run), and PyTorch's
@@ -303,9 +326,10 @@ def run_suite(epochs: int = 3, threads: int | None = None, only: str | None = No
         if not only or only in "predict":
             w = WORKLOADS[0]
             ours, theirs = predict_seconds(w, _data(w, folder), choice.threads)
+            floor = f"{predict_floor_seconds(w.floor_sizes, w.n) / ours:8.1%}"
             t_text = _ms(theirs) if theirs else "        -   "
             ratio = f"{theirs / ours:11.2f}x" if theirs else "           -"
-            say(f"{'predict ' + w.name.split()[1] + ' (all rows)':<34}{_ms(ours):>13}{w.n / ours:>11,.0f}{'':>9}"
+            say(f"{'predict ' + w.name.split()[1] + ' (all rows)':<34}{_ms(ours):>13}{w.n / ours:>11,.0f}{floor:>9}"
                 f"{t_text:>13}{ratio:>13}")
     return 0
 
