@@ -493,5 +493,6 @@ def test_both_im2col_layouts_give_the_same_values_and_exact_gradients(cls, kw, s
 
 def test_the_layout_follows_the_im2col_rows():
     assert built(Conv2D(filters=8, kernel_size=3), (1, 6, 6)).channels_layout        # 9 rows
-    assert not built(Conv2D(filters=8, kernel_size=3), (2, 6, 6)).channels_layout    # 18 rows
-    assert built(Conv1D(filters=8, kernel_size=5), (3, 9)).channels_layout           # 15 rows
+    assert built(Conv2D(filters=8, kernel_size=3), (3, 6, 6)).channels_layout        # 27 rows
+    assert not built(Conv2D(filters=8, kernel_size=3), (4, 6, 6)).channels_layout    # 36 rows
+    assert not built(Conv1D(filters=8, kernel_size=5), (7, 9)).channels_layout       # 35 rows
