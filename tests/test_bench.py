@@ -82,3 +82,9 @@ def test_predict_floor_times_every_row_in_batches(monkeypatch):
     monkeypatch.undo()
     # warm-up + 1 rep, each: batches of 1024, 1024 and 452 rows through both layers
     assert calls == [1024, 1024, 1024, 1024, 452, 452] * 2
+
+
+def test_ratio_text_is_the_median_of_the_rounds():
+    assert suite._ratio_text([]).strip() == "-"
+    assert suite._ratio_text([1.5]).strip() == "1.50x"
+    assert suite._ratio_text([0.5, 2.0, 1.25]).strip() == "1.25x  (0.50 2.00 1.25)"

@@ -291,6 +291,20 @@ def _ms(s: float) -> str:
     return f"{s * 1e3:8.1f} ms" if s < 10 else f"{s:8.2f} s "
 
 
+# With PyTorch present each workload runs this many alternating rounds (nnctl, then PyTorch,
+# then nnctl again ...) and the ratio printed is the median of the rounds' ratios: on a shared
+# machine one round's two halves can see loads several times apart (one suite run measured
+# the 2-D CNN at 0.45x and, a minute later, 1.37x), and alternating pairs them up.
+ROUNDS = 3
+
+
+def _ratio_text(ratios: list[float]) -> str:
+    if not ratios:
+        return "           -"
+    text = f"{statistics.median(ratios):11.2f}x"
+    return text if len(ratios) == 1 else text + "  (" + " ".join(f"{r:.2f}" for r in ratios) + ")"
+
+
 def run_suite(epochs: int = 3, threads: int | None = None, only: str | None = None) -> int:
     from nnctl import threads as th
     choice = th.choose(threads, None)
@@ -299,9 +313,13 @@ def run_suite(epochs: int = 3, threads: int | None = None, only: str | None = No
         have_torch = f"PyTorch {torch.__version__}"
     except ImportError:
         have_torch = None
+    rounds = ROUNDS if have_torch else 1
     say(f"nnctl bench --suite: {epochs} epochs each (median of epochs 2..{epochs}; validation included), "
         f"BLAS {th.blas_name()}, threads {choice.threads} ({choice.source}); "
         f"{have_torch or 'PyTorch not installed: no comparison'}")
+    if have_torch:
+        say(f"{rounds} alternating rounds per workload: times are the rounds' medians, the ratio the median "
+            f"of the rounds' ratios (each round's in brackets)")
     load = _load()
     if load:
         say(f"load average {load}: on a busy machine compare the ratios, not the times")
@@ -313,22 +331,29 @@ def run_suite(epochs: int = 3, threads: int | None = None, only: str | None = No
             if only and only not in w.name:
                 continue
             data = _data(w, folder)
-            ours = _median(nnctl_epochs(w, data, epochs, choice.threads, folder))
+            mine, theirs = [], []
+            for _ in range(rounds):
+                mine.append(_median(nnctl_epochs(w, data, epochs, choice.threads, folder)))
+                if have_torch:
+                    theirs.append(_median(torch_epochs(w, data, epochs, choice.threads)))
+            ours = statistics.median(mine)
             n_val = int(round(0.1 * w.n))
             rate = (w.n - n_val) / ours
             floor = ""
             if w.floor_sizes:
                 floor = f"{floor_seconds(w.floor_sizes, w.n - n_val, n_val, w.batch) / ours:8.1%}"
-            theirs = torch_epochs(w, data, epochs, choice.threads) if have_torch else None
-            t_text = _ms(_median(theirs)) if theirs else "        -   "
-            ratio = f"{_median(theirs) / ours:11.2f}x" if theirs else "           -"
+            t_text = _ms(statistics.median(theirs)) if theirs else "        -   "
+            ratio = _ratio_text([t / o for t, o in zip(theirs, mine)])
             say(f"{w.name:<34}{_ms(ours):>13}{rate:>11,.0f}{floor:>9}{t_text:>13}{ratio:>13}")
         if not only or only in "predict":
             w = WORKLOADS[0]
-            ours, theirs = predict_seconds(w, _data(w, folder), choice.threads)
+            data = _data(w, folder)
+            pairs = [predict_seconds(w, data, choice.threads) for _ in range(rounds)]
+            ours = statistics.median(p[0] for p in pairs)
             floor = f"{predict_floor_seconds(w.floor_sizes, w.n) / ours:8.1%}"
-            t_text = _ms(theirs) if theirs else "        -   "
-            ratio = f"{theirs / ours:11.2f}x" if theirs else "           -"
+            theirs = [p[1] for p in pairs if p[1] is not None]
+            t_text = _ms(statistics.median(theirs)) if theirs else "        -   "
+            ratio = _ratio_text([t / p[0] for t, p in zip(theirs, pairs)])
             say(f"{'predict ' + w.name.split()[1] + ' (all rows)':<34}{_ms(ours):>13}{w.n / ours:>11,.0f}{floor:>9}"
                 f"{t_text:>13}{ratio:>13}")
     return 0
