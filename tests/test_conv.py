@@ -431,6 +431,7 @@ def _pool_reference(mode, x, dy, size, stride, pads):
     (MaxPool2D, {"size": 2, "stride": 3}, (2, 8, 8)),                     # gaps between windows
     (MaxPool2D, {"size": 3, "stride": 2, "padding": "same"}, (2, 7, 6)),  # -inf pads, overlap
     (MaxPool1D, {"size": 4, "stride": 1}, (3, 9)),
+    (MaxPool2D, {"size": [1, 3], "stride": [2, 1]}, (2, 5, 7)),           # one-row windows, skipped rows
     (AvgPool2D, {"size": 2}, (3, 6, 8)),
     (AvgPool2D, {"size": 3, "stride": 2, "padding": "same"}, (2, 7, 6)),
     (AvgPool1D, {"size": 3, "stride": 2}, (2, 10)),

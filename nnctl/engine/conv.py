@@ -407,7 +407,7 @@ class _Pool(_Checked):
         for p in reversed(range(len(self.passes))):
             i, before, _, slices, tiles = self.passes[p]
             dst = self.ws.get(f"back{p}", (n, c) + before, self.dtype)
-            if self.MODE == "avg":
+            if self.MODE == "avg" or len(slices) == 1:   # a one-element window passes g through
                 if not tiles:
                     dst.fill(0)
                 for sl in slices:
