@@ -67,3 +67,24 @@ def test_suite_without_torch_says_so_and_prints_a_row(monkeypatch, capsys):
 def test_median_skips_the_warm_up_epoch():
     assert suite._median([10.0, 1.0, 3.0, 2.0]) == 2.0
     assert suite._median([5.0]) == 5.0
+
+
+def test_predict_floor_times_every_row_in_batches(monkeypatch):
+    calls = []
+    real = np.matmul
+
+    def counting(a, b, out=None):
+        calls.append(a.shape[0])
+        return real(a, b, out=out)
+
+    monkeypatch.setattr(suite.np, "matmul", counting)
+    assert suite.predict_floor_seconds([6, 8, 3], 2500, batch=1024, reps=1) > 0
+    monkeypatch.undo()
+    # warm-up + 1 rep, each: batches of 1024, 1024 and 452 rows through both layers
+    assert calls == [1024, 1024, 1024, 1024, 452, 452] * 2
+
+
+def test_ratio_text_is_the_median_of_the_rounds():
+    assert suite._ratio_text([]).strip() == "-"
+    assert suite._ratio_text([1.5]).strip() == "1.50x"
+    assert suite._ratio_text([0.5, 2.0, 1.25]).strip() == "1.25x  (0.50 2.00 1.25)"

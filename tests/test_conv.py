@@ -431,6 +431,7 @@ def _pool_reference(mode, x, dy, size, stride, pads):
     (MaxPool2D, {"size": 2, "stride": 3}, (2, 8, 8)),                     # gaps between windows
     (MaxPool2D, {"size": 3, "stride": 2, "padding": "same"}, (2, 7, 6)),  # -inf pads, overlap
     (MaxPool1D, {"size": 4, "stride": 1}, (3, 9)),
+    (MaxPool2D, {"size": [1, 3], "stride": [2, 1]}, (2, 5, 7)),           # one-row windows, skipped rows
     (AvgPool2D, {"size": 2}, (3, 6, 8)),
     (AvgPool2D, {"size": 3, "stride": 2, "padding": "same"}, (2, 7, 6)),
     (AvgPool1D, {"size": 3, "stride": 2}, (2, 10)),
@@ -461,3 +462,38 @@ def test_maxpool_routes_an_infinite_gradient_without_nan():
     layer.forward(x, True)
     dx = layer.backward(np.array([[[[np.inf, -np.inf]]]]))
     np.testing.assert_array_equal(dx, [[[[0, np.inf, -np.inf, 0], [0, 0, 0, 0]]]])
+
+
+# -- the two im2col layouts ------------------------------------------------------------------
+
+@pytest.mark.parametrize("cls,kw,shape", [
+    (Conv2D, {"kernel_size": 3, "padding": "same", "activation": "relu"}, (1, 6, 5)),
+    (Conv2D, {"kernel_size": [2, 3], "stride": [2, 1], "padding": 1, "dilation": [1, 2]}, (3, 7, 8)),
+    (Conv2D, {"kernel_size": 3, "stride": 2, "padding": "same"}, (20, 5, 5)),
+    (Conv1D, {"kernel_size": 5, "padding": "same", "activation": "tanh"}, (1, 12)),
+    (Conv1D, {"kernel_size": 3, "stride": 3, "dilation": 2}, (7, 20)),
+])
+def test_both_im2col_layouts_give_the_same_values_and_exact_gradients(cls, kw, shape):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3,) + shape)
+    layers = {}
+    for channels in (True, False):
+        layer = built(cls(filters=4, **kw), shape, seed=1)
+        layer.channels_layout = channels           # chosen from C_in * prod(kernel) by default
+        layers[channels] = layer
+    y = {c: layer.forward(x, True).copy() for c, layer in layers.items()}
+    dy = rng.standard_normal(y[True].shape)
+    dx = {c: layer.backward(dy).copy() for c, layer in layers.items()}
+    np.testing.assert_allclose(y[True], y[False], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx[True], dx[False], rtol=1e-12, atol=1e-12)
+    for name in ("W", "b"):
+        np.testing.assert_allclose(layers[True].grads[name], layers[False].grads[name], rtol=1e-12, atol=1e-12)
+    assert_gradcheck(layers[True], x, max_checks=40)
+    assert_gradcheck(layers[False], x, max_checks=40)
+
+
+def test_the_layout_follows_the_im2col_rows():
+    assert built(Conv2D(filters=8, kernel_size=3), (1, 6, 6)).channels_layout        # 9 rows
+    assert built(Conv2D(filters=8, kernel_size=3), (3, 6, 6)).channels_layout        # 27 rows
+    assert not built(Conv2D(filters=8, kernel_size=3), (4, 6, 6)).channels_layout    # 36 rows
+    assert not built(Conv1D(filters=8, kernel_size=5), (7, 9)).channels_layout       # 35 rows

@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -147,18 +148,19 @@ def test_resume_checks_everything_before_writing(tmp_path):
 class Firing:
     """A profile hook that sends SIGTERM to this process at the n-th traced call, so the signal
     lands at an exact, reproducible point (no timing involved). `writes_only` counts only calls
-    made while a run file is being written (inside atomic_write)."""
+    made while a run file is being written (inside atomic_write), by the thread writing it: the
+    recorder writes an epoch's files in a background thread while training goes on."""
 
     def __init__(self, n: int, writes_only: bool):
         self.n, self.writes_only = n, writes_only
         self.calls = 0
-        self.in_write = 0
+        self.writing: set[int] = set()   # threads inside atomic_write
         self.fired = False
 
     def __call__(self, frame, event, arg):
         if event not in ("call", "c_call") or self.fired:
             return
-        if self.writes_only and not self.in_write:
+        if self.writes_only and threading.get_ident() not in self.writing:
             return
         self.calls += 1
         if self.calls == self.n:
@@ -174,11 +176,11 @@ def traced_training(monkeypatch, firing: Firing, *args, **kwargs) -> int:
     real = store.atomic_write
 
     def atomic_write(*a, **k):
-        firing.in_write += 1
+        firing.writing.add(threading.get_ident())
         try:
             return real(*a, **k)
         finally:
-            firing.in_write -= 1
+            firing.writing.discard(threading.get_ident())
     monkeypatch.setattr(store, "atomic_write", atomic_write)
     monkeypatch.setattr(checkpoint, "atomic_write", atomic_write)
     monkeypatch.setattr(store.os, "fsync", lambda fd: None)  # durability is not what is tested here
@@ -189,13 +191,16 @@ def traced_training(monkeypatch, firing: Firing, *args, **kwargs) -> int:
 
         def on_train_begin(self, state):
             sys.setprofile(firing)
+            threading.setprofile(firing)   # and the threads started from now: the checkpoint writer
 
         def on_train_end(self, state, result):
             sys.setprofile(None)
+            threading.setprofile(None)
     try:
         return run_training(*args, callbacks=[Window()], **kwargs)
     finally:
         sys.setprofile(None)
+        threading.setprofile(None)
         monkeypatch.undo()
 
 

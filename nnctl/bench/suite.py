@@ -11,6 +11,9 @@ dependency: without it that column says so.
 The first epoch of each side is a warm-up; the figure is the median of the others. Machines
 are shared: compare ratios from one run, and run the suite more than once.
 
+The predict row's "% floor" is the forward GEMMs alone over the same rows and batches: the
+eval path is near it, so its ratio to PyTorch is mostly one BLAS against another.
+
 `--busy` trains the big MLP for a few epochs alone, then again beside a second CPU-bound
 process (a busy loop, as another job on the machine would be), and prints the slowdown.
 The issue's target is at most 1.5x.
@@ -229,6 +232,26 @@ def floor_seconds(sizes: list[int], n_train: int, n_val: int, batch: int, reps: 
     return best
 
 
+def predict_floor_seconds(sizes: list[int], rows: int, batch: int = 1024, reps: int = 3) -> float:
+    """The forward GEMMs alone of predicting `rows` rows in batches of `batch`: what any
+    implementation of the same dense net must spend (bias, activations and copies excluded)."""
+    rng = np.random.default_rng(3)
+    ws = [rng.standard_normal((i, o)).astype(np.float32) for i, o in zip(sizes[:-1], sizes[1:])]
+    x = rng.standard_normal((batch, sizes[0])).astype(np.float32)
+    outs = [np.empty((batch, o), dtype=np.float32) for o in sizes[1:]]
+    full, rest = divmod(rows, batch)
+    best = float("inf")
+    for _ in range(reps + 1):   # the first is a warm-up
+        t0 = time.perf_counter()
+        for b in [batch] * full + ([rest] if rest else []):
+            h = x[:b]
+            for w, o in zip(ws, outs):
+                np.matmul(h, w, out=o[:b])
+                h = o[:b]
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def predict_seconds(w: Workload, data: Path, threads: int, reps: int = 3) -> tuple[float, float | None]:
     """Best-of-`reps` seconds of predicting every row of the data in batches of 1024: the
     engine's `Sequential.predict` (what `nnctl predict` and `eval` run), and PyTorch's
@@ -268,6 +291,20 @@ def _ms(s: float) -> str:
     return f"{s * 1e3:8.1f} ms" if s < 10 else f"{s:8.2f} s "
 
 
+# With PyTorch present each workload runs this many alternating rounds (nnctl, then PyTorch,
+# then nnctl again ...) and the ratio printed is the median of the rounds' ratios: on a shared
+# machine one round's two halves can see loads several times apart (one suite run measured
+# the 2-D CNN at 0.45x and, a minute later, 1.37x), and alternating pairs them up.
+ROUNDS = 3
+
+
+def _ratio_text(ratios: list[float]) -> str:
+    if not ratios:
+        return "           -"
+    text = f"{statistics.median(ratios):11.2f}x"
+    return text if len(ratios) == 1 else text + "  (" + " ".join(f"{r:.2f}" for r in ratios) + ")"
+
+
 def run_suite(epochs: int = 3, threads: int | None = None, only: str | None = None) -> int:
     from nnctl import threads as th
     choice = th.choose(threads, None)
@@ -276,9 +313,13 @@ def run_suite(epochs: int = 3, threads: int | None = None, only: str | None = No
         have_torch = f"PyTorch {torch.__version__}"
     except ImportError:
         have_torch = None
+    rounds = ROUNDS if have_torch else 1
     say(f"nnctl bench --suite: {epochs} epochs each (median of epochs 2..{epochs}; validation included), "
         f"BLAS {th.blas_name()}, threads {choice.threads} ({choice.source}); "
         f"{have_torch or 'PyTorch not installed: no comparison'}")
+    if have_torch:
+        say(f"{rounds} alternating rounds per workload: times are the rounds' medians, the ratio the median "
+            f"of the rounds' ratios (each round's in brackets)")
     load = _load()
     if load:
         say(f"load average {load}: on a busy machine compare the ratios, not the times")
@@ -290,22 +331,30 @@ def run_suite(epochs: int = 3, threads: int | None = None, only: str | None = No
             if only and only not in w.name:
                 continue
             data = _data(w, folder)
-            ours = _median(nnctl_epochs(w, data, epochs, choice.threads, folder))
+            mine, theirs = [], []
+            for _ in range(rounds):
+                mine.append(_median(nnctl_epochs(w, data, epochs, choice.threads, folder)))
+                if have_torch:
+                    theirs.append(_median(torch_epochs(w, data, epochs, choice.threads)))
+            ours = statistics.median(mine)
             n_val = int(round(0.1 * w.n))
             rate = (w.n - n_val) / ours
             floor = ""
             if w.floor_sizes:
                 floor = f"{floor_seconds(w.floor_sizes, w.n - n_val, n_val, w.batch) / ours:8.1%}"
-            theirs = torch_epochs(w, data, epochs, choice.threads) if have_torch else None
-            t_text = _ms(_median(theirs)) if theirs else "        -   "
-            ratio = f"{_median(theirs) / ours:11.2f}x" if theirs else "           -"
+            t_text = _ms(statistics.median(theirs)) if theirs else "        -   "
+            ratio = _ratio_text([t / o for t, o in zip(theirs, mine)])
             say(f"{w.name:<34}{_ms(ours):>13}{rate:>11,.0f}{floor:>9}{t_text:>13}{ratio:>13}")
         if not only or only in "predict":
             w = WORKLOADS[0]
-            ours, theirs = predict_seconds(w, _data(w, folder), choice.threads)
-            t_text = _ms(theirs) if theirs else "        -   "
-            ratio = f"{theirs / ours:11.2f}x" if theirs else "           -"
-            say(f"{'predict ' + w.name.split()[1] + ' (all rows)':<34}{_ms(ours):>13}{w.n / ours:>11,.0f}{'':>9}"
+            data = _data(w, folder)
+            pairs = [predict_seconds(w, data, choice.threads) for _ in range(rounds)]
+            ours = statistics.median(p[0] for p in pairs)
+            floor = f"{predict_floor_seconds(w.floor_sizes, w.n) / ours:8.1%}"
+            theirs = [p[1] for p in pairs if p[1] is not None]
+            t_text = _ms(statistics.median(theirs)) if theirs else "        -   "
+            ratio = _ratio_text([t / p[0] for t, p in zip(theirs, pairs)])
+            say(f"{'predict ' + w.name.split()[1] + ' (all rows)':<34}{_ms(ours):>13}{w.n / ours:>11,.0f}{floor:>9}"
                 f"{t_text:>13}{ratio:>13}")
     return 0
 

@@ -95,11 +95,11 @@ class RunRecorder:
         arrays.update(state.experiment.preprocessor.to_arrays())   # standardize/*, target/* (data layer)
         return arrays
 
-    # Each returns a job that writes what the state holds now: arrays and metadata are copied
-    # (the optimizer's arrays and the history are live and change in the next epoch).
+    # Each returns a job that writes what the state holds now: the model's and the optimizer's
+    # state_dict() are copies already; the metadata (the history, the rng states) is copied here.
     def _last_job(self, state: Any) -> Callable[[], None]:
         meta = copy.deepcopy(CheckpointMeta(kind="last", **describe(state.experiment), **state.resume_state()).to_meta())
-        arrays = {k: np.array(v, copy=True) for k, v in self._arrays(state, state.model.state_dict(), True).items()}
+        arrays = self._arrays(state, state.model.state_dict(), True)
         epoch = state.epoch
 
         def job() -> None:
@@ -118,16 +118,9 @@ class RunRecorder:
         return lambda: save_checkpoint(self.run.best, meta, arrays)
 
     def save_last(self, state: Any) -> None:
+        """Write last.npz now, in this thread (after any writes in flight)."""
         self._writer.wait()
         self._last_job(state)()
-
-    def save_best(self, state: Any) -> None:
-        self._writer.wait()
-        self._best_job(state)()
-
-    def wait(self) -> None:
-        """Block until the epoch writes in flight are on disk (raising their error, if any)."""
-        self._writer.wait()
 
     # -- events --------------------------------------------------------------------------
     def on_train_begin(self, state: Any) -> None:
