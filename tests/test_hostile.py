@@ -558,6 +558,33 @@ def test_resume_accepts_a_config_yaml_that_says_the_same(tmp_path, trained_run, 
     assert out[-1].startswith("completed: 2 epochs")
 
 
+LONG = "Z" * 300   # over the 255-byte limit of a file name: the OS refuses to look it up
+
+
+@pytest.mark.parametrize("args", [
+    ("train", "--resume", LONG), ("eval", LONG), ("eval", "{run}", "--data", LONG + ".csv"),
+    ("predict", "{run}", LONG + ".csv"), ("show", LONG), ("runs", LONG), ("diff", LONG, LONG),
+    ("export", LONG), ("sweep", "--resume", LONG), ("init", LONG + ".csv"), ("plot", LONG),
+])
+def test_a_path_the_os_refuses_is_one_line_for_every_command(tmp_path, trained_run, monkeypatch, args):
+    """Path.is_dir() and friends raise ENAMETOOLONG instead of answering; the CLI's one net
+    turns it into `error: <excerpt of the path>: File name too long`."""
+    monkeypatch.chdir(tmp_path)
+    args = [a.replace("{run}", str(trained_run)) for a in args]
+    named = next(a for a in args if a.startswith("Z"))
+    before = tree_hash(tmp_path), tree_hash(trained_run)
+    assert cli(*args) == (1, [f"error: {excerpt(named)}: File name too long"])
+    assert (tree_hash(tmp_path), tree_hash(trained_run)) == before
+
+
+def test_a_dataset_name_the_os_refuses_is_one_line(tmp_path):
+    (tmp_path / "s.yaml").write_text(TINY)
+    path = str(tmp_path / LONG)
+    code, out = cli("train", tmp_path / "s.yaml", "--set", f"data.dataset={LONG}", "--runs-dir", tmp_path / "runs")
+    assert (code, out) == (1, [f"error: {excerpt(path)}: File name too long"])
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_symlink_loop_anywhere_in_the_spec_paths_is_one_line(tmp_path):
     _nonregular(tmp_path, "loop", "d.csv")
     (tmp_path / "s.yaml").write_text("data: {dataset: xor, val_path: d.csv}\n")
