@@ -585,6 +585,24 @@ def test_a_dataset_name_the_os_refuses_is_one_line(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("text, where, line", [
+    ('data: {dataset: "d\\0.csv"}\nmodel: {hidden: [4]}\n', "data.dataset", 1),
+    ('data: {dataset: xor, val_path: "v\\0.csv"}\nmodel: {hidden: [4]}\n', "data.val_path", 1),
+    ('name: "x\\0y"\ndata: {dataset: xor}\nmodel: {hidden: [4]}\n', "name", 1),
+    ('data: {dataset: xor}\nmodel: {hidden: [4]}\nloggers: [{mlflow: {tracking_uri: "./m\\0"}}]\n',
+     "loggers[0].mlflow.tracking_uri", 3),
+    ('data: {dataset: xor}\nmodel: {hidden: [4]}\n"k\\0": 1\n', "['k\\x00']", 3),
+])
+def test_a_nul_character_anywhere_in_a_spec_is_one_line(tmp_path, text, where, line):
+    """A NUL is refused while the YAML is read (open() would raise ValueError deep inside)."""
+    (tmp_path / "s.yaml").write_text(text)
+    want = (1, [f"error: {where}: contains a NUL character (\\0), which no setting or file name can hold "
+                f"(s.yaml line {line})"])
+    assert cli("validate", tmp_path / "s.yaml") == want
+    assert cli("train", tmp_path / "s.yaml", "--runs-dir", tmp_path / "runs") == want
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_symlink_loop_anywhere_in_the_spec_paths_is_one_line(tmp_path):
     _nonregular(tmp_path, "loop", "d.csv")
     (tmp_path / "s.yaml").write_text("data: {dataset: xor, val_path: d.csv}\n")

@@ -130,6 +130,10 @@ class RunDir:
         return self.checkpoints / "last.npz"
 
     @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
     def best(self) -> Path:
         return self.checkpoints / "best.npz"
 
@@ -209,7 +213,7 @@ class RunDir:
     # -- files -------------------------------------------------------------------------
     def write_config(self, config: dict[str, Any]) -> None:
         text = dump_yaml(config)
-        atomic_write(self.path / "config.yaml", lambda f: f.write(text), binary=False)
+        atomic_write(self.config_file, lambda f: f.write(text), binary=False)
 
     def write_history(self, history: list[dict[str, Any]]) -> None:
         write_json(self.path / "history.json", history)
