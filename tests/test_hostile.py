@@ -453,6 +453,30 @@ def test_every_problem_is_one_escaped_line(tmp_path):
                    "error: training.epochs: must be >= 1, got 0 (t.yaml line 2)"]
 
 
+@pytest.mark.parametrize("field", ["task", "model.dtype", "early_stopping.best"])
+def test_long_text_in_a_checkpoint_is_quoted_as_an_excerpt(tmp_path, trained_run, field):
+    """A checkpoint's metadata is a user's file too: a field holding a whole file is an excerpt."""
+    from nnctl.runs.checkpoint import load_checkpoint, save_checkpoint
+    run = _copy_run(trained_run, tmp_path / "r")
+    (run / "status.json").write_text('{"status": "interrupted"}')
+    ckpt = load_checkpoint(run / "checkpoints" / "last.npz")
+    meta = {k: v for k, v in ckpt.meta.items() if k not in ("format", "format_version", "nnctl_version")}
+    holder, key = {"task": (meta, "task"), "model.dtype": (meta["model"], "dtype"),
+                   "early_stopping.best": (meta["early_stopping"], "best")}[field]
+    holder[key] = SECRET
+    save_checkpoint(run / "checkpoints" / "last.npz", meta, ckpt.arrays)
+    before = tree_hash(run)
+    path = run / "checkpoints" / "last.npz"
+    want = {"task": f"{path}: metadata field task must be classification or regression, got {excerpt(repr(SECRET))}",
+            "model.dtype": f"{path}: metadata field model.dtype must be float32 or float64, got {excerpt(repr(SECRET))}",
+            "early_stopping.best": f"{path}: cannot resume from this checkpoint (early_stopping.best must be a "
+                                   f"number or null, got {excerpt(repr(SECRET))})"}[field]
+    code, out = cli("train", "--resume", run, "-q") if field.startswith("early") else cli("eval", path)
+    assert (code, out) == (1, [f"error: {want}"])
+    assert "API_TOKEN" not in "".join(out) and len(out[0]) < 300
+    assert tree_hash(run) == before
+
+
 def test_print_error_escapes_caps_and_never_substitutes(capsys):
     from nnctl.console import print_error
     print_error(NnctlError("first\nstill first \x1b[31m:x: [bold]b[/bold]", "second " + "z" * 2000))

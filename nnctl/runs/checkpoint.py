@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from nnctl import __version__
-from nnctl.errors import CheckpointError
+from nnctl.errors import CheckpointError, quoted
 from nnctl.fileio import check_regular
 from nnctl.runs.store import atomic_write, json_default
 
@@ -111,7 +111,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     except RecursionError:
         raise CheckpointError(f"{path}: metadata JSON is nested too deeply") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not an nnctl checkpoint (format is {meta.get('format') if isinstance(meta, dict) else None!r})")
+        raise CheckpointError(f"{path}: not an nnctl checkpoint (format is {quoted(meta.get('format') if isinstance(meta, dict) else None)})")
     version = meta.get("format_version")
     if not isinstance(version, int):
         raise CheckpointError(f"{path}: metadata field format_version is missing or not an integer")
