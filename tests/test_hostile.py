@@ -582,6 +582,30 @@ def test_resume_accepts_a_config_yaml_that_says_the_same(tmp_path, trained_run, 
     assert out[-1].startswith("completed: 2 epochs")
 
 
+@pytest.mark.parametrize("name, kind", [("history.json", "dir"), ("metrics.json", "dir"), ("metrics.json", "fifo"),
+                                        ("history.json", "loop"), ("status.json", "chardev")])
+def test_resume_refuses_a_run_file_it_could_not_replace_before_writing(tmp_path, trained_run, name, kind):
+    """A run file that is a folder, FIFO, device or loop is found before the first write, not by it."""
+    run = _resumable(trained_run, tmp_path / "r")
+    if name == "status.json":   # still resumable: the checkpoint alone says the run is not done
+        _edit_config(run, lambda c: c["training"].update(epochs=3))
+        from nnctl.runs.checkpoint import load_checkpoint, save_checkpoint
+        ckpt = load_checkpoint(run / "checkpoints" / "last.npz")
+        ckpt.meta["config"]["training"]["epochs"] = 3
+        save_checkpoint(run / "checkpoints" / "last.npz", {k: v for k, v in ckpt.meta.items()
+                        if k not in ("format", "format_version", "nnctl_version")}, ckpt.arrays)
+    (run / name).unlink(missing_ok=True)
+    if kind == "dir":
+        (run / name).mkdir()
+    else:
+        _nonregular(run, kind, name)
+    before = tree_hash(run)
+    code, out = cli("train", "--resume", run, "-q")
+    assert (code, out) == (1, [f"error: {run / name}: {KINDS.get(kind, 'is a directory, not a regular file')}; "
+                               f"resuming would replace it, so nothing was changed"])
+    assert tree_hash(run) == before
+
+
 LONG = "Z" * 300   # over the 255-byte limit of a file name: the OS refuses to look it up
 
 

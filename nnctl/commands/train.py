@@ -133,6 +133,7 @@ def _run_training(config, overrides, resume, runs_dir, quiet, held: list, thread
         if status in CLEAN_ENDS:
             raise CheckpointError(f"{resume}: the run already finished ({status}); nothing to resume")
         check_config_unedited(run.config_file, spec.to_dict(), run.last)
+        run.check_replaceable()
         stop.arm()
         run.remove_temp_files()  # left by a process killed mid-write
     else:
