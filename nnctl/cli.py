@@ -239,16 +239,28 @@ def bench(
                                                            "(the first is a warm-up)."),
     only: Optional[str] = typer.Option(None, "--only", help="--suite: only workloads whose name contains this."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="BLAS threads (default as for train)."),
-    defaults: bool = typer.Option(False, "--defaults", help="The defaults panel: candidate initializers on "
+    defaults: bool = typer.Option(False, "--defaults", help="The defaults panel: candidate defaults on "
                                                             "small tasks, test metric mean ± std over seeds."),
     seeds: int = typer.Option(3, "--seeds", min=1, help="--defaults: seeds per task and candidate."),
+    tables: bool = typer.Option(False, "--tables", help="CSV parse time, peak memory and cache-hit time at "
+                                                        "10k/200k/1M rows, pandas beside them if installed."),
+    study: str = typer.Option("initializer", "--study", help="--defaults: which default to test: initializer, "
+                                                             "standardize, adam-lr, batch-size, patience or all."),
 ) -> None:
-    """Time one epoch of an MLP against the GEMM floor (the bare matrix products); --suite, --busy, --defaults."""
+    """Time one epoch of an MLP against the GEMM floor (the bare matrix products); --suite, --busy, --defaults, --tables."""
     from nnctl.threads import preset
     preset(threads)  # before NumPy loads, as for train
+    if tables:
+        from nnctl.bench import tables as tables_mod
+        tables_mod.main([])
+        return
     if defaults:
         from nnctl.bench import defaults as defaults_mod
-        defaults_mod.main(["--seeds", str(seeds)])
+        from nnctl.errors import NnctlError
+        from nnctl.hparams import unknown_name_message
+        if study not in (*defaults_mod.STUDIES, "all"):
+            fail(NnctlError("--study: " + unknown_name_message("study", study, [*defaults_mod.STUDIES, "all"])))
+        defaults_mod.main(["--seeds", str(seeds), "--study", study])
         return
     if suite or busy:
         from nnctl.bench import suite as suite_mod
@@ -265,6 +277,7 @@ def bench(
 def _register_extras() -> None:
     # eval/predict/runs/show/diff/plot and sweep live in their own modules; they add their commands here.
     from nnctl.commands import augment as _augment
+    from nnctl.commands import cache as _cache
     from nnctl.commands import export as _export
     from nnctl.commands import inspect as _inspect
     from nnctl.commands import lr_find as _lr_find
@@ -274,6 +287,7 @@ def _register_extras() -> None:
     _export.register(app, fail)
     _lr_find.register(app, fail)
     _augment.register(app, fail)
+    _cache.register(app, fail)
 
 
 _register_extras()

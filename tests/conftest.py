@@ -3,6 +3,13 @@ from __future__ import annotations
 
 import pytest
 
+@pytest.fixture(autouse=True)
+def _table_cache_dir(tmp_path_factory, monkeypatch):
+    """Every test gets its own parsed-table cache (data.cache: auto), so none writes to ~/.cache
+    and none sees another's tables; subprocesses inherit it through the environment."""
+    monkeypatch.setenv("NNCTL_CACHE_DIR", str(tmp_path_factory.mktemp("nnctl-cache")))
+
+
 # (test id, what was counted) lines, in the order the tests recorded them.
 _COUNTS: list[tuple[str, str]] = []
 

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from nnctl.cli import app
 from nnctl.config.spec import load_spec, spec_from_dict
 from nnctl.data import iterate_batches
-from nnctl.data.augment import (LAYOUTS, TRANSFORMS, Augmenter, _shift_along, batch_rng, describe_entries,
-                                 rotate_images)
+from nnctl.data.augment import (LAYOUTS, TRANSFORMS, Augmenter, batch_rng, describe_entries, gaussian,
+                                 rotate_images, shift_samples)
 from nnctl.engine.losses import get_loss
 from nnctl.errors import ConfigError, DataError
 from nnctl.training.experiment import prepare
@@ -83,16 +83,27 @@ def _one_hot_images(n: int, h: int = 7, w: int = 7) -> tuple[np.ndarray, tuple[i
 
 
 def test_shift_by_k_moves_a_one_hot_pixel_by_k():
+    def shifted(x, offsets, fill):
+        out = x.copy()
+        shift_samples(out, (2,), [np.array(offsets)], [max(abs(o) for o in offsets)], fill)
+        return out
+
     x = np.zeros((3, 1, 10))
     x[:, 0, 4] = 1.0
-    out = _shift_along(x, 2, np.array([2, -3, 0]), "zero")
+    out = shifted(x, [2, -3, 0], "zero")
     assert [int(np.argmax(r[0])) for r in out] == [6, 1, 4]
     assert out.sum() == 3
     # wrap brings a pixel pushed off one end in at the other; zero fill loses it
-    np.testing.assert_array_equal(_shift_along(x[:1], 2, np.array([7]), "wrap")[0, 0], np.eye(10)[1])
-    assert _shift_along(x[:1], 2, np.array([7]), "zero").sum() == 0
-    edge = _shift_along(np.arange(5.0)[None, None, :], 2, np.array([2]), "edge")
+    np.testing.assert_array_equal(shifted(x[:1], [7], "wrap")[0, 0], np.eye(10)[1])
+    assert shifted(x[:1], [7], "zero").sum() == 0
+    edge = shifted(np.arange(5.0)[None, None, :], [2], "edge")
     np.testing.assert_array_equal(edge[0, 0], [0, 0, 0, 1, 2])
+    # two axes in one gather, channels alike: each sample moves by its own (di, dj)
+    img = np.arange(2 * 2 * 4 * 5, dtype=np.float32).reshape(2, 2, 4, 5)
+    both = img.copy()
+    shift_samples(both, (2, 3), [np.array([1, -2]), np.array([0, 3])], [2, 3], "wrap")
+    np.testing.assert_array_equal(both[0], np.roll(img[0], (1, 0), axis=(1, 2)))
+    np.testing.assert_array_equal(both[1], np.roll(img[1], (-2, 3), axis=(1, 2)))
 
     # the transform: every sample's pixel moves by some (di, dj) with |d| <= 2, and all 25 occur
     x, (ci, cj) = _one_hot_images(400)
@@ -165,6 +176,45 @@ def test_noise_has_the_requested_std():
     x = np.zeros((4000, 16), dtype=np.float32)
     make("noise", "table", std=0.05).apply(x, None, batch_rng(0, 0, 0))
     assert abs(x.std() - 0.05) < 0.05 * 0.02 and abs(x.mean()) < 0.001
+    # Box-Muller: Gaussian in shape too (the shares within 1 and 2 std, the fourth moment), odd sizes
+    z = gaussian(np.random.default_rng(3), 100_001, np.float32, 2.0).copy()
+    assert z.dtype == np.float32 and z.shape == (100_001,)
+    within = [np.mean(np.abs(z) < k * 2.0) for k in (1, 2)]
+    assert abs(within[0] - 0.6827) < 0.005 and abs(within[1] - 0.9545) < 0.003
+    assert abs(np.mean(z ** 4) / np.mean(z ** 2) ** 2 - 3.0) < 0.06
+
+
+@pytest.mark.parametrize("name,layout", [c for c in CASES if c[0] != "feature_dropout"],
+                         ids=[f"{n}-{l}" for n, l in CASES if n != "feature_dropout"])
+def test_p_leaves_the_other_samples_exactly_as_they_are(name, layout):
+    """A sample p does not pick gets identity parameters (offset 0, angle 0, factor 1, no box,
+    partner share 0): it comes out bit for bit, about half of them at p 0.5."""
+    x = batch(layout, n=400, dtype=np.float64)
+    y = soft(np.arange(400) % 4, 4, np.float64)
+    xa, ya = x.copy(), y.copy()
+    ya = make(name, layout, p=0.5).apply(xa, ya, batch_rng(0, 0, 0))
+    same = np.all((xa == x).reshape(400, -1), axis=1)
+    assert 0.4 < same.mean() < 0.62
+    np.testing.assert_array_equal(ya[same], y[same])
+
+
+@pytest.mark.parametrize("name,options,layout", [
+    ("shift", {"fill": "zero"}, "images"), ("shift", {"fill": "edge"}, "signals"),
+    ("crop", {"fill": "wrap", "padding": 2}, "sequences"), ("rotate", {"fill": "zero"}, "images"),
+    ("rotate", {"fill": "edge"}, "images"), ("noise", {}, "signals"), ("cutmix", {}, "images"),
+    ("mixup", {}, "table"), ("feature_dropout", {}, "table")])
+def test_kept_scratch_arrays_do_not_leak_between_batches(name, options, layout):
+    """A transform keeps scratch arrays per batch shape; reusing one across batches of other
+    shapes and contents gives what a fresh transform gives."""
+    reused = make(name, layout, **options)
+    for step, n in enumerate([16, 5, 16, 5, 16]):
+        x = batch(layout, n=n, seed=step)
+        y = soft(np.arange(n) % 4, 4)
+        want_x, fresh_y = x.copy(), y.copy()
+        fresh_y = make(name, layout, **options).apply(want_x, fresh_y, batch_rng(1, 0, step))
+        got_y = reused.apply(x, y, batch_rng(1, 0, step))
+        np.testing.assert_array_equal(x, want_x)
+        np.testing.assert_array_equal(got_y, fresh_y)
 
 
 def test_cutout_zeroes_one_box_of_the_given_size():

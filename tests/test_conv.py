@@ -394,3 +394,70 @@ def test_small_cnn_learns_digits():
     assert out.dtype == np.float32
     acc = float((out.argmax(axis=1) == y[test]).mean())
     assert acc >= 0.98, f"test accuracy {acc:.3f} after {time.perf_counter() - t0:.1f} s"
+
+
+# -- pooling against a per-window reference ----------------------------------------------------
+
+def _pool_reference(mode, x, dy, size, stride, pads):
+    """Pooling window by window: the forward values and dx, the first of tied maxima in C order
+    over the window winning its gradient (np.argmax's rule, and PyTorch's)."""
+    fill = -np.inf if mode == "max" else 0.0
+    xp = np.pad(x, [(0, 0), (0, 0)] + list(pads), constant_values=fill)
+    real = np.pad(np.ones(x.shape[2:]), list(pads))
+    out_sizes = dy.shape[2:]
+    y = np.zeros(dy.shape, dtype=x.dtype)
+    dxp = np.zeros(xp.shape, dtype=x.dtype)
+    for o in np.ndindex(*out_sizes):
+        box = tuple(slice(i * s, i * s + k) for i, s, k in zip(o, stride, size))
+        win = xp[(Ellipsis,) + box].reshape(x.shape[:2] + (-1,))
+        if mode == "max":
+            arg = win.argmax(axis=-1)
+            y[(Ellipsis,) + o] = np.take_along_axis(win, arg[..., None], -1)[..., 0]
+            hot = np.zeros(win.shape, dtype=x.dtype)
+            np.put_along_axis(hot, arg[..., None], 1.0, -1)
+            dxp[(Ellipsis,) + box] += (hot * dy[(Ellipsis,) + o][..., None]).reshape(dxp[(Ellipsis,) + box].shape)
+        else:
+            inv = (1.0 / real[box].sum()).astype(x.dtype) if x.dtype == np.float32 else 1.0 / real[box].sum()
+            y[(Ellipsis,) + o] = win.sum(axis=-1) * inv
+            dxp[(Ellipsis,) + box] += (dy[(Ellipsis,) + o] * inv)[(Ellipsis,) + (None,) * len(o)]
+    inner = (Ellipsis,) + tuple(slice(lo, lo + L) for L, (lo, _) in zip(x.shape[2:], pads))
+    return y, dxp[inner]
+
+
+@pytest.mark.parametrize("cls,kw,shape", [
+    (MaxPool2D, {"size": 2}, (3, 6, 8)),                                  # windows tile the input
+    (MaxPool2D, {"size": 2}, (2, 7, 5)),                                  # a remainder row and column
+    (MaxPool2D, {"size": [3, 2], "stride": [1, 2]}, (2, 6, 6)),           # overlapping along H
+    (MaxPool2D, {"size": 2, "stride": 3}, (2, 8, 8)),                     # gaps between windows
+    (MaxPool2D, {"size": 3, "stride": 2, "padding": "same"}, (2, 7, 6)),  # -inf pads, overlap
+    (MaxPool1D, {"size": 4, "stride": 1}, (3, 9)),
+    (AvgPool2D, {"size": 2}, (3, 6, 8)),
+    (AvgPool2D, {"size": 3, "stride": 2, "padding": "same"}, (2, 7, 6)),
+    (AvgPool1D, {"size": 3, "stride": 2}, (2, 10)),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_separable_pooling_equals_the_window_by_window_reference(cls, kw, shape, dtype):
+    rng = np.random.default_rng(11)
+    # small integers: many tied maxima, and window sums that are exact in any order
+    x = rng.integers(-3, 4, (4,) + shape).astype(dtype)
+    layer = built(cls(**kw), shape, dtype)
+    for training in (True, False):  # evaluation records no winners; backward then replays them
+        y = layer.forward(x, training).copy()
+        dy = rng.integers(-5, 6, y.shape).astype(dtype)
+        dx = layer.backward(dy).copy()
+        want_y, want_dx = _pool_reference(layer.MODE, x, dy, layer.size, layer.stride, layer.pads)
+        assert y.dtype == dx.dtype == dtype
+        np.testing.assert_array_equal(y, want_y)
+        if layer.MODE == "max":
+            np.testing.assert_array_equal(dx, want_dx)
+        else:  # overlapping windows add their dy / count terms to one input in another order
+            tol = 1e-6 if dtype == np.float32 else 1e-14  # values are O(1)
+            np.testing.assert_allclose(dx, want_dx, rtol=tol, atol=tol)
+
+
+def test_maxpool_routes_an_infinite_gradient_without_nan():
+    layer = built(MaxPool2D(size=2), (1, 2, 4))
+    x = np.array([[[[1.0, 5.0, 2.0, 2.0], [3.0, 4.0, 0.0, 1.0]]]])
+    layer.forward(x, True)
+    dx = layer.backward(np.array([[[[np.inf, -np.inf]]]]))
+    np.testing.assert_array_equal(dx, [[[[0, np.inf, -np.inf, 0], [0, 0, 0, 0]]]])

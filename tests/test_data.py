@@ -474,7 +474,7 @@ def test_params_data_declares_every_key():
     assert set(PARAMS_DATA) == {"dataset", "target", "task", "val_split", "test_split", "val_path",
                                 "test_path", "standardize", "shape", "features", "target_path", "options",
                                 "ignore", "categorical", "max_categories", "missing", "standardize_target",
-                                "image_size", "color", "augment", "layout"}
+                                "image_size", "color", "augment", "layout", "cache"}
     assert PARAMS_DATA["dataset"].required
     assert PARAMS_DATA["val_split"].default == 0.15 and PARAMS_DATA["val_split"].lt == 1
     assert PARAMS_DATA["task"].choices == ("classification", "regression")

@@ -131,3 +131,40 @@ def test_default_initializer_follows_the_table():
         assert default_initializer("relu") == "lecun_uniform"
         assert default_initializer("tanh") == "orthogonal"
     assert default_initializer("relu") == DEFAULT_INITIALIZERS["relu_like"]
+
+
+def test_a_panel_candidate_stands_in_for_a_default_only_where_the_task_leaves_it_out():
+    from nnctl.bench.defaults import with_defaults
+    task = {"data": {"dataset": "parity", "standardize": False}, "optimizer": "sgd",
+            "training": {"early_stopping": {"monitor": "val_loss", "patience": 20}}}
+    out = with_defaults(task, {"data.standardize": True, "data.standardize_target": False,
+                               "optimizer": {"name": "adam", "lr": 3e-3}, "training.batch_size": 16,
+                               "training.early_stopping.patience": 3, "schedule.name": "cosine"})
+    assert out == {"data": {"dataset": "parity", "standardize": False, "standardize_target": False},
+                   "optimizer": "sgd",
+                   "training": {"early_stopping": {"monitor": "val_loss", "patience": 20}, "batch_size": 16},
+                   "schedule": {"name": "cosine"}}
+    assert task["data"] == {"dataset": "parity", "standardize": False}   # the task itself is untouched
+    assert with_defaults({"optimizer": "sgd"}, {"optimizer.lr": 0.1}) == {"optimizer": "sgd"}   # a name: chosen
+
+
+def test_the_panel_tables_have_categorical_columns_and_the_targets_they_claim(tmp_path):
+    from nnctl.bench.defaults import GENERATED
+    from nnctl.data.dataset import load_dataset
+    GENERATED["table-categorical"](tmp_path / "c.csv")
+    GENERATED["table-regression"](tmp_path / "r.csv")
+    cls = load_dataset({"dataset": str(tmp_path / "c.csv"), "target": "label"}, 0, tmp_path)
+    assert cls.task == "classification" and cls.n_outputs == 3
+    kinds = {c["name"]: c["kind"] for c in cls.table.columns}
+    assert kinds == {"region": "categorical", "plan": "categorical", "age": "numeric", "income": "numeric",
+                     "visits": "numeric", "tenure": "numeric"}
+    assert sorted(cls.classes) == ["high", "low", "mid"]
+    reg = load_dataset({"dataset": str(tmp_path / "r.csv"), "target": "price"}, 0, tmp_path)
+    assert reg.task == "regression" and 300 < float(reg.target_mean[0]) < 500   # an offset target: scaled
+
+
+def test_bench_defaults_refuses_an_unknown_study_in_one_line():
+    res = runner.invoke(app, ["bench", "--defaults", "--study", "patiense"])
+    assert res.exit_code == 1
+    assert res.output == ("error: --study: unknown study 'patiense'; did you mean 'patience'? valid: initializer, "
+                          "standardize, adam-lr, batch-size, patience, all\n")

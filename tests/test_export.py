@@ -18,7 +18,7 @@ ort = pytest.importorskip("onnxruntime", reason="the export extra is not install
 
 from nnctl.cli import app  # noqa: E402
 from nnctl.runs.model import LoadedModel  # noqa: E402
-from nnctl.data import Standardizer  # noqa: E402
+from nnctl.data import Preprocessor, Standardizer, TableEncoder  # noqa: E402
 from nnctl.engine.base import LAYERS  # noqa: E402
 from nnctl.engine.losses import LOSSES  # noqa: E402
 from nnctl.engine.model import Sequential  # noqa: E402
@@ -401,6 +401,240 @@ def test_npz_weights_read_with_numpy_alone(iris_run, tmp_path):
     z = np.maximum(h, 0) @ a["layers.4.W"] + a["layers.4.b"]
     labels = [arch["classes"][i] for i in z.argmax(1)]
     assert labels == _predict_labels(iris_run, IRIS_CSV)
+
+
+# -- a table with text columns and missing cells ----------------------------------------------
+COLORS = ["red", "green", "blue", "teal"]
+
+
+def _table_csv(path: Path, n: int, seed: int, task: str, extra_colors: tuple[str, ...] = ()) -> Path:
+    """A CSV with numbers (some missing), text categories (some missing as '', NA or NaN) and a
+    target that depends on both: string labels for classification, values near 150 for regression."""
+    rng = np.random.default_rng(seed)
+    colors = COLORS + list(extra_colors)
+    rows = ["size,color,weight,shape,target"]
+    for i in range(n):
+        size, weight = rng.normal(0, 1), rng.normal(5, 2)
+        color = colors[i % len(colors)] if i % 11 else ["", "NA", "NaN"][i % 3]
+        shape = ["round", "square"][int(rng.integers(0, 2))]
+        bonus = {"red": 1.5, "green": -1.0}.get(color, 0.0)
+        if task == "classification":
+            target = "big" if size + bonus + (shape == "round") > 0.5 else "small"
+        else:
+            target = f"{150 + 3 * size - 0.5 * weight + 2 * bonus:.4f}"
+        rows.append(f"{'' if i % 7 == 3 else f'{size:.4f}'},{color},{'NA' if i % 13 == 5 else f'{weight:.3f}'},"
+                    f"{shape},{target}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+TABLE_SPEC = """\
+    name: {name}
+    seed: 1
+    data: {{dataset: {csv}, target: target, missing: impute, val_split: 0.2, test_split: 0.2}}
+    model:
+      layers:
+        - dense: {{units: 8, activation: tanh}}
+    {loss}
+    optimizer: {{name: adam, lr: 0.03}}
+    training: {{epochs: 6, batch_size: 16}}
+    """
+
+
+def _table_model(columns, seed=0, **kw) -> LoadedModel:
+    """A random-weight model behind a hand-made table encoding (standardized, one-hot columns left 0/1)."""
+    table = TableEncoder(columns, "impute")
+    width = len(table.feature_names)
+    rng = np.random.default_rng(seed)
+    mean = np.where(table.onehot_mask(), 0.0, rng.normal(0, 2, width))
+    scale = np.where(table.onehot_mask(), 1.0, rng.uniform(0.5, 2, width))
+    lm = loaded([{"type": "dense", "units": 6, "activation": "tanh"}, {"type": "dense", "units": 3}], (width,),
+                seed=seed, standardizer=Standardizer.from_arrays(mean, scale), **kw)
+    lm.preprocessor = Preprocessor(table=table, standardizer=lm.standardizer)
+    lm.feature_names = table.feature_names
+    return lm
+
+
+# raw CSV cells: fills where the column has one; missing markers in several spellings; values
+# training never had ("w", "r", "Y": categories are case-sensitive)
+RAW = {
+    "num_a": ["1.5", "", "-2", "NaN", "3.25", "NA", "0", "7"],
+    "cat_b": ["x", "NA", "w", "", "z", "nan", "N/A", "Y"],
+    "cat_c": ["q", "p", "q", "p", "r", "p", "q", "p"],
+    "num_d": ["0.5", "1", "-1", "2", "0.25", "-3", "4", "1e3"],
+}
+TABLE_COLUMNS = [{"name": "num_a", "kind": "numeric", "fill": 0.5},
+                 {"name": "cat_b", "kind": "categorical", "categories": ["x", "y", "z"], "fill": "y"},
+                 {"name": "cat_c", "kind": "categorical", "categories": ["p", "q"], "fill": None},
+                 {"name": "num_d", "kind": "numeric", "fill": None}]
+
+
+def _nnctl_side(lm, names):
+    """What `nnctl predict` computes from the RAW cells: the data layer reads and encodes them."""
+    from nnctl.data.files import categorical_column, numeric_column
+    from nnctl.export.parity import nnctl_outputs
+    cols = [categorical_column(n, RAW[n]) if n.startswith("cat") else
+            numeric_column("raw", n, RAW[n], range(2, 10)) for n in names]
+    x, unknown = lm.preprocessor.table.transform(cols, "raw", None)
+    return nnctl_outputs(lm, x, 64)[0], unknown
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_table_graph_takes_raw_columns_and_encodes_them_like_nnctl(dtype):
+    lm = _table_model(TABLE_COLUMNS, task="classification", loss="cross_entropy", classes=["a", "b", "c"])
+    proto = build_onnx(lm, dtype)
+    real = onnx.TensorProto.FLOAT if dtype == "float32" else onnx.TensorProto.DOUBLE
+    types = {i.name: i.type.tensor_type.elem_type for i in proto.graph.input}
+    assert types == {"num_a": real, "cat_b": onnx.TensorProto.STRING, "cat_c": onnx.TensorProto.STRING,
+                     "num_d": real}
+    assert [d.dim_param or d.dim_value for d in proto.graph.input[1].type.tensor_type.shape.dim] == ["batch", 1]
+    assert {(o.domain, o.version) for o in proto.opset_import} == {("", 17), ("ai.onnx.ml", 2)}
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(props["columns"]) == ["num_a", "cat_b", "cat_c", "num_d"]
+    assert json.loads(props["input"])["table"]["columns"][1] == {
+        "name": "cat_b", "kind": "categorical", "fill": "y", "categories": ["x", "y", "z"]}
+    feeds = {n: (np.array([float(v) if v not in ("", "NA") else np.nan for v in RAW[n]], dtype=dtype)
+                 if n.startswith("num") else np.array(RAW[n], dtype=object)).reshape(-1, 1) for n in RAW}
+    p, _, _ = run_onnx(proto, feeds)
+    want, unknown = _nnctl_side(lm, list(RAW))
+    assert unknown == 3                                  # w, Y and r took an unknown slot
+    np.testing.assert_allclose(p, want, rtol=0, atol=1e-6)
+
+
+def test_numbers_only_table_with_fills_takes_the_features_matrix_with_nan():
+    lm = _table_model([TABLE_COLUMNS[0], TABLE_COLUMNS[3]])
+    proto = build_onnx(lm)
+    assert [(i.name, [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim])
+            for i in proto.graph.input] == [("features", ["batch", 2])]
+    x = np.array([[float(a) if a not in ("", "NA") else np.nan, float(d)]
+                  for a, d in zip(RAW["num_a"], RAW["num_d"])], dtype=np.float32)
+    (values,) = run_onnx(proto, {"features": x})
+    np.testing.assert_allclose(values, _nnctl_side(lm, ["num_a", "num_d"])[0], rtol=0, atol=1e-6)
+
+
+def test_a_column_named_like_a_graph_output_is_refused():
+    lm = _table_model([{"name": "label", "kind": "categorical", "categories": ["u", "v"], "fill": None}],
+                      task="classification", loss="cross_entropy", classes=["a", "b", "c"])
+    with pytest.raises(ExportError, match=r"^column 'label' has the name of a graph output \(probabilities, "):
+        build_onnx(lm)
+
+
+# A process with only onnxruntime and numpy, fed the CSV's columns as sklearn-onnx users do.
+STANDALONE_TABLE = """
+import csv, sys, numpy as np, onnxruntime as ort
+model, data = sys.argv[1], sys.argv[2]
+rows = list(csv.DictReader(open(data)))
+sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+def number(cell):
+    try:
+        return float(cell)
+    except ValueError:        # "" or NA: missing
+        return float("nan")
+feeds = {}
+for i in sess.get_inputs():
+    cells = [r[i.name].strip() for r in rows]
+    if i.type == "tensor(string)":
+        feeds[i.name] = np.array(cells, dtype=object).reshape(-1, 1)
+    else:
+        feeds[i.name] = np.array([number(c) for c in cells], dtype=np.float32).reshape(-1, 1)
+labels = sess.run(["label"], feeds)[0]
+assert not [m for m in sys.modules if m.startswith("nnctl")]
+print("\\n".join(labels))
+"""
+
+
+@pytest.fixture(scope="module")
+def table_run(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("table")
+    csv_path = _table_csv(tmp / "table.csv", 150, 2, "classification")
+    return _train(tmp, TABLE_SPEC.format(name="table-export", csv=csv_path, loss=""))
+
+
+def test_categorical_csv_export_matches_predict_in_a_process_without_nnctl(table_run, tmp_path):
+    out = tmp_path / "table.onnx"
+    res = runner.invoke(app, ["export", str(table_run), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    # 30 test rows + 6 base rows x (size, weight: missing; color, shape: missing and unseen)
+    csv_path = table_run.parent.parent / "table.csv"
+    assert (f"parity on 66 rows of the test split of {csv_path}, 36 of them probes (a column missing or unseen "
+            "in turn): max abs diff ") in res.stdout
+    assert "labels agree 100.00% (0 differ)" in res.stdout
+    # new rows: a colour training never had, missing numbers and text in several spellings
+    new = _table_csv(tmp_path / "new.csv", 40, 5, "classification", extra_colors=("purple",))
+    text = new.read_text()
+    assert ",purple," in text and ",NA," in text and ",NaN," in text and "\n," in text
+    res = runner.invoke(app, ["export", str(table_run), "--out", str(tmp_path / "m2.onnx"), "--check-data", str(new)])
+    assert res.exit_code == 0, res.output
+    assert f"parity on 76 rows of {new}, 36 of them probes" in res.stdout and "labels agree 100.00%" in res.stdout
+    # on the whole training table (its missing cells, plus the probes' unseen values) within 1e-5
+    res = runner.invoke(app, ["export", str(table_run), "--out", str(tmp_path / "m3.onnx"), "--check-data",
+                              str(csv_path), "--tolerance", "1e-5"])
+    assert res.exit_code == 0, res.output
+    assert f"parity on 186 rows of {csv_path}, 36 of them probes" in res.stdout
+    out2 = subprocess.run([sys.executable, "-c", STANDALONE_TABLE, str(out), str(new)],
+                          capture_output=True, text=True, cwd="/", timeout=120)
+    assert out2.returncode == 0, out2.stderr
+    labels = out2.stdout.split()
+    assert labels == _predict_labels(table_run, new) and len(labels) == 40 and set(labels) == {"big", "small"}
+
+
+def test_a_wrong_table_encoding_fails_the_parity_check(table_run, tmp_path, monkeypatch):
+    from nnctl.export import tabular
+    monkeypatch.setattr(tabular, "missing_markers", lambda: [])   # missing text would land in "unknown"
+    out = tmp_path / "bad.onnx"
+    res = runner.invoke(app, ["export", str(table_run), "--out", str(out)])
+    assert res.exit_code == 1
+    assert f"error: {out}: onnxruntime differs from nnctl by " in res.output and out.exists()
+
+
+def test_check_data_with_a_missing_cell_and_no_fill_is_refused_as_predict_refuses_it(tmp_path):
+    csv_path = _table_csv(tmp_path / "table.csv", 100, 2, "classification")
+    run = _train(tmp_path, TABLE_SPEC.format(name="table-drop", csv=csv_path, loss="").replace("impute", "drop"))
+    res = runner.invoke(app, ["export", str(run)])       # no fills: only unseen-value probes
+    assert res.exit_code == 0, res.output
+    assert ", 12 of them probes (a column missing or unseen in turn)" in res.stdout
+    new = tmp_path / "new.csv"
+    new.write_text("size,color,weight,shape\n1.0,red,2.5,round\n0.5,blue,NA,square\n")
+    message = ("error: new.csv row 3, column 'weight': missing value (1 in this column); the model was trained "
+               "with data.missing: drop, so it has no fill value (use data.missing: impute)")
+    res = runner.invoke(app, ["export", str(run), "--check-data", str(new), "--out", str(tmp_path / "m.onnx")])
+    assert res.exit_code == 1 and res.output.strip() == message and not (tmp_path / "m.onnx").exists()
+    res = runner.invoke(app, ["predict", str(run), str(new)])
+    assert res.exit_code == 1 and res.output.strip() == message
+
+
+def test_npz_weights_regression_in_target_units_from_the_file_alone(tmp_path):
+    csv_path = _table_csv(tmp_path / "table.csv", 120, 0, "regression")
+    run = _train(tmp_path, TABLE_SPEC.format(name="table-npz", csv=csv_path, loss="loss: mse"))
+    res = runner.invoke(app, ["export", str(run), "--format", "npz-weights"])
+    assert res.exit_code == 0, res.output
+    assert "max abs diff 0 (tolerance" in res.stdout
+    with np.load(run / "model.weights.npz", allow_pickle=False) as npz:
+        arch = json.loads(npz["architecture.json"].decode("utf-8"))
+        a = {k: npz[k].astype(np.float64) for k in npz.files if k != "architecture.json"}
+    assert arch["format_version"] == 2 and arch["target"] == {"unscale": "values * target.scale + target.mean"}
+    assert a["target.mean"].shape == (1,) and 140 < a["target.mean"][0] < 160
+    # the CSV encoded by hand from the JSON: numbers (mean-filled), one-hot text columns + unknown slot
+    header, *cells = [line.split(",") for line in csv_path.read_text().splitlines()]
+    feats = []
+    for col in arch["input"]["table"]["columns"]:
+        j = header.index(col["name"])
+        raw = [r[j] for r in cells]
+        if col["kind"] == "numeric":
+            feats.append([[col["fill"] if v in ("", "NA") else float(v)] for v in raw])
+        else:
+            cats = col["categories"]
+            vals = [col["fill"] if v in ("", "NA", "NaN") else v for v in raw]
+            feats.append([[float(v == c) for c in cats] + [float(v not in cats)] for v in vals])
+    x = np.concatenate([np.array(f) for f in feats], axis=1)
+    assert x.shape == (120, 2 + 5 + 3) and arch["feature_names"][1:6] == [
+        "color=blue", "color=green", "color=red", "color=teal", "color=<unknown>"]
+    h = np.tanh(((x - a["standardize.mean"]) / a["standardize.scale"]) @ a["layers.0.W"] + a["layers.0.b"])
+    values = (h @ a["layers.1.W"] + a["layers.1.b"]) * a["target.scale"] + a["target.mean"]
+    pred = runner.invoke(app, ["predict", str(run), str(csv_path)])
+    assert pred.exit_code == 0, pred.output
+    want = np.array([float(line.split(",")[0]) for line in pred.stdout.splitlines()[1:]])
+    np.testing.assert_allclose(values[:, 0], want, rtol=1e-6, atol=0)   # float32 predictions near 150
 
 
 def test_regression_without_test_split_checks_on_the_val_split_and_says_so(tmp_path):

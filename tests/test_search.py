@@ -361,8 +361,8 @@ def test_a_method_whose_packages_are_missing_is_refused_before_anything_runs(tmp
     assert errors_of(path) == ['method: method gp runs on Optuna, which is not installed: pip install -e ".[search]" '
                                "(sweep.yaml line 6)"]
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
-    assert errors_of(path) == ["method: method gp needs torch and scipy (Optuna's GPSampler): pip install torch scipy "
-                               "(sweep.yaml line 6)"]
+    assert errors_of(path) == ["method: method gp needs torch and scipy (Optuna's GPSampler): "
+                               'pip install -e ".[search-gp]" (sweep.yaml line 6)']
 
 
 def test_cli_dry_run_prints_the_space_and_the_first_proposals(tmp_path):

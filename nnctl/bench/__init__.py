@@ -11,6 +11,7 @@
     python -m nnctl.bench.defaults the defaults panel: candidate defaults on a dozen small tasks
     python -m nnctl.bench.startup  what `import nnctl.cli` imports and how long `nnctl --help` takes
     python -m nnctl.bench.own_data a table with categories and missing values: nnctl against scikit-learn
+    python -m nnctl.bench.tables   CSV parse time, peak memory and cache hits at 10k/200k/1M rows (`nnctl bench --tables`)
 
 Output goes through the console (`say`), never through the engine.
 """

@@ -8,7 +8,8 @@ loss, backward, Adam) with and without a typical augmentation list:
 - an MLP 32-64-64-4 on a table (N, 32), with noise, feature_dropout and mixup.
 
 Epochs with and without augmentation alternate and each condition keeps its fastest epoch,
-so load from other processes on a shared machine hits both alike. The issue's budget: at
+so load from other processes on a shared machine hits both alike. Then each transform is
+timed alone on the same batches, as a share of the plain epoch. The issue's budget: at
 most +50% epoch time for the CNN, far less for the MLP.
 """
 from __future__ import annotations
@@ -54,30 +55,51 @@ def epoch_seconds(model: Sequential, split: Split, batch: int, aug, epoch: int) 
     return time.perf_counter() - t
 
 
-def measure(name: str, specs: list[dict], shape: tuple[int, ...], aug: Augmenter, n: int, batch: int,
-            repeats: int) -> dict[str, float]:
+def augment_seconds(aug: Augmenter, x: np.ndarray, y: np.ndarray, batch: int, repeats: int) -> float:
+    """The fastest of `repeats` passes of the augmentation alone over x's batches (no training).
+
+    Each batch is copied into one reused buffer first, as iterate_batches does, so only the
+    transforms are timed.
+    """
+    buf = np.empty((batch,) + x.shape[1:], dtype=x.dtype)
+    times = []
+    for r in range(repeats):
+        f = aug.for_epoch(0, r)
+        t = time.perf_counter()
+        for step, start in enumerate(range(0, len(x), batch)):
+            xb = buf[:len(x[start:start + batch])]
+            np.copyto(xb, x[start:start + batch])
+            f(step, xb, y[start:start + batch])
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def measure(name: str, specs: list[dict], shape: tuple[int, ...], layout: str, items: list[tuple[str, dict]],
+            n: int, batch: int, repeats: int) -> dict[str, float]:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n,) + shape).astype(np.float32)
     y = rng.integers(0, 4, n)
     split = Split(x, y, None)
+    aug = augmenter(layout, items, 4)
     model = Sequential.from_config(specs, shape, np.random.default_rng([0, 0]), np.float32)
     epoch_seconds(model, split, batch, aug, 0)          # warm up caches and workspaces
     plain, augmented = [], []
     for r in range(repeats):
         plain.append(epoch_seconds(model, split, batch, None, r))
         augmented.append(epoch_seconds(model, split, batch, aug, r))
-    # the augmentation alone, on the same batches
-    t = time.perf_counter()
-    for r in range(repeats):
-        f = aug.for_epoch(0, r)
-        for step, start in enumerate(range(0, n, batch)):
-            f(step, x[start:start + batch].copy(), y[start:start + batch])
-    alone = (time.perf_counter() - t) / repeats
     best_plain, best_aug = min(plain), min(augmented)
+    alone = augment_seconds(aug, x, y, batch, repeats)
     say(f"{name}: epoch of {n} samples, batch {batch}: {best_plain:.3f} s without augmentation, "
-          f"{best_aug:.3f} s with ({100 * (best_aug / best_plain - 1):+.1f}%); augmentation alone "
-          f"{alone:.3f} s ({100 * alone / best_plain:.1f}% of the plain epoch); fastest of {repeats}")
-    return {"plain": best_plain, "augmented": best_aug, "alone": alone}
+        f"{best_aug:.3f} s with ({100 * (best_aug / best_plain - 1):+.1f}%); augmentation alone "
+        f"{alone:.3f} s ({100 * alone / best_plain:.1f}% of the plain epoch); fastest of {repeats}")
+    out = {"plain": best_plain, "augmented": best_aug, "alone": alone}
+    for item in items:
+        # one transform alone: a mixing one turns the labels into soft targets, counted with it
+        one = augment_seconds(augmenter(layout, [item], 4), x, y, batch, repeats)
+        say(f"  {item[0]:<16} {1e6 * one / -(-n // batch):6.1f} us a batch, "
+            f"{100 * one / best_plain:5.1f}% of the plain epoch")
+        out[item[0]] = one
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
@@ -101,11 +123,10 @@ def _run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     mlp = [{"type": "dense", "units": 64, "activation": "relu"},
            {"type": "dense", "units": 64, "activation": "relu"}, {"type": "dense", "units": 4}]
     return {
-        "cnn1d": measure("1-D CNN on signals (1, 128)", cnn, (1, 128), augmenter("signals", CNN_AUGMENT, 4),
+        "cnn1d": measure("1-D CNN on signals (1, 128)", cnn, (1, 128), "signals", CNN_AUGMENT,
                          args.n, args.batch, args.repeats),
         # 8x the samples: an MLP epoch is so short that machine noise would swamp it
-        "mlp": measure("MLP on a table (32,)", mlp, (32,), augmenter("table", MLP_AUGMENT, 4),
-                       8 * args.n, args.batch, args.repeats),
+        "mlp": measure("MLP on a table (32,)", mlp, (32,), "table", MLP_AUGMENT, 8 * args.n, args.batch, args.repeats),
     }
 
 

@@ -6,28 +6,34 @@ default, through the real `nnctl train` path (validation, early stopping, best w
 split), and reports the test metric's mean and spread per (task, candidate). The README's
 "Defaults" table is this panel's output; rerun it before changing a default.
 
-A candidate is a value of one declared default table (today the initializer per activation
-family, `nnctl.engine.initializers.DEFAULT_INITIALIZERS`); the panel swaps the table's value
-for the duration of the candidate's runs and puts it back, so every layer type that follows
-the table (dense, conv, ...) is covered without naming the initializer in any spec.
+Candidates come in studies, one default each (`--study`). An initializer candidate swaps a
+value of the declared table `nnctl.engine.initializers.DEFAULT_INITIALIZERS` for the duration
+of its runs and puts it back, so every layer type that follows the table (dense, conv, ...)
+is covered without naming the initializer in any spec. Any other candidate gives spec values
+(dotted keys) that stand in for a default: each is set only where the task's spec leaves the
+key out, because a task that sets it (binary inputs unstandardized, a GRU with more patience)
+does so for its own reason and would not see the default anyway.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import yaml
 
 from nnctl.console import console
 
 # name -> spec (without seed/name). Small and quick on 2 cores; each stops early on val_loss.
-ES = {"monitor": "val_loss", "patience": 8, "restore_best": True}
+# Patience is left to the default so that the patience study measures it.
+ES = {"monitor": "val_loss", "restore_best": True}
 TASKS: dict[str, dict[str, Any]] = {
     "digits-mlp": {"data": {"dataset": "digits"}, "model": {"hidden": [128, 64]},
                    "training": {"epochs": 40, "early_stopping": ES}},
@@ -60,20 +66,109 @@ TASKS: dict[str, dict[str, Any]] = {
                        "optimizer": {"name": "adam", "lr": 0.003},
                        # marked XOR sits on a plateau before it is solved: more patience
                        "training": {"epochs": 40, "early_stopping": {**ES, "patience": 20}}},
+    # CSV tables written by `GENERATED` below: mixed scales and categorical columns, the shape
+    # of data users bring; "dataset" is filled in with the generated file.
+    "table-categorical": {"data": {"target": "label"}, "model": {"hidden": [64, 64]},
+                          "training": {"epochs": 40, "early_stopping": ES}},
+    "table-regression": {"data": {"target": "price"}, "model": {"hidden": [64, 64]},
+                         "training": {"epochs": 40, "early_stopping": ES}},
 }
 
-# Candidate initializers for ReLU-like activations (the family where the choice matters most).
-CANDIDATES: dict[str, dict[str, str]] = {
-    "he_normal": {"relu_like": "he_normal"},
-    "he_uniform": {"relu_like": "he_uniform"},
-    "xavier_uniform": {"relu_like": "xavier_uniform"},
-    "lecun_uniform": {"relu_like": "lecun_uniform"},
-    "lecun_normal": {"relu_like": "lecun_normal"},
+
+def _table(rng: np.random.Generator, n: int) -> tuple[dict[str, Any], np.ndarray]:
+    """Columns of a customer-like table and a latent score that mixes numbers and categories."""
+    region = rng.choice(["north", "south", "east", "west", "centre", "islands"], size=n)
+    plan = rng.choice(["basic", "plus", "pro", "team"], size=n)
+    age = rng.normal(45.0, 12.0, size=n)
+    income = rng.lognormal(10.5, 0.5, size=n)            # tens of thousands: scales far apart
+    visits = rng.poisson(6.0, size=n).astype(float)
+    tenure = rng.exponential(3.0, size=n)
+    r_eff = dict(zip(["north", "south", "east", "west", "centre", "islands"], rng.normal(0, 1.0, 6)))
+    p_slope = dict(zip(["basic", "plus", "pro", "team"], [-1.0, 0.0, 1.0, 2.0]))
+    z_age, z_inc = (age - 45.0) / 12.0, (np.log(income) - 10.5) / 0.5
+    score = (np.array([r_eff[r] for r in region]) + np.array([p_slope[p] for p in plan]) * z_inc
+             + 0.8 * np.sin(2.0 * z_age) + 0.3 * (visits - 6.0) / 2.4 + 0.2 * tenure)
+    cols = {"region": region, "plan": plan, "age": age, "income": income, "visits": visits, "tenure": tenure}
+    return cols, score
+
+
+def _write_table(path: Path, cols: dict[str, Any], target: str, values: np.ndarray) -> None:
+    names = list(cols) + [target]
+    rows = zip(*(cols[c] for c in cols), values)
+    lines = [",".join(names)] + [",".join(v if isinstance(v, str) else f"{float(v):.6g}" for v in row)
+                                 for row in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _categorical_table(path: Path) -> None:
+    rng = np.random.default_rng(1234)
+    cols, score = _table(rng, 1500)
+    noisy = score + rng.normal(0.0, 0.5, size=len(score))
+    cuts = np.quantile(noisy, [1 / 3, 2 / 3])               # three balanced classes
+    _write_table(path, cols, "label", np.array(["low", "mid", "high"], dtype=object)[np.digitize(noisy, cuts)])
+
+
+def _regression_table(path: Path) -> None:
+    rng = np.random.default_rng(4321)
+    cols, score = _table(rng, 1500)
+    # a price in the hundreds with an offset: the regime standardize_target is for
+    _write_table(path, cols, "price", 400.0 + 60.0 * (score + rng.normal(0.0, 0.3, size=len(score))))
+
+
+GENERATED: dict[str, Callable[[Path], None]] = {"table-categorical": _categorical_table,
+                                                 "table-regression": _regression_table}
+
+# A candidate: {"init": values for DEFAULT_INITIALIZERS} and/or {"spec": {dotted key: value}}.
+# "default" is nnctl as shipped; each study compares it with the alternatives to one default.
+CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
+    "default": {},
+    # the initializer for ReLU-like activations (the family where the choice matters most)
+    "he_normal": {"init": {"relu_like": "he_normal"}},
+    "he_uniform": {"init": {"relu_like": "he_uniform"}},
+    "xavier_uniform": {"init": {"relu_like": "xavier_uniform"}},
+    "lecun_uniform": {"init": {"relu_like": "lecun_uniform"}},
+    "lecun_normal": {"init": {"relu_like": "lecun_normal"}},
+    "standardize-off": {"spec": {"data.standardize": False}},
+    "target-raw": {"spec": {"data.standardize_target": False}},
+    "adam-lr-3e-4": {"spec": {"optimizer": {"name": "adam", "lr": 3e-4}}},
+    "adam-lr-3e-3": {"spec": {"optimizer": {"name": "adam", "lr": 3e-3}}},
+    "adam-lr-1e-2": {"spec": {"optimizer": {"name": "adam", "lr": 1e-2}}},
+    "batch-16": {"spec": {"training.batch_size": 16}},
+    "batch-64": {"spec": {"training.batch_size": 64}},
+    "batch-128": {"spec": {"training.batch_size": 128}},
+    "patience-3": {"spec": {"training.early_stopping.patience": 3}},
+    "patience-10": {"spec": {"training.early_stopping.patience": 10}},
+    "patience-20": {"spec": {"training.early_stopping.patience": 20}},
 }
+STUDIES: dict[str, list[str]] = {
+    "initializer": ["default", "he_normal", "he_uniform", "lecun_uniform", "lecun_normal"],
+    "standardize": ["default", "standardize-off", "target-raw"],
+    "adam-lr": ["default", "adam-lr-3e-4", "adam-lr-3e-3", "adam-lr-1e-2"],
+    "batch-size": ["default", "batch-16", "batch-64", "batch-128"],
+    "patience": ["default", "patience-3", "patience-10", "patience-20"],
+}
+
+
+def with_defaults(spec: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `spec` with each dotted key of `values` set where the spec leaves it out."""
+    out = copy.deepcopy(spec)
+    for dotted, value in values.items():
+        *parents, leaf = dotted.split(".")
+        node = out
+        for key in parents:
+            if key not in node:
+                node[key] = {}
+            node = node[key]
+            if not isinstance(node, dict):   # e.g. `optimizer: sgd` as a name: the spec chose
+                break
+        else:
+            node.setdefault(leaf, copy.deepcopy(value))
+    return out
 
 
 @contextmanager
 def candidate(values: dict[str, str]) -> Iterator[None]:
+    """Swap initializer defaults in for the duration of the block (the table is restored after)."""
     from nnctl.engine import initializers
     saved = dict(initializers.DEFAULT_INITIALIZERS)
     initializers.DEFAULT_INITIALIZERS.update(values)
@@ -84,10 +179,15 @@ def candidate(values: dict[str, str]) -> Iterator[None]:
         initializers.DEFAULT_INITIALIZERS.update(saved)
 
 
-def run_one(task: str, seed: int, workdir: Path) -> float:
+def run_one(task: str, seed: int, workdir: Path, spec_defaults: dict[str, Any] | None = None) -> float:
     """Train `task` with `seed` through `nnctl train`; its test accuracy (or R² for regression)."""
     from nnctl.commands.train import run_training
-    spec = {"name": f"{task}-s{seed}", "seed": seed, **TASKS[task]}
+    spec = with_defaults({"name": f"{task}-s{seed}", "seed": seed, **TASKS[task]}, spec_defaults or {})
+    if task in GENERATED:
+        csv = workdir / f"{task}.csv"
+        if not csv.exists():
+            GENERATED[task](csv)
+        spec["data"]["dataset"] = str(csv)
     path = workdir / f"{task}-s{seed}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
     runs = workdir / "runs"
@@ -106,16 +206,17 @@ def run_panel(tasks: list[str], candidates: list[str], seeds: list[int]) -> dict
     results: dict[str, dict[str, list[float]]] = {t: {} for t in tasks}
     with tempfile.TemporaryDirectory(prefix="nnctl-defaults-") as tmp:
         for name in candidates:
-            with candidate(CANDIDATES[name]):
+            cand = CANDIDATES[name]
+            with candidate(cand.get("init", {})):
                 for task in tasks:
-                    results[task][name] = [run_one(task, s, Path(tmp)) for s in seeds]
+                    results[task][name] = [run_one(task, s, Path(tmp), cand.get("spec")) for s in seeds]
     return results
 
 
 def render(results: dict[str, dict[str, list[float]]]) -> None:
     from rich.table import Table
     names = list(next(iter(results.values())).keys())
-    table = Table(title="test accuracy (R² for sine): mean ± std over seeds; best mean in bold",
+    table = Table(title="test accuracy (R² for sine, table-regression): mean ± std over seeds; best mean in bold",
                   title_justify="left")
     table.add_column("task")
     for n in names:
@@ -136,11 +237,19 @@ def render(results: dict[str, dict[str, list[float]]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="nnctl bench --defaults", description=__doc__.splitlines()[0])
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated task names")
-    p.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated candidate names")
+    p.add_argument("--study", choices=[*STUDIES, "all"], default="initializer",
+                   help="which default to put through the panel (its candidates beside 'default')")
+    p.add_argument("--candidates", default=None, help="comma-separated candidate names (instead of --study)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per (task, candidate)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     a = p.parse_args(argv)
-    tasks, cands = a.tasks.split(","), a.candidates.split(",")
+    if a.candidates is not None:
+        cands = a.candidates.split(",")
+    elif a.study == "all":
+        cands = list(dict.fromkeys(c for study in STUDIES.values() for c in study))
+    else:
+        cands = STUDIES[a.study]
+    tasks = a.tasks.split(",")
     for t in tasks:
         if t not in TASKS:
             p.error(f"unknown task {t!r}; tasks: {', '.join(TASKS)}")
@@ -153,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"{len(tasks)} tasks × {len(cands)} candidates × {a.seeds} seeds in "
                   f"{time.perf_counter() - t0:.0f} s", highlight=False)
     if a.json is not None:
-        a.json.write_text(json.dumps({"seeds": a.seeds, "results": results}, indent=2) + "\n", encoding="utf-8")
+        a.json.write_text(json.dumps({"seeds": a.seeds, "candidates": {c: CANDIDATES[c] for c in cands},
+                                             "results": results}, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

@@ -59,14 +59,16 @@ def run_lr_find(config: Path, min_lr: float, max_lr: float, steps: int, apply: b
         console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     line(f"lr-find {spec.name}: {len(result.lrs)} steps from lr {min_lr:g} to {result.lrs[-1]:.3g}; {result.stopped}")
-    if result.steepest is not None:
-        line(f"suggested lr: {result.steepest:.3g} (steepest descent of the smoothed loss)")
+    if result.suggested is not None:
+        line(f"suggested lr: {result.suggested:.3g} (half the lr where the smoothed loss bottoms out)")
     else:
         line("suggested lr: none (the smoothed loss never fell; widen --min/--max or add --steps)")
+    also = [f"steepest descent at {result.steepest:.3g} (moves with --steps)"] if result.steepest is not None else []
     if result.min_over_10 is not None:
-        line(f"  also: {result.min_over_10:.3g} (the lr of the lowest smoothed loss, / 10)")
+        also.append(f"lowest loss / 10 at {result.min_over_10:.3g}")
+    if also:
+        line("  also: " + ", ".join(also))
     line(f"curve: {folder / 'lr_find.json'}" + (f", {png}" if png else ""))
-    pick = result.steepest if result.steepest is not None else result.min_over_10
-    if apply and pick is not None:
-        line(f"nnctl train {config} --set optimizer.lr={pick:.3g}")
+    if apply and result.suggested is not None:
+        line(f"nnctl train {config} --set optimizer.lr={result.suggested:.3g}")
     return folder

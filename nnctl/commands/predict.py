@@ -7,7 +7,7 @@ ignored, with one note naming them), a .npy of features (memory-mapped) or an .n
 original labels (or values, in the target's own units), and with `proba` one `p_<label>`
 column per class; to a file (written atomically) or to a stream.
 
-A CSV input is parsed in chunks (at most CHUNK_ROWS rows and CHUNK_CELLS cells) and a .npy
+A CSV input is parsed a block at a time by the training parser (numpy's C reader) and a .npy
 is memory-mapped, and each chunk's predictions are written before the next is read, so
 memory is bounded for an input of any length (an .npz is read whole: np.load cannot map a zip).
 """
@@ -22,29 +22,30 @@ from typing import IO, Iterator
 import numpy as np
 
 from nnctl.data import Split, TableEncoder, load_features
-from nnctl.data.files import CsvTable, is_number, not_utf8, read_csv_columns, suffix_of
+from nnctl.data.files import CATEGORICAL, NUMERIC, Column, categorical_column, is_number, suffix_of
+from nnctl.data.stream import csv_chunks, head_records
 from nnctl.runs.model import CLASSIFICATION, LoadedModel
 from nnctl.errors import DataError, NnctlError
-from nnctl.fileio import check_regular
 from nnctl.runs.store import atomic_write
 from nnctl.training.metrics import predicted_classes
 
-# Rows parsed per chunk of a CSV input (each chunk is then cut into batch_size batches)...
+# A CSV input is parsed a block of text at a time (nnctl.data.files.BLOCK_BYTES); an .npy or
+# an image folder is predicted CHUNK_ROWS rows at a time; a model without feature names
+# guesses its numeric columns from the first chunk of rows, at most CHUNK_CELLS cells.
 CHUNK_ROWS = 16384
-# ... and at most this many cells: a parsed cell is a Python string of ~55 bytes, so 16384
-# rows of 256 columns would hold ~230 MB of strings at once.
 CHUNK_CELLS = 1_000_000
 
 
 class CsvFeatureReader:
     """Streams the model's feature columns out of a CSV file, a chunk of rows at a time.
 
-    Same conventions as training's CSV reader (nnctl.data.files): header on the first
-    non-blank line, UTF-8 with optional BOM, quoted fields, blank lines skipped, 1-based
-    file lines in messages. Columns are matched by name and encoded by the checkpoint's
-    table encoding (categories one-hot, unseen ones to "unknown", imputed fills); every
-    feature must be present; other columns are ignored (listed once in `notes`), and the
-    `keep` columns are handed back as text beside each chunk.
+    Same conventions and parser as training (nnctl.data.files, via nnctl.data.stream): header
+    on the first non-blank line, UTF-8 with optional BOM, quoted fields, blank lines skipped,
+    1-based file lines in messages. Columns are matched by name and encoded by the
+    checkpoint's table encoding (categories one-hot, unseen ones to "unknown", imputed
+    fills); every feature must be present; other columns are ignored (listed once in
+    `notes`), and the `keep` columns are handed back as text beside each chunk.
+    chunk_rows: cut each parsed block into chunks of at most this many rows.
     """
 
     def __init__(self, path: Path, feature_names: list[str] | None, target_name: str | None,
@@ -62,41 +63,8 @@ class CsvFeatureReader:
         self.notes: list[str] = []
         self.unknown = 0
 
-    def _open(self) -> IO[str]:
-        check_regular(self.path, DataError, self.name, missing_ok=True)
-        try:
-            return open(self.path, encoding="utf-8-sig", newline="")
-        except FileNotFoundError:
-            raise DataError(f"{self.name}: file not found ({self.path})") from None
-        except IsADirectoryError:
-            raise DataError(f"{self.name}: is a directory, not a CSV file ({self.path})") from None
-        except OSError as err:
-            raise DataError(f"{self.name}: cannot read ({err.strerror or err})") from None
-
-    def _records(self, f: IO[str]) -> Iterator[tuple[int, list[str]]]:
-        """(first file line, fields) of every non-blank record."""
-        reader = csv.reader(f)
-        end = 0
-        try:
-            for record in reader:
-                start, end = end + 1, reader.line_num
-                if not record or (len(record) == 1 and not record[0].strip()):
-                    continue
-                yield start, record
-        except csv.Error as err:
-            raise DataError(f"{self.name} row {reader.line_num}: {err}") from None
-        except UnicodeDecodeError:
-            raise not_utf8(self.path, self.name) from None
-
-    def _encoding(self, header: list[str], first: list[tuple[int, list[str]]]) -> TableEncoder:
+    def _encoding(self, header: list[str]) -> TableEncoder:
         """The table encoding to apply; checks the header fits the model and notes ignored columns."""
-        seen: dict[str, int] = {}
-        for j, h in enumerate(header, start=1):
-            if not h:
-                raise DataError(f"{self.name}: column {j} has no name in the header")
-            if h in seen:
-                raise DataError(f"{self.name}: duplicate column name '{h}' (columns {seen[h]} and {j})")
-            seen[h] = j
         for k in self.keep:
             if k not in header:
                 raise DataError(f"{self.name}: --keep names no column '{k}'; columns are: {', '.join(header)}")
@@ -104,8 +72,11 @@ class CsvFeatureReader:
         want = math.prod(self.input_shape)
         table = self.table
         if table is None and self.feature_names is None:
+            # a model from before feature names were kept: the numeric columns of the first chunk
+            first = head_records(self.path, self.chunk_rows or min(CHUNK_ROWS, max(64, CHUNK_CELLS // len(header))))
+
             def numeric(j: int) -> bool:
-                return any(is_number(rec[j]) for _, rec in first if j < len(rec))
+                return any(is_number(rec[j]) for rec in first if j < len(rec))
             names = [h for j, h in enumerate(header) if j != target and numeric(j) and h not in self.keep]
             if len(names) != want:
                 raise DataError(f"{self.name}: {len(names)} numeric feature columns, the model expects {want} "
@@ -125,48 +96,40 @@ class CsvFeatureReader:
             self.notes.append(f"{self.name}: ignored columns the model does not use: {', '.join(ignored)}")
         return table
 
-    def _parse(self, header: list[str], table: TableEncoder,
-               chunk: list[tuple[int, list[str]]]) -> tuple[np.ndarray, list[list[str]]]:
-        width = len(header)
-        for line, record in chunk:
-            if len(record) != width:
-                raise DataError(f"{self.name} row {line}: expected {width} fields, got {len(record)}")
-        part = CsvTable(self.name, header, [r for _, r in chunk], [line for line, _ in chunk])
-        x, unknown = table.transform(read_csv_columns(part, table.kinds, self.dtype), self.name, part.lines)
-        self.unknown += unknown
-        kept = [part.column(header.index(k)) for k in self.keep]
-        return x.reshape((len(chunk),) + self.input_shape), kept
-
     def chunks_with_kept(self) -> Iterator[tuple[np.ndarray, list[list[str]]]]:
-        """(features (b, *input_shape) float64, the --keep columns' cells), b <= chunk_rows, in file order."""
-        with self._open() as f:
-            records = self._records(f)
-            header_record = next(records, None)
-            if header_record is None:
-                raise DataError(f"{self.name}: file is empty")
-            header = [h.strip() for h in header_record[1]]
-            size = self.chunk_rows or min(CHUNK_ROWS, max(64, CHUNK_CELLS // len(header)))
-            chunk: list[tuple[int, list[str]]] = []
-            table: TableEncoder | None = None
-            any_rows = False
-            for rec in records:
-                chunk.append(rec)
-                if len(chunk) == size:
-                    if table is None:
-                        table = self._encoding(header, chunk)
-                    yield self._parse(header, table, chunk)
-                    any_rows = True
-                    chunk = []
-            if chunk:
-                if table is None:
-                    table = self._encoding(header, chunk)
-                yield self._parse(header, table, chunk)
-                any_rows = True
-            if not any_rows:
-                raise DataError(f"{self.name}: no data rows, only a header")
+        """(features (b, *input_shape) float64, the --keep columns' cells), in file order."""
+        tables: list[TableEncoder] = []
+        numeric: list[str] = []
+        text: list[str] = []
+
+        def check(header: list[str]) -> None:
+            table = self._encoding(header)
+            tables.append(table)
+            numeric.extend(n for n, kind in table.kinds if kind != CATEGORICAL)
+            text.extend(dict.fromkeys([n for n, kind in table.kinds if kind == CATEGORICAL] + self.keep))
+
+        # check() fills numeric/text before the parser reads them (lists are shared, not copied)
+        for lines, values, cells in csv_chunks(self.path, self.name, numeric, text, self.dtype, check):
+            x = self._features(tables[0], numeric, lines, values, cells)
+            kept = [cells[k] for k in self.keep]
+            step = self.chunk_rows or len(x) or 1
+            for s in range(0, len(x), step):
+                yield x[s:s + step].reshape((-1,) + self.input_shape), [k[s:s + step] for k in kept]
         if self.unknown:
             self.notes.append(f"{self.name}: {self.unknown} categorical value{'s' * (self.unknown != 1)} the "
                               "training split never had, encoded as 'unknown'")
+
+    def _features(self, table: TableEncoder, numeric: list[str], lines: np.ndarray, values: np.ndarray,
+                  cells: dict[str, list[str]]) -> np.ndarray:
+        missing = np.isnan(values)
+        if table.is_plain and not missing.any() and [n for n, _ in table.kinds] == numeric:
+            return values   # nothing to encode: the parsed numbers, in the model's column order
+        columns = [categorical_column(n, cells[n]) if kind == CATEGORICAL
+                   else Column(n, NUMERIC, values[:, numeric.index(n)], missing[:, numeric.index(n)])
+                   for n, kind in table.kinds]
+        x, unknown = table.transform(columns, self.name, lines)
+        self.unknown += unknown
+        return x
 
     def chunks(self) -> Iterator[np.ndarray]:
         for x, _ in self.chunks_with_kept():

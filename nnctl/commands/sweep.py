@@ -95,11 +95,16 @@ def run_sweep_command(config: Path | None, workers: int | None, resume: Path | N
                 return 0
             if workers is None and executor == sd.meta.get("executor", "local") and not address:
                 workers = sd.meta.get("workers")
+            from nnctl.sweep.memory import check_resume_memory
+            check_resume_memory(sd, spec, todo, workers or 1, together=executor == "local")
         else:
             if config is None:
                 raise NnctlError("give a sweep spec (nnctl sweep SWEEP.yaml) or --resume SWEEP_DIR")
             spec = load_sweep(config)
             trials = build_trials(spec)
+            # sized like `train` sizes a run, before the sweep folder exists (nnctl.sweep.memory)
+            from nnctl.sweep.memory import check_sweep_memory, sweep_trials_to_size
+            check_sweep_memory(spec, sweep_trials_to_size(spec, trials), workers or 1, together=executor == "local")
             if dry_run and spec.model_based:
                 from nnctl.sweep.study import first_proposals
                 print_space(console, spec)

@@ -221,7 +221,7 @@ class _Shipped(BuiltinDataset):
                 f"built-in dataset '{self.NAME}': {path} is missing; nnctl looks for its "
                 "datasets/ folder next to the package (install with `pip install -e .` from the repository)"
             )
-        raw = read_csv_data(path, self.TARGET, None)
+        raw = read_csv_data(path, self.TARGET, None, dtype=np.float64)   # the shipped values, exactly
         raw.x, raw.columns = numeric_matrix(raw), None
         raw.source = f"{self.NAME} (built-in)"
         raw.task = CLASSIFICATION

@@ -14,6 +14,7 @@ from nnctl.data.files import (CATEGORICAL, RawData, read_csv_data, read_npy_data
                               reshape_rows, suffix_of)
 from nnctl.data.preprocess import TableEncoder, fit_target_scale, handle_missing
 from nnctl.data.splits import Split, split_indices
+from nnctl.data.table_cache import TableCache, cache_root
 from nnctl.data.targets import (CLASSIFICATION, REGRESSION, classes_of, encode_labels,
                                 infer_task, merge_classes, regression_targets)
 from nnctl.hparams import Param, defaults, unknown_name_message
@@ -66,6 +67,9 @@ PARAMS_DATA: dict[str, Param] = {
                          doc="for a .npy dataset: the .npy file holding its targets, (N,) or (N, k)"),
     "options": Param("any", {}, doc="options of a built-in dataset, e.g. {n_samples: 1000, noise: 0.2}"),
     "augment": Param("any", [], doc="training-batch transforms in order, e.g. [{shift: {max: 2}}] (see Augmentations)"),
+    "cache": Param("str", "auto",
+                   doc="where a CSV's parsed table is kept for later runs: auto (NNCTL_CACHE_DIR, else "
+                       "XDG_CACHE_HOME/nnctl or ~/.cache/nnctl), a folder, or off"),
     "layout": Param("str", None, choices=("table", "signals", "sequences", "images"), nullable=True,
                     doc="how augment reads a sample; null: from its rank and the first layer (conv1d: signals)"),
 }
@@ -112,6 +116,7 @@ class Dataset:
     ignored: list[str] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)
     unknown: dict[str, int] = field(default_factory=dict)
+    cache: str | None = None
 
     def describe(self) -> list[str]:
         """What was decided about the data, one line per topic (validate, the train header)."""
@@ -135,6 +140,7 @@ class Dataset:
             seen = ", ".join(f"{n} in {k}" for k, n in self.unknown.items() if n)
             if seen:
                 lines.append(f"categories the training split never had (mapped to unknown): {seen}")
+            lines.append(f"table cache: {self.cache or 'off'}")
         return lines
 
 
@@ -186,6 +192,8 @@ def _options(data: dict) -> dict[str, Any]:
     if shape is not None and (not isinstance(shape, (list, tuple)) or not shape or not all(
             isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
         raise ConfigError(f"data.shape: must be a list of positive integers, got {shape!r}")
+    if not isinstance(out["cache"], str) or not out["cache"].strip():
+        raise ConfigError(f"data.cache: must be auto, off or a folder, got {out['cache']!r}")
     if out["options"] is None:
         out["options"] = {}
     if not isinstance(out["options"], dict):
@@ -221,7 +229,12 @@ def _close_files(path: Path) -> str:
 CSV_ONLY = ("target", "features", "ignore")
 
 
-def _read_main(opts: dict, seed: int, base_dir: Path, dtype) -> tuple[RawData, str]:
+def _table_cache(opts: dict, base_dir: Path) -> TableCache | None:
+    root = cache_root(opts["cache"], base_dir)
+    return None if root is None else TableCache(root)
+
+
+def _read_main(opts: dict, seed: int, base_dir: Path, dtype, cache: TableCache | None) -> tuple[RawData, str]:
     name = opts["dataset"]
     if name in DATASETS:
         raw = generate(name, opts["options"], stream(seed, _DATA_STREAM))
@@ -254,7 +267,8 @@ def _read_main(opts: dict, seed: int, base_dir: Path, dtype) -> tuple[RawData, s
         raise ConfigError(f"data.target_path: only a .npy dataset takes one; {shown} is a {suffix} file")
     if suffix == ".csv":
         raw = read_csv_data(path, opts["target"], opts["features"], shown, ignore=opts["ignore"],
-                            categorical=opts["categorical"], max_categories=opts["max_categories"], dtype=dtype)
+                            categorical=opts["categorical"], max_categories=opts["max_categories"], dtype=dtype,
+                            parse=cache.parse if cache is not None else None)
     elif suffix == ".npy":
         target = opts["target_path"]
         raw = read_npy_data(path, None if target is None else _resolve(base_dir, target, "target_path"),
@@ -274,7 +288,7 @@ def _read_images(opts: dict, folder: Path, name: str) -> RawData:
     return read_image_folder(folder, opts["image_size"], opts["color"], folder.name)
 
 
-def _read_extra(opts: dict, key: str, main: RawData, base_dir: Path, dtype) -> RawData:
+def _read_extra(opts: dict, key: str, main: RawData, base_dir: Path, dtype, cache: TableCache | None) -> RawData:
     """A separate val/test file, read with the training file's columns (and their kinds)."""
     value = opts[key]
     shown = Path(value).name
@@ -285,8 +299,9 @@ def _read_extra(opts: dict, key: str, main: RawData, base_dir: Path, dtype) -> R
             raise ConfigError(f"data.{key}: a CSV file needs a CSV dataset (column names) to match")
         cats = [c.name for c in main.columns if c.kind == CATEGORICAL]
         raw = read_csv_data(path, main.target_name, [c.name for c in main.columns], shown,
-                            categorical=cats, max_categories=2**62, dtype=dtype)
-        handle_missing(raw, opts["missing"])
+                            categorical=cats, max_categories=2**62, dtype=dtype,
+                            parse=cache.parse if cache is not None else None)
+        _drop_missing(raw, opts["missing"])
         return raw
     if suffix == ".npz":
         raw = read_npz_data(path, shown, dtype=dtype)
@@ -294,6 +309,20 @@ def _read_extra(opts: dict, key: str, main: RawData, base_dir: Path, dtype) -> R
             raise DataError(f"{shown}: as data.{key} it must hold only 'x' and 'y'")
         return raw
     raise ConfigError(f"data.{key}: use a .csv or .npz file (x and y together), got {shown}")
+
+
+def _drop_missing(raw: RawData, policy: str) -> dict[str, int]:
+    dropped = handle_missing(raw, policy)
+    if any(dropped.values()):
+        raw.numbers = None   # the columns are now copies without those rows
+    return dropped
+
+
+def _features(table: TableEncoder, raw: RawData) -> tuple[np.ndarray, int]:
+    """The encoded features and the count of unknown categories; numbers as parsed when nothing needs encoding."""
+    if raw.numbers is not None and table.is_plain:
+        return raw.numbers, 0
+    return table.transform(raw.columns, raw.source, raw.lines)
 
 
 def _encode(raw: RawData, task: str, classes: list | None) -> np.ndarray:
@@ -336,10 +365,11 @@ def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32") -> Data
     (vocabularies, fill values) and the target scale are fitted on the training rows.
     """
     opts = _options(data)
-    raw, source = _read_main(opts, seed, Path(base_dir), dtype)
+    cache = _table_cache(opts, Path(base_dir))
+    raw, source = _read_main(opts, seed, Path(base_dir), dtype, cache)
     if raw.y is None:
         raise DataError(f"{raw.source}: has no targets to train on")
-    dropped = handle_missing(raw, opts["missing"])
+    dropped = _drop_missing(raw, opts["missing"])
     if opts["shape"] is not None and raw.x is not None:   # a CSV's x exists once it is encoded
         raw.x = reshape_rows(raw.x, opts["shape"], raw.source)
 
@@ -349,7 +379,7 @@ def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32") -> Data
         if opts[key] is not None:
             if part in raw.parts:
                 raise ConfigError(f"data.{key}: {raw.source} already has 'x_{part}'; use one of the two")
-            extra[part] = _read_extra(opts, key, raw, Path(base_dir), dtype)
+            extra[part] = _read_extra(opts, key, raw, Path(base_dir), dtype, cache)
         elif part in raw.parts:
             extra[part] = raw.parts[part]
 
@@ -393,12 +423,12 @@ def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32") -> Data
     unknown: dict[str, int] = {}
     if raw.columns is not None:
         table = TableEncoder.fit(raw.columns, train_rows, opts["missing"], raw.source)
-        raw.x, _ = table.transform(raw.columns, raw.source, raw.lines)
+        raw.x, _ = _features(table, raw)
         for part in ("val", "test"):
             if rows[part] is not None:
                 unknown[part] = _unknown_count(table, raw, rows[part])
         for part, other in extra.items():
-            other.x, unknown[part] = table.transform(other.columns, other.source, other.lines)
+            other.x, unknown[part] = _features(table, other)
     if opts["shape"] is not None:
         raw.x = reshape_rows(raw.x, opts["shape"], raw.source)   # a no-op if done above
     input_shape = tuple(int(s) for s in raw.x.shape[1:])
@@ -447,6 +477,7 @@ def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32") -> Data
         ignored=list(raw.ignored),
         dropped=dropped,
         unknown=unknown,
+        cache=cache.describe() if cache is not None and cache.status else None,
     )
 
 

@@ -31,9 +31,12 @@ from __future__ import annotations
 
 import codecs
 import csv
+import io
+import itertools
 import math
 import mmap
 import os
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -142,6 +145,9 @@ class RawData:
     columns: list["Column"] | None = None
     y_missing: np.ndarray | None = None
     ignored: list[str] = field(default_factory=list)
+    # CSV: every feature column numeric, side by side (N, F) in the model's dtype; the
+    # features themselves when no cell is missing (read_csv_data)
+    numbers: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.x) if self.x is not None else len(self.y)
@@ -337,9 +343,9 @@ def numeric_column(file: str, name: str, cells: list[str], lines, dtype=np.float
     return Column(name, NUMERIC, values, missing)
 
 
-def categorical_column(name: str, cells: list[str]) -> Column:
+def categorical_column(name: str, cells) -> Column:
     missing = np.array([is_missing(c) for c in cells], dtype=bool)
-    values = np.array([c.strip() for c in cells], dtype=str)
+    values = np.char.strip(np.asarray(cells, dtype=str))
     values[missing] = ""
     return Column(name, CATEGORICAL, values, missing)
 
@@ -353,6 +359,385 @@ def _target_column(table: CsvTable, j: int, dtype) -> tuple[np.ndarray, np.ndarr
         col = numeric_column(table.name, table.header[j], cells, table.lines, dtype)
         return col.values, col.missing
     return np.array([c.strip() for c in cells], dtype=str), missing
+
+
+# ---------------------------------------------------------------------------- CSV: the block parser
+
+# A CSV is read this many bytes at a time (extended to the end of a line): numpy's C reader
+# parses each block, so the parse holds one block of text and its float64 numbers at once.
+BLOCK_BYTES = 4 * 2**20
+# Records per batch once a file needs Python's csv module (quoted fields, bare CR line ends).
+RECORD_BATCH = 20000
+
+
+class _Restart(Exception):
+    """A column read as numbers turned out to hold text: parse again with it as a text column."""
+
+    def __init__(self, column: str):
+        self.column = column
+
+
+@dataclass
+class CsvColumns:
+    """The asked columns of a CSV file, parsed (what `parse_csv` returns and the table cache stores).
+
+    lines: int64 (N,), the 1-based file line of each data row.
+    numbers: (N, len(numeric)) in the model's dtype, NaN where a cell is missing.
+    target: the target column as float64 (N,) (NaN where missing) when every present cell is
+    a number, else None and its raw cells are in `text`.
+    text: raw cells (str (N,), as in the file) of the text columns.
+    """
+
+    name: str
+    header: list[str]
+    lines: np.ndarray
+    numbers: np.ndarray
+    numeric: list[str]
+    target: np.ndarray | None
+    text: dict[str, np.ndarray]
+
+
+def _header_names(name: str, header: list[str]) -> list[str]:
+    header = [h.strip() for h in header]
+    seen: dict[str, int] = {}
+    for j, h in enumerate(header, start=1):
+        if not h:
+            raise DataError(f"{name}: column {j} has no name in the header")
+        if h in seen:
+            raise DataError(f"{name}: duplicate column name '{h}' (columns {seen[h]} and {j})")
+        seen[h] = j
+    return header
+
+
+class _Blocks:
+    """A CSV file cut into blocks of whole lines; blocks with quotes or bare CRs become csv records.
+
+    Yields ("lines", first line number, [line, ...]) for plain blocks (a line without its
+    "\\n") and ("records", [(first line number, fields), ...]) once a block holds a quote
+    or a bare carriage return: from there on Python's csv module reads the rest of the
+    file, since a quoted field may span lines and blocks. The header (first non-blank
+    record) is read first into `header`.
+    """
+
+    def __init__(self, path: Path, name: str):
+        self.path, self.name = path, name
+        check_regular(path, DataError, name, missing_ok=True)
+        try:
+            self.f = open(path, "rb")
+        except FileNotFoundError:
+            raise DataError(f"{name}: file not found ({path})") from None
+        except IsADirectoryError:
+            raise DataError(f"{name}: is a directory, not a CSV file ({path})") from None
+        except OSError as err:
+            raise DataError(f"{name}: cannot read ({err.strerror or err})") from None
+        self.header: list[str] | None = None
+
+    def close(self) -> None:
+        self.f.close()
+
+    def _read_block(self) -> bytes:
+        block = self.f.read(BLOCK_BYTES)
+        if block and not block.endswith(b"\n"):
+            block += self.f.readline()
+        return block
+
+    def _decode(self, block: bytes) -> str:
+        try:
+            return block.decode("utf-8")
+        except UnicodeDecodeError:
+            raise not_utf8(self.path, self.name) from None
+
+    def __iter__(self):
+        try:
+            yield from self._blocks()
+        except OSError as err:
+            raise DataError(f"{self.name}: cannot read ({err.strerror or err})") from None
+
+    def _blocks(self):
+        offset, line = 0, 1
+        first = True
+        while True:
+            block = self._read_block()
+            if not block:
+                break
+            if first and block.startswith(codecs.BOM_UTF8):
+                block, offset = block[len(codecs.BOM_UTF8):], len(codecs.BOM_UTF8)
+            first = False
+            if b'"' in block or (b"\r" in block and block.count(b"\r") != block.count(b"\r\n")):
+                yield from self._records(offset, line)
+                return
+            text = self._decode(block)
+            if "\r" in text:
+                text = text.replace("\r\n", "\n")
+            lines = text.split("\n")
+            if lines[-1] == "":
+                lines.pop()   # the block ended with a line break
+            if self.header is None:
+                skip = 0
+                while skip < len(lines) and not lines[skip].strip():
+                    skip += 1
+                if skip < len(lines):
+                    self.header = lines[skip].split(",")
+                    lines, line = lines[skip + 1:], line + skip + 1
+                else:
+                    lines, line = [], line + skip
+            if lines:
+                yield "lines", line, lines
+            offset += len(block)
+            line += len(lines)
+
+    def _records(self, offset: int, line: int):
+        self.f.seek(offset)
+        text = io.TextIOWrapper(self.f, encoding="utf-8", newline="")
+        reader = csv.reader(text)
+        end_of_previous = 0
+        batch: list[tuple[int, list[str]]] = []
+        try:
+            for record in reader:
+                start = end_of_previous + 1
+                end_of_previous = reader.line_num
+                if not record or (len(record) == 1 and not record[0].strip()):
+                    continue  # a blank line
+                if self.header is None:
+                    self.header = record
+                    continue
+                batch.append((line - 1 + start, record))
+                if len(batch) == RECORD_BATCH:
+                    yield "records", batch
+                    batch = []
+        except UnicodeDecodeError:
+            raise not_utf8(self.path, self.name) from None
+        except csv.Error as err:
+            raise DataError(f"{self.name} row {line - 1 + reader.line_num}: {err}") from None
+        finally:
+            text.detach()
+        if batch:
+            yield "records", batch
+
+
+def _count_lines(path: Path) -> int:
+    """Line breaks in the file plus one: a bound on its data rows, to size the arrays once."""
+    n = 1
+    with open(path, "rb") as f:
+        while chunk := f.read(BLOCK_BYTES):
+            n += chunk.count(b"\n")
+    return n
+
+
+class BlockParser:
+    """Parses a CSV's blocks (from _Blocks) into chunks; see parse_csv for the rules.
+
+    numeric: columns read as numbers; target: the target column (numbers unless it is in
+    `text`); strict: numeric columns whose text is an error (others may turn out to be text,
+    see _Restart); forced: text columns never checked for numbers; text: columns read as text.
+    `chunks()` yields (lines int64 (n,), float64 (n, len(numeric) + target) with NaN where
+    missing, {text column: [cells]}) per block.
+    """
+
+    def __init__(self, name: str, blocks, header: list[str], numeric: list[str], target: str | None,
+                 strict: set[str], forced: set[str], text: list[str], dtype):
+        self.name, self.header, self.blocks = name, header, blocks
+        self.width = len(header)
+        self.dtype, self.limit = np.dtype(dtype), float_limit(dtype)
+        self.strict, self.forced, self.target = strict, forced, target
+        self.numeric = list(numeric)
+        self.number_cols = [header.index(c) for c in self.numeric]
+        self.target_numeric = target is not None and target not in text
+        if self.target_numeric:
+            self.number_cols.append(header.index(target))
+        self.text = text
+        self.text_cols = [header.index(c) for c in text]
+        self.all_columns = sorted(self.number_cols) == list(range(self.width))
+        self.others_numeric = not self.text   # the columns not asked for may be numbers too
+        self.has_number = np.zeros(len(self.number_cols), dtype=bool)
+        # a text feature under categorical: auto with a number in it is numeric after all; the
+        # error then names its first text cell (line, cell)
+        self.first_text: dict[str, tuple[int, str]] = {}
+        self.text_number: set[str] = set()
+
+    def chunks(self):
+        for kind, *rest in self.blocks:
+            chunk = self._lines(*rest) if kind == "lines" else self._records(rest[0])
+            lines, values, cells = chunk
+            if len(values) and not self.has_number.all():   # true for every column after a block or so
+                self.has_number |= (~np.isnan(values)).any(axis=0)
+            yield chunk
+        for c in self.text:
+            if c in self.text_number and c in self.first_text:
+                line, cell = self.first_text[c]
+                numeric_column(self.name, c, [cell], [line], self.dtype)   # raises its message
+
+    def _lines(self, start: int, lines: list[str]):
+        """A block without quotes: numpy's C reader, or the exact checks when it refuses."""
+        values = None
+        if self.number_cols:
+            try:
+                with warnings.catch_warnings():
+                    # a block of blank lines: "input contained no data"; the row count catches it
+                    warnings.simplefilter("ignore")
+                    values = self._loadtxt(lines)
+            except ValueError:
+                values = None
+            # blank lines skipped, or a value out of range: the exact checks say where
+            if values is not None and (len(values) != len(lines)
+                                       or not (np.isnan(values) | (np.abs(values) <= self.limit)).all()):
+                values = None
+        elif self._fields_ok(lines):
+            values = np.empty((len(lines), 0))
+        if values is None or (self.text and not all(lines)):
+            reader = csv.reader(lines)
+            return self._records([(start + i, rec) for i, rec in enumerate(reader)
+                                  if rec and not (len(rec) == 1 and not rec[0].strip())])
+        cells = {}
+        if self.text:
+            split = [line.split(",") for line in lines]
+            cells = self._text([(start + i, fields) for i, fields in enumerate(split)])
+        return np.arange(start, start + len(lines), dtype=np.int64), values, cells
+
+    def _loadtxt(self, lines: list[str]) -> np.ndarray | None:
+        """The number columns of a block as float64 (rows, k), or None if the fields do not line up."""
+        if self.all_columns or self.others_numeric:
+            # every column at once: numpy checks every line has the first line's number of
+            # fields, which saves counting them in Python
+            try:
+                values = np.loadtxt(lines, delimiter=",", comments=None, dtype=np.float64, ndmin=2)
+                return values[:, self.number_cols] if values.shape[1] == self.width else None
+            except ValueError:
+                if self.all_columns:
+                    raise
+                self.others_numeric = False   # an unused column holds text: count fields from now on
+        if not self._fields_ok(lines):
+            return None
+        return np.loadtxt(lines, delimiter=",", comments=None, dtype=np.float64, ndmin=2, usecols=self.number_cols)
+
+    def _fields_ok(self, lines: list[str]) -> bool:
+        """Every line has the header's number of fields (no quotes here: fields = commas + 1)."""
+        want = self.width - 1
+        return all(line.count(",") == want for line in lines)
+
+    def _text(self, records: list[tuple[int, list[str]]]) -> dict[str, list[str]]:
+        out = {}
+        for c, j in zip(self.text, self.text_cols):
+            cells = out[c] = [rec[j] for _, rec in records]
+            if c in self.forced or c == self.target or c in self.text_number:
+                continue
+            if c not in self.first_text:
+                for (line, _), cell in zip(records, cells):
+                    if not is_missing(cell) and not is_number(cell):
+                        self.first_text[c] = (line, cell)
+                        break
+            if any(is_number(cell) and not is_missing(cell) for cell in cells):
+                self.text_number.add(c)
+        return out
+
+    def _records(self, records: list[tuple[int, list[str]]]):
+        """csv records (first line, fields): Python's checks, with today's exact messages."""
+        for line, rec in records:
+            if len(rec) != self.width:
+                raise DataError(f"{self.name} row {line}: expected {self.width} fields, got {len(rec)}")
+        lines = [line for line, _ in records]
+        values = np.empty((len(records), len(self.number_cols)), dtype=np.float64)
+        names = self.numeric + ([self.target] if self.target_numeric else [])
+        for k, (c, j) in enumerate(zip(names, self.number_cols)):
+            cells = [rec[j] for _, rec in records]
+            if c not in self.strict:
+                # a column whose kind its cells decide: text if it has no number (target: any text)
+                text_at = next((i for i, cell in enumerate(cells) if not is_number(cell) and not is_missing(cell)),
+                               None)
+                if text_at is not None:
+                    numbers = self.has_number[k] or any(is_number(cell) and not is_missing(cell) for cell in cells)
+                    if c == self.target or not numbers:
+                        raise _Restart(c)
+            values[:, k] = numeric_column(self.name, c, cells, lines, self.dtype).values
+        return np.asarray(lines, dtype=np.int64), values, self._text(records)
+
+
+def open_csv(path: Path, name: str):
+    """(_Blocks, header, the first block) of a CSV file; errors for an empty file, a bad header, no rows."""
+    blocks = _Blocks(path, name)
+    try:
+        it = iter(blocks)
+        first = next(it, None)
+        if blocks.header is None:
+            raise DataError(f"{name}: file is empty")
+        header = _header_names(name, blocks.header)
+        if first is None:
+            raise DataError(f"{name}: no data rows, only a header")
+    except BaseException:
+        blocks.close()
+        raise
+    return blocks, header, itertools.chain([first], it)
+
+
+def parse_csv(path: Path, name: str | None = None, *, features: list[str] | None = None,
+              target: str | None = None, categorical="auto", ignore: list[str] | None = None,
+              dtype=np.float32, check=None) -> CsvColumns:
+    """Parse the feature and target columns of a CSV file, in blocks, at numpy's C speed.
+
+    features: feature columns (default: every column but the target and `ignore`).
+    categorical: "auto" (a feature with no number in it is text) or the feature columns
+    read as text; the others must be numbers. The target is numbers if every present cell
+    is one, else text.
+    check(header): called with the header before the rows are read (option checks).
+
+    Notes
+    -----
+    Each block of whole lines (BLOCK_BYTES) is handed to np.loadtxt, float64, and copied
+    into arrays sized once from the file's line count; memory is the result plus one block.
+    A block numpy refuses (a missing or text cell, a wrong number of fields, blank lines,
+    a value not finite in `dtype`) is parsed again by Python's csv module and checked cell
+    by cell, so every error names file, row and column as before. From the first block with
+    a quote or a bare carriage return, Python's csv module reads the rest of the file. Text
+    columns are split in Python. When a column read as numbers turns out to be text (a
+    target of labels, or a categorical feature whose first blocks were all missing), the
+    file is parsed again with that column as text.
+    """
+    path = Path(path)
+    name = name or path.name
+    text: list[str] = [] if categorical == "auto" else list(categorical)
+    while True:
+        blocks, header, chunks = open_csv(path, name)
+        try:
+            if check is not None:
+                check(header)
+            feats = features if features is not None else [
+                h for h in header if h != target and h not in (ignore or [])]
+            forced = set() if categorical == "auto" else set(categorical)
+            strict = set() if categorical == "auto" else set(feats) - forced
+            numeric = [f for f in feats if f not in text]
+            parser = BlockParser(name, chunks, header, numeric, target, strict, forced, text, dtype)
+            try:
+                return _collect(parser, _count_lines(path))
+            except _Restart as again:
+                text.append(again.column)
+        finally:
+            blocks.close()
+
+
+def _collect(parser: BlockParser, capacity: int) -> CsvColumns:
+    """Every chunk of `parser` copied into arrays of `capacity` rows (the file's line count bounds them)."""
+    k = len(parser.numeric)
+    numbers = np.empty((capacity, k), dtype=parser.dtype)
+    target = np.empty(capacity if parser.target_numeric else 0, dtype=np.float64)
+    lines = np.empty(capacity, dtype=np.int64)
+    cells: dict[str, list[str]] = {c: [] for c in parser.text}
+    n = 0
+    for chunk_lines, values, chunk_cells in parser.chunks():
+        a, b = n, n + len(chunk_lines)
+        numbers[a:b] = values[:, :k]
+        if parser.target_numeric:
+            target[a:b] = values[:, k]
+        lines[a:b] = chunk_lines
+        for c, v in chunk_cells.items():
+            cells[c].extend(v)
+        n = b
+    if n == 0:
+        raise DataError(f"{parser.name}: no data rows, only a header")
+    # views: the arrays were sized from the line count, so only the header and blank lines
+    # are left over at their ends
+    return CsvColumns(name=parser.name, header=parser.header, lines=lines[:n], numbers=numbers[:n],
+                      numeric=parser.numeric, target=target[:n] if parser.target_numeric else None,
+                      text={c: np.asarray(v, dtype=str) for c, v in cells.items()})
 
 
 def default_target(header: list[str]) -> str:
@@ -369,76 +754,87 @@ def _is_text_column(table: CsvTable, j: int) -> bool:
     return not any(is_number(c) and not is_missing(c) for c in table.column(j))
 
 
-def _names(table: CsvTable, names, key: str) -> list[str]:
-    for n in names:
-        if n not in table.header:
-            raise table.no_column(n)
-    return list(names)
-
-
 def read_csv_data(path: Path, target: str | None, features: list[str] | None,
                   name: str | None = None, *, ignore: list[str] | None = None,
-                  categorical="auto", max_categories: int = 50, dtype=np.float32) -> RawData:
+                  categorical="auto", max_categories: int = 50, dtype=np.float32,
+                  parse=None) -> RawData:
     """A labelled CSV file: its feature columns (numeric or categorical, missing cells kept) and target.
 
     target: the target column (required: nnctl never guesses which column to predict).
     features: the feature columns; default every column but the target and `ignore`.
     categorical: "auto" (a column none of whose cells is a number is categorical) or a
     list of columns to treat as categories even if they hold numbers (integer codes).
+    parse: how to get the parsed columns, parse(**parse_csv's keywords) -> CsvColumns
+    (the table cache passes its own); default parse_csv.
     The result has `columns` (Column per feature) and x None: the features are encoded
-    once the training split is known (see nnctl.data.preprocess).
+    once the training split is known (see nnctl.data.preprocess); `numbers` holds the
+    numeric columns side by side, which is x itself when every feature is numeric.
     """
-    table = read_csv(path, name)
-    if target is None:
-        raise DataError(f"{table.name}: data.target is required for a CSV file (the column to predict); "
-                        f"columns are: {', '.join(table.header)}")
-    if target not in table.header:
-        raise table.no_column(target)
-    t = table.header.index(target)
-    ignore = _names(table, ignore or [], "ignore")
-    if target in ignore:
-        raise DataError(f"{table.name}: data.ignore lists the target column '{target}'")
-    forced = [] if categorical == "auto" else _names(table, categorical, "categorical")
-    if features is not None:
-        _names(table, features, "features")
-        for f in features:
-            if f == target:
-                raise DataError(f"{table.name}: data.features lists the target column '{target}'")
-            if f in ignore:
-                raise DataError(f"{table.name}: column '{f}' is in both data.features and data.ignore")
-        cols = [table.header.index(f) for f in features]
-    else:
-        cols = [j for j in range(len(table.header)) if j != t and table.header[j] not in ignore]
-        if not cols:
-            raise DataError(f"{table.name}: no feature columns besides the target '{target}'"
-                            + (" and the ignored ones" if ignore else ""))
-    for f in forced:
-        if f == target or f not in [table.header[j] for j in cols]:
-            raise DataError(f"{table.name}: data.categorical lists '{f}', which is not a feature column")
+    path = Path(path)
+    name = name or path.name
+
+    def check(header: list[str]) -> None:
+        def no_column(wanted: str) -> DataError:
+            return DataError(f"{name}: no column '{wanted}'; columns are: {', '.join(header)}")
+        if target is None:
+            raise DataError(f"{name}: data.target is required for a CSV file (the column to predict); "
+                            f"columns are: {', '.join(header)}")
+        for n in [target, *(ignore or []), *(features or []), *([] if categorical == "auto" else categorical)]:
+            if n not in header:
+                raise no_column(n)
+        if target in (ignore or []):
+            raise DataError(f"{name}: data.ignore lists the target column '{target}'")
+        if features is not None:
+            for f in features:
+                if f == target:
+                    raise DataError(f"{name}: data.features lists the target column '{target}'")
+                if f in (ignore or []):
+                    raise DataError(f"{name}: column '{f}' is in both data.features and data.ignore")
+            cols = list(features)
+        else:
+            cols = [h for h in header if h != target and h not in (ignore or [])]
+            if not cols:
+                raise DataError(f"{name}: no feature columns besides the target '{target}'"
+                                + (" and the ignored ones" if ignore else ""))
+        for f in ([] if categorical == "auto" else categorical):
+            if f == target or f not in cols:
+                raise DataError(f"{name}: data.categorical lists '{f}', which is not a feature column")
+
+    table = (parse or parse_csv)(path=path, name=name, features=features, target=target,
+                                 categorical=categorical, ignore=ignore, dtype=dtype, check=check)
+    feats = features if features is not None else [
+        h for h in table.header if h != target and h not in (ignore or [])]
     columns = []
-    for j in cols:
-        h = table.header[j]
-        if h in forced or (categorical == "auto" and _is_text_column(table, j)):
-            col = categorical_column(h, table.column(j))
+    for h in feats:
+        if h in table.text:
+            col = categorical_column(h, table.text[h])
             distinct = len(np.unique(col.values[~col.missing]))
             if distinct > max_categories:
-                raise DataError(f"{table.name}: column '{h}' has {distinct} distinct values, more than "
+                raise DataError(f"{name}: column '{h}' has {distinct} distinct values, more than "
                                 f"data.max_categories ({max_categories}); an ID column is not a feature: "
                                 "add it to data.ignore")
         else:
-            col = numeric_column(table.name, h, table.column(j), table.lines, dtype)
+            values = table.numbers[:, table.numeric.index(h)]
+            col = Column(h, NUMERIC, values, np.isnan(values))
         columns.append(col)
-    y, y_missing = _target_column(table, t, dtype)
+    if table.target is not None:
+        y, y_missing = table.target, np.isnan(table.target)
+    else:
+        cells = table.text[target]
+        y_missing = np.array([is_missing(c) for c in cells], dtype=bool)
+        y = np.char.strip(cells)
+    numeric_only = all(c.kind == NUMERIC for c in columns) and table.numeric == [c.name for c in columns]
     return RawData(
         x=None,
         y=y,
         feature_names=[c.name for c in columns],
         target_name=target,
-        source=table.name,
-        lines=np.asarray(table.lines, dtype=np.int64),
+        source=name,
+        lines=table.lines,
         columns=columns,
         y_missing=y_missing,
-        ignored=[h for h in table.header if h != target and h not in [c.name for c in columns]],
+        ignored=[h for h in table.header if h != target and h not in feats],
+        numbers=table.numbers if numeric_only else None,
     )
 
 
@@ -449,7 +845,7 @@ def numeric_matrix(raw: RawData) -> np.ndarray:
             raise DataError(f"{raw.source}: column '{c.name}' is not a complete numeric column")
     if raw.y_missing is not None and raw.y_missing.any():
         raise DataError(f"{raw.source}: the target has missing cells")
-    return np.stack([c.values for c in raw.columns], axis=1)
+    return raw.numbers if raw.numbers is not None else np.stack([c.values for c in raw.columns], axis=1)
 
 
 def read_csv_columns(table: CsvTable, wanted: list[tuple[str, str]], dtype=np.float32) -> list[Column]:

@@ -190,16 +190,28 @@ class Conv2D(_Conv):
 
 # -- pooling ------------------------------------------------------------------------------
 
+# The unsigned integer as wide as each float dtype: max pooling routes gradients with bit masks.
+_UINT = {np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}
+
+
 class _Pool(_Checked):
     """Max or average pooling over the trailing `ND` axes of (N, C, *S) -> (N, C, *O).
 
     Notes
     -----
     O per axis = floor((S + padding - size) / stride) + 1. Max pooling routes each output's
-    gradient to the one input that won its window (the first of tied maxima); "same"
-    padding pads with -inf so a pad never wins. Average pooling divides by the number of
-    real (non-pad) inputs in the window, as Keras does, so with "same" padding the border
-    windows average fewer elements.
+    gradient to the one input that won its window (the first of tied maxima in C order over
+    the window, as PyTorch does); "same" padding pads with -inf so a pad never wins. Average
+    pooling divides by the number of real (non-pad) inputs in the window, as Keras does, so
+    with "same" padding the border windows average fewer elements.
+
+    A window is a box, so pooling is separable: it runs one spatial axis at a time, last
+    axis first, each pass a few whole-array ufunc calls over strided views (one per window
+    element along that axis) instead of a gather of every window. For max, each pass also
+    records which element along its axis won (the first of ties); reducing the last axis
+    first and taking the first winning row afterwards picks exactly the first maximum in C
+    order. The backward pass replays the passes in reverse, routing (max) or spreading
+    (avg) the gradient along one axis at a time.
     """
 
     ND = 2
@@ -223,6 +235,8 @@ class _Pool(_Checked):
         if h["padding"] not in ("valid", "same"):
             raise ConfigError(f"{self.NAME}: padding must be 'valid' or 'same', got {h['padding']!r}")
         self._xp_buf = None
+        self._xp = None
+        self._routed = False
 
     def _build(self, input_shape, rng):
         shapes.expect_rank(self.NAME, input_shape, self.ND + 1, self.LAYOUT)
@@ -230,7 +244,19 @@ class _Pool(_Checked):
         ones = (1,) * self.ND
         self.pads = shapes.resolve_padding(self.NAME, self.hparams["padding"], sizes, self.size, self.stride, ones)
         self.out_sizes = shapes.conv_output_sizes(self.NAME, sizes, self.size, self.stride, ones, self.pads)
-        self.offsets = shapes.kernel_offsets(self.size)
+        padded_sizes = tuple(L + lo + hi for L, (lo, hi) in zip(sizes, self.pads))
+        # Pass i (i = ND-1 first) reduces spatial axis i: its input has axes < i padded and axes > i
+        # already pooled. `tiles`: the windows along that axis cover its input exactly once, so the
+        # backward pass may assign slices instead of zero-filling and adding.
+        self.passes = []
+        for i in reversed(range(self.ND)):
+            before = padded_sizes[:i] + (padded_sizes[i],) + self.out_sizes[i + 1:]
+            after = padded_sizes[:i] + self.out_sizes[i:]
+            k, s, o = self.size[i], self.stride[i], self.out_sizes[i]
+            tiles = s == k and o * k == padded_sizes[i]
+            slices = [(slice(None), slice(None)) + (slice(None),) * i + (slice(j, j + (o - 1) * s + 1, s),)
+                      for j in range(k)]
+            self.passes.append((i, before, after, slices, tiles))
         if self.MODE == "avg":
             # Real elements per window: pool a padded mask of ones once.
             mask, _ = shapes.padded(np.ones((1, 1) + tuple(sizes), dtype=self.dtype), self.pads, None)
@@ -239,34 +265,99 @@ class _Pool(_Checked):
             self.inv_count = (1.0 / count).astype(self.dtype)
         return (input_shape[0],) + self.out_sizes
 
+    def _reduce(self, xp, route: bool):
+        """Run the passes forward over padded input xp; with `route`, record each pass's winners."""
+        n, c = xp.shape[:2]
+        h = xp
+        for p, (i, _, after, slices, _) in enumerate(self.passes):
+            out = self.ws.get(f"pass{p}", (n, c) + after, self.dtype)
+            views = [h[sl] for sl in slices]
+            if len(views) == 1:
+                np.copyto(out, views[0])
+            elif self.MODE == "avg":
+                np.add(views[0], views[1], out=out)
+                for v in views[2:]:
+                    out += v
+            elif not route:
+                np.maximum(views[0], views[1], out=out)
+                for v in views[2:]:
+                    np.maximum(out, v, out=out)
+            else:
+                win = self.ws.get(f"win{p}", out.shape, np.uint8)
+                gt = self.ws.get(f"gt{p}", out.shape, np.bool_)
+                step = self.ws.get(f"step{p}", out.shape, np.uint8)
+                np.copyto(out, views[0])
+                for j, v in enumerate(views[1:], 1):
+                    # Strictly greater, so an earlier element keeps a tie. j exceeds every index
+                    # recorded so far, so max(win, j * gt) sets win = j exactly where v won
+                    # (a masked copy would be branchy and ~10x slower on random masks).
+                    np.greater(v, out, out=gt)
+                    np.maximum(out, v, out=out)
+                    if j == 1:
+                        np.copyto(win, gt)
+                    else:
+                        np.multiply(gt.view(np.uint8), np.uint8(j), out=step)
+                        np.maximum(win, step, out=win)
+            h = out
+        return h
+
     def forward(self, x, training):
         x = np.asarray(x, dtype=self.dtype)
         fill = -np.inf if self.MODE == "max" else 0.0
         xp, self._xp_buf = shapes.padded(x, self.pads, self._xp_buf, fill=fill)
-        win = shapes.windows(xp, self.size, self.stride, (1,) * self.ND, self.out_sizes)
-        self._xp_shape = xp.shape
-        kaxes = tuple(range(-self.ND, 0))
+        self._xp = xp
+        # Evaluation skips recording winners; a backward after it (gradient checks) replays them.
+        self._routed = training and self.MODE == "max"
+        y = self._reduce(xp, self._routed)
         if self.MODE == "avg":
-            return win.sum(axis=kaxes) * self.inv_count
-        flat = win.reshape(win.shape[: 2 + self.ND] + (-1,))    # copy: (N, C, *O, prod(size))
-        self._arg = flat.argmax(axis=-1)
-        return np.take_along_axis(flat, self._arg[..., None], axis=-1)[..., 0]
+            y *= self.inv_count
+        return y
 
     def backward(self, dy):
         dy = np.asarray(dy, dtype=self.dtype)
-        dxp = np.zeros(self._xp_shape, dtype=self.dtype)
-        lead = (slice(None), slice(None))
+        n, c = self._xp.shape[:2]
+        if self.MODE == "max" and not self._routed:
+            self._reduce(self._xp, True)
+            self._routed = True
         if self.MODE == "avg":
-            g = dy * self.inv_count
-            for off in self.offsets:
-                dxp[lead + shapes.offset_slices(off, self.stride, (1,) * self.ND, self.out_sizes)] += g
+            g = np.multiply(dy, self.inv_count, out=self.ws.get("g", dy.shape, self.dtype))
         else:
-            k = len(self.offsets)
-            for j, off in enumerate(self.offsets):
-                # Window element j receives dy where it was the argmax.
-                g = np.where(self._arg == j, dy, 0).astype(self.dtype, copy=False) if k > 1 else dy
-                dxp[lead + shapes.offset_slices(off, self.stride, (1,) * self.ND, self.out_sizes)] += g
-        return np.ascontiguousarray(shapes.strip_padding(dxp, self.pads))
+            g = dy
+        for p in reversed(range(len(self.passes))):
+            i, before, _, slices, tiles = self.passes[p]
+            dst = self.ws.get(f"back{p}", (n, c) + before, self.dtype)
+            if self.MODE == "avg":
+                if not tiles:
+                    dst.fill(0)
+                for sl in slices:
+                    if tiles:
+                        np.copyto(dst[sl], g)
+                    else:
+                        dst[sl] += g
+            else:
+                # g where window element j won, else +0, as a bitwise AND with an all-ones or
+                # all-zeros word: exact, branch-free, and 0 (not NaN) beside an infinite g.
+                uint = _UINT[self.dtype]
+                win = self.ws.get(f"win{p}", g.shape, np.uint8)
+                sel = self.ws.get(f"gt{p}", g.shape, np.bool_)
+                mask = self.ws.get(f"mask{p}", g.shape, uint)
+                gbits = g.view(uint)
+                if not tiles:
+                    dst.fill(0)
+                for j, sl in enumerate(slices):
+                    np.equal(win, j, out=sel)
+                    np.subtract(0, sel.view(np.uint8), out=mask, dtype=uint)
+                    if tiles:
+                        np.bitwise_and(gbits, mask, out=dst.view(uint)[sl])
+                    else:
+                        np.bitwise_and(gbits, mask, out=mask)
+                        dst[sl] += mask.view(self.dtype)
+            g = dst
+        if not any(lo or hi for lo, hi in self.pads):
+            return g
+        dx = self.ws.get("dx", (n,) + self.input_shape, self.dtype)
+        np.copyto(dx, shapes.strip_padding(g, self.pads))
+        return dx
 
 
 @LAYERS.register("maxpool1d")

@@ -114,17 +114,17 @@ def export_model(target: Path, fmt: str = "onnx", out: Path | None = None, opset
         from nnctl.export.parity import check_parity, session
         dtype = dtype or "float32"
         proto = build_onnx(lm, dtype, opset)
-        x, description = _rows(lm, check_data)
+        rows, description = _rows(lm, check_data)
         blob = proto.SerializeToString()
         # checked on the exact bytes that are written; a graph onnxruntime cannot run leaves nothing behind
-        parity = check_parity(lm, session(blob, out), out, x, dtype, tolerance, batch_size)
+        parity = check_parity(lm, session(blob, out), out, rows, dtype, tolerance, batch_size)
         opset = proto.opset_import[0].version
     else:
         from nnctl.export.npz_weights import build_npz, check_npz
         dtype = str(lm.dtype)
         blob = build_npz(lm)
-        x, description = _rows(lm, check_data)
-        parity = check_npz(lm, blob, out, x, tolerance, batch_size)
+        rows, description = _rows(lm, check_data)
+        parity = check_npz(lm, blob, out, rows.x, tolerance, batch_size)
     try:
         atomic_write(out, lambda f: f.write(blob))
     except OSError as err:
@@ -133,8 +133,32 @@ def export_model(target: Path, fmt: str = "onnx", out: Path | None = None, opset
                         size_bytes=len(blob), check_data=description, parity=parity)
 
 
-def _rows(lm: Any, check_data: str | None) -> tuple[np.ndarray, str]:
-    x, description = check_rows(lm, check_data)
-    if len(x) == 0:
+def _rows(lm: Any, check_data: str | None):
+    """(CheckRows, what they are). A CSV model with an encoding is checked on raw columns: the
+    --check-data CSV's cells as written, or the run's split decoded back to columns, plus probe
+    rows that make each column missing (where a fill exists) or unseen in turn."""
+    from nnctl.export import tabular
+    from nnctl.export.parity import CheckRows
+    table = tabular.encoded_table(lm)
+    path = Path(check_data) if check_data is not None else None
+    source, lines = None, None
+    if table is not None and path is not None and path.suffix.lower() == ".csv" and path.exists():
+        raw, description = tabular.read_table(path, table, lm.dtype), str(path)
+        source, lines = path.name, raw.lines
+    else:
+        x, description = check_rows(lm, check_data)
+        if table is None and len(x):
+            return CheckRows(x), description
+        raw = tabular.decode(table, x) if len(x) else []
+    if len(raw) == 0:
         raise ExportError(f"{description}: no rows to check the export on")
-    return x, description
+    extra = tabular.probes(table, raw)
+    rows = tabular.concat([raw, extra])
+    # nnctl's side: the data layer's own encoding of the very same columns, as predict does it
+    # (a missing cell without a fill is refused here, by file row, as predict refuses it)
+    x = np.concatenate([table.transform(raw.columns, source or description, lines)[0],
+                        table.transform(extra.columns, "probe rows", None)[0]])
+    x = x.reshape((len(x), *lm.input_shape))
+    if len(extra):
+        description += f", {len(extra)} of them probes (a column missing or unseen in turn)"
+    return CheckRows(x, rows), description

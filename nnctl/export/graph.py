@@ -56,6 +56,10 @@ class Graph:
         self._names.add(name)
         return name
 
+    def reserve(self, name: str) -> None:
+        """Claim `name` (a graph input) so that no node output or initializer is given it."""
+        self._names.add(name)
+
     def const(self, hint: str, value: Any, dtype: Any = None) -> str:
         """An initializer holding `value` (in the graph's float dtype unless `dtype` says otherwise)."""
         arr = np.asarray(value, dtype=self.dtype if dtype is None else dtype)

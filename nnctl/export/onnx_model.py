@@ -7,6 +7,9 @@ nnctl does to them on the way to a prediction:
              -> standardization ((x - mean) * (1 / scale), the checkpoint's statistics)
              -> the layers (evaluation semantics) -> the output head
 
+A CSV model whose columns need encoding (text columns, fill values) takes the raw columns
+instead and encodes them first (nnctl.export.tabular).
+
 The head gives `probabilities` (softmax or sigmoid of the logits; one logit of a binary
 model becomes the two columns [1 - p, p]), `label_index` (int64, nnctl's own rule: argmax,
 or logit > 0 for one logit) and `label` (the class label as text) for classification, and
@@ -21,10 +24,13 @@ from typing import Any
 import numpy as np
 
 from nnctl import __version__
+from nnctl.export import tabular
 from nnctl.export.graph import MIN_OPSET, ExportError, Graph, export_layer
 
 CLASSIFICATION = "classification"
 INPUT_NAME = "features"
+# the graph's outputs (a column may not take one of these names as its input's name)
+OUTPUT_NAMES = (PROBABILITIES, LABEL_INDEX, LABEL, VALUES) = ("probabilities", "label_index", "label", "values")
 
 
 def input_shape_of(lm: Any) -> tuple[int, ...]:
@@ -42,8 +48,7 @@ def _data_shape(lm: Any) -> list[int] | None:
 def preprocess(g: Graph, lm: Any, x: str) -> str:
     """Raw features -> the model's input, as `nnctl predict` prepares a batch.
 
-    This is the one place to extend when checkpoints learn more preprocessing (categorical
-    one-hot columns, for instance): each step is a few nodes after the last.
+    x: the feature row, already encoded from raw columns when the model has a table encoding.
     """
     h = x
     if _data_shape(lm) is not None:
@@ -71,7 +76,7 @@ def output_head(g: Graph, lm: Any, z: str) -> list[tuple[str, str, int, list]]:
             # data layer: a standardized target back in its own units, z * scale + mean
             z2 = g.op("Mul", z2, g.const("head.target_scale", pre.target_scale), hint="head.unscale")
             z2 = g.op("Add", z2, g.const("head.target_mean", pre.target_mean), hint="head.target_units")
-        return [("values", z2, g.elem_type, ["batch", lm.n_outputs])]
+        return [(VALUES, z2, g.elem_type, ["batch", lm.n_outputs])]
     k = len(lm.classes)
     width = math.prod(lm.model.output_shape)
     output = getattr(lm.loss, "OUTPUT", "softmax")
@@ -89,25 +94,36 @@ def output_head(g: Graph, lm: Any, z: str) -> list[tuple[str, str, int, list]]:
         index = g.op("ArgMax", z2, hint="head.index", axis=1, keepdims=0)
     labels = g.const("head.labels", np.array([str(c) for c in lm.classes], dtype=object), object)
     label = g.op("Gather", labels, index, hint="head.label", axis=0)
-    return [("probabilities", p, g.elem_type, ["batch", k]),
-            ("label_index", index, tp.INT64, ["batch"]),
-            ("label", label, tp.STRING, ["batch"])]
+    return [(PROBABILITIES, p, g.elem_type, ["batch", k]),
+            (LABEL_INDEX, index, tp.INT64, ["batch"]),
+            (LABEL, label, tp.STRING, ["batch"])]
 
 
-def metadata(lm: Any, shape: tuple[int, ...], dtype: np.dtype) -> dict[str, str]:
+def metadata(lm: Any, inputs: list, dtype: np.dtype) -> dict[str, str]:
     """metadata_props: strings only (ONNX's rule), JSON for the structured ones."""
+    from onnx import TensorProto
+    shown = [{"name": i.name, "dtype": str(dtype) if i.type.tensor_type.elem_type != TensorProto.STRING
+              else "string", "shape": [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]}
+             for i in inputs]
+    described = {"inputs": shown, "feature_names": lm.feature_names,
+                 "reshaped_to": list(lm.input_shape) if _data_shape(lm) is not None else None,
+                 "standardized_in_graph": lm.standardizer is not None}
+    if len(inputs) == 1:
+        described.update(shown[0])        # the single input's name, dtype and shape at the top, as before
+    table = tabular.encoded_table(lm)
+    if table is not None:
+        described["table"] = tabular.input_metadata(lm)
     meta = {
         "nnctl_version": __version__,
         "task": lm.task,
-        "input": json.dumps({"name": INPUT_NAME, "dtype": str(dtype), "shape": ["batch", *shape],
-                             "feature_names": lm.feature_names,
-                             "reshaped_to": list(lm.input_shape) if _data_shape(lm) is not None else None,
-                             "standardized_in_graph": lm.standardizer is not None}),
+        "input": json.dumps(described),
         "spec": json.dumps(lm.meta.get("config"), default=str),
         "checkpoint_epoch": str(lm.epoch),
     }
     if lm.feature_names is not None:
         meta["feature_names"] = json.dumps(lm.feature_names)
+    if table is not None:
+        meta["columns"] = json.dumps([c["name"] for c in table.columns])
     if lm.classes is not None:
         meta["classes"] = json.dumps(lm.classes)
     if lm.target_name:
@@ -131,9 +147,13 @@ def build_onnx(lm: Any, dtype: Any = "float32", opset: int | None = None):
     dt = np.dtype(dtype)
     model = lm.model if lm.model.dtype == dt else lm.model.astype(dt)
     g = Graph(dt, opset)
-    shape = input_shape_of(lm)
-    in_type = g.elem_type
-    h = preprocess(g, lm, INPUT_NAME)
+    if tabular.encoded_table(lm) is not None:
+        inputs, row = tabular.table_inputs(g, lm, OUTPUT_NAMES)
+    else:
+        inputs = [helper.make_tensor_value_info(INPUT_NAME, g.elem_type, ["batch", *input_shape_of(lm)])]
+        g.reserve(INPUT_NAME)
+        row = INPUT_NAME
+    h = preprocess(g, lm, row)
     for i, layer in enumerate(model.layers):
         h = export_layer(g, layer, h, f"layers.{i}")
     outputs = output_head(g, lm, h)
@@ -141,15 +161,16 @@ def build_onnx(lm: Any, dtype: Any = "float32", opset: int | None = None):
     for name, node_out, _, _ in outputs:
         g.nodes.append(helper.make_node("Identity", [node_out], [name], name=g.name(f"{name}.node")))
     graph = helper.make_graph(
-        g.nodes, "nnctl",
-        [helper.make_tensor_value_info(INPUT_NAME, in_type, ["batch", *shape])],
+        g.nodes, "nnctl", inputs,
         [helper.make_tensor_value_info(name, et, dims) for name, _, et, dims in outputs],
         g.initializers)
     ops = [helper.make_opsetid("", opset)]
+    if any(node.domain == tabular.ML_DOMAIN for node in g.nodes):
+        ops.append(helper.make_opsetid(tabular.ML_DOMAIN, tabular.ML_OPSET))
     proto = helper.make_model(graph, opset_imports=ops, producer_name="nnctl", producer_version=__version__,
                               doc_string=f"nnctl {lm.task} model exported from {lm.path.name}")
     proto.ir_version = helper.find_min_ir_version_for(ops)
-    helper.set_model_props(proto, metadata(lm, shape, dt))
+    helper.set_model_props(proto, metadata(lm, inputs, dt))
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as err:

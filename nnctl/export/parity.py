@@ -1,10 +1,12 @@
 """The parity check: the exported file run in ONNX Runtime against nnctl's own predictions.
 
-Both sides see the same raw feature rows. nnctl's side is exactly `nnctl predict`'s path
-(batches cast to the model dtype, standardized, evaluation-mode forward, then
-probabilities and classes by `LoadedModel.probabilities` and `predicted_classes`); ONNX
-Runtime's side is the serialized model, the very bytes then written to disk, so what is
-checked is what ships.
+Both sides see the same raw rows (for a CSV model with text columns or fill values, the
+raw columns: nnctl encodes them with its data layer, the graph with its own nodes, and
+probe rows make every fill and unknown slot take part). nnctl's side is exactly `nnctl
+predict`'s path (batches cast to the model dtype, standardized, evaluation-mode forward,
+then probabilities and classes by `LoadedModel.probabilities` and `predicted_classes`);
+ONNX Runtime's side is the serialized model, the very bytes then written to disk, so what
+is checked is what ships.
 """
 from __future__ import annotations
 
@@ -14,11 +16,32 @@ from typing import Any
 
 import numpy as np
 
+from nnctl.export import tabular
 from nnctl.export.graph import ExportError
-from nnctl.export.onnx_model import CLASSIFICATION, INPUT_NAME, input_shape_of
+from nnctl.export.onnx_model import (CLASSIFICATION, INPUT_NAME, LABEL_INDEX, PROBABILITIES, VALUES,
+                                     input_shape_of)
 
 # Rows per onnxruntime call: bounded memory on any split size.
 CHUNK = 4096
+
+
+@dataclass
+class CheckRows:
+    """The rows both sides run: `x` (N, *input_shape) the model input nnctl's data layer made
+    (not standardized), and for a CSV model with an encoding, `table` the raw columns those
+    were encoded from, which is what the graph is fed."""
+
+    x: np.ndarray
+    table: Any = None        # tabular.TableRows
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def feeds(self, lm: Any, lo: int, hi: int, dtype: np.dtype) -> dict[str, np.ndarray]:
+        if self.table is not None:
+            return tabular.feeds(lm, self.table, lo, hi, dtype)
+        xb = np.asarray(self.x[lo:hi]).reshape((-1, *input_shape_of(lm)))
+        return {INPUT_NAME: np.ascontiguousarray(xb, dtype=dtype)}
 
 
 @dataclass
@@ -71,14 +94,13 @@ def session(blob: bytes, out: Path):
                           f"nothing written: {first}") from None
 
 
-def onnx_outputs(lm: Any, sess: Any, path: Path, x: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray | None]:
-    shape = input_shape_of(lm)
-    want = ["probabilities", "label_index"] if lm.task == CLASSIFICATION else ["values"]
+def onnx_outputs(lm: Any, sess: Any, path: Path, rows: CheckRows, dtype: np.dtype
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    want = [PROBABILITIES, LABEL_INDEX] if lm.task == CLASSIFICATION else [VALUES]
     values, labels = [], []
-    for s in range(0, len(x), CHUNK):
-        xb = np.ascontiguousarray(np.asarray(x[s:s + CHUNK]).reshape((-1, *shape)), dtype=dtype)
+    for s in range(0, len(rows), CHUNK):
         try:
-            out = sess.run(want, {INPUT_NAME: xb})
+            out = sess.run(want, rows.feeds(lm, s, s + CHUNK, dtype))
         except Exception as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ExportError(f"{path}: onnxruntime fails on the check data, so the export cannot be "
@@ -90,11 +112,11 @@ def onnx_outputs(lm: Any, sess: Any, path: Path, x: np.ndarray, dtype: np.dtype)
     return v, (np.concatenate(labels) if labels else None)
 
 
-def check_parity(lm: Any, sess: Any, path: Path, x: np.ndarray, dtype: Any, tolerance: float,
+def check_parity(lm: Any, sess: Any, path: Path, rows: CheckRows, dtype: Any, tolerance: float,
                  batch_size: int) -> Parity:
     """Run both and compare: max |difference| over every output value, and label agreement."""
-    ref, ref_labels = nnctl_outputs(lm, x, batch_size)
-    got, got_labels = onnx_outputs(lm, sess, path, x, np.dtype(dtype))
+    ref, ref_labels = nnctl_outputs(lm, rows.x, batch_size)
+    got, got_labels = onnx_outputs(lm, sess, path, rows, np.dtype(dtype))
     return compare(ref, ref_labels, got, got_labels, tolerance, path)
 
 

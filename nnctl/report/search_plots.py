@@ -44,7 +44,9 @@ def plot_lr_curve(result, out: Path) -> Path:
     fig = _figure(6.0, 4.0)
     ax = fig.subplots()
     ax.plot(result.lrs, result.losses, color="C0", alpha=0.35, label="loss (batch)")
-    ax.plot(result.lrs, result.smoothed, color="C0", label="loss (smoothed)")
+    ax.plot(result.lrs, result.smoothed, color="C0", label="loss (smoothed, centred)")
+    if result.suggested is not None:
+        ax.axvline(result.suggested, color="C3", linestyle="-", label=f"suggested {result.suggested:.3g}")
     if result.steepest is not None:
         ax.axvline(result.steepest, color="C2", linestyle="--", label=f"steepest {result.steepest:.3g}")
     if result.min_over_10 is not None:
@@ -84,8 +86,34 @@ def manifest_study(sd, sweep):
     return study
 
 
+def plot_pareto(sd, front: set[int], out: Path) -> Path:
+    """The finished trials on the first two objectives, the Pareto front marked and numbered."""
+    from nnctl.sweep.runner import DONE
+    pts = [(t.index, t.values[0], t.values[1]) for t in sd.trials
+           if t.status in DONE and t.values and len(t.values) == len(sd.metrics)
+           and all(v is not None and math.isfinite(v) for v in t.values[:2])]
+    fig = _figure(6.0, 4.5)
+    ax = fig.subplots()
+    rest = [p for p in pts if p[0] not in front]
+    on = sorted((p for p in pts if p[0] in front), key=lambda p: (p[1], p[2]))
+    if rest:
+        ax.scatter([p[1] for p in rest], [p[2] for p in rest], color="C7", label="dominated")
+    ax.plot([p[1] for p in on], [p[2] for p in on], color="C3", marker="o", label="Pareto front")
+    for index, x, y in on:
+        ax.annotate(str(index), (x, y), textcoords="offset points", xytext=(4, 4), fontsize="small")
+    m, g = sd.metrics, sd.goals
+    ax.set_xlabel(f"{m[0]} ({g[0]})")
+    ax.set_ylabel(f"{m[1]} ({g[1]})")
+    more = f"; {len(m) - 2} more objective(s) not drawn" if len(m) > 2 else ""
+    ax.set_title(f"{sd.name}: {len(on)} of {len(pts)} trials on the Pareto front{more}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, out)
+
+
 def plot_sweep(path: Path) -> list[Path]:
-    """history.png and importances.png in the sweep directory `path`; returns the files written."""
+    """history.png, importances.png and (several metrics) pareto.png in the sweep directory `path`;
+    returns the files written."""
     from nnctl.sweep import search
     from nnctl.sweep.runner import DONE, SweepDir
     from nnctl.sweep.spec import load_sweep
@@ -119,6 +147,9 @@ def plot_sweep(path: Path) -> list[Path]:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     out = [_save(fig, sd.path / "history.png")]
+    front = sd.pareto()
+    if front:
+        out.append(plot_pareto(sd, front, sd.path / "pareto.png"))
 
     study = manifest_study(sd, sweep)
     varied = [p.name for p in sweep.parameters if p.distribution != "choice" or len(p.values) > 1]

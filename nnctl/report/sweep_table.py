@@ -201,8 +201,10 @@ class LiveSweepReporter(PlainSweepReporter):
         return table
 
 
-def _trial_table(title: str, sd: SweepDir, rank: bool = False) -> Table:
-    """The columns of a trial row, shared by the live table and the leaderboard (which ranks)."""
+def _trial_table(title: str, sd: SweepDir, rank: bool = False, metrics: list[str] | None = None,
+                 front: bool = False) -> Table:
+    """The columns of a trial row, shared by the live table and the leaderboard (which ranks, and
+    with several metrics shows each and marks the Pareto front)."""
     table = Table(title=title, title_justify="left")
     if rank:
         table.add_column("#", justify="right")
@@ -210,7 +212,10 @@ def _trial_table(title: str, sd: SweepDir, rank: bool = False) -> Table:
     for p in sd.parameters:
         table.add_column(p)
     table.add_column("status")
-    table.add_column(sd.metric, justify="right")
+    for m in metrics or [sd.metric]:
+        table.add_column(m, justify="right")
+    if front:
+        table.add_column("front", justify="center")
     table.add_column("epochs", justify="right")
     table.add_column("time", justify="right")
     return table
@@ -222,31 +227,47 @@ def sweep_reporter(console: Console) -> PlainSweepReporter:
 
 # -- after running: the leaderboard ----------------------------------------------------------
 
+def _values(sd: SweepDir, t: TrialState) -> list[float | None]:
+    """Every metric's value of `t` (the first is `t.metric`)."""
+    if t.values and len(t.values) == len(sd.metrics):
+        return list(t.values)
+    return [t.metric] + [None] * (len(sd.metrics) - 1)
+
+
 def print_leaderboard(console: Console, sd: SweepDir) -> None:
-    """Trials sorted by the metric (goal), the best one's values and run directory highlighted."""
+    """Trials sorted by the metric (goal), the best one's values and run directory highlighted;
+    with several metrics (nsga2) each is shown and the Pareto front is marked."""
     ranking = sd.ranking()
     best = ranking[0] if ranking and ranking[0].ranked else None
+    front = sd.pareto()
+    metrics = sd.metrics if front is not None else [sd.metric]
     title = f"leaderboard: {sd.name}, {sd.metric} ({sd.goal})"
+    if front is not None:
+        title = (f"leaderboard: {sd.name}, by {sd.metric}; objectives "
+                 f"{', '.join(f'{m} ({g})' for m, g in zip(sd.metrics, sd.goals))}; * = on the Pareto front")
     if not console.is_terminal:
         _line(console, title)
         for rank, t in enumerate(ranking, start=1):
             place = f"{rank:>3}." if t.ranked else "   -"
+            shown = ", ".join(f"{m} {fmt_metric(v)}" for m, v in zip(metrics, _values(sd, t)))
             if t.ranked:
-                tail = f"{sd.metric} {fmt_metric(t.metric)}"
+                tail = shown + (" *" if front is not None and t.index in front else "")
             elif t.status == "pruned":
-                tail = f"pruned at epoch {fmt_epochs(t)} ({sd.metric} {fmt_metric(t.metric)})"
+                tail = f"pruned at epoch {fmt_epochs(t)} ({shown})"
             else:
                 tail = t.status
             err = f": {t.error}" if t.status == "failed" and t.error else ""
             _line(console, f"{place} trial {t.index}  {tail}{err}  {describe_values(t.overrides)}  "
                            f"{fmt_seconds(t.seconds)}")
     else:
-        table = _trial_table(title, sd, rank=True)
+        table = _trial_table(title, sd, rank=True, metrics=metrics, front=front is not None)
         for rank, t in enumerate(ranking, start=1):
             style = "bold green" if t is best else ("red" if t.status == "failed" else "")
+            mark = [] if front is None else ["*" if t.index in front else ""]
             table.add_row(str(rank) if t.ranked else "-", str(t.index),
                           *(format_value(t.overrides.get(p)) for p in sd.parameters),
-                          Text(status_text(t), style=STATUS_STYLE.get(t.status, "")), fmt_metric(t.metric),
+                          Text(status_text(t), style=STATUS_STYLE.get(t.status, "")),
+                          *(fmt_metric(v) for v in _values(sd, t)[:len(metrics)]), *mark,
                           fmt_epochs(t), fmt_seconds(t.seconds), style=style)
         console.print(table)
     if best is not None:
@@ -260,6 +281,11 @@ def print_leaderboard(console: Console, sd: SweepDir) -> None:
             _line(console, f"  run {best.run_dir}")
     else:
         _line(console, f"no trial has a {sd.metric} value yet")
+    if front:
+        finished = sum(1 for t in sd.trials if t.ranked)
+        _line(console, f"pareto front: trial{'s' if len(front) > 1 else ''} "
+                       f"{', '.join(str(i) for i in sorted(front))} ({len(front)} of {finished} finished; "
+                       f"none is beaten on every objective by another)")
     failed = [t for t in ranking if t.status == "failed"]
     if failed and console.is_terminal:
         for t in failed:

@@ -3,10 +3,19 @@
 Write order per epoch: best.npz (when the best changed), last.npz (which carries the history
 too), then history.json, a readable copy. A crash between two writes leaves history.json at most
 one epoch behind last.npz, and a resume rewrites it from last.npz.
+
+An epoch's three writes run in a background thread while the next epoch trains: on small, fast
+epochs the fsynced writes cost more than the epoch itself (a 20-64-64-2 MLP on 1,500 rows: 6-33 ms
+of writes against 5-10 ms of training). What they write is copied first, so it is exactly what a
+synchronous write at the end of that epoch would hold, and resume stays bitwise. At most one
+epoch's writes are in flight: the next epoch end, and the end of training, wait for them, and a
+write's error is raised there, in the training thread, as if the write had been synchronous.
 """
 from __future__ import annotations
 
-from typing import Any
+import copy
+import threading
+from typing import Any, Callable
 
 import numpy as np
 
@@ -33,6 +42,38 @@ def describe(exp) -> dict[str, Any]:
     }
 
 
+class _BackgroundWriter:
+    """Runs one job at a time in its own thread; `submit` first waits for the job before it.
+
+    Not a daemon thread: an interpreter exiting on an unexpected error still finishes the
+    write in flight (each file is renamed into place whole, so nothing is ever torn).
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.wait()
+        self._thread = threading.Thread(target=self._run, args=(job,), name="nnctl-checkpoint-writer")
+        self._thread.start()
+
+    def _run(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException as err:  # handed to the training thread by wait()
+            self._error = err
+
+    def wait(self) -> None:
+        """Block until the job in flight is done; raise its error, if it had one."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+
 class RunRecorder:
     """Writes one run's folder (see runs/store.py for the layout) as training goes.
 
@@ -44,6 +85,7 @@ class RunRecorder:
         self.run = run
         self.saved_epoch: int | None = None   # the epoch last.npz holds, once this process knows
         self._best_written: dict | None = None
+        self._writer = _BackgroundWriter()
 
     # -- checkpoints ---------------------------------------------------------------------
     def _arrays(self, state: Any, model_state: dict[str, np.ndarray], with_optimizer: bool) -> dict:
@@ -53,19 +95,39 @@ class RunRecorder:
         arrays.update(state.experiment.preprocessor.to_arrays())   # standardize/*, target/* (data layer)
         return arrays
 
-    def save_last(self, state: Any) -> None:
-        meta = CheckpointMeta(kind="last", **describe(state.experiment), **state.resume_state()).to_meta()
-        save_checkpoint(self.run.last, meta, self._arrays(state, state.model.state_dict(), True))
-        self.saved_epoch = state.epoch
+    # Each returns a job that writes what the state holds now: arrays and metadata are copied
+    # (the optimizer's arrays and the history are live and change in the next epoch).
+    def _last_job(self, state: Any) -> Callable[[], None]:
+        meta = copy.deepcopy(CheckpointMeta(kind="last", **describe(state.experiment), **state.resume_state()).to_meta())
+        arrays = {k: np.array(v, copy=True) for k, v in self._arrays(state, state.model.state_dict(), True).items()}
+        epoch = state.epoch
 
-    def save_best(self, state: Any) -> None:
-        best = state.best_state
+        def job() -> None:
+            save_checkpoint(self.run.last, meta, arrays)
+            self.saved_epoch = epoch
+        return job
+
+    def _best_job(self, state: Any) -> Callable[[], None]:
+        best = state.best_state   # the trainer replaces this dict of copies; it never mutates it
         assert best is not None
         resume = {**state.resume_state(), "epoch": state.best_epoch or state.epoch,
                   "history": []}   # only last.npz carries the history
-        meta = CheckpointMeta(kind="best", **describe(state.experiment), **resume).to_meta()
-        save_checkpoint(self.run.best, meta, self._arrays(state, best, False))
+        meta = copy.deepcopy(CheckpointMeta(kind="best", **describe(state.experiment), **resume).to_meta())
+        arrays = self._arrays(state, best, False)
         self._best_written = best
+        return lambda: save_checkpoint(self.run.best, meta, arrays)
+
+    def save_last(self, state: Any) -> None:
+        self._writer.wait()
+        self._last_job(state)()
+
+    def save_best(self, state: Any) -> None:
+        self._writer.wait()
+        self._best_job(state)()
+
+    def wait(self) -> None:
+        """Block until the epoch writes in flight are on disk (raising their error, if any)."""
+        self._writer.wait()
 
     # -- events --------------------------------------------------------------------------
     def on_train_begin(self, state: Any) -> None:
@@ -84,12 +146,21 @@ class RunRecorder:
         pass
 
     def on_epoch_end(self, state: Any, record: dict[str, Any], improved: bool) -> None:
+        self._writer.wait()   # the previous epoch's writes: their error surfaces here
+        jobs = []
         if state.best_state is not None and state.best_state is not self._best_written:
-            self.save_best(state)
-        self.save_last(state)
-        self.run.write_history(state.history)
+            jobs.append(self._best_job(state))
+        jobs.append(self._last_job(state))
+        history = copy.deepcopy(state.history)
+        jobs.append(lambda: self.run.write_history(history))
+
+        def epoch_writes() -> None:
+            for job in jobs:
+                job()
+        self._writer.submit(epoch_writes)
 
     def on_train_end(self, state: Any, result) -> None:
+        self._writer.wait()
         if result.status in ("failed", "interrupted"):
             self._end_unclean(state, result)
             return

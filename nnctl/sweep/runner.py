@@ -222,27 +222,43 @@ class SweepDir:
         return list(self.meta.get("metrics") or [self.metric])
 
     @property
+    def goals(self) -> list[str]:
+        return list(self.meta.get("goals") or [self.goal])
+
+    def pareto(self) -> set[int] | None:
+        """With several metrics (nsga2): the finished trials on the Pareto front; else None."""
+        if len(self.metrics) < 2:
+            return None
+        from nnctl.sweep.search import pareto_front
+        points = [(t.index, list(t.values)) for t in self.trials
+                  if t.status in DONE and t.values and len(t.values) == len(self.metrics)
+                  and all(v is not None and math.isfinite(v) for v in t.values)]
+        return set(pareto_front(points, self.goals)) if points else set()
+
+    @property
     def declared(self) -> int:
         """How many trials the sweep is to have in the end."""
         return int(self.meta.get("trials_declared") or len(self.trials))
 
     def write_results(self) -> Path:
-        """results.csv in leaderboard order: rank, index, each parameter, status, the metric(s), epochs,
-        run_dir, seconds, error."""
+        """results.csv in leaderboard order: rank, index, each parameter, status, the metric(s), with
+        several metrics `pareto` (1 on the front), epochs, run_dir, seconds, error."""
         params = self.parameters
         extra = self.metrics[1:]
+        front = self.pareto()
         rows = []
         for rank, t in enumerate(self.ranking(), start=1):
             more = list(t.values[1:]) if t.values and len(t.values) == len(self.metrics) else [None] * len(extra)
+            mark = [] if front is None else ["1" if t.index in front else ""]
             rows.append([rank if t.ranked else "", t.index, *(csv_value(t.overrides.get(p)) for p in params),
-                         t.status, csv_value(t.metric), *(csv_value(v) for v in more),
+                         t.status, csv_value(t.metric), *(csv_value(v) for v in more), *mark,
                          "" if t.epochs is None else t.epochs, t.run_dir or "",
                          "" if t.seconds is None else f"{t.seconds:.2f}", t.error or ""])
 
         def write(f) -> None:
             w = csv.writer(f, lineterminator="\n")
-            w.writerow(["rank", "index", *params, "status", self.metric, *extra, "epochs", "run_dir", "seconds",
-                        "error"])
+            w.writerow(["rank", "index", *params, "status", self.metric, *extra, *([] if front is None else ["pareto"]),
+                        "epochs", "run_dir", "seconds", "error"])
             w.writerows(rows)
 
         atomic_write(self.results, write, binary=False)

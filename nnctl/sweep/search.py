@@ -144,7 +144,7 @@ def _sampler(optuna, method: str, seed: int):
             import scipy  # noqa: F401
             import torch  # noqa: F401
         except ImportError:
-            raise NnctlError("method gp needs torch and scipy (Optuna's GPSampler): pip install torch scipy") from None
+            raise NnctlError("method gp needs torch and scipy (Optuna's GPSampler): pip install -e \".[search-gp]\"") from None
         return s.GPSampler(seed=seed, n_startup_trials=STARTUP_TRIALS["gp"])
     if method == "cmaes":
         try:
@@ -243,3 +243,18 @@ def tell(study, number: int, status: str, values: list[float] | None) -> None:
         # Failed, or completed without a usable value: the sampler must not learn from it.
         study.tell(number, state=state.FAIL, skip_if_finished=True)
 
+
+
+# -- several objectives (nsga2) ------------------------------------------------------------------
+
+def pareto_front(points: list[tuple[int, list[float]]], goals: list[str]) -> list[int]:
+    """The trial numbers on the Pareto front of `points` ((number, one value per goal), finished
+    trials only): Optuna's `best_trials`, i.e. those no other point dominates (at least as good on
+    every objective and better on one). Equal points are all kept."""
+    optuna = import_optuna()
+    study = optuna.create_study(directions=list(goals))
+    numbers = []
+    for number, values in points:
+        study.add_trial(optuna.trial.create_trial(values=[float(v) for v in values]))
+        numbers.append(number)
+    return sorted(numbers[t.number] for t in study.best_trials)

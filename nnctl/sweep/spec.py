@@ -136,6 +136,7 @@ class SweepSpec:
     metrics: list[str] = field(default_factory=list)   # every objective (nsga2: several), metric first
     goals: list[str] = field(default_factory=list)
     pruner: Any = None              # nnctl.sweep.search.PrunerSpec, or None (no pruning)
+    data_shape: Any = None          # nnctl.sweep.memory.DataShape of the base's data (for sizing trials)
 
     @property
     def model_based(self) -> bool:
@@ -152,6 +153,7 @@ class Trial:
     index: int
     overrides: dict[str, Any]       # parameter name -> value, in declaration order
     config: dict[str, Any]          # Spec.to_dict(): what trials/<index>/spec.yaml holds
+    spec: Any = field(default=None, repr=False, compare=False)   # the checked Spec (sizing reads it)
 
     @property
     def config_hash(self) -> str:
@@ -183,7 +185,7 @@ def check_sweep(source: Source, folder: Path, default_name: str, path: Path | No
     top = chk.section((), raw, SWEEP_PARAMS, {})
     chk.raise_if_any()
 
-    base, base_raw, base_dir, base_label, exp_info = _load_base(chk, top["base"], folder, source)
+    base, base_raw, base_dir, base_label, exp_info, data_shape = _load_base(chk, top["base"], folder, source)
     params = _parse_parameters(chk, top["parameters"], top["method"])
 
     method = top["method"]
@@ -220,7 +222,7 @@ def check_sweep(source: Source, folder: Path, default_name: str, path: Path | No
     return SweepSpec(name=top["name"] or default_name, description=top["description"], method=method,
                      trials=top["trials"], seed=top["seed"], parameters=params, metric=names[0], goal=goals[0],
                      base=base, base_raw=base_raw, base_dir=base_dir, base_label=base_label,
-                     source=source, path=path, metrics=names, goals=goals, pruner=pruner)
+                     source=source, path=path, metrics=names, goals=goals, pruner=pruner, data_shape=data_shape)
 
 
 def _missing_packages(method: str) -> str | None:
@@ -231,7 +233,7 @@ def _missing_packages(method: str) -> str | None:
     if find_spec("optuna") is None:
         return f'method {method} runs on Optuna, which is not installed: pip install -e ".[search]"'
     if method == "gp" and (find_spec("torch") is None or find_spec("scipy") is None):
-        return "method gp needs torch and scipy (Optuna's GPSampler): pip install torch scipy"
+        return "method gp needs torch and scipy (Optuna's GPSampler): pip install -e \".[search-gp]\""
     if method == "cmaes" and find_spec("cmaes") is None:
         return 'method cmaes needs the cmaes package: pip install -e ".[search]"'
     return None
@@ -334,6 +336,7 @@ def default_goal(metric: str) -> str:
 def _load_base(chk: Checker, base: Any, folder: Path, source: Source):
     """The base train spec: validated, resolved, and its data loaded once for task and splits."""
     from nnctl.config.spec import check_spec
+    from nnctl.sweep.memory import DataShape
     from nnctl.training.experiment import prepare
     if isinstance(base, str) and (not base.strip() or not base.isprintable() or len(base) > 1024):
         # a multi-line text or a whole file pasted under base: is not a path; quote only its start
@@ -364,7 +367,7 @@ def _load_base(chk: Checker, base: Any, folder: Path, source: Source):
     d = exp.dataset
     info = (d.task, d.val is not None and len(d.val) > 0, d.test is not None and len(d.test) > 0)
     raw = base_source.data if isinstance(base_source.data, dict) else {}
-    return spec.to_dict(), raw, base_dir, label, info
+    return spec.to_dict(), raw, base_dir, label, info, DataShape.of(d)
 
 
 def _number(value: Any) -> Any:
@@ -593,7 +596,7 @@ def build_trial(sweep: SweepSpec, index: int, overrides: dict[str, Any]) -> Tria
     # Errors at a swept path point at that parameter's line in the sweep file.
     source = Source(data=data, filename=sweep.source.filename, lines=lines)
     spec = check_spec(source, sweep.base_dir, data["name"])
-    return Trial(index, overrides, spec.to_dict())
+    return Trial(index, overrides, spec.to_dict(), spec)
 
 
 def build_trials(sweep: SweepSpec) -> list[Trial]:

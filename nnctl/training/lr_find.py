@@ -8,14 +8,23 @@ caller only gets the curve and the suggestions.
 Notes
 -----
 lr_i = min_lr * (max_lr / min_lr) ** (i / (steps - 1)),  i = 0 .. steps-1
-Smoothed loss (bias-corrected exponential average, as the loss of one batch is noisy):
-  a_i = beta a_{i-1} + (1 - beta) loss_i,  s_i = a_i / (1 - beta^(i+1)),  beta = 0.9
-Diverged: a non-finite loss, or s_i > DIVERGE x min_j<=i s_j.
-Suggestions, both over the points up to the minimum of s:
-  steepest    the lr where d log(s) / d log(lr) is most negative: the loss falls fastest, by
-              fraction (a loss falling 10 -> 5 is as fast as 0.2 -> 0.1), skipping the first
-              1 / (1 - beta) points, where the average still follows single noisy batches;
-  min / 10    a tenth of the lr at the minimum of s (the minimum sits at the edge of divergence).
+Stopping (online, so it can only look back): a bias-corrected exponential average
+  a_i = beta a_{i-1} + (1 - beta) loss_i,  e_i = a_i / (1 - beta^(i+1)),  beta = 0.9;
+  diverged: a non-finite loss, or e_i > DIVERGE x min_j<=i e_j.
+Suggestions (after the test, so they can look both ways): the curve s is the centred mean
+of log(loss) over the 2 HALF + 1 steps around each point (cut at the ends). The running
+average e trails the batch loss by about 1 / (1 - beta) = 10 steps, which at 100 steps over
+six decades is a factor ~4 in lr, and its arithmetic mean is dominated by the larger, older
+losses while the loss falls by orders of magnitude; s has neither bias.
+  suggested   half the lr at the minimum of s. The minimum is where a step starts to
+              overshoot; for a quadratic with curvature h the loss grows once lr > 2/h and
+              falls fastest at lr = 1/h, so half of it is the fastest stable constant lr.
+              This tracks the stability edge, which moves with the loss scale (raw
+              regression targets need large output weights, hence more curvature);
+  steepest    the lr where d log(s) / d log(lr) is most negative, past the first HALF points:
+              where learning starts within this test's budget, so it moves with --steps
+              (fewer steps, larger lr) and says nothing about the stability edge;
+  min / 10    a tenth of the lr at the minimum of s (the usual conservative rule).
 """
 from __future__ import annotations
 
@@ -31,21 +40,24 @@ from nnctl.training.experiment import Experiment
 
 BETA = 0.9
 DIVERGE = 4.0
+HALF = 5          # the centred window's half width: 11 steps, the running average's span
 
 
 @dataclass
 class LRFindResult:
     lrs: list[float]                 # the lr of each step taken
     losses: list[float]              # the batch loss at that lr (before the step)
-    smoothed: list[float]
+    smoothed: list[float]            # exp of the centred mean of log(loss) (see Notes)
     stopped: str                     # "diverged at lr ..." or "reached max_lr"
-    steepest: float | None = None    # suggested lr: steepest descent of the smoothed loss
+    suggested: float | None = None   # half the lr at the smoothed loss' minimum
+    steepest: float | None = None    # steepest descent of the smoothed loss
     min_over_10: float | None = None  # the lr at the smoothed loss' minimum, / 10
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"settings": self.settings, "stopped": self.stopped,
-                "suggestion": {"steepest": self.steepest, "min_over_10": self.min_over_10},
+                "suggestion": {"suggested": self.suggested, "steepest": self.steepest,
+                               "min_over_10": self.min_over_10},
                 "curve": [{"lr": lr, "loss": loss, "smoothed": s}
                           for lr, loss, s in zip(self.lrs, self.losses, self.smoothed)]}
 
@@ -58,18 +70,27 @@ def lr_schedule(min_lr: float, max_lr: float, steps: int) -> np.ndarray:
     return min_lr * (max_lr / min_lr) ** (np.arange(steps) / (steps - 1))
 
 
-def suggest(lrs: np.ndarray, smoothed: np.ndarray) -> tuple[float | None, float | None]:
-    """(steepest, min/10) over the points up to the minimum of the smoothed loss (see Notes)."""
+def centred_smooth(losses: np.ndarray) -> np.ndarray:
+    """exp of the mean of log(loss) over the 2 HALF + 1 steps around each point (losses > 0)."""
+    logs = np.log(losses)
+    sums = np.concatenate([[0.0], np.cumsum(logs)])
+    idx = np.arange(len(logs))
+    lo, hi = np.maximum(idx - HALF, 0), np.minimum(idx + HALF + 1, len(logs))
+    return np.exp((sums[hi] - sums[lo]) / (hi - lo))
+
+
+def suggest(lrs: np.ndarray, smoothed: np.ndarray) -> tuple[float | None, float | None, float | None]:
+    """(suggested, steepest, min/10) from the smoothed curve (see Notes)."""
     if len(smoothed) < 3:
-        return None, None
+        return None, None, None
     lowest = int(np.argmin(smoothed))
-    min_over_10 = float(lrs[lowest] / 10.0)
-    skip = int(round(1 / (1 - BETA)))
-    if lowest - skip < 2 or np.any(smoothed[skip:lowest + 1] <= 0):
-        return None, min_over_10
-    part = np.log(smoothed[skip:lowest + 1])
-    slope = np.gradient(part, np.log(lrs[skip:lowest + 1]))
-    return float(lrs[skip + int(np.argmin(slope))]), min_over_10
+    suggested, min_over_10 = float(lrs[lowest] / 2.0), float(lrs[lowest] / 10.0)
+    if lowest == 0:   # the loss only rose: no lr in the range learns
+        return None, None, min_over_10
+    if lowest - HALF < 2:
+        return suggested, None, min_over_10
+    slope = np.gradient(np.log(smoothed[HALF:lowest + 1]), np.log(lrs[HALF:lowest + 1]))
+    return suggested, float(lrs[HALF + int(np.argmin(slope))]), min_over_10
 
 
 def find_lr(exp: Experiment, min_lr: float = 1e-7, max_lr: float = 10.0, steps: int = 100) -> LRFindResult:
@@ -88,7 +109,7 @@ def find_lr(exp: Experiment, min_lr: float = 1e-7, max_lr: float = 10.0, steps: 
             yield from iterate_batches(train, spec.training.batch_size, rng, exp.dtype, exp.standardizer)
             epoch += 1
 
-    taken, losses, smoothed = [], [], []
+    taken, losses = [], []
     avg, best = 0.0, math.inf
     stopped = "reached max_lr"
     stream = batches()
@@ -102,17 +123,21 @@ def find_lr(exp: Experiment, min_lr: float = 1e-7, max_lr: float = 10.0, steps: 
                 stopped = f"diverged at lr {lr:.3g} (loss {value})"
                 break
             avg = BETA * avg + (1 - BETA) * value
-            s = avg / (1 - BETA ** (i + 1))
+            running = avg / (1 - BETA ** (i + 1))
             taken.append(float(lr))
             losses.append(float(value))
-            smoothed.append(float(s))
-            best = min(best, s)
-            if s > DIVERGE * best:
-                stopped = f"diverged at lr {lr:.3g} (smoothed loss {s:.4g} > {DIVERGE:g} x its minimum {best:.4g})"
+            best = min(best, running)
+            if running > DIVERGE * best:
+                stopped = (f"diverged at lr {lr:.3g} (averaged loss {running:.4g} > {DIVERGE:g} x its minimum "
+                           f"{best:.4g})")
                 break
             model.backward(dz)
             opt.step(params, grads)
-    steepest, min_over_10 = suggest(np.array(taken), np.array(smoothed))
+    # a zero loss (a fit to the last bit) would make log(0); the floor keeps the curve finite
+    smoothed = centred_smooth(np.maximum(np.array(losses), np.finfo(np.float64).tiny)) if losses else np.array([])
+    suggested, steepest, min_over_10 = suggest(np.array(taken), smoothed)
     settings = {"min_lr": min_lr, "max_lr": max_lr, "steps": steps, "beta": BETA, "diverge": DIVERGE,
-                "batch_size": spec.training.batch_size, "optimizer": spec.optimizer.get("name"), "seed": spec.seed}
-    return LRFindResult(taken, losses, smoothed, stopped, steepest, min_over_10, settings)
+                "half_window": HALF, "batch_size": spec.training.batch_size, "optimizer": spec.optimizer.get("name"),
+                "seed": spec.seed}
+    return LRFindResult(taken, losses, [float(v) for v in smoothed], stopped, suggested, steepest, min_over_10,
+                        settings)

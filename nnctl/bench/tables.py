@@ -1,0 +1,135 @@
+"""`python -m nnctl.bench.tables` (`nnctl bench --tables`): CSV parse time, peak memory and cache-hit time.
+
+Writes CSVs of 10,000 / 200,000 / 1,000,000 rows (--rows) of 50 float features and an
+integer label in a temporary folder (or --dir), then, each in a fresh child process:
+
+    parse       read_csv_data with no cache (the block parser: numpy's C reader)
+    cache build the first load through the table cache (parse + hash + write .npy)
+    cache hit   a later load: the cache's arrays memory-mapped, the RawData built
+    pandas      pandas.read_csv(dtype=float32), when pandas is installed
+
+Peak memory is the child's own high-water mark of resident memory (VmHWM from
+/proc/self/status at its end; ru_maxrss of the child is not used because Linux seeds it at
+exec with the parent's), shown with the array it produced: the float32 features (N x 50).
+The targets (issue 20): parse within 3x of pandas, peak <= 2x the array + 100 MB, a cache
+hit <= 0.2 s at 1M rows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from nnctl.bench import say
+
+FEATURES = 50
+SIZES = (10_000, 200_000, 1_000_000)
+# distinct rows per generated block; larger files repeat it (parse work does not depend on it)
+BLOCK_ROWS = 20_000
+
+
+def make_csv(path: Path, rows: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((min(rows, BLOCK_ROWS), FEATURES)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(int)
+    lines = [",".join(f"{v:.7g}" for v in row.tolist()) + f",{t}\n" for row, t in zip(x, y)]
+    with open(path, "w") as f:
+        f.write(",".join(f"f{i}" for i in range(FEATURES)) + ",label\n")
+        left = rows
+        while left:
+            take = min(left, len(lines))
+            f.write("".join(lines[:take]))
+            left -= take
+
+
+def _hwm_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child(mode: str, path: str, cache: str) -> dict:
+    """One measurement, in this (fresh) process; returns seconds, peak MB and the array's MB."""
+    start_mb = _hwm_mb()
+    if mode == "pandas":
+        import pandas as pd
+        t = time.perf_counter()
+        frame = pd.read_csv(path, dtype=np.float32)
+        x = frame.to_numpy()[:, :FEATURES]
+        seconds = time.perf_counter() - t
+        return {"seconds": seconds, "peak_mb": _hwm_mb(), "start_mb": start_mb, "array_mb": x.nbytes / 2**20}
+    from nnctl.data.files import read_csv_data
+    from nnctl.data.table_cache import TableCache
+    parse = None if mode == "parse" else TableCache(Path(cache)).parse
+    t = time.perf_counter()
+    raw = read_csv_data(Path(path), "label", None, parse=parse)
+    seconds = time.perf_counter() - t
+    x = raw.numbers
+    return {"seconds": seconds, "peak_mb": _hwm_mb(), "start_mb": start_mb, "array_mb": x.nbytes / 2**20,
+            "rows": int(len(x))}
+
+
+def measure(mode: str, path: Path, cache: Path) -> dict | None:
+    proc = subprocess.run([sys.executable, "-m", "nnctl.bench.tables", "--child", mode, str(path), str(cache)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        say(f"  {mode}: failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def pandas_installed() -> bool:
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, nargs="+", default=list(SIZES), help="row counts to generate and parse")
+    ap.add_argument("--dir", type=Path, default=None, help="where to write the CSVs (default: a temp folder)")
+    ap.add_argument("--child", nargs=3, metavar=("MODE", "PATH", "CACHE"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(*args.child)))
+        return 0
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        tmp = Path(tmp)
+        say(f"CSV tables: {FEATURES} float features + an integer label; load {os.getloadavg()[0]:.2f} "
+            f"on {os.cpu_count()} CPUs; peak = the child's VmHWM (python + numpy alone: ~30 MB)")
+        if not pandas_installed():
+            say("pandas is not installed: no pandas column (pip install pandas to compare)")
+        say(f"{'rows':>9} {'file MB':>8} {'array MB':>8} | {'parse s':>7} {'peak MB':>7} | {'build s':>7} "
+            f"{'hit s':>6} {'hit MB':>6} | {'pandas s':>8} {'peak MB':>7}")
+        for rows in args.rows:
+            path = tmp / f"t{rows}.csv"
+            make_csv(path, rows)
+            cache = tmp / f"cache{rows}"
+            parse = measure("parse", path, cache)
+            build = measure("build", path, cache)
+            hit = measure("hit", path, cache)
+            pd = measure("pandas", path, cache) if pandas_installed() else None
+            if not (parse and build and hit):
+                continue
+            size = path.stat().st_size / 2**20
+            pandas_cols = f"{pd['seconds']:8.2f} {pd['peak_mb']:7.0f}" if pd else f"{'-':>8} {'-':>7}"
+            say(f"{rows:>9,} {size:8.0f} {parse['array_mb']:8.0f} | {parse['seconds']:7.2f} {parse['peak_mb']:7.0f} | "
+                f"{build['seconds']:7.2f} {hit['seconds']:6.3f} {hit['peak_mb']:6.0f} | {pandas_cols}")
+            path.unlink()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

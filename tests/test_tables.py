@@ -1,0 +1,234 @@
+"""Tables at scale: the block parser agrees with the cell-by-cell checks, and the parsed-table cache
+is hit, invalidated, rebuilt when damaged, and built once by racing processes and by a sweep."""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from nnctl.cli import app
+from nnctl.data import files, table_cache
+from nnctl.data.dataset import load_dataset
+from nnctl.data.table_cache import TableCache
+from nnctl.errors import DataError
+
+ROOT = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+
+
+def table_csv(path: Path, rows: int = 300, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, 3)).round(4)
+    y = (x[:, 0] + x[:, 1] > 0).astype(int)
+    path.write_text("a,b,c,label\n" + "".join(f"{p},{q},{r},{t}\n" for (p, q, r), t in zip(x, y)))
+    return path
+
+
+def builds(cache_dir: Path) -> int:
+    log = cache_dir / "tables" / "builds.log"
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def data_spec(path: Path, **extra) -> dict:
+    return {"dataset": str(path), "target": "label", "val_split": 0.2, "test_split": 0.2, **extra}
+
+
+def x_of(ds) -> np.ndarray:
+    return np.asarray(ds.train.x)[ds.train.rows()]
+
+
+# -- the block parser -----------------------------------------------------------------------------
+
+MIXED = (
+    "\ufeffid,num,color,label\n"
+    + "".join(f"{i},{i * 0.5},{'red' if i % 3 else 'blue'},{'yes' if i % 2 else 'no'}\n" for i in range(1, 40))
+    + "\n"                                        # a blank line
+    + "40,,red,no\n41,NA,blue,yes\n"               # missing cells
+    + '42,21.0,"gr,een",no\n'                     # a quoted field: csv module from here on
+    + '43,21.5,"multi\nline",yes\n'
+    + "44,22.0,red,no\r\n"
+)
+
+
+@pytest.mark.parametrize("block", [40, 97, 4 * 2**20])
+def test_blocks_of_any_size_parse_as_one(tmp_path, monkeypatch, block):
+    """Numbers, missing cells, categories, line numbers are the same whatever the block boundaries."""
+    path = tmp_path / "mixed.csv"
+    path.write_text(MIXED, newline="")
+    monkeypatch.setattr(files, "BLOCK_BYTES", block)
+    raw = files.read_csv_data(path, "label", None)
+    num = raw.columns[1]
+    assert [c.kind for c in raw.columns] == ["numeric", "numeric", "categorical"]
+    assert num.values[:3].tolist() == [0.5, 1.0, 1.5] and np.isnan(num.values[39:41]).all()
+    assert num.missing.sum() == 2 and num.values[41] == 21.0
+    assert raw.columns[2].values[41:43].tolist() == ["gr,een", "multi\nline"]
+    assert raw.y[:2].tolist() == ["yes", "no"] and raw.y[-1] == "no"
+    assert raw.lines[:2].tolist() == [2, 3] and raw.lines[38:].tolist() == [40, 42, 43, 44, 45, 47]
+
+
+@pytest.mark.parametrize("block", [30, 4 * 2**20])
+def test_an_error_in_a_later_block_names_its_cell(tmp_path, monkeypatch, block):
+    monkeypatch.setattr(files, "BLOCK_BYTES", block)
+    path = tmp_path / "d.csv"
+    path.write_text("a,b,label\n" + "1,2,0\n" * 20 + "1,x,1\n" + "3,4\n")
+    with pytest.raises(DataError) as err:
+        files.read_csv_data(path, "label", None)
+    assert str(err.value) == "d.csv row 23: expected 3 fields, got 2"   # the block's structure first
+    path.write_text("a,b,label\n" + "1,2,0\n" * 20 + "1,x,1\n")
+    with pytest.raises(DataError) as err:
+        files.read_csv_data(path, "label", None)
+    assert str(err.value) == ("d.csv row 22, column 'b': not a number: 'x' (the column's other cells are "
+                              "numbers; list it in data.categorical to use it as categories)")
+    path.write_text("a,b,label\n" + "1,2,0\n" * 20 + "1,1e300,1\n")
+    with pytest.raises(DataError) as err:
+        files.read_csv_data(path, "label", None)
+    assert str(err.value) == "d.csv row 22, column 'b': '1e300' is not finite in float32 (the model's dtype)"
+
+
+def test_labels_after_numbers_and_text_after_missing_restart_as_text(tmp_path, monkeypatch):
+    """A target whose text starts in a later block is labels; a feature missing in the first blocks
+    and text later is categorical."""
+    monkeypatch.setattr(files, "BLOCK_BYTES", 16)
+    path = tmp_path / "d.csv"
+    path.write_text("a,c,label\n" + "1,,1.0\n" * 10 + "2,k,other\n")
+    raw = files.read_csv_data(path, "label", None)
+    assert raw.y.tolist() == ["1.0"] * 10 + ["other"]
+    assert raw.columns[1].kind == "categorical" and raw.columns[1].values[-1] == "k"
+    assert raw.numbers is None and raw.columns[0].values.tolist() == [1.0] * 10 + [2.0]
+
+
+# -- the cache ------------------------------------------------------------------------------------
+
+def test_second_load_is_a_cache_hit_with_the_same_arrays(tmp_path):
+    cache = Path(os.environ["NNCTL_CACHE_DIR"])
+    path = table_csv(tmp_path / "t.csv")
+    first = load_dataset(data_spec(path), 0, tmp_path)
+    before = table_cache.BUILDS
+    second = load_dataset(data_spec(path), 0, tmp_path)
+    assert table_cache.BUILDS == before and builds(cache) == 1
+    assert first.describe()[-1] == f"table cache: {cache / 'tables'} (parsed and stored)"
+    assert second.describe()[-1] == f"table cache: {cache / 'tables'} (hit)"
+    assert isinstance(second.train.x, np.memmap)
+    assert np.array_equal(x_of(first), x_of(second)) and np.array_equal(first.test.y, second.test.y)
+    # the parsed values are the file's, rounded to float32
+    expect = np.loadtxt(path, delimiter=",", skiprows=1, usecols=(0, 1, 2), dtype=np.float32)
+    assert np.array_equal(np.asarray(second.train.x), expect)
+    # other options are another entry; off never writes
+    load_dataset(data_spec(path, features=["a", "b"]), 0, tmp_path)
+    assert builds(cache) == 2
+    off = load_dataset(data_spec(path, cache="off"), 0, tmp_path)
+    assert builds(cache) == 2 and off.describe()[-1] == "table cache: off"
+
+
+def test_an_edit_keeping_size_and_mtime_is_seen_by_its_hash(tmp_path):
+    cache = Path(os.environ["NNCTL_CACHE_DIR"])
+    path = table_csv(tmp_path / "t.csv")
+    load_dataset(data_spec(path, val_split=0, test_split=0), 0, tmp_path)
+    st = os.stat(path)
+    text = path.read_text()
+    first_value = text.splitlines()[1].split(",")[0]
+    edited = text.replace(first_value, first_value[:-1] + ("1" if first_value[-1] != "1" else "2"), 1)
+    assert len(edited) == len(text) and edited != text
+    path.write_text(edited)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (os.stat(path).st_size, os.stat(path).st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    ds = load_dataset(data_spec(path, val_split=0, test_split=0), 0, tmp_path)
+    assert builds(cache) == 2
+    assert ds.train.x[0, 0] == np.float32(float(edited.splitlines()[1].split(",")[0]))
+    # a touch without an edit: rehashed, the same bytes, still a hit
+    os.utime(path, None)
+    load_dataset(data_spec(path, val_split=0, test_split=0), 0, tmp_path)
+    assert builds(cache) == 2
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage_meta", "foreign"])
+def test_a_damaged_or_foreign_entry_is_rebuilt(tmp_path, damage):
+    cache = Path(os.environ["NNCTL_CACHE_DIR"])
+    path = table_csv(tmp_path / "t.csv")
+    good = x_of(load_dataset(data_spec(path), 0, tmp_path))   # a copy: the damage below is in place
+    (entry,) = [p for p in (cache / "tables").iterdir() if p.is_dir()]
+    if damage == "truncate":
+        data = (entry / "numbers.npy").read_bytes()
+        (entry / "numbers.npy").write_bytes(data[:len(data) // 2])
+    elif damage == "garbage_meta":
+        (entry / "meta.json").write_text("{not json")
+    else:
+        meta = json.loads((entry / "meta.json").read_text())
+        meta["shapes"]["numbers"][0][0] += 1      # claims a row the array does not have
+        (entry / "meta.json").write_text(json.dumps(meta))
+    again = load_dataset(data_spec(path), 0, tmp_path)
+    assert builds(cache) == 2 and again.describe()[-1].endswith("(parsed and stored)")
+    assert np.array_equal(good, x_of(again))
+
+
+RACER = """
+import hashlib, sys
+import numpy as np
+from nnctl.data.dataset import load_dataset
+ds = load_dataset({"dataset": sys.argv[1], "target": "label"}, 0, ".")
+print(hashlib.sha256(np.ascontiguousarray(ds.train.x).tobytes()).hexdigest(), ds.describe()[-1].split("(")[-1])
+"""
+
+
+def test_two_processes_racing_build_once_and_read_equal_arrays(tmp_path):
+    cache = Path(os.environ["NNCTL_CACHE_DIR"])
+    path = table_csv(tmp_path / "t.csv", rows=3000)
+    key, _, _ = TableCache.key(path, features=None, target="label", categorical="auto", ignore=None)
+    (cache / "tables").mkdir(parents=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # hold the build lock so both processes reach it before either can build
+    with open(cache / "tables" / f"{key}.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        procs = [subprocess.Popen([sys.executable, "-c", RACER, str(path)], env=env, cwd=tmp_path,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        time.sleep(1.0)
+        assert all(p.poll() is None for p in procs)   # both wait on the lock
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    lines = sorted(o.strip() for o, _ in outs)
+    assert lines[0].split()[0] == lines[1].split()[0]
+    assert sorted(line.split()[-1] for line in lines) == ["hit)", "stored)"]
+    assert builds(cache) == 1
+
+
+def test_a_sweep_of_four_trials_parses_once(tmp_path):
+    cache = Path(os.environ["NNCTL_CACHE_DIR"])
+    table_csv(tmp_path / "t.csv", rows=200)
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(textwrap.dedent("""\
+        name: tables
+        base:
+          data: {dataset: t.csv, target: label, val_split: 0.2, test_split: 0.2}
+          model: {hidden: [4]}
+          optimizer: {name: sgd, lr: 0.05}
+          training: {epochs: 2, batch_size: 32}
+        parameters:
+          optimizer.lr: [0.01, 0.02, 0.03, 0.04]
+        metric: val_loss
+        """))
+    result = runner.invoke(app, ["sweep", str(spec), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "runs").glob("tables-*/trials/*"))) == 4
+    assert builds(cache) == 1
+
+
+def test_cache_list_and_clear(tmp_path):
+    cache = Path(os.environ["NNCTL_CACHE_DIR"])
+    path = table_csv(tmp_path / "t.csv")
+    load_dataset(data_spec(path), 0, tmp_path)
+    out = runner.invoke(app, ["cache", "list"])
+    assert out.exit_code == 0 and str(path.resolve()) in out.output and "fresh" in out.output
+    assert "1 table," in out.output
+    out = runner.invoke(app, ["cache", "clear"])
+    assert out.exit_code == 0 and out.output.startswith(f"{cache / 'tables'}: removed 1 table (")
+    assert not [p for p in (cache / "tables").iterdir() if p.is_dir()]
+    assert runner.invoke(app, ["cache", "list"]).output.strip() == f"{cache / 'tables'}: no cached tables"
