@@ -453,6 +453,33 @@ def test_every_problem_is_one_escaped_line(tmp_path):
                    "error: training.epochs: must be >= 1, got 0 (t.yaml line 2)"]
 
 
+@pytest.mark.parametrize("key, value", [("model/layers.0.W", np.nan), ("model/layers.1.b", np.inf),
+                                        ("standardize/scale", -np.inf)])
+@pytest.mark.parametrize("command", ["eval", "predict", "export", "resume"])
+def test_a_checkpoint_holding_nan_or_inf_is_refused_not_used(tmp_path, trained_run, key, value, command):
+    """Training never writes a non-finite array, so one is damage: predictions from it (argmax of
+    NaN is class 0) would be silent garbage."""
+    from nnctl.runs.checkpoint import load_checkpoint, save_checkpoint
+    run = _resumable(trained_run, tmp_path / "r")
+    for name in ("last.npz", "best.npz"):
+        path = run / "checkpoints" / name
+        ckpt = load_checkpoint(path)
+        arrays = dict(ckpt.arrays)
+        arrays[key] = arrays[key].copy()
+        arrays[key].flat[:2] = value
+        save_checkpoint(path, {k: v for k, v in ckpt.meta.items()
+                               if k not in ("format", "format_version", "nnctl_version")}, arrays)
+    (tmp_path / "in.csv").write_text("x1,x2\n0.1,0.2\n")
+    before = tree_hash(run)
+    args = {"eval": ("eval", run), "predict": ("predict", run, tmp_path / "in.csv"),
+            "export": ("export", run, "--format", "npz-weights", "--out", tmp_path / "w.npz"),
+            "resume": ("train", "--resume", run, "-q")}[command]
+    which = "last.npz" if command == "resume" else "best.npz"
+    assert cli(*args) == (1, [f"error: {run / 'checkpoints' / which}: array '{key}' holds 2 non-finite values "
+                              f"(NaN or inf); the checkpoint is damaged"])
+    assert tree_hash(run) == before and not (tmp_path / "w.npz").exists()
+
+
 @pytest.mark.parametrize("field", ["task", "model.dtype", "early_stopping.best"])
 def test_long_text_in_a_checkpoint_is_quoted_as_an_excerpt(tmp_path, trained_run, field):
     """A checkpoint's metadata is a user's file too: a field holding a whole file is an excerpt."""

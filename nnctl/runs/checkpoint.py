@@ -120,12 +120,19 @@ def load_checkpoint(path: Path) -> Checkpoint:
             f"{path}: checkpoint format version {version} is newer than this nnctl supports "
             f"({FORMAT_VERSION}); upgrade nnctl"
         )
-    for key, kind in (("config", dict), ("model", dict), ("epoch", int), ("task", str)):
+    for key, kind, word in (("config", dict, "a mapping"), ("model", dict, "a mapping"),
+                            ("epoch", int, "an integer"), ("task", str, "a string")):
         if not isinstance(meta.get(key), kind):
-            raise CheckpointError(f"{path}: metadata field {key} is missing or not a {kind.__name__}")
+            raise CheckpointError(f"{path}: metadata field {key} is missing or not {word}")
     for key, arr in arrays.items():
         if arr.dtype.kind not in "fiub":
-            raise CheckpointError(f"{path}: array {key} has unsupported dtype {arr.dtype}")
+            raise CheckpointError(f"{path}: array {quoted(key)} has unsupported dtype {arr.dtype}")
+        # training never writes a NaN or inf (a non-finite loss stops the run before its
+        # checkpoint): one here is damage, and a model built from it predicts garbage silently
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+            raise CheckpointError(f"{path}: array {quoted(key)} holds {bad:,} non-finite values (NaN or inf); "
+                                  f"the checkpoint is damaged")
     return Checkpoint(meta=meta, arrays=arrays, path=path)
 
 
