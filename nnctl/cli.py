@@ -5,6 +5,7 @@ Every expected failure is an NnctlError, caught once in `main` and shown as its 
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -15,7 +16,7 @@ from rich.table import Table
 from nnctl import __version__
 from nnctl.completion import complete_run, complete_set, complete_spec
 from nnctl.console import console, err_console, print_error
-from nnctl.errors import NnctlError
+from nnctl.errors import NnctlError, excerpt
 
 def _flags_take_no_value() -> None:
     # Typer 0.29's rich help prints a type for every option, so on/off flags read as if they
@@ -33,8 +34,26 @@ def _flags_take_no_value() -> None:
 
 _flags_take_no_value()
 
+class _Commands(typer.core.TyperGroup):
+    """Every command, with one net under them for paths the operating system refuses.
+
+    A path given on the command line can fail before nnctl looks inside it: too long for the
+    file system, a folder without permission, a file where a folder should be. Path.is_dir()
+    and friends raise those instead of answering False, from any of the places a command
+    touches a path; the OSError names the path, so it becomes one line like any NnctlError.
+    """
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OSError as err:
+            if err.filename is None or _state["debug"]:
+                raise
+            fail(NnctlError(f"{excerpt(os.fsdecode(err.filename))}: {err.strerror or err}"))
+
+
 # add_completion: --install-completion / --show-completion (bash, zsh, fish), see the README.
-app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(cls=_Commands, add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train neural networks from YAML experiment specs (pure NumPy engine).")
 
 _state = {"debug": False}

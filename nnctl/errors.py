@@ -66,6 +66,12 @@ def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
     return f"{printable(text[:limit])}... ({len(text):,} characters)"
 
 
+def quoted(value: object) -> str:
+    """repr(value) for a message, as an excerpt: a value read from a user's file (a spec, a
+    checkpoint's metadata) may be a whole file's worth of text."""
+    return excerpt(repr(value))
+
+
 def one_line(text: str, limit: int = MAX_LINE_CHARS) -> str:
     """A problem as exactly one printable line of at most about `limit` characters."""
     text = printable(text)

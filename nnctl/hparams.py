@@ -68,7 +68,7 @@ def _is_bool(value: Any) -> bool:
 def check_value(where: str, value: Any, p: Param) -> Any:
     """`value` checked against `p` (type, finiteness, bounds, choices); numbers come back as
     Python int/float. Kinds other than numbers, lists of numbers, bool and str pass unchanged."""
-    from nnctl.errors import ConfigError
+    from nnctl.errors import ConfigError, quoted
     if value is None:
         if p.nullable or p.default is None:
             return None
@@ -79,18 +79,18 @@ def check_value(where: str, value: Any, p: Param) -> Any:
         # a component takes lists only: a mapping by name is resolved before it is built
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: must be a list of {'integers' if p.kind == 'int_list' else 'numbers'}, "
-                              f"got {value!r}")
+                              f"got {quoted(value)}")
         elem = "int" if p.kind == "int_list" else "float"
         return [_check_number(f"{where}[{i}]", v, elem, p) for i, v in enumerate(value)]
     if p.kind == "bool":
         if not _is_bool(value):
-            raise ConfigError(f"{where}: must be true or false, got {value!r}")
+            raise ConfigError(f"{where}: must be true or false, got {quoted(value)}")
         return bool(value)
     if p.kind == "str":
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: must be a string, got {value!r}")
+            raise ConfigError(f"{where}: must be a string, got {quoted(value)}")
         if p.choices is not None and value not in p.choices:
-            raise ConfigError(f"{where}: must be one of {', '.join(p.choices)}, got {value!r}")
+            raise ConfigError(f"{where}: must be one of {', '.join(p.choices)}, got {quoted(value)}")
     return value
 
 
@@ -100,9 +100,9 @@ def format_number(x: float | int) -> str:
 
 
 def _check_number(where: str, value: Any, kind: str, p: Param) -> float | int:
-    from nnctl.errors import ConfigError
+    from nnctl.errors import ConfigError, quoted
     if _is_bool(value) or not isinstance(value, Integral if kind == "int" else Real):
-        raise ConfigError(f"{where}: must be {'an integer' if kind == 'int' else 'a number'}, got {value!r}")
+        raise ConfigError(f"{where}: must be {'an integer' if kind == 'int' else 'a number'}, got {quoted(value)}")
     value = int(value) if kind == "int" else float(value)
     if not math.isfinite(value):
         raise ConfigError(f"{where}: must be a finite number, got {value}")
@@ -192,8 +192,8 @@ class Registry:
             return self.get(spec)()
         if isinstance(spec, dict) and isinstance(spec.get("name"), str):
             return self.get(spec["name"])(**{k: v for k, v in spec.items() if k != "name"})
-        from nnctl.errors import ConfigError
-        raise ConfigError(f"{self.kind} must be a name or a mapping with 'name', got {spec!r}")
+        from nnctl.errors import ConfigError, quoted
+        raise ConfigError(f"{self.kind} must be a name or a mapping with 'name', got {quoted(spec)}")
 
     def __contains__(self, name: str) -> bool:
         return self.canonical(name) is not None

@@ -453,6 +453,58 @@ def test_every_problem_is_one_escaped_line(tmp_path):
                    "error: training.epochs: must be >= 1, got 0 (t.yaml line 2)"]
 
 
+@pytest.mark.parametrize("key, value", [("model/layers.0.W", np.nan), ("model/layers.1.b", np.inf),
+                                        ("standardize/scale", -np.inf)])
+@pytest.mark.parametrize("command", ["eval", "predict", "export", "resume"])
+def test_a_checkpoint_holding_nan_or_inf_is_refused_not_used(tmp_path, trained_run, key, value, command):
+    """Training never writes a non-finite array, so one is damage: predictions from it (argmax of
+    NaN is class 0) would be silent garbage."""
+    from nnctl.runs.checkpoint import load_checkpoint, save_checkpoint
+    run = _resumable(trained_run, tmp_path / "r")
+    for name in ("last.npz", "best.npz"):
+        path = run / "checkpoints" / name
+        ckpt = load_checkpoint(path)
+        arrays = dict(ckpt.arrays)
+        arrays[key] = arrays[key].copy()
+        arrays[key].flat[:2] = value
+        save_checkpoint(path, {k: v for k, v in ckpt.meta.items()
+                               if k not in ("format", "format_version", "nnctl_version")}, arrays)
+    (tmp_path / "in.csv").write_text("x1,x2\n0.1,0.2\n")
+    before = tree_hash(run)
+    args = {"eval": ("eval", run), "predict": ("predict", run, tmp_path / "in.csv"),
+            "export": ("export", run, "--format", "npz-weights", "--out", tmp_path / "w.npz"),
+            "resume": ("train", "--resume", run, "-q")}[command]
+    which = "last.npz" if command == "resume" else "best.npz"
+    assert cli(*args) == (1, [f"error: {run / 'checkpoints' / which}: array '{key}' holds 2 non-finite values "
+                              f"(NaN or inf); the checkpoint is damaged"])
+    assert tree_hash(run) == before and not (tmp_path / "w.npz").exists()
+
+
+@pytest.mark.parametrize("field", ["task", "model.dtype", "early_stopping.best"])
+def test_long_text_in_a_checkpoint_is_quoted_as_an_excerpt(tmp_path, trained_run, field):
+    """A checkpoint's metadata is a user's file too: a field holding a whole file is an excerpt."""
+    from nnctl.runs.checkpoint import load_checkpoint, save_checkpoint
+    run = _copy_run(trained_run, tmp_path / "r")
+    (run / "status.json").write_text('{"status": "interrupted"}')
+    ckpt = load_checkpoint(run / "checkpoints" / "last.npz")
+    meta = {k: v for k, v in ckpt.meta.items() if k not in ("format", "format_version", "nnctl_version")}
+    holder, key = {"task": (meta, "task"), "model.dtype": (meta["model"], "dtype"),
+                   "early_stopping.best": (meta["early_stopping"], "best")}[field]
+    holder[key] = SECRET
+    save_checkpoint(run / "checkpoints" / "last.npz", meta, ckpt.arrays)
+    before = tree_hash(run)
+    path = run / "checkpoints" / "last.npz"
+    want = {"task": f"{path}: metadata field task must be one of classification, regression, autoencoder, vae, "
+                    f"got {excerpt(repr(SECRET))}",
+            "model.dtype": f"{path}: metadata field model.dtype must be float32 or float64, got {excerpt(repr(SECRET))}",
+            "early_stopping.best": f"{path}: cannot resume from this checkpoint (early_stopping.best must be a "
+                                   f"number or null, got {excerpt(repr(SECRET))})"}[field]
+    code, out = cli("train", "--resume", run, "-q") if field.startswith("early") else cli("eval", path)
+    assert (code, out) == (1, [f"error: {want}"])
+    assert "API_TOKEN" not in "".join(out) and len(out[0]) < 300
+    assert tree_hash(run) == before
+
+
 def test_print_error_escapes_caps_and_never_substitutes(capsys):
     from nnctl.console import print_error
     print_error(NnctlError("first\nstill first \x1b[31m:x: [bold]b[/bold]", "second " + "z" * 2000))
@@ -556,6 +608,75 @@ def test_resume_accepts_a_config_yaml_that_says_the_same(tmp_path, trained_run, 
     code, out = cli("train", "--resume", run, "-q")
     assert code == 0, out
     assert out[-1].startswith("completed: 2 epochs")
+
+
+@pytest.mark.parametrize("name, kind", [("history.json", "dir"), ("metrics.json", "dir"), ("metrics.json", "fifo"),
+                                        ("history.json", "loop"), ("status.json", "chardev")])
+def test_resume_refuses_a_run_file_it_could_not_replace_before_writing(tmp_path, trained_run, name, kind):
+    """A run file that is a folder, FIFO, device or loop is found before the first write, not by it."""
+    run = _resumable(trained_run, tmp_path / "r")
+    if name == "status.json":   # still resumable: the checkpoint alone says the run is not done
+        _edit_config(run, lambda c: c["training"].update(epochs=3))
+        from nnctl.runs.checkpoint import load_checkpoint, save_checkpoint
+        ckpt = load_checkpoint(run / "checkpoints" / "last.npz")
+        ckpt.meta["config"]["training"]["epochs"] = 3
+        save_checkpoint(run / "checkpoints" / "last.npz", {k: v for k, v in ckpt.meta.items()
+                        if k not in ("format", "format_version", "nnctl_version")}, ckpt.arrays)
+    (run / name).unlink(missing_ok=True)
+    if kind == "dir":
+        (run / name).mkdir()
+    else:
+        _nonregular(run, kind, name)
+    before = tree_hash(run)
+    code, out = cli("train", "--resume", run, "-q")
+    assert (code, out) == (1, [f"error: {run / name}: {KINDS.get(kind, 'is a directory, not a regular file')}; "
+                               f"resuming would replace it, so nothing was changed"])
+    assert tree_hash(run) == before
+
+
+LONG = "Z" * 300   # over the 255-byte limit of a file name: the OS refuses to look it up
+
+
+@pytest.mark.parametrize("args", [
+    ("train", "--resume", LONG), ("eval", LONG), ("eval", "{run}", "--data", LONG + ".csv"),
+    ("predict", "{run}", LONG + ".csv"), ("show", LONG), ("runs", LONG), ("diff", LONG, LONG),
+    ("export", LONG), ("sweep", "--resume", LONG), ("init", LONG + ".csv"), ("plot", LONG),
+])
+def test_a_path_the_os_refuses_is_one_line_for_every_command(tmp_path, trained_run, monkeypatch, args):
+    """Path.is_dir() and friends raise ENAMETOOLONG instead of answering; the CLI's one net
+    turns it into `error: <excerpt of the path>: File name too long`."""
+    monkeypatch.chdir(tmp_path)
+    args = [a.replace("{run}", str(trained_run)) for a in args]
+    named = next(a for a in args if a.startswith("Z"))
+    before = tree_hash(tmp_path), tree_hash(trained_run)
+    assert cli(*args) == (1, [f"error: {excerpt(named)}: File name too long"])
+    assert (tree_hash(tmp_path), tree_hash(trained_run)) == before
+
+
+def test_a_dataset_name_the_os_refuses_is_one_line(tmp_path):
+    (tmp_path / "s.yaml").write_text(TINY)
+    path = str(tmp_path / LONG)
+    code, out = cli("train", tmp_path / "s.yaml", "--set", f"data.dataset={LONG}", "--runs-dir", tmp_path / "runs")
+    assert (code, out) == (1, [f"error: {excerpt(path)}: File name too long"])
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("text, where, line", [
+    ('data: {dataset: "d\\0.csv"}\nmodel: {hidden: [4]}\n', "data.dataset", 1),
+    ('data: {dataset: xor, val_path: "v\\0.csv"}\nmodel: {hidden: [4]}\n', "data.val_path", 1),
+    ('name: "x\\0y"\ndata: {dataset: xor}\nmodel: {hidden: [4]}\n', "name", 1),
+    ('data: {dataset: xor}\nmodel: {hidden: [4]}\nloggers: [{mlflow: {tracking_uri: "./m\\0"}}]\n',
+     "loggers[0].mlflow.tracking_uri", 3),
+    ('data: {dataset: xor}\nmodel: {hidden: [4]}\n"k\\0": 1\n', "['k\\x00']", 3),
+])
+def test_a_nul_character_anywhere_in_a_spec_is_one_line(tmp_path, text, where, line):
+    """A NUL is refused while the YAML is read (open() would raise ValueError deep inside)."""
+    (tmp_path / "s.yaml").write_text(text)
+    want = (1, [f"error: {where}: contains a NUL character (\\0), which no setting or file name can hold "
+                f"(s.yaml line {line})"])
+    assert cli("validate", tmp_path / "s.yaml") == want
+    assert cli("train", tmp_path / "s.yaml", "--runs-dir", tmp_path / "runs") == want
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_symlink_loop_anywhere_in_the_spec_paths_is_one_line(tmp_path):

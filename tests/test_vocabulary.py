@@ -86,7 +86,7 @@ def test_checkpoint_metadata_is_the_typed_record(tmp_path):
     assert (got.task, got.n_outputs, got.input_shape, got.epoch) == ("classification", 3, (4,), 1)
     assert got.classes == ["setosa", "versicolor", "virginica"]
     bad = {**ckpt.meta, "n_outputs": "3"}
-    with pytest.raises(CheckpointError, match=r"last\.npz: metadata field n_outputs is missing or not a int$"):
+    with pytest.raises(CheckpointError, match=r"last\.npz: metadata field n_outputs is missing or not an integer$"):
         model_fields(ckpt.path, bad)
 
 

@@ -132,7 +132,8 @@ def _run_training(config, overrides, resume, runs_dir, quiet, held: list, thread
             status = "completed"   # status.json lost, but the checkpoint says the run is done
         if status in CLEAN_ENDS:
             raise CheckpointError(f"{resume}: the run already finished ({status}); nothing to resume")
-        check_config_unedited(run.path / "config.yaml", spec.to_dict(), run.last)
+        check_config_unedited(run.config_file, spec.to_dict(), run.last)
+        run.check_replaceable()
         stop.arm()
         run.remove_temp_files()  # left by a process killed mid-write
     else:

@@ -256,10 +256,17 @@ def _resolve_merges(node: yaml.MappingNode, path: KeyPath, filename: str, depth:
 
 def _walk(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], filename: str) -> None:
     lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.ScalarNode) and "\x00" in node.value:
+        # "\0" in a quoted YAML string: the OS refuses it in a path (ValueError deep in open()),
+        # and no other setting means anything by it, so it is refused for every value and key
+        where = format_path(path) or filename
+        raise ConfigError(f"{where}: contains a NUL character (\\0), which no setting or file name "
+                          f"can hold ({filename} line {node.start_mark.line + 1})")
     if isinstance(node, yaml.MappingNode):
         for key, key_node, value_node in _resolve_merges(node, path, filename):
             # a merged key points at its line in the block it was merged from
             lines[path + (key,)] = key_node.start_mark.line + 1
+            _walk(key_node, path + (key,), lines, filename)
             _walk(value_node, path + (key,), lines, filename)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):

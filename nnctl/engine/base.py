@@ -161,3 +161,17 @@ def check_hparams(owner: str, params: dict[str, Param], values: dict[str, Any]) 
             check_value(f"{owner}.{key}", values[key], p)
         elif p.required:
             raise ConfigError(f"{owner}: missing required option '{key}'")
+
+
+def check_state_keys(where: str, d: Any, expected: tuple[str, ...]) -> None:
+    """A saved state mapping must hold exactly `expected`: an unknown key means another
+    version or another component wrote it, a missing one that it is damaged."""
+    from nnctl.errors import CheckpointError
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{where}: expected a mapping, got {type(d).__name__}")
+    for key in sorted(d):
+        if key not in expected:
+            raise CheckpointError(f"{where}: unknown key '{key}'")
+    for key in expected:
+        if key not in d:
+            raise CheckpointError(f"{where}: missing key '{key}'")

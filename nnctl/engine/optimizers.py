@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from nnctl.engine.base import NO_DECAY_NAMES
+from nnctl.engine.base import NO_DECAY_NAMES, check_state_keys
 from nnctl.hparams import Configurable, Param, Registry
 from nnctl.errors import CheckpointError, ConfigError
 
@@ -238,13 +238,7 @@ class Optimizer(Configurable):
             got = sorted(sd) if isinstance(sd, dict) else type(sd).__name__
             raise CheckpointError(f"optimizer state: expected keys 'arrays' and 'scalars', got {got}")
         scalars, arrays = sd["scalars"], sd["arrays"]
-        expected = ("iterations", "lr", "name")
-        for key in sorted(scalars):
-            if key not in expected:
-                raise CheckpointError(f"optimizer state: unknown key '{key}'")
-        for key in expected:
-            if key not in scalars:
-                raise CheckpointError(f"optimizer state: missing key '{key}'")
+        check_state_keys("optimizer state", scalars, ("iterations", "lr", "name"))
         if scalars["name"] != self.NAME:
             raise CheckpointError(f"optimizer state: saved by optimizer '{scalars['name']}', "
                                   f"cannot load it into '{self.NAME}'")

@@ -16,6 +16,7 @@ import math
 from typing import Any
 
 from nnctl.hparams import Configurable, Param, Registry
+from nnctl.engine.base import check_state_keys
 from nnctl.engine.metrics import auto_mode
 from nnctl.errors import CheckpointError, ConfigError, TrainingError
 
@@ -73,14 +74,7 @@ class Schedule(Configurable):
 
 
 def _check_state_keys(name: str, d: Any, expected: tuple[str, ...]) -> None:
-    if not isinstance(d, dict):
-        raise CheckpointError(f"schedule state ({name}): expected a mapping, got {type(d).__name__}")
-    for key in sorted(d):
-        if key not in expected:
-            raise CheckpointError(f"schedule state ({name}): unknown key '{key}'")
-    for key in expected:
-        if key not in d:
-            raise CheckpointError(f"schedule state ({name}): missing key '{key}'")
+    check_state_keys(f"schedule state ({name})", d, expected)
 
 
 def _cos_interp(start: float, end: float, frac: float) -> float:

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from nnctl.errors import ConfigError, NnctlError, excerpt
+from nnctl.errors import ConfigError, NnctlError, excerpt, quoted
 from nnctl.fileio import RUN_JSON_MAX_BYTES, SPEC_MAX_BYTES, read_text
 from nnctl.runs.store import RUN_FILES, read_json
 from nnctl.engine.metrics import MAIN_METRIC, auto_mode, direction
@@ -368,7 +368,7 @@ def kept_metric(run: Path, metric: str) -> tuple[float | None, str | None]:
     try:
         return float(value), None
     except (TypeError, ValueError):
-        return None, f"{metric} is not a number: {value!r}"
+        return None, f"{metric} is not a number: {quoted(value)}"
 
 
 # ---------------------------------------------------------------------------- sorting

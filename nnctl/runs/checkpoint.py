@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from nnctl import __version__
-from nnctl.errors import CheckpointError
+from nnctl.errors import CheckpointError, quoted
 from nnctl.fileio import check_regular
 from nnctl.runs.store import atomic_write, json_default
 
@@ -111,7 +111,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     except RecursionError:
         raise CheckpointError(f"{path}: metadata JSON is nested too deeply") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not an nnctl checkpoint (format is {meta.get('format') if isinstance(meta, dict) else None!r})")
+        raise CheckpointError(f"{path}: not an nnctl checkpoint (format is {quoted(meta.get('format') if isinstance(meta, dict) else None)})")
     version = meta.get("format_version")
     if not isinstance(version, int):
         raise CheckpointError(f"{path}: metadata field format_version is missing or not an integer")
@@ -120,12 +120,19 @@ def load_checkpoint(path: Path) -> Checkpoint:
             f"{path}: checkpoint format version {version} is newer than this nnctl supports "
             f"({FORMAT_VERSION}); upgrade nnctl"
         )
-    for key, kind in (("config", dict), ("model", dict), ("epoch", int), ("task", str)):
+    for key, kind, word in (("config", dict, "a mapping"), ("model", dict, "a mapping"),
+                            ("epoch", int, "an integer"), ("task", str, "a string")):
         if not isinstance(meta.get(key), kind):
-            raise CheckpointError(f"{path}: metadata field {key} is missing or not a {kind.__name__}")
+            raise CheckpointError(f"{path}: metadata field {key} is missing or not {word}")
     for key, arr in arrays.items():
         if arr.dtype.kind not in "fiub":
-            raise CheckpointError(f"{path}: array {key} has unsupported dtype {arr.dtype}")
+            raise CheckpointError(f"{path}: array {quoted(key)} has unsupported dtype {arr.dtype}")
+        # training never writes a NaN or inf (a non-finite loss stops the run before its
+        # checkpoint): one here is damage, and a model built from it predicts garbage silently
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+            raise CheckpointError(f"{path}: array {quoted(key)} holds {bad:,} non-finite values (NaN or inf); "
+                                  f"the checkpoint is damaged")
     return Checkpoint(meta=meta, arrays=arrays, path=path)
 
 

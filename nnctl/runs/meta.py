@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nnctl.engine.metrics import TASKS
-from nnctl.errors import CheckpointError
+from nnctl.errors import CheckpointError, quoted
 
 DTYPES = ("float32", "float64")
 
@@ -49,10 +49,13 @@ class CheckpointMeta:
         return asdict(self)
 
 
+_KINDS = {int: "an integer", list: "a list", dict: "a mapping", str: "a string", float: "a number"}
+
+
 def _need(path: Path, meta: dict[str, Any], key: str, kind: type, where: str | None = None) -> Any:
     value = meta.get(key)
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise CheckpointError(f"{path}: metadata field {where or key} is missing or not a {kind.__name__}")
+        raise CheckpointError(f"{path}: metadata field {where or key} is missing or not {_KINDS.get(kind, kind.__name__)}")
     return value
 
 
@@ -79,13 +82,13 @@ def model_fields(path: Path, meta: dict[str, Any]) -> ModelFields:
     input_shape = _need(path, spec, "input_shape", list, "model.input_shape")
     if not input_shape or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in input_shape):
         raise CheckpointError(f"{path}: metadata field model.input_shape must be positive integers, "
-                              f"got {input_shape!r}")
+                              f"got {quoted(input_shape)}")
     dtype = spec.get("dtype", "float32")
     if dtype not in DTYPES:
-        raise CheckpointError(f"{path}: metadata field model.dtype must be float32 or float64, got {dtype!r}")
+        raise CheckpointError(f"{path}: metadata field model.dtype must be float32 or float64, got {quoted(dtype)}")
     task = meta.get("task")
     if task not in TASKS:
-        raise CheckpointError(f"{path}: metadata field task must be one of {', '.join(TASKS)}, got {task!r}")
+        raise CheckpointError(f"{path}: metadata field task must be one of {', '.join(TASKS)}, got {quoted(task)}")
     n_outputs = _need(path, meta, "n_outputs", int)
     classes = None
     if task == "classification":

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import yaml
 
 from nnctl.errors import NnctlError
-from nnctl.fileio import RUN_JSON_MAX_BYTES, SPEC_MAX_BYTES, read_text
+from nnctl.fileio import RUN_JSON_MAX_BYTES, SPEC_MAX_BYTES, read_text, regular_file_problem, shown
 from nnctl.status import STATUSES
 
 RUN_FILES = ("config.yaml", "status.json", "history.json", "metrics.json")
@@ -130,6 +130,10 @@ class RunDir:
         return self.checkpoints / "last.npz"
 
     @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
     def best(self) -> Path:
         return self.checkpoints / "best.npz"
 
@@ -146,6 +150,18 @@ class RunDir:
         if not path.is_dir():
             raise NnctlError(f"{path}: no such run directory")
         return cls(path)
+
+    def check_replaceable(self) -> None:
+        """Before a resume writes: each run file it rewrites is a regular file or absent.
+
+        Every write renames a temp file over the old one, which fails on a folder and would
+        throw away whatever a FIFO or device there was for; found only at the first write,
+        that leaves a run marked failed with a message that names no file.
+        """
+        for path in (*(self.path / name for name in RUN_FILES), self.last, self.best):
+            problem = regular_file_problem(path)
+            if problem is not None and problem != "no such file":
+                raise NnctlError(f"{shown(path)}: {problem}; resuming would replace it, so nothing was changed")
 
     def remove_temp_files(self) -> int:
         """Delete the temp files `atomic_write` leaves when its process is killed mid-write.
@@ -209,7 +225,7 @@ class RunDir:
     # -- files -------------------------------------------------------------------------
     def write_config(self, config: dict[str, Any]) -> None:
         text = dump_yaml(config)
-        atomic_write(self.path / "config.yaml", lambda f: f.write(text), binary=False)
+        atomic_write(self.config_file, lambda f: f.write(text), binary=False)
 
     def write_history(self, history: list[dict[str, Any]]) -> None:
         write_json(self.path / "history.json", history)

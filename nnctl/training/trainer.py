@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from nnctl.data import iterate_batches
-from nnctl.errors import CheckpointError, TrainingError
+from nnctl.errors import CheckpointError, TrainingError, quoted
 from nnctl.status import CLEAN_ENDS
 from nnctl.training.callbacks import Callback, TrainState
 from nnctl.training.early_stopping import EarlyStopping
@@ -238,18 +238,18 @@ def _resume_fields_problem(meta: dict[str, Any]) -> str | None:
     """
     for key in ("epoch", "step"):
         if not _count(meta.get(key)):
-            return f"{key} must be a non-negative integer, got {meta.get(key)!r}"
+            return f"{key} must be a non-negative integer, got {quoted(meta.get(key))}"
     es = meta.get("early_stopping")
     if not isinstance(es, dict):
         return f"early_stopping state must be a mapping, got {type(es).__name__}"
     best = es.get("best")
     if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float))):
-        return f"early_stopping.best must be a number or null, got {best!r}"
+        return f"early_stopping.best must be a number or null, got {quoted(best)}"
     for key in ("best_epoch", "stopped_epoch"):
         if es.get(key) is not None and not _count(es[key]):
-            return f"early_stopping.{key} must be an epoch number or null, got {es[key]!r}"
+            return f"early_stopping.{key} must be an epoch number or null, got {quoted(es[key])}"
     if not _count(es.get("wait", 0)):
-        return f"early_stopping.wait must be a non-negative integer, got {es.get('wait')!r}"
+        return f"early_stopping.wait must be a non-negative integer, got {quoted(es.get('wait'))}"
     return None
 
 
