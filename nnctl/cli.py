@@ -252,7 +252,7 @@ def bench(
     tables: bool = typer.Option(False, "--tables", help="CSV parse time, peak memory and cache-hit time at "
                                                         "10k/200k/1M rows, pandas beside them if installed."),
     study: str = typer.Option("initializer", "--study", help="--defaults: which default to test: initializer, "
-                                                             "standardize, adam-lr, batch-size, patience or all."),
+                                                             "bias, standardize, adam-lr, batch-size, patience or all."),
 ) -> None:
     """Time one epoch of an MLP against the GEMM floor (the bare matrix products); --suite, --busy, --defaults, --tables."""
     from nnctl.threads import preset

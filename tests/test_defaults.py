@@ -167,4 +167,60 @@ def test_bench_defaults_refuses_an_unknown_study_in_one_line():
     res = runner.invoke(app, ["bench", "--defaults", "--study", "patiense"])
     assert res.exit_code == 1
     assert res.output == ("error: --study: unknown study 'patiense'; did you mean 'patience'? valid: initializer, "
-                          "standardize, adam-lr, batch-size, patience, all\n")
+                          "bias, standardize, adam-lr, batch-size, patience, all\n")
+
+
+def _built(spec_dict):
+    from nnctl.training.experiment import build_model, output_layer
+    spec = spec_from_dict(spec_dict)
+    return build_model(spec, [*spec.layers, output_layer(spec, 2)], (8,), np.float64)
+
+
+def test_a_bias_candidate_changes_every_layers_initial_bias_and_the_default_comes_back():
+    from nnctl.bench.defaults import CANDIDATES
+    from nnctl.engine.base import LAYERS
+    from nnctl.engine.initializers import DEFAULT_BIAS_INITIALIZER
+    tables = [LAYERS.get(n).PARAMS for n in ("dense", "conv1d", "conv2d", "simple_rnn", "gru", "lstm")]
+    assert DEFAULT_BIAS_INITIALIZER == "zeros" and all(t["bias_initializer"].default == "zeros" for t in tables)
+    # short form (hidden) and long form (conv, recurrent): every bias is 0.01 under the candidate
+    mlp = {"data": {"dataset": "xor"}, "model": {"hidden": [5, 3]}}
+    seq = {"data": {"dataset": "xor"}, "model": {"layers": [{"conv1d": {"filters": 4, "kernel_size": 2}},
+                                                            {"gru": {"units": 3}}]}}
+    with candidate({}, CANDIDATES["bias-0.01"]["bias"]):
+        biases = {k: v for k, v in _built(mlp).state_dict().items() if k.endswith(".b")}
+        spec = spec_from_dict(seq)
+    assert sorted(biases) == ["layers.0.b", "layers.1.b", "layers.2.b"]
+    assert [v.tolist() for v in biases.values()] == [[0.01] * 5, [0.01] * 3, [0.01] * 2]
+    assert [layer["bias_initializer"] for layer in spec.layers] == [{"name": "constant", "value": 0.01}] * 2
+    # restored: the declarations are the very objects from before, and a new model starts at zero
+    assert all(t["bias_initializer"].default == "zeros" for t in tables)
+    assert [v.tolist() for k, v in _built(mlp).state_dict().items() if k.endswith(".b")] == [[0.0] * 5, [0.0] * 3,
+                                                                                             [0.0] * 2]
+    assert [layer["bias_initializer"] for layer in spec_from_dict(seq).layers] == ["zeros", "zeros"]
+
+
+def test_the_fan_in_uniform_bias_candidate_is_pytorchs_linear_bias_rule():
+    from nnctl.bench.defaults import TORCH_BIAS
+    from nnctl.engine.initializers import get_initializer
+    init = get_initializer(TORCH_BIAS)
+    b = init((20000,), 25, 7, np.random.default_rng(0), np.float64)
+    # U(-1/sqrt(25), 1/sqrt(25)) = U(-0.2, 0.2): bounded by 0.2, variance 0.2**2 / 3
+    assert 0.199 < np.abs(b).max() <= 0.2
+    assert abs(b.var() - 0.04 / 3) < 0.0004
+    # the same draw as rng.uniform with that bound: nothing else is consumed or scaled
+    np.testing.assert_array_equal(init((4,), 25, 7, np.random.default_rng(3), np.float64),
+                                  np.random.default_rng(3).uniform(-0.2, 0.2, 4))
+
+
+@pytest.mark.parametrize("scale,mode,distribution,std", [
+    (2.0, "fan_in", "normal", (2.0 / 16) ** 0.5),          # he_normal
+    (1.0, "fan_avg", "uniform", (1.0 / 40) ** 0.5),        # xavier_uniform's variance 2 / (16 + 64)
+    (1.0, "fan_out", "normal", (1.0 / 64) ** 0.5),
+])
+def test_variance_scaling_draws_the_variance_its_mode_names(scale, mode, distribution, std):
+    from nnctl.engine.initializers import get_initializer
+    init = get_initializer({"name": "variance_scaling", "scale": scale, "mode": mode, "distribution": distribution})
+    w = init((16, 64), 16, 64, np.random.default_rng(1), np.float64)
+    assert abs(w.std() / std - 1.0) < 0.03
+    if distribution == "uniform":
+        assert np.abs(w).max() <= std * 3 ** 0.5

@@ -9,7 +9,9 @@ split), and reports the test metric's mean and spread per (task, candidate). The
 Candidates come in studies, one default each (`--study`). An initializer candidate swaps a
 value of the declared table `nnctl.engine.initializers.DEFAULT_INITIALIZERS` for the duration
 of its runs and puts it back, so every layer type that follows the table (dense, conv, ...)
-is covered without naming the initializer in any spec. Any other candidate gives spec values
+is covered without naming the initializer in any spec. A bias candidate likewise swaps the
+declared default of `bias_initializer` (`DEFAULT_BIAS_INITIALIZER`, in every layer that
+declares one: dense, conv, recurrent). Any other candidate gives spec values
 (dotted keys) that stand in for a default: each is set only where the task's spec leaves the
 key out, because a task that sets it (binary inputs unstandardized, a GRU with more patience)
 does so for its own reason and would not see the default anyway.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -118,7 +121,11 @@ def _regression_table(path: Path) -> None:
 GENERATED: dict[str, Callable[[Path], None]] = {"table-categorical": _categorical_table,
                                                  "table-regression": _regression_table}
 
-# A candidate: {"init": values for DEFAULT_INITIALIZERS} and/or {"spec": {dotted key: value}}.
+# PyTorch's nn.Linear / nn.Conv bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+TORCH_BIAS = {"name": "variance_scaling", "scale": 1.0 / 3.0, "mode": "fan_in", "distribution": "uniform"}
+
+# A candidate: {"init": values for DEFAULT_INITIALIZERS}, {"bias": a bias_initializer} and/or
+# {"spec": {dotted key: value}}.
 # "default" is nnctl as shipped; each study compares it with the alternatives to one default.
 CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
     "default": {},
@@ -128,6 +135,8 @@ CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
     "xavier_uniform": {"init": {"relu_like": "xavier_uniform"}},
     "lecun_uniform": {"init": {"relu_like": "lecun_uniform"}},
     "lecun_normal": {"init": {"relu_like": "lecun_normal"}},
+    "bias-0.01": {"bias": {"name": "constant", "value": 0.01}},   # the old "keep ReLUs alive" folklore
+    "bias-fan-in-uniform": {"bias": TORCH_BIAS},
     "standardize-off": {"spec": {"data.standardize": False}},
     "target-raw": {"spec": {"data.standardize_target": False}},
     "adam-lr-3e-4": {"spec": {"optimizer": {"name": "adam", "lr": 3e-4}}},
@@ -142,6 +151,7 @@ CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
 }
 STUDIES: dict[str, list[str]] = {
     "initializer": ["default", "he_normal", "he_uniform", "lecun_uniform", "lecun_normal"],
+    "bias": ["default", "bias-0.01", "bias-fan-in-uniform"],
     "standardize": ["default", "standardize-off", "target-raw"],
     "adam-lr": ["default", "adam-lr-3e-4", "adam-lr-3e-3", "adam-lr-1e-2"],
     "batch-size": ["default", "batch-16", "batch-64", "batch-128"],
@@ -167,16 +177,29 @@ def with_defaults(spec: dict[str, Any], values: dict[str, Any]) -> dict[str, Any
 
 
 @contextmanager
-def candidate(values: dict[str, str]) -> Iterator[None]:
-    """Swap initializer defaults in for the duration of the block (the table is restored after)."""
+def candidate(values: dict[str, str], bias: Any = None) -> Iterator[None]:
+    """Swap initializer defaults in for the duration of the block (all restored after): `values`
+    into DEFAULT_INITIALIZERS and, unless None, `bias` as every layer's default bias_initializer."""
     from nnctl.engine import initializers
+    from nnctl.engine.base import LAYERS
     saved = dict(initializers.DEFAULT_INITIALIZERS)
+    # The layers read DEFAULT_BIAS_INITIALIZER once, into their declared Param; the declarations
+    # are what the config layer fills specs from, so those are what is swapped. Recurrent layers
+    # share one PARAMS table: each table is swapped (and restored) once.
+    tables = {id(t): t for t in (getattr(cls, "PARAMS", {}) for cls in LAYERS.entries.values())
+              if "bias_initializer" in t}
+    declared = {k: t["bias_initializer"] for k, t in tables.items()}
     initializers.DEFAULT_INITIALIZERS.update(values)
+    if bias is not None:
+        for k, t in tables.items():
+            t["bias_initializer"] = dataclasses.replace(declared[k], default=copy.deepcopy(bias))
     try:
         yield
     finally:
         initializers.DEFAULT_INITIALIZERS.clear()
         initializers.DEFAULT_INITIALIZERS.update(saved)
+        for k, t in tables.items():
+            t["bias_initializer"] = declared[k]
 
 
 def run_one(task: str, seed: int, workdir: Path, spec_defaults: dict[str, Any] | None = None) -> float:
@@ -207,7 +230,7 @@ def run_panel(tasks: list[str], candidates: list[str], seeds: list[int]) -> dict
     with tempfile.TemporaryDirectory(prefix="nnctl-defaults-") as tmp:
         for name in candidates:
             cand = CANDIDATES[name]
-            with candidate(cand.get("init", {})):
+            with candidate(cand.get("init", {}), cand.get("bias")):
                 for task in tasks:
                     results[task][name] = [run_one(task, s, Path(tmp), cand.get("spec")) for s in seeds]
     return results

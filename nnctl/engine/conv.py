@@ -16,7 +16,7 @@ from nnctl.engine import shapes
 from nnctl.engine.activations import Identity, get_activation
 from nnctl.engine.base import LAYERS, Layer, Workspace, check_hparams
 from nnctl.hparams import REQUIRED, Param
-from nnctl.engine.initializers import default_initializer, get_initializer
+from nnctl.engine.initializers import DEFAULT_BIAS_INITIALIZER, default_initializer, get_initializer
 from nnctl.errors import ConfigError
 
 _PADDING_DOC = ("'valid' (none), 'same' (Keras: output = ceil(input / stride)), "
@@ -88,6 +88,7 @@ class _Conv(_Checked):
         "padding": Param("any", "valid", doc=_PADDING_DOC),
         "dilation": Param("int_or_tuple", 1, ge=1, doc="spacing between kernel elements (1 = dense kernel)"),
         "bias": Param("bool", True, doc="add a learned bias per filter"),
+        "bias_initializer": Param("initializer", DEFAULT_BIAS_INITIALIZER, doc="initializer of the per-filter bias b"),
         "activation": Param("activation", "identity", doc="activation applied to the output"),
         "initializer": Param("initializer", None, nullable=True,
                              doc="weight initializer; null: the default for the activation (see Defaults), recorded in the run"),
@@ -118,7 +119,8 @@ class _Conv(_Checked):
         init = get_initializer(self.hparams["initializer"] or default_initializer(self.hparams["activation"]))
         self.params["W"] = init((f, c_in) + self.kernel, c_in * k, f * k, rng, self.dtype)
         if self.hparams["bias"]:
-            self.params["b"] = np.zeros(f, dtype=self.dtype)
+            self.params["b"] = get_initializer(self.hparams["bias_initializer"])((f,), c_in * k, f * k, rng,
+                                                                                 self.dtype)
         self.offsets = shapes.kernel_offsets(self.kernel)
         # Layout of the im2col matrix (see Notes), from per-layer timings: the per-sample layout
         # is 2-3x faster forward with 9 rows (1 channel, 3x3) or 27 (RGB, 3x3); the one-big-GEMM

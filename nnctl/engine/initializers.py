@@ -30,6 +30,12 @@ _HE_ACTIVATIONS = frozenset({"relu", "leaky_relu", "elu", "gelu", "swish", "soft
 # initializer they used, so older runs keep theirs.
 DEFAULT_INITIALIZERS = {"relu_like": "xavier_uniform", "other": "xavier_uniform"}
 
+# The bias initializer of every layer that declares `bias_initializer` (dense, conv, recurrent):
+# one value, so the defaults panel's bias study swaps it everywhere at once. Zeros is what Keras
+# does; the panel (README "Defaults") found neither a 0.01 constant nor PyTorch's fan-in uniform
+# bias better beyond the seed spread.
+DEFAULT_BIAS_INITIALIZER = "zeros"
+
 
 def compute_fans(shape: tuple[int, ...], channels_last: bool = False) -> tuple[int, int]:
     """(fan_in, fan_out) of a weight of `shape`.
@@ -126,6 +132,33 @@ class LecunUniform(Initializer):
 
     def draw(self, shape, fan_in, fan_out, rng):
         return _uniform(rng, shape, math.sqrt(3.0 / fan_in))
+
+
+@INITIALIZERS.register("variance_scaling")
+class VarianceScaling(Initializer):
+    """Zero-mean draws with variance scale / n, n the fan that `mode` names (Keras' general form).
+
+    Notes
+    -----
+    n = fan_in, fan_out or (fan_in + fan_out) / 2. "normal" draws N(0, scale / n); "uniform"
+    draws U(-l, l) with l = sqrt(3 * scale / n), the same variance. he_normal is
+    (2, fan_in, normal), xavier_uniform (1, fan_avg, uniform), lecun_normal (1, fan_in, normal).
+    scale = 1/3 with fan_in and uniform is U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's default
+    for nn.Linear and nn.Conv weights and biases.
+    """
+
+    PARAMS = {
+        "scale": Param("float", 1.0, gt=0.0, doc="variance times the fan"),
+        "mode": Param("str", "fan_in", choices=("fan_in", "fan_out", "fan_avg"), doc="which fan divides scale"),
+        "distribution": Param("str", "normal", choices=("normal", "uniform"), doc="shape of the draw"),
+    }
+
+    def draw(self, shape, fan_in, fan_out, rng):
+        h = self.hparams
+        n = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2.0}[h["mode"]]
+        if h["distribution"] == "uniform":
+            return _uniform(rng, shape, math.sqrt(3.0 * h["scale"] / n))
+        return _normal(rng, shape, math.sqrt(h["scale"] / n))
 
 
 @INITIALIZERS.register("orthogonal")

@@ -17,7 +17,7 @@ import numpy as np
 from nnctl.engine.activations import ACTIVATIONS, Activation, Identity, get_activation
 from nnctl.engine.base import LAYERS, Layer, Workspace, check_hparams
 from nnctl.hparams import REQUIRED, Param
-from nnctl.engine.initializers import compute_fans, default_initializer, get_initializer
+from nnctl.engine.initializers import DEFAULT_BIAS_INITIALIZER, compute_fans, default_initializer, get_initializer
 from nnctl.errors import ConfigError
 
 
@@ -61,7 +61,7 @@ class Dense(CheckedLayer):
         "initializer": Param("initializer", None, nullable=True,
                              doc="weight initializer; null: the default for the activation (see Defaults), recorded in the run"),
         "bias": Param("bool", True, doc="add a learned bias b"),
-        "bias_initializer": Param("initializer", "zeros", doc="initializer of b"),
+        "bias_initializer": Param("initializer", DEFAULT_BIAS_INITIALIZER, doc="initializer of b"),
     }
 
     def __init__(self, **hparams: Any):

@@ -15,7 +15,7 @@ from nnctl.engine import shapes
 from nnctl.engine.activations import Activation, Sigmoid, get_activation
 from nnctl.engine.base import LAYERS, Layer, Workspace, check_hparams
 from nnctl.hparams import REQUIRED, Param
-from nnctl.engine.initializers import get_initializer
+from nnctl.engine.initializers import DEFAULT_BIAS_INITIALIZER, get_initializer
 
 _COMMON = {
     "units": Param("int", REQUIRED, ge=1, doc="size of the hidden state"),
@@ -24,7 +24,7 @@ _COMMON = {
     "kernel_initializer": Param("initializer", "xavier_uniform", doc="initializer of the input weights W"),
     "recurrent_initializer": Param("initializer", "orthogonal",
                                    doc="initializer of the recurrent weights U (each gate's block separately)"),
-    "bias_initializer": Param("initializer", "zeros", doc="initializer of the biases b"),
+    "bias_initializer": Param("initializer", DEFAULT_BIAS_INITIALIZER, doc="initializer of the biases b"),
 }
 _GATED = {
     **_COMMON,
