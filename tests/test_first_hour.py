@@ -304,6 +304,32 @@ def test_init_csv_string_target_and_categorical_column(tmp_path, monkeypatch):
     assert again.stderr == "error: animals.yaml: exists; choose another name with --out or overwrite it with --force\n"
 
 
+def test_init_on_a_csv_with_missing_cells_imputes_them_instead_of_dropping_columns(tmp_path, monkeypatch):
+    """Missing cells (empty, NA) are not text: the column stays a feature, NA is no category."""
+    import yaml
+    monkeypatch.chdir(tmp_path)
+    lines = _animals(tmp_path / "full.csv").read_text().splitlines()
+    cells = [line.split(",") for line in lines]
+    cells[2][3] = ""        # weight: a number column with an empty cell
+    cells[3][1] = "NA"      # colour: a text column with NA
+    cells[4][3] = "nan"
+    cells[5][4] = ""        # the target
+    (tmp_path / "holes.csv").write_text("\n".join(",".join(c) for c in cells) + "\n")
+    res = invoke("init", "holes.csv", "--target", "species")
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.stdout.split())
+    assert "categorical colour: 3 categories, one-hot encoded (plus one for unknown)" in out
+    assert ("missing impute: missing cells (colour 1, weight 2) get the training split's mean or most "
+            "frequent value; 1 row without a target is dropped") in out
+    spec = yaml.safe_load((tmp_path / "holes.yaml").read_text())
+    assert spec["data"]["missing"] == "impute" and spec["data"]["ignore"] == ["row_id"]
+    res = invoke("validate", "holes.yaml")
+    assert res.exit_code == 0 and "input (6,), 2 outputs" in res.stdout, res.output
+    assert "missing values: impute; rows dropped: 1 for a missing target\n" in res.stdout
+    res = invoke("train", "holes.yaml", "--set", "training.epochs=1", "--runs-dir", "runs", "-q")
+    assert res.exit_code == 0 and res.stdout.startswith("completed: 1 epochs"), res.output
+
+
 def test_init_npy_finds_its_targets_and_npz(tmp_path, monkeypatch):
     import numpy as np
     monkeypatch.chdir(tmp_path)
