@@ -128,7 +128,7 @@ def validate(config: Path = SPEC_ARG, set_: List[str] = SET_OPTION) -> None:
     d = exp.dataset
     for line in d.describe():  # data layer: target, task, columns, missing values
         console.print(line, markup=False, highlight=False, soft_wrap=True)
-    console.print(f"input {tuple(d.input_shape)}, {d.n_outputs} outputs, "
+    console.print(f"input {tuple(d.input_shape)}, {d.n_outputs} output{'s' * (d.n_outputs != 1)}, "
                   f"{exp.model.num_parameters():,} parameters; rows: train {len(d.train)}"
                   f", val {len(d.val) if d.val is not None else 0}, test {len(d.test) if d.test is not None else 0}",
                   highlight=False, soft_wrap=True)

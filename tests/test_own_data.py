@@ -231,6 +231,7 @@ def test_missing_values_error_drop_impute(tmp_path):
     base = {"dataset": "d.csv", "target": "churned", "ignore": ["customer_id"], "val_split": 0, "test_split": 0}
     ds = load_dataset({**base, "missing": "drop"}, 0, tmp_path)
     assert len(ds.train) == 240 - 5 and ds.dropped == {"target": 2, "features": 3}
+    assert "missing values: drop; rows dropped: 2 for a missing target, 3 for a missing feature" in ds.describe()
     ds = load_dataset({**base, "missing": "impute"}, 0, tmp_path)
     assert len(ds.train) == 240 - 2 and ds.dropped == {"target": 2}
     assert not np.isnan(ds.train.x).any()
@@ -262,6 +263,9 @@ def test_a_target_with_a_large_offset_trains_scaled_and_predicts_in_its_units(tm
     spec = spec_file(tmp_path, "{dataset: r.csv, target: y}")
     args = ["--set", "training.epochs=15", "--set", "model.hidden=[8]", "--set", "model.activation=identity",
             "--set", "optimizer.lr=0.01", "--quiet"]
+    res = runner.invoke(app, ["validate", str(spec)])
+    assert res.exit_code == 0 and "target 'y' (regression, 1 output, standardized for training)" in res.stdout
+    assert ", 1 output, " in res.stdout, res.output
     res = runner.invoke(app, ["train", str(spec), "--runs-dir", str(tmp_path / "scaled"), *args])
     assert res.exit_code == 0, res.output
     run = next((tmp_path / "scaled").iterdir())

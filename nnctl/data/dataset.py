@@ -140,7 +140,8 @@ class Dataset:
             parts.append(f"{len(cat)} categorical" + (f" ({_few(cat)}; one-hot + unknown)" if cat else ""))
             parts.append("ignored: " + (_few(self.ignored) if self.ignored else "none"))
             lines.append("features: " + "; ".join(parts))
-            dropped = ", ".join(f"{n} for a missing {k}" for k, n in self.dropped.items() if n)
+            # keys are "target" and "features": a row is dropped for one missing feature
+            dropped = ", ".join(f"{n} for a missing {k.removesuffix('s')}" for k, n in self.dropped.items() if n)
             lines.append(f"missing values: {self.missing}" + (f"; rows dropped: {dropped}" if dropped else ""))
             seen = ", ".join(f"{n} in {k}" for k, n in self.unknown.items() if n)
             if seen:
