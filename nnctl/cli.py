@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from nnctl import __version__
-from nnctl.completion import complete_run, complete_set, complete_spec
+from nnctl.completion import accept_click_instruction, complete_run, complete_set, complete_spec
 from nnctl.console import console, err_console, print_error
 from nnctl.errors import NnctlError
 
@@ -278,4 +278,5 @@ _register_extras()
 
 
 def main() -> None:
+    accept_click_instruction()
     app(prog_name="nnctl")

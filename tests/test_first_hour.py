@@ -175,6 +175,15 @@ def test_completion_script_and_values(runs, tmp_path, monkeypatch):
     assert _complete(f"nnctl show {runs}/dive", tmp_path, monkeypatch) == [str(run)]
 
 
+def test_clicks_bash_source_spelling_prints_the_script_too():
+    """`_NNCTL_COMPLETE=bash_source nnctl` (Click's documented form) answered "Shell source not supported"."""
+    for value, marker in [("bash_source", "_nnctl_completion()"), ("zsh_source", "#compdef nnctl"),
+                          ("source_bash", "_nnctl_completion()")]:
+        env = {**os.environ, "_NNCTL_COMPLETE": value}
+        res = subprocess.run([sys.executable, "-m", "nnctl"], env=env, capture_output=True, text=True)
+        assert res.returncode == 0 and marker in res.stdout, (value, res.stdout, res.stderr)
+
+
 # -- item 7: terminal output ----------------------------------------------------------------
 
 def test_help_flags_take_no_value():
