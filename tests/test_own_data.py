@@ -437,6 +437,16 @@ def test_an_image_folder_trains_evaluates_and_predicts_files_and_folders(tmp_pat
     assert right >= 0.85 * 300
 
 
+def test_an_image_folder_without_pillow_says_how_to_install_it(tmp_path, monkeypatch):
+    """No Pillow (the images extra): one line naming the install command, nothing written; no skip needed."""
+    import sys
+    monkeypatch.setitem(sys.modules, "PIL", None)           # `from PIL import Image` now raises ImportError
+    monkeypatch.setitem(sys.modules, "PIL.Image", None)
+    folder = Path(__file__).resolve().parents[1] / "datasets" / "digits_png"
+    spec = spec_file(tmp_path, f"{{dataset: '{folder}/', cache: 'off'}}")
+    fails(tmp_path, ["train", str(spec)], 'Pillow is not installed: pip install -e ".[images]"')
+
+
 def test_image_folder_errors(tmp_path):
     pytest.importorskip("PIL", reason='Pillow is the "images" extra')
     from PIL import Image
