@@ -355,6 +355,13 @@ def test_data_path_messages(tmp_path):
     fails(tmp_path, ["validate", str(spec), "--set", "data.dataset=customer.csv"],
           f"data.dataset: file not found: {tmp_path / 'customer.csv'} (looked in {tmp_path}); "
           "did you mean 'customers.csv'?")
+    # a typo in the extension is a missing file with its close names, not an unsupported type
+    fails(tmp_path, ["validate", str(spec), "--set", "data.dataset=customers.cvs"],
+          f"data.dataset: file not found: {tmp_path / 'customers.cvs'} (looked in {tmp_path}); "
+          "did you mean 'customers.csv'?")
+    (tmp_path / "notes.txt").write_text("x\n")
+    fails(tmp_path, ["validate", str(spec), "--set", "data.dataset=notes.txt"],
+          "notes.txt: unsupported file type '.txt'; use .csv, .npy or .npz")
     # a one-row CSV names the file
     (tmp_path / "one.csv").write_text("a,y\n1,0\n")
     fails(tmp_path, ["validate", str(spec), "--set", "data.dataset=one.csv", "--set", "data.target=y",
