@@ -109,6 +109,29 @@ def test_runs_table_fits_a_100_column_rich_console(runs):
                                                       "stopped_early"]
 
 
+def test_runs_of_one_spec_in_the_same_minute_keep_their_stamps():
+    """Without the stamp two `reg` runs started at 09:56 read alike; with a minute between them they do not."""
+    from datetime import datetime
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from nnctl.report.tables import runs_table
+
+    def run(stamp, started):
+        name = f"reg-{stamp}"
+        return SimpleNamespace(name=name, short_name="reg", dataset="reg.csv", status="completed", epochs=4,
+                               max_epochs=4, best=(4, 0.5), monitor="val_loss", test={"test_r2": 0.9},
+                               main_metric="r2", parameters=10, seconds=1.0, started=started)
+    runs = [run("20261206-095603", datetime(2026, 12, 6, 9, 56, 3)),
+            run("20261206-095604", datetime(2026, 12, 6, 9, 56, 4)),
+            run("20261206-101104", datetime(2026, 12, 6, 10, 11, 4))]
+    console = Console(width=100, record=True, force_terminal=False)
+    console.print(runs_table(runs, width=100))
+    names = [line.split()[0] for line in console.export_text().splitlines()[2:5]]
+    assert names == ["reg-20261206-095603", "reg-20261206-095604", "reg"]
+
+
 # -- item 3: errors in one round, cause first ---------------------------------------------
 
 def test_every_independent_error_at_once(tmp_path):
