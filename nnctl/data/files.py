@@ -307,7 +307,7 @@ class Column:
 
 
 # Why a numeric column's text cell is an error, and the fix; under a data.categorical list
-# the column is numeric because the list leaves it out, not because it holds numbers.
+# a column without numbers is numeric because the list leaves it out, not because of its cells.
 NOT_A_NUMBER_AUTO = "the column's other cells are numbers; list it in data.categorical to use it as categories"
 NOT_A_NUMBER_LISTED = "data.categorical lists the text columns and does not name this one; add it to use it as categories"
 
@@ -656,7 +656,10 @@ class BlockParser:
                     if c == self.target or not numbers:
                         restart.append(c)
                         continue
-            why = NOT_A_NUMBER_LISTED if c in self.strict else NOT_A_NUMBER_AUTO
+            # "the other cells are numbers" only where some are (a text column left out of the list)
+            listed_text = c in self.strict and not (self.has_number[k] or any(
+                is_number(cell) and not is_missing(cell) for cell in cells))
+            why = NOT_A_NUMBER_LISTED if listed_text else NOT_A_NUMBER_AUTO
             values[:, k] = numeric_column(self.name, c, cells, lines, self.dtype, why).values
         if restart:
             raise _Restart(restart)   # every column this block shows to be text, in one more pass
