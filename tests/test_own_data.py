@@ -442,6 +442,17 @@ def test_an_image_folder_trains_evaluates_and_predicts_files_and_folders(tmp_pat
     assert rows[0] == ["path", "label"] and len(rows) == 301
     right = sum(Path(p).parent.name == label for p, label in rows[1:])
     assert right >= 0.85 * 300
+    # eval --data takes a labelled folder too: its accuracy is the share predict got right
+    res = runner.invoke(app, ["eval", str(run), "--data", str(png.parent), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["accuracy"] == pytest.approx(right / 300)
+    other = tmp_path / "other" / "seven"
+    other.mkdir(parents=True)
+    (other / "a.png").write_bytes(first.read_bytes())
+    res = runner.invoke(app, ["eval", str(run), "--data", str(other.parent)])
+    assert res.exit_code == 1
+    assert res.output.strip() == ("error: other: sample 0: label 'seven' is not one of the 10 training classes: "
+                                  "0, 1, 2, 3, 4, 5, 6, 7, 8, 9")
 
 
 def test_an_image_folder_without_pillow_says_how_to_install_it(tmp_path, monkeypatch):
