@@ -1,4 +1,4 @@
 """`python -m nnctl` runs the CLI."""
-from nnctl.cli import app
+from nnctl.cli import main
 
-app(prog_name="nnctl")
+main()

@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from nnctl import __version__
-from nnctl.completion import complete_run, complete_set, complete_spec
+from nnctl.completion import accept_click_instruction, complete_run, complete_set, complete_spec
 from nnctl.console import console, err_console, print_error
 from nnctl.errors import NnctlError, excerpt
 
@@ -148,7 +148,7 @@ def validate(config: Path = SPEC_ARG, set_: List[str] = SET_OPTION) -> None:
     for line in d.describe():  # data layer: target, task, columns, missing values
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     latent = f", latent {exp.latent}" if exp.latent else ""
-    console.print(f"input {tuple(d.input_shape)}, {d.n_outputs} outputs{latent}, "
+    console.print(f"input {tuple(d.input_shape)}, {d.n_outputs} output{'s' * (d.n_outputs != 1)}{latent}, "
                   f"{exp.model.num_parameters():,} parameters; rows: train {len(d.train)}"
                   f", val {len(d.val) if d.val is not None else 0}, test {len(d.test) if d.test is not None else 0}",
                   highlight=False, soft_wrap=True)
@@ -303,4 +303,5 @@ _register_extras()
 
 
 def main() -> None:
+    accept_click_instruction()
     app(prog_name="nnctl")

@@ -78,3 +78,19 @@ def complete_set(incomplete: str) -> list[str]:
     if "=" in incomplete:
         return []
     return [f"{k}=" for k in spec_keys() if k.startswith(incomplete)]
+
+
+COMPLETE_VAR = "_NNCTL_COMPLETE"
+
+
+def accept_click_instruction(environ=os.environ) -> None:
+    """Let Click's spelling `_NNCTL_COMPLETE=bash_source` print the script as Typer's `source_bash` does.
+
+    Click documents "{shell}_source"; Typer reads "{instruction}_{shell}" and would answer
+    "Shell source not supported". Only the source step is renamed: the script it prints calls
+    nnctl back with Typer's own instructions.
+    """
+    value = environ.get(COMPLETE_VAR, "")
+    shell, _, step = value.partition("_")
+    if step == "source" and shell in ("bash", "zsh", "fish"):
+        environ[COMPLETE_VAR] = f"source_{shell}"

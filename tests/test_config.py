@@ -195,6 +195,19 @@ def test_run_names_cannot_escape(name, expected):
     assert safe_run_name(name) == expected
 
 
+def test_an_optimizer_override_on_a_spec_without_optimizer_tunes_the_default(tmp_path):
+    """`--set optimizer.lr=...` on a spec that leaves the optimizer out is not 'optimizer.name: is required'."""
+    path = write(tmp_path, "data: {dataset: digits}\n")
+    spec = load_spec(path, ["optimizer.lr=0.01"])
+    assert (spec.optimizer["name"], spec.optimizer["lr"]) == ("adam", 0.01)
+    with pytest.raises(ConfigError) as info:
+        load_spec(path, ["optimizer.lr=-1"])
+    assert str(info.value) == "optimizer.lr: must be > 0, got -1 (--set optimizer.lr)"
+    # a mapping written in the file still needs its name
+    with pytest.raises(ConfigError, match=r"^optimizer.name: is required"):
+        load_spec(write(tmp_path, "data: {dataset: digits}\noptimizer: {lr: 0.1}\n"), ["optimizer.lr=0.01"])
+
+
 def test_override_into_string_component():
     source = parse_yaml("optimizer: sgd\n", "s.yaml")
     apply_overrides(source, ["optimizer.momentum=0.9"])

@@ -242,6 +242,11 @@ CSV_ERRORS = [
      "data.csv: data.ignore lists the target column 'label'"),
     ("data.csv", "id,x,label\nu,1,0\n", {"features": ["x"], "ignore": ["x"]},
      "data.csv: column 'x' is in both data.features and data.ignore"),
+    # a categorical list makes the columns it leaves out numeric: a text one is named as left out,
+    # not as "the column's other cells are numbers" (they are not)
+    ("data.csv", "code,color,label\n1,red,0\n2,blue,1\n", {"categorical": ["code"]},
+     "data.csv row 2, column 'color': not a number: 'red' (data.categorical lists the text columns and does "
+     "not name this one; add it to use it as categories)"),
 ]
 
 
@@ -250,7 +255,7 @@ def test_csv_errors(tmp_path, fname, text, kw, message):
     p = write(tmp_path / fname, text)
     with pytest.raises(DataError) as err:
         read_csv_data(p, kw.get("target", "label"), kw.get("features"), ignore=kw.get("ignore"),
-                      max_categories=kw.get("max_categories", 50))
+                      max_categories=kw.get("max_categories", 50), categorical=kw.get("categorical", "auto"))
     assert str(err.value) == message
 
 

@@ -109,6 +109,29 @@ def test_runs_table_fits_a_100_column_rich_console(runs):
                                                       "stopped_early"]
 
 
+def test_runs_of_one_spec_in_the_same_minute_keep_their_stamps():
+    """Without the stamp two `reg` runs started at 09:56 read alike; with a minute between them they do not."""
+    from datetime import datetime
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from nnctl.report.tables import runs_table
+
+    def run(stamp, started):
+        name = f"reg-{stamp}"
+        return SimpleNamespace(name=name, short_name="reg", dataset="reg.csv", status="completed", epochs=4,
+                               max_epochs=4, best=(4, 0.5), monitor="val_loss", test={"test_r2": 0.9},
+                               main_metric="r2", parameters=10, seconds=1.0, started=started)
+    runs = [run("20261206-095603", datetime(2026, 12, 6, 9, 56, 3)),
+            run("20261206-095604", datetime(2026, 12, 6, 9, 56, 4)),
+            run("20261206-101104", datetime(2026, 12, 6, 10, 11, 4))]
+    console = Console(width=100, record=True, force_terminal=False)
+    console.print(runs_table(runs, width=100))
+    names = [line.split()[0] for line in console.export_text().splitlines()[2:5]]
+    assert names == ["reg-20261206-095603", "reg-20261206-095604", "reg"]
+
+
 # -- item 3: errors in one round, cause first ---------------------------------------------
 
 def test_every_independent_error_at_once(tmp_path):
@@ -173,6 +196,15 @@ def test_completion_script_and_values(runs, tmp_path, monkeypatch):
         ["training.early_stopping.patience="]
     run = failed_run(runs)
     assert _complete(f"nnctl show {runs}/dive", tmp_path, monkeypatch) == [str(run)]
+
+
+def test_clicks_bash_source_spelling_prints_the_script_too():
+    """`_NNCTL_COMPLETE=bash_source nnctl` (Click's documented form) answered "Shell source not supported"."""
+    for value, marker in [("bash_source", "_nnctl_completion()"), ("zsh_source", "#compdef nnctl"),
+                          ("source_bash", "_nnctl_completion()")]:
+        env = {**os.environ, "_NNCTL_COMPLETE": value}
+        res = subprocess.run([sys.executable, "-m", "nnctl"], env=env, capture_output=True, text=True)
+        assert res.returncode == 0 and marker in res.stdout, (value, res.stdout, res.stderr)
 
 
 # -- item 7: terminal output ----------------------------------------------------------------
@@ -302,6 +334,32 @@ def test_init_csv_string_target_and_categorical_column(tmp_path, monkeypatch):
     again = invoke("init", "data/animals.csv", "--target", "species")
     assert again.exit_code == 1
     assert again.stderr == "error: animals.yaml: exists; choose another name with --out or overwrite it with --force\n"
+
+
+def test_init_on_a_csv_with_missing_cells_imputes_them_instead_of_dropping_columns(tmp_path, monkeypatch):
+    """Missing cells (empty, NA) are not text: the column stays a feature, NA is no category."""
+    import yaml
+    monkeypatch.chdir(tmp_path)
+    lines = _animals(tmp_path / "full.csv").read_text().splitlines()
+    cells = [line.split(",") for line in lines]
+    cells[2][3] = ""        # weight: a number column with an empty cell
+    cells[3][1] = "NA"      # colour: a text column with NA
+    cells[4][3] = "nan"
+    cells[5][4] = ""        # the target
+    (tmp_path / "holes.csv").write_text("\n".join(",".join(c) for c in cells) + "\n")
+    res = invoke("init", "holes.csv", "--target", "species")
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.stdout.split())
+    assert "categorical colour: 3 categories, one-hot encoded (plus one for unknown)" in out
+    assert ("missing impute: missing cells (colour 1, weight 2) get the training split's mean or most "
+            "frequent value; 1 row without a target is dropped") in out
+    spec = yaml.safe_load((tmp_path / "holes.yaml").read_text())
+    assert spec["data"]["missing"] == "impute" and spec["data"]["ignore"] == ["row_id"]
+    res = invoke("validate", "holes.yaml")
+    assert res.exit_code == 0 and "input (6,), 2 outputs" in res.stdout, res.output
+    assert "missing values: impute; rows dropped: 1 for a missing target\n" in res.stdout
+    res = invoke("train", "holes.yaml", "--set", "training.epochs=1", "--runs-dir", "runs", "-q")
+    assert res.exit_code == 0 and res.stdout.startswith("completed: 1 epochs"), res.output
 
 
 def test_init_npy_finds_its_targets_and_npz(tmp_path, monkeypatch):

@@ -231,6 +231,7 @@ def test_missing_values_error_drop_impute(tmp_path):
     base = {"dataset": "d.csv", "target": "churned", "ignore": ["customer_id"], "val_split": 0, "test_split": 0}
     ds = load_dataset({**base, "missing": "drop"}, 0, tmp_path)
     assert len(ds.train) == 240 - 5 and ds.dropped == {"target": 2, "features": 3}
+    assert "missing values: drop; rows dropped: 2 for a missing target, 3 for a missing feature" in ds.describe()
     ds = load_dataset({**base, "missing": "impute"}, 0, tmp_path)
     assert len(ds.train) == 240 - 2 and ds.dropped == {"target": 2}
     assert not np.isnan(ds.train.x).any()
@@ -262,6 +263,9 @@ def test_a_target_with_a_large_offset_trains_scaled_and_predicts_in_its_units(tm
     spec = spec_file(tmp_path, "{dataset: r.csv, target: y}")
     args = ["--set", "training.epochs=15", "--set", "model.hidden=[8]", "--set", "model.activation=identity",
             "--set", "optimizer.lr=0.01", "--quiet"]
+    res = runner.invoke(app, ["validate", str(spec)])
+    assert res.exit_code == 0 and "target 'y' (regression, 1 output, standardized for training)" in res.stdout
+    assert ", 1 output, " in res.stdout, res.output
     res = runner.invoke(app, ["train", str(spec), "--runs-dir", str(tmp_path / "scaled"), *args])
     assert res.exit_code == 0, res.output
     run = next((tmp_path / "scaled").iterdir())
@@ -351,6 +355,13 @@ def test_data_path_messages(tmp_path):
     fails(tmp_path, ["validate", str(spec), "--set", "data.dataset=customer.csv"],
           f"data.dataset: file not found: {tmp_path / 'customer.csv'} (looked in {tmp_path}); "
           "did you mean 'customers.csv'?")
+    # a typo in the extension is a missing file with its close names, not an unsupported type
+    fails(tmp_path, ["validate", str(spec), "--set", "data.dataset=customers.cvs"],
+          f"data.dataset: file not found: {tmp_path / 'customers.cvs'} (looked in {tmp_path}); "
+          "did you mean 'customers.csv'?")
+    (tmp_path / "notes.txt").write_text("x\n")
+    fails(tmp_path, ["validate", str(spec), "--set", "data.dataset=notes.txt"],
+          "notes.txt: unsupported file type '.txt'; use .csv, .npy or .npz")
     # a one-row CSV names the file
     (tmp_path / "one.csv").write_text("a,y\n1,0\n")
     fails(tmp_path, ["validate", str(spec), "--set", "data.dataset=one.csv", "--set", "data.target=y",
@@ -431,6 +442,27 @@ def test_an_image_folder_trains_evaluates_and_predicts_files_and_folders(tmp_pat
     assert rows[0] == ["path", "label"] and len(rows) == 301
     right = sum(Path(p).parent.name == label for p, label in rows[1:])
     assert right >= 0.85 * 300
+    # eval --data takes a labelled folder too: its accuracy is the share predict got right
+    res = runner.invoke(app, ["eval", str(run), "--data", str(png.parent), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["accuracy"] == pytest.approx(right / 300)
+    other = tmp_path / "other" / "seven"
+    other.mkdir(parents=True)
+    (other / "a.png").write_bytes(first.read_bytes())
+    res = runner.invoke(app, ["eval", str(run), "--data", str(other.parent)])
+    assert res.exit_code == 1
+    assert res.output.strip() == ("error: other: sample 0: label 'seven' is not one of the 10 training classes: "
+                                  "0, 1, 2, 3, 4, 5, 6, 7, 8, 9")
+
+
+def test_an_image_folder_without_pillow_says_how_to_install_it(tmp_path, monkeypatch):
+    """No Pillow (the images extra): one line naming the install command, nothing written; no skip needed."""
+    import sys
+    monkeypatch.setitem(sys.modules, "PIL", None)           # `from PIL import Image` now raises ImportError
+    monkeypatch.setitem(sys.modules, "PIL.Image", None)
+    folder = Path(__file__).resolve().parents[1] / "datasets" / "digits_png"
+    spec = spec_file(tmp_path, f"{{dataset: '{folder}/', cache: 'off'}}")
+    fails(tmp_path, ["train", str(spec)], 'Pillow is not installed: pip install -e ".[images]"')
 
 
 def test_image_folder_errors(tmp_path):

@@ -302,6 +302,10 @@ def test_a_failing_trial_is_recorded_and_the_others_complete(tmp_path):
     best = expected[0]
     assert f"best: trial {best['index']} (optimizer.lr={best['overrides']['optimizer.lr']:.4g})" in res.output
     assert f"  run {best['run_dir']}" in res.output
+    # the command that repeats the best trial exactly: its config records the BLAS threads it had
+    assert f"  repeat: nnctl train {Path(best['run_dir']) / 'config.yaml'}" in res.output
+    recorded = yaml.safe_load((Path(best["run_dir"]) / "config.yaml").read_text())["training"]["threads"]
+    assert recorded == executors.blas_threads(2)
 
     # the snapshots: sweep.yaml is the launched sweep, self-contained; each trial has its spec
     relaunch = load_sweep(sweep_dir / "sweep.yaml")

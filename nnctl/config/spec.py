@@ -435,6 +435,10 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
     """Read, override and validate a spec file."""
     path = Path(path)
     source = read_spec(path)
+    data = source.data if isinstance(source.data, dict) else {}
+    if "optimizer" not in data and any(o.strip().startswith("optimizer.") for o in overrides or []):
+        # `--set optimizer.lr=...` tunes the default optimizer, as if the spec named it
+        source.data = {**data, "optimizer": TOP_PARAMS["optimizer"].default}
     apply_overrides(source, overrides or [])
     return check_spec(source, path.resolve().parent, path.stem)
 

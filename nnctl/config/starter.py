@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnctl.data.files import is_number, parse_floats
+from nnctl.data.files import is_missing, is_number, parse_floats
 from nnctl.errors import ConfigError, DataError
 from nnctl.fileio import check_regular
 
@@ -58,6 +58,10 @@ class Profile:
     categorical: list[Column] = field(default_factory=list)   # CSV: one-hot encoded by the loader
     codes: list[Column] = field(default_factory=list)         # CSV: whole numbers that may be category codes
     left_out: list[Column] = field(default_factory=list)      # CSV: written as data.ignore
+    # CSV: missing cells (empty, NA, N/A, NaN) per used feature column, and in the target;
+    # any of them makes the spec say data.missing: impute instead of failing at validate
+    missing: dict[str, int] = field(default_factory=dict)
+    target_missing: int = 0
     target_path: Path | None = None     # .npy only
     image_size: list[int] | None = None  # image folder only: [H, W] every image is resized to
     color: str | None = None            # image folder only: grayscale | rgb
@@ -99,18 +103,24 @@ def _csv_profile(path: Path, target: str | None) -> Profile:
         if target not in table.header:
             raise table.no_column(target)
         target_why = "given with --target"
-    features, left_out, categorical, codes = [], [], [], []
+    features, left_out, categorical, codes, missing = [], [], [], [], {}
     for j, name in enumerate(table.header):
         if name == target:
             continue
-        cells = [c.strip() for c in table.column(j)]
+        # a missing cell is neither text nor a number: the column's kind comes from the others
+        cells = [c.strip() for c in table.column(j) if not is_missing(c)]
+        holes = len(table.rows) - len(cells)
         distinct = len(set(cells))
         numbers = parse_floats(cells)
-        if numbers is None:
+        if not cells:
+            left_out.append(Column(name, "empty", 0, "every cell is missing"))
+        elif numbers is None:
             if any(is_number(c) for c in cells):
-                bad = next(i for i, c in enumerate(cells) if not is_number(c))
+                bad = next(i for i, c in enumerate(table.column(j))
+                           if not is_missing(c) and not is_number(c))
                 left_out.append(Column(name, "text", distinct, f"partly numeric (row {table.lines[bad]}: "
-                                                                 f"{cells[bad]!r}); fix it to use the column"))
+                                                                 f"{table.column(j)[bad].strip()!r}); "
+                                                                 "fix it to use the column"))
             elif _ID_NAME.search(name) or distinct == len(cells):
                 left_out.append(Column(name, "id", distinct, "a different text in every row: an ID"))
             elif distinct <= MAX_CATEGORIES:
@@ -124,7 +134,7 @@ def _csv_profile(path: Path, target: str | None) -> Profile:
             left_out.append(Column(name, "id", distinct, "numbered 1 by 1 like a row ID"
                                    if _id_like_numbers(numbers) else "named like an ID"))
         elif not np.all(np.isfinite(numbers)):
-            left_out.append(Column(name, "text", distinct, "holds nan or inf"))
+            left_out.append(Column(name, "text", distinct, "holds inf"))
         else:
             features.append(name)
             values = np.unique(numbers)
@@ -132,14 +142,16 @@ def _csv_profile(path: Path, target: str | None) -> Profile:
                 shown = ", ".join(f"{v:g}" for v in values[:MAX_CODES])
                 codes.append(Column(name, "code", len(values), f"{len(values)} whole numbers ({shown}): if "
                                     "they are codes, not amounts, add it to data.categorical"))
+        if holes and name in features:
+            missing[name] = holes
     if not features:
         raise DataError(f"{path.name}: no usable feature column besides the target '{target}' "
                         f"(left out: {', '.join(c.name for c in left_out) or 'none'})")
     t = table.header.index(target)
-    cells = [c.strip() for c in table.column(t)]
-    if any(not c for c in cells):
-        i = next(i for i, c in enumerate(cells) if not c)
-        raise DataError(f"{path.name} row {table.lines[i]}, column '{target}': empty target cell")
+    # rows without a target are dropped (and counted) under data.missing: drop or impute
+    cells = [c.strip() for c in table.column(t) if not is_missing(c)]
+    if not cells:
+        raise DataError(f"{path.name}: column '{target}': every target cell is missing")
     numbers = parse_floats(cells)
     raw_y = numbers if numbers is not None else np.array(cells, dtype=str)
     task, task_why, classes = _task(raw_y, infer_task)
@@ -148,7 +160,8 @@ def _csv_profile(path: Path, target: str | None) -> Profile:
     return Profile(path=path, rows=len(table.rows), input_shape=(width,), target=target,
                    target_why=target_why, task=task, task_why=task_why, classes=classes,
                    n_outputs=len(classes) if classes is not None else 1, features=features,
-                   categorical=categorical, codes=codes, left_out=left_out)
+                   categorical=categorical, codes=codes, left_out=left_out, missing=missing,
+                   target_missing=len(table.rows) - len(cells))
 
 
 def _task(raw_y: np.ndarray, infer_task) -> tuple[str, str, list | None]:
@@ -376,6 +389,8 @@ def render_spec(profile: Profile, spec_dir: Path) -> str:
                          "encoded (plus an unknown slot); add integer codes here too")
         else:
             lines.append("  categorical: auto\t# a column without numbers would be one-hot encoded")
+        if p.missing or p.target_missing:
+            lines.append(f"  missing: impute\t# {missing_summary(p)}; drop: remove those rows instead")
     if p.target_path is not None:
         rel = Path(os.path.relpath(p.target_path.resolve(), spec_dir.resolve())).as_posix()
         lines.append(f"  target_path: {_quote(rel)}\t# the targets of each row of the dataset")
@@ -426,6 +441,18 @@ def render_spec(profile: Profile, spec_dir: Path) -> str:
         "    restore_best: true\t# keep the best epoch's weights, not the last",
     ]
     return "\n".join(_align(line) for line in lines) + "\n"
+
+
+def missing_summary(p: Profile) -> str:
+    """The missing cells init found and what `data.missing: impute` does with them."""
+    parts = []
+    if p.missing:
+        cells = ", ".join(f"{name} {n}" for name, n in p.missing.items())
+        parts.append(f"missing cells ({cells}) get the training split's mean or most frequent value")
+    if p.target_missing:
+        parts.append(f"{p.target_missing} row{'s' * (p.target_missing != 1)} without a target "
+                     f"{'are' if p.target_missing != 1 else 'is'} dropped")
+    return "; ".join(parts)
 
 
 def amount(p: Profile) -> str:

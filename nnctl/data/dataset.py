@@ -145,7 +145,8 @@ class Dataset:
             parts.append(f"{len(cat)} categorical" + (f" ({_few(cat)}; one-hot + unknown)" if cat else ""))
             parts.append("ignored: " + (_few(self.ignored) if self.ignored else "none"))
             lines.append("features: " + "; ".join(parts))
-            dropped = ", ".join(f"{n} for a missing {k}" for k, n in self.dropped.items() if n)
+            # keys are "target" and "features": a row is dropped for one missing feature
+            dropped = ", ".join(f"{n} for a missing {k.removesuffix('s')}" for k, n in self.dropped.items() if n)
             lines.append(f"missing values: {self.missing}" + (f"; rows dropped: {dropped}" if dropped else ""))
             seen = ", ".join(f"{n} in {k}" for k, n in self.unknown.items() if n)
             if seen:
@@ -268,8 +269,9 @@ def _read_main(opts: dict, seed: int, base_dir: Path, dtype, cache: TableCache |
     if opts["options"]:
         raise ConfigError("data.options: only built-in datasets take options")
     shown = Path(name).name
-    suffix = suffix_of(Path(name), shown)
+    # a missing file first: 'cust.cvs' is a typo of cust.csv (did you mean), not a file type
     path = _resolve(base_dir, name, "dataset")
+    suffix = suffix_of(Path(name), shown)
     if suffix != ".csv":
         for key in CSV_ONLY:
             if opts[key] is not None:
@@ -309,8 +311,8 @@ def _read_extra(opts: dict, key: str, main: RawData, base_dir: Path, dtype, cach
     """A separate val/test file, read with the training file's columns (and their kinds)."""
     value = opts[key]
     shown = Path(value).name
-    suffix = suffix_of(Path(value), shown)
     path = _resolve(base_dir, value, key)
+    suffix = suffix_of(Path(value), shown)
     if suffix == ".csv":
         if main.columns is None:
             raise ConfigError(f"data.{key}: a CSV file needs a CSV dataset (column names) to match")

@@ -306,7 +306,14 @@ class Column:
         return Column(self.name, self.kind, self.values[rows], self.missing[rows])
 
 
-def numeric_column(file: str, name: str, cells: list[str], lines, dtype=np.float32) -> Column:
+# Why a numeric column's text cell is an error, and the fix; under a data.categorical list
+# a column without numbers is numeric because the list leaves it out, not because of its cells.
+NOT_A_NUMBER_AUTO = "the column's other cells are numbers; list it in data.categorical to use it as categories"
+NOT_A_NUMBER_LISTED = "data.categorical lists the text columns and does not name this one; add it to use it as categories"
+
+
+def numeric_column(file: str, name: str, cells: list[str], lines, dtype=np.float32,
+                   why: str = NOT_A_NUMBER_AUTO) -> Column:
     """A column of numbers (missing cells allowed); a bad cell is a DataError naming file, row and column.
 
     Values must be finite in `dtype`, the dtype they will be used in: 1e300 is a float64
@@ -329,8 +336,7 @@ def numeric_column(file: str, name: str, cells: list[str], lines, dtype=np.float
             if is_missing(cell):
                 values[i], missing[i] = np.nan, True
                 continue
-            raise DataError(f"{where}: not a number: {cell!r} (the column's other cells are numbers; "
-                            "list it in data.categorical to use it as categories)") from None
+            raise DataError(f"{where}: not a number: {cell!r} ({why})") from None
         if math.isnan(v):
             values[i], missing[i] = np.nan, True
             continue
@@ -650,7 +656,11 @@ class BlockParser:
                     if c == self.target or not numbers:
                         restart.append(c)
                         continue
-            values[:, k] = numeric_column(self.name, c, cells, lines, self.dtype).values
+            # "the other cells are numbers" only where some are (a text column left out of the list)
+            listed_text = c in self.strict and not (self.has_number[k] or any(
+                is_number(cell) and not is_missing(cell) for cell in cells))
+            why = NOT_A_NUMBER_LISTED if listed_text else NOT_A_NUMBER_AUTO
+            values[:, k] = numeric_column(self.name, c, cells, lines, self.dtype, why).values
         if restart:
             raise _Restart(restart)   # every column this block shows to be text, in one more pass
         return np.asarray(lines, dtype=np.int64), values, self._text(records)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group
@@ -273,12 +274,17 @@ def print_leaderboard(console: Console, sd: SweepDir) -> None:
     if best is not None:
         text = (f"best: trial {best.index} ({describe_values(best.overrides)}) "
                 f"{sd.metric} {fmt_metric(best.metric)}")
+        # the run's config.yaml records its BLAS thread count (training.threads), so this
+        # command repeats the trial's numbers exactly, wherever the sweep's workers were
+        again = f"  repeat: nnctl train {Path(best.run_dir) / 'config.yaml'}" if best.run_dir else None
         if console.is_terminal:
             console.print(Text(text, style="bold green"), soft_wrap=True)
             console.print(Text(f"  run {best.run_dir}", style="green"), soft_wrap=True)
         else:
             _line(console, text)
             _line(console, f"  run {best.run_dir}")
+        if again:
+            _line(console, again)
     else:
         _line(console, f"no trial has a {sd.metric} value yet")
     if front:

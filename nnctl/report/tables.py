@@ -213,6 +213,11 @@ def _runs_table(runs: Sequence[Any], dropped: Sequence[str], wide: bool, title: 
     for name, opts in columns:
         if name in shown:
             table.add_column(headers.get(name, name), **opts)
+    # runs of one spec started in the same minute would read alike without their stamp: they keep it
+    seen: dict[tuple, int] = {}
+    for run in runs:
+        key = (run.short_name, run.started.strftime("%m-%d %H:%M") if run.started else None)
+        seen[key] = seen.get(key, 0) + 1
     for run in runs:
         epochs = run.epochs
         if epochs is not None and run.max_epochs is not None and run.status != "completed":
@@ -228,7 +233,8 @@ def _runs_table(runs: Sequence[Any], dropped: Sequence[str], wide: bool, title: 
         if test_value is not None:
             test = fmt(float(test_value)) if one_main else f"{run.main_metric} {fmt(float(test_value))}"
         started: datetime | None = run.started
-        name = run.name if wide else middle_ellipsis(run.short_name, NAME_WIDTH)
+        alike = seen[(run.short_name, started.strftime("%m-%d %H:%M") if started else None)] > 1
+        name = run.name if wide else middle_ellipsis(run.name if alike else run.short_name, NAME_WIDTH)
         cells = {
             "run": Text(name), "dataset": Text(cell(run.dataset)), "status": status_text(run.status),
             "epochs": epochs_text, "best": best, "test": test,

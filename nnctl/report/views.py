@@ -160,6 +160,9 @@ def render_starter(profile, path) -> None:
         rows.append(("maybe categorical", f"{c.name}: {c.why}"))
     for c in p.left_out:
         rows.append(("left out", f"{c.name}: {c.kind}, {c.why}"))
+    if p.missing or p.target_missing:
+        from nnctl.config.starter import missing_summary
+        rows.append(("missing", f"impute: {missing_summary(p)}"))
     if p.image_size is not None:
         rows.append(("images", f"{p.image_size[0]}x{p.image_size[1]} {p.color} ({p.image_why})"))
     model = f"CNN, conv filters {p.filters}" if p.image_size is not None else f"hidden {p.hidden}"

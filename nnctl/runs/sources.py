@@ -56,7 +56,8 @@ def _align_classes(lm: LoadedModel, classes: list | None, split: Split, source: 
 
 
 def data_source(lm: LoadedModel, value: str, need_targets: bool) -> EvalData:
-    """`--data`: a .csv/.npz/.npy file (features matched to the model's) or a built-in dataset name."""
+    """`--data`: a .csv/.npz/.npy file (features matched to the model's), an image folder (one
+    subfolder per class) or a built-in dataset name."""
     path = Path(value)
     if not path.exists() and value in DATASETS:
         return _builtin(lm, value)
@@ -64,6 +65,8 @@ def data_source(lm: LoadedModel, value: str, need_targets: bool) -> EvalData:
         from nnctl.hparams import unknown_name_message
         raise DataError(f"--data: {unknown_name_message('dataset', value, DATASETS.names())} "
                         "(or give a .csv, .npy or .npz file)")
+    if path.is_dir():
+        return _image_folder(lm, path)
     notes: list[str] = []
     x, raw_y = load_features(path, lm.feature_names, lm.input_shape, lm.target_name,
                              table=lm.preprocessor.table, dtype=lm.dtype, notes=notes)
@@ -85,6 +88,24 @@ def data_source(lm: LoadedModel, value: str, need_targets: bool) -> EvalData:
         raise DataError(f"{path.name}: no target column '{lm.target_name or 'label'}' to evaluate against "
                         "(nnctl predict needs none)")
     return EvalData(Split(x, y, None), str(path), note="; ".join(notes) or None)
+
+
+def _image_folder(lm: LoadedModel, path: Path) -> EvalData:
+    """A folder with one subfolder per class, decoded with the run's image size and color."""
+    from nnctl.data.dataset import PIXEL_MAX
+    from nnctl.data.images import read_image_folder
+    if len(lm.input_shape) != 3:
+        raise DataError(f"{path.name}: a folder is read as images, and the model takes samples of "
+                        f"{list(lm.input_shape)}, not images (C, H, W)")
+    data = lm.meta["config"].get("data") or {}
+    raw = read_image_folder(path, data.get("image_size"), data.get("color", "grayscale"), path.name)
+    if tuple(raw.x.shape[1:]) != lm.input_shape:
+        raise DataError(f"{path.name}: images are {list(raw.x.shape[1:])} (C, H, W), the model expects "
+                        f"{list(lm.input_shape)}")
+    if lm.task != CLASSIFICATION:
+        raise DataError(f"{path.name}: an image folder's labels are class names; the model does {lm.task}")
+    y = encode_targets(raw.y, lm.task, lm.classes, path.name)
+    return EvalData(Split(raw.x, y, None, PIXEL_MAX), str(path))
 
 
 def _builtin(lm: LoadedModel, name: str) -> EvalData:
