@@ -238,19 +238,36 @@ def test_resume_equals_uninterrupted_for_a_vae(tmp_path):
     assert all(np.array_equal(a.model_state[k], b.model_state[k]) for k in b.model_state)
 
 
-def test_a_sweep_over_latent_and_beta_builds_each_model():
-    # the sweep itself runs trials as `nnctl train` processes (tests/test_sweep.py); what is
-    # new here is that its dotted paths reach the generative keys, checked without training
-    from nnctl.config.spec import spec_from_dict
+def test_a_sweep_over_latent_and_beta_runs_every_trial(tmp_path):
+    # the shipped sweep's grid and metric, shortened to 1 epoch on a tenth of digits with a small
+    # encoder, and run as `nnctl sweep` runs it: a `nnctl train` process per trial
+    import yaml
     from nnctl.sweep.spec import build_trials, load_sweep
-    from nnctl.training.experiment import prepare
-    trials = build_trials(load_sweep(ROOT / "configs" / "sweeps" / "vae-digits-sweep.yaml"))
-    assert [(t.overrides["model.latent"], t.overrides["loss.beta"]) for t in trials] == \
+    shipped = yaml.safe_load((ROOT / "configs" / "sweeps" / "vae-digits-sweep.yaml").read_text())
+    assert (shipped["parameters"]["model.latent"], shipped["parameters"]["loss.beta"]) == ([2, 8], [0.5, 1.0])
+    sweep = {**shipped, "base": str(ROOT / "configs" / "vae-digits.yaml"),
+             "parameters": {**shipped["parameters"], "training.epochs": [1], "model.encoder.hidden": [[16]],
+                            "data.val_split": [0.1], "data.test_split": [0.8]}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    assert [(t.overrides["model.latent"], t.overrides["loss.beta"]) for t in build_trials(load_sweep(path))] == \
         [(2, 0.5), (2, 1.0), (8, 0.5), (8, 1.0)]
+    res = runner.invoke(app, ["sweep", str(path), "--workers", "2", "--runs-dir", str(tmp_path / "runs")])
+    assert res.exit_code == 0, res.output
+    (sweep_dir,) = (tmp_path / "runs").iterdir()
+    manifest = json.loads((sweep_dir / "sweep.json").read_text())
+    assert manifest["metric"] == shipped["metric"] == "val_reconstruction"
+    trials = manifest["trials"]
+    assert [t["status"] for t in trials] == ["completed"] * 4
     for t in trials:
-        exp = prepare(spec_from_dict(t.config, ROOT / "configs"))
-        assert (exp.latent, exp.loss.hparams["beta"]) == (t.overrides["model.latent"], t.overrides["loss.beta"])
-        assert exp.model.output_shape == (64 + 2 * exp.latent,)
+        run = Path(t["run_dir"])
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert (config["task"], config["model"]["latent"], config["loss"]["beta"]) == \
+            ("vae", t["overrides"]["model.latent"], t["overrides"]["loss.beta"])
+        history = json.loads((run / "history.json").read_text())
+        assert len(history) == 1 and t["metric"] == history[0]["val_reconstruction"] > 0
+        # the model the trial trained has the trial's code size: mean and log-variance heads of `latent`
+        assert load_model(run).model.layers[0].latent == t["overrides"]["model.latent"]
 
 
 def _line_of(text: str) -> int:
@@ -365,3 +382,77 @@ def test_image_grid_layout():
     assert picture.shape == (3 * 9 - 1, 4 * 9 - 1, 3)
     assert picture[9, 9].tolist() == [5 / 9] * 3          # tile 5: row 1, column 1
     assert picture[8, 0].tolist() == [0.0] * 3 and picture[18:, 18:].max() == 0.0   # gaps, the two empty tiles
+
+
+def _table(path: Path, rows: int = 60) -> Path:
+    """Two numeric columns (one missing cell), a 3-category and a 2-category text column."""
+    rng = np.random.default_rng(0)
+    lines = ["a,b,colour,kind"]
+    for i in range(rows):
+        a, b = rng.normal(size=2)
+        lines.append(f"{'' if i == 3 else f'{a:.3f}'},{b:.3f},{('red', 'green', 'blue')[i % 3]},{'xy'[i % 2]}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _table_spec(tmp_path: Path, data: str) -> Path:
+    _table(tmp_path / "t.csv")
+    spec = tmp_path / "ae.yaml"
+    spec.write_text(f"task: autoencoder\ndata: {{dataset: t.csv, missing: impute{data}}}\n"
+                    "model: {encoder: {hidden: [6]}, latent: 2}\ntraining: {epochs: 2, batch_size: 16}\n")
+    return spec
+
+
+def test_an_autoencoder_trains_on_a_csv_without_a_target(tmp_path):
+    from nnctl.config.spec import load_spec
+    from nnctl.training.experiment import prepare
+    spec = _table_spec(tmp_path, "")
+    exp = prepare(load_spec(spec))
+    # every column is a feature: a, b, then one-hot colour (3 + unknown) and kind (2 + unknown)
+    assert exp.dataset.input_shape == (9,) and exp.dataset.feature_names[:2] == ["a", "b"]
+    assert exp.dataset.describe()[:3] == [
+        "autoencoder: reconstructs its 9 input values, scaled to [0, 1] by the training split's min and max",
+        "features: 2 numeric (a, b); 2 categorical (colour (3), kind (2); one-hot + unknown); ignored: none",
+        "missing values: impute"]
+    assert exp.dataset.train.y is None and (len(exp.dataset.train), len(exp.dataset.val), len(exp.dataset.test)) == (42, 9, 9)
+    run = _train(tmp_path / "runs", str(spec))
+    res = runner.invoke(app, ["eval", str(run), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["n"] == 9
+    # the file's rows encode through the run's own table encoding (the missing cell imputed)
+    res = runner.invoke(app, ["encode", str(run), str(tmp_path / "t.csv"), "--out", str(tmp_path / "z.npy")])
+    assert res.exit_code == 0, res.output
+    z = np.load(tmp_path / "z.npy")
+    assert z.shape == (60, 2) and np.isfinite(z).all()
+
+
+def test_an_autoencoder_s_target_column_is_not_a_feature_and_colours_the_latent_plot(tmp_path):
+    from nnctl.config.spec import load_spec
+    from nnctl.training.experiment import prepare
+    spec = _table_spec(tmp_path, ", target: kind")
+    exp = prepare(load_spec(spec))
+    assert exp.dataset.input_shape == (6,) and "kind" not in exp.dataset.table.feature_names
+    res = runner.invoke(app, ["validate", str(spec)])
+    assert res.exit_code == 0, res.output
+    note = [line for line in res.output.splitlines() if "kind" in line]
+    assert note == ["autoencoder: reconstructs its 6 input values, scaled to [0, 1] by the training split's min and "
+                    "max; target 'kind' is not a feature and not trained on, it only colours plot --latent"]
+    # the labels ride along in the splits (as class indices) for the plot, in file order x, y, x, ...
+    whole = np.zeros(60, dtype=np.int64)
+    for split in (exp.dataset.train, exp.dataset.val, exp.dataset.test):
+        whole[split.rows()] = split.y[split.rows()]
+    assert whole.tolist() == [0, 1] * 30 and exp.dataset.classes == ["x", "y"]
+
+
+def test_an_autoencoder_trains_on_an_npz_without_y(tmp_path):
+    np.savez(tmp_path / "rows.npz", x=np.random.default_rng(1).uniform(0, 1, (40, 5)).astype(np.float32))
+    spec = tmp_path / "ae.yaml"
+    spec.write_text("task: vae\ndata: {dataset: rows.npz, val_split: 0.25, test_split: 0}\n"
+                    "model: {encoder: {hidden: [4]}, latent: 2}\ntraining: {epochs: 1, batch_size: 10}\n")
+    run = _train(tmp_path / "runs", str(spec))
+    history = json.loads((run / "history.json").read_text())
+    assert sorted(history[0]) == ["epoch", "kl", "loss", "lr", "reconstruction", "seconds", "val_kl", "val_loss",
+                                  "val_reconstruction"]
+    res = runner.invoke(app, ["train", str(spec), "--set", "task=null", "--set", "model={hidden: [4]}",
+                              "--runs-dir", str(tmp_path / "r2")])
+    assert res.output.strip() == "error: rows.npz: no array 'y'; arrays are: x"

@@ -256,7 +256,7 @@ def handle_missing(raw: RawData, policy: str) -> dict[str, int]:
     """
     if raw.columns is None:
         return {}
-    n = len(raw.y)
+    n = len(raw.lines)   # raw.y is None for an autoencoder's table without a target
     target_missing = raw.y_missing if raw.y_missing is not None else np.zeros(n, dtype=bool)
     feature_missing = np.zeros(n, dtype=bool)
     for c in raw.columns:
@@ -281,8 +281,8 @@ def handle_missing(raw: RawData, policy: str) -> dict[str, int]:
         if len(keep) == 0:
             raise DataError(f"{raw.source}: every row has a missing value; nothing is left to train on")
         raw.columns = [c.take(keep) for c in raw.columns]
-        raw.y = raw.y[keep]
-        raw.y_missing = raw.y_missing[keep]
+        if raw.y is not None:
+            raw.y, raw.y_missing = raw.y[keep], raw.y_missing[keep]
         raw.lines = raw.lines[keep]
     return dropped
 
