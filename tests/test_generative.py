@@ -331,7 +331,7 @@ def test_plot_latent_draws_every_row(vae_run, tmp_path):
     out = tmp_path / "latent.png"
     res = runner.invoke(app, ["plot", str(vae_run), "--latent", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert res.output.strip() == f"wrote {out} (1,797 rows; axes PC1, PC2)"
+    assert res.output.strip() == f"wrote {out} (1,797 rows; axes PC1, PC2; coloured by 'label' (10 classes))"
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -442,6 +442,10 @@ def test_an_autoencoder_s_target_column_is_not_a_feature_and_colours_the_latent_
     for split in (exp.dataset.train, exp.dataset.val, exp.dataset.test):
         whole[split.rows()] = split.y[split.rows()]
     assert whole.tolist() == [0, 1] * 30 and exp.dataset.classes == ["x", "y"]
+    pytest.importorskip("matplotlib", reason="plot --latent needs the plot extra (matplotlib)")
+    run = _train(tmp_path / "runs", str(spec))
+    res = runner.invoke(app, ["plot", str(run), "--latent", "--out", str(tmp_path / "z.png")])
+    assert res.output.strip() == f"wrote {tmp_path / 'z.png'} (60 rows; axes z0, z1; coloured by 'kind' (2 classes))"
 
 
 def test_an_autoencoder_trains_on_an_npz_without_y(tmp_path):

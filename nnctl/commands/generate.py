@@ -48,11 +48,14 @@ def latent_map(runs: list[Path], out: Path, dpi: int) -> str:
     require_matplotlib()
     lm = load_model(runs[0])
     autoencoder_of(lm, "plot --latent")
-    split = run_split(lm, "test").split   # its x and y hold every row of the data, all splits
+    data = run_split(lm, "test")
+    split = data.split   # its x and y hold every row of the data, all splits
     codes = encode(lm, split.x, default_batch_size(lm))
     names = lm.meta.get("config", {}).get("name") or runs[0].name
-    axes = plot_latent(codes, split.y, None, out, f"{names}: {len(codes):,} codes", dpi)
-    return f"wrote {out} ({len(codes):,} rows; axes {axes})"
+    axes = plot_latent(codes, split.y, data.classes, out, f"{names}: {len(codes):,} codes", dpi)
+    colour = "" if split.y is None else f"; coloured by '{lm.target_name}'" + (
+        f" ({len(data.classes)} classes)" if data.classes else "")
+    return f"wrote {out} ({len(codes):,} rows; axes {axes}{colour})"
 
 
 def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:

@@ -24,6 +24,7 @@ class EvalData:
     description: str
     split_name: str | None = None
     note: str | None = None   # e.g. how many categories the training split never had
+    classes: list | None = None   # the names of a classification split's label indices
 
 
 def run_split(lm: LoadedModel, which: str) -> EvalData:
@@ -44,7 +45,7 @@ def run_split(lm: LoadedModel, which: str) -> EvalData:
         raise DataError(f"{lm.path}: the run has no {which} split (data.{which}_split is 0); "
                         f"use --split {'val' if which == 'test' else 'train'} or --data FILE")
     split = _align_classes(lm, dataset.classes, split, dataset.source)
-    return EvalData(split, f"the {which} split of {dataset.source}", which)
+    return EvalData(split, f"the {which} split of {dataset.source}", which, classes=dataset.classes)
 
 
 def _align_classes(lm: LoadedModel, classes: list | None, split: Split, source: str) -> Split:
