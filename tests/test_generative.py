@@ -460,3 +460,23 @@ def test_an_autoencoder_trains_on_an_npz_without_y(tmp_path):
     res = runner.invoke(app, ["train", str(spec), "--set", "task=null", "--set", "model={hidden: [4]}",
                               "--runs-dir", str(tmp_path / "r2")])
     assert res.output.strip() == "error: rows.npz: no array 'y'; arrays are: x"
+
+
+def test_early_stopping_schedules_and_eval_on_any_split_work_for_a_vae(tmp_path):
+    # min_delta no epoch can beat: stopped after patience 1, the best epoch (1) restored
+    run = _train(tmp_path, VAE_SPEC, "--set", "model.encoder.hidden=[16]", "--set", "model.latent=2",
+                 "--set", "training.epochs=5", "--set", "schedule={name: step, step_size: 1, gamma: 0.5}",
+                 "--set", "training.early_stopping={monitor: val_reconstruction, patience: 1, min_delta: 1.0e6}")
+    history = json.loads((run / "history.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [r["lr"] for r in history] == [0.002, 0.001]
+    assert (metrics["status"], metrics["best_epoch"], metrics["monitor"]) == ("stopped_early", 1, "val_reconstruction")
+    for split, key in (("val", "val_reconstruction"), ("train", None)):
+        res = runner.invoke(app, ["eval", str(run), "--split", split, "--json"])
+        assert res.exit_code == 0, res.output
+        got = json.loads(res.output)
+        assert (got["split"], got["n"]) == (split, {"val": 269, "train": 1259}[split])
+        if key:   # the restored best epoch's weights, scored on the same rows as in training
+            assert got["reconstruction"] == pytest.approx(history[0][key], rel=1e-6)
+        else:
+            assert 0 < got["reconstruction"] < 64 * np.log(2) + 1   # below a coin flip per pixel
