@@ -424,6 +424,23 @@ def test_an_autoencoder_trains_on_a_csv_without_a_target(tmp_path):
     assert res.exit_code == 0, res.output
     z = np.load(tmp_path / "z.npy")
     assert z.shape == (60, 2) and np.isfinite(z).all()
+    # decoded rows come back in the file's own columns: numbers, and each category as a label
+    res = runner.invoke(app, ["decode", str(run), str(tmp_path / "z.npy")])
+    assert res.exit_code == 0, res.output
+    rows = [line.split(",") for line in res.output.strip().splitlines()]
+    assert rows[0] == ["a", "b", "colour", "kind"] and len(rows) == 61
+    assert {r[2] for r in rows[1:]} <= {"red", "green", "blue"} and {r[3] for r in rows[1:]} <= {"x", "y"}
+    assert np.isfinite(np.array([r[:2] for r in rows[1:]], dtype=float)).all()
+
+
+def test_a_table_encoding_inverts_to_numbers_and_category_labels():
+    from nnctl.data.preprocess import TableEncoder
+    table = TableEncoder([{"name": "a", "kind": "numeric", "fill": None},
+                          {"name": "c", "kind": "categorical", "categories": ["blue", "red"], "fill": None}])
+    # a, c=blue, c=red, c=<unknown>: the unknown slot is never the answer, even when largest
+    x = np.array([[1.5, 0.9, 0.1, 0.0], [-2.0, 0.2, 0.3, 0.0], [0.0, 0.1, 0.2, 5.0]])
+    a, c = table.inverse(x)
+    assert a.tolist() == [1.5, -2.0, 0.0] and c.tolist() == ["blue", "red", "red"]
 
 
 def test_an_autoencoder_s_target_column_is_not_a_feature_and_colours_the_latent_plot(tmp_path):

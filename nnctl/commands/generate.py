@@ -18,13 +18,14 @@ from nnctl.errors import NnctlError
 RUN_ARG_HELP = "A run directory (its best weights) or a checkpoint (.npz) of a task: vae or autoencoder run."
 
 
-def _emit(values, out: Optional[Path], lo: float, hi: float, what: str) -> None:
+def _emit(values, out: Optional[Path], lo: float, hi: float, what: str, table=None) -> None:
+    """table: a CSV-trained model's TableEncoder, so CSV samples come out in the file's own columns."""
     from nnctl.report.image_grid import write_csv, write_samples
     prefix = "z" if what == "codes" else "x"
     if out is None:
-        write_csv(values, sys.stdout, prefix)
+        write_csv(values, sys.stdout, prefix, table)
         return
-    write_samples(values, out, lo, hi, prefix)
+    write_samples(values, out, lo, hi, prefix, table)
     err_console.print(f"wrote {len(values)} {what} to {out}", markup=False, highlight=False, soft_wrap=True)
 
 
@@ -75,7 +76,7 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
             check_out(out, n)
             lm = load_model(target)
             values = sample(lm, n, seed, default_batch_size(lm))
-            _emit(values, out, *_data_range(lm), "samples")
+            _emit(values, out, *_data_range(lm), "samples", lm.preprocessor.table)
         except NnctlError as err:
             fail(err)
 
@@ -115,6 +116,6 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
             check_out(out)
             lm = load_model(target)
             values = decode(lm, read_codes(codes), default_batch_size(lm))
-            _emit(values, out, *_data_range(lm), "samples")
+            _emit(values, out, *_data_range(lm), "samples", lm.preprocessor.table)
         except NnctlError as err:
             fail(err)

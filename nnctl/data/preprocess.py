@@ -99,6 +99,23 @@ class TableEncoder:
     def is_plain(self) -> bool:
         return all(c["kind"] == NUMERIC and c["fill"] is None for c in self.columns)
 
+    def inverse(self, x: np.ndarray) -> list[np.ndarray]:
+        """Encoded rows x (N, F) back to one array per column: numbers as they are, a category
+        as the most likely of its one-hot slots (an autoencoder's decoded rows, in the file's terms).
+
+        The unknown slot is never chosen: it stands for no value a row could be written with.
+        """
+        out, k = [], 0
+        for c in self.columns:
+            if c["kind"] == NUMERIC:
+                out.append(x[:, k])
+                k += 1
+            else:
+                cats = c["categories"]
+                out.append(np.asarray(cats, dtype=str)[np.argmax(x[:, k:k + len(cats)], axis=1)])
+                k += len(cats) + 1
+        return out
+
     def transform(self, columns: list[Column], source: str, lines) -> tuple[np.ndarray, int]:
         """(x float64 (N, F), number of categorical cells mapped to "unknown").
 
