@@ -497,3 +497,23 @@ def test_early_stopping_schedules_and_eval_on_any_split_work_for_a_vae(tmp_path)
             assert got["reconstruction"] == pytest.approx(history[0][key], rel=1e-6)
         else:
             assert 0 < got["reconstruction"] < 64 * np.log(2) + 1   # below a coin flip per pixel
+
+
+@pytest.mark.parametrize("data,encoder,decoder,shape", [
+    ("{dataset: digits, shape: [1, 8, 8]}",
+     "[{type: conv2d, filters: 2, kernel_size: 3, padding: same, activation: relu}, {type: maxpool2d, size: 2}, "
+     "{type: flatten}]",
+     "[{type: dense, units: 32, activation: relu}, {type: reshape, shape: [2, 4, 4]}, "
+     "{type: conv2d, filters: 2, kernel_size: 3, padding: same}, {type: flatten}]", (1, 8, 8)),
+    ("{dataset: parity}", "[{type: gru, units: 6}]", "[{type: dense, units: 8, activation: tanh}]", (12, 1)),
+], ids=["conv", "gru"])
+def test_a_vae_spec_with_conv_or_gru_layers_trains_and_samples_in_the_data_s_shape(tmp_path, data, encoder,
+                                                                                    decoder, shape):
+    spec = tmp_path / "vae.yaml"
+    spec.write_text(f"task: vae\ndata: {data}\nmodel: {{encoder: {{layers: {encoder}}}, latent: 2, "
+                    f"decoder: {{layers: {decoder}}}}}\ntraining: {{epochs: 1, batch_size: 64}}\n")
+    run = _train(tmp_path / "runs", str(spec))
+    (record,) = json.loads((run / "history.json").read_text())
+    assert record["loss"] == pytest.approx(record["reconstruction"] + record["kl"], rel=1e-9)
+    samples = sample(load_model(run), 3, 0, 64)
+    assert samples.shape == (3, *shape) and np.isfinite(samples).all()
