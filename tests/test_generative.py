@@ -415,6 +415,10 @@ def test_an_autoencoder_trains_on_a_csv_without_a_target(tmp_path):
         "features: 2 numeric (a, b); 2 categorical (colour (3), kind (2); one-hot + unknown); ignored: none",
         "missing values: impute"]
     assert exp.dataset.train.y is None and (len(exp.dataset.train), len(exp.dataset.val), len(exp.dataset.test)) == (42, 9, 9)
+    # a separate validation file without a target is read with the training file's columns
+    (tmp_path / "v.csv").write_text("\n".join((tmp_path / "t.csv").read_text().splitlines()[:21]) + "\n")
+    other = prepare(load_spec(spec, ["data.val_path=v.csv"]))
+    assert (len(other.dataset.train), len(other.dataset.val), other.dataset.val.x.shape[1]) == (51, 20, 9)
     run = _train(tmp_path / "runs", str(spec))
     res = runner.invoke(app, ["eval", str(run), "--json"])
     assert res.exit_code == 0, res.output
