@@ -481,6 +481,17 @@ def test_an_autoencoder_trains_on_an_npz_without_y(tmp_path):
     res = runner.invoke(app, ["train", str(spec), "--set", "task=null", "--set", "model={hidden: [4]}",
                               "--runs-dir", str(tmp_path / "r2")])
     assert res.output.strip() == "error: rows.npz: no array 'y'; arrays are: x"
+    # with a y, the labels are not trained on (the header says so) and colour the latent map
+    np.savez(tmp_path / "rows.npz", x=np.random.default_rng(1).uniform(0, 1, (40, 5)).astype(np.float32),
+             y=np.arange(40) % 3)
+    from nnctl.config.spec import load_spec
+    from nnctl.training.experiment import prepare
+    assert prepare(load_spec(spec)).dataset.describe()[0].endswith(
+        "min and max; its labels are not trained on, they only colour plot --latent")
+    pytest.importorskip("matplotlib", reason="plot --latent needs the plot extra (matplotlib)")
+    run = _train(tmp_path / "runs3", str(spec))
+    res = runner.invoke(app, ["plot", str(run), "--latent", "--out", str(tmp_path / "z.png")])
+    assert res.output.strip() == f"wrote {tmp_path / 'z.png'} (40 rows; axes z0, z1; coloured by label (3 classes))"
 
 
 def test_early_stopping_schedules_and_eval_on_any_split_work_for_a_vae(tmp_path):
@@ -521,3 +532,24 @@ def test_a_vae_spec_with_conv_or_gru_layers_trains_and_samples_in_the_data_s_sha
     assert record["loss"] == pytest.approx(record["reconstruction"] + record["kl"], rel=1e-9)
     samples = sample(load_model(run), 3, 0, 64)
     assert samples.shape == (3, *shape) and np.isfinite(samples).all()
+
+
+def test_a_vae_on_an_image_folder_scales_the_pixels_batches_hold(tmp_path):
+    pytest.importorskip("PIL", reason='Pillow is the "images" extra')
+    spec = tmp_path / "vae.yaml"
+    spec.write_text(f"task: vae\ndata: {{dataset: {ROOT / 'datasets' / 'digits_png'}, image_size: [8, 8]}}\n"
+                    "model: {encoder: {layers: [{type: flatten}, {type: dense, units: 16, activation: tanh}]}, "
+                    "latent: 2, decoder: {hidden: [16]}, output: sigmoid}\n"
+                    "loss: binary_cross_entropy\ntraining: {epochs: 2, batch_size: 32}\n")
+    from nnctl.config.spec import load_spec
+    from nnctl.training.experiment import prepare
+    exp = prepare(load_spec(spec))
+    # batches hold uint8 pixels / 255, so [0, 1] is already the unit range: scale 1, not 255
+    assert exp.dataset.train.x.dtype == np.uint8
+    assert (exp.standardizer.mean.max(), exp.standardizer.scale.min(), exp.standardizer.scale.max()) == (0, 1, 1)
+    run = _train(tmp_path / "runs", str(spec))
+    samples = sample(load_model(run), 4, 0, 64)
+    assert samples.shape == (4, 1, 8, 8) and 0 <= samples.min() and samples.max() <= 1
+    pytest.importorskip("matplotlib", reason="plot --latent needs the plot extra (matplotlib)")
+    res = runner.invoke(app, ["plot", str(run), "--latent", "--out", str(tmp_path / "z.png")])
+    assert res.output.strip() == f"wrote {tmp_path / 'z.png'} (300 rows; axes z0, z1; coloured by label (10 classes))"

@@ -39,6 +39,7 @@ def _data_range(lm) -> tuple[float, float]:
 
 def latent_map(runs: list[Path], out: Path, dpi: int) -> str:
     """`nnctl plot RUN --latent`: every row of the run's data encoded and drawn; returns the line to print."""
+    from nnctl.data import Split
     from nnctl.runs.sources import run_split
     from nnctl.report.latent_plot import plot_latent
     from nnctl.report.plots import require_matplotlib
@@ -49,12 +50,14 @@ def latent_map(runs: list[Path], out: Path, dpi: int) -> str:
     require_matplotlib()
     lm = load_model(runs[0])
     autoencoder_of(lm, "plot --latent")
-    data = run_split(lm, "test")
-    split = data.split   # its x and y hold every row of the data, all splits
-    codes = encode(lm, split.x, default_batch_size(lm))
+    # the train split always exists (test_split may be 0); its x and y hold every row of the data file
+    data = run_split(lm, "train")
+    split = Split(data.split.x, data.split.y, None, data.split.divisor)
+    codes = encode(lm, split.features(), default_batch_size(lm))
     names = lm.meta.get("config", {}).get("name") or runs[0].name
     axes = plot_latent(codes, split.y, data.classes, out, f"{names}: {len(codes):,} codes", dpi)
-    colour = "" if split.y is None else f"; coloured by '{lm.target_name}'" + (
+    label = f"'{lm.target_name}'" if lm.target_name else "label"   # an .npz's y has no name
+    colour = "" if split.y is None else f"; coloured by {label}" + (
         f" ({len(data.classes)} classes)" if data.classes else "")
     return f"wrote {out} ({len(codes):,} rows; axes {axes}{colour})"
 

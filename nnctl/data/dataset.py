@@ -125,7 +125,9 @@ class Dataset:
         """What was decided about the data, one line per topic (validate, the train header)."""
         if self.task in GENERATIVE_TASKS:
             labels = (f"; target '{self.target_name}' is not a feature and not trained on, it only colours "
-                      "plot --latent" if self.target_name else "")
+                      "plot --latent" if self.target_name else
+                      "; its labels are not trained on, they only colour plot --latent" if self.train.y is not None
+                      else "")
             lines = [f"{self.task}: reconstructs its {self.n_outputs} input values, scaled to [0, 1] by the "
                      f"training split's min and max{labels}"]
         else:
