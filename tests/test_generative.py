@@ -550,6 +550,15 @@ def test_a_vae_on_an_image_folder_scales_the_pixels_batches_hold(tmp_path):
     run = _train(tmp_path / "runs", str(spec))
     samples = sample(load_model(run), 4, 0, 64)
     assert samples.shape == (4, 1, 8, 8) and 0 <= samples.min() and samples.max() <= 1
+    # encode reads images (a folder, recursively sorted, or one file) as the run decoded them
+    folder = ROOT / "datasets" / "digits_png"
+    assert runner.invoke(app, ["encode", str(run), str(folder), "--out", str(tmp_path / "z.npy")]).exit_code == 0
+    z = np.load(tmp_path / "z.npy")
+    first = sorted(p for p in folder.rglob("*.png"))[0]
+    res = runner.invoke(app, ["encode", str(run), str(first)])
+    assert z.shape == (300, 2) and res.output.splitlines()[0] == "z0,z1"
+    np.testing.assert_allclose(np.array(res.output.splitlines()[1].split(","), dtype=float), z[0], rtol=1e-5,
+                               atol=1e-6)
     pytest.importorskip("matplotlib", reason="plot --latent needs the plot extra (matplotlib)")
     res = runner.invoke(app, ["plot", str(run), "--latent", "--out", str(tmp_path / "z.png")])
     assert res.output.strip() == f"wrote {tmp_path / 'z.png'} (300 rows; axes z0, z1; coloured by label (10 classes))"

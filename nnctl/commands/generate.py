@@ -86,21 +86,19 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
     @app.command("encode")
     def encode_command(
         target: Path = typer.Argument(..., help=RUN_ARG_HELP, autocompletion=complete_run),
-        data: str = typer.Argument(..., help="Rows to encode: a .csv, .npy or .npz file, or a built-in dataset."),
+        data: str = typer.Argument(..., help="Rows to encode: a .csv, .npy or .npz file, a built-in dataset, "
+                                             "or images (a file or a folder)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="latent.npy or .csv; default: CSV on stdout."),
     ) -> None:
         """Encode rows to their latent codes (a VAE's posterior means)."""
-        from nnctl.runs.sources import data_source
-        from nnctl.runs.generative import autoencoder_of, encode
+        from nnctl.runs.generative import autoencoder_of, encode, rows_to_encode
         from nnctl.runs.model import default_batch_size, load_model
         try:
             if out is not None and out.suffix.lower() not in (".npy", ".csv"):
                 raise NnctlError(f"--out: codes are written as .npy or .csv, got {out.name!r}")
             lm = load_model(target)
             autoencoder_of(lm, "encode")
-            source = data_source(lm, data, need_targets=False)
-            x = source.split.x if source.split.idx is None else source.split.x[source.split.idx]
-            _emit(encode(lm, x, default_batch_size(lm)), out, 0.0, 1.0, "codes")
+            _emit(encode(lm, rows_to_encode(lm, data), default_batch_size(lm)), out, 0.0, 1.0, "codes")
         except NnctlError as err:
             fail(err)
 
