@@ -423,6 +423,8 @@ def test_an_autoencoder_trains_on_a_csv_without_a_target(tmp_path):
     res = runner.invoke(app, ["eval", str(run), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["n"] == 9
+    res = runner.invoke(app, ["eval", str(run), "--data", str(tmp_path / "t.csv"), "--json"])
+    assert (res.exit_code, json.loads(res.output)["n"]) == (0, 60)
     # the file's rows encode through the run's own table encoding (the missing cell imputed)
     res = runner.invoke(app, ["encode", str(run), str(tmp_path / "t.csv"), "--out", str(tmp_path / "z.npy")])
     assert res.exit_code == 0, res.output
