@@ -414,7 +414,8 @@ def test_an_autoencoder_trains_on_a_csv_without_a_target(tmp_path):
         "autoencoder: reconstructs its 9 input values, scaled to [0, 1] by the training split's min and max",
         "features: 2 numeric (a, b); 2 categorical (colour (3), kind (2); one-hot + unknown); ignored: none",
         "missing values: impute"]
-    assert exp.dataset.train.y is None and (len(exp.dataset.train), len(exp.dataset.val), len(exp.dataset.test)) == (42, 9, 9)
+    splits = exp.dataset.train, exp.dataset.val, exp.dataset.test
+    assert exp.dataset.train.y is None and [len(s) for s in splits] == [42, 9, 9]
     # a separate validation file without a target is read with the training file's columns
     (tmp_path / "v.csv").write_text("\n".join((tmp_path / "t.csv").read_text().splitlines()[:21]) + "\n")
     other = prepare(load_spec(spec, ["data.val_path=v.csv"]))

@@ -27,7 +27,8 @@ PARAMS_DATA: dict[str, Param] = {
                                 "digits, iris, ...), a .csv, .npy or .npz file, or a folder of images "
                                 "with one subfolder per class"),
     "target": Param("str", None, nullable=True,
-                    doc="the CSV column to predict; required for CSV files (never guessed), except for task autoencoder/vae, where it is optional, not a feature, and only colours plot --latent"),
+                    doc="the CSV column to predict; required for CSV files (never guessed), except for task "
+                        "autoencoder/vae, where it is optional, not a feature, and only colours plot --latent"),
     "task": Param("str", None, choices=("classification", "regression"), nullable=True,
                   doc="inferred from the target when null (text/bools/few whole numbers: classification)"),
     "val_split": Param("float", 0.15, ge=0, lt=1,

@@ -784,7 +784,8 @@ def read_csv_data(path: Path, target: str | None, features: list[str] | None,
         if target is None and need_target:
             raise DataError(f"{name}: data.target is required for a CSV file (the column to predict); "
                             f"columns are: {', '.join(header)}")
-        for n in [*([] if target is None else [target]), *(ignore or []), *(features or []), *([] if categorical == "auto" else categorical)]:
+        named = [] if target is None else [target]
+        for n in [*named, *(ignore or []), *(features or []), *([] if categorical == "auto" else categorical)]:
             if n not in header:
                 raise no_column(n)
         if target in (ignore or []):
