@@ -466,8 +466,23 @@ def test_an_autoencoder_s_target_column_is_not_a_feature_and_colours_the_latent_
     for split in (exp.dataset.train, exp.dataset.val, exp.dataset.test):
         whole[split.rows()] = split.y[split.rows()]
     assert whole.tolist() == [0, 1] * 30 and exp.dataset.classes == ["x", "y"]
-    pytest.importorskip("matplotlib", reason="plot --latent needs the plot extra (matplotlib)")
+    # a row without a label is still trained on: its label is a class of its own for the plot
+    text = (tmp_path / "t.csv").read_text().splitlines()
+    text[5] = text[5].rsplit(",", 1)[0] + ","
+    (tmp_path / "g.csv").write_text("\n".join(text) + "\n")
+    gappy = prepare(load_spec(spec, ["data.dataset=g.csv"])).dataset
+    assert sum(len(s) for s in (gappy.train, gappy.val, gappy.test)) == 60 and gappy.dropped == {"target": 0}
+    assert gappy.classes == ["(missing)", "x", "y"]
+    numbered = [line[:-1] + {"x": "1", "y": "2", ",": ","}[line[-1]] for line in text[1:]]
+    (tmp_path / "n.csv").write_text("\n".join([text[0], *numbered]) + "\n")
+    assert prepare(load_spec(spec, ["data.dataset=n.csv"])).dataset.classes == ["(missing)", "1", "2"]
     run = _train(tmp_path / "runs", str(spec))
+    # eval and encode of a file do not read the label column, gaps and all
+    res = runner.invoke(app, ["eval", str(run), "--data", str(tmp_path / "g.csv"), "--json"])
+    assert (res.exit_code, json.loads(res.output)["n"]) == (0, 60)
+    res = runner.invoke(app, ["encode", str(run), str(tmp_path / "g.csv")])
+    assert (res.exit_code, len(res.output.splitlines())) == (0, 61)
+    pytest.importorskip("matplotlib", reason="plot --latent needs the plot extra (matplotlib)")
     res = runner.invoke(app, ["plot", str(run), "--latent", "--out", str(tmp_path / "z.png")])
     assert res.output.strip() == f"wrote {tmp_path / 'z.png'} (60 rows; axes z0, z1; coloured by 'kind' (2 classes))"
 

@@ -394,6 +394,8 @@ def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32", unlabel
         raise DataError(f"{raw.source}: has no targets to train on")
     if raw.y is None and raw.columns is None:   # an autoencoder's target is its input
         return _unlabelled(raw, opts, seed, source)
+    if unlabelled_ok and raw.y_missing is not None and raw.y_missing.any():
+        _label_missing(raw)
     dropped = _drop_missing(raw, opts["missing"])
     if opts["shape"] is not None and raw.x is not None:   # a CSV's x exists once it is encoded
         raw.x = reshape_rows(raw.x, opts["shape"], raw.source)
@@ -511,6 +513,24 @@ def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32", unlabel
                # an image folder mapped from its decode cache: the file, so a user can find (or delete) it
                raw.x.filename if divisor is not None and isinstance(raw.x, np.memmap) else None),
     )
+
+
+# the class a latent plot gives an autoencoder's rows whose label cell is empty
+MISSING_LABEL = "(missing)"
+
+
+def _label_missing(raw: RawData) -> None:
+    """An autoencoder trains on every row whatever its label (labels only colour its plots), so a
+    missing label becomes a class of its own instead of dropping or refusing the row. Labels of
+    numbers that are not all whole (a measurement, not classes) are left to data.missing."""
+    y = raw.y
+    if y.dtype.kind == "f":
+        present = y[~raw.y_missing]
+        if np.any(present != np.round(present)):
+            return
+        y = np.array([f"{v:.0f}" for v in np.nan_to_num(y)], dtype=str)
+    raw.y = np.where(raw.y_missing, MISSING_LABEL, y)
+    raw.y_missing = np.zeros(len(y), dtype=bool)
 
 
 def _unlabelled(raw: RawData, opts: dict, seed: int, source: str) -> Dataset:

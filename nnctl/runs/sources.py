@@ -66,7 +66,9 @@ def data_source(lm: LoadedModel, value: str, need_targets: bool) -> EvalData:
         raise DataError(f"--data: {unknown_name_message('dataset', value, DATASETS.names())} "
                         "(or give a .csv, .npy or .npz file)")
     notes: list[str] = []
-    x, raw_y = load_features(path, lm.feature_names, lm.input_shape, lm.target_name,
+    # an autoencoder's label column is not read: a file without it, or with gaps in it, is fine
+    target = None if lm.task in GENERATIVE_TASKS else lm.target_name
+    x, raw_y = load_features(path, lm.feature_names, lm.input_shape, target,
                              table=lm.preprocessor.table, dtype=lm.dtype, notes=notes)
     y = None
     if lm.task in GENERATIVE_TASKS:
