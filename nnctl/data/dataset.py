@@ -375,6 +375,9 @@ def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32", unlabel
     data: the `data` section as a plain dict (keys of PARAMS_DATA; missing keys take their
     defaults). Relative paths resolve against base_dir (the spec file's folder).
     dtype: the model's dtype; every value must be finite in it.
+    unlabelled_ok: an autoencoder's data: targets are optional (a CSV without data.target has
+    every other column as a feature, an .npz may lack y); labels, when there are any, are only
+    carried in the splits (for plot --latent), a missing one being the class MISSING_LABEL.
 
     Notes
     -----
@@ -534,7 +537,7 @@ def _label_missing(raw: RawData) -> None:
 
 
 def _unlabelled(raw: RawData, opts: dict, seed: int, source: str) -> Dataset:
-    """Rows without targets (a .npy with no target_path), split at random, for an autoencoder."""
+    """Rows without targets (a .npy with no target_path, an .npz without y), split at random, for an autoencoder."""
     for key in ("val_path", "test_path"):
         if opts[key] is not None:
             raise ConfigError(f"data.{key}: unlabelled data is split with val_split and test_split only")
