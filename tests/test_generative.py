@@ -238,19 +238,36 @@ def test_resume_equals_uninterrupted_for_a_vae(tmp_path):
     assert all(np.array_equal(a.model_state[k], b.model_state[k]) for k in b.model_state)
 
 
-def test_a_sweep_over_latent_and_beta_builds_each_model():
-    # the sweep itself runs trials as `nnctl train` processes (tests/test_sweep.py); what is
-    # new here is that its dotted paths reach the generative keys, checked without training
-    from nnctl.config.spec import spec_from_dict
+def test_a_sweep_over_latent_and_beta_runs_every_trial(tmp_path):
+    # the shipped sweep's grid and metric, shortened to 1 epoch on a tenth of digits with a small
+    # encoder, and run as `nnctl sweep` runs it: a `nnctl train` process per trial
+    import yaml
     from nnctl.sweep.spec import build_trials, load_sweep
-    from nnctl.training.experiment import prepare
-    trials = build_trials(load_sweep(ROOT / "configs" / "sweeps" / "vae-digits-sweep.yaml"))
-    assert [(t.overrides["model.latent"], t.overrides["loss.beta"]) for t in trials] == \
+    shipped = yaml.safe_load((ROOT / "configs" / "sweeps" / "vae-digits-sweep.yaml").read_text())
+    assert (shipped["parameters"]["model.latent"], shipped["parameters"]["loss.beta"]) == ([2, 8], [0.5, 1.0])
+    sweep = {**shipped, "base": str(ROOT / "configs" / "vae-digits.yaml"),
+             "parameters": {**shipped["parameters"], "training.epochs": [1], "model.encoder.hidden": [[16]],
+                            "data.val_split": [0.1], "data.test_split": [0.8]}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    assert [(t.overrides["model.latent"], t.overrides["loss.beta"]) for t in build_trials(load_sweep(path))] == \
         [(2, 0.5), (2, 1.0), (8, 0.5), (8, 1.0)]
+    res = runner.invoke(app, ["sweep", str(path), "--workers", "2", "--runs-dir", str(tmp_path / "runs")])
+    assert res.exit_code == 0, res.output
+    (sweep_dir,) = (tmp_path / "runs").iterdir()
+    manifest = json.loads((sweep_dir / "sweep.json").read_text())
+    assert manifest["metric"] == shipped["metric"] == "val_reconstruction"
+    trials = manifest["trials"]
+    assert [t["status"] for t in trials] == ["completed"] * 4
     for t in trials:
-        exp = prepare(spec_from_dict(t.config, ROOT / "configs"))
-        assert (exp.latent, exp.loss.hparams["beta"]) == (t.overrides["model.latent"], t.overrides["loss.beta"])
-        assert exp.model.output_shape == (64 + 2 * exp.latent,)
+        run = Path(t["run_dir"])
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert (config["task"], config["model"]["latent"], config["loss"]["beta"]) == \
+            ("vae", t["overrides"]["model.latent"], t["overrides"]["loss.beta"])
+        history = json.loads((run / "history.json").read_text())
+        assert len(history) == 1 and t["metric"] == history[0]["val_reconstruction"] > 0
+        # the model the trial trained has the trial's code size: mean and log-variance heads of `latent`
+        assert load_model(run).model.layers[0].latent == t["overrides"]["model.latent"]
 
 
 def _line_of(text: str) -> int:
@@ -314,7 +331,7 @@ def test_plot_latent_draws_every_row(vae_run, tmp_path):
     out = tmp_path / "latent.png"
     res = runner.invoke(app, ["plot", str(vae_run), "--latent", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert res.output.strip() == f"wrote {out} (1,797 rows; axes PC1, PC2)"
+    assert res.output.strip() == f"wrote {out} (1,797 rows; axes PC1, PC2; coloured by 'label' (10 classes))"
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -365,3 +382,201 @@ def test_image_grid_layout():
     assert picture.shape == (3 * 9 - 1, 4 * 9 - 1, 3)
     assert picture[9, 9].tolist() == [5 / 9] * 3          # tile 5: row 1, column 1
     assert picture[8, 0].tolist() == [0.0] * 3 and picture[18:, 18:].max() == 0.0   # gaps, the two empty tiles
+
+
+def _table(path: Path, rows: int = 60) -> Path:
+    """Two numeric columns (one missing cell), a 3-category and a 2-category text column."""
+    rng = np.random.default_rng(0)
+    lines = ["a,b,colour,kind"]
+    for i in range(rows):
+        a, b = rng.normal(size=2)
+        lines.append(f"{'' if i == 3 else f'{a:.3f}'},{b:.3f},{('red', 'green', 'blue')[i % 3]},{'xy'[i % 2]}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _table_spec(tmp_path: Path, data: str) -> Path:
+    _table(tmp_path / "t.csv")
+    spec = tmp_path / "ae.yaml"
+    spec.write_text(f"task: autoencoder\ndata: {{dataset: t.csv, missing: impute{data}}}\n"
+                    "model: {encoder: {hidden: [6]}, latent: 2}\ntraining: {epochs: 2, batch_size: 16}\n")
+    return spec
+
+
+def test_an_autoencoder_trains_on_a_csv_without_a_target(tmp_path):
+    from nnctl.config.spec import load_spec
+    from nnctl.training.experiment import prepare
+    spec = _table_spec(tmp_path, "")
+    exp = prepare(load_spec(spec))
+    # every column is a feature: a, b, then one-hot colour (3 + unknown) and kind (2 + unknown)
+    assert exp.dataset.input_shape == (9,) and exp.dataset.feature_names[:2] == ["a", "b"]
+    assert exp.dataset.describe()[:3] == [
+        "autoencoder: reconstructs its 9 input values, scaled to [0, 1] by the training split's min and max",
+        "features: 2 numeric (a, b); 2 categorical (colour (3), kind (2); one-hot + unknown); ignored: none",
+        "missing values: impute"]
+    splits = exp.dataset.train, exp.dataset.val, exp.dataset.test
+    assert exp.dataset.train.y is None and [len(s) for s in splits] == [42, 9, 9]
+    # a separate validation file without a target is read with the training file's columns
+    (tmp_path / "v.csv").write_text("\n".join((tmp_path / "t.csv").read_text().splitlines()[:21]) + "\n")
+    other = prepare(load_spec(spec, ["data.val_path=v.csv"]))
+    assert (len(other.dataset.train), len(other.dataset.val), other.dataset.val.x.shape[1]) == (51, 20, 9)
+    run = _train(tmp_path / "runs", str(spec))
+    res = runner.invoke(app, ["eval", str(run), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["n"] == 9
+    res = runner.invoke(app, ["eval", str(run), "--data", str(tmp_path / "t.csv"), "--json"])
+    assert (res.exit_code, json.loads(res.output)["n"]) == (0, 60)
+    # the file's rows encode through the run's own table encoding (the missing cell imputed)
+    res = runner.invoke(app, ["encode", str(run), str(tmp_path / "t.csv"), "--out", str(tmp_path / "z.npy")])
+    assert res.exit_code == 0, res.output
+    z = np.load(tmp_path / "z.npy")
+    assert z.shape == (60, 2) and np.isfinite(z).all()
+    # decoded rows come back in the file's own columns: numbers, and each category as a label
+    res = runner.invoke(app, ["decode", str(run), str(tmp_path / "z.npy")])
+    assert res.exit_code == 0, res.output
+    rows = [line.split(",") for line in res.output.strip().splitlines()]
+    assert rows[0] == ["a", "b", "colour", "kind"] and len(rows) == 61
+    assert {r[2] for r in rows[1:]} <= {"red", "green", "blue"} and {r[3] for r in rows[1:]} <= {"x", "y"}
+    assert np.isfinite(np.array([r[:2] for r in rows[1:]], dtype=float)).all()
+
+
+def test_a_table_encoding_inverts_to_numbers_and_category_labels():
+    from nnctl.data.preprocess import TableEncoder
+    table = TableEncoder([{"name": "a", "kind": "numeric", "fill": None},
+                          {"name": "c", "kind": "categorical", "categories": ["blue", "red"], "fill": None}])
+    # a, c=blue, c=red, c=<unknown>: the unknown slot is never the answer, even when largest
+    x = np.array([[1.5, 0.9, 0.1, 0.0], [-2.0, 0.2, 0.3, 0.0], [0.0, 0.1, 0.2, 5.0]])
+    a, c = table.inverse(x)
+    assert a.tolist() == [1.5, -2.0, 0.0] and c.tolist() == ["blue", "red", "red"]
+
+
+def test_an_autoencoder_s_target_column_is_not_a_feature_and_colours_the_latent_plot(tmp_path):
+    from nnctl.config.spec import load_spec
+    from nnctl.training.experiment import prepare
+    spec = _table_spec(tmp_path, ", target: kind")
+    exp = prepare(load_spec(spec))
+    assert exp.dataset.input_shape == (6,) and "kind" not in exp.dataset.table.feature_names
+    res = runner.invoke(app, ["validate", str(spec)])
+    assert res.exit_code == 0, res.output
+    note = [line for line in res.output.splitlines() if "kind" in line]
+    assert note == ["autoencoder: reconstructs its 6 input values, scaled to [0, 1] by the training split's min and "
+                    "max; target 'kind' is not a feature and not trained on, it only colours plot --latent"]
+    # the labels ride along in the splits (as class indices) for the plot, in file order x, y, x, ...
+    whole = np.zeros(60, dtype=np.int64)
+    for split in (exp.dataset.train, exp.dataset.val, exp.dataset.test):
+        whole[split.rows()] = split.y[split.rows()]
+    assert whole.tolist() == [0, 1] * 30 and exp.dataset.classes == ["x", "y"]
+    # a row without a label is still trained on: its label is a class of its own for the plot
+    text = (tmp_path / "t.csv").read_text().splitlines()
+    text[5] = text[5].rsplit(",", 1)[0] + ","
+    (tmp_path / "g.csv").write_text("\n".join(text) + "\n")
+    gappy = prepare(load_spec(spec, ["data.dataset=g.csv"])).dataset
+    assert sum(len(s) for s in (gappy.train, gappy.val, gappy.test)) == 60 and gappy.dropped == {"target": 0}
+    assert gappy.classes == ["(missing)", "x", "y"]
+    numbered = [line[:-1] + {"x": "1", "y": "2", ",": ","}[line[-1]] for line in text[1:]]
+    (tmp_path / "n.csv").write_text("\n".join([text[0], *numbered]) + "\n")
+    assert prepare(load_spec(spec, ["data.dataset=n.csv"])).dataset.classes == ["(missing)", "1", "2"]
+    run = _train(tmp_path / "runs", str(spec))
+    # eval and encode of a file do not read the label column, gaps and all
+    res = runner.invoke(app, ["eval", str(run), "--data", str(tmp_path / "g.csv"), "--json"])
+    assert (res.exit_code, json.loads(res.output)["n"]) == (0, 60)
+    res = runner.invoke(app, ["encode", str(run), str(tmp_path / "g.csv")])
+    assert (res.exit_code, len(res.output.splitlines())) == (0, 61)
+    pytest.importorskip("matplotlib", reason="plot --latent needs the plot extra (matplotlib)")
+    res = runner.invoke(app, ["plot", str(run), "--latent", "--out", str(tmp_path / "z.png")])
+    assert res.output.strip() == f"wrote {tmp_path / 'z.png'} (60 rows; axes z0, z1; coloured by 'kind' (2 classes))"
+
+
+def test_an_autoencoder_trains_on_an_npz_without_y(tmp_path):
+    np.savez(tmp_path / "rows.npz", x=np.random.default_rng(1).uniform(0, 1, (40, 5)).astype(np.float32))
+    spec = tmp_path / "ae.yaml"
+    spec.write_text("task: vae\ndata: {dataset: rows.npz, val_split: 0.25, test_split: 0}\n"
+                    "model: {encoder: {hidden: [4]}, latent: 2}\ntraining: {epochs: 1, batch_size: 10}\n")
+    run = _train(tmp_path / "runs", str(spec))
+    history = json.loads((run / "history.json").read_text())
+    assert sorted(history[0]) == ["epoch", "kl", "loss", "lr", "reconstruction", "seconds", "val_kl", "val_loss",
+                                  "val_reconstruction"]
+    res = runner.invoke(app, ["train", str(spec), "--set", "task=null", "--set", "model={hidden: [4]}",
+                              "--runs-dir", str(tmp_path / "r2")])
+    assert res.output.strip() == "error: rows.npz: no array 'y'; arrays are: x"
+    # with a y, the labels are not trained on (the header says so) and colour the latent map
+    np.savez(tmp_path / "rows.npz", x=np.random.default_rng(1).uniform(0, 1, (40, 5)).astype(np.float32),
+             y=np.arange(40) % 3)
+    from nnctl.config.spec import load_spec
+    from nnctl.training.experiment import prepare
+    assert prepare(load_spec(spec)).dataset.describe()[0].endswith(
+        "min and max; its labels are not trained on, they only colour plot --latent")
+    pytest.importorskip("matplotlib", reason="plot --latent needs the plot extra (matplotlib)")
+    run = _train(tmp_path / "runs3", str(spec))
+    res = runner.invoke(app, ["plot", str(run), "--latent", "--out", str(tmp_path / "z.png")])
+    assert res.output.strip() == f"wrote {tmp_path / 'z.png'} (40 rows; axes z0, z1; coloured by label (3 classes))"
+
+
+def test_early_stopping_schedules_and_eval_on_any_split_work_for_a_vae(tmp_path):
+    # min_delta no epoch can beat: stopped after patience 1, the best epoch (1) restored
+    run = _train(tmp_path, VAE_SPEC, "--set", "model.encoder.hidden=[16]", "--set", "model.latent=2",
+                 "--set", "training.epochs=5", "--set", "schedule={name: step, step_size: 1, gamma: 0.5}",
+                 "--set", "training.early_stopping={monitor: val_reconstruction, patience: 1, min_delta: 1.0e6}")
+    history = json.loads((run / "history.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [r["lr"] for r in history] == [0.002, 0.001]
+    assert (metrics["status"], metrics["best_epoch"], metrics["monitor"]) == ("stopped_early", 1, "val_reconstruction")
+    for split, key in (("val", "val_reconstruction"), ("train", None)):
+        res = runner.invoke(app, ["eval", str(run), "--split", split, "--json"])
+        assert res.exit_code == 0, res.output
+        got = json.loads(res.output)
+        assert (got["split"], got["n"]) == (split, {"val": 269, "train": 1259}[split])
+        if key:   # the restored best epoch's weights, scored on the same rows as in training
+            assert got["reconstruction"] == pytest.approx(history[0][key], rel=1e-6)
+        else:
+            assert 0 < got["reconstruction"] < 64 * np.log(2) + 1   # below a coin flip per pixel
+
+
+@pytest.mark.parametrize("data,encoder,decoder,shape", [
+    ("{dataset: digits, shape: [1, 8, 8]}",
+     "[{type: conv2d, filters: 2, kernel_size: 3, padding: same, activation: relu}, {type: maxpool2d, size: 2}, "
+     "{type: flatten}]",
+     "[{type: dense, units: 32, activation: relu}, {type: reshape, shape: [2, 4, 4]}, "
+     "{type: conv2d, filters: 2, kernel_size: 3, padding: same}, {type: flatten}]", (1, 8, 8)),
+    ("{dataset: parity}", "[{type: gru, units: 6}]", "[{type: dense, units: 8, activation: tanh}]", (12, 1)),
+], ids=["conv", "gru"])
+def test_a_vae_spec_with_conv_or_gru_layers_trains_and_samples_in_the_data_s_shape(tmp_path, data, encoder,
+                                                                                    decoder, shape):
+    spec = tmp_path / "vae.yaml"
+    spec.write_text(f"task: vae\ndata: {data}\nmodel: {{encoder: {{layers: {encoder}}}, latent: 2, "
+                    f"decoder: {{layers: {decoder}}}}}\ntraining: {{epochs: 1, batch_size: 64}}\n")
+    run = _train(tmp_path / "runs", str(spec))
+    (record,) = json.loads((run / "history.json").read_text())
+    assert record["loss"] == pytest.approx(record["reconstruction"] + record["kl"], rel=1e-9)
+    samples = sample(load_model(run), 3, 0, 64)
+    assert samples.shape == (3, *shape) and np.isfinite(samples).all()
+
+
+def test_a_vae_on_an_image_folder_scales_the_pixels_batches_hold(tmp_path):
+    pytest.importorskip("PIL", reason='Pillow is the "images" extra')
+    spec = tmp_path / "vae.yaml"
+    spec.write_text(f"task: vae\ndata: {{dataset: {ROOT / 'datasets' / 'digits_png'}, image_size: [8, 8]}}\n"
+                    "model: {encoder: {layers: [{type: flatten}, {type: dense, units: 16, activation: tanh}]}, "
+                    "latent: 2, decoder: {hidden: [16]}, output: sigmoid}\n"
+                    "loss: binary_cross_entropy\ntraining: {epochs: 2, batch_size: 32}\n")
+    from nnctl.config.spec import load_spec
+    from nnctl.training.experiment import prepare
+    exp = prepare(load_spec(spec))
+    # batches hold uint8 pixels / 255, so [0, 1] is already the unit range: scale 1, not 255
+    assert exp.dataset.train.x.dtype == np.uint8
+    assert (exp.standardizer.mean.max(), exp.standardizer.scale.min(), exp.standardizer.scale.max()) == (0, 1, 1)
+    run = _train(tmp_path / "runs", str(spec))
+    samples = sample(load_model(run), 4, 0, 64)
+    assert samples.shape == (4, 1, 8, 8) and 0 <= samples.min() and samples.max() <= 1
+    # encode reads images (a folder, recursively sorted, or one file) as the run decoded them
+    folder = ROOT / "datasets" / "digits_png"
+    assert runner.invoke(app, ["encode", str(run), str(folder), "--out", str(tmp_path / "z.npy")]).exit_code == 0
+    z = np.load(tmp_path / "z.npy")
+    first = sorted(p for p in folder.rglob("*.png"))[0]
+    res = runner.invoke(app, ["encode", str(run), str(first)])
+    assert z.shape == (300, 2) and res.output.splitlines()[0] == "z0,z1"
+    np.testing.assert_allclose(np.array(res.output.splitlines()[1].split(","), dtype=float), z[0], rtol=1e-5,
+                               atol=1e-6)
+    pytest.importorskip("matplotlib", reason="plot --latent needs the plot extra (matplotlib)")
+    res = runner.invoke(app, ["plot", str(run), "--latent", "--out", str(tmp_path / "z.png")])
+    assert res.output.strip() == f"wrote {tmp_path / 'z.png'} (300 rows; axes z0, z1; coloured by label (10 classes))"

@@ -18,13 +18,14 @@ from nnctl.errors import NnctlError
 RUN_ARG_HELP = "A run directory (its best weights) or a checkpoint (.npz) of a task: vae or autoencoder run."
 
 
-def _emit(values, out: Optional[Path], lo: float, hi: float, what: str) -> None:
+def _emit(values, out: Optional[Path], lo: float, hi: float, what: str, table=None) -> None:
+    """table: a CSV-trained model's TableEncoder, so CSV samples come out in the file's own columns."""
     from nnctl.report.image_grid import write_csv, write_samples
     prefix = "z" if what == "codes" else "x"
     if out is None:
-        write_csv(values, sys.stdout, prefix)
+        write_csv(values, sys.stdout, prefix, table)
         return
-    write_samples(values, out, lo, hi, prefix)
+    write_samples(values, out, lo, hi, prefix, table)
     err_console.print(f"wrote {len(values)} {what} to {out}", markup=False, highlight=False, soft_wrap=True)
 
 
@@ -38,6 +39,7 @@ def _data_range(lm) -> tuple[float, float]:
 
 def latent_map(runs: list[Path], out: Path, dpi: int) -> str:
     """`nnctl plot RUN --latent`: every row of the run's data encoded and drawn; returns the line to print."""
+    from nnctl.data import Split
     from nnctl.runs.sources import run_split
     from nnctl.report.latent_plot import plot_latent
     from nnctl.report.plots import require_matplotlib
@@ -48,11 +50,16 @@ def latent_map(runs: list[Path], out: Path, dpi: int) -> str:
     require_matplotlib()
     lm = load_model(runs[0])
     autoencoder_of(lm, "plot --latent")
-    split = run_split(lm, "test").split   # its x and y hold every row of the data, all splits
-    codes = encode(lm, split.x, default_batch_size(lm))
+    # the train split always exists (test_split may be 0); its x and y hold every row of the data file
+    data = run_split(lm, "train")
+    split = Split(data.split.x, data.split.y, None, data.split.divisor)
+    codes = encode(lm, split.features(), default_batch_size(lm))
     names = lm.meta.get("config", {}).get("name") or runs[0].name
-    axes = plot_latent(codes, split.y, None, out, f"{names}: {len(codes):,} codes", dpi)
-    return f"wrote {out} ({len(codes):,} rows; axes {axes})"
+    axes = plot_latent(codes, split.y, data.classes, out, f"{names}: {len(codes):,} codes", dpi)
+    label = f"'{lm.target_name}'" if lm.target_name else "label"   # an .npz's y has no name
+    colour = "" if split.y is None else f"; coloured by {label}" + (
+        f" ({len(data.classes)} classes)" if data.classes else "")
+    return f"wrote {out} ({len(codes):,} rows; axes {axes}{colour})"
 
 
 def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
@@ -72,28 +79,26 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
             check_out(out, n)
             lm = load_model(target)
             values = sample(lm, n, seed, default_batch_size(lm))
-            _emit(values, out, *_data_range(lm), "samples")
+            _emit(values, out, *_data_range(lm), "samples", lm.preprocessor.table)
         except NnctlError as err:
             fail(err)
 
     @app.command("encode")
     def encode_command(
         target: Path = typer.Argument(..., help=RUN_ARG_HELP, autocompletion=complete_run),
-        data: str = typer.Argument(..., help="Rows to encode: a .csv, .npy or .npz file, or a built-in dataset."),
+        data: str = typer.Argument(..., help="Rows to encode: a .csv, .npy or .npz file, a built-in dataset, "
+                                             "or images (a file or a folder)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="latent.npy or .csv; default: CSV on stdout."),
     ) -> None:
         """Encode rows to their latent codes (a VAE's posterior means)."""
-        from nnctl.runs.sources import data_source
-        from nnctl.runs.generative import autoencoder_of, encode
+        from nnctl.runs.generative import autoencoder_of, encode, rows_to_encode
         from nnctl.runs.model import default_batch_size, load_model
         try:
             if out is not None and out.suffix.lower() not in (".npy", ".csv"):
                 raise NnctlError(f"--out: codes are written as .npy or .csv, got {out.name!r}")
             lm = load_model(target)
             autoencoder_of(lm, "encode")
-            source = data_source(lm, data, need_targets=False)
-            x = source.split.x if source.split.idx is None else source.split.x[source.split.idx]
-            _emit(encode(lm, x, default_batch_size(lm)), out, 0.0, 1.0, "codes")
+            _emit(encode(lm, rows_to_encode(lm, data), default_batch_size(lm)), out, 0.0, 1.0, "codes")
         except NnctlError as err:
             fail(err)
 
@@ -112,6 +117,6 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
             check_out(out)
             lm = load_model(target)
             values = decode(lm, read_codes(codes), default_batch_size(lm))
-            _emit(values, out, *_data_range(lm), "samples")
+            _emit(values, out, *_data_range(lm), "samples", lm.preprocessor.table)
         except NnctlError as err:
             fail(err)

@@ -75,7 +75,8 @@ STACK_PARAMS = {k: p for k, p in MODEL_PARAMS.items() if k != "output_initialize
 RECONSTRUCTION_LOSSES = ("mse", "binary_cross_entropy")
 
 EARLY_STOPPING_PARAMS: dict[str, Param] = {
-    "monitor": Param("str", "val_loss", doc="a logged metric: loss, val_loss, accuracy, val_accuracy, mae, val_mae, r2, val_r2"),
+    "monitor": Param("str", "val_loss", doc="a logged metric: loss, val_loss, accuracy, val_accuracy, mae, val_mae, r2, "
+                                            "val_r2; autoencoder/vae: reconstruction, kl (vae) and their val_"),
     "mode": Param("str", "auto", choices=("auto", "min", "max"), doc="auto: max for accuracy/r2, min otherwise"),
     "patience": Param("int", 5, ge=0, doc="epochs without improvement before stopping"),
     "min_delta": Param("float", 0.0, ge=0.0, doc="smallest change that counts as an improvement"),

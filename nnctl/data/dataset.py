@@ -27,7 +27,8 @@ PARAMS_DATA: dict[str, Param] = {
                                 "digits, iris, ...), a .csv, .npy or .npz file, or a folder of images "
                                 "with one subfolder per class"),
     "target": Param("str", None, nullable=True,
-                    doc="the CSV column to predict; required for CSV files (never guessed)"),
+                    doc="the CSV column to predict; required for CSV files (never guessed), except for task "
+                        "autoencoder/vae, where it is optional, not a feature, and only colours plot --latent"),
     "task": Param("str", None, choices=("classification", "regression"), nullable=True,
                   doc="inferred from the target when null (text/bools/few whole numbers: classification)"),
     "val_split": Param("float", 0.15, ge=0, lt=1,
@@ -124,17 +125,21 @@ class Dataset:
     def describe(self) -> list[str]:
         """What was decided about the data, one line per topic (validate, the train header)."""
         if self.task in GENERATIVE_TASKS:
-            labels = f"; labels '{self.target_name}' only colour latent plots" if self.target_name else ""
-            return [f"{self.task}: reconstructs its {self.n_outputs} input values, scaled to [0, 1] by the training "
-                    f"split's min and max{labels}"]
-        if self.task == CLASSIFICATION:
-            shown = ", ".join(str(c) for c in (self.classes or [])[:10])
-            more = ", ..." if len(self.classes or []) > 10 else ""
-            task = f"classification, {self.n_outputs} classes: {shown}{more}"
+            labels = (f"; target '{self.target_name}' is not a feature and not trained on, it only colours "
+                      "plot --latent" if self.target_name else
+                      "; its labels are not trained on, they only colour plot --latent" if self.train.y is not None
+                      else "")
+            lines = [f"{self.task}: reconstructs its {self.n_outputs} input values, scaled to [0, 1] by the "
+                     f"training split's min and max{labels}"]
         else:
-            scaled = "standardized for training" if self.target_scale is not None else "not scaled"
-            task = f"regression, {self.n_outputs} output{'s' * (self.n_outputs != 1)}, {scaled}"
-        lines = [f"target '{self.target_name}' ({task})" if self.target_name else f"target: {task}"]
+            if self.task == CLASSIFICATION:
+                shown = ", ".join(str(c) for c in (self.classes or [])[:10])
+                more = ", ..." if len(self.classes or []) > 10 else ""
+                task = f"classification, {self.n_outputs} classes: {shown}{more}"
+            else:
+                scaled = "standardized for training" if self.target_scale is not None else "not scaled"
+                task = f"regression, {self.n_outputs} output{'s' * (self.n_outputs != 1)}, {scaled}"
+            lines = [f"target '{self.target_name}' ({task})" if self.target_name else f"target: {task}"]
         if self.class_weights is not None:
             pairs = [f"{c} {w:.4g}" for c, w in zip(self.classes or [], self.class_weights)]
             lines.append("class weights: " + _few(pairs, 10))
@@ -283,7 +288,7 @@ def _read_main(opts: dict, seed: int, base_dir: Path, dtype, cache: TableCache |
     if suffix == ".csv":
         raw = read_csv_data(path, opts["target"], opts["features"], shown, ignore=opts["ignore"],
                             categorical=opts["categorical"], max_categories=opts["max_categories"], dtype=dtype,
-                            parse=cache.parse if cache is not None else None)
+                            parse=cache.parse if cache is not None else None, need_target=need_y)
     elif suffix == ".npy":
         target = opts["target_path"]
         raw = read_npy_data(path, None if target is None else _resolve(base_dir, target, "target_path"),
@@ -319,11 +324,12 @@ def _read_extra(opts: dict, key: str, main: RawData, base_dir: Path, dtype, cach
         cats = [c.name for c in main.columns if c.kind == CATEGORICAL]
         raw = read_csv_data(path, main.target_name, [c.name for c in main.columns], shown,
                             categorical=cats, max_categories=2**62, dtype=dtype,
-                            parse=cache.parse if cache is not None else None)
+                            parse=cache.parse if cache is not None else None,
+                            need_target=main.target_name is not None)
         _drop_missing(raw, opts["missing"])
         return raw
     if suffix == ".npz":
-        raw = read_npz_data(path, shown, dtype=dtype)
+        raw = read_npz_data(path, shown, need_y=main.y is not None, dtype=dtype)
         if raw.parts:
             raise DataError(f"{shown}: as data.{key} it must hold only 'x' and 'y'")
         return raw
@@ -371,6 +377,9 @@ def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32", unlabel
     data: the `data` section as a plain dict (keys of PARAMS_DATA; missing keys take their
     defaults). Relative paths resolve against base_dir (the spec file's folder).
     dtype: the model's dtype; every value must be finite in it.
+    unlabelled_ok: an autoencoder's data: targets are optional (a CSV without data.target has
+    every other column as a feature, an .npz may lack y); labels, when there are any, are only
+    carried in the splits (for plot --latent), a missing one being the class MISSING_LABEL.
 
     Notes
     -----
@@ -386,10 +395,12 @@ def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32", unlabel
     opts = _options(data)
     cache = _table_cache(opts, Path(base_dir))
     raw, source = _read_main(opts, seed, Path(base_dir), dtype, cache, need_y=not unlabelled_ok)
-    if raw.y is None:
-        if unlabelled_ok:   # an autoencoder's target is its input
-            return _unlabelled(raw, opts, seed, source)
+    if raw.y is None and not unlabelled_ok:
         raise DataError(f"{raw.source}: has no targets to train on")
+    if raw.y is None and raw.columns is None:   # an autoencoder's target is its input
+        return _unlabelled(raw, opts, seed, source)
+    if unlabelled_ok and raw.y_missing is not None and raw.y_missing.any():
+        _label_missing(raw)
     dropped = _drop_missing(raw, opts["missing"])
     if opts["shape"] is not None and raw.x is not None:   # a CSV's x exists once it is encoded
         raw.x = reshape_rows(raw.x, opts["shape"], raw.source)
@@ -404,7 +415,8 @@ def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32", unlabel
         elif part in raw.parts:
             extra[part] = raw.parts[part]
 
-    task = opts["task"] or raw.task or infer_task(raw.y)
+    # a table without a target (an autoencoder's) is encoded like any other, without labels
+    task = "unlabelled" if raw.y is None else opts["task"] or raw.task or infer_task(raw.y)
     classes = None
     if task == CLASSIFICATION:
         _check_classification(raw)
@@ -412,8 +424,8 @@ def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32", unlabel
                             column=r.target_name if r.lines is not None else None)
                  for r in (raw, *extra.values())]
         classes = merge_classes(lists)
-    y = _encode(raw, task, classes)
-    n_outputs = len(classes) if task == CLASSIFICATION else int(y.shape[1])
+    y = None if raw.y is None else _encode(raw, task, classes)
+    n_outputs = len(classes) if task == CLASSIFICATION else None if y is None else int(y.shape[1])
 
     val_fraction = 0.0 if "val" in extra else float(opts["val_split"])
     test_fraction = 0.0 if "test" in extra else float(opts["test_split"])
@@ -421,7 +433,7 @@ def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32", unlabel
         raise ConfigError(
             f"data.val_split + data.test_split must be < 1, got {val_fraction:g} + {test_fraction:g}"
         )
-    n = len(raw)
+    n = len(raw) if raw.y is not None else len(raw.lines)   # a table's x exists once it is encoded
     rows: dict[str, np.ndarray | None] = {"train": None, "val": None, "test": None}
     if val_fraction > 0 or test_fraction > 0:
         labels = y if task == CLASSIFICATION else None
@@ -431,7 +443,7 @@ def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32", unlabel
             raise DataError(f"{raw.source}: {err}") from None
         rows = {"train": tr, "val": va if val_fraction > 0 else None, "test": te if test_fraction > 0 else None}
     train_rows = rows["train"] if rows["train"] is not None else np.arange(n, dtype=np.int64)
-    if task == CLASSIFICATION:
+    if task == CLASSIFICATION and not unlabelled_ok:   # an autoencoder's labels only colour its plots
         present = np.unique(y[train_rows])
         if len(present) < 2:
             what = f"target '{raw.target_name}'" if raw.target_name else "the target"
@@ -453,6 +465,8 @@ def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32", unlabel
     if opts["shape"] is not None:
         raw.x = reshape_rows(raw.x, opts["shape"], raw.source)   # a no-op if done above
     input_shape = tuple(int(s) for s in raw.x.shape[1:])
+    if n_outputs is None:   # no target: the rows reconstruct themselves
+        n_outputs = int(np.prod(input_shape))
     for part, other in extra.items():
         if opts["shape"] is not None:
             other.x = reshape_rows(other.x, opts["shape"], other.source)
@@ -475,7 +489,7 @@ def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32", unlabel
         if rows[part] is not None:
             splits[part] = Split(raw.x, y, rows[part], divisor)
     for part, other in extra.items():
-        yo = _encode(other, task, classes)
+        yo = None if y is None else _encode(other, task, classes)
         if task == REGRESSION and yo.shape[1] != n_outputs:
             raise DataError(f"{other.source}: {yo.shape[1]} target columns, the training data has {n_outputs}")
         if target_scale is not None:
@@ -506,8 +520,26 @@ def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32", unlabel
     )
 
 
+# the class a latent plot gives an autoencoder's rows whose label cell is empty
+MISSING_LABEL = "(missing)"
+
+
+def _label_missing(raw: RawData) -> None:
+    """An autoencoder trains on every row whatever its label (labels only colour its plots), so a
+    missing label becomes a class of its own instead of dropping or refusing the row. Labels of
+    numbers that are not all whole (a measurement, not classes) are left to data.missing."""
+    y = raw.y
+    if y.dtype.kind == "f":
+        present = y[~raw.y_missing]
+        if np.any(present != np.round(present)):
+            return
+        y = np.array([f"{v:.0f}" for v in np.nan_to_num(y)], dtype=str)
+    raw.y = np.where(raw.y_missing, MISSING_LABEL, y)
+    raw.y_missing = np.zeros(len(y), dtype=bool)
+
+
 def _unlabelled(raw: RawData, opts: dict, seed: int, source: str) -> Dataset:
-    """Rows without targets (a .npy with no target_path), split at random, for an autoencoder."""
+    """Rows without targets (a .npy with no target_path, an .npz without y), split at random, for an autoencoder."""
     for key in ("val_path", "test_path"):
         if opts[key] is not None:
             raise ConfigError(f"data.{key}: unlabelled data is split with val_split and test_split only")

@@ -771,10 +771,11 @@ def _is_text_column(table: CsvTable, j: int) -> bool:
 def read_csv_data(path: Path, target: str | None, features: list[str] | None,
                   name: str | None = None, *, ignore: list[str] | None = None,
                   categorical="auto", max_categories: int = 50, dtype=np.float32,
-                  parse=None) -> RawData:
+                  parse=None, need_target: bool = True) -> RawData:
     """A labelled CSV file: its feature columns (numeric or categorical, missing cells kept) and target.
 
-    target: the target column (required: nnctl never guesses which column to predict).
+    target: the target column (required: nnctl never guesses which column to predict),
+    unless need_target is False (an autoencoder's table): then y is None.
     features: the feature columns; default every column but the target and `ignore`.
     categorical: "auto" (a column none of whose cells is a number is categorical) or a
     list of columns to treat as categories even if they hold numbers (integer codes).
@@ -790,10 +791,11 @@ def read_csv_data(path: Path, target: str | None, features: list[str] | None,
     def check(header: list[str]) -> None:
         def no_column(wanted: str) -> DataError:
             return DataError(f"{name}: no column '{wanted}'; columns are: {', '.join(header)}")
-        if target is None:
+        if target is None and need_target:
             raise DataError(f"{name}: data.target is required for a CSV file (the column to predict); "
                             f"columns are: {', '.join(header)}")
-        for n in [target, *(ignore or []), *(features or []), *([] if categorical == "auto" else categorical)]:
+        named = [] if target is None else [target]
+        for n in [*named, *(ignore or []), *(features or []), *([] if categorical == "auto" else categorical)]:
             if n not in header:
                 raise no_column(n)
         if target in (ignore or []):
@@ -831,7 +833,9 @@ def read_csv_data(path: Path, target: str | None, features: list[str] | None,
             values = table.numbers[:, table.numeric.index(h)]
             col = Column(h, NUMERIC, values, np.isnan(values))
         columns.append(col)
-    if table.target is not None:
+    if target is None:
+        y = y_missing = None
+    elif table.target is not None:
         y, y_missing = table.target, np.isnan(table.target)
     else:
         cells = table.text[target]

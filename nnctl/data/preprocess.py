@@ -99,6 +99,23 @@ class TableEncoder:
     def is_plain(self) -> bool:
         return all(c["kind"] == NUMERIC and c["fill"] is None for c in self.columns)
 
+    def inverse(self, x: np.ndarray) -> list[np.ndarray]:
+        """Encoded rows x (N, F) back to one array per column: numbers as they are, a category
+        as the most likely of its one-hot slots (an autoencoder's decoded rows, in the file's terms).
+
+        The unknown slot is never chosen: it stands for no value a row could be written with.
+        """
+        out, k = [], 0
+        for c in self.columns:
+            if c["kind"] == NUMERIC:
+                out.append(x[:, k])
+                k += 1
+            else:
+                cats = c["categories"]
+                out.append(np.asarray(cats, dtype=str)[np.argmax(x[:, k:k + len(cats)], axis=1)])
+                k += len(cats) + 1
+        return out
+
     def transform(self, columns: list[Column], source: str, lines) -> tuple[np.ndarray, int]:
         """(x float64 (N, F), number of categorical cells mapped to "unknown").
 
@@ -256,7 +273,7 @@ def handle_missing(raw: RawData, policy: str) -> dict[str, int]:
     """
     if raw.columns is None:
         return {}
-    n = len(raw.y)
+    n = len(raw.lines)   # raw.y is None for an autoencoder's table without a target
     target_missing = raw.y_missing if raw.y_missing is not None else np.zeros(n, dtype=bool)
     feature_missing = np.zeros(n, dtype=bool)
     for c in raw.columns:
@@ -281,8 +298,8 @@ def handle_missing(raw: RawData, policy: str) -> dict[str, int]:
         if len(keep) == 0:
             raise DataError(f"{raw.source}: every row has a missing value; nothing is left to train on")
         raw.columns = [c.take(keep) for c in raw.columns]
-        raw.y = raw.y[keep]
-        raw.y_missing = raw.y_missing[keep]
+        if raw.y is not None:
+            raw.y, raw.y_missing = raw.y[keep], raw.y_missing[keep]
         raw.lines = raw.lines[keep]
     return dropped
 

@@ -1,6 +1,7 @@
 """Samples as arrays, CSV or a PNG grid of images: what `nnctl sample` and `nnctl decode` write."""
 from __future__ import annotations
 
+import csv
 import io
 import math
 from pathlib import Path
@@ -67,22 +68,35 @@ def grid(samples: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return out
 
 
-def write_csv(values: np.ndarray, stream, prefix: str = "x") -> None:
-    """One flattened row per sample, under a header x0, x1, ... (z0, z1, ... for codes)."""
+def write_csv(values: np.ndarray, stream, prefix: str = "x", table=None) -> None:
+    """One flattened row per sample, under a header x0, x1, ... (z0, z1, ... for codes); with the
+    TableEncoder of a model trained on a CSV file, in that file's columns (write_table)."""
     flat = values.reshape(len(values), -1)
+    if table is not None:
+        write_table([c["name"] for c in table.columns], table.inverse(flat), stream)
+        return
     stream.write(",".join(f"{prefix}{j}" for j in range(flat.shape[1])) + "\n")
     np.savetxt(stream, flat, delimiter=",", fmt="%.6g")
 
 
-def write_samples(samples: np.ndarray, out: Path, lo: float, hi: float, prefix: str = "x") -> None:
-    """samples (N, *shape) to .npy (as they are), .csv (one flattened row each), or .png (a grid)."""
+def write_table(names: list[str], columns: list[np.ndarray], stream) -> None:
+    """Rows in a CSV file's own columns (numbers, category labels) under its header names."""
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(names)
+    cells = [[f"{v:.6g}" for v in col] if col.dtype.kind == "f" else col.tolist() for col in columns]
+    writer.writerows(zip(*cells))
+
+
+def write_samples(samples: np.ndarray, out: Path, lo: float, hi: float, prefix: str = "x", table=None) -> None:
+    """samples (N, *shape) to .npy (as they are), .csv (one flattened row each, or a table's
+    columns: write_csv), or .png (a grid)."""
     suffix = out.suffix.lower()
     check_out(out, len(samples))
     if suffix == ".npy":
         atomic_write(out, lambda f: np.save(f, samples, allow_pickle=False))
     elif suffix == ".csv":
         text = io.StringIO()
-        write_csv(samples, text, prefix)
+        write_csv(samples, text, prefix, table)
         atomic_write(out, lambda f: f.write(text.getvalue()), binary=False)
     else:
         if image_shape(tuple(samples.shape[1:])) is None:

@@ -74,6 +74,25 @@ def sample(lm: LoadedModel, n: int, seed: int, batch_size: int) -> np.ndarray:
     return decode(lm, z, batch_size)
 
 
+def rows_to_encode(lm: LoadedModel, value: str) -> np.ndarray:
+    """The rows `nnctl encode` reads, raw (encode scales them): image files or a folder of them,
+    decoded with the run's own data.image_size and data.color, or a file or built-in dataset
+    as `eval --data` reads it."""
+    from nnctl.data.images import is_image
+    path = Path(value)
+    if path.is_dir() or (path.is_file() and is_image(path)):
+        from nnctl.data.images import read_images_to_predict
+        data = lm.meta["config"].get("data") or {}
+        x, _ = read_images_to_predict(path, data.get("image_size"), data.get("color", "grayscale"))
+        if tuple(x.shape[1:]) != tuple(lm.input_shape):
+            raise DataError(f"{path.name}: images are {list(x.shape[1:])} (C, H, W), the model expects "
+                            f"{list(lm.input_shape)}")
+        return x
+    from nnctl.runs.sources import data_source
+    split = data_source(lm, value, need_targets=False).split
+    return split.x if split.idx is None else split.x[split.idx]
+
+
 def read_codes(path: Path) -> np.ndarray:
     """Codes from a .npy file (N, latent), read without pickles."""
     path = Path(path)

@@ -24,6 +24,7 @@ class EvalData:
     description: str
     split_name: str | None = None
     note: str | None = None   # e.g. how many categories the training split never had
+    classes: list | None = None   # the names of a classification split's label indices
 
 
 def run_split(lm: LoadedModel, which: str) -> EvalData:
@@ -44,7 +45,7 @@ def run_split(lm: LoadedModel, which: str) -> EvalData:
         raise DataError(f"{lm.path}: the run has no {which} split (data.{which}_split is 0); "
                         f"use --split {'val' if which == 'test' else 'train'} or --data FILE")
     split = _align_classes(lm, dataset.classes, split, dataset.source)
-    return EvalData(split, f"the {which} split of {dataset.source}", which)
+    return EvalData(split, f"the {which} split of {dataset.source}", which, classes=dataset.classes)
 
 
 def _align_classes(lm: LoadedModel, classes: list | None, split: Split, source: str) -> Split:
@@ -68,7 +69,9 @@ def data_source(lm: LoadedModel, value: str, need_targets: bool) -> EvalData:
     if path.is_dir():
         return _image_folder(lm, path)
     notes: list[str] = []
-    x, raw_y = load_features(path, lm.feature_names, lm.input_shape, lm.target_name,
+    # an autoencoder's label column is not read: a file without it, or with gaps in it, is fine
+    target = None if lm.task in GENERATIVE_TASKS else lm.target_name
+    x, raw_y = load_features(path, lm.feature_names, lm.input_shape, target,
                              table=lm.preprocessor.table, dtype=lm.dtype, notes=notes)
     y = None
     if lm.task in GENERATIVE_TASKS:

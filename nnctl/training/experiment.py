@@ -139,7 +139,7 @@ def unit_range(split) -> Standardizer:
     """x -> (x - min) / (max - min) with the training rows' global min and max: an autoencoder's
     inputs and targets in [0, 1], what a sigmoid output and binary_cross_entropy need, and one
     scale for every feature so that reconstructions read back in the data's units."""
-    x = np.take(split.x, split.rows(), axis=0)
+    x = split.features()   # an image folder's pixels as the [0, 1] values batches hold, not 0..255
     lo, hi = float(x.min()), float(x.max())
     shape = split.x.shape[1:]
     return Standardizer(np.full(shape, lo), np.full(shape, hi - lo if hi > lo else 1.0))
