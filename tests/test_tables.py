@@ -207,7 +207,7 @@ def test_two_processes_racing_build_once_and_read_equal_arrays(tmp_path):
 
 def test_a_sweep_of_four_trials_parses_once(tmp_path):
     cache = Path(os.environ["NNCTL_CACHE_DIR"])
-    table_csv(tmp_path / "t.csv", rows=200)
+    table_csv(tmp_path / "t.csv", rows=60)
     spec = tmp_path / "sweep.yaml"
     spec.write_text(textwrap.dedent("""\
         name: tables
@@ -215,28 +215,47 @@ def test_a_sweep_of_four_trials_parses_once(tmp_path):
           data: {dataset: t.csv, target: label, val_split: 0.2, test_split: 0.2}
           model: {hidden: [4]}
           optimizer: {name: sgd, lr: 0.05}
-          training: {epochs: 1, batch_size: 64}
+          training: {epochs: 1, batch_size: 16}
         parameters:
           optimizer.lr: [0.01, 0.02, 0.03, 0.04]
         metric: val_loss
         """))
-    result = runner.invoke(app, ["sweep", str(spec), "--runs-dir", str(tmp_path / "runs")])
+    # four workers: the trials start together, so they also race for the entry's lock, and the
+    # test waits for one round of process starts instead of four
+    result = runner.invoke(app, ["sweep", str(spec), "--runs-dir", str(tmp_path / "runs"), "--workers", "4"])
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "runs").glob("tables-*/trials/*"))) == 4
     assert builds(cache) == 1
 
 
 def test_cache_list_and_clear(tmp_path):
+    """Both caches under the folder: parsed tables and decoded image folders."""
+    from nnctl.data.image_cache import write_pixels
     cache = Path(os.environ["NNCTL_CACHE_DIR"])
     path = table_csv(tmp_path / "t.csv")
     load_dataset(data_spec(path), 0, tmp_path)
+    write_pixels(cache, "0123abcd-ef", 3, iter([np.full((1, 2, 5), i, np.uint8) for i in range(3)]))
     out = runner.invoke(app, ["cache", "list"])
     assert out.exit_code == 0 and str(path.resolve()) in out.output and "fresh" in out.output
     assert "1 table," in out.output
+    assert "  0123abcd-ef.npy: 3 images of 1x2x5, 158 B, built " in out.output   # 128-byte header + 30
+    assert out.output.rstrip().endswith("1 image folder, 158 B")
     out = runner.invoke(app, ["cache", "clear"])
     assert out.exit_code == 0 and out.output.startswith(f"{cache / 'tables'}: removed 1 table (")
+    assert out.output.splitlines()[-1] == f"{cache / 'images'}: removed 1 image folder (158 B)"
     assert not [p for p in (cache / "tables").iterdir() if p.is_dir()]
-    assert runner.invoke(app, ["cache", "list"]).output.strip() == f"{cache / 'tables'}: no cached tables"
+    assert not list((cache / "images").iterdir())
+    assert runner.invoke(app, ["cache", "list"]).output.splitlines() == [
+        f"{cache / 'tables'}: no cached tables", f"{cache / 'images'}: no decoded image folders"]
+
+
+def test_cache_off_unquoted_is_yaml_false_and_means_off(tmp_path):
+    from nnctl.config.spec import load_spec
+    path = table_csv(tmp_path / "t.csv")
+    (tmp_path / "s.yaml").write_text(f"data: {{dataset: {path}, target: label, cache: off}}\nmodel: {{hidden: [4]}}\n")
+    assert load_spec(tmp_path / "s.yaml").data["cache"] == "off"
+    ds = load_dataset({**data_spec(path), "cache": False}, 0, tmp_path)
+    assert ds.describe()[-1] == "table cache: off"
 
 
 def test_an_unwritable_cache_folder_does_not_stop_a_run(tmp_path, monkeypatch):
