@@ -244,7 +244,8 @@ def test_eval_regression_shows_one_mse(tmp_path):
 
 # -- item 9: startup ------------------------------------------------------------------------
 
-HEAVY = ("numpy", "yaml", "optuna", "onnx", "onnxruntime", "mlflow", "tensorboardX", "PIL", "dask", "matplotlib")
+HEAVY = ("numpy", "yaml", "optuna", "onnx", "onnxruntime", "mlflow", "tensorboardX", "PIL", "dask", "matplotlib",
+         "pandas")
 
 
 def test_cli_import_and_help_import_nothing_heavy():

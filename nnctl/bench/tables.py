@@ -3,7 +3,7 @@
 Writes CSVs of 10,000 / 200,000 / 1,000,000 rows (--rows) of 50 float features and an
 integer label in a temporary folder (or --dir), then, each in a fresh child process:
 
-    parse       read_csv_data with no cache (the block parser: numpy's C reader)
+    parse       read_csv_data with no cache (the block parser: NNCTL_CSV_PARSER numpy, then pandas)
     cache build the first load through the table cache (parse + hash + write .npy)
     cache hit   a later load: the cache's arrays memory-mapped, the RawData built
     pandas      pandas.read_csv(dtype=float32), when pandas is installed
