@@ -153,9 +153,6 @@ def show_config(config: Path = SPEC_ARG, set_: List[str] = SET_OPTION) -> None:
     if resolved["data"]["target"] is None:
         del resolved["data"]["target"]
     sys.stdout.write(annotated_yaml(resolved, defaulted))
-    if exp.dataset.table is not None:
-        from nnctl.data.files import describe_parser
-        sys.stdout.write(f"# {describe_parser()}\n")
     if exp.dataset.cache:   # where data.cache put the parsed CSV, as a comment: the spec keeps its own value
         sys.stdout.write(f"# table cache: {exp.dataset.cache}\n")
 

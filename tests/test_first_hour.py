@@ -244,8 +244,7 @@ def test_eval_regression_shows_one_mse(tmp_path):
 
 # -- item 9: startup ------------------------------------------------------------------------
 
-HEAVY = ("numpy", "yaml", "optuna", "onnx", "onnxruntime", "mlflow", "tensorboardX", "PIL", "dask", "matplotlib",
-         "pandas")
+HEAVY = ("numpy", "yaml", "optuna", "onnx", "onnxruntime", "mlflow", "tensorboardX", "PIL", "dask", "matplotlib")
 
 
 def test_cli_import_and_help_import_nothing_heavy():

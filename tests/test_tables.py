@@ -48,22 +48,6 @@ def x_of(ds) -> np.ndarray:
 
 # -- the block parser -----------------------------------------------------------------------------
 
-def have_pandas() -> bool:
-    try:
-        import pandas  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.fixture(params=["numpy", "pandas"])
-def parser(request, monkeypatch):
-    """Each block-parser test runs with numpy's loadtxt and with pandas' reader (the tables extra)."""
-    if request.param == "pandas" and not have_pandas():
-        pytest.skip("pandas is not installed (the tables extra)")
-    monkeypatch.setenv(files.ENV_PARSER, request.param)
-    return request.param
-
 MIXED = (
     "\ufeffid,num,color,label\n"
     + "".join(f"{i},{i * 0.5},{'red' if i % 3 else 'blue'},{'yes' if i % 2 else 'no'}\n" for i in range(1, 40))
@@ -76,7 +60,7 @@ MIXED = (
 
 
 @pytest.mark.parametrize("block", [40, 97, 4 * 2**20])
-def test_blocks_of_any_size_parse_as_one(tmp_path, monkeypatch, parser, block):
+def test_blocks_of_any_size_parse_as_one(tmp_path, monkeypatch, block):
     """Numbers, missing cells, categories, line numbers are the same whatever the block boundaries."""
     path = tmp_path / "mixed.csv"
     path.write_text(MIXED, newline="")
@@ -92,7 +76,7 @@ def test_blocks_of_any_size_parse_as_one(tmp_path, monkeypatch, parser, block):
 
 
 @pytest.mark.parametrize("block", [30, 4 * 2**20])
-def test_an_error_in_a_later_block_names_its_cell(tmp_path, monkeypatch, parser, block):
+def test_an_error_in_a_later_block_names_its_cell(tmp_path, monkeypatch, block):
     monkeypatch.setattr(files, "BLOCK_BYTES", block)
     path = tmp_path / "d.csv"
     path.write_text("a,b,label\n" + "1,2,0\n" * 20 + "1,x,1\n" + "3,4\n")
@@ -110,7 +94,7 @@ def test_an_error_in_a_later_block_names_its_cell(tmp_path, monkeypatch, parser,
     assert str(err.value) == "d.csv row 22, column 'b': '1e300' is not finite in float32 (the model's dtype)"
 
 
-def test_labels_after_numbers_and_text_after_missing_restart_as_text(tmp_path, monkeypatch, parser):
+def test_labels_after_numbers_and_text_after_missing_restart_as_text(tmp_path, monkeypatch):
     """A target whose text starts in a later block is labels; a feature missing in the first blocks
     and text later is categorical."""
     monkeypatch.setattr(files, "BLOCK_BYTES", 16)
@@ -122,11 +106,9 @@ def test_labels_after_numbers_and_text_after_missing_restart_as_text(tmp_path, m
     assert raw.numbers is None and raw.columns[0].values.tolist() == [1.0] * 10 + [2.0]
 
 
-def test_both_parsers_give_the_same_bits_as_float(tmp_path, monkeypatch):
-    """Cells of 1 to 25 significant digits, tiny and large exponents, signs, spaces: every parser
-    reads float64 bits equal to Python's float(), and the model's float32 by one cast of them."""
-    if not have_pandas():
-        pytest.skip("pandas is not installed (the tables extra)")
+def test_block_parser_bits_are_float_then_one_cast(tmp_path, monkeypatch):
+    """Cells of 1 to 25 significant digits, tiny and large exponents, signs, spaces: the block
+    parser reads float64 bits equal to Python's float(), and the model's float32 by one cast."""
     rng = np.random.default_rng(7)
     rows, cols = 400, 6
     digits = rng.integers(0, 10, size=(rows, cols, 25))
@@ -143,30 +125,13 @@ def test_both_parsers_give_the_same_bits_as_float(tmp_path, monkeypatch):
     path = tmp_path / "bits.csv"
     path.write_text("a,b,c,d,e,label\n" + "".join(",".join(r) + "\n" for r in cells))
     want = np.array([[float(c) for c in r[:5]] for r in cells])
+    # the C reader takes every block: none goes to the cell checks
     monkeypatch.setattr(files, "numeric_column", lambda *a, **k: pytest.fail("a block went to the cell checks"))
-    f32 = {}
-    for name in ("numpy", "pandas"):
-        monkeypatch.setenv(files.ENV_PARSER, name)
-        got = files.parse_csv(path, target="label", dtype=np.float64)
-        assert got.numbers.view(np.int64).tolist() == want.view(np.int64).tolist(), name
-        assert got.target.view(np.int64).tolist() == np.array([float(r[5]) for r in cells]).view(np.int64).tolist()
-        f32[name] = files.parse_csv(path, target="label").numbers
-        assert f32[name].view(np.int32).tolist() == want.astype(np.float32).view(np.int32).tolist(), name
-
-
-def test_the_parser_is_named_and_chosen_by_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv(files.ENV_PARSER, "numpy")
-    assert files.describe_parser().startswith(f"csv parser: numpy {np.__version__} loadtxt, 4 MB blocks")
-    monkeypatch.setenv(files.ENV_PARSER, "fortran")
-    with pytest.raises(DataError) as err:
-        files.csv_parser()
-    assert str(err.value) == "NNCTL_CSV_PARSER='fortran': must be numpy or pandas"
-    if have_pandas():
-        import pandas
-        monkeypatch.setenv(files.ENV_PARSER, "pandas")
-        assert files.describe_parser() == f"csv parser: pandas {pandas.__version__} C reader, 1 thread, 4 MB blocks"
-        monkeypatch.delenv(files.ENV_PARSER)
-        assert files.csv_parser() == "pandas"
+    got = files.parse_csv(path, target="label", dtype=np.float64)
+    assert got.numbers.view(np.int64).tolist() == want.view(np.int64).tolist()
+    assert got.target.view(np.int64).tolist() == np.array([float(r[5]) for r in cells]).view(np.int64).tolist()
+    f32 = files.parse_csv(path, target="label").numbers
+    assert f32.dtype == np.float32 and f32.view(np.int32).tolist() == want.astype(np.float32).view(np.int32).tolist()
 
 
 # -- the cache ------------------------------------------------------------------------------------
@@ -332,7 +297,7 @@ def test_an_unwritable_cache_folder_does_not_stop_a_run(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("block", [50, 4 * 2**20])
-def test_predict_chunks_are_the_same_whatever_the_block_size(tmp_path, monkeypatch, parser, block):
+def test_predict_chunks_are_the_same_whatever_the_block_size(tmp_path, monkeypatch, block):
     """predict's stream: features encoded with the training vocabulary, --keep cells, notes."""
     from nnctl.commands.predict import CsvFeatureReader
     from nnctl.data.preprocess import TableEncoder

@@ -3,10 +3,14 @@
 Writes CSVs of 10,000 / 200,000 / 1,000,000 rows (--rows) of 50 float features and an
 integer label in a temporary folder (or --dir), then, each in a fresh child process:
 
-    parse       read_csv_data with no cache (the block parser: NNCTL_CSV_PARSER numpy, then pandas)
+    parse       read_csv_data with no cache (the block parser: numpy's C reader)
     cache build the first load through the table cache (parse + hash + write .npy)
     cache hit   a later load: the cache's arrays memory-mapped, the RawData built
-    pandas      pandas.read_csv(dtype=float32), when pandas is installed
+    pandas      pandas.read_csv(dtype=float32) of the whole file, when pandas is installed
+
+--predict ROWS then trains a small model on 256 float features and times `nnctl predict` on
+a CSV of ROWS rows: rows/s by the wall clock and by the child's CPU time (on a shared machine
+CPU time is the steadier number), peak memory and the output's hash.
 
 Peak memory is the child's own high-water mark of resident memory (VmHWM from
 /proc/self/status at its end; ru_maxrss of the child is not used because Linux seeds it at
@@ -61,6 +65,8 @@ def _hwm_mb() -> float:
 def child(mode: str, path: str, cache: str) -> dict:
     """One measurement, in this (fresh) process; returns seconds, peak MB and the array's MB."""
     start_mb = _hwm_mb()
+    if mode == "predict":
+        return _predict_child(Path(path), Path(cache), start_mb)
     if mode == "pandas":
         import pandas as pd
         t = time.perf_counter()
@@ -77,6 +83,22 @@ def child(mode: str, path: str, cache: str) -> dict:
     x = raw.numbers
     return {"seconds": seconds, "peak_mb": _hwm_mb(), "start_mb": start_mb, "array_mb": x.nbytes / 2**20,
             "rows": int(len(x))}
+
+
+def _predict_child(path: Path, run: Path, start_mb: float) -> dict:
+    """`nnctl predict RUN PATH --out` as the command runs it; CPU and wall time, output hash."""
+    import hashlib
+    from nnctl.commands.predict import run_predict
+    from nnctl.runs.model import default_batch_size, load_model
+    out = path.with_suffix(".out.csv")
+    t, cpu = time.perf_counter(), time.process_time()
+    lm = load_model(run)
+    rows = run_predict(lm, path, out, default_batch_size(lm), False)
+    seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()[:16]
+    out.unlink()
+    return {"seconds": seconds, "cpu": cpu, "rows": rows, "peak_mb": _hwm_mb(), "start_mb": start_mb,
+            "sha": digest}
 
 
 def measure(mode: str, path: Path, cache: Path) -> dict | None:
@@ -100,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, nargs="+", default=list(SIZES), help="row counts to generate and parse")
     ap.add_argument("--dir", type=Path, default=None, help="where to write the CSVs (default: a temp folder)")
+    ap.add_argument("--predict", type=int, default=0, metavar="ROWS",
+                    help="also time predict on ROWS rows of 256 float features")
     ap.add_argument("--child", nargs=3, metavar=("MODE", "PATH", "CACHE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -128,7 +152,43 @@ def main(argv: list[str] | None = None) -> int:
             say(f"{rows:>9,} {size:8.0f} {parse['array_mb']:8.0f} | {parse['seconds']:7.2f} {parse['peak_mb']:7.0f} | "
                 f"{build['seconds']:7.2f} {hit['seconds']:6.3f} {hit['peak_mb']:6.0f} | {pandas_cols}")
             path.unlink()
+        if args.predict:
+            bench_predict(tmp, args.predict)
     return 0
+
+
+PREDICT_FEATURES = 256
+
+
+def bench_predict(tmp: Path, rows: int) -> None:
+    """Train a small model on 256 float features, then time predict on `rows` rows."""
+    rng = np.random.default_rng(0)
+    names = [f"f{j}" for j in range(PREDICT_FEATURES)]
+    x = rng.standard_normal((2000, PREDICT_FEATURES)).astype(np.float32)
+    with open(tmp / "train.csv", "w") as f:
+        f.write(",".join(names) + ",label\n")
+        np.savetxt(f, np.column_stack([x, x[:, 0] > 0]), fmt=",".join(["%.4g"] * PREDICT_FEATURES + ["%d"]))
+    with open(tmp / "predict.csv", "w") as f:
+        f.write(",".join(names) + "\n")
+        for s in range(0, rows, 20_000):
+            np.savetxt(f, rng.standard_normal((min(20_000, rows - s), PREDICT_FEATURES), dtype=np.float32),
+                       fmt=",".join(["%.4g"] * PREDICT_FEATURES))
+    (tmp / "spec.yaml").write_text("name: bench\nseed: 0\ndata: {dataset: train.csv, target: label, cache: off}\n"
+                                   "model: {hidden: [64]}\ntraining: {epochs: 1, batch_size: 256}\n")
+    train = subprocess.run([sys.executable, "-m", "nnctl", "train", "spec.yaml", "--runs-dir", "runs", "--quiet"],
+                           cwd=tmp, capture_output=True, text=True)
+    run = next((tmp / "runs").iterdir(), None) if (tmp / "runs").is_dir() else None
+    if train.returncode != 0 or run is None:
+        say(f"predict: training the model failed: {(train.stderr or train.stdout).strip()[-300:]}")
+        return
+    size = (tmp / "predict.csv").stat().st_size / 2**20
+    say(f"\npredict: {rows:,} rows x {PREDICT_FEATURES} float features ({size:.0f} MB CSV), model 256-64-2; "
+        f"load {os.getloadavg()[0]:.2f}")
+    say(f"{'wall s':>7} {'rows/s':>8} | {'CPU s':>7} {'rows/s':>8} | {'peak MB':>7} | output sha256")
+    r = measure("predict", tmp / "predict.csv", run)
+    if r:
+        say(f"{r['seconds']:7.2f} {r['rows'] / r['seconds']:8,.0f} | {r['cpu']:7.2f} "
+            f"{r['rows'] / r['cpu']:8,.0f} | {r['peak_mb']:7.0f} | {r['sha']}")
 
 
 if __name__ == "__main__":

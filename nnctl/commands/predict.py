@@ -7,7 +7,7 @@ ignored, with one note naming them), a .npy of features (memory-mapped) or an .n
 original labels (or values, in the target's own units), and with `proba` one `p_<label>`
 column per class; to a file (written atomically) or to a stream.
 
-A CSV input is parsed a block at a time by the training parser (pandas' or numpy's C reader) and a .npy
+A CSV input is parsed a block at a time by the training parser (numpy's C reader) and a .npy
 is memory-mapped, and each chunk's predictions are written before the next is read, so
 memory is bounded for an input of any length (an .npz is read whole: np.load cannot map a zip).
 """

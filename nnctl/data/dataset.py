@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from nnctl.data.builtin import DATASETS, generate
-from nnctl.data.files import (CATEGORICAL, describe_parser, RawData, read_csv_data, read_npy_data, read_npz_data,
+from nnctl.data.files import (CATEGORICAL, RawData, read_csv_data, read_npy_data, read_npz_data,
                               reshape_rows, suffix_of)
 from nnctl.data.preprocess import TableEncoder, fit_target_scale, handle_missing
 from nnctl.data.splits import Split, split_indices
@@ -145,7 +145,6 @@ class Dataset:
             seen = ", ".join(f"{n} in {k}" for k, n in self.unknown.items() if n)
             if seen:
                 lines.append(f"categories the training split never had (mapped to unknown): {seen}")
-            lines.append(describe_parser())   # the reader of CSV blocks, whether this run parsed or not
             lines.append(f"table cache: {self.cache or 'off'}")
         elif self.cache:
             lines.append(f"image cache: {self.cache}")

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import functools
-import importlib.util
 import io
 import itertools
 import math
@@ -368,67 +366,6 @@ def _target_column(table: CsvTable, j: int, dtype) -> tuple[np.ndarray, np.ndarr
 # A CSV is read this many bytes at a time (extended to the end of a line): numpy's C reader
 # parses each block, so the parse holds one block of text and its float64 numbers at once.
 BLOCK_BYTES = 4 * 2**20
-
-# The block parsers: each reads a block of plain lines (no quotes) into float64 (rows, columns)
-# or raises ValueError to refuse it; a refused block goes to the exact cell checks, so either
-# parser gives the same arrays and the same messages. pandas' C reader (the `tables` extra) is
-# used when installed: about as fast as numpy's loadtxt on narrow tables and up to 2x on wide
-# ones (256 columns); NNCTL_CSV_PARSER=numpy|pandas picks one (tests, the bench).
-PARSERS = ("pandas", "numpy")
-ENV_PARSER = "NNCTL_CSV_PARSER"
-
-
-@functools.lru_cache(maxsize=1)
-def _pandas_version() -> str | None:
-    """pandas' version if it is installed, found without importing it (import costs ~0.4 s)."""
-    if importlib.util.find_spec("pandas") is None:
-        return None
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("pandas")
-    except PackageNotFoundError:
-        return "?"
-
-
-def csv_parser() -> str:
-    """The block parser in use: "pandas" if installed, else "numpy"; NNCTL_CSV_PARSER overrides."""
-    want = os.environ.get(ENV_PARSER, "").strip().lower()
-    if want and want not in PARSERS:
-        raise DataError(f"{ENV_PARSER}={want!r}: must be numpy or pandas")
-    if want == "pandas" and _pandas_version() is None:
-        raise DataError(f"{ENV_PARSER}=pandas: pandas is not installed (pip install 'nnctl[tables]')")
-    if want:
-        return want
-    return "pandas" if _pandas_version() is not None else "numpy"
-
-
-def describe_parser() -> str:
-    """One line for validate, the train header and config: which parser reads CSV blocks."""
-    if csv_parser() == "pandas":
-        return f"csv parser: pandas {_pandas_version()} C reader, 1 thread, 4 MB blocks"
-    return (f"csv parser: numpy {np.__version__} loadtxt, 4 MB blocks"
-            + ("" if _pandas_version() is not None else " (the tables extra adds pandas' faster reader)"))
-
-
-def _numpy_rows(lines: list[str], usecols: list[int] | None) -> np.ndarray:
-    return np.loadtxt(lines, delimiter=",", comments=None, dtype=np.float64, ndmin=2, usecols=usecols)
-
-
-def _pandas_rows(lines: list[str], usecols: list[int] | None) -> np.ndarray:
-    import pandas as pd
-    # na_filter off: "NA", "" and "nan" are refused (ValueError), not read as NaN, so every
-    # missing cell goes through the exact checks as with numpy; its float parsing is correctly
-    # rounded (tests compare bits with float())
-    frame = pd.read_csv(io.StringIO("\n".join(lines)), header=None, usecols=usecols, dtype=np.float64,
-                        engine="c", na_filter=False)
-    # usecols comes back in file order; the caller's order may differ (the target last)
-    values = (frame if usecols is None else frame[list(usecols)]).to_numpy(dtype=np.float64)
-    if values.ndim != 2 or np.isnan(values).any():
-        raise ValueError("a short row or a missing cell")   # pandas pads a short row with NaN
-    return values
-
-
-BLOCK_READERS = {"numpy": _numpy_rows, "pandas": _pandas_rows}
 # Records per batch once a file needs Python's csv module (quoted fields, bare CR line ends).
 RECORD_BATCH = 20000
 
@@ -617,7 +554,6 @@ class BlockParser:
         # error then names its first text cell (line, cell)
         self.first_text: dict[str, tuple[int, str]] = {}
         self.text_number: set[str] = set()
-        self.read_rows = BLOCK_READERS[csv_parser()]
 
     def chunks(self):
         for kind, *rest in self.blocks:
@@ -659,14 +595,12 @@ class BlockParser:
         return np.arange(start, start + len(lines), dtype=np.int64), values, cells
 
     def _loadtxt(self, lines: list[str]) -> np.ndarray | None:
-        """The number columns of a block as float64 (rows, k) by the block parser (numpy's loadtxt
-        or pandas' reader), or None if the fields do not line up; ValueError if it refuses."""
+        """The number columns of a block as float64 (rows, k), or None if the fields do not line up."""
         if self.all_columns or self.others_numeric:
-            # every column at once: the parser checks every line has the first line's number
-            # of fields (pandas: a longer one is an error, a shorter one NaN-padded, refused),
-            # which saves counting them in Python
+            # every column at once: numpy checks every line has the first line's number of
+            # fields, which saves counting them in Python
             try:
-                values = self.read_rows(lines, None)
+                values = np.loadtxt(lines, delimiter=",", comments=None, dtype=np.float64, ndmin=2)
                 return values[:, self.number_cols] if values.shape[1] == self.width else None
             except ValueError:
                 if self.all_columns:
@@ -674,7 +608,7 @@ class BlockParser:
                 self.others_numeric = False   # an unused column holds text: count fields from now on
         if not self._fields_ok(lines):
             return None
-        return self.read_rows(lines, self.number_cols)
+        return np.loadtxt(lines, delimiter=",", comments=None, dtype=np.float64, ndmin=2, usecols=self.number_cols)
 
     def _fields_ok(self, lines: list[str]) -> bool:
         """Every line has the header's number of fields (no quotes here: fields = commas + 1)."""
@@ -742,7 +676,7 @@ def open_csv(path: Path, name: str):
 def parse_csv(path: Path, name: str | None = None, *, features: list[str] | None = None,
               target: str | None = None, categorical="auto", ignore: list[str] | None = None,
               dtype=np.float32, check=None) -> CsvColumns:
-    """Parse the feature and target columns of a CSV file, in blocks, at a C reader's speed.
+    """Parse the feature and target columns of a CSV file, in blocks, at numpy's C speed.
 
     features: feature columns (default: every column but the target and `ignore`).
     categorical: "auto" (a feature with no number in it is text) or the feature columns
@@ -752,10 +686,9 @@ def parse_csv(path: Path, name: str | None = None, *, features: list[str] | None
 
     Notes
     -----
-    Each block of whole lines (BLOCK_BYTES) is handed to the block parser (pandas' C reader
-    when installed, else np.loadtxt; see csv_parser), float64, and copied
+    Each block of whole lines (BLOCK_BYTES) is handed to np.loadtxt, float64, and copied
     into arrays sized once from the file's line count; memory is the result plus one block.
-    A block the parser refuses (a missing or text cell, a wrong number of fields, blank lines,
+    A block numpy refuses (a missing or text cell, a wrong number of fields, blank lines,
     a value not finite in `dtype`) is parsed again by Python's csv module and checked cell
     by cell, so every error names file, row and column as before. From the first block with
     a quote or a bare carriage return, Python's csv module reads the rest of the file. Text

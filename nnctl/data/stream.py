@@ -1,6 +1,6 @@
 """A CSV's columns in chunks, for inputs of any length (predict): the training parser's blocks, not kept.
 
-Each chunk is one block of the file (files.BLOCK_BYTES of text) parsed by the block parser (pandas' or numpy's C reader),
+Each chunk is one block of the file (files.BLOCK_BYTES of text) parsed by numpy's C reader,
 with the same cell checks and messages as training (files.BlockParser); memory is one
 block's text and numbers, whatever the file's length.
 """
