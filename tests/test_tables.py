@@ -317,3 +317,33 @@ def test_predict_chunks_are_the_same_whatever_the_block_size(tmp_path, monkeypat
     assert ids == [f"r{i}" for i in range(31)]
     assert reader.notes == ["new.csv: ignored columns the model does not use: extra",
                             "new.csv: 10 categorical values the training split never had, encoded as 'unknown'"]
+
+
+def test_predict_takes_trainings_default_blas_threads(tmp_path):
+    """OpenBLAS's own default (every core, spin-waiting) doubled predict's CPU on a busy machine:
+    predict, in a fresh process, sets training's default before NumPy loads."""
+    from nnctl import threads
+    path = table_csv(tmp_path / "t.csv", rows=100)
+    (tmp_path / "s.yaml").write_text(f"data: {{dataset: {path}, target: label}}\nmodel: {{hidden: [4]}}\n"
+                                     "training: {epochs: 1, batch_size: 32}\n")
+    assert runner.invoke(app, ["train", str(tmp_path / "s.yaml"), "--runs-dir", str(tmp_path / "runs"),
+                               "--quiet"]).exit_code == 0
+    run = next((tmp_path / "runs").iterdir())
+    script = textwrap.dedent(f"""\
+        import os, sys
+        from nnctl.cli import app
+        try:
+            app(["predict", {str(run)!r}, {str(path)!r}, "--out", {str(tmp_path / "p.csv")!r}])
+        except SystemExit as end:
+            assert not end.code, end.code
+        from nnctl.threads import current_blas_threads
+        print(os.environ["OPENBLAS_NUM_THREADS"], current_blas_threads())
+        """)
+    env = {k: v for k, v in os.environ.items() if k not in threads.BLAS_VARS}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    want = threads.default_threads(threads.physical_cores())
+    blas = threads.current_blas_threads()
+    assert proc.stdout.splitlines()[-1].split() == [str(want), str(want) if blas is not None else "None"]
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 101
