@@ -106,6 +106,34 @@ def test_labels_after_numbers_and_text_after_missing_restart_as_text(tmp_path, m
     assert raw.numbers is None and raw.columns[0].values.tolist() == [1.0] * 10 + [2.0]
 
 
+def test_block_parser_bits_are_float_then_one_cast(tmp_path, monkeypatch):
+    """Cells of 1 to 25 significant digits, tiny and large exponents, signs, spaces: the block
+    parser reads float64 bits equal to Python's float(), and the model's float32 by one cast."""
+    rng = np.random.default_rng(7)
+    rows, cols = 400, 6
+    digits = rng.integers(0, 10, size=(rows, cols, 25))
+    lengths = rng.integers(1, 26, size=(rows, cols))
+    exps = rng.integers(-45, 37, size=(rows, cols))
+
+    def cell(i: int, j: int) -> str:
+        d, n = digits[i, j], lengths[i, j]
+        sign = "-" if (i + j) % 3 == 0 else ""
+        return sign + (f"{d[0]}.{''.join(map(str, d[1:n]))}e{exps[i, j]}" if n > 1 else str(d[0]))
+
+    cells = [[cell(i, j) for j in range(cols)] for i in range(rows)]
+    cells[0][0], cells[1][1], cells[2][2] = " 1.5 ", "+.5", "3.4028234663852886e38"
+    path = tmp_path / "bits.csv"
+    path.write_text("a,b,c,d,e,label\n" + "".join(",".join(r) + "\n" for r in cells))
+    want = np.array([[float(c) for c in r[:5]] for r in cells])
+    # the C reader takes every block: none goes to the cell checks
+    monkeypatch.setattr(files, "numeric_column", lambda *a, **k: pytest.fail("a block went to the cell checks"))
+    got = files.parse_csv(path, target="label", dtype=np.float64)
+    assert got.numbers.view(np.int64).tolist() == want.view(np.int64).tolist()
+    assert got.target.view(np.int64).tolist() == np.array([float(r[5]) for r in cells]).view(np.int64).tolist()
+    f32 = files.parse_csv(path, target="label").numbers
+    assert f32.dtype == np.float32 and f32.view(np.int32).tolist() == want.astype(np.float32).view(np.int32).tolist()
+
+
 # -- the cache ------------------------------------------------------------------------------------
 
 def test_second_load_is_a_cache_hit_with_the_same_arrays(tmp_path):
@@ -207,7 +235,7 @@ def test_two_processes_racing_build_once_and_read_equal_arrays(tmp_path):
 
 def test_a_sweep_of_four_trials_parses_once(tmp_path):
     cache = Path(os.environ["NNCTL_CACHE_DIR"])
-    table_csv(tmp_path / "t.csv", rows=200)
+    table_csv(tmp_path / "t.csv", rows=60)
     spec = tmp_path / "sweep.yaml"
     spec.write_text(textwrap.dedent("""\
         name: tables
@@ -215,28 +243,47 @@ def test_a_sweep_of_four_trials_parses_once(tmp_path):
           data: {dataset: t.csv, target: label, val_split: 0.2, test_split: 0.2}
           model: {hidden: [4]}
           optimizer: {name: sgd, lr: 0.05}
-          training: {epochs: 1, batch_size: 64}
+          training: {epochs: 1, batch_size: 16}
         parameters:
           optimizer.lr: [0.01, 0.02, 0.03, 0.04]
         metric: val_loss
         """))
-    result = runner.invoke(app, ["sweep", str(spec), "--runs-dir", str(tmp_path / "runs")])
+    # four workers: the trials start together, so they also race for the entry's lock, and the
+    # test waits for one round of process starts instead of four
+    result = runner.invoke(app, ["sweep", str(spec), "--runs-dir", str(tmp_path / "runs"), "--workers", "4"])
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "runs").glob("tables-*/trials/*"))) == 4
     assert builds(cache) == 1
 
 
 def test_cache_list_and_clear(tmp_path):
+    """Both caches under the folder: parsed tables and decoded image folders."""
+    from nnctl.data.image_cache import write_pixels
     cache = Path(os.environ["NNCTL_CACHE_DIR"])
     path = table_csv(tmp_path / "t.csv")
     load_dataset(data_spec(path), 0, tmp_path)
+    write_pixels(cache, "0123abcd-ef", 3, iter([np.full((1, 2, 5), i, np.uint8) for i in range(3)]))
     out = runner.invoke(app, ["cache", "list"])
     assert out.exit_code == 0 and str(path.resolve()) in out.output and "fresh" in out.output
     assert "1 table," in out.output
+    assert "  0123abcd-ef.npy: 3 images of 1x2x5, 158 B, built " in out.output   # 128-byte header + 30
+    assert out.output.rstrip().endswith("1 image folder, 158 B")
     out = runner.invoke(app, ["cache", "clear"])
     assert out.exit_code == 0 and out.output.startswith(f"{cache / 'tables'}: removed 1 table (")
+    assert out.output.splitlines()[-1] == f"{cache / 'images'}: removed 1 image folder (158 B)"
     assert not [p for p in (cache / "tables").iterdir() if p.is_dir()]
-    assert runner.invoke(app, ["cache", "list"]).output.strip() == f"{cache / 'tables'}: no cached tables"
+    assert not list((cache / "images").iterdir())
+    assert runner.invoke(app, ["cache", "list"]).output.splitlines() == [
+        f"{cache / 'tables'}: no cached tables", f"{cache / 'images'}: no decoded image folders"]
+
+
+def test_cache_off_unquoted_is_yaml_false_and_means_off(tmp_path):
+    from nnctl.config.spec import load_spec
+    path = table_csv(tmp_path / "t.csv")
+    (tmp_path / "s.yaml").write_text(f"data: {{dataset: {path}, target: label, cache: off}}\nmodel: {{hidden: [4]}}\n")
+    assert load_spec(tmp_path / "s.yaml").data["cache"] == "off"
+    ds = load_dataset({**data_spec(path), "cache": False}, 0, tmp_path)
+    assert ds.describe()[-1] == "table cache: off"
 
 
 def test_an_unwritable_cache_folder_does_not_stop_a_run(tmp_path, monkeypatch):
@@ -270,3 +317,33 @@ def test_predict_chunks_are_the_same_whatever_the_block_size(tmp_path, monkeypat
     assert ids == [f"r{i}" for i in range(31)]
     assert reader.notes == ["new.csv: ignored columns the model does not use: extra",
                             "new.csv: 10 categorical values the training split never had, encoded as 'unknown'"]
+
+
+def test_predict_takes_trainings_default_blas_threads(tmp_path):
+    """OpenBLAS's own default (every core, spin-waiting) doubled predict's CPU on a busy machine:
+    predict, in a fresh process, sets training's default before NumPy loads."""
+    from nnctl import threads
+    path = table_csv(tmp_path / "t.csv", rows=100)
+    (tmp_path / "s.yaml").write_text(f"data: {{dataset: {path}, target: label}}\nmodel: {{hidden: [4]}}\n"
+                                     "training: {epochs: 1, batch_size: 32}\n")
+    assert runner.invoke(app, ["train", str(tmp_path / "s.yaml"), "--runs-dir", str(tmp_path / "runs"),
+                               "--quiet"]).exit_code == 0
+    run = next((tmp_path / "runs").iterdir())
+    script = textwrap.dedent(f"""\
+        import os, sys
+        from nnctl.cli import app
+        try:
+            app(["predict", {str(run)!r}, {str(path)!r}, "--out", {str(tmp_path / "p.csv")!r}])
+        except SystemExit as end:
+            assert not end.code, end.code
+        from nnctl.threads import current_blas_threads
+        print(os.environ["OPENBLAS_NUM_THREADS"], current_blas_threads())
+        """)
+    env = {k: v for k, v in os.environ.items() if k not in threads.BLAS_VARS}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    want = threads.default_threads(threads.physical_cores())
+    blas = threads.current_blas_threads()
+    assert proc.stdout.splitlines()[-1].split() == [str(want), str(want) if blas is not None else "None"]
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 101

@@ -6,7 +6,12 @@ integer label in a temporary folder (or --dir), then, each in a fresh child proc
     parse       read_csv_data with no cache (the block parser: numpy's C reader)
     cache build the first load through the table cache (parse + hash + write .npy)
     cache hit   a later load: the cache's arrays memory-mapped, the RawData built
-    pandas      pandas.read_csv(dtype=float32), when pandas is installed
+    pandas      pandas.read_csv(dtype=float32) of the whole file, when pandas is installed
+
+--predict ROWS then trains a small model on 256 float features and times `nnctl predict` on
+a CSV of ROWS rows: rows/s by the wall clock and by the child's CPU time (on a shared machine
+CPU time is the steadier number), peak memory (that child's ru_maxrss, which Linux starts
+from the bench's own few tens of MB) and the output's hash.
 
 Peak memory is the child's own high-water mark of resident memory (VmHWM from
 /proc/self/status at its end; ru_maxrss of the child is not used because Linux seeds it at
@@ -17,6 +22,7 @@ hit <= 0.2 s at 1M rows.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -100,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, nargs="+", default=list(SIZES), help="row counts to generate and parse")
     ap.add_argument("--dir", type=Path, default=None, help="where to write the CSVs (default: a temp folder)")
+    ap.add_argument("--predict", type=int, default=0, metavar="ROWS",
+                    help="also time predict on ROWS rows of 256 float features")
     ap.add_argument("--child", nargs=3, metavar=("MODE", "PATH", "CACHE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -128,7 +136,53 @@ def main(argv: list[str] | None = None) -> int:
             say(f"{rows:>9,} {size:8.0f} {parse['array_mb']:8.0f} | {parse['seconds']:7.2f} {parse['peak_mb']:7.0f} | "
                 f"{build['seconds']:7.2f} {hit['seconds']:6.3f} {hit['peak_mb']:6.0f} | {pandas_cols}")
             path.unlink()
+        if args.predict:
+            bench_predict(tmp, args.predict)
     return 0
+
+
+PREDICT_FEATURES = 256
+
+
+def bench_predict(tmp: Path, rows: int) -> None:
+    """Train a small model on 256 float features, then time predict on `rows` rows."""
+    rng = np.random.default_rng(0)
+    names = [f"f{j}" for j in range(PREDICT_FEATURES)]
+    x = rng.standard_normal((2000, PREDICT_FEATURES)).astype(np.float32)
+    with open(tmp / "train.csv", "w") as f:
+        f.write(",".join(names) + ",label\n")
+        np.savetxt(f, np.column_stack([x, x[:, 0] > 0]), fmt=",".join(["%.4g"] * PREDICT_FEATURES + ["%d"]))
+    with open(tmp / "predict.csv", "w") as f:
+        f.write(",".join(names) + "\n")
+        for s in range(0, rows, 20_000):
+            np.savetxt(f, rng.standard_normal((min(20_000, rows - s), PREDICT_FEATURES), dtype=np.float32),
+                       fmt=",".join(["%.4g"] * PREDICT_FEATURES))
+    (tmp / "spec.yaml").write_text("name: bench\nseed: 0\ndata: {dataset: train.csv, target: label, cache: off}\n"
+                                   "model: {hidden: [64]}\ntraining: {epochs: 1, batch_size: 256}\n")
+    train = subprocess.run([sys.executable, "-m", "nnctl", "train", "spec.yaml", "--runs-dir", "runs", "--quiet"],
+                           cwd=tmp, capture_output=True, text=True)
+    run = next((tmp / "runs").iterdir(), None) if (tmp / "runs").is_dir() else None
+    if train.returncode != 0 or run is None:
+        say(f"predict: training the model failed: {(train.stderr or train.stdout).strip()[-300:]}")
+        return
+    size = (tmp / "predict.csv").stat().st_size / 2**20
+    say(f"\npredict: {rows:,} rows x {PREDICT_FEATURES} float features ({size:.0f} MB CSV), model 256-64-2; "
+        f"load {os.getloadavg()[0]:.2f}")
+    say(f"{'wall s':>7} {'rows/s':>8} | {'CPU s':>7} {'rows/s':>8} | {'peak MB':>7} | output sha256")
+    out = tmp / "predictions.csv"
+    # the command itself, as a user runs it (its thread default applies before NumPy loads);
+    # wait4 gives this child's own CPU time and peak
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "nnctl", "predict", str(run), "predict.csv", "--out", str(out)],
+                            cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t
+    if status != 0 or not out.exists():
+        say(f"predict failed: {proc.stderr.read().decode(errors='replace').strip()[-300:]}")
+        return
+    cpu = usage.ru_utime + usage.ru_stime
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()[:16]
+    say(f"{seconds:7.2f} {rows / seconds:8,.0f} | {cpu:7.2f} {rows / cpu:8,.0f} | {usage.ru_maxrss / 1024:7.0f} | {digest}")
 
 
 if __name__ == "__main__":

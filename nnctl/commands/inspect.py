@@ -87,6 +87,10 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
                                        "repeatable."),
     ) -> None:
         """Predict labels (or values) for new rows, as CSV."""
+        from nnctl.threads import preset
+        # training's default BLAS threads, before NumPy loads: OpenBLAS's own default (every
+        # core, spin-waiting) halved predict's speed on a busy 2-core machine
+        preset(None)
         from nnctl.runs.model import default_batch_size, load_model
         from nnctl.commands.predict import run_predict
         notes: list[str] = []

@@ -72,7 +72,7 @@ PARAMS_DATA: dict[str, Param] = {
     "cache": Param("str", "auto",
                    doc="where a CSV's parsed table or an image folder's decoded pixels are kept for later "
                        "runs: auto (NNCTL_CACHE_DIR, else "
-                       "XDG_CACHE_HOME/nnctl or ~/.cache/nnctl), a folder, or off"),
+                       "XDG_CACHE_HOME/nnctl or ~/.cache/nnctl), a folder, or off (false too)"),
     "layout": Param("str", None, choices=("table", "signals", "sequences", "images"), nullable=True,
                     doc="how augment reads a sample; null: from its rank and the first layer (conv1d: signals)"),
 }
@@ -210,6 +210,8 @@ def _options(data: dict) -> dict[str, Any]:
     if shape is not None and (not isinstance(shape, (list, tuple)) or not shape or not all(
             isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
         raise ConfigError(f"data.shape: must be a list of positive integers, got {shape!r}")
+    if out["cache"] is False:
+        out["cache"] = "off"   # YAML's reading of an unquoted off
     if not isinstance(out["cache"], str) or not out["cache"].strip():
         raise ConfigError(f"data.cache: must be auto, off or a folder, got {out['cache']!r}")
     if out["options"] is None:

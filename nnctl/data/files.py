@@ -554,6 +554,8 @@ class BlockParser:
         self.text = text
         self.text_cols = [header.index(c) for c in text]
         self.all_columns = sorted(self.number_cols) == list(range(self.width))
+        # every column, in file order (features then a last-column target): no reordering copy
+        self.in_order = self.number_cols == list(range(self.width))
         self.others_numeric = not self.text   # the columns not asked for may be numbers too
         self.has_number = np.zeros(len(self.number_cols), dtype=bool)
         # a text feature under categorical: auto with a number in it is numeric after all; the
@@ -607,7 +609,9 @@ class BlockParser:
             # fields, which saves counting them in Python
             try:
                 values = np.loadtxt(lines, delimiter=",", comments=None, dtype=np.float64, ndmin=2)
-                return values[:, self.number_cols] if values.shape[1] == self.width else None
+                if values.shape[1] != self.width:
+                    return None
+                return values if self.in_order else values[:, self.number_cols]
             except ValueError:
                 if self.all_columns:
                     raise

@@ -108,3 +108,39 @@ def _drop_older(folder: Path, key: str) -> None:
                 old.unlink()
             except OSError:
                 pass
+
+
+def image_entries(root: Path) -> list[dict]:
+    """One dict per decoded folder under root/images: file, images, shape (C, H, W) or None if
+    unreadable, bytes, built (epoch s). For `nnctl cache list`."""
+    folder = Path(root) / "images"
+    out = []
+    if not folder.is_dir():
+        return out
+    for p in sorted(folder.glob("*.npy")):
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        x = cached_pixels(root, p.stem)
+        out.append({"file": p, "images": None if x is None else len(x),
+                    "shape": None if x is None else tuple(x.shape[1:]), "bytes": st.st_size, "built": st.st_mtime})
+    return out
+
+
+def clear_images(root: Path) -> tuple[int, int]:
+    """Remove every decoded folder (and partial writes) under root/images; (entries, bytes) removed."""
+    folder = Path(root) / "images"
+    count = total = 0
+    if not folder.is_dir():
+        return 0, 0
+    for p in folder.iterdir():
+        if p.is_file() and p.suffix in (".npy", ".part"):
+            try:
+                size = p.stat().st_size
+                p.unlink()
+            except OSError:
+                continue
+            total += size
+            count += p.suffix == ".npy"
+    return count, total
