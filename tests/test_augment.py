@@ -13,7 +13,7 @@ from nnctl.cli import app
 from nnctl.config.spec import load_spec, spec_from_dict
 from nnctl.data import iterate_batches
 from nnctl.data.augment import (LAYOUTS, TRANSFORMS, Augmenter, batch_rng, describe_entries, gaussian,
-                                 rotate_images, shift_samples)
+                                 normal_quantiles, rotate_images, shift_samples)
 from nnctl.engine.losses import get_loss, soft_target_problem
 from nnctl.errors import ConfigError, DataError
 from nnctl.training.experiment import prepare
@@ -176,12 +176,16 @@ def test_noise_has_the_requested_std():
     x = np.zeros((4000, 16), dtype=np.float32)
     make("noise", "table", std=0.05).apply(x, None, batch_rng(0, 0, 0))
     assert abs(x.std() - 0.05) < 0.05 * 0.02 and abs(x.mean()) < 0.001
-    # Box-Muller: Gaussian in shape too (the shares within 1 and 2 std, the fourth moment), odd sizes
+    # 16-bit inverse-CDF sampling: Gaussian in shape too (the shares within 1 and 2 std, the fourth moment), odd sizes
     z = gaussian(np.random.default_rng(3), 100_001, np.float32, 2.0).copy()
     assert z.dtype == np.float32 and z.shape == (100_001,)
     within = [np.mean(np.abs(z) < k * 2.0) for k in (1, 2)]
     assert abs(within[0] - 0.6827) < 0.005 and abs(within[1] - 0.9545) < 0.003
     assert abs(np.mean(z ** 4) / np.mean(z ** 2) ** 2 - 3.0) < 0.06
+    q = normal_quantiles()
+    assert len(q) == 65536 and np.mean(q * q) == pytest.approx(1.0, rel=1e-12)
+    np.testing.assert_array_equal(q[::-1], -q)
+    assert np.all(np.diff(q) > 0) and 4.3 < -q[0] < 4.4
 
 
 @pytest.mark.parametrize("name,layout", [c for c in CASES if c[0] != "feature_dropout"],

@@ -485,34 +485,44 @@ class Noise(Transform):
 
 
 def gaussian(rng: np.random.Generator, size: int, dtype, std: float, kept: Callable = _fresh) -> np.ndarray:
-    """`size` draws from N(0, std^2) in dtype (float32 or float64), by the Box-Muller transform.
+    """`size` draws from N(0, std^2) in dtype, by inverse-CDF sampling with 16-bit uniforms.
 
     Returns a view of a kept buffer (valid until the next call with the same kept).
 
     Notes
     -----
-    Generator.standard_normal (ziggurat) measured ~9 ns a value here, in float32 too, which
-    made noise the costliest transform. Box-Muller turns pairs of uniforms (u, v) into
-    r cos(t), r sin(t) with r = std sqrt(-2 ln(1 - u)), t = 2 pi v: exactly Gaussian, and
-    log, sqrt, cos and sin vectorize (~3 ns a value in float32). With float32 uniforms
-    (a 2^-24 grid) |z| stays below 5.8 std, a tail augmentation noise never needs.
+    Each value is std * q[k] for a uniform 16-bit k, q the 65536 midpoint quantiles of the
+    standard normal (`normal_quantiles`): one raw draw of the bit generator gives four k,
+    and one gather makes the values. The ziggurat (Generator.standard_normal) measured ~9 ns
+    a value and Box-Muller ~7 us for a 64 x 32 batch; this ~3 us. The tails stop at 4.3 std,
+    which augmentation noise never needs. The four k of a raw draw are read in the machine's
+    byte order (the same draws on every little-endian machine).
     """
     dtype = np.dtype(dtype)
-    half = (size + 1) // 2
-    u = kept(("uniforms", half, dtype), lambda: np.empty((2, half), dtype))
-    out = kept(("normals", half, dtype), lambda: np.empty(2 * half, dtype))
-    rng.random(out=u, dtype=dtype)
-    r, t = u
-    np.subtract(1, r, out=r)                  # (0, 1]: the log stays finite
-    np.log(r, out=r)
-    r *= -2 * std * std
-    np.sqrt(r, out=r)
-    t *= 2 * np.pi
-    np.cos(t, out=out[:half])
-    np.sin(t, out=out[half:])
-    out[:half] *= r
-    out[half:] *= r
-    return out[:size]
+    table = kept(("quantiles", dtype, std), lambda: (normal_quantiles() * std).astype(dtype))
+    out = kept(("normals", size, dtype), lambda: np.empty(size, dtype))
+    np.take(table, uniform16(rng, size), out=out, mode="clip")
+    return out
+
+
+def uniform16(rng: np.random.Generator, size: int) -> np.ndarray:
+    """`size` uniform integers 0..65535 (uint16): four from each 64-bit draw of rng's bit generator."""
+    return rng.bit_generator.random_raw(-(-size // 4)).view(np.uint16)[:size]
+
+
+_QUANTILES: list[np.ndarray] = []
+
+
+def normal_quantiles() -> np.ndarray:
+    """The standard normal at the midpoints (k + 1/2) / 65536, k = 0..65535, scaled to variance 1
+    (float64, made once: ~12 ms)."""
+    if not _QUANTILES:
+        from statistics import NormalDist
+        inv = NormalDist().inv_cdf
+        half = np.array([inv((k + 0.5) / 65536) for k in range(32768)])
+        q = np.concatenate([half, -half[::-1]])
+        _QUANTILES.append(q / np.sqrt(np.mean(q * q)))      # the midpoints lose ~1e-4 of the variance
+    return _QUANTILES[0]
 
 
 @TRANSFORMS.register("cutout")
@@ -557,15 +567,14 @@ class FeatureDropout(Transform):
         return f"zeroes each F with probability {self.p:g}"
 
     def apply(self, x, y, rng):
-        # p is per feature here, not per sample: one uniform per (sample, feature)
+        # p is per feature here, not per sample: one 16-bit uniform per (sample, feature)
         axis = self.layout.features
         shape = [1] * x.ndim
         shape[0], shape[axis] = len(x), x.shape[axis]
         shape = tuple(shape)
-        u = self.kept(("uniforms", shape), lambda: np.empty(shape, np.float32))
         keep = self.kept(("keep", shape), lambda: np.empty(shape, bool))
-        rng.random(out=u, dtype=np.float32)
-        np.greater_equal(u, self.p, out=keep)
+        np.greater_equal(uniform16(rng, keep.size).reshape(shape), np.uint16(min(round(self.p * 65536), 65535)),
+                         out=keep)
         x *= keep
         return y
 
