@@ -276,7 +276,22 @@ def test_binary_and_regression_targets_mix_as_values():
     aug = Augmenter([make("mixup", "table")], LAYOUTS["table"], targets="binary")
     x = np.zeros((32, 2))
     _, y = aug(x, np.arange(32) % 2, batch_rng(0, 0, 0))
-    assert y.dtype == np.float64 and y.shape == (32,) and np.all((0 <= y) & (y <= 1)) and len(np.unique(y)) > 5
+    assert y.dtype == np.float64 and y.shape == (32,) and np.all((0 <= y) & (y <= 1)) and 0 < y[0] < 1
+    np.testing.assert_allclose(y[0::2] + y[1::2], 1.0, rtol=1e-12)    # an odd offset pairs a 0 with a 1
+    # regression values mix like the inputs: sample i with sample i + k (mod n), one weight per batch
+    aug = Augmenter([make("mixup", "table", alpha=1.0, allow_regression=True)], LAYOUTS["table"], targets="values")
+    offsets = set()
+    for step in range(6):
+        x = np.arange(32.0)[:, None] * np.ones((1, 2))
+        _, y = aug(x, np.arange(32.0), batch_rng(0, 0, step))
+        np.testing.assert_array_equal(y, x[:, 0])
+        d = y - np.arange(32.0)                           # w k for i < n - k, w (k - n) after
+        w = (d[0] - d[-1]) / 32
+        k = int(np.rint(d[0] / w))
+        assert 0 < w < 1 and 1 <= k <= 31
+        np.testing.assert_allclose(y, (1 - w) * np.arange(32.0) + w * np.roll(np.arange(32.0), -k), atol=1e-12)
+        offsets.add(k)
+    assert len(offsets) >= 4
 
 
 def test_augmenter_is_a_pure_function_of_seed_epoch_step():

@@ -584,37 +584,50 @@ class FeatureDropout(Transform):
 ALLOW_REGRESSION = Param("bool", False, doc="also mix regression targets (off: an error with a regression loss)")
 
 
+def _roll_into(out: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
+    """out[i] = x[(i + k) % n] along axis 0, by two slice copies (no index array)."""
+    n = len(x)
+    np.copyto(out[:n - k], x[k:])
+    np.copyto(out[n - k:], x[:k])
+    return out
+
+
 class _Mix(Transform):
     """mixup and cutmix: each chosen sample takes a share of a random partner, and its targets alike.
 
     Notes
     -----
-    The partners are a random permutation of the batch (a sample may draw itself), and
-    lam ~ Beta(alpha, alpha) per sample; a sample p leaves alone keeps lam = 1. `paste`
-    mixes the inputs and returns each sample's partner share w (n,); the targets then
-    become (1 - w) y_i + w y_j.
+    Sample i's partner is sample (i + k) mod n of the batch, k uniform in 1..n-1 (drawn
+    with the per-sample uniforms): the batches are shuffled, so a random rotation pairs
+    random samples, and two slice copies replace a permutation and a gather. One
+    lam ~ Beta(alpha, alpha) per batch, as in mixup's reference code; a sample p leaves
+    alone keeps lam = 1. `paste` mixes the inputs and returns the partner share w (a
+    number, or (n,)); the targets then become (1 - w) y_i + w y_partner.
     """
 
     MIXES = True
 
+    def draws(self):
+        return 1
+
     def run(self, x, y, active, u, rng):
-        partner = rng.permutation(len(x))
-        lam = rng.beta(self.alpha, self.alpha, len(x))
-        if active is not None:
-            lam[~active] = 1
-        other = self.kept(("partners", x.shape, x.dtype), lambda: np.empty_like(x))
-        np.take(x, partner, axis=0, out=other, mode="clip")
-        w = self.paste(x, other, lam, u)
+        n = len(x)
+        k = 1 + int(u[-1, 0] * (n - 1)) if n > 1 else 0
+        lam = rng.beta(self.alpha, self.alpha)
+        other = _roll_into(self.kept(("partners", x.shape, x.dtype), lambda: np.empty_like(x)), x, k)
+        w = self.paste(x, other, lam, active, u[:-1])
         if y is None:
             return y
-        mixed = y[partner]                        # a copy: every row is read before any is written
+        mixed = _roll_into(self.kept(("targets", y.shape, y.dtype), lambda: np.empty_like(y)), y, k)
         mixed -= y
-        mixed *= _per_sample(w, y.ndim, y.dtype)
+        mixed *= w if np.ndim(w) == 0 else _per_sample(w, y.ndim, y.dtype)
         y += mixed
         return y
 
-    def paste(self, x: np.ndarray, other: np.ndarray, lam: np.ndarray, u: np.ndarray) -> np.ndarray:
-        """Mix each partner other[i] into x[i] in place (other may be overwritten); the partner shares (n,)."""
+    def paste(self, x: np.ndarray, other: np.ndarray, lam: float, active: np.ndarray | None,
+              u: np.ndarray) -> float | np.ndarray:
+        """Mix each partner other[i] into x[i] in place (other may be overwritten); the partner
+        share: a number for every sample, or one per sample (n,) (0 where active is False)."""
         raise NotImplementedError
 
 
@@ -624,9 +637,9 @@ class Mixup(_Mix):
 
     Notes
     -----
-    lam ~ Beta(alpha, alpha), drawn per chosen sample; the partner comes from a random
-    permutation of the batch (it may be the sample itself). Targets become
-    lam * y_i + (1 - lam) * y_j, one-hot vectors for classification.
+    lam ~ Beta(alpha, alpha), one per batch; the partner is another sample of the batch
+    (see _Mix). Targets become lam * y_i + (1 - lam) * y_j, one-hot vectors for
+    classification.
     """
 
     PARAMS = {
@@ -638,10 +651,10 @@ class Mixup(_Mix):
     def moves(self):
         return f"mixes pairs, weight ~ Beta({self.alpha:g}, {self.alpha:g}); soft targets"
 
-    def paste(self, x, other, lam, u):
-        w = 1 - lam
+    def paste(self, x, other, lam, active, u):
+        w = 1 - lam if active is None else (1 - lam) * active
         other -= x                                # x + w (other - x): in place, no second copy
-        other *= _per_sample(w, x.ndim, x.dtype)
+        other *= w if active is None else _per_sample(w, x.ndim, x.dtype)
         x += other
         return w
 
@@ -652,9 +665,10 @@ class Cutmix(_Mix):
 
     Notes
     -----
-    lam ~ Beta(alpha, alpha) per chosen sample; the box covers about 1 - lam of the sample
-    (side length * sqrt(1 - lam) on images, length * (1 - lam) on 1-D), centred uniformly and
-    clipped at the border; the target weight of the partner is the box's actual area fraction.
+    lam ~ Beta(alpha, alpha) per batch (see _Mix); each chosen sample's box covers about
+    1 - lam of it (side length * sqrt(1 - lam) on images, length * (1 - lam) on 1-D),
+    centred uniformly and clipped at the border; the target weight of the partner is the
+    box's actual area fraction.
     """
 
     PARAMS = {
@@ -668,12 +682,13 @@ class Cutmix(_Mix):
         return f"pastes a partner's box over {self.layout.axis_names(self.layout.spatial)}; soft targets by area"
 
     def draws(self):
-        return len(self.layout.spatial)
+        return len(self.layout.spatial) + 1
 
-    def paste(self, x, other, lam, u):
+    def paste(self, x, other, lam, active, u):
         dims = len(self.layout.spatial)
         sizes = np.array([x.shape[a] for a in self.layout.spatial])
-        lengths = np.rint(sizes[:, None] * (1 - lam[None, :]) ** (1 / dims)).astype(np.intp)
+        sides = np.rint(sizes * (1 - lam) ** (1 / dims)).astype(np.intp)
+        lengths = sides[:, None] * (np.ones(len(x), np.intp) if active is None else active)
         box, area = _boxes(self.layout, x.shape, lengths, u)
         np.copyto(x, other, where=box)
         return area
@@ -697,6 +712,7 @@ class Augmenter:
         self.n_classes = n_classes
         self.why_layout = why_layout
         self.mixes = any(t.MIXES for t in self.transforms)
+        self._eye: dict[np.dtype, np.ndarray] = {}
 
     def __bool__(self) -> bool:
         return bool(self.transforms)
@@ -704,9 +720,10 @@ class Augmenter:
     def soft_targets(self, y: np.ndarray, dtype) -> np.ndarray:
         """Targets as floats that can be mixed: one-hot rows, probabilities or values (a new array)."""
         if self.targets == "onehot":
-            q = np.zeros((len(y), self.n_classes), dtype=dtype)
-            q[np.arange(len(y)), y] = 1
-            return q
+            eye = self._eye.get(np.dtype(dtype))
+            if eye is None:
+                eye = self._eye[np.dtype(dtype)] = np.eye(self.n_classes, dtype=dtype)
+            return np.take(eye, y, axis=0)            # one gather of the one-hot rows
         return np.array(y, dtype=dtype)
 
     def __call__(self, x: np.ndarray, y: np.ndarray | None, rng: np.random.Generator
