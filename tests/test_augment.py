@@ -493,7 +493,7 @@ def test_only_training_batches_are_augmented_and_eval_is_unchanged(tmp_path):
     xa, ya = next(iterate_batches(split, 32, None, dtype, exp.standardizer, augment=aug))
     xp, yp = next(iterate_batches(split, 32, None, dtype, exp.standardizer))
     assert ya.shape == (32, 10) and yp.shape == (32,)
-    assert np.abs(xa - xp).std() > 0.5
+    assert np.abs(xa - xp).std() > 0.3        # noise of std 1, mixed: std >= 0.7 before the abs
     # same weights: every evaluation of the augmented run equals that of the plain one
     plain.model.load_state_dict(exp.model.state_dict())
     for part in ("val", "test"):

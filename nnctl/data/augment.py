@@ -85,7 +85,8 @@ class Transform:
     -----
     Augmentation runs once per training batch, so it is written for small batches where
     Python overhead and allocation cost as much as arithmetic: a transform draws all its
-    per-sample numbers in one call (row 0 decides p, `draws()` more rows feed its parameters),
+    per-sample numbers in one call (row 0 decides p unless p is 1, `draws()` more rows feed
+    its parameters),
     works on the whole batch in place (a sample that p leaves alone gets the identity
     parameters: offset 0, angle 0, factor 1, noise 0, an empty box, a partner share 0;
     only flip copies out the samples it mirrors), keeps its scratch arrays between
@@ -125,12 +126,13 @@ class Transform:
         return found
 
     def apply(self, x: np.ndarray, y: Any, rng: np.random.Generator) -> Any:
+        if self.p == 1:                           # no row to decide p: a draw saved on every batch
+            draws = self.draws()
+            return self.run(x, y, None, rng.random((draws, len(x))) if draws else _NO_DRAWS, rng)
         u = rng.random((self.draws() + 1, len(x)))
-        active = None
-        if self.p < 1:
-            active = u[0] < self.p
-            if not active.any():
-                return y
+        active = u[0] < self.p
+        if not active.any():
+            return y
         return self.run(x, y, active, u[1:], rng)
 
     def run(self, x: np.ndarray, y: Any, active: np.ndarray | None, u: np.ndarray,
@@ -138,6 +140,9 @@ class Transform:
         """Transform the batch in place: active (n,) bool marks the samples p picked (None: all);
         u (draws, n) uniforms in [0, 1) for the per-sample parameters."""
         raise NotImplementedError
+
+
+_NO_DRAWS = np.empty((0, 0))
 
 
 def _fresh(key: tuple, make: Callable[[], np.ndarray]) -> np.ndarray:
@@ -597,8 +602,7 @@ class _Mix(Transform):
 
     Notes
     -----
-    Sample i's partner is sample (i + k) mod n of the batch, k uniform in 1..n-1 (drawn
-    with the per-sample uniforms): the batches are shuffled, so a random rotation pairs
+    Sample i's partner is sample (i + k) mod n of the batch, k uniform in 1..n-1: the batches are shuffled, so a random rotation pairs
     random samples, and two slice copies replace a permutation and a gather. One
     lam ~ Beta(alpha, alpha) per batch, as in mixup's reference code; a sample p leaves
     alone keeps lam = 1. `paste` mixes the inputs and returns the partner share w (a
@@ -607,15 +611,12 @@ class _Mix(Transform):
 
     MIXES = True
 
-    def draws(self):
-        return 1
-
     def run(self, x, y, active, u, rng):
         n = len(x)
-        k = 1 + int(u[-1, 0] * (n - 1)) if n > 1 else 0
+        k = 1 + int(rng.random() * (n - 1)) if n > 1 else 0
         lam = rng.beta(self.alpha, self.alpha)
         other = _roll_into(self.kept(("partners", x.shape, x.dtype), lambda: np.empty_like(x)), x, k)
-        w = self.paste(x, other, lam, active, u[:-1])
+        w = self.paste(x, other, lam, active, u)
         if y is None:
             return y
         mixed = _roll_into(self.kept(("targets", y.shape, y.dtype), lambda: np.empty_like(y)), y, k)
@@ -682,7 +683,7 @@ class Cutmix(_Mix):
         return f"pastes a partner's box over {self.layout.axis_names(self.layout.spatial)}; soft targets by area"
 
     def draws(self):
-        return len(self.layout.spatial) + 1
+        return len(self.layout.spatial)
 
     def paste(self, x, other, lam, active, u):
         dims = len(self.layout.spatial)

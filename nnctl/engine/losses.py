@@ -65,6 +65,10 @@ class Loss:
         return f"{type(self).__name__}({args})"
 
 
+# numpy >= 2 has a row-wise dot about twice as fast as einsum on a batch's few classes
+_rowdot = getattr(np, "vecdot", lambda a, b: np.einsum("ij,ij->i", a, b))
+
+
 def soft_target_problem(q: np.ndarray) -> str | None:
     """What makes q (N, C) not a matrix of soft targets (rows of finite probabilities >= 0
     summing to 1), or None.
@@ -156,7 +160,7 @@ class CrossEntropy(Loss):
         """t_i . z_i per row: z at the label for int targets, the probability-weighted sum for soft ones."""
         if t.ndim == 1:
             return z2[np.arange(z2.shape[0]), t]
-        return np.einsum("ij,ij->i", z2, t)
+        return _rowdot(z2, t)
 
     def _per_sample(self, z2: np.ndarray, y2: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-sample losses (N,), and the row sums of exp(z - max) (N, 1); `e` receives exp(z - max)."""
