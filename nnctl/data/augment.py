@@ -621,7 +621,7 @@ class _Mix(Transform):
             return y
         mixed = _roll_into(self.kept(("targets", y.shape, y.dtype), lambda: np.empty_like(y)), y, k)
         mixed -= y
-        mixed *= w if np.ndim(w) == 0 else _per_sample(w, y.ndim, y.dtype)
+        mixed *= _per_sample(w, y.ndim, y.dtype) if isinstance(w, np.ndarray) else w
         y += mixed
         return y
 
