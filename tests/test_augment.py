@@ -245,6 +245,23 @@ def test_feature_dropout_zeroes_features_with_probability_p():
     assert np.all(seq.min(axis=1) == seq.max(axis=1))     # a feature is dropped at every step
 
 
+def test_noise_then_feature_dropout_on_a_table_run_as_one_step_with_both_effects():
+    aug = Augmenter([make("noise", "table", std=0.5), make("feature_dropout", "table", p=0.2)], LAYOUTS["table"])
+    assert len(aug._steps) == 1                           # fused: one draw for both
+    x = np.full((3000, 20), 3.0, dtype=np.float32)
+    xa, _ = aug(x.copy(), None, batch_rng(0, 0, 0))
+    dropped = xa == 0
+    assert abs(dropped.mean() - 0.2) < 0.01
+    kept = xa[~dropped] - 3.0
+    assert abs(kept.std() - 0.5) < 0.5 * 0.02 and abs(kept.mean()) < 0.01
+    again, _ = aug(x.copy(), None, batch_rng(0, 0, 0))
+    np.testing.assert_array_equal(again, xa)
+    # not fused: another order, p < 1, or sequences
+    for items, layout in ((["feature_dropout", "noise"], "table"), (["noise", "feature_dropout"], "sequences")):
+        assert len(Augmenter([make(n, layout) for n in items], LAYOUTS[layout])._steps) == 2
+    assert len(Augmenter([make("noise", "table", p=0.5), make("feature_dropout", "table")])._steps) == 2
+
+
 def test_mixup_targets_sum_to_one_and_equal_the_mix_weights():
     n, k = 64, 64
     x = np.eye(n)[:, :, None] * np.ones((1, 1, 3))        # sample i is the indicator of position i
