@@ -597,12 +597,9 @@ class FeatureDropout(Transform):
 ALLOW_REGRESSION = Param("bool", False, doc="also mix regression targets (off: an error with a regression loss)")
 
 
-def _roll_into(out: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
-    """out[i] = x[(i + k) % n] along axis 0, by two slice copies (no index array)."""
-    n = len(x)
-    np.copyto(out[:n - k], x[k:])
-    np.copyto(out[n - k:], x[:k])
-    return out
+def _rotation(kept: Callable, n: int, k: int) -> np.ndarray:
+    """The rows (i + k) mod n, i = 0..n-1: a view of a kept 0..n-1, 0..n-1 (no arithmetic per batch)."""
+    return kept(("rotation", n), lambda: np.tile(np.arange(n), 2))[k:k + n]
 
 
 class _Mix(Transform):
@@ -610,11 +607,12 @@ class _Mix(Transform):
 
     Notes
     -----
-    Sample i's partner is sample (i + k) mod n of the batch, k uniform in 1..n-1: the batches are shuffled, so a random rotation pairs
-    random samples, and two slice copies replace a permutation and a gather. One
-    lam ~ Beta(alpha, alpha) per batch, as in mixup's reference code; a sample p leaves
-    alone keeps lam = 1. `paste` mixes the inputs and returns the partner share w (a
-    number, or (n,)); the targets then become (1 - w) y_i + w y_partner.
+    Sample i's partner is sample (i + k) mod n of the batch, k uniform in 1..n-1: the
+    batches are shuffled, so a random rotation pairs random samples, and a slice of a kept
+    index array replaces a permutation. One lam ~ Beta(alpha, alpha) per batch, as in
+    mixup's reference code; a sample p leaves alone keeps lam = 1. `paste` mixes the inputs
+    and returns the partner share w (a number, or (n,)); the targets then become
+    (1 - w) y_i + w y_partner.
     """
 
     MIXES = True
@@ -623,11 +621,14 @@ class _Mix(Transform):
         n = len(x)
         k = 1 + int(rng.random() * (n - 1)) if n > 1 else 0
         lam = rng.beta(self.alpha, self.alpha)
-        other = _roll_into(self.kept(("partners", x.shape, x.dtype), lambda: np.empty_like(x)), x, k)
+        rows = _rotation(self.kept, n, k)
+        other = self.kept(("partners", x.shape, x.dtype), lambda: np.empty_like(x))
+        np.take(x, rows, axis=0, out=other, mode="clip")
         w = self.paste(x, other, lam, active, u)
         if y is None:
             return y
-        mixed = _roll_into(self.kept(("targets", y.shape, y.dtype), lambda: np.empty_like(y)), y, k)
+        mixed = np.take(y, rows, axis=0, out=self.kept(("targets", y.shape, y.dtype), lambda: np.empty_like(y)),
+                        mode="clip")
         mixed -= y
         mixed *= _per_sample(w, y.ndim, y.dtype) if isinstance(w, np.ndarray) else w
         y += mixed

@@ -9,8 +9,9 @@ gradient p - q lives only in `cross_entropy`). Every loss returns the batch mean
     value = loss.value(z, y)    # without the gradient
 
 Targets: int class indices (N,), or soft targets (a probability matrix (N, C) as mixup
-makes; their values are checked where they enter, by soft_target_problem), for cross_entropy; 0/1 (or soft, in [0, 1]) values with
-z's number of elements for binary_cross_entropy; floats with z's number of elements for
+makes; their values are checked where they enter, by soft_target_problem), for
+cross_entropy; 0/1 (or soft, in [0, 1]) values with z's number of elements for
+binary_cross_entropy; floats with z's number of elements for
 the regression losses. Targets are cast to z's dtype, so a float32 model stays float32.
 """
 from __future__ import annotations
