@@ -9,8 +9,9 @@ gradient p - q lives only in `cross_entropy`). Every loss returns the batch mean
     value = loss.value(z, y)    # without the gradient
 
 Targets: int class indices (N,), or soft targets (a probability matrix (N, C) as mixup
-makes), for cross_entropy; 0/1 (or soft, in [0, 1]) values with
-z's number of elements for binary_cross_entropy; floats with z's number of elements for
+makes; their values are checked where they enter, by soft_target_problem), for
+cross_entropy; 0/1 (or soft, in [0, 1]) values with z's number of elements for
+binary_cross_entropy; floats with z's number of elements for
 the regression losses. Targets are cast to z's dtype, so a float32 model stays float32.
 """
 from __future__ import annotations
@@ -48,6 +49,31 @@ class Loss(Configurable):
     def output(self, z: np.ndarray) -> np.ndarray:
         """Predictions from raw outputs: probabilities for classification, z itself for regression."""
         return z
+
+
+# numpy >= 2 has a row-wise dot about twice as fast as einsum on a batch's few classes
+_rowdot = getattr(np, "vecdot", lambda a, b: np.einsum("ij,ij->i", a, b))
+
+
+def soft_target_problem(q: np.ndarray) -> str | None:
+    """What makes q (N, C) not a matrix of soft targets (rows of finite probabilities >= 0
+    summing to 1), or None.
+
+    Notes
+    -----
+    cross_entropy does not check soft targets on every call: on a small MLP the checks
+    measured ~13 us of a ~100 us training step. The targets nnctl trains on are valid by
+    construction (int labels, or mixup/cutmix's convex mixes of one-hot rows); targets from
+    anywhere else are checked once where they enter, with this.
+    """
+    q = np.asarray(q)
+    if q.size and not (np.all(np.isfinite(q)) and q.min() >= 0):
+        return "soft targets must be finite probabilities >= 0"
+    sums = q.reshape(-1, q.shape[-1]).sum(axis=1) if q.size else q
+    # float32 mixing rounds; a row off by more than this is not a distribution
+    if q.size and np.abs(sums - 1).max() > 1e-4:
+        return f"each row of soft targets must sum to 1, got {sums[np.argmax(np.abs(sums - 1))]:.6g}"
+    return None
 
 
 @LOSSES.register("cross_entropy", "categorical_cross_entropy", "ce")
@@ -91,7 +117,8 @@ class CrossEntropy(Loss):
         if y.dtype.kind == "b":
             y = y.astype(np.int64)
         if y.dtype.kind == "f" and y.shape == z.shape:
-            q2 = self._soft(y.reshape(-1, c).astype(z.dtype, copy=False))
+            # the values are not checked here (see soft_target_problem): this runs every batch
+            q2 = y.reshape(-1, c).astype(z.dtype, copy=False)
             return z2, q2, self._weights(z2, None, q2)
         if y.dtype.kind not in "iu":
             raise DataError(f"{self.NAME}: targets must be integer class indices, got {y.dtype} values "
@@ -115,23 +142,12 @@ class CrossEntropy(Loss):
         cw = np.asarray(cw, dtype=z2.dtype)
         return cw[y2] if q2 is None else q2 @ cw
 
-    def _soft(self, q2: np.ndarray) -> np.ndarray:
-        """Soft targets checked: finite, >= 0, each row summing to 1."""
-        if q2.size and not (np.all(np.isfinite(q2)) and q2.min() >= 0):
-            raise DataError(f"{self.NAME}: soft targets must be finite probabilities >= 0")
-        sums = q2.sum(axis=1)
-        # float32 mixing rounds; a row off by more than this is not a distribution
-        if q2.size and np.abs(sums - 1).max() > 1e-4:
-            bad = sums[np.argmax(np.abs(sums - 1))]
-            raise DataError(f"{self.NAME}: each row of soft targets must sum to 1, got {bad:.6g}")
-        return q2
-
     @staticmethod
     def _target_dot(z2: np.ndarray, t: np.ndarray) -> np.ndarray:
         """t_i . z_i per row: z at the label for int targets, the probability-weighted sum for soft ones."""
         if t.ndim == 1:
             return z2[np.arange(z2.shape[0]), t]
-        return np.einsum("ij,ij->i", z2, t)
+        return _rowdot(z2, t)
 
     def _per_sample(self, z2: np.ndarray, y2: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-sample losses (N,), and the row sums of exp(z - max) (N, 1); `e` receives exp(z - max)."""
@@ -168,8 +184,10 @@ class CrossEntropy(Loss):
         dz /= s
         if y2.ndim == 1:
             dz[np.arange(n), y2] -= 1.0 - eps
-        else:
+        elif eps:
             dz -= (1.0 - eps) * y2
+        else:
+            dz -= y2
         if eps:
             dz -= eps / c
         if w is None:
