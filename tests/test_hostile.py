@@ -774,3 +774,30 @@ def test_both_parsers_bound_values_and_resolve_merges_alike(monkeypatch, libyaml
     assert src.data["b"]["epochs"] == 5 and src.data["a"]["epochs"] == 2
     with pytest.raises(ConfigError, match=r"^m.yaml line 2 column 2: .*expected .,. or .]."):
         parse_yaml("a: [1, 2\nb: c: d\n", "m.yaml")
+
+
+@pytest.mark.parametrize("where", ["feature cell", "label cell", "header"])
+def test_a_csv_holding_a_whole_file_in_one_place_is_quoted_as_an_excerpt(tmp_path, where):
+    """A cell or header line of a user's CSV may be a whole pasted file: the error names the
+    place and shows its start, never the secret at its end."""
+    blob = SECRET.replace("\n", " ")
+    rows = ["x,y,label"] + [f"{i},{i % 3},{'a' if i % 2 else 'b'}" for i in range(20)]
+    if where == "feature cell":
+        rows[5] = f'"{blob}",1,a'
+    elif where == "label cell":
+        rows = ["x,y,price"] + [f"{i},{i % 3},{i * 1.5}" for i in range(20)]
+        rows[5] = f'1,2,"{blob}"'
+    else:
+        rows[0] = "x,y," + blob.replace(",", " ")
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    target = {"label cell": "price", "header": "label"}.get(where, "label")
+    task = "regression" if where == "label cell" else "classification"
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"data: {{dataset: t.csv, target: {target}, task: {task}}}\nmodel: {{hidden: [4]}}\n"
+                    "training: {epochs: 1}\n")
+    before = tree_hash(tmp_path)
+    code, out = cli("validate", spec)
+    assert code == 1 and len(out) == 1, out
+    assert "API_TOKEN" not in out[0] and len(out[0]) < 400, out[0]
+    assert "t.csv" in out[0]
+    assert tree_hash(tmp_path) == before

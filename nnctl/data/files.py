@@ -44,13 +44,21 @@ from pathlib import Path
 
 import numpy as np
 
-from nnctl.errors import DataError
+from nnctl.errors import DataError, excerpt, quoted
 from nnctl.fileio import check_regular
 
 SUFFIXES = (".csv", ".npy", ".npz")
 
 # Finite-value checks and statistics over a memmap read this many bytes at a time.
 CHUNK_BYTES = 16 * 2**20
+
+# A message lists a file's columns up to this many characters: the "header" may be the first
+# line of a file that is no table at all (a key file, a log), which must not be echoed whole.
+COLUMN_LIST_CHARS = 300
+
+
+def column_list(header: list[str]) -> str:
+    return excerpt(", ".join(header), COLUMN_LIST_CHARS)
 
 
 def release_pages(x: np.ndarray) -> None:
@@ -168,7 +176,7 @@ class CsvTable:
         return [r[j] for r in self.rows]
 
     def no_column(self, wanted: str) -> DataError:
-        return DataError(f"{self.name}: no column '{wanted}'; columns are: {', '.join(self.header)}")
+        return DataError(f"{self.name}: no column '{wanted}'; columns are: {column_list(self.header)}")
 
 
 def read_csv(path: Path, name: str | None = None) -> CsvTable:
@@ -336,14 +344,14 @@ def numeric_column(file: str, name: str, cells: list[str], lines, dtype=np.float
             if is_missing(cell):
                 values[i], missing[i] = np.nan, True
                 continue
-            raise DataError(f"{where}: not a number: {cell!r} ({why})") from None
+            raise DataError(f"{where}: not a number: {quoted(cell)} ({why})") from None
         if math.isnan(v):
             values[i], missing[i] = np.nan, True
             continue
         if not math.isfinite(v):
-            raise DataError(f"{where}: not a finite number: {cell!r}")
+            raise DataError(f"{where}: not a finite number: {quoted(cell)}")
         if abs(v) > limit:
-            raise DataError(f"{where}: {cell.strip()!r} is not finite in {np.dtype(dtype).name} "
+            raise DataError(f"{where}: {quoted(cell.strip())} is not finite in {np.dtype(dtype).name} "
                             "(the model's dtype)")
         values[i] = v
     return Column(name, NUMERIC, values, missing)
@@ -794,10 +802,10 @@ def read_csv_data(path: Path, target: str | None, features: list[str] | None,
 
     def check(header: list[str]) -> None:
         def no_column(wanted: str) -> DataError:
-            return DataError(f"{name}: no column '{wanted}'; columns are: {', '.join(header)}")
+            return DataError(f"{name}: no column '{wanted}'; columns are: {column_list(header)}")
         if target is None and need_target:
             raise DataError(f"{name}: data.target is required for a CSV file (the column to predict); "
-                            f"columns are: {', '.join(header)}")
+                            f"columns are: {column_list(header)}")
         named = [] if target is None else [target]
         for n in [*named, *(ignore or []), *(features or []), *([] if categorical == "auto" else categorical)]:
             if n not in header:

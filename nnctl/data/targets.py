@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nnctl.errors import DataError
+from nnctl.errors import DataError, quoted
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
@@ -97,7 +97,7 @@ def _label_column(raw_y: np.ndarray, source: str | None, lines=None, column=None
         if bad.any():
             i = int(np.argmax(bad))
             raise DataError(
-                f"{_at(source, i, lines, column)}: {_python_value(y[i])!r} is not a class label; "
+                f"{_at(source, i, lines, column)}: {quoted(_python_value(y[i]))} is not a class label; "
                 "classification needs strings or whole numbers "
                 "(set data.task: regression for a numeric target)"
             )
@@ -162,7 +162,7 @@ def encode_labels(raw_y, classes: list, source: str | None = None, *, lines=None
 def _unseen(value, classes: list, where: str):
     shown = ", ".join(str(c) for c in classes[:20]) + (", ..." if len(classes) > 20 else "")
     raise DataError(
-        f"{where}: label {_python_value(value)!r} is not one of the "
+        f"{where}: label {quoted(_python_value(value))} is not one of the "
         f"{len(classes)} training classes: {shown}"
     )
 
@@ -176,7 +176,7 @@ def regression_targets(raw_y: np.ndarray, source: str | None = None, *, lines=No
         i = next(r for r in range(len(flat)) if not all(_parses(v) for v in flat[r].tolist()))
         bad = next(v for v in flat[i].tolist() if not _parses(v))
         raise DataError(
-            f"{_at(source, i, lines, column)}: not a number: {str(bad)!r} "
+            f"{_at(source, i, lines, column)}: not a number: {quoted(str(bad))} "
             "(a regression target must be numeric; set data.task: classification for labels)"
         )
     if y.dtype.kind not in "iufb":
@@ -241,6 +241,6 @@ def weights_by_label(weights: dict, classes: list) -> list[float]:
         if i is None:
             shown = ", ".join(str(c) for c in classes[:20]) + (", ..." if len(classes) > 20 else "")
             note = " (YAML reads unquoted yes/no/on/off as true/false)" if isinstance(key, bool) else ""
-            raise DataError(f"no class {_python_value(key)!r}{note}; the {len(classes)} classes are: {shown}")
+            raise DataError(f"no class {quoted(_python_value(key))}{note}; the {len(classes)} classes are: {shown}")
         out[i] = float(w)
     return out
