@@ -319,9 +319,10 @@ def test_predict_chunks_are_the_same_whatever_the_block_size(tmp_path, monkeypat
                             "new.csv: 10 categorical values the training split never had, encoded as 'unknown'"]
 
 
-def test_predict_takes_trainings_default_blas_threads(tmp_path):
+@pytest.mark.parametrize("command", ["predict", "eval"])
+def test_predict_takes_trainings_default_blas_threads(tmp_path, command):
     """OpenBLAS's own default (every core, spin-waiting) doubled predict's CPU on a busy machine:
-    predict, in a fresh process, sets training's default before NumPy loads."""
+    predict and eval, in a fresh process, set training's default before NumPy loads."""
     from nnctl import threads
     path = table_csv(tmp_path / "t.csv", rows=100)
     (tmp_path / "s.yaml").write_text(f"data: {{dataset: {path}, target: label}}\nmodel: {{hidden: [4]}}\n"
@@ -329,11 +330,13 @@ def test_predict_takes_trainings_default_blas_threads(tmp_path):
     assert runner.invoke(app, ["train", str(tmp_path / "s.yaml"), "--runs-dir", str(tmp_path / "runs"),
                                "--quiet"]).exit_code == 0
     run = next((tmp_path / "runs").iterdir())
+    args = (["predict", str(run), str(path), "--out", str(tmp_path / "p.csv")] if command == "predict"
+            else ["eval", str(run), "--json"])
     script = textwrap.dedent(f"""\
         import os, sys
         from nnctl.cli import app
         try:
-            app(["predict", {str(run)!r}, {str(path)!r}, "--out", {str(tmp_path / "p.csv")!r}])
+            app({args!r})
         except SystemExit as end:
             assert not end.code, end.code
         from nnctl.threads import current_blas_threads
@@ -346,4 +349,5 @@ def test_predict_takes_trainings_default_blas_threads(tmp_path):
     want = threads.default_threads(threads.physical_cores())
     blas = threads.current_blas_threads()
     assert proc.stdout.splitlines()[-1].split() == [str(want), str(want) if blas is not None else "None"]
-    assert len((tmp_path / "p.csv").read_text().splitlines()) == 101
+    if command == "predict":
+        assert len((tmp_path / "p.csv").read_text().splitlines()) == 101

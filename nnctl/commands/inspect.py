@@ -57,6 +57,8 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
                                                  help="Rows per forward pass (default: the run's eval_batch_size)."),
     ) -> None:
         """Score a trained model: loss and metrics, per-class report and confusion matrix."""
+        from nnctl.threads import preset
+        preset(None)  # training's default BLAS threads before NumPy loads, as predict does
         from nnctl.commands.evaluate import run_eval
         try:
             if data is not None and split is not None:
