@@ -6,7 +6,6 @@ assert values computed independently (by hand, or from the files themselves).
 """
 from __future__ import annotations
 
-import hashlib
 import textwrap
 from pathlib import Path
 
@@ -17,18 +16,9 @@ from typer.testing import CliRunner
 from nnctl.cli import app
 from nnctl.config.spec import load_spec
 from nnctl.training.experiment import prepare
+from test_own_data import folder_hash
 
 runner = CliRunner()
-
-
-def folder_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    if path.exists():
-        for p in sorted(path.rglob("*")):
-            h.update(str(p.relative_to(path)).encode())
-            if p.is_file():
-                h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def weighted_spec(tmp_path: Path, weights: str, labels=("no", "yes")) -> Path:

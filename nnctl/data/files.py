@@ -224,13 +224,7 @@ def read_csv(path: Path, name: str | None = None) -> CsvTable:
         raise DataError(f"{name}: cannot read ({err.strerror or err})") from None
     if header is None:
         raise DataError(f"{name}: file is empty")
-    seen: dict[str, int] = {}
-    for j, h in enumerate(header, start=1):
-        if not h:
-            raise DataError(f"{name}: column {j} has no name in the header")
-        if h in seen:
-            raise DataError(f"{name}: duplicate column name '{h}' (columns {seen[h]} and {j})")
-        seen[h] = j
+    check_header_names(name, header)
     if not rows:
         raise DataError(f"{name}: no data rows, only a header")
     return CsvTable(name, header, rows, lines)
@@ -410,9 +404,17 @@ class CsvColumns:
     target: np.ndarray | None
     text: dict[str, np.ndarray]
 
+    def target_column(self, target: str) -> tuple[np.ndarray, np.ndarray]:
+        """(values, missing) of the target: floats when every present cell is a number, else
+        the stripped text cells."""
+        if self.target is not None:
+            return self.target, np.isnan(self.target)
+        cells = self.text[target]
+        return np.char.strip(cells), np.array([is_missing(c) for c in cells], dtype=bool)
 
-def _header_names(name: str, header: list[str]) -> list[str]:
-    header = [h.strip() for h in header]
+
+def check_header_names(name: str, header: list[str]) -> None:
+    """Every column has a name, and no name is used twice (a header of stripped cells)."""
     seen: dict[str, int] = {}
     for j, h in enumerate(header, start=1):
         if not h:
@@ -420,6 +422,11 @@ def _header_names(name: str, header: list[str]) -> list[str]:
         if h in seen:
             raise DataError(f"{name}: duplicate column name '{h}' (columns {seen[h]} and {j})")
         seen[h] = j
+
+
+def _header_names(name: str, header: list[str]) -> list[str]:
+    header = [h.strip() for h in header]
+    check_header_names(name, header)
     return header
 
 
@@ -845,14 +852,7 @@ def read_csv_data(path: Path, target: str | None, features: list[str] | None,
             values = table.numbers[:, table.numeric.index(h)]
             col = Column(h, NUMERIC, values, np.isnan(values))
         columns.append(col)
-    if target is None:
-        y = y_missing = None
-    elif table.target is not None:
-        y, y_missing = table.target, np.isnan(table.target)
-    else:
-        cells = table.text[target]
-        y_missing = np.array([is_missing(c) for c in cells], dtype=bool)
-        y = np.char.strip(cells)
+    y, y_missing = table.target_column(target) if target is not None else (None, None)
     numeric_only = all(c.kind == NUMERIC for c in columns) and table.numeric == [c.name for c in columns]
     return RawData(
         x=None,

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from nnctl.data.files import (CATEGORICAL, NUMERIC, Column, RawData, categorical_column, check_features,
-                              is_missing, open_csv, parse_csv, read_csv, read_csv_columns, read_npz_data,
+                              open_csv, parse_csv, read_csv, read_csv_columns, read_npz_data,
                               suffix_of, _npy, _target_column)
 from nnctl.data.standardize import Standardizer
 from nnctl.errors import DataError
@@ -332,12 +332,7 @@ def _csv_features(path: Path, table: TableEncoder, target_name: str | None, dtyp
                      "had, encoded as 'unknown'")
     y = None
     if target is not None:
-        if parsed.target is not None:
-            y, missing = parsed.target, np.isnan(parsed.target)
-        else:
-            cells = parsed.text[target]
-            missing = np.array([is_missing(c) for c in cells], dtype=bool)
-            y = np.char.strip(cells)
+        y, missing = parsed.target_column(target)
         if missing.any():
             i = int(np.argmax(missing))
             raise DataError(f"{name} row {parsed.lines[i]}, column '{target_name}': missing target value")

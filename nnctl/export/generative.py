@@ -19,7 +19,7 @@ import numpy as np
 
 from nnctl import __version__
 from nnctl.export.graph import DEFAULT_OPSET, MIN_OPSET, ExportError, Graph, export_layer, exporter
-from nnctl.export.onnx_model import INPUT_NAME, input_shape_of, preprocess
+from nnctl.export.onnx_model import INPUT_NAME, checked_model, input_shape_of, preprocess
 
 FILES = ("encoder.onnx", "decoder.onnx")
 
@@ -51,24 +51,13 @@ def _autoencoder(g: Graph, layer: Any, x: str, prefix: str) -> str:
 
 def _finish(g: Graph, inputs: list, outputs: list[tuple[str, str, list]], doc: str, props: dict[str, str]):
     """A checked ModelProto from the graph's nodes: named outputs via Identity nodes."""
-    import onnx
     from onnx import helper
     for name, node_out, _ in outputs:
         g.nodes.append(helper.make_node("Identity", [node_out], [name], name=g.name(f"{name}.node")))
     graph = helper.make_graph(g.nodes, "nnctl", inputs,
                               [helper.make_tensor_value_info(n, g.elem_type, dims) for n, _, dims in outputs],
                               g.initializers)
-    ops = [helper.make_opsetid("", g.opset)]
-    proto = helper.make_model(graph, opset_imports=ops, producer_name="nnctl", producer_version=__version__,
-                              doc_string=doc)
-    proto.ir_version = helper.find_min_ir_version_for(ops)
-    helper.set_model_props(proto, props)
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except onnx.checker.ValidationError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ExportError(f"the exported graph fails onnx.checker: {first}") from None
-    return proto
+    return checked_model(graph, [helper.make_opsetid("", g.opset)], doc, props)
 
 
 def _graph(dt: np.dtype, opset: int) -> Graph:

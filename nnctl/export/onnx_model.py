@@ -167,10 +167,19 @@ def build_onnx(lm: Any, dtype: Any = "float32", opset: int | None = None):
     ops = [helper.make_opsetid("", opset)]
     if any(node.domain == tabular.ML_DOMAIN for node in g.nodes):
         ops.append(helper.make_opsetid(tabular.ML_DOMAIN, tabular.ML_OPSET))
+    return checked_model(graph, ops, f"nnctl {lm.task} model exported from {lm.path.name}",
+                         metadata(lm, inputs, dt))
+
+
+def checked_model(graph: Any, ops: list[Any], doc: str, props: dict[str, str]) -> Any:
+    """The ModelProto of `graph` with nnctl as producer, the lowest IR version its opsets allow
+    and `props` as metadata, refused unless onnx.checker's full check passes."""
+    import onnx
+    from onnx import helper
     proto = helper.make_model(graph, opset_imports=ops, producer_name="nnctl", producer_version=__version__,
-                              doc_string=f"nnctl {lm.task} model exported from {lm.path.name}")
+                              doc_string=doc)
     proto.ir_version = helper.find_min_ir_version_for(ops)
-    helper.set_model_props(proto, metadata(lm, inputs, dt))
+    helper.set_model_props(proto, props)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as err:
