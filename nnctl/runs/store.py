@@ -266,6 +266,14 @@ def read_run_history(run: Path) -> list[dict[str, Any]]:
     return history if isinstance(history, list) else []
 
 
+def read_run_config_text(run: Path) -> str | None:
+    """config.yaml's text as the run wrote it (comments and order kept), or None when unreadable."""
+    try:
+        return read_text(Path(run) / "config.yaml", SPEC_MAX_BYTES)
+    except NnctlError:
+        return None
+
+
 def read_run_config(run: Path) -> dict[str, Any] | None:
     """config.yaml as written by the run, or None when it is missing, unreadable or not a mapping."""
     try:
