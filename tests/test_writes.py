@@ -32,8 +32,6 @@ ALLOWED = {
     "nnctl/export/api.py": ("`nnctl export` writes the model file at --out, by default <run>/model.onnx "
                             "beside the checkpoint it exports (a file the run never reads back)"),
     "nnctl/export/generative.py": "`nnctl export` of an autoencoder: its encoder/decoder files, as above",
-    "nnctl/loggers/csv_logger.py": "the CSV logger's own file, at the path the recorder hands it",
-    "nnctl/loggers/mlflow_logger.py": "the MLflow run id beside the run, so a resume logs into the same MLflow run",
     "nnctl/report/augment_plot.py": "a PNG where the user asked",
     "nnctl/report/image_grid.py": "an image grid (PNG/NPY/text) where the user asked",
     "nnctl/report/latent_plot.py": "a PNG where the user asked",

@@ -298,3 +298,14 @@ def write_lr_find(folder: Path, config: dict[str, Any], result: dict[str, Any]) 
     text = dump_yaml(config)
     atomic_write(Path(folder) / "config.yaml", lambda f: f.write(text), binary=False)
     write_json(Path(folder) / "lr_find.json", result)
+
+
+def write_run_file(run: Path, name: str, text: str) -> None:
+    """A file a logger keeps in the run folder (history.csv, mlflow_run_id), replaced atomically."""
+    atomic_write(Path(run) / name, lambda f: f.write(text), binary=False)
+
+
+def read_run_file(run: Path, name: str) -> str | None:
+    """The text of such a file, or None when the run has none."""
+    path = Path(run) / name
+    return path.read_text(encoding="utf-8") if path.exists() else None
