@@ -20,6 +20,8 @@ LAUNCHED = "sweep.yaml"
 RESULTS = "results.csv"
 TRIAL_SPEC = "spec.yaml"
 TRIAL_LOG = "train.log"
+# the Optuna study of a model-based sweep: Optuna's journal storage writes it, nnctl.sweep.search opens it
+JOURNAL = "study.journal"
 
 
 def create_sweep_dir(runs_dir: Path, name: str, now: datetime | None = None) -> Path:

@@ -33,7 +33,7 @@ class StudyTrials:
     def __init__(self, sd: SweepDir, sweep: SweepSpec, reruns: list[int] | None = None):
         self.sd = sd
         self.sweep = sweep
-        self.journal = sd.path / search.JOURNAL
+        self.journal = sd.path / sweep_store.JOURNAL
         sampler = search.make_sampler(sweep.method, search.sampler_seed(sweep.seed, len(sd.trials)))
         self.pruner_spec = sweep.pruner
         self.study = search.open_study(self.journal, sweep.goals, sampler, search.make_pruner(sweep.pruner),
@@ -101,7 +101,7 @@ def add_trial(sd: SweepDir, sweep: SweepSpec, index: int, overrides: dict[str, A
 def reconcile(sd: SweepDir, sweep: SweepSpec) -> list[int]:
     """Bring manifest and journal together after a crash; return the trials to run again (see module notes)."""
     optuna = search.import_optuna()
-    journal = sd.path / search.JOURNAL
+    journal = sd.path / sweep_store.JOURNAL
     if not journal.is_file():
         if sd.trials:
             raise NnctlError(f"{journal}: missing; the study of this sweep is needed to resume it")
