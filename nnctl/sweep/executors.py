@@ -85,7 +85,6 @@ def run_trial(job: dict[str, Any], should_stop: Callable[[], bool] = lambda: Fal
     """
     from nnctl.runs.sweep_store import open_trial_log, read_trial_log, trial_runs
     trial_dir = Path(job["trial_dir"])
-    log = open_trial_log(trial_dir)     # creates the trial's folder on its first attempt
     before = {p.name for p in trial_runs(trial_dir)}
     threads = job.get("blas_threads") or blas_threads(1)
     # A rerun whose interrupted run left a checkpoint continues that run (same result, less work).
@@ -97,7 +96,7 @@ def run_trial(job: dict[str, Any], should_stop: Callable[[], bool] = lambda: Fal
     cmd = [sys.executable, "-c", _CHILD, *args]
     t0 = time.perf_counter()
     stopped = False
-    with log:
+    with open_trial_log(trial_dir) as log:     # creates the trial's folder on its first attempt
         offset = log.tell()
         log.write(f"$ nnctl {' '.join(args)}  "
                   f"# {time.strftime('%Y-%m-%dT%H:%M:%S')}, {threads} BLAS threads\n".encode())
