@@ -81,8 +81,8 @@ def run(rows: int, seed: int, epochs: int) -> tuple[float, float]:
             f"training: {{epochs: {epochs}, batch_size: 64}}\n")
         exp = prepare(load_spec(tmp / "t.yaml", []))
         run_training(tmp / "t.yaml", [], None, tmp / "runs", True)
-        import json
-        metrics = json.loads(next((tmp / "runs").iterdir()).joinpath("metrics.json").read_text())
+        from nnctl.runs.store import read_run_metrics
+        metrics = read_run_metrics(next((tmp / "runs").iterdir())) or {}
         ours = metrics["test"]["test_accuracy"]
 
         with open(tmp / "t.csv", newline="") as f:
@@ -115,7 +115,6 @@ PUBLIC = (("breast-cancer.yaml", "diagnosis"), ("wine.yaml", "cultivar"))
 
 def run_public(config: str, target: str, seed: int) -> tuple[dict[str, float], int]:
     """Test accuracy of nnctl and of two scikit-learn models on nnctl's held-out test rows, and their number."""
-    import json
     import warnings
 
     from sklearn.linear_model import LogisticRegression
@@ -125,6 +124,7 @@ def run_public(config: str, target: str, seed: int) -> tuple[dict[str, float], i
 
     from nnctl.commands.train import run_training
     from nnctl.config.spec import load_spec
+    from nnctl.runs.store import read_run_metrics
     from nnctl.training.experiment import prepare
 
     spec_path = ROOT / "configs" / config
@@ -133,7 +133,7 @@ def run_public(config: str, target: str, seed: int) -> tuple[dict[str, float], i
     exp = prepare(spec)
     with tempfile.TemporaryDirectory() as tmp:
         run_training(spec_path, overrides, None, Path(tmp), True)
-        metrics = json.loads(next(Path(tmp).iterdir()).joinpath("metrics.json").read_text())
+        metrics = read_run_metrics(next(Path(tmp).iterdir())) or {}
     scores = {"nnctl": metrics["test"]["test_accuracy"]}
 
     with open(ROOT / "datasets" / spec.data["dataset"].split("/")[-1], newline="") as f:

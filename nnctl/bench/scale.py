@@ -24,7 +24,6 @@ memory goes.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 from nnctl.bench import say
+from nnctl.runs.store import read_run_metrics
 
 
 FEATURES = 256
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             results[f"predict {name}"] = run_measured(
                 [*nnctl, "predict", str(run), name, "--out", f"pred-{Path(name).stem}.csv"], folder, env,
                 folder / f"predict-{name}.log")
-        metrics = json.loads((run / "metrics.json").read_text())
+        metrics = read_run_metrics(run) or {}
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)

@@ -20,7 +20,6 @@ The issue's target is at most 1.5x.
 """
 from __future__ import annotations
 
-import json
 import statistics
 import subprocess
 import sys
@@ -148,7 +147,7 @@ def nnctl_epochs(w: Workload, data: Path, epochs: int, threads: int, folder: Pat
     """Seconds of every epoch of `nnctl train` on the workload (from the run's history.json)."""
     from nnctl.commands.train import run_training
     from nnctl.console import console
-    from nnctl.runs.store import dump_yaml
+    from nnctl.runs.store import dump_yaml, read_run_history
     spec_path = folder / "spec.yaml"
     spec_path.write_text(dump_yaml(_spec(w, data, epochs)))
     runs = Path(tempfile.mkdtemp(prefix="runs-", dir=folder))
@@ -161,7 +160,7 @@ def nnctl_epochs(w: Workload, data: Path, epochs: int, threads: int, folder: Pat
     if code != 0:
         raise RuntimeError(f"{w.name}: nnctl train exited {code}")
     (run,) = list(runs.iterdir())
-    return [float(r["seconds"]) for r in json.loads((run / "history.json").read_text())]
+    return [float(r["seconds"]) for r in read_run_history(run)]
 
 
 def torch_epochs(w: Workload, data: Path, epochs: int, threads: int) -> list[float] | None:

@@ -32,7 +32,7 @@ def run_lr_find(config: Path, min_lr: float, max_lr: float, steps: int, apply: b
                 runs_dir: Path) -> Path:
     """Check the spec and the range, run the test, write lr_find.json (+ lr_find.png), print the suggestions."""
     from nnctl.config.spec import load_spec, safe_run_name
-    from nnctl.runs.store import unique_dir, write_json
+    from nnctl.runs.store import unique_dir, write_lr_find
     from nnctl.training.experiment import prepare
     from nnctl.training.lr_find import find_lr, lr_schedule
 
@@ -42,10 +42,7 @@ def run_lr_find(config: Path, min_lr: float, max_lr: float, steps: int, apply: b
     result = find_lr(exp, min_lr, max_lr, steps)
     folder = unique_dir(Path(runs_dir), safe_run_name(f"{spec.name}-lr-find"), what="run")
     try:
-        from nnctl.runs.store import atomic_write, dump_yaml
-        text = dump_yaml(spec.to_dict())
-        atomic_write(folder / "config.yaml", lambda f: f.write(text), binary=False)
-        write_json(folder / "lr_find.json", result.to_dict())
+        write_lr_find(folder, spec.to_dict(), result.to_dict())
     except OSError as err:
         raise NnctlError(f"{folder}: cannot write: {err.strerror or err}") from None
     png = None

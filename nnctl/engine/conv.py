@@ -14,22 +14,14 @@ import numpy as np
 
 from nnctl.engine import shapes
 from nnctl.engine.activations import Identity, get_activation
-from nnctl.engine.base import LAYERS, Layer, Workspace, check_hparams
+from nnctl.engine.base import LAYERS
 from nnctl.hparams import REQUIRED, Param
 from nnctl.engine.initializers import DEFAULT_BIAS_INITIALIZER, default_initializer, get_initializer
+from nnctl.engine.layers import CheckedLayer
 from nnctl.errors import ConfigError
 
 _PADDING_DOC = ("'valid' (none), 'same' (Keras: output = ceil(input / stride)), "
                 "or zeros per side as an int or one int per spatial axis")
-
-
-class _Checked(Layer):
-    """Options checked at construction (the engine's guard for specs built in code)."""
-
-    def __init__(self, **hparams):
-        super().__init__(**hparams)
-        check_hparams(self.NAME, self.PARAMS, self.hparams)
-        self.ws = Workspace()
 
 
 def _check_padding(layer: str, padding, nd: int) -> None:
@@ -47,7 +39,7 @@ def _check_padding(layer: str, padding, nd: int) -> None:
 _FEW_ROWS = 32
 
 
-class _Conv(_Checked):
+class _Conv(CheckedLayer):
     """N-d convolution over the trailing `ND` axes of a channels-first input.
 
     Shapes: x (N, C_in, *S) -> y (N, filters, *O); W (filters, C_in, *kernel), b (filters,).
@@ -277,7 +269,7 @@ class Conv2D(_Conv):
 _UINT = {np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}
 
 
-class _Pool(_Checked):
+class _Pool(CheckedLayer):
     """Max or average pooling over the trailing `ND` axes of (N, C, *S) -> (N, C, *O).
 
     Notes
@@ -468,7 +460,7 @@ class AvgPool2D(_Pool):
 
 
 @LAYERS.register("global_avg_pool")
-class GlobalAvgPool(_Checked):
+class GlobalAvgPool(CheckedLayer):
     """Mean over every spatial (or time) axis: (N, C, *S) -> (N, C), or (N, *S, C) -> (N, C).
 
     data_format "channels_first" suits conv stacks (N, C, H, W); "channels_last" suits
@@ -501,7 +493,7 @@ class GlobalAvgPool(_Checked):
 
 
 @LAYERS.register("flatten")
-class Flatten(_Checked):
+class Flatten(CheckedLayer):
     """(N, *S) -> (N, prod(S))."""
 
     PARAMS: dict[str, Param] = {}
@@ -518,7 +510,7 @@ class Flatten(_Checked):
 
 
 @LAYERS.register("reshape")
-class Reshape(_Checked):
+class Reshape(CheckedLayer):
     """(N, *S) -> (N, *shape), with at most one -1 in `shape` inferred from the rest."""
 
     PARAMS = {

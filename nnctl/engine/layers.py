@@ -23,7 +23,7 @@ from nnctl.errors import ConfigError
 
 class CheckedLayer(Layer):
     """Checks the declared options at construction (the engine's own guard for specs built in
-    code) and owns a Workspace. The base of the core and attention layers."""
+    code) and owns a Workspace. The base of the core, conv, attention and generative layers."""
 
     def __init__(self, **hparams: Any):
         super().__init__(**hparams)

@@ -7,8 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from nnctl.loggers import GuardedLogger, Warn
-from nnctl.runs.store import atomic_write
+from nnctl.runs.store import write_run_file
 from nnctl.training.callbacks import TrainState
+
+
+FILE = "history.csv"
 
 
 class CSVLogger(GuardedLogger):
@@ -16,7 +19,7 @@ class CSVLogger(GuardedLogger):
 
     def __init__(self, run_path: Path, warn: Warn):
         super().__init__(warn)
-        self.path = run_path / "history.csv"
+        self.run_path = run_path
 
     def _write(self, history: list[dict[str, Any]]) -> None:
         # Rewritten whole (atomically) each epoch from the trainer's history, so after a resume
@@ -31,7 +34,7 @@ class CSVLogger(GuardedLogger):
             # repr keeps every float's full precision, so the CSV parses back to history.json's values
             writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in record.items()})
         text = buf.getvalue()
-        atomic_write(self.path, lambda f: f.write(text), binary=False)
+        write_run_file(self.run_path, FILE, text)
 
     def begin(self, state: TrainState) -> None:
         if state.history:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from nnctl.loggers import NEEDS, GuardedLogger, Warn, epoch_values, require
+from nnctl.runs.store import read_run_file, write_run_file
 from nnctl.training.callbacks import TrainState
 
 # The MLflow run id, kept in the nnctl run folder so a resume logs into the same MLflow run.
@@ -48,10 +49,10 @@ class MLflowLogger(GuardedLogger):
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
             uri = Path(uri).resolve().as_uri()
         self.client = MlflowClient(tracking_uri=uri)
-        id_file = self.run_path / RUN_ID_FILE
         logged_to = 0
-        if state.resumed and id_file.exists():
-            self.run_id = id_file.read_text(encoding="utf-8").strip()
+        kept_id = read_run_file(self.run_path, RUN_ID_FILE) if state.resumed else None
+        if kept_id is not None:
+            self.run_id = kept_id.strip()
             self.client.update_run(self.run_id, status="RUNNING")
             # epochs this MLflow run already has: the next process logs only what is missing
             steps = [m.step for m in self.client.get_metric_history(self.run_id, "loss")]
@@ -63,7 +64,7 @@ class MLflowLogger(GuardedLogger):
             run = self.client.create_run(exp_id, run_name=self.run_path.name,
                                          tags={"nnctl.run_dir": str(self.run_path), "nnctl.status": "running"})
             self.run_id = run.info.run_id
-            id_file.write_text(self.run_id + "\n", encoding="utf-8")
+            write_run_file(self.run_path, RUN_ID_FILE, self.run_id + "\n")
             params = [mlflow.entities.Param(k, v[:6000]) for k, v in flatten(state.spec.to_dict()).items()]
             for i in range(0, len(params), 100):   # MLflow takes at most 100 params per batch
                 self.client.log_batch(self.run_id, params=params[i:i + 100])

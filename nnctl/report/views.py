@@ -5,7 +5,6 @@ from typing import Any
 
 from nnctl.console import console
 from nnctl.errors import NnctlError
-from nnctl.fileio import SPEC_MAX_BYTES, read_text
 
 
 def print_fitted(renderable) -> None:
@@ -72,13 +71,12 @@ def render_show(info, max_rows: int) -> NnctlError | None:
     from nnctl.data.augment import describe_entries
     from nnctl.runs.model import load_model
     from nnctl.report.tables import history_table, key_value_table, model_table, sparkline_rows, status_text
-    from nnctl.runs.store import dump_yaml
+    from nnctl.runs.store import dump_yaml, read_run_config_text
 
     title = status_text(info.status, info.problem)
     console.print(f"[bold]{escape(info.name)}[/]  ", title, f"  {escape(str(info.path))}", soft_wrap=True)
-    try:
-        config_text = read_text(info.path / "config.yaml", SPEC_MAX_BYTES)
-    except NnctlError:
+    config_text = read_run_config_text(info.path)
+    if config_text is None:
         config_text = dump_yaml(info.config) if info.config else None
     if config_text:
         console.rule("config", align="left", style="dim")

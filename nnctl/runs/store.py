@@ -244,3 +244,68 @@ class RunDir:
 
     def read_status(self) -> dict[str, Any] | None:
         return read_json(self.path / "status.json")
+
+
+# -- reading a run's files by its path (sweeps, benches) ---------------------------------------
+
+def read_run_status(run: Path) -> dict[str, Any] | None:
+    """status.json's record, or None when it is missing, unreadable or not an object."""
+    record = read_json(Path(run) / "status.json")
+    return record if isinstance(record, dict) else None
+
+
+def read_run_metrics(run: Path) -> dict[str, Any] | None:
+    """metrics.json's record, or None when it is missing, unreadable or not an object."""
+    record = read_json(Path(run) / "metrics.json")
+    return record if isinstance(record, dict) else None
+
+
+def read_run_history(run: Path) -> list[dict[str, Any]]:
+    """history.json's per-epoch records ([] when missing or unreadable)."""
+    history = read_json(Path(run) / "history.json", [])
+    return history if isinstance(history, list) else []
+
+
+def read_run_config_text(run: Path) -> str | None:
+    """config.yaml's text as the run wrote it (comments and order kept), or None when unreadable."""
+    try:
+        return read_text(Path(run) / "config.yaml", SPEC_MAX_BYTES)
+    except NnctlError:
+        return None
+
+
+def read_run_config(run: Path) -> dict[str, Any] | None:
+    """config.yaml as written by the run, or None when it is missing, unreadable or not a mapping."""
+    try:
+        config = yaml.safe_load(read_text(Path(run) / "config.yaml", SPEC_MAX_BYTES))
+    except (NnctlError, yaml.YAMLError, RecursionError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def has_metrics(run: Path) -> bool:
+    """The run wrote its final metrics (it ran to an end)."""
+    return (Path(run) / "metrics.json").is_file()
+
+
+def has_last_checkpoint(run: Path) -> bool:
+    """The run holds a checkpoint `--resume` can continue from."""
+    return RunDir(run).last.is_file()
+
+
+def write_lr_find(folder: Path, config: dict[str, Any], result: dict[str, Any]) -> None:
+    """An lr-find folder: the resolved spec (config.yaml) and the curve with its suggestions (lr_find.json)."""
+    text = dump_yaml(config)
+    atomic_write(Path(folder) / "config.yaml", lambda f: f.write(text), binary=False)
+    write_json(Path(folder) / "lr_find.json", result)
+
+
+def write_run_file(run: Path, name: str, text: str) -> None:
+    """A file a logger keeps in the run folder (history.csv, mlflow_run_id), replaced atomically."""
+    atomic_write(Path(run) / name, lambda f: f.write(text), binary=False)
+
+
+def read_run_file(run: Path, name: str) -> str | None:
+    """The text of such a file, or None when the run has none."""
+    path = Path(run) / name
+    return path.read_text(encoding="utf-8") if path.exists() else None

@@ -83,9 +83,9 @@ def run_trial(job: dict[str, Any], should_stop: Callable[[], bool] = lambda: Fal
 
     `should_stop()` is polled while the child runs; once true the child is interrupted.
     """
+    from nnctl.runs.sweep_store import open_trial_log, read_trial_log, trial_runs
     trial_dir = Path(job["trial_dir"])
-    trial_dir.mkdir(parents=True, exist_ok=True)
-    before = {p.name for p in trial_dir.iterdir() if p.is_dir()}
+    before = {p.name for p in trial_runs(trial_dir)}
     threads = job.get("blas_threads") or blas_threads(1)
     # A rerun whose interrupted run left a checkpoint continues that run (same result, less work).
     args = (["train", "--resume", job["resume"], "--quiet"] if job.get("resume")
@@ -94,10 +94,9 @@ def run_trial(job: dict[str, Any], should_stop: Callable[[], bool] = lambda: Fal
         # the trial reports each epoch to the sweep's study (nnctl.sweep.pruning)
         args += ["--sweep-pruning", json.dumps(job["pruning"], separators=(",", ":"))]
     cmd = [sys.executable, "-c", _CHILD, *args]
-    log_path = trial_dir / "train.log"
     t0 = time.perf_counter()
     stopped = False
-    with open(log_path, "ab") as log:
+    with open_trial_log(trial_dir) as log:     # creates the trial's folder on its first attempt
         offset = log.tell()
         log.write(f"$ nnctl {' '.join(args)}  "
                   f"# {time.strftime('%Y-%m-%dT%H:%M:%S')}, {threads} BLAS threads\n".encode())
@@ -128,7 +127,7 @@ def run_trial(job: dict[str, Any], should_stop: Callable[[], bool] = lambda: Fal
             if on_process is not None:
                 on_process(None)
     seconds = time.perf_counter() - t0
-    output = _read_from(log_path, offset)
+    output = read_trial_log(trial_dir, offset)
     return collect(job, trial_dir, before, rc, output, seconds, stopped)
 
 
@@ -148,15 +147,6 @@ def stop_process(proc: subprocess.Popen, grace: float = STOP_GRACE) -> None:
             continue
 
 
-def _read_from(path: Path, offset: int) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
 def _result(job, status, metric, run_dir, error, seconds) -> dict[str, Any]:
     return {"index": job["index"], "status": status, "metric": metric, "run_dir": run_dir,
             "error": error, "seconds": round(seconds, 3)}
@@ -165,24 +155,25 @@ def _result(job, status, metric, run_dir, error, seconds) -> dict[str, Any]:
 def collect(job: dict[str, Any], trial_dir: Path, before: set[str], rc: int, output: str,
             seconds: float, stopped: bool) -> dict[str, Any]:
     """Turn what the child left (exit code, output, run directory) into a trial result."""
-    from nnctl.runs.store import read_json
-    new = sorted(p for p in trial_dir.iterdir() if p.is_dir() and p.name not in before)
+    from nnctl.runs.store import read_run_metrics, read_run_status
+    from nnctl.runs.sweep_store import trial_runs
+    new = [p for p in trial_runs(trial_dir) if p.name not in before]
     run = new[-1] if new else (Path(job["resume"]) if job.get("resume") else None)
-    status_rec = read_json(run / "status.json") if run is not None else None
-    run_status = status_rec.get("status") if isinstance(status_rec, dict) else None
+    status_rec = read_run_status(run) if run is not None else None
+    run_status = status_rec.get("status") if status_rec is not None else None
     run_dir = str(run) if run is not None else None
     if run_status in CLEAN_ENDS and rc == 0:
         metrics = job.get("metrics") or [job["metric"]]
         values, error = read_metrics(run, metrics)
         res = _result(job, run_status, values[0], run_dir, error, seconds)
-        res["epochs"] = (read_json(run / "metrics.json") or {}).get("epochs")
+        res["epochs"] = (read_run_metrics(run) or {}).get("epochs")
         if len(metrics) > 1:
             res["values"] = values
         return res
     if stopped or rc in (130, -signal.SIGINT):
         return _result(job, "interrupted", None, run_dir, None, seconds)
     error = None
-    if isinstance(status_rec, dict) and status_rec.get("error"):
+    if status_rec is not None and status_rec.get("error"):
         error = str(status_rec["error"])
     if error is None:
         error = error_text(output, rc)

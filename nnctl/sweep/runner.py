@@ -19,7 +19,6 @@ a `running` trial once the sweep process has stopped on its own terms.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -35,11 +34,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
-import yaml
-
 from nnctl.errors import NnctlError
-from nnctl.fileio import SPEC_MAX_BYTES, read_text
-from nnctl.runs.store import atomic_write, dump_yaml, read_json, unique_dir, write_json
+from nnctl.runs import sweep_store
+from nnctl.runs.store import (dump_yaml, has_last_checkpoint, has_metrics, read_run_config, read_run_metrics,
+                              read_run_status)
 from nnctl.status import CLEAN_ENDS
 from nnctl.sweep.executors import STOP_GRACE, make_job, read_metrics
 from nnctl.sweep.spec import SweepSpec, Trial, config_hash
@@ -113,17 +111,17 @@ class SweepDir:
     # -- paths ---------------------------------------------------------------------------
     @property
     def manifest(self) -> Path:
-        return self.path / "sweep.json"
+        return self.path / sweep_store.MANIFEST
 
     @property
     def results(self) -> Path:
-        return self.path / "results.csv"
+        return self.path / sweep_store.RESULTS
 
     def trial_dir(self, index: int) -> Path:
-        return self.path / "trials" / str(index)
+        return sweep_store.trial_dir(self.path, index)
 
     def spec_path(self, index: int) -> Path:
-        return self.trial_dir(index) / "spec.yaml"
+        return self.trial_dir(index) / sweep_store.TRIAL_SPEC
 
     @property
     def name(self) -> str:
@@ -149,17 +147,14 @@ class SweepDir:
     def create(cls, runs_dir: Path, sweep: SweepSpec, trials: list[Trial], now: datetime | None = None) -> "SweepDir":
         """A new `<name>-<timestamp>` folder holding the launched sweep and every trial's spec."""
         from nnctl.config.spec import safe_run_name
-        path = unique_dir(Path(runs_dir), safe_run_name(sweep.name), now, what="sweep")
+        path = sweep_store.create_sweep_dir(Path(runs_dir), safe_run_name(sweep.name), now)
         launched = dump_yaml(launched_spec(sweep))
         header = (f"# launched {_now()} from {sweep.path.resolve() if sweep.path else sweep.source.filename}; "
                   f"base: {sweep.base_label}, resolved and inlined\n")
         text = header + launched
-        atomic_write(path / "sweep.yaml", lambda f: f.write(text), binary=False)
+        sweep_store.write_launched(path, text)
         for t in trials:
-            folder = path / "trials" / str(t.index)
-            folder.mkdir(parents=True)
-            spec_text = dump_yaml(t.config)
-            atomic_write(folder / "spec.yaml", lambda f, s=spec_text: f.write(s), binary=False)
+            sweep_store.write_trial_spec(path, t.index, dump_yaml(t.config))
         meta = {
             "name": sweep.name,
             "description": sweep.description,
@@ -190,7 +185,7 @@ class SweepDir:
         path = Path(path)
         if not path.is_dir():
             raise NnctlError(f"{path}: no such sweep directory")
-        data = read_json(path / "sweep.json")
+        data = sweep_store.read_manifest(path)
         if not isinstance(data, dict) or not isinstance(data.get("trials"), list):
             raise NnctlError(f"{path}: not a sweep directory (sweep.json is missing or unreadable)")
         try:
@@ -212,7 +207,7 @@ class SweepDir:
     # -- writes --------------------------------------------------------------------------
     def save(self) -> None:
         self.meta["updated"] = _now()
-        write_json(self.manifest, {**self.meta, "trials": [asdict(t) for t in self.trials]})
+        sweep_store.write_manifest(self.path, {**self.meta, "trials": [asdict(t) for t in self.trials]})
 
     def ranking(self) -> list[TrialState]:
         return leaderboard(self.trials, self.goal)
@@ -254,33 +249,22 @@ class SweepDir:
                          t.status, csv_value(t.metric), *(csv_value(v) for v in more), *mark,
                          "" if t.epochs is None else t.epochs, t.run_dir or "",
                          "" if t.seconds is None else f"{t.seconds:.2f}", t.error or ""])
-
-        def write(f) -> None:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(["rank", "index", *params, "status", self.metric, *extra, *([] if front is None else ["pareto"]),
-                        "epochs", "run_dir", "seconds", "error"])
-            w.writerows(rows)
-
-        atomic_write(self.results, write, binary=False)
-        return self.results
+        header = ["rank", "index", *params, "status", self.metric, *extra, *([] if front is None else ["pareto"]),
+                  "epochs", "run_dir", "seconds", "error"]
+        return sweep_store.write_results(self.path, header, rows)
 
     # -- resume --------------------------------------------------------------------------
     def completed_run(self, index: int) -> Path | None:
         """The newest run of trial `index` that finished with exactly its snapshotted config."""
-        folder = self.trial_dir(index)
         want = self.trials[index].config_hash
-        runs = sorted((p for p in folder.iterdir() if p.is_dir()), reverse=True) if folder.is_dir() else []
-        for run in runs:
-            status = read_json(run / "status.json")
-            if not isinstance(status, dict) or status.get("status") not in FINISHED:
+        for run in reversed(sweep_store.trial_runs(self.trial_dir(index))):
+            status = read_run_status(run)
+            if status is None or status.get("status") not in FINISHED:
                 continue
-            if not (run / "metrics.json").is_file():
+            if not has_metrics(run):
                 continue
-            try:
-                config = yaml.safe_load(read_text(run / "config.yaml", SPEC_MAX_BYTES))
-            except (NnctlError, yaml.YAMLError, RecursionError):
-                continue
-            if isinstance(config, dict) and config_hash(config) == want:
+            config = read_run_config(run)
+            if config is not None and config_hash(config) == want:
                 return run
         return None
 
@@ -290,49 +274,19 @@ class SweepDir:
         Rerunning the trial continues that run from its last.npz (`nnctl train --resume`):
         resume is exact, so the result is the one an uninterrupted trial would have had.
         """
-        folder = self.trial_dir(index)
-        runs = sorted((p for p in folder.iterdir() if p.is_dir()), reverse=True) if folder.is_dir() else []
-        for run in runs:
-            status = read_json(run / "status.json")
-            if not isinstance(status, dict):
+        for run in reversed(sweep_store.trial_runs(self.trial_dir(index))):
+            status = read_run_status(run)
+            if status is None:
                 continue
-            if status.get("status") != "interrupted" or not (run / "checkpoints" / "last.npz").is_file():
+            if status.get("status") != "interrupted" or not has_last_checkpoint(run):
                 return None     # only the newest run may be continued
-            try:
-                config = yaml.safe_load(read_text(run / "config.yaml", SPEC_MAX_BYTES))
-            except (NnctlError, yaml.YAMLError, RecursionError):
-                return None
-            return run if isinstance(config, dict) and config_hash(config) == self.trials[index].config_hash else None
+            config = read_run_config(run)
+            return run if config is not None and config_hash(config) == self.trials[index].config_hash else None
         return None
 
-    @contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold `.lock` while this process works on the sweep; a second process is refused.
-
-        An flock is released by the kernel when its holder dies, even by SIGKILL, so a
-        crashed sweep never blocks its own resume, and a reused pid cannot fool it.
-        """
-        import fcntl
-        try:
-            f = open(self.path / ".lock", "a+")
-        except OSError as err:  # a read-only mount, a folder we may not write
-            raise NnctlError(f"{self.path}: cannot write to the sweep folder ({err.strerror or err}); "
-                             f"nothing was changed") from None
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.close()
-            pid = self.meta.get("pid")
-            who = f" (pid {pid})" if pid else ""
-            raise NnctlError(f"{self.path}: this sweep is running in another process{who}; "
-                             f"stop it before resuming") from None
-        try:
-            yield
-        finally:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-            finally:
-                f.close()
+    def locked(self):
+        """A context holding the sweep's lock (see runs.sweep_store.sweep_lock): a second process is refused."""
+        return sweep_store.sweep_lock(self.path, self.meta.get("pid"))
 
     def plan_resume(self) -> list[int]:
         """Mark what is already done (adopting finished runs the manifest missed); return the rest."""
@@ -345,11 +299,11 @@ class SweepDir:
             if t.status in FINISHED and t.run_dir == str(run):
                 continue
             # The run finished but the manifest never heard (the sweep died in between).
-            status = (read_json(run / "status.json") or {}).get("status", "completed")
+            status = (read_run_status(run) or {}).get("status", "completed")
             values, error = read_metrics(run, self.metrics)
             t.status, t.metric, t.error, t.run_dir = status, values[0], error, str(run)
             t.values = values if len(values) > 1 else None
-            metrics = read_json(run / "metrics.json") or {}
+            metrics = read_run_metrics(run) or {}
             t.seconds = metrics.get("seconds", t.seconds)
             t.epochs = metrics.get("epochs", t.epochs)
         return todo

@@ -32,7 +32,6 @@ import numpy as np
 from nnctl.errors import NnctlError
 
 PRUNERS = ("none", "median", "asha", "hyperband")
-JOURNAL = "study.journal"
 STUDY_NAME = "nnctl"
 SEARCH_MISSING = 'optuna is not installed: pip install -e ".[search]"'
 # How many trials the model-based samplers draw at random before they model the results.

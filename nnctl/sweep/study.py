@@ -20,8 +20,8 @@ from collections import deque
 from typing import Any
 
 from nnctl.errors import NnctlError
-from nnctl.fileio import RUN_JSON_MAX_BYTES, read_text
-from nnctl.runs.store import atomic_write, dump_yaml
+from nnctl.runs import sweep_store
+from nnctl.runs.store import dump_yaml
 from nnctl.sweep import search
 from nnctl.sweep.runner import FINISHED, SweepDir, TrialState
 from nnctl.sweep.spec import SweepSpec, apply_values, build_trial
@@ -33,7 +33,7 @@ class StudyTrials:
     def __init__(self, sd: SweepDir, sweep: SweepSpec, reruns: list[int] | None = None):
         self.sd = sd
         self.sweep = sweep
-        self.journal = sd.path / search.JOURNAL
+        self.journal = sd.path / sweep_store.JOURNAL
         sampler = search.make_sampler(sweep.method, search.sampler_seed(sweep.seed, len(sd.trials)))
         self.pruner_spec = sweep.pruner
         self.study = search.open_study(self.journal, sweep.goals, sampler, search.make_pruner(sweep.pruner),
@@ -83,15 +83,13 @@ def add_trial(sd: SweepDir, sweep: SweepSpec, index: int, overrides: dict[str, A
     """Snapshot trial `index`'s spec and add it to the manifest; a proposal whose spec is not valid
     (e.g. a swept optimizer without an option another swept value needs) is recorded failed."""
     from nnctl.sweep.spec import config_hash
-    folder = sd.trial_dir(index)
-    folder.mkdir(parents=True, exist_ok=True)
     try:
         trial = build_trial(sweep, index, overrides)
         config, error = trial.config, None
     except NnctlError as err:
         config, error = apply_values(sweep, overrides), "; ".join(str(err).splitlines())
-    text = dump_yaml(config)
-    atomic_write(sd.spec_path(index), lambda f: f.write(text), binary=False)
+    # a trial resumed from the journal may already have its folder (and its log)
+    sweep_store.write_trial_spec(sd.path, index, dump_yaml(config), new=False)
     state = TrialState(index, overrides, config_hash(config))
     if error is not None:
         state.status, state.error = "failed", f"invalid trial spec: {error}"
@@ -103,7 +101,7 @@ def add_trial(sd: SweepDir, sweep: SweepSpec, index: int, overrides: dict[str, A
 def reconcile(sd: SweepDir, sweep: SweepSpec) -> list[int]:
     """Bring manifest and journal together after a crash; return the trials to run again (see module notes)."""
     optuna = search.import_optuna()
-    journal = sd.path / search.JOURNAL
+    journal = sd.path / sweep_store.JOURNAL
     if not journal.is_file():
         if sd.trials:
             raise NnctlError(f"{journal}: missing; the study of this sweep is needed to resume it")
@@ -144,8 +142,8 @@ def prepare_resume(sd: SweepDir) -> tuple[SweepSpec, list[int]]:
 
     from nnctl.sweep.runner import launched_spec
     from nnctl.sweep.spec import load_sweep
-    path = sd.path / "sweep.yaml"
-    text = read_text(path, RUN_JSON_MAX_BYTES, what="launched sweep spec")  # regular, bounded, UTF-8
+    path = sd.path / sweep_store.LAUNCHED
+    text = sweep_store.read_launched(sd.path)
     body = text.split("\n", 1)[1] if text.startswith("#") else text
     if hashlib.sha256(body.encode()).hexdigest() != sd.meta.get("launched_sha256"):
         raise NnctlError(f"{path}: edited since the sweep was launched; the study continues only the sweep it "
