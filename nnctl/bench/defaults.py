@@ -220,7 +220,8 @@ def run_one(task: str, seed: int, workdir: Path, spec_defaults: dict[str, Any] |
     if code != 0:
         raise RuntimeError(f"{task} seed {seed}: training exited {code}")
     (run,) = set(runs.iterdir()) - before
-    test = json.loads((run / "metrics.json").read_text())["test"]
+    from nnctl.runs.store import read_run_metrics
+    test = (read_run_metrics(run) or {})["test"]
     return float(test.get("test_accuracy", test.get("test_r2", float("nan"))))
 
 
