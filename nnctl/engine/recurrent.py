@@ -395,7 +395,10 @@ class LSTM(_Recurrent):
         dy = np.asarray(dy, dtype=self.dtype)
         hs, cs, tc, pre, gates, t = self._hs, self._cs, self._tc, self._pre, self._gates, self._t
         n, u = hs.shape[1], hs.shape[2]
-        dg_all = self._buf("dG", (t, 4, n, u))
+        # Gate-major over all steps, (4, T, N, u): each step's gate block is still one
+        # contiguous (N, u) array, and each gate's gradient over all steps is one contiguous
+        # (T*N, u) matrix, so dW, dU and db need no transposing copy after the loop.
+        dg_all = self._buf("dG", (4, t, n, u))
         U4T = self._gate_view(self.params["U"]).transpose(0, 2, 1)
         dh_carry = np.zeros((n, u), dtype=self.dtype)
         dc = np.zeros((n, u), dtype=self.dtype)
@@ -409,7 +412,7 @@ class LSTM(_Recurrent):
         for s in range(t - 1, -1, -1):
             g = dy_at(s)
             dh = dh_carry if g is None else np.add(dh_carry, g, out=dh_buf)
-            gs, dgs = gates[s], dg_all[s]
+            gs, dgs = gates[s], dg_all[:, s]
             i, f, o, cand = gs[0], gs[1], gs[2], gs[3]
             np.multiply(dh, tc[s], out=dgs[2])                             # do
             np.multiply(dh, o, out=tmp)                                    # d act(c_t)
@@ -438,6 +441,24 @@ class LSTM(_Recurrent):
                 self.act.backward(ps[3] if px else None, cand, dgs[3], out=dgs[3])
             np.matmul(dgs, U4T, out=back)
             np.sum(back, axis=0, out=dh_carry)
-        dg2 = self._gate_minor("dG2", dg_all)
-        np.sum(dg2, axis=0, out=self.grads["b"])
-        return self._weight_grads(dg2, dg2)
+        return self._gate_major_grads(dg_all)
+
+    def _gate_major_grads(self, dg_all: np.ndarray):
+        """dW, dU, db from dG (4, T, N, u) in internal order, one product per gate over all
+        steps written into that gate's columns; returns dx (N, T, F) or None."""
+        xs, hs = self._xs, self._hs
+        t, n, feat = xs.shape
+        u = hs.shape[2]
+        x2, h2 = xs.reshape(t * n, feat), hs[:-1].reshape(t * n, u)
+        d3 = dg_all.reshape(4, t * n, u)
+        gW, gU, gb = self.grads["W"], self.grads["U"], self.grads["b"]
+        for j, k in enumerate(self.ORDER):
+            cols = slice(k * u, (k + 1) * u)
+            np.matmul(x2.T, d3[j], out=gW[:, cols])
+            np.matmul(h2.T, d3[j], out=gU[:, cols])
+            np.sum(d3[j], axis=0, out=gb[cols])
+        if not self.input_grad:
+            return None
+        dx4 = np.matmul(d3, self._gate_view(self.params["W"]).transpose(0, 2, 1))  # (4, T*N, F)
+        dxs = np.sum(dx4, axis=0)
+        return np.ascontiguousarray(dxs.reshape(t, n, feat).transpose(1, 0, 2))
