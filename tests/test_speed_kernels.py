@@ -6,12 +6,17 @@ import math
 import numpy as np
 import pytest
 
-from nnctl.engine.activations import _ERFC_BLOCK, GELU, _erfc_nonneg
+from nnctl.engine.activations import _ERFC_BLOCK_BYTES, GELU, _erfc_nonneg
+
+
+def _block(dtype) -> int:
+    """Elements per erfc block for this dtype."""
+    return _ERFC_BLOCK_BYTES // np.dtype(dtype).itemsize
 
 
 @pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-13), (np.float32, 2e-5)])  # float32: rounding of z^2 in exp(-z^2)
 def test_blocked_erfc_matches_math_erfc_across_block_edges(dtype, rtol):
-    z = np.linspace(0.0, 9.0, 5 * (_ERFC_BLOCK // 2 + 3)).astype(dtype).reshape(-1, 5)
+    z = np.linspace(0.0, 9.0, 5 * (_block(dtype) // 2 + 3)).astype(dtype).reshape(-1, 5)
     got = _erfc_nonneg(z)
     assert got.dtype == dtype and got.shape == z.shape
     want = np.array([math.erfc(float(v)) for v in z.reshape(-1)]).reshape(z.shape)
@@ -25,7 +30,7 @@ def test_blocked_erfc_matches_math_erfc_across_block_edges(dtype, rtol):
 
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-14), (np.float32, 3e-7)])
 def test_gelu_backward_from_its_output_equals_the_formula(dtype, tol):
-    x = np.concatenate([np.linspace(-12.0, 12.0, 2 * _ERFC_BLOCK), [0.0, -0.0, 1e-30, -1e-30]]).astype(dtype)
+    x = np.concatenate([np.linspace(-12.0, 12.0, 2 * _block(dtype)), [0.0, -0.0, 1e-30, -1e-30]]).astype(dtype)
     gelu = GELU()
     y = gelu.forward(x, out=np.empty_like(x))
     dy = np.full_like(x, 1.0)

@@ -137,30 +137,33 @@ def _float_view(x: Any) -> np.ndarray:
     return x if x.dtype in _ERFC_COEF else x.astype(np.float64)
 
 
-# Elements per block in _erfc_nonneg: the five scratch rows of a block (160 kB in float32)
-# stay in the L2 cache across the ~45 passes of the Clenshaw sum, where passes over whole
-# activation arrays would stream every one of them from memory. Measured on a GELU over
-# (2048, 256) float32: 4x faster than whole-array passes.
-_ERFC_BLOCK = 8192
-_erfc_scratch: dict[np.dtype, np.ndarray] = {}  # one (5, _ERFC_BLOCK) array per dtype, reused
+# Bytes per scratch row of a block in _erfc_nonneg: the five rows of a block (640 kB) stay
+# in the L2 cache across the ~45 passes of the Clenshaw sum, where passes over whole
+# activation arrays would stream every one of them from memory (measured on a GELU over
+# (2048, 256) float32: 4x faster). Blocks as large as L2 allows matter too, as every pass
+# is one NumPy call per block: 32,768 float32 elements took a GELU forward from 4.8 to
+# 3.1 ms against 8,192 (2 MiB L2 for 2 cores, quiet machine).
+_ERFC_BLOCK_BYTES = 128 * 1024
+_erfc_scratch: dict[np.dtype, np.ndarray] = {}  # one (5, block) array per dtype, reused
 
 
 def _erfc_nonneg(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """erfc(z) for z >= 0 (elementwise, z's dtype); `out` may not be z.
 
-    Computed block by block (see _ERFC_BLOCK); each element's arithmetic is the same as in
+    Computed block by block (see _ERFC_BLOCK_BYTES); each element's arithmetic is the same as in
     one pass over the whole array, so the result does not depend on the blocking.
     """
     out = np.empty_like(z) if out is None else out
     if not (z.flags.c_contiguous and out.flags.c_contiguous):
         _erfc_block(z, out, [np.empty_like(z) for _ in range(5)])
         return out
+    block = _ERFC_BLOCK_BYTES // z.itemsize
     scratch = _erfc_scratch.get(z.dtype)
     if scratch is None:
-        scratch = _erfc_scratch[z.dtype] = np.empty((5, _ERFC_BLOCK), dtype=z.dtype)
+        scratch = _erfc_scratch[z.dtype] = np.empty((5, block), dtype=z.dtype)
     zf, of = z.reshape(-1), out.reshape(-1)
-    for start in range(0, zf.size, _ERFC_BLOCK):
-        stop = min(start + _ERFC_BLOCK, zf.size)
+    for start in range(0, zf.size, block):
+        stop = min(start + block, zf.size)
         _erfc_block(zf[start:stop], of[start:stop], [row[:stop - start] for row in scratch])
     return out
 

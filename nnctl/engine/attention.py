@@ -220,11 +220,12 @@ class MultiHeadAttention(CheckedLayer):
     def forward(self, x, training):
         x = np.asarray(x, dtype=self.dtype)
         n, t, _ = x.shape
-        q = self._heads(self.query.forward(x, training))
+        # The 1/sqrt(dk) scale goes on Q (N*T*H*dk values) rather than on the scores
+        # (N*H*T*T): the same S, one pass over the smaller array, here and in backward.
+        q = self._heads(self.query.forward(x, training)) * (1.0 / math.sqrt(self.dk))
         k = self._heads(self.key.forward(x, training))
         v = self._heads(self.value.forward(x, training))
         s = np.matmul(q, k.transpose(0, 1, 3, 2))
-        s *= 1.0 / math.sqrt(self.dk)
         if self.mask is not None:
             np.copyto(s, -np.inf, where=self.mask)
         a = softmax(s, out=s)
@@ -243,36 +244,41 @@ class MultiHeadAttention(CheckedLayer):
             self._keep = keep
         else:
             ad, self._keep = a, None
-        o = np.matmul(ad, v)                                            # (N, H, T, dk)
-        o = np.ascontiguousarray(o.transpose(0, 2, 1, 3)).reshape(n, t, -1)
+        o = self._merged_matmul(ad, v)                                  # (N, T, H*dk)
         self._q, self._k, self._v, self._a, self._ad = q, k, v, a, ad
+        self._o = self._heads(o)                                        # O_h, read by backward
         return self.output.forward(o, training)
 
+    def _merged_matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """(N, H, T, .) @ (N, H, ., dk) written straight into an (N, T, H*dk) array, heads
+        side by side: no transposing copy of the product."""
+        n, h, t, _ = a.shape
+        out = np.empty((n, t, h * b.shape[-1]), dtype=self.dtype)
+        np.matmul(a, b, out=self._heads(out))
+        return out
+
     def backward(self, dy):
-        n, t, _ = dy.shape
         q, k, v, a, ad = self._q, self._k, self._v, self._a, self._ad
         do = self._heads(self.output.backward(dy))
         dad = np.matmul(do, v.transpose(0, 1, 3, 2))
-        dv = np.matmul(ad.transpose(0, 1, 3, 2), do)
         if self._keep is not None:
             dad *= self._keep
             dad *= 1.0 / (1.0 - self.hparams["dropout"])
-        # softmax backward, in place: dS = A * (dA - sum(dA * A)) / sqrt(dk)
-        row = np.sum(dad * a, axis=-1, keepdims=True)
+        # softmax backward, in place: dS = A * (dA - sum_j dA * A). The row sums equal
+        # dO . O row by row (sum_j (dO_i . V_j) A~_ij = dO_i . O_i, dropout included), a
+        # pass over (N, H, T, dk) instead of over the (N, H, T, T) scores.
+        row = np.sum(do * self._o, axis=-1, keepdims=True)
         dad -= row
         dad *= a
-        dad *= 1.0 / math.sqrt(self.dk)
-        dq = np.matmul(dad, k)
-        dk = np.matmul(dad.transpose(0, 1, 3, 2), q)
-
-        def merge(g):
-            return np.ascontiguousarray(g.transpose(0, 2, 1, 3)).reshape(n, t, -1)
-
+        # S = Q' K^T with Q' = Q / sqrt(dk) (as scaled in forward): dQ = dS K / sqrt(dk), dK = dS^T Q'
+        dq = self._merged_matmul(dad, k)
+        dq *= 1.0 / math.sqrt(self.dk)
+        dk = self._merged_matmul(dad.transpose(0, 1, 3, 2), q)
         for layer in (self.query, self.key, self.value):
             layer.input_grad = self.input_grad
-        dxq = self.query.backward(merge(dq))
-        dxk = self.key.backward(merge(dk))
-        dxv = self.value.backward(merge(dv))
+        dxq = self.query.backward(dq)
+        dxk = self.key.backward(dk)
+        dxv = self.value.backward(self._merged_matmul(ad.transpose(0, 1, 3, 2), do))
         if not self.input_grad:
             return None
         dx = dxq + dxk

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from nnctl.engine import shapes
-from nnctl.engine.activations import Activation, Sigmoid, get_activation
+from nnctl.engine.activations import Activation, Sigmoid, Tanh, get_activation
 from nnctl.engine.base import LAYERS, Layer, Workspace, check_hparams
 from nnctl.hparams import REQUIRED, Param
 from nnctl.engine.initializers import DEFAULT_BIAS_INITIALIZER, get_initializer
@@ -92,12 +92,17 @@ class _Recurrent(Layer):
             a = self.ws.arrays[name] = np.empty(shape, dtype=self.dtype)
         return a
 
-    def _gate_view(self, m: np.ndarray) -> np.ndarray:
-        """(rows, G*units) weight -> (G, rows, units) view, one matrix per gate block."""
-        g = self.GATES
-        return m.reshape(m.shape[0], g, -1).transpose(1, 0, 2)
+    # Internal order of the gate blocks when it differs from the parameters' (None: same).
+    ORDER: tuple[int, ...] | None = None
 
-    def _project_inputs(self, x: np.ndarray) -> np.ndarray:
+    def _gate_view(self, m: np.ndarray) -> np.ndarray:
+        """(rows, G*units) weight -> (G, rows, units), one matrix per gate block, in ORDER
+        (a view when ORDER is None, else a copy: weights are small next to activations)."""
+        g = self.GATES
+        v = m.reshape(m.shape[0], g, -1).transpose(1, 0, 2)
+        return v if self.ORDER is None else v[list(self.ORDER)]
+
+    def _project_inputs(self, x: np.ndarray, w4: np.ndarray | None = None) -> np.ndarray:
         """x (N, T, F) -> A (G, T, N, units): each gate's x_t @ W_gate for all steps at once.
 
         Buffers are gate-major so that every per-step, per-gate slice is one contiguous
@@ -110,7 +115,8 @@ class _Recurrent(Layer):
         self._xs = xs
         u = self.hparams["units"]
         a = self._buf("A", (self.GATES, t, n, u))
-        np.matmul(xs.reshape(t * n, feat), self._gate_view(self.params["W"]), out=a.reshape(self.GATES, t * n, u))
+        w4 = self._gate_view(self.params["W"]) if w4 is None else w4
+        np.matmul(xs.reshape(t * n, feat), w4, out=a.reshape(self.GATES, t * n, u))
         return a
 
     def _output(self, hs: np.ndarray) -> np.ndarray:
@@ -130,7 +136,11 @@ class _Recurrent(Layer):
         """(T, G, N, units) -> (T*N, G*units), the layout of W's and U's columns (into a buffer)."""
         t, g, n, u = d.shape
         out = self._buf(name, (t, n, g, u))
-        np.copyto(out, d.transpose(0, 2, 1, 3))
+        if self.ORDER is None:
+            np.copyto(out, d.transpose(0, 2, 1, 3))
+        else:                                    # back to the parameters' gate order
+            for j, k in enumerate(self.ORDER):
+                np.copyto(out[:, :, k], d[:, j])
         return out.reshape(t * n, g * u)
 
     def _weight_grads(self, da2: np.ndarray, dr2: np.ndarray):
@@ -327,35 +337,57 @@ class LSTM(_Recurrent):
             b[u:2 * u] = 1.0
         return b
 
+    # Internal gate order [i, f, o, g] (Keras' is [i, f, g, o]): the three sigmoid gates
+    # are then one contiguous block, so each per-step sigmoid (and its backward) is one
+    # call over three gates instead of two calls.
+    ORDER = (0, 1, 3, 2)
+
     def forward(self, x, training):
         x = np.asarray(x, dtype=self.dtype)
         n, t, _ = x.shape
         self._t = t
         u = self.hparams["units"]
-        a = self._project_inputs(x)                  # (4, T, N, u)
-        a += self.params["b"].reshape(4, 1, 1, u)
-        U4 = self._gate_view(self.params["U"])       # (4, u, u)
+        # The default activations (sigmoid gates, tanh candidate and cell) take a fast path:
+        # sigmoid(p) = (1 + tanh(p / 2)) / 2, and halving W, U and b in the sigmoid blocks
+        # is exact in binary floating point, so one tanh call covers all four gates and the
+        # values equal the general path's bit for bit.
+        self._fast = type(self.ract) is Sigmoid and type(self.act) is Tanh
+        W4 = self._gate_view(self.params["W"])       # (4, F, u) copy, internal order
+        U4 = self._gate_view(self.params["U"])       # (4, u, u) copy, internal order
+        b4 = self.params["b"].reshape(4, 1, 1, u)[list(self.ORDER)]
+        if self._fast:
+            for m in (W4, U4, b4):
+                m[:3] *= 0.5
+        a = self._project_inputs(x, W4)              # (4, T, N, u)
+        a += b4
         hs = self._buf("H", (t + 1, n, u))
         cs = self._buf("C", (t + 1, n, u))
         tc = self._buf("TC", (t, n, u))              # act(c_t)
-        pre = self._buf("P", (t, 4, n, u))
         gates = self._buf("G", (t, 4, n, u))
+        pre = None if self._fast else self._buf("P", (t, 4, n, u))
         hs[0] = 0
         cs[0] = 0
         hu = self._buf("hu", (4, n, u))
+        ig = self._buf("ig", (n, u))
         for s in range(t):
-            p, g = pre[s], gates[s]
+            g = gates[s]
             np.matmul(hs[s], U4, out=hu)
-            np.add(a[:, s], hu, out=p)
-            _act_forward(self.ract, p[:2], g[:2])
-            self.act.forward(p[2], out=g[2])
-            _act_forward(self.ract, p[3], g[3])
+            if self._fast:
+                np.add(a[:, s], hu, out=g)
+                np.tanh(g, out=g)
+                g[:3] *= 0.5
+                g[:3] += 0.5
+            else:
+                p = pre[s]
+                np.add(a[:, s], hu, out=p)
+                self.ract.forward(p[:3], out=g[:3])
+                self.act.forward(p[3], out=g[3])
             c1 = cs[s + 1]
             np.multiply(g[1], cs[s], out=c1)
-            np.multiply(g[0], g[2], out=hu[0])
-            c1 += hu[0]
+            np.multiply(g[0], g[3], out=ig)
+            c1 += ig
             self.act.forward(c1, out=tc[s])
-            np.multiply(g[3], tc[s], out=hs[s + 1])
+            np.multiply(g[2], tc[s], out=hs[s + 1])
         self._hs, self._cs, self._tc, self._pre, self._gates = hs, cs, tc, pre, gates
         return self._output(hs)
 
@@ -363,34 +395,70 @@ class LSTM(_Recurrent):
         dy = np.asarray(dy, dtype=self.dtype)
         hs, cs, tc, pre, gates, t = self._hs, self._cs, self._tc, self._pre, self._gates, self._t
         n, u = hs.shape[1], hs.shape[2]
-        dg_all = self._buf("dG", (t, 4, n, u))
+        # Gate-major over all steps, (4, T, N, u): each step's gate block is still one
+        # contiguous (N, u) array, and each gate's gradient over all steps is one contiguous
+        # (T*N, u) matrix, so dW, dU and db need no transposing copy after the loop.
+        dg_all = self._buf("dG", (4, t, n, u))
         U4T = self._gate_view(self.params["U"]).transpose(0, 2, 1)
         dh_carry = np.zeros((n, u), dtype=self.dtype)
         dc = np.zeros((n, u), dtype=self.dtype)
-        tmp = np.empty((n, u), dtype=self.dtype)
+        dh_buf = self._buf("dh", (n, u))
+        tmp = self._buf("tmp", (n, u))
+        slope = self._buf("slope", (4, n, u))
         back = self._buf("back", (4, n, u))
         dy_at = self._dy_at(dy)
+        fast = self._fast
         px, rx = self.act.USES_X, self.ract.USES_X
         for s in range(t - 1, -1, -1):
             g = dy_at(s)
-            dh = dh_carry if g is None else dh_carry + g
-            gs, ps, dgs = gates[s], pre[s], dg_all[s]
-            i, f, cand, o = gs[0], gs[1], gs[2], gs[3]
-            np.multiply(dh, tc[s], out=dgs[3])                             # do
+            dh = dh_carry if g is None else np.add(dh_carry, g, out=dh_buf)
+            gs, dgs = gates[s], dg_all[:, s]
+            i, f, o, cand = gs[0], gs[1], gs[2], gs[3]
+            np.multiply(dh, tc[s], out=dgs[2])                             # do
             np.multiply(dh, o, out=tmp)                                    # d act(c_t)
-            self.act.backward(cs[s + 1] if px else None, tc[s], tmp, out=tmp)
+            if fast:                                                       # tanh' = 1 - tc^2
+                sl = slope[0]
+                np.multiply(tc[s], tc[s], out=sl)
+                np.subtract(1.0, sl, out=sl)
+                tmp *= sl
+            else:
+                self.act.backward(cs[s + 1] if px else None, tc[s], tmp, out=tmp)
             dc += tmp
             np.multiply(dc, cand, out=dgs[0])                              # di
             np.multiply(dc, cs[s], out=dgs[1])                             # df
-            np.multiply(dc, i, out=dgs[2])                                 # dg
+            np.multiply(dc, i, out=dgs[3])                                 # dg
             dc *= f
-            self.ract.backward(ps[:2] if rx else None, gs[:2], dgs[:2], out=dgs[:2])
-            self.act.backward(ps[2] if px else None, cand, dgs[2], out=dgs[2])
-            self.ract.backward(ps[3] if rx else None, o, dgs[3], out=dgs[3])
+            if fast:
+                # Gate slopes in one pass: s (1 - s) for i, f, o and 1 - g^2 for the candidate.
+                np.subtract(1.0, gs[:3], out=slope[:3])
+                slope[:3] *= gs[:3]
+                np.multiply(cand, cand, out=slope[3])
+                np.subtract(1.0, slope[3], out=slope[3])
+                dgs *= slope
+            else:
+                ps = pre[s]
+                self.ract.backward(ps[:3] if rx else None, gs[:3], dgs[:3], out=dgs[:3])
+                self.act.backward(ps[3] if px else None, cand, dgs[3], out=dgs[3])
             np.matmul(dgs, U4T, out=back)
-            np.add(back[0], back[1], out=dh_carry)
-            dh_carry += back[2]
-            dh_carry += back[3]
-        dg2 = self._gate_minor("dG2", dg_all)
-        np.sum(dg2, axis=0, out=self.grads["b"])
-        return self._weight_grads(dg2, dg2)
+            np.sum(back, axis=0, out=dh_carry)
+        return self._gate_major_grads(dg_all)
+
+    def _gate_major_grads(self, dg_all: np.ndarray):
+        """dW, dU, db from dG (4, T, N, u) in internal order, one product per gate over all
+        steps written into that gate's columns; returns dx (N, T, F) or None."""
+        xs, hs = self._xs, self._hs
+        t, n, feat = xs.shape
+        u = hs.shape[2]
+        x2, h2 = xs.reshape(t * n, feat), hs[:-1].reshape(t * n, u)
+        d3 = dg_all.reshape(4, t * n, u)
+        gW, gU, gb = self.grads["W"], self.grads["U"], self.grads["b"]
+        for j, k in enumerate(self.ORDER):
+            cols = slice(k * u, (k + 1) * u)
+            np.matmul(x2.T, d3[j], out=gW[:, cols])
+            np.matmul(h2.T, d3[j], out=gU[:, cols])
+            np.sum(d3[j], axis=0, out=gb[cols])
+        if not self.input_grad:
+            return None
+        dx4 = np.matmul(d3, self._gate_view(self.params["W"]).transpose(0, 2, 1))  # (4, T*N, F)
+        dxs = np.sum(dx4, axis=0)
+        return np.ascontiguousarray(dxs.reshape(t, n, feat).transpose(1, 0, 2))
