@@ -14,6 +14,7 @@ write's error is raised there, in the training thread, as if the write had been 
 from __future__ import annotations
 
 import copy
+import signal
 import threading
 from typing import Any, Callable
 
@@ -59,6 +60,11 @@ class _BackgroundWriter:
         self._thread.start()
 
     def _run(self, job: Callable[[], None]) -> None:
+        # Ctrl-C and SIGTERM are the training thread's to handle (it stops at a batch boundary,
+        # then waits for this write). Blocked here, the kernel never hands them to this thread,
+        # where CPython could only note them while the main thread sleeps in join().
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             job()
         except BaseException as err:  # handed to the training thread by wait()
