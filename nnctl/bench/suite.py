@@ -211,9 +211,10 @@ def floor_seconds(sizes: list[int], n_train: int, n_val: int, batch: int, reps: 
         for w in ws:
             acts.append(acts[-1] @ w)
         g = acts[-1]
-        for w, a in zip(reversed(ws), reversed(acts[:-1])):
-            a.T @ g
-            g = g @ w.T
+        for i in reversed(range(len(ws))):
+            acts[i].T @ g
+            if i:   # the input needs no gradient: training never computes it, nor may the floor
+                g = g @ ws[i].T
 
     def val():
         h = xv
