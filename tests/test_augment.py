@@ -254,6 +254,10 @@ def test_noise_then_feature_dropout_on_a_table_run_as_one_step_with_both_effects
     assert abs(dropped.mean() - 0.2) < 0.01
     kept = xa[~dropped] - 3.0
     assert abs(kept.std() - 0.5) < 0.5 * 0.02 and abs(kept.mean()) < 0.01
+    # p so close to 1 that one 16-bit level is left: everything dropped, nothing undefined
+    nearly_all = Augmenter([make("noise", "table"), make("feature_dropout", "table", p=0.99999)], LAYOUTS["table"])
+    out, _ = nearly_all(np.ones((50, 4), np.float32), None, batch_rng(0, 0, 0))
+    assert np.isfinite(out).all() and (out == 0).mean() > 0.9
     again, _ = aug(x.copy(), None, batch_rng(0, 0, 0))
     np.testing.assert_array_equal(again, xa)
     # not fused: another order, p < 1, or sequences

@@ -751,7 +751,8 @@ def _noise_drop_table(noise: Noise, drop: FeatureDropout, dtype: np.dtype) -> np
         inv = NormalDist().inv_cdf
         half = np.array([inv((k + 0.5) / levels) for k in range(levels // 2)])
         q = np.concatenate([half, [0.0] * (levels % 2), -half[::-1]])
-        q /= np.sqrt(np.mean(q * q))            # the midpoints lose a little of the variance
+        if levels > 1:                          # the midpoints lose a little of the variance
+            q /= np.sqrt(np.mean(q * q))
         table = np.zeros((65536, 2))
         table[t:, 0] = q * noise.std
         table[t:, 1] = 1.0
