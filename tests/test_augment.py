@@ -254,6 +254,10 @@ def test_noise_then_feature_dropout_on_a_table_run_as_one_step_with_both_effects
     assert abs(dropped.mean() - 0.2) < 0.01
     kept = xa[~dropped] - 3.0
     assert abs(kept.std() - 0.5) < 0.5 * 0.02 and abs(kept.mean()) < 0.01
+    # p so close to 1 that one 16-bit level is left: everything dropped, nothing undefined
+    nearly_all = Augmenter([make("noise", "table"), make("feature_dropout", "table", p=0.99999)], LAYOUTS["table"])
+    out, _ = nearly_all(np.ones((50, 4), np.float32), None, batch_rng(0, 0, 0))
+    assert np.isfinite(out).all() and (out == 0).mean() > 0.9
     again, _ = aug(x.copy(), None, batch_rng(0, 0, 0))
     np.testing.assert_array_equal(again, xa)
     # not fused: another order, p < 1, or sequences
@@ -632,6 +636,36 @@ def test_shift_augmentation_helps_on_shifted_test_digits(tmp_path):
             accs.append(json.loads((next(runs.iterdir()) / "metrics.json").read_text())["test"]["test_accuracy"])
         means[augment] = float(np.mean(accs))
     assert means["[{shift: {max: 1}}]"] >= means["[]"] + 0.15, means
+
+
+def test_rotate_augmentation_helps_a_small_cnn_on_the_digits_own_test_split(tmp_path):
+    """A small CNN trained on 10% of the shipped digits (val_split 0, test_split 0.9: ~180
+    training rows, the other ~1617 its test split) generalizes better with `rotate: {degrees: 10}`.
+    Measured over seeds 0-4 at 100 epochs: test accuracy 0.918/0.953/0.928/0.905/0.930 without,
+    0.927/0.960/0.934/0.918/0.938 with: every seed gains 0.006 to 0.013. The test takes seeds 0-2
+    and asks each to gain >= 0.003 (about 5 test digits) and their mean to gain >= 0.005.
+    (Shift and crop did not help here: the shipped digits are centred, and a one-pixel move is an
+    eighth of the image.)"""
+    gains = []
+    for seed in range(3):
+        accs = []
+        for augment in ("[]", "[{rotate: {degrees: 10}}]"):
+            spec = write(tmp_path, f"""\
+                seed: {seed}
+                data: {{dataset: digits, shape: [1, 8, 8], standardize: global, val_split: 0.0,
+                       test_split: 0.9, augment: {augment}}}
+                model: {{layers: [{{conv2d: {{filters: 8, kernel_size: 3, padding: same, activation: relu}}}},
+                                  {{maxpool2d: {{size: 2}}}}, flatten]}}
+                optimizer: {{name: adam, lr: 0.003}}
+                training: {{epochs: 100, batch_size: 32}}
+                """)
+            runs = tmp_path / f"runs-{seed}-{len(accs)}"
+            res = runner.invoke(app, ["train", str(spec), "-q", "--runs-dir", str(runs)])
+            assert res.exit_code == 0, res.output
+            metrics = json.loads((next(runs.iterdir()) / "metrics.json").read_text())["test"]
+            accs.append(metrics["test_accuracy"])
+        gains.append(accs[1] - accs[0])
+    assert min(gains) >= 0.003 and float(np.mean(gains)) >= 0.005, gains
 
 
 # -- the CLI ---------------------------------------------------------------------------------

@@ -79,13 +79,14 @@ def _gather(src: np.ndarray, take: np.ndarray, out: np.ndarray, raw: np.ndarray 
     """out[:] = src[take], through `raw` (a buffer in src's dtype) when out has another dtype.
 
     mode="clip": the rows are valid by construction, and mode="raise" would gather through a
-    temporary copy instead of writing straight into the buffer.
+    temporary copy instead of writing straight into the buffer. The ndarray method, not
+    np.take: its Python wrapper costs ~0.5 us a call, a share of a small MLP's ~100 us step.
     """
     if raw is None:
-        np.take(src, take, axis=0, out=out, mode="clip")
+        src.take(take, 0, out, "clip")
     else:
         raw = raw[:len(take)]
-        np.take(src, take, axis=0, out=raw, mode="clip")
+        src.take(take, 0, raw, "clip")
         np.copyto(out, raw, casting="unsafe")
 
 
