@@ -1,9 +1,10 @@
 """Recurrent layers over (N, T, F) sequences: simple_rnn, gru and lstm, with full BPTT.
 
-Every layer projects all time steps' inputs in one matrix product up front, then runs a
-Python loop over time in which each step is one recurrent (batched, per-gate) product on
-the whole batch plus elementwise gate arithmetic into preallocated gate-major
-(T, G, N, units) buffers. The backward pass walks time in reverse over the same buffers,
+simple_rnn and gru project all time steps' inputs in one matrix product up front; lstm
+folds that projection and its bias into each step's product ([x_t | h_{t-1} | 1] against
+stacked [W; U; b]). Each then runs a Python loop over time in which each step is one
+recurrent (batched, per-gate) product on the whole batch plus elementwise gate arithmetic
+into preallocated gate-major (T, G, N, units) buffers. The backward pass walks time in reverse over the same buffers,
 and dW, dU and dx are again one product each over all time steps at the end. The initial
 state is zero; there is no masking.
 """
@@ -342,44 +343,56 @@ class LSTM(_Recurrent):
     # call over three gates instead of two calls.
     ORDER = (0, 1, 3, 2)
 
+    def _stacked_weights(self) -> np.ndarray:
+        """[W; U; b] as (4, F + u + 1, u), one matrix per gate in internal order.
+
+        Each step's pre-activations are then one product [x_t | h_{t-1} | 1] @ M: the
+        input projection and bias add ride along in the recurrent GEMM (K grows from u to
+        F + u + 1), which saves a separate (T*N, F) projection with a tiny inner
+        dimension, a pass over all steps to add b, and a per-step add of the projected
+        inputs. With the default activations the sigmoid blocks are halved so that
+        sigmoid(p) = (1 + tanh(p / 2)) / 2 is one tanh call over all four gates; halving
+        is exact in binary floating point.
+        """
+        u = self.hparams["units"]
+        b = self.params["b"].reshape(1, -1)
+        m = np.concatenate([self._gate_view(self.params["W"]), self._gate_view(self.params["U"]),
+                            self._gate_view(b)], axis=1)
+        if self._fast:
+            m[:3] *= 0.5
+        return m
+
     def forward(self, x, training):
         x = np.asarray(x, dtype=self.dtype)
-        n, t, _ = x.shape
+        n, t, feat = x.shape
         self._t = t
         u = self.hparams["units"]
-        # The default activations (sigmoid gates, tanh candidate and cell) take a fast path:
-        # sigmoid(p) = (1 + tanh(p / 2)) / 2, and halving W, U and b in the sigmoid blocks
-        # is exact in binary floating point, so one tanh call covers all four gates and the
-        # values equal the general path's bit for bit.
         self._fast = type(self.ract) is Sigmoid and type(self.act) is Tanh
-        W4 = self._gate_view(self.params["W"])       # (4, F, u) copy, internal order
-        U4 = self._gate_view(self.params["U"])       # (4, u, u) copy, internal order
-        b4 = self.params["b"].reshape(4, 1, 1, u)[list(self.ORDER)]
-        if self._fast:
-            for m in (W4, U4, b4):
-                m[:3] *= 0.5
-        a = self._project_inputs(x, W4)              # (4, T, N, u)
-        a += b4
-        hs = self._buf("H", (t + 1, n, u))
+        m4 = self._stacked_weights()                 # (4, F + u + 1, u)
+        # Z[s] = [x_s | h_{s-1} | 1] (T+1, N, F + u + 1); the h columns of all T+1 rows are
+        # the hidden states h_0..h_T, and Z[:T] is the left operand of dW, dU, db at once.
+        z = self._buf("Z", (t + 1, n, feat + u + 1))
+        np.copyto(z[:t, :, :feat], x.transpose(1, 0, 2))
+        z[t, :, :feat] = 0
+        z[:, :, feat + u] = 1
+        hs = z[:, :, feat:feat + u]
+        hs[0] = 0
         cs = self._buf("C", (t + 1, n, u))
         tc = self._buf("TC", (t, n, u))              # act(c_t)
         gates = self._buf("G", (t, 4, n, u))
         pre = None if self._fast else self._buf("P", (t, 4, n, u))
-        hs[0] = 0
         cs[0] = 0
-        hu = self._buf("hu", (4, n, u))
         ig = self._buf("ig", (n, u))
         for s in range(t):
             g = gates[s]
-            np.matmul(hs[s], U4, out=hu)
             if self._fast:
-                np.add(a[:, s], hu, out=g)
+                np.matmul(z[s], m4, out=g)
                 np.tanh(g, out=g)
                 g[:3] *= 0.5
                 g[:3] += 0.5
             else:
                 p = pre[s]
-                np.add(a[:, s], hu, out=p)
+                np.matmul(z[s], m4, out=p)
                 self.ract.forward(p[:3], out=g[:3])
                 self.act.forward(p[3], out=g[3])
             c1 = cs[s + 1]
@@ -388,13 +401,13 @@ class LSTM(_Recurrent):
             c1 += ig
             self.act.forward(c1, out=tc[s])
             np.multiply(g[2], tc[s], out=hs[s + 1])
-        self._hs, self._cs, self._tc, self._pre, self._gates = hs, cs, tc, pre, gates
+        self._z, self._cs, self._tc, self._pre, self._gates = z, cs, tc, pre, gates
         return self._output(hs)
 
     def backward(self, dy):
         dy = np.asarray(dy, dtype=self.dtype)
-        hs, cs, tc, pre, gates, t = self._hs, self._cs, self._tc, self._pre, self._gates, self._t
-        n, u = hs.shape[1], hs.shape[2]
+        cs, tc, pre, gates, t = self._cs, self._tc, self._pre, self._gates, self._t
+        n, u = cs.shape[1], cs.shape[2]
         # Gate-major over all steps, (4, T, N, u): each step's gate block is still one
         # contiguous (N, u) array, and each gate's gradient over all steps is one contiguous
         # (T*N, u) matrix, so dW, dU and db need no transposing copy after the loop.
@@ -444,19 +457,22 @@ class LSTM(_Recurrent):
         return self._gate_major_grads(dg_all)
 
     def _gate_major_grads(self, dg_all: np.ndarray):
-        """dW, dU, db from dG (4, T, N, u) in internal order, one product per gate over all
-        steps written into that gate's columns; returns dx (N, T, F) or None."""
-        xs, hs = self._xs, self._hs
-        t, n, feat = xs.shape
-        u = hs.shape[2]
-        x2, h2 = xs.reshape(t * n, feat), hs[:-1].reshape(t * n, u)
+        """dW, dU, db from dG (4, T, N, u) in internal order: one product per gate over all
+        steps, [x | h | 1]^T dG_gate, gives that gate's rows of W, U and b together; returns
+        dx (N, T, F) or None."""
+        z, t = self._z, self._t
+        n, k = z.shape[1], z.shape[2]
+        u = dg_all.shape[3]
+        feat = k - u - 1
         d3 = dg_all.reshape(4, t * n, u)
+        g4 = self._buf("dM", (4, k, u))
+        np.matmul(z[:t].reshape(t * n, k).T, d3, out=g4)
         gW, gU, gb = self.grads["W"], self.grads["U"], self.grads["b"]
-        for j, k in enumerate(self.ORDER):
-            cols = slice(k * u, (k + 1) * u)
-            np.matmul(x2.T, d3[j], out=gW[:, cols])
-            np.matmul(h2.T, d3[j], out=gU[:, cols])
-            np.sum(d3[j], axis=0, out=gb[cols])
+        for j, kk in enumerate(self.ORDER):
+            cols = slice(kk * u, (kk + 1) * u)
+            gW[:, cols] = g4[j, :feat]
+            gU[:, cols] = g4[j, feat:feat + u]
+            gb[cols] = g4[j, feat + u]
         if not self.input_grad:
             return None
         dx4 = np.matmul(d3, self._gate_view(self.params["W"]).transpose(0, 2, 1))  # (4, T*N, F)
