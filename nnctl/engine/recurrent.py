@@ -404,14 +404,49 @@ class LSTM(_Recurrent):
         self._z, self._cs, self._tc, self._pre, self._gates = z, cs, tc, pre, gates
         return self._output(hs)
 
+    def _step_factors(self):
+        """Everything the backward multiplies the carried gradients by, for all steps at once.
+
+        Returns q (T, 4, N, u) and oc (T, N, u) such that, per step, with dc the cell gradient
+        after adding dh's share:  d[i, f, o, g] pre-activations = [dc, dc, dh, dc] * q[s], and
+        dh's share of dc is dh * oc[s]. None of it depends on the carried gradients, so a few
+        passes over all steps replace about eight small calls per step.
+        """
+        cs, tc, pre, gates, t = self._cs, self._tc, self._pre, self._gates, self._t
+        q = self._buf("Q", gates.shape)
+        oc = self._buf("OC", tc.shape)
+        if self._fast:               # sigmoid' = s (1 - s), tanh' = 1 - y^2, from the outputs
+            np.subtract(1.0, gates[:, :3], out=q[:, :3])
+            q[:, :3] *= gates[:, :3]
+            np.multiply(gates[:, 3], gates[:, 3], out=q[:, 3])
+            np.subtract(1.0, q[:, 3], out=q[:, 3])
+            np.multiply(tc, tc, out=oc)
+            np.subtract(1.0, oc, out=oc)
+        else:
+            px, rx = self.act.USES_X, self.ract.USES_X
+            ones = np.ones(gates.shape, dtype=self.dtype)
+            self.ract.backward(pre[:, :3] if rx else None, gates[:, :3], ones[:, :3], out=q[:, :3])
+            self.act.backward(pre[:, 3] if px else None, gates[:, 3], ones[:, 3], out=q[:, 3])
+            self.act.backward(cs[1:] if px else None, tc, ones[:, 0], out=oc)
+        q[:, 0] *= gates[:, 3]       # di = dc g s'(i)
+        q[:, 1] *= cs[:t]            # df = dc c_{t-1} s'(f)
+        q[:, 2] *= tc                # do = dh act(c_t) s'(o)
+        q[:, 3] *= gates[:, 0]       # dg = dc i act'(g)
+        oc *= gates[:, 2]            # dc += dh o act'(c_t)
+        return q, oc
+
     def backward(self, dy):
         dy = np.asarray(dy, dtype=self.dtype)
-        cs, tc, pre, gates, t = self._cs, self._tc, self._pre, self._gates, self._t
-        n, u = cs.shape[1], cs.shape[2]
-        # Gate-major over all steps, (4, T, N, u): each step's gate block is still one
-        # contiguous (N, u) array, and each gate's gradient over all steps is one contiguous
-        # (T*N, u) matrix, so dW, dU and db need no transposing copy after the loop.
-        dg_all = self._buf("dG", (4, t, n, u))
+        gates, t = self._gates, self._t
+        n, u = gates.shape[2], gates.shape[3]
+        q, oc = self._step_factors()
+        # Each step's gate gradients are computed gate-major into dgs (4, N, u), where every
+        # gate's block is one contiguous (N, u) array (elementwise math on column slices is
+        # several times slower), then copied gate-minor into that step's rows of dcat
+        # (T, N, 4u): [dg_i | dg_f | dg_o | dg_g] is the left operand of the dh carry and,
+        # over all steps, of dW, dU and db, one GEMM each.
+        dgs = self._buf("dgs", (4, n, u))
+        dcat = self._buf("dcat", (t, n, 4 * u))
         # (4u, u): row k*u + j is U_k's column j, so [dg_i | dg_f | dg_o | dg_g] (N, 4u) times
         # it is the whole dh carry in one GEMM (a batched product plus a 4-way sum is slower).
         ut = np.ascontiguousarray(self._gate_view(self.params["U"]).transpose(0, 2, 1)).reshape(4 * u, u)
@@ -419,64 +454,42 @@ class LSTM(_Recurrent):
         dc = np.zeros((n, u), dtype=self.dtype)
         dh_buf = self._buf("dh", (n, u))
         tmp = self._buf("tmp", (n, u))
-        slope = self._buf("slope", (4, n, u))
-        dcat = self._buf("dcat", (n, 4, u))
         dy_at = self._dy_at(dy)
-        fast = self._fast
-        px, rx = self.act.USES_X, self.ract.USES_X
         for s in range(t - 1, -1, -1):
             g = dy_at(s)
             dh = dh_carry if g is None else np.add(dh_carry, g, out=dh_buf)
-            gs, dgs = gates[s], dg_all[:, s]
-            i, f, o, cand = gs[0], gs[1], gs[2], gs[3]
-            np.multiply(dh, tc[s], out=dgs[2])                             # do
-            np.multiply(dh, o, out=tmp)                                    # d act(c_t)
-            if fast:                                                       # tanh' = 1 - tc^2
-                sl = slope[0]
-                np.multiply(tc[s], tc[s], out=sl)
-                np.subtract(1.0, sl, out=sl)
-                tmp *= sl
-            else:
-                self.act.backward(cs[s + 1] if px else None, tc[s], tmp, out=tmp)
+            qs = q[s]
+            np.multiply(dh, qs[2], out=dgs[2])                             # do
+            np.multiply(dh, oc[s], out=tmp)
             dc += tmp
-            np.multiply(dc, cand, out=dgs[0])                              # di
-            np.multiply(dc, cs[s], out=dgs[1])                             # df
-            np.multiply(dc, i, out=dgs[3])                                 # dg
-            dc *= f
-            if fast:
-                # Gate slopes in one pass: s (1 - s) for i, f, o and 1 - g^2 for the candidate.
-                np.subtract(1.0, gs[:3], out=slope[:3])
-                slope[:3] *= gs[:3]
-                np.multiply(cand, cand, out=slope[3])
-                np.subtract(1.0, slope[3], out=slope[3])
-                dgs *= slope
-            else:
-                ps = pre[s]
-                self.ract.backward(ps[:3] if rx else None, gs[:3], dgs[:3], out=dgs[:3])
-                self.act.backward(ps[3] if px else None, cand, dgs[3], out=dgs[3])
-            np.copyto(dcat, dgs.transpose(1, 0, 2))
-            np.matmul(dcat.reshape(n, 4 * u), ut, out=dh_carry)
-        return self._gate_major_grads(dg_all)
+            np.multiply(dc, qs[:2], out=dgs[:2])                           # di, df
+            np.multiply(dc, qs[3], out=dgs[3])                             # dg
+            np.copyto(dcat[s].reshape(n, 4, u), dgs.transpose(1, 0, 2))
+            if s == 0:                                # no carry into the zero initial state
+                break
+            dc *= gates[s, 1]
+            np.matmul(dcat[s], ut, out=dh_carry)
+        return self._param_grads(dcat)
 
-    def _gate_major_grads(self, dg_all: np.ndarray):
-        """dW, dU, db from dG (4, T, N, u) in internal order: one product per gate over all
-        steps, [x | h | 1]^T dG_gate, gives that gate's rows of W, U and b together; returns
-        dx (N, T, F) or None."""
+    def _param_grads(self, dcat: np.ndarray):
+        """dW, dU, db from the gate-minor gradients dcat (T, N, 4u) in internal order: one
+        GEMM [x | h | 1]^T dcat over all steps gives W's, U's and b's rows together;
+        returns dx (N, T, F) or None."""
         z, t = self._z, self._t
         n, k = z.shape[1], z.shape[2]
-        u = dg_all.shape[3]
+        u = dcat.shape[2] // 4
         feat = k - u - 1
-        d3 = dg_all.reshape(4, t * n, u)
-        g4 = self._buf("dM", (4, k, u))
-        np.matmul(z[:t].reshape(t * n, k).T, d3, out=g4)
+        d2 = dcat.reshape(t * n, 4 * u)
+        gm = self._buf("dM", (k, 4 * u))
+        np.matmul(z[:t].reshape(t * n, k).T, d2, out=gm)
         gW, gU, gb = self.grads["W"], self.grads["U"], self.grads["b"]
-        for j, kk in enumerate(self.ORDER):
-            cols = slice(kk * u, (kk + 1) * u)
-            gW[:, cols] = g4[j, :feat]
-            gU[:, cols] = g4[j, feat:feat + u]
-            gb[cols] = g4[j, feat + u]
+        for j, kk in enumerate(self.ORDER):          # internal gate j -> parameter block kk
+            src, cols = slice(j * u, (j + 1) * u), slice(kk * u, (kk + 1) * u)
+            gW[:, cols] = gm[:feat, src]
+            gU[:, cols] = gm[feat:feat + u, src]
+            gb[cols] = gm[feat + u, src]
         if not self.input_grad:
             return None
-        dx4 = np.matmul(d3, self._gate_view(self.params["W"]).transpose(0, 2, 1))  # (4, T*N, F)
-        dxs = np.sum(dx4, axis=0)
+        w = self._gate_view(self.params["W"])        # (4, F, u) internal order
+        dxs = d2 @ w.transpose(0, 2, 1).reshape(4 * u, feat)
         return np.ascontiguousarray(dxs.reshape(t, n, feat).transpose(1, 0, 2))
