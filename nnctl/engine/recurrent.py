@@ -404,17 +404,22 @@ class LSTM(_Recurrent):
         self._z, self._cs, self._tc, self._pre, self._gates = z, cs, tc, pre, gates
         return self._output(hs)
 
-    def _step_factors(self):
-        """Everything the backward multiplies the carried gradients by, for all steps at once.
+    # Steps per block of backward factors: a block's factors (about 100 KB per step at
+    # N=100, u=64, float32) stay in L2 until the loop consumes them.
+    FACTOR_BLOCK = 4
 
-        Returns q (T, 4, N, u) and oc (T, N, u) such that, per step, with dc the cell gradient
-        after adding dh's share:  d[i, f, o, g] pre-activations = [dc, dc, dh, dc] * q[s], and
-        dh's share of dc is dh * oc[s]. None of it depends on the carried gradients, so a few
-        passes over all steps replace about eight small calls per step.
+    def _step_factors(self, lo: int, hi: int):
+        """Everything the backward multiplies the carried gradients by, for steps lo..hi-1.
+
+        Returns q (hi-lo, 4, N, u) and oc (hi-lo, N, u) such that, per step, with dc the cell
+        gradient after adding dh's share: d[i, f, o, g] pre-activations = [dc, dc, dh, dc] * q,
+        and dh's share of dc is dh * oc. None of it depends on the carried gradients, so a few
+        passes over a block of steps replace about eight small calls per step.
         """
-        cs, tc, pre, gates, t = self._cs, self._tc, self._pre, self._gates, self._t
-        q = self._buf("Q", gates.shape)
-        oc = self._buf("OC", tc.shape)
+        cs, tc, gates = self._cs[lo:hi + 1], self._tc[lo:hi], self._gates[lo:hi]
+        m = hi - lo
+        q = self._buf("Q", (self.FACTOR_BLOCK,) + gates.shape[1:])[:m]
+        oc = self._buf("OC", (self.FACTOR_BLOCK,) + tc.shape[1:])[:m]
         if self._fast:               # sigmoid' = s (1 - s), tanh' = 1 - y^2, from the outputs
             np.subtract(1.0, gates[:, :3], out=q[:, :3])
             q[:, :3] *= gates[:, :3]
@@ -423,13 +428,14 @@ class LSTM(_Recurrent):
             np.multiply(tc, tc, out=oc)
             np.subtract(1.0, oc, out=oc)
         else:
+            pre = self._pre[lo:hi]
             px, rx = self.act.USES_X, self.ract.USES_X
             ones = np.ones(gates.shape, dtype=self.dtype)
             self.ract.backward(pre[:, :3] if rx else None, gates[:, :3], ones[:, :3], out=q[:, :3])
             self.act.backward(pre[:, 3] if px else None, gates[:, 3], ones[:, 3], out=q[:, 3])
             self.act.backward(cs[1:] if px else None, tc, ones[:, 0], out=oc)
         q[:, 0] *= gates[:, 3]       # di = dc g s'(i)
-        q[:, 1] *= cs[:t]            # df = dc c_{t-1} s'(f)
+        q[:, 1] *= cs[:m]            # df = dc c_{t-1} s'(f)
         q[:, 2] *= tc                # do = dh act(c_t) s'(o)
         q[:, 3] *= gates[:, 0]       # dg = dc i act'(g)
         oc *= gates[:, 2]            # dc += dh o act'(c_t)
@@ -439,7 +445,6 @@ class LSTM(_Recurrent):
         dy = np.asarray(dy, dtype=self.dtype)
         gates, t = self._gates, self._t
         n, u = gates.shape[2], gates.shape[3]
-        q, oc = self._step_factors()
         # Each step's gate gradients are computed gate-major into dgs (4, N, u), where every
         # gate's block is one contiguous (N, u) array (elementwise math on column slices is
         # several times slower), then copied gate-minor into that step's rows of dcat
@@ -458,9 +463,12 @@ class LSTM(_Recurrent):
         for s in range(t - 1, -1, -1):
             g = dy_at(s)
             dh = dh_carry if g is None else np.add(dh_carry, g, out=dh_buf)
-            qs = q[s]
+            if s == t - 1 or (s + 1) % self.FACTOR_BLOCK == 0:
+                lo = s - s % self.FACTOR_BLOCK
+                q, oc = self._step_factors(lo, s + 1)
+            qs, ocs = q[s - lo], oc[s - lo]
             np.multiply(dh, qs[2], out=dgs[2])                             # do
-            np.multiply(dh, oc[s], out=tmp)
+            np.multiply(dh, ocs, out=tmp)
             dc += tmp
             np.multiply(dc, qs[:2], out=dgs[:2])                           # di, df
             np.multiply(dc, qs[3], out=dgs[3])                             # dg
