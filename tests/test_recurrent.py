@@ -105,6 +105,26 @@ def test_gradcheck(cls, kw):
     assert max(errors.values()) < 1e-6, errors
 
 
+@pytest.mark.parametrize("kw", [{"return_sequences": True},
+                                {"activation": "softplus", "recurrent_activation": "swish"}])
+def test_lstm_backward_does_not_depend_on_its_factor_block(kw, monkeypatch):
+    # The backward computes its per-step factors a block of steps at a time; T = 7 leaves a
+    # partial block, and every block size must give the same gradients bit for bit.
+    rng = np.random.default_rng(3)
+    x, dy = rng.standard_normal((3, 7, 2)), rng.standard_normal((3, 7, 4))
+    results = []
+    for block in (1, 3, 4, 7, 50):
+        monkeypatch.setattr(LSTM, "FACTOR_BLOCK", block)
+        layer = built(LSTM(units=4, **kw), (7, 2), seed=5)
+        layer.forward(x, True)
+        dx = layer.backward(dy if kw.get("return_sequences") else dy[:, -1])
+        results.append([dx] + [layer.grads[k].copy() for k in ("W", "U", "b")])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert np.array_equal(a, b)
+    assert np.abs(results[0][2]).max() > 0.01       # the gradients are not trivially zero
+
+
 def test_gradcheck_in_a_stack_with_a_time_step_of_one():
     specs = [{"type": "gru", "units": 3, "return_sequences": True}, {"type": "lstm", "units": 2}]
     model = Sequential.from_config(specs, (1, 2), 0, "float64")

@@ -1,9 +1,10 @@
 """Recurrent layers over (N, T, F) sequences: simple_rnn, gru and lstm, with full BPTT.
 
-Every layer projects all time steps' inputs in one matrix product up front, then runs a
-Python loop over time in which each step is one recurrent (batched, per-gate) product on
-the whole batch plus elementwise gate arithmetic into preallocated gate-major
-(T, G, N, units) buffers. The backward pass walks time in reverse over the same buffers,
+simple_rnn and gru project all time steps' inputs in one matrix product up front; lstm
+folds that projection and its bias into each step's product ([x_t | h_{t-1} | 1] against
+stacked [W; U; b]). Each then runs a Python loop over time in which each step is one
+recurrent (batched, per-gate) product on the whole batch plus elementwise gate arithmetic
+into preallocated gate-major (T, G, N, units) buffers. The backward pass walks time in reverse over the same buffers,
 and dW, dU and dx are again one product each over all time steps at the end. The initial
 state is zero; there is no masking.
 """
@@ -342,44 +343,56 @@ class LSTM(_Recurrent):
     # call over three gates instead of two calls.
     ORDER = (0, 1, 3, 2)
 
+    def _stacked_weights(self) -> np.ndarray:
+        """[W; U; b] as (4, F + u + 1, u), one matrix per gate in internal order.
+
+        Each step's pre-activations are then one product [x_t | h_{t-1} | 1] @ M: the
+        input projection and bias add ride along in the recurrent GEMM (K grows from u to
+        F + u + 1), which saves a separate (T*N, F) projection with a tiny inner
+        dimension, a pass over all steps to add b, and a per-step add of the projected
+        inputs. With the default activations the sigmoid blocks are halved so that
+        sigmoid(p) = (1 + tanh(p / 2)) / 2 is one tanh call over all four gates; halving
+        is exact in binary floating point.
+        """
+        u = self.hparams["units"]
+        b = self.params["b"].reshape(1, -1)
+        m = np.concatenate([self._gate_view(self.params["W"]), self._gate_view(self.params["U"]),
+                            self._gate_view(b)], axis=1)
+        if self._fast:
+            m[:3] *= 0.5
+        return m
+
     def forward(self, x, training):
         x = np.asarray(x, dtype=self.dtype)
-        n, t, _ = x.shape
+        n, t, feat = x.shape
         self._t = t
         u = self.hparams["units"]
-        # The default activations (sigmoid gates, tanh candidate and cell) take a fast path:
-        # sigmoid(p) = (1 + tanh(p / 2)) / 2, and halving W, U and b in the sigmoid blocks
-        # is exact in binary floating point, so one tanh call covers all four gates and the
-        # values equal the general path's bit for bit.
         self._fast = type(self.ract) is Sigmoid and type(self.act) is Tanh
-        W4 = self._gate_view(self.params["W"])       # (4, F, u) copy, internal order
-        U4 = self._gate_view(self.params["U"])       # (4, u, u) copy, internal order
-        b4 = self.params["b"].reshape(4, 1, 1, u)[list(self.ORDER)]
-        if self._fast:
-            for m in (W4, U4, b4):
-                m[:3] *= 0.5
-        a = self._project_inputs(x, W4)              # (4, T, N, u)
-        a += b4
-        hs = self._buf("H", (t + 1, n, u))
+        m4 = self._stacked_weights()                 # (4, F + u + 1, u)
+        # Z[s] = [x_s | h_{s-1} | 1] (T+1, N, F + u + 1); the h columns of all T+1 rows are
+        # the hidden states h_0..h_T, and Z[:T] is the left operand of dW, dU, db at once.
+        z = self._buf("Z", (t + 1, n, feat + u + 1))
+        np.copyto(z[:t, :, :feat], x.transpose(1, 0, 2))
+        z[t, :, :feat] = 0
+        z[:, :, feat + u] = 1
+        hs = z[:, :, feat:feat + u]
+        hs[0] = 0
         cs = self._buf("C", (t + 1, n, u))
         tc = self._buf("TC", (t, n, u))              # act(c_t)
         gates = self._buf("G", (t, 4, n, u))
         pre = None if self._fast else self._buf("P", (t, 4, n, u))
-        hs[0] = 0
         cs[0] = 0
-        hu = self._buf("hu", (4, n, u))
         ig = self._buf("ig", (n, u))
         for s in range(t):
             g = gates[s]
-            np.matmul(hs[s], U4, out=hu)
             if self._fast:
-                np.add(a[:, s], hu, out=g)
+                np.matmul(z[s], m4, out=g)
                 np.tanh(g, out=g)
                 g[:3] *= 0.5
                 g[:3] += 0.5
             else:
                 p = pre[s]
-                np.add(a[:, s], hu, out=p)
+                np.matmul(z[s], m4, out=p)
                 self.ract.forward(p[:3], out=g[:3])
                 self.act.forward(p[3], out=g[3])
             c1 = cs[s + 1]
@@ -388,77 +401,103 @@ class LSTM(_Recurrent):
             c1 += ig
             self.act.forward(c1, out=tc[s])
             np.multiply(g[2], tc[s], out=hs[s + 1])
-        self._hs, self._cs, self._tc, self._pre, self._gates = hs, cs, tc, pre, gates
+        self._z, self._cs, self._tc, self._pre, self._gates = z, cs, tc, pre, gates
         return self._output(hs)
+
+    # Steps per block of backward factors: a block's factors (about 100 KB per step at
+    # N=100, u=64, float32) stay in L2 until the loop consumes them.
+    FACTOR_BLOCK = 4
+
+    def _step_factors(self, lo: int, hi: int):
+        """Everything the backward multiplies the carried gradients by, for steps lo..hi-1.
+
+        Returns q (hi-lo, 4, N, u) and oc (hi-lo, N, u) such that, per step, with dc the cell
+        gradient after adding dh's share: d[i, f, o, g] pre-activations = [dc, dc, dh, dc] * q,
+        and dh's share of dc is dh * oc. None of it depends on the carried gradients, so a few
+        passes over a block of steps replace about eight small calls per step.
+        """
+        cs, tc, gates = self._cs[lo:hi + 1], self._tc[lo:hi], self._gates[lo:hi]
+        m = hi - lo
+        q = self._buf("Q", (self.FACTOR_BLOCK,) + gates.shape[1:])[:m]
+        oc = self._buf("OC", (self.FACTOR_BLOCK,) + tc.shape[1:])[:m]
+        if self._fast:               # sigmoid' = s (1 - s), tanh' = 1 - y^2, from the outputs
+            np.subtract(1.0, gates[:, :3], out=q[:, :3])
+            q[:, :3] *= gates[:, :3]
+            np.multiply(gates[:, 3], gates[:, 3], out=q[:, 3])
+            np.subtract(1.0, q[:, 3], out=q[:, 3])
+            np.multiply(tc, tc, out=oc)
+            np.subtract(1.0, oc, out=oc)
+        else:
+            pre = self._pre[lo:hi]
+            px, rx = self.act.USES_X, self.ract.USES_X
+            ones = np.ones(gates.shape, dtype=self.dtype)
+            self.ract.backward(pre[:, :3] if rx else None, gates[:, :3], ones[:, :3], out=q[:, :3])
+            self.act.backward(pre[:, 3] if px else None, gates[:, 3], ones[:, 3], out=q[:, 3])
+            self.act.backward(cs[1:] if px else None, tc, ones[:, 0], out=oc)
+        q[:, 0] *= gates[:, 3]       # di = dc g s'(i)
+        q[:, 1] *= cs[:m]            # df = dc c_{t-1} s'(f)
+        q[:, 2] *= tc                # do = dh act(c_t) s'(o)
+        q[:, 3] *= gates[:, 0]       # dg = dc i act'(g)
+        oc *= gates[:, 2]            # dc += dh o act'(c_t)
+        return q, oc
 
     def backward(self, dy):
         dy = np.asarray(dy, dtype=self.dtype)
-        hs, cs, tc, pre, gates, t = self._hs, self._cs, self._tc, self._pre, self._gates, self._t
-        n, u = hs.shape[1], hs.shape[2]
-        # Gate-major over all steps, (4, T, N, u): each step's gate block is still one
-        # contiguous (N, u) array, and each gate's gradient over all steps is one contiguous
-        # (T*N, u) matrix, so dW, dU and db need no transposing copy after the loop.
-        dg_all = self._buf("dG", (4, t, n, u))
-        U4T = self._gate_view(self.params["U"]).transpose(0, 2, 1)
+        gates, t = self._gates, self._t
+        n, u = gates.shape[2], gates.shape[3]
+        # Each step's gate gradients are computed gate-major into dgs (4, N, u), where every
+        # gate's block is one contiguous (N, u) array (elementwise math on column slices is
+        # several times slower), then copied gate-minor into that step's rows of dcat
+        # (T, N, 4u): [dg_i | dg_f | dg_o | dg_g] is the left operand of the dh carry and,
+        # over all steps, of dW, dU and db, one GEMM each.
+        dgs = self._buf("dgs", (4, n, u))
+        dcat = self._buf("dcat", (t, n, 4 * u))
+        # (4u, u): row k*u + j is U_k's column j, so [dg_i | dg_f | dg_o | dg_g] (N, 4u) times
+        # it is the whole dh carry in one GEMM (a batched product plus a 4-way sum is slower).
+        ut = np.ascontiguousarray(self._gate_view(self.params["U"]).transpose(0, 2, 1)).reshape(4 * u, u)
         dh_carry = np.zeros((n, u), dtype=self.dtype)
         dc = np.zeros((n, u), dtype=self.dtype)
         dh_buf = self._buf("dh", (n, u))
         tmp = self._buf("tmp", (n, u))
-        slope = self._buf("slope", (4, n, u))
-        back = self._buf("back", (4, n, u))
         dy_at = self._dy_at(dy)
-        fast = self._fast
-        px, rx = self.act.USES_X, self.ract.USES_X
         for s in range(t - 1, -1, -1):
             g = dy_at(s)
             dh = dh_carry if g is None else np.add(dh_carry, g, out=dh_buf)
-            gs, dgs = gates[s], dg_all[:, s]
-            i, f, o, cand = gs[0], gs[1], gs[2], gs[3]
-            np.multiply(dh, tc[s], out=dgs[2])                             # do
-            np.multiply(dh, o, out=tmp)                                    # d act(c_t)
-            if fast:                                                       # tanh' = 1 - tc^2
-                sl = slope[0]
-                np.multiply(tc[s], tc[s], out=sl)
-                np.subtract(1.0, sl, out=sl)
-                tmp *= sl
-            else:
-                self.act.backward(cs[s + 1] if px else None, tc[s], tmp, out=tmp)
+            if s == t - 1 or (s + 1) % self.FACTOR_BLOCK == 0:
+                lo = s - s % self.FACTOR_BLOCK
+                q, oc = self._step_factors(lo, s + 1)
+            qs, ocs = q[s - lo], oc[s - lo]
+            np.multiply(dh, qs[2], out=dgs[2])                             # do
+            np.multiply(dh, ocs, out=tmp)
             dc += tmp
-            np.multiply(dc, cand, out=dgs[0])                              # di
-            np.multiply(dc, cs[s], out=dgs[1])                             # df
-            np.multiply(dc, i, out=dgs[3])                                 # dg
-            dc *= f
-            if fast:
-                # Gate slopes in one pass: s (1 - s) for i, f, o and 1 - g^2 for the candidate.
-                np.subtract(1.0, gs[:3], out=slope[:3])
-                slope[:3] *= gs[:3]
-                np.multiply(cand, cand, out=slope[3])
-                np.subtract(1.0, slope[3], out=slope[3])
-                dgs *= slope
-            else:
-                ps = pre[s]
-                self.ract.backward(ps[:3] if rx else None, gs[:3], dgs[:3], out=dgs[:3])
-                self.act.backward(ps[3] if px else None, cand, dgs[3], out=dgs[3])
-            np.matmul(dgs, U4T, out=back)
-            np.sum(back, axis=0, out=dh_carry)
-        return self._gate_major_grads(dg_all)
+            np.multiply(dc, qs[:2], out=dgs[:2])                           # di, df
+            np.multiply(dc, qs[3], out=dgs[3])                             # dg
+            np.copyto(dcat[s].reshape(n, 4, u), dgs.transpose(1, 0, 2))
+            if s == 0:                                # no carry into the zero initial state
+                break
+            dc *= gates[s, 1]
+            np.matmul(dcat[s], ut, out=dh_carry)
+        return self._param_grads(dcat)
 
-    def _gate_major_grads(self, dg_all: np.ndarray):
-        """dW, dU, db from dG (4, T, N, u) in internal order, one product per gate over all
-        steps written into that gate's columns; returns dx (N, T, F) or None."""
-        xs, hs = self._xs, self._hs
-        t, n, feat = xs.shape
-        u = hs.shape[2]
-        x2, h2 = xs.reshape(t * n, feat), hs[:-1].reshape(t * n, u)
-        d3 = dg_all.reshape(4, t * n, u)
+    def _param_grads(self, dcat: np.ndarray):
+        """dW, dU, db from the gate-minor gradients dcat (T, N, 4u) in internal order: one
+        GEMM [x | h | 1]^T dcat over all steps gives W's, U's and b's rows together;
+        returns dx (N, T, F) or None."""
+        z, t = self._z, self._t
+        n, k = z.shape[1], z.shape[2]
+        u = dcat.shape[2] // 4
+        feat = k - u - 1
+        d2 = dcat.reshape(t * n, 4 * u)
+        gm = self._buf("dM", (k, 4 * u))
+        np.matmul(z[:t].reshape(t * n, k).T, d2, out=gm)
         gW, gU, gb = self.grads["W"], self.grads["U"], self.grads["b"]
-        for j, k in enumerate(self.ORDER):
-            cols = slice(k * u, (k + 1) * u)
-            np.matmul(x2.T, d3[j], out=gW[:, cols])
-            np.matmul(h2.T, d3[j], out=gU[:, cols])
-            np.sum(d3[j], axis=0, out=gb[cols])
+        for j, kk in enumerate(self.ORDER):          # internal gate j -> parameter block kk
+            src, cols = slice(j * u, (j + 1) * u), slice(kk * u, (kk + 1) * u)
+            gW[:, cols] = gm[:feat, src]
+            gU[:, cols] = gm[feat:feat + u, src]
+            gb[cols] = gm[feat + u, src]
         if not self.input_grad:
             return None
-        dx4 = np.matmul(d3, self._gate_view(self.params["W"]).transpose(0, 2, 1))  # (4, T*N, F)
-        dxs = np.sum(dx4, axis=0)
+        w = self._gate_view(self.params["W"])        # (4, F, u) internal order
+        dxs = d2 @ w.transpose(0, 2, 1).reshape(4 * u, feat)
         return np.ascontiguousarray(dxs.reshape(t, n, feat).transpose(1, 0, 2))
