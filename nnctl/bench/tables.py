@@ -66,23 +66,22 @@ def _hwm_mb() -> float:
 
 def child(mode: str, path: str, cache: str) -> dict:
     """One measurement, in this (fresh) process; returns seconds, peak MB and the array's MB."""
-    start_mb = _hwm_mb()
     if mode == "pandas":
         import pandas as pd
-        t = time.perf_counter()
-        frame = pd.read_csv(path, dtype=np.float32)
-        x = frame.to_numpy()[:, :FEATURES]
-        seconds = time.perf_counter() - t
-        return {"seconds": seconds, "peak_mb": _hwm_mb(), "start_mb": start_mb, "array_mb": x.nbytes / 2**20}
-    from nnctl.data.files import read_csv_data
-    from nnctl.data.table_cache import TableCache
-    parse = None if mode == "parse" else TableCache(Path(cache)).parse
+
+        def load() -> np.ndarray:
+            return pd.read_csv(path, dtype=np.float32).to_numpy()[:, :FEATURES]
+    else:
+        from nnctl.data.files import read_csv_data
+        from nnctl.data.table_cache import TableCache
+        parse = None if mode == "parse" else TableCache(Path(cache)).parse
+
+        def load() -> np.ndarray:
+            return read_csv_data(Path(path), "label", None, parse=parse).numbers
     t = time.perf_counter()
-    raw = read_csv_data(Path(path), "label", None, parse=parse)
+    x = load()
     seconds = time.perf_counter() - t
-    x = raw.numbers
-    return {"seconds": seconds, "peak_mb": _hwm_mb(), "start_mb": start_mb, "array_mb": x.nbytes / 2**20,
-            "rows": int(len(x))}
+    return {"seconds": seconds, "peak_mb": _hwm_mb(), "array_mb": x.nbytes / 2**20}
 
 
 def measure(mode: str, path: Path, cache: Path) -> dict | None:
