@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         say(f"CSV tables: {FEATURES} float features + an integer label; load {os.getloadavg()[0]:.2f} "
             f"on {os.cpu_count()} CPUs; peak = the child's VmHWM (python + numpy alone: ~30 MB)")
-        if not pandas_installed():
+        has_pandas = pandas_installed()
+        if not has_pandas:
             say("pandas is not installed: no pandas column (pip install pandas to compare)")
         say(f"{'rows':>9} {'file MB':>8} {'array MB':>8} | {'parse s':>7} {'peak MB':>7} | {'build s':>7} "
             f"{'hit s':>6} {'hit MB':>6} | {'pandas s':>8} {'peak MB':>7}")
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             parse = measure("parse", path, cache)
             build = measure("build", path, cache)
             hit = measure("hit", path, cache)
-            pd = measure("pandas", path, cache) if pandas_installed() else None
+            pd = measure("pandas", path, cache) if has_pandas else None
             if not (parse and build and hit):
                 continue
             size = path.stat().st_size / 2**20
