@@ -22,3 +22,17 @@ def say(text: str) -> None:
     """One line of benchmark output on the console (no markup: numbers and brackets print as they are)."""
     from nnctl.console import console
     console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS, VmHWM, RssAnon, RssFile of a live process, in kB (empty once it is gone)."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+                    out[key] = int(value.split()[0])
+    except (OSError, ValueError):
+        pass
+    return out

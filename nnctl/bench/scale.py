@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from nnctl.bench import say
+from nnctl.bench import proc_status, say
 from nnctl.runs.store import read_run_metrics
 
 
@@ -79,20 +79,6 @@ def write_csv(path: Path, rows: int, seed: int) -> None:
 
 # ---------------------------------------------------------------------------- measuring
 
-def _status(pid: int) -> dict[str, int]:
-    """VmRSS, VmHWM, RssAnon, RssFile of a live process, in kB (empty once it is gone)."""
-    out = {}
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-                    out[key] = int(value.split()[0])
-    except (OSError, ValueError):
-        pass
-    return out
-
-
 def run_measured(cmd: list[str], cwd: Path, env: dict, log: Path) -> dict:
     """Run `cmd`; return exit code, seconds and the polled peaks of total (VmHWM), anon and file RSS in MB."""
     peaks = {"RssAnon": 0, "RssFile": 0, "VmHWM": 0}
@@ -103,7 +89,7 @@ def run_measured(cmd: list[str], cwd: Path, env: dict, log: Path) -> dict:
 
         def poll() -> None:
             while not done.is_set():
-                st = _status(proc.pid)
+                st = proc_status(proc.pid)
                 for k in peaks:
                     peaks[k] = max(peaks[k], st.get(k, 0))
                 done.wait(0.02)
@@ -119,7 +105,7 @@ def run_measured(cmd: list[str], cwd: Path, env: dict, log: Path) -> dict:
 
 
 def _rss() -> tuple[float, float, float]:
-    st = _status(os.getpid())
+    st = proc_status(os.getpid())
     return st.get("VmRSS", 0) / 1024, st.get("RssAnon", 0) / 1024, st.get("RssFile", 0) / 1024
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnctl.bench import say
+from nnctl.bench import proc_status, say
 
 FEATURES = 50
 SIZES = (10_000, 200_000, 1_000_000)
@@ -57,11 +57,8 @@ def make_csv(path: Path, rows: int, seed: int = 0) -> None:
 
 
 def _hwm_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kb = proc_status(os.getpid()).get("VmHWM")
+    return kb / 1024 if kb is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child(mode: str, path: str, cache: str) -> dict:
