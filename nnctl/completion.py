@@ -83,14 +83,13 @@ def complete_set(incomplete: str) -> list[str]:
 COMPLETE_VAR = "_NNCTL_COMPLETE"
 
 
-def accept_click_instruction(environ=os.environ) -> None:
+def accept_click_instruction() -> None:
     """Let Click's spelling `_NNCTL_COMPLETE=bash_source` print the script as Typer's `source_bash` does.
 
     Click documents "{shell}_source"; Typer reads "{instruction}_{shell}" and would answer
     "Shell source not supported". Only the source step is renamed: the script it prints calls
     nnctl back with Typer's own instructions.
     """
-    value = environ.get(COMPLETE_VAR, "")
-    shell, _, step = value.partition("_")
+    shell, _, step = os.environ.get(COMPLETE_VAR, "").partition("_")
     if step == "source" and shell in ("bash", "zsh", "fish"):
-        environ[COMPLETE_VAR] = f"source_{shell}"
+        os.environ[COMPLETE_VAR] = f"source_{shell}"
