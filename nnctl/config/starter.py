@@ -108,18 +108,18 @@ def _csv_profile(path: Path, target: str | None) -> Profile:
         if name == target:
             continue
         # a missing cell is neither text nor a number: the column's kind comes from the others
-        cells = [c.strip() for c in table.column(j) if not is_missing(c)]
-        holes = len(table.rows) - len(cells)
+        column = table.column(j)
+        cells = [c.strip() for c in column if not is_missing(c)]
+        holes = len(column) - len(cells)
         distinct = len(set(cells))
         numbers = parse_floats(cells)
         if not cells:
             left_out.append(Column(name, "empty", 0, "every cell is missing"))
         elif numbers is None:
             if any(is_number(c) for c in cells):
-                bad = next(i for i, c in enumerate(table.column(j))
-                           if not is_missing(c) and not is_number(c))
+                bad = next(i for i, c in enumerate(column) if not is_missing(c) and not is_number(c))
                 left_out.append(Column(name, "text", distinct, f"partly numeric (row {table.lines[bad]}: "
-                                                                 f"{table.column(j)[bad].strip()!r}); "
+                                                                 f"{column[bad].strip()!r}); "
                                                                  "fix it to use the column"))
             elif _ID_NAME.search(name) or distinct == len(cells):
                 left_out.append(Column(name, "id", distinct, "a different text in every row: an ID"))
