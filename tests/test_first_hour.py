@@ -362,6 +362,18 @@ def test_init_on_a_csv_with_missing_cells_imputes_them_instead_of_dropping_colum
     assert res.exit_code == 0 and res.stdout.startswith("completed: 1 epochs"), res.output
 
 
+def test_init_names_the_file_row_of_a_partly_numeric_column_past_missing_cells(tmp_path):
+    """The bad cell is found among all the column's cells: a missing one before it must not shift the row."""
+    from nnctl.config.starter import profile_data
+    lines = ["a,b,c,label"] + [f"{i % 7},{'NA' if i == 3 else 'oops' if i == 7 else i % 10},{i / 40:.3f},{'xy'[i % 2]}"
+                               for i in range(40)]
+    (tmp_path / "p.csv").write_text("\n".join(lines) + "\n")
+    p = profile_data(tmp_path / "p.csv", "label")
+    assert p.features == ["a", "c"]
+    assert [(c.name, c.kind, c.why) for c in p.left_out] == [
+        ("b", "text", "partly numeric (row 9: 'oops'); fix it to use the column")]   # header is line 1, i=7 line 9
+
+
 def test_init_npy_finds_its_targets_and_npz(tmp_path, monkeypatch):
     import numpy as np
     monkeypatch.chdir(tmp_path)
