@@ -31,6 +31,7 @@ class Param:
     gt/ge/lt/le: numeric bounds (on every element, for lists).
     choices: the allowed strings for kind "str".
     nullable: None is allowed (and means "off").
+    false_means: for kind "str", the string a YAML false stands for (`cache: off` reads as false).
     doc: one line for the README and `nnctl config`.
     """
 
@@ -43,6 +44,7 @@ class Param:
     choices: tuple[str, ...] | None = None
     nullable: bool = False
     doc: str = ""
+    false_means: str | None = None   # kind "str": YAML's false (an unquoted off/no) stands for this
 
     @property
     def required(self) -> bool:
@@ -87,6 +89,8 @@ def check_value(where: str, value: Any, p: Param) -> Any:
             raise ConfigError(f"{where}: must be true or false, got {quoted(value)}")
         return bool(value)
     if p.kind == "str":
+        if value is False and p.false_means is not None:
+            return p.false_means
         if not isinstance(value, str):
             raise ConfigError(f"{where}: must be a string, got {quoted(value)}")
         if p.choices is not None and value not in p.choices:

@@ -119,6 +119,8 @@ class Checker:
                 self.error(path, f"must be true, false or one of {', '.join(p.choices or ())}, got {describe(value)}")
             return value
         if kind == "str":
+            if value is False and p.false_means is not None:
+                return p.false_means
             if not isinstance(value, str):
                 self.error(path, f"must be a string, got {describe(value)}")
             elif p.choices is not None and value not in p.choices:

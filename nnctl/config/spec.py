@@ -270,9 +270,6 @@ def check_spec(source: Source, base_dir: Path, default_name: str) -> Spec:
         raise ConfigError(f"{source.filename}: a spec must be a mapping of sections, got {describe(raw)}")
     top = chk.section((), raw, TOP_PARAMS, REGISTRIES)
 
-    if isinstance(raw.get("data"), dict) and raw["data"].get("cache") is False:
-        # YAML reads an unquoted `cache: off` as false, which means the same
-        raw = {**raw, "data": {**raw["data"], "cache": "off"}}
     data = chk.section(("data",), raw.get("data"), PARAMS_DATA, REGISTRIES)
     if isinstance(data.get("dataset"), str) and data["dataset"] in DATASETS:
         cls = DATASETS.get(data["dataset"])

@@ -69,7 +69,7 @@ PARAMS_DATA: dict[str, Param] = {
                          doc="for a .npy dataset: the .npy file holding its targets, (N,) or (N, k)"),
     "options": Param("any", {}, doc="options of a built-in dataset, e.g. {n_samples: 1000, noise: 0.2}"),
     "augment": Param("any", [], doc="training-batch transforms in order, e.g. [{shift: {max: 2}}] (see Augmentations)"),
-    "cache": Param("str", "auto",
+    "cache": Param("str", "auto", false_means="off",
                    doc="where a CSV's parsed table or an image folder's decoded pixels are kept for later "
                        "runs: auto (NNCTL_CACHE_DIR, else "
                        "XDG_CACHE_HOME/nnctl or ~/.cache/nnctl), a folder, or off (false too)"),
@@ -211,7 +211,7 @@ def _options(data: dict) -> dict[str, Any]:
             isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
         raise ConfigError(f"data.shape: must be a list of positive integers, got {shape!r}")
     if out["cache"] is False:
-        out["cache"] = "off"   # YAML's reading of an unquoted off
+        out["cache"] = PARAMS_DATA["cache"].false_means
     if not isinstance(out["cache"], str) or not out["cache"].strip():
         raise ConfigError(f"data.cache: must be auto, off or a folder, got {out['cache']!r}")
     if out["options"] is None:
