@@ -40,3 +40,21 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.section("fuzz and fault counts")
     for nodeid, line in _COUNTS:
         terminalreporter.write_line(f"{nodeid.split('::')[-1]}: {line}")
+
+
+def as_interrupted(run, epochs: int) -> None:
+    """Make a finished run the interrupted first part of an `epochs`-epoch run: last.npz and
+    config.yaml both say `epochs` (resume refuses a config.yaml that differs from the checkpoint),
+    and status.json says interrupted. Import it with `from conftest import as_interrupted`."""
+    import json
+    from pathlib import Path
+
+    from nnctl.runs.checkpoint import load_checkpoint, save_checkpoint
+    from nnctl.runs.store import RunDir
+    path = Path(run) / "checkpoints" / "last.npz"
+    ckpt = load_checkpoint(path)
+    ckpt.meta["config"]["training"]["epochs"] = epochs
+    save_checkpoint(path, {k: v for k, v in ckpt.meta.items()
+                           if k not in ("format", "format_version", "nnctl_version")}, ckpt.arrays)
+    RunDir(run).write_config(ckpt.meta["config"])
+    (Path(run) / "status.json").write_text(json.dumps({"status": "interrupted"}))

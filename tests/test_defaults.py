@@ -14,8 +14,8 @@ from nnctl.cli import app
 from nnctl.config.annotate import annotated_yaml
 from nnctl.config.spec import spec_from_dict
 from nnctl.engine.initializers import DEFAULT_INITIALIZERS, default_initializer
-from nnctl.runs.checkpoint import load_checkpoint, save_checkpoint
-from nnctl.runs.store import RunDir
+from nnctl.runs.checkpoint import load_checkpoint
+from conftest import as_interrupted
 
 runner = CliRunner()
 
@@ -103,17 +103,11 @@ def test_resuming_a_run_recorded_under_another_default_keeps_it(tmp_path):
     recorded = yaml.safe_load((run / "config.yaml").read_text())
     assert recorded["model"]["initializer"] == old
     # make the 2-epoch run the interrupted first half of a 4-epoch run, then resume under today's default
-    last = run / "checkpoints" / "last.npz"
-    ckpt = load_checkpoint(last)
-    ckpt.meta["config"]["training"]["epochs"] = 4
-    save_checkpoint(last, {k: v for k, v in ckpt.meta.items()
-                           if k not in ("format", "format_version", "nnctl_version")}, ckpt.arrays)
-    RunDir(run).write_config(ckpt.meta["config"])  # config.yaml says so too, or resume refuses the edit
-    (run / "status.json").write_text(json.dumps({"status": "interrupted"}))
+    as_interrupted(run, 4)
     assert DEFAULT_INITIALIZERS["relu_like"] != old
     res = runner.invoke(app, ["train", "--resume", str(run), "--quiet"])
     assert res.exit_code == 0, res.output
-    assert load_checkpoint(last).meta["config"]["model"]["initializer"] == old
+    assert load_checkpoint(run / "checkpoints" / "last.npz").meta["config"]["model"]["initializer"] == old
     a = [[r[k] for k in ("loss", "val_loss", "accuracy")] for r in _history(full_run)]
     b = [[r[k] for k in ("loss", "val_loss", "accuracy")] for r in _history(run)]
     np.testing.assert_allclose(b, a, rtol=1e-12)

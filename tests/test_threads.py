@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from nnctl import threads
 from nnctl.cli import app
 from nnctl.config.spec import spec_from_dict
-from nnctl.runs.checkpoint import load_checkpoint, save_checkpoint
-from nnctl.runs.store import RunDir
+from nnctl.runs.checkpoint import load_checkpoint
+from conftest import as_interrupted
 
 runner = CliRunner()
 
@@ -119,12 +119,7 @@ def test_train_header_config_and_resume_with_the_recorded_count(tmp_path, clean_
     ckpt_path = run / "checkpoints" / "last.npz"
     ckpt = load_checkpoint(ckpt_path)
     assert ckpt.meta["config"]["training"]["threads"] == 1
-    # make it a 3-epoch run interrupted after 2, then resume it
-    ckpt.meta["config"]["training"]["epochs"] = 3
-    save_checkpoint(ckpt_path, {k: v for k, v in ckpt.meta.items()
-                                if k not in ("format", "format_version", "nnctl_version")}, ckpt.arrays)
-    RunDir(run).write_config(ckpt.meta["config"])  # config.yaml says so too, or resume refuses the edit
-    (run / "status.json").write_text(json.dumps({"status": "interrupted"}))
+    as_interrupted(run, 3)   # a 3-epoch run interrupted after 2: resume it
     refused = runner.invoke(app, ["train", "--resume", str(run), "--threads", "2"])
     assert refused.exit_code == 1
     assert "--threads 2: the run was trained with 1 BLAS threads and resumes with them" in refused.output

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from nnctl.cli import app
 from nnctl.runs.checkpoint import load_checkpoint
 from nnctl.runs.store import RunDir
+from conftest import as_interrupted
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -121,14 +122,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert train(part_dir, str(spec), "--set", "training.epochs=2").exit_code == 0
     run = only_run(part_dir)
     # the stored config says 2 epochs; make it the 6-epoch run that was interrupted
-    ckpt_path = run / "checkpoints" / "last.npz"
-    ckpt = load_checkpoint(ckpt_path)
-    ckpt.meta["config"]["training"]["epochs"] = 6
-    from nnctl.runs.checkpoint import save_checkpoint
-    save_checkpoint(ckpt_path, {k: v for k, v in ckpt.meta.items()
-                                if k not in ("format", "format_version", "nnctl_version")}, ckpt.arrays)
-    RunDir(run).write_config(ckpt.meta["config"])  # config.yaml says so too, or resume refuses the edit
-    (run / "status.json").write_text(json.dumps({"status": "interrupted"}))
+    as_interrupted(run, 6)
     res = runner.invoke(app, ["train", "--resume", str(run)])
     assert res.exit_code == 0, res.output
     full = json.loads((only_run(full_dir) / "history.json").read_text())
