@@ -702,6 +702,14 @@ def open_csv(path: Path, name: str):
     return blocks, header, itertools.chain([first], it)
 
 
+def feature_columns(header: list[str], features: list[str] | None, target: str | None,
+                    ignore: list[str] | None) -> list[str]:
+    """data.features if given, else every column but the target and data.ignore's, in file order."""
+    if features is not None:
+        return list(features)
+    return [h for h in header if h != target and h not in (ignore or [])]
+
+
 def parse_csv(path: Path, name: str | None = None, *, features: list[str] | None = None,
               target: str | None = None, categorical="auto", ignore: list[str] | None = None,
               dtype=np.float32, check=None) -> CsvColumns:
@@ -733,8 +741,7 @@ def parse_csv(path: Path, name: str | None = None, *, features: list[str] | None
         try:
             if check is not None:
                 check(header)
-            feats = features if features is not None else [
-                h for h in header if h != target and h not in (ignore or [])]
+            feats = feature_columns(header, features, target, ignore)
             forced = set() if categorical == "auto" else set(categorical)
             strict = set() if categorical == "auto" else set(feats) - forced
             numeric = [f for f in feats if f not in text]
@@ -827,7 +834,7 @@ def read_csv_data(path: Path, target: str | None, features: list[str] | None,
                     raise DataError(f"{name}: column '{f}' is in both data.features and data.ignore")
             cols = list(features)
         else:
-            cols = [h for h in header if h != target and h not in (ignore or [])]
+            cols = feature_columns(header, None, target, ignore)
             if not cols:
                 raise DataError(f"{name}: no feature columns besides the target '{target}'"
                                 + (" and the ignored ones" if ignore else ""))
@@ -837,8 +844,7 @@ def read_csv_data(path: Path, target: str | None, features: list[str] | None,
 
     table = (parse or parse_csv)(path=path, name=name, features=features, target=target,
                                  categorical=categorical, ignore=ignore, dtype=dtype, check=check)
-    feats = features if features is not None else [
-        h for h in table.header if h != target and h not in (ignore or [])]
+    feats = feature_columns(table.header, features, target, ignore)
     columns = []
     for h in feats:
         if h in table.text:
