@@ -274,6 +274,11 @@ def is_number(cell: str) -> bool:
     return True
 
 
+def _any_number(cells) -> bool:
+    """Some cell is a number (a missing marker such as 'NaN' parses as a float but is not one)."""
+    return any(is_number(c) and not is_missing(c) for c in cells)
+
+
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
 
@@ -651,7 +656,7 @@ class BlockParser:
                     if not is_missing(cell) and not is_number(cell):
                         self.first_text[c] = (line, cell)
                         break
-            if any(is_number(cell) and not is_missing(cell) for cell in cells):
+            if _any_number(cells):
                 self.text_number.add(c)
         return out
 
@@ -668,16 +673,12 @@ class BlockParser:
             cells = [rec[j] for _, rec in records]
             if c not in self.strict:
                 # a column whose kind its cells decide: text if it has no number (target: any text)
-                text_at = next((i for i, cell in enumerate(cells) if not is_number(cell) and not is_missing(cell)),
-                               None)
-                if text_at is not None:
-                    numbers = self.has_number[k] or any(is_number(cell) and not is_missing(cell) for cell in cells)
-                    if c == self.target or not numbers:
+                if any(not is_number(cell) and not is_missing(cell) for cell in cells):
+                    if c == self.target or not (self.has_number[k] or _any_number(cells)):
                         restart.append(c)
                         continue
             # "the other cells are numbers" only where some are (a text column left out of the list)
-            listed_text = c in self.strict and not (self.has_number[k] or any(
-                is_number(cell) and not is_missing(cell) for cell in cells))
+            listed_text = c in self.strict and not (self.has_number[k] or _any_number(cells))
             why = NOT_A_NUMBER_LISTED if listed_text else NOT_A_NUMBER_AUTO
             values[:, k] = numeric_column(self.name, c, cells, lines, self.dtype, why).values
         if restart:
@@ -791,7 +792,7 @@ def default_target(header: list[str]) -> str:
 
 def _is_text_column(table: CsvTable, j: int) -> bool:
     """No present cell is a number (missing cells do not count)."""
-    return not any(is_number(c) and not is_missing(c) for c in table.column(j))
+    return not _any_number(table.column(j))
 
 
 def read_csv_data(path: Path, target: str | None, features: list[str] | None,
