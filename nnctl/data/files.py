@@ -781,6 +781,20 @@ def _collect(parser: BlockParser, capacity: int) -> CsvColumns:
                       text={c: np.asarray(v, dtype=str) for c, v in cells.items()})
 
 
+def parsed_columns(kinds: list[tuple[str, str]], numbers: np.ndarray, numeric: list[str],
+                   text: dict) -> list[Column]:
+    """A Column per (name, kind) of `kinds` out of a parse: a categorical one from its text cells,
+    a numeric one from the column of `numbers` that `numeric` names (missing where NaN)."""
+    out = []
+    for n, kind in kinds:
+        if kind == CATEGORICAL:
+            out.append(categorical_column(n, text[n]))
+        else:
+            values = numbers[:, numeric.index(n)]
+            out.append(Column(n, NUMERIC, values, np.isnan(values)))
+    return out
+
+
 def default_target(header: list[str]) -> str:
     """`nnctl init`'s guess, shown in the starter spec it writes (training never guesses):
     'label' if present, else 'target', else the last column."""
@@ -846,19 +860,15 @@ def read_csv_data(path: Path, target: str | None, features: list[str] | None,
     table = (parse or parse_csv)(path=path, name=name, features=features, target=target,
                                  categorical=categorical, ignore=ignore, dtype=dtype, check=check)
     feats = feature_columns(table.header, features, target, ignore)
-    columns = []
-    for h in feats:
-        if h in table.text:
-            col = categorical_column(h, table.text[h])
+    columns = parsed_columns([(h, CATEGORICAL if h in table.text else NUMERIC) for h in feats],
+                             table.numbers, table.numeric, table.text)
+    for col in columns:
+        if col.kind == CATEGORICAL:
             distinct = len(np.unique(col.values[~col.missing]))
             if distinct > max_categories:
-                raise DataError(f"{name}: column '{h}' has {distinct} distinct values, more than "
+                raise DataError(f"{name}: column '{col.name}' has {distinct} distinct values, more than "
                                 f"data.max_categories ({max_categories}); an ID column is not a feature: "
                                 "add it to data.ignore")
-        else:
-            values = table.numbers[:, table.numeric.index(h)]
-            col = Column(h, NUMERIC, values, np.isnan(values))
-        columns.append(col)
     y, y_missing = table.target_column(target) if target is not None else (None, None)
     numeric_only = all(c.kind == NUMERIC for c in columns) and table.numeric == [c.name for c in columns]
     return RawData(
