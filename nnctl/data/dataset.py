@@ -12,6 +12,7 @@ import numpy as np
 from nnctl.data.builtin import DATASETS, generate
 from nnctl.data.files import (CATEGORICAL, RawData, read_csv_data, read_npy_data, read_npz_data,
                               reshape_rows, suffix_of)
+from nnctl.data.images import PIXEL_MAX   # a Split of an image folder's uint8 pixels divides by it
 from nnctl.data.preprocess import TableEncoder, fit_target_scale, handle_missing
 from nnctl.data.splits import Split, split_indices
 from nnctl.data.table_cache import TableCache, cache_root
@@ -298,10 +299,6 @@ def _read_main(opts: dict, seed: int, base_dir: Path, dtype, cache: TableCache |
     else:
         raw = read_npz_data(path, shown, need_y=need_y, dtype=dtype)
     return raw, str(path)
-
-
-# uint8 pixels over this are the [0, 1] values a model sees (data/images.py decodes to uint8)
-PIXEL_MAX = 255.0
 
 
 def _read_images(opts: dict, folder: Path, name: str, cache_root: Path | None) -> RawData:
