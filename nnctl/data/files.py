@@ -179,6 +179,11 @@ class CsvTable:
         return DataError(f"{self.name}: no column '{wanted}'; columns are: {column_list(self.header)}")
 
 
+def is_blank(record: list[str]) -> bool:
+    """A csv record of a blank line (or of one blank field): skipped, never a row."""
+    return not record or (len(record) == 1 and not record[0].strip())
+
+
 def read_csv(path: Path, name: str | None = None) -> CsvTable:
     """Parse a CSV file with a header into text cells, checking its structure.
 
@@ -200,7 +205,7 @@ def read_csv(path: Path, name: str | None = None) -> CsvTable:
             for record in reader:
                 start = end_of_previous + 1
                 end_of_previous = reader.line_num
-                if not record or (len(record) == 1 and not record[0].strip()):
+                if is_blank(record):
                     continue  # a blank line
                 if header is None:
                     header = [h.strip() for h in record]
@@ -522,7 +527,7 @@ class _Blocks:
             for record in reader:
                 start = end_of_previous + 1
                 end_of_previous = reader.line_num
-                if not record or (len(record) == 1 and not record[0].strip()):
+                if is_blank(record):
                     continue  # a blank line
                 if self.header is None:
                     self.header = record
@@ -615,7 +620,7 @@ class BlockParser:
         if values is None or (self.text and not all(lines)):
             reader = csv.reader(lines)
             return self._records([(start + i, rec) for i, rec in enumerate(reader)
-                                  if rec and not (len(rec) == 1 and not rec[0].strip())])
+                                  if not is_blank(rec)])
         cells = {}
         if self.text:
             split = [line.split(",") for line in lines]
