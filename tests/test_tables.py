@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -259,6 +260,7 @@ def test_a_sweep_of_four_trials_parses_once(tmp_path):
 def test_cache_list_and_clear(tmp_path):
     """Both caches under the folder: parsed tables and decoded image folders."""
     from nnctl.data.image_cache import write_pixels
+    from nnctl.engine.memory import format_bytes
     cache = Path(os.environ["NNCTL_CACHE_DIR"])
     path = table_csv(tmp_path / "t.csv")
     load_dataset(data_spec(path), 0, tmp_path)
@@ -266,6 +268,13 @@ def test_cache_list_and_clear(tmp_path):
     out = runner.invoke(app, ["cache", "list"])
     assert out.exit_code == 0 and str(path.resolve()) in out.output and "fresh" in out.output
     assert "1 table," in out.output
+    # the table's line: its rows, and its size as the entry's files add up
+    (entry,) = [p for p in (cache / "tables").iterdir() if p.is_dir()]
+    size = format_bytes(sum(f.stat().st_size for f in entry.iterdir()))
+    (line,) = [x for x in out.output.splitlines() if x.startswith(f"  {path.resolve()}: ")]
+    assert re.fullmatch(rf"  {re.escape(str(path.resolve()))}: 300 rows, \d+ columns, {re.escape(size)}, "
+                        r"built \d{4}-\d\d-\d\d \d\d:\d\d, fresh", line), line
+    assert f"\n1 table, {size}\n" in out.output
     assert "  0123abcd-ef.npy: 3 images of 1x2x5, 158 B, built " in out.output   # 128-byte header + 30
     assert out.output.rstrip().endswith("1 image folder, 158 B")
     out = runner.invoke(app, ["cache", "clear"])

@@ -21,11 +21,8 @@ def _cache(folder: Optional[Path]):
 
 
 def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
+    from nnctl.engine.memory import format_bytes   # imported late: numpy is not loaded for `nnctl --help`
+    return format_bytes(n)
 
 
 def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:

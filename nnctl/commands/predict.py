@@ -22,7 +22,7 @@ from typing import IO, Iterator
 import numpy as np
 
 from nnctl.data import Split, TableEncoder, load_features
-from nnctl.data.files import CATEGORICAL, NUMERIC, Column, categorical_column, is_number, suffix_of
+from nnctl.data.files import CATEGORICAL, is_number, parsed_columns, suffix_of
 from nnctl.data.stream import csv_chunks, head_records
 from nnctl.runs.model import CLASSIFICATION, LoadedModel
 from nnctl.errors import DataError, NnctlError
@@ -121,13 +121,9 @@ class CsvFeatureReader:
 
     def _features(self, table: TableEncoder, numeric: list[str], lines: np.ndarray, values: np.ndarray,
                   cells: dict[str, list[str]]) -> np.ndarray:
-        missing = np.isnan(values)
-        if table.is_plain and not missing.any() and [n for n, _ in table.kinds] == numeric:
+        if table.is_plain and not np.isnan(values).any() and [n for n, _ in table.kinds] == numeric:
             return values   # nothing to encode: the parsed numbers, in the model's column order
-        columns = [categorical_column(n, cells[n]) if kind == CATEGORICAL
-                   else Column(n, NUMERIC, values[:, numeric.index(n)], missing[:, numeric.index(n)])
-                   for n, kind in table.kinds]
-        x, unknown = table.transform(columns, self.name, lines)
+        x, unknown = table.transform(parsed_columns(table.kinds, values, numeric, cells), self.name, lines)
         self.unknown += unknown
         return x
 

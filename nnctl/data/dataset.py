@@ -12,6 +12,7 @@ import numpy as np
 from nnctl.data.builtin import DATASETS, generate
 from nnctl.data.files import (CATEGORICAL, RawData, read_csv_data, read_npy_data, read_npz_data,
                               reshape_rows, suffix_of)
+from nnctl.data.images import PIXEL_MAX   # a Split of an image folder's uint8 pixels divides by it
 from nnctl.data.preprocess import TableEncoder, fit_target_scale, handle_missing
 from nnctl.data.splits import Split, split_indices
 from nnctl.data.table_cache import TableCache, cache_root
@@ -300,10 +301,6 @@ def _read_main(opts: dict, seed: int, base_dir: Path, dtype, cache: TableCache |
     return raw, str(path)
 
 
-# uint8 pixels over this are the [0, 1] values a model sees (data/images.py decodes to uint8)
-PIXEL_MAX = 255.0
-
-
 def _read_images(opts: dict, folder: Path, name: str, cache_root: Path | None) -> RawData:
     from nnctl.data.images import read_image_folder
     for key in CSV_ONLY + ("target_path",):
@@ -429,12 +426,7 @@ def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32", unlabel
     y = None if raw.y is None else _encode(raw, task, classes)
     n_outputs = len(classes) if task == CLASSIFICATION else None if y is None else int(y.shape[1])
 
-    val_fraction = 0.0 if "val" in extra else float(opts["val_split"])
-    test_fraction = 0.0 if "test" in extra else float(opts["test_split"])
-    if val_fraction + test_fraction >= 1:
-        raise ConfigError(
-            f"data.val_split + data.test_split must be < 1, got {val_fraction:g} + {test_fraction:g}"
-        )
+    val_fraction, test_fraction = _fractions(opts, extra)
     n = len(raw) if raw.y is not None else len(raw.lines)   # a table's x exists once it is encoded
     rows: dict[str, np.ndarray | None] = {"train": None, "val": None, "test": None}
     if val_fraction > 0 or test_fraction > 0:
@@ -540,6 +532,15 @@ def _label_missing(raw: RawData) -> None:
     raw.y_missing = np.zeros(len(y), dtype=bool)
 
 
+def _fractions(opts: dict, extra: dict) -> tuple[float, float]:
+    """(data.val_split, data.test_split), 0 for a part that `extra` holds as its own file; their sum must be < 1."""
+    val_fraction = 0.0 if "val" in extra else float(opts["val_split"])
+    test_fraction = 0.0 if "test" in extra else float(opts["test_split"])
+    if val_fraction + test_fraction >= 1:
+        raise ConfigError(f"data.val_split + data.test_split must be < 1, got {val_fraction:g} + {test_fraction:g}")
+    return val_fraction, test_fraction
+
+
 def _unlabelled(raw: RawData, opts: dict, seed: int, source: str) -> Dataset:
     """Rows without targets (a .npy with no target_path, an .npz without y), split at random, for an autoencoder."""
     for key in ("val_path", "test_path"):
@@ -547,9 +548,7 @@ def _unlabelled(raw: RawData, opts: dict, seed: int, source: str) -> Dataset:
             raise ConfigError(f"data.{key}: unlabelled data is split with val_split and test_split only")
     if opts["shape"] is not None:
         raw.x = reshape_rows(raw.x, opts["shape"], raw.source)
-    val_fraction, test_fraction = float(opts["val_split"]), float(opts["test_split"])
-    if val_fraction + test_fraction >= 1:
-        raise ConfigError(f"data.val_split + data.test_split must be < 1, got {val_fraction:g} + {test_fraction:g}")
+    val_fraction, test_fraction = _fractions(opts, {})
     try:
         tr, va, te = split_indices(len(raw), None, val_fraction, test_fraction, stream(seed, _SPLIT_STREAM))
     except DataError as err:

@@ -179,6 +179,11 @@ class CsvTable:
         return DataError(f"{self.name}: no column '{wanted}'; columns are: {column_list(self.header)}")
 
 
+def is_blank(record: list[str]) -> bool:
+    """A csv record of a blank line (or of one blank field): skipped, never a row."""
+    return not record or (len(record) == 1 and not record[0].strip())
+
+
 def read_csv(path: Path, name: str | None = None) -> CsvTable:
     """Parse a CSV file with a header into text cells, checking its structure.
 
@@ -200,7 +205,7 @@ def read_csv(path: Path, name: str | None = None) -> CsvTable:
             for record in reader:
                 start = end_of_previous + 1
                 end_of_previous = reader.line_num
-                if not record or (len(record) == 1 and not record[0].strip()):
+                if is_blank(record):
                     continue  # a blank line
                 if header is None:
                     header = [h.strip() for h in record]
@@ -272,6 +277,11 @@ def is_number(cell: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _any_number(cells) -> bool:
+    """Some cell is a number (a missing marker such as 'NaN' parses as a float but is not one)."""
+    return any(is_number(c) and not is_missing(c) for c in cells)
 
 
 NUMERIC = "numeric"
@@ -517,7 +527,7 @@ class _Blocks:
             for record in reader:
                 start = end_of_previous + 1
                 end_of_previous = reader.line_num
-                if not record or (len(record) == 1 and not record[0].strip()):
+                if is_blank(record):
                     continue  # a blank line
                 if self.header is None:
                     self.header = record
@@ -610,7 +620,7 @@ class BlockParser:
         if values is None or (self.text and not all(lines)):
             reader = csv.reader(lines)
             return self._records([(start + i, rec) for i, rec in enumerate(reader)
-                                  if rec and not (len(rec) == 1 and not rec[0].strip())])
+                                  if not is_blank(rec)])
         cells = {}
         if self.text:
             split = [line.split(",") for line in lines]
@@ -651,7 +661,7 @@ class BlockParser:
                     if not is_missing(cell) and not is_number(cell):
                         self.first_text[c] = (line, cell)
                         break
-            if any(is_number(cell) and not is_missing(cell) for cell in cells):
+            if _any_number(cells):
                 self.text_number.add(c)
         return out
 
@@ -668,16 +678,12 @@ class BlockParser:
             cells = [rec[j] for _, rec in records]
             if c not in self.strict:
                 # a column whose kind its cells decide: text if it has no number (target: any text)
-                text_at = next((i for i, cell in enumerate(cells) if not is_number(cell) and not is_missing(cell)),
-                               None)
-                if text_at is not None:
-                    numbers = self.has_number[k] or any(is_number(cell) and not is_missing(cell) for cell in cells)
-                    if c == self.target or not numbers:
+                if any(not is_number(cell) and not is_missing(cell) for cell in cells):
+                    if c == self.target or not (self.has_number[k] or _any_number(cells)):
                         restart.append(c)
                         continue
             # "the other cells are numbers" only where some are (a text column left out of the list)
-            listed_text = c in self.strict and not (self.has_number[k] or any(
-                is_number(cell) and not is_missing(cell) for cell in cells))
+            listed_text = c in self.strict and not (self.has_number[k] or _any_number(cells))
             why = NOT_A_NUMBER_LISTED if listed_text else NOT_A_NUMBER_AUTO
             values[:, k] = numeric_column(self.name, c, cells, lines, self.dtype, why).values
         if restart:
@@ -700,6 +706,14 @@ def open_csv(path: Path, name: str):
         blocks.close()
         raise
     return blocks, header, itertools.chain([first], it)
+
+
+def feature_columns(header: list[str], features: list[str] | None, target: str | None,
+                    ignore: list[str] | None) -> list[str]:
+    """data.features if given, else every column but the target and data.ignore's, in file order."""
+    if features is not None:
+        return list(features)
+    return [h for h in header if h != target and h not in (ignore or [])]
 
 
 def parse_csv(path: Path, name: str | None = None, *, features: list[str] | None = None,
@@ -733,8 +747,7 @@ def parse_csv(path: Path, name: str | None = None, *, features: list[str] | None
         try:
             if check is not None:
                 check(header)
-            feats = features if features is not None else [
-                h for h in header if h != target and h not in (ignore or [])]
+            feats = feature_columns(header, features, target, ignore)
             forced = set() if categorical == "auto" else set(categorical)
             strict = set() if categorical == "auto" else set(feats) - forced
             numeric = [f for f in feats if f not in text]
@@ -773,6 +786,20 @@ def _collect(parser: BlockParser, capacity: int) -> CsvColumns:
                       text={c: np.asarray(v, dtype=str) for c, v in cells.items()})
 
 
+def parsed_columns(kinds: list[tuple[str, str]], numbers: np.ndarray, numeric: list[str],
+                   text: dict) -> list[Column]:
+    """A Column per (name, kind) of `kinds` out of a parse: a categorical one from its text cells,
+    a numeric one from the column of `numbers` that `numeric` names (missing where NaN)."""
+    out = []
+    for n, kind in kinds:
+        if kind == CATEGORICAL:
+            out.append(categorical_column(n, text[n]))
+        else:
+            values = numbers[:, numeric.index(n)]
+            out.append(Column(n, NUMERIC, values, np.isnan(values)))
+    return out
+
+
 def default_target(header: list[str]) -> str:
     """`nnctl init`'s guess, shown in the starter spec it writes (training never guesses):
     'label' if present, else 'target', else the last column."""
@@ -784,7 +811,7 @@ def default_target(header: list[str]) -> str:
 
 def _is_text_column(table: CsvTable, j: int) -> bool:
     """No present cell is a number (missing cells do not count)."""
-    return not any(is_number(c) and not is_missing(c) for c in table.column(j))
+    return not _any_number(table.column(j))
 
 
 def read_csv_data(path: Path, target: str | None, features: list[str] | None,
@@ -827,7 +854,7 @@ def read_csv_data(path: Path, target: str | None, features: list[str] | None,
                     raise DataError(f"{name}: column '{f}' is in both data.features and data.ignore")
             cols = list(features)
         else:
-            cols = [h for h in header if h != target and h not in (ignore or [])]
+            cols = feature_columns(header, None, target, ignore)
             if not cols:
                 raise DataError(f"{name}: no feature columns besides the target '{target}'"
                                 + (" and the ignored ones" if ignore else ""))
@@ -837,21 +864,16 @@ def read_csv_data(path: Path, target: str | None, features: list[str] | None,
 
     table = (parse or parse_csv)(path=path, name=name, features=features, target=target,
                                  categorical=categorical, ignore=ignore, dtype=dtype, check=check)
-    feats = features if features is not None else [
-        h for h in table.header if h != target and h not in (ignore or [])]
-    columns = []
-    for h in feats:
-        if h in table.text:
-            col = categorical_column(h, table.text[h])
+    feats = feature_columns(table.header, features, target, ignore)
+    columns = parsed_columns([(h, CATEGORICAL if h in table.text else NUMERIC) for h in feats],
+                             table.numbers, table.numeric, table.text)
+    for col in columns:
+        if col.kind == CATEGORICAL:
             distinct = len(np.unique(col.values[~col.missing]))
             if distinct > max_categories:
-                raise DataError(f"{name}: column '{h}' has {distinct} distinct values, more than "
+                raise DataError(f"{name}: column '{col.name}' has {distinct} distinct values, more than "
                                 f"data.max_categories ({max_categories}); an ID column is not a feature: "
                                 "add it to data.ignore")
-        else:
-            values = table.numbers[:, table.numeric.index(h)]
-            col = Column(h, NUMERIC, values, np.isnan(values))
-        columns.append(col)
     y, y_missing = table.target_column(target) if target is not None else (None, None)
     numeric_only = all(c.kind == NUMERIC for c in columns) and table.numeric == [c.name for c in columns]
     return RawData(

@@ -79,9 +79,13 @@ def decode_pixels(paths: list[Path], image_size, color: str, root: Path) -> np.n
     return np.stack(list(decoded(paths, image_size, color, root)))
 
 
+# uint8 pixels over this are the [0, 1] values a model sees
+PIXEL_MAX = 255.0
+
+
 def to_unit(pixels: np.ndarray) -> np.ndarray:
     """uint8 pixels -> float32 in [0, 1] (exactly v / 255 in float32, cached or not)."""
-    return np.asarray(pixels, dtype=np.float32) / np.float32(255.0)
+    return np.asarray(pixels, dtype=np.float32) / np.float32(PIXEL_MAX)
 
 
 def decode(paths: list[Path], image_size, color: str, root: Path) -> np.ndarray:

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from nnctl.data.files import (CATEGORICAL, NUMERIC, Column, RawData, categorical_column, check_features,
-                              open_csv, parse_csv, read_csv, read_csv_columns, read_npz_data,
-                              suffix_of, _npy, _target_column)
+from nnctl.data.files import (CATEGORICAL, NUMERIC, Column, RawData, check_features, open_csv, parse_csv,
+                              parsed_columns, read_csv, read_csv_columns, read_npz_data, suffix_of, _npy,
+                              _target_column)
 from nnctl.data.standardize import Standardizer
 from nnctl.errors import DataError
 
@@ -322,10 +322,7 @@ def _csv_features(path: Path, table: TableEncoder, target_name: str | None, dtyp
     cats = [n for n, kind in table.kinds if kind == CATEGORICAL]
     parsed = parse_csv(path, name, features=[n for n, _ in table.kinds], target=target, categorical=cats,
                        dtype=dtype, check=check)
-    columns = [categorical_column(n, parsed.text[n]) if kind == CATEGORICAL else
-               Column(n, NUMERIC, parsed.numbers[:, parsed.numeric.index(n)],
-                      np.isnan(parsed.numbers[:, parsed.numeric.index(n)]))
-               for n, kind in table.kinds]
+    columns = parsed_columns(table.kinds, parsed.numbers, parsed.numeric, parsed.text)
     x, unknown = table.transform(columns, name, parsed.lines)
     if unknown and notes is not None:
         notes.append(f"{name}: {unknown} categorical value{'s' * (unknown != 1)} the training split never "

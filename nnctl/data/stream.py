@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from nnctl.data.files import BlockParser, open_csv
+from nnctl.data.files import BlockParser, is_blank, open_csv
 
 
 def csv_chunks(path: Path, name: str, numeric: list[str], text: list[str], dtype,
@@ -42,7 +42,7 @@ def head_records(path: Path, n: int) -> list[list[str]]:
         with open(path, encoding="utf-8-sig", newline="") as f:
             header_seen = False
             for record in csv.reader(f):
-                if not record or (len(record) == 1 and not record[0].strip()):
+                if is_blank(record):
                     continue
                 if header_seen:
                     out.append(record)

@@ -159,11 +159,15 @@ def encode_labels(raw_y, classes: list, source: str | None = None, *, lines=None
     return out
 
 
+def _class_list(classes: list) -> str:
+    """The first 20 classes, for a message naming what a label could have been."""
+    return ", ".join(str(c) for c in classes[:20]) + (", ..." if len(classes) > 20 else "")
+
+
 def _unseen(value, classes: list, where: str):
-    shown = ", ".join(str(c) for c in classes[:20]) + (", ..." if len(classes) > 20 else "")
     raise DataError(
         f"{where}: label {quoted(_python_value(value))} is not one of the "
-        f"{len(classes)} training classes: {shown}"
+        f"{len(classes)} training classes: {_class_list(classes)}"
     )
 
 
@@ -239,8 +243,8 @@ def weights_by_label(weights: dict, classes: list) -> list[float]:
             words = [j for j, c in enumerate(classes) if str(c).strip().lower() in _BOOL_WORDS[key]]
             i = words[0] if len(words) == 1 else None
         if i is None:
-            shown = ", ".join(str(c) for c in classes[:20]) + (", ..." if len(classes) > 20 else "")
             note = " (YAML reads unquoted yes/no/on/off as true/false)" if isinstance(key, bool) else ""
-            raise DataError(f"no class {quoted(_python_value(key))}{note}; the {len(classes)} classes are: {shown}")
+            raise DataError(f"no class {quoted(_python_value(key))}{note}; the {len(classes)} classes are: "
+                            f"{_class_list(classes)}")
         out[i] = float(w)
     return out
