@@ -240,21 +240,16 @@ def _image_profile(path: Path, target: str | None) -> Profile:
     """
     from collections import Counter
 
-    from nnctl.data.images import _pil, image_files
+    from nnctl.data.images import _pil, class_folders
     if target is not None:
         raise ConfigError("--target: an image folder's classes are its subfolders; --target is for CSV "
                           "columns and .npy target files")
     Image = _pil()
-    classes = sorted(p for p in path.iterdir() if p.is_dir())
-    if not classes:
-        raise DataError(f"{path.name}: an image folder needs one subfolder per class (e.g. {path.name}/cat/*.png)")
+    folders = class_folders(path, path.name)
     sizes: Counter = Counter()
     rgb = 0
     rows = 0
-    for c in classes:
-        files = image_files(c)
-        if not files:
-            raise DataError(f"{path.name}/{c.name}: no .png or .jpg images in this class folder")
+    for c, files in folders:
         for f in files:
             try:
                 with Image.open(f) as im:
@@ -271,7 +266,7 @@ def _image_profile(path: Path, target: str | None) -> Profile:
         why += f"; scaled to {h}x{w} for a CPU-sized CNN"
     color = "rgb" if rgb else "grayscale"
     why += f"; {'color' if rgb else 'grayscale'} images" + (f" ({rgb} in color)" if rgb and rgb < rows else "")
-    names = [c.name for c in classes]
+    names = [c.name for c, _ in folders]
     return Profile(path=path, rows=rows, input_shape=(3 if rgb else 1, h, w), target="the class subfolders",
                    target_why="one subfolder per class", task="classification",
                    task_why=f"an image folder, {len(names)} classes", classes=names, n_outputs=len(names),

@@ -110,17 +110,26 @@ def load_pixels(paths: list[Path], image_size, color: str, root: Path, cache_roo
     return pixels if pixels is not None else decode_pixels(paths, image_size, color, root)
 
 
-def read_image_folder(path: Path, image_size, color: str, name: str, cache_root: Path | None = None) -> RawData:
-    """A folder with one subfolder per class -> RawData with x uint8 (N, C, H, W) pixels (0-255, a
-    Split divides them by 255) and the class names as labels."""
+def class_folders(path: Path, name: str) -> list[tuple[Path, list[Path]]]:
+    """(class subfolder, its image files) of an image folder, sorted by class name; a folder with no
+    class subfolders, or a class without images, is an error."""
     classes = sorted(p for p in path.iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"{name}: an image folder needs one subfolder per class (e.g. {name}/cat/*.png)")
-    paths, labels = [], []
+    out = []
     for c in classes:
         files = image_files(c)
         if not files:
             raise DataError(f"{name}/{c.name}: no .png or .jpg images in this class folder")
+        out.append((c, files))
+    return out
+
+
+def read_image_folder(path: Path, image_size, color: str, name: str, cache_root: Path | None = None) -> RawData:
+    """A folder with one subfolder per class -> RawData with x uint8 (N, C, H, W) pixels (0-255, a
+    Split divides them by 255) and the class names as labels."""
+    paths, labels = [], []
+    for c, files in class_folders(path, name):
         paths += files
         labels += [c.name] * len(files)
     x = load_pixels(paths, image_size, color, path, cache_root)
