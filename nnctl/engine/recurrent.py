@@ -430,7 +430,8 @@ class LSTM(_Recurrent):
         else:
             pre = self._pre[lo:hi]
             px, rx = self.act.USES_X, self.ract.USES_X
-            ones = np.ones(gates.shape, dtype=self.dtype)
+            # a broadcast view of one 1: the activations only read dy, so no block-sized array
+            ones = np.broadcast_to(np.ones((), dtype=self.dtype), gates.shape)
             self.ract.backward(pre[:, :3] if rx else None, gates[:, :3], ones[:, :3], out=q[:, :3])
             self.act.backward(pre[:, 3] if px else None, gates[:, 3], ones[:, 3], out=q[:, 3])
             self.act.backward(cs[1:] if px else None, tc, ones[:, 0], out=oc)
