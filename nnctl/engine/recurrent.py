@@ -199,10 +199,12 @@ class SimpleRNN(_Recurrent):
         dz = self._buf("dZ", (t, n, u))
         UT = self.params["U"].T
         dy_at = self._dy_at(dy)
-        carry = np.zeros((n, u), dtype=self.dtype)
+        carry = self._buf("carry", (n, u))
+        carry.fill(0)
+        dh_buf = self._buf("dh", (n, u))
         for s in range(t - 1, -1, -1):
             g = dy_at(s)
-            dh = carry if g is None else carry + g
+            dh = carry if g is None else np.add(carry, g, out=dh_buf)
             self.act.backward(self._z[s], hs[s + 1], dh, out=dz[s])
             np.matmul(dz[s], UT, out=carry)
         dz2 = dz.reshape(t * n, u)
@@ -279,14 +281,16 @@ class GRU(_Recurrent):
         da = self._buf("dA", (t, 3, n, u))
         dr_all = self._buf("dR", (t, 3, n, u))
         U3T = self._gate_view(self.params["U"]).transpose(0, 2, 1)
-        carry = np.zeros((n, u), dtype=self.dtype)
-        tmp = np.empty((n, u), dtype=self.dtype)
+        carry = self._buf("carry", (n, u))
+        carry.fill(0)
+        tmp = self._buf("tmp", (n, u))
+        dh_buf = self._buf("dh", (n, u))
         back = self._buf("back", (3, n, u))
         dy_at = self._dy_at(dy)
         px, rx = self.act.USES_X, self.ract.USES_X
         for s in range(t - 1, -1, -1):
             g = dy_at(s)
-            dh = carry if g is None else carry + g
+            dh = carry if g is None else np.add(carry, g, out=dh_buf)
             gs, das, drs = gates[s], da[s], dr_all[s]
             z, r, cand = gs[0], gs[1], gs[2]
             dn = das[2]
@@ -456,8 +460,10 @@ class LSTM(_Recurrent):
         # (4u, u): row k*u + j is U_k's column j, so [dg_i | dg_f | dg_o | dg_g] (N, 4u) times
         # it is the whole dh carry in one GEMM (a batched product plus a 4-way sum is slower).
         ut = np.ascontiguousarray(self._gate_view(self.params["U"]).transpose(0, 2, 1)).reshape(4 * u, u)
-        dh_carry = np.zeros((n, u), dtype=self.dtype)
-        dc = np.zeros((n, u), dtype=self.dtype)
+        dh_carry = self._buf("carry", (n, u))
+        dh_carry.fill(0)
+        dc = self._buf("dc", (n, u))
+        dc.fill(0)
         dh_buf = self._buf("dh", (n, u))
         tmp = self._buf("tmp", (n, u))
         dy_at = self._dy_at(dy)
