@@ -91,7 +91,7 @@ def _gather(src: np.ndarray, take: np.ndarray, out: np.ndarray, raw: np.ndarray 
 
 
 def _batches(x, y, rows, stop, batch_size, mapped, reader, xbuf, raw, ybuf, yraw, standardizer, augment,
-             divisor=None):
+             divisor):
     for step, start in enumerate(range(0, stop, batch_size)):
         take = rows[start:start + batch_size]
         if mapped:
