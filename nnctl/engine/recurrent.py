@@ -358,10 +358,10 @@ class LSTM(_Recurrent):
         sigmoid(p) = (1 + tanh(p / 2)) / 2 is one tanh call over all four gates; halving
         is exact in binary floating point.
         """
-        u = self.hparams["units"]
+        w, u = self.params["W"], self.hparams["units"]
         b = self.params["b"].reshape(1, -1)
-        m = np.concatenate([self._gate_view(self.params["W"]), self._gate_view(self.params["U"]),
-                            self._gate_view(b)], axis=1)
+        m = np.concatenate([self._gate_view(w), self._gate_view(self.params["U"]), self._gate_view(b)], axis=1,
+                           out=self._buf("M", (4, w.shape[0] + u + 1, u)))
         if self._fast:
             m[:3] *= 0.5
         return m
@@ -459,7 +459,8 @@ class LSTM(_Recurrent):
         dcat = self._buf("dcat", (t, n, 4 * u))
         # (4u, u): row k*u + j is U_k's column j, so [dg_i | dg_f | dg_o | dg_g] (N, 4u) times
         # it is the whole dh carry in one GEMM (a batched product plus a 4-way sum is slower).
-        ut = np.ascontiguousarray(self._gate_view(self.params["U"]).transpose(0, 2, 1)).reshape(4 * u, u)
+        ut = self._buf("UT", (4 * u, u))
+        np.copyto(ut.reshape(4, u, u), self._gate_view(self.params["U"]).transpose(0, 2, 1))
         dh_carry = self._buf("carry", (n, u))
         dh_carry.fill(0)
         dc = self._buf("dc", (n, u))
