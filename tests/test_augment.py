@@ -214,9 +214,10 @@ def test_kept_scratch_arrays_do_not_leak_between_batches(name, options, layout):
     for step, n in enumerate([16, 5, 16, 5, 16]):
         x = batch(layout, n=n, seed=step)
         y = soft(np.arange(n) % 4, 4)
-        want_x, fresh_y = x.copy(), y.copy()
+        before, want_x, fresh_y = x.copy(), x.copy(), y.copy()
         fresh_y = make(name, layout, **options).apply(want_x, fresh_y, batch_rng(1, 0, step))
         got_y = reused.apply(x, y, batch_rng(1, 0, step))
+        assert not np.array_equal(x, before)       # the transform did something to compare
         np.testing.assert_array_equal(x, want_x)
         np.testing.assert_array_equal(got_y, fresh_y)
 

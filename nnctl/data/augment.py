@@ -528,12 +528,20 @@ def normal_quantiles() -> np.ndarray:
     """The standard normal at the midpoints (k + 1/2) / 65536, k = 0..65535, scaled to variance 1
     (float64, made once: ~12 ms)."""
     if not _QUANTILES:
-        from statistics import NormalDist
-        inv = NormalDist().inv_cdf
-        half = np.array([inv((k + 0.5) / 65536) for k in range(32768)])
-        q = np.concatenate([half, -half[::-1]])
-        _QUANTILES.append(q / np.sqrt(np.mean(q * q)))      # the midpoints lose ~1e-4 of the variance
+        _QUANTILES.append(midpoint_normals(65536))
     return _QUANTILES[0]
+
+
+def midpoint_normals(levels: int) -> np.ndarray:
+    """The standard normal at the midpoints (k + 1/2) / levels, k = 0..levels-1 (float64),
+    symmetric about 0 and scaled to variance 1 (a single level is just 0)."""
+    from statistics import NormalDist
+    inv = NormalDist().inv_cdf
+    half = np.array([inv((k + 0.5) / levels) for k in range(levels // 2)])
+    q = np.concatenate([half, [0.0] * (levels % 2), -half[::-1]])
+    if levels > 1:                              # the midpoints lose a little of the variance (~1e-4 at 65536)
+        q /= np.sqrt(np.mean(q * q))
+    return q
 
 
 @TRANSFORMS.register("cutout")
@@ -745,16 +753,9 @@ def noise_then_dropout(noise: Noise, drop: FeatureDropout, x: np.ndarray, y: Any
 def _noise_drop_table(noise: Noise, drop: FeatureDropout, dtype: np.dtype) -> np.ndarray:
     """The (65536, 2) table of (noise value, keep) by 16-bit uniform for `noise_then_dropout`, kept."""
     def make() -> np.ndarray:
-        from statistics import NormalDist
         t = int(drop.threshold())
-        levels = 65536 - t
-        inv = NormalDist().inv_cdf
-        half = np.array([inv((k + 0.5) / levels) for k in range(levels // 2)])
-        q = np.concatenate([half, [0.0] * (levels % 2), -half[::-1]])
-        if levels > 1:                          # the midpoints lose a little of the variance
-            q /= np.sqrt(np.mean(q * q))
         table = np.zeros((65536, 2))
-        table[t:, 0] = q * noise.std
+        table[t:, 0] = midpoint_normals(65536 - t) * noise.std
         table[t:, 1] = 1.0
         return table.astype(dtype)
     return noise.kept(("noise_drop", dtype, noise.std, drop.p), make)

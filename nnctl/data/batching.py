@@ -68,8 +68,8 @@ def iterate_batches(split: Split, batch_size: int, rng: np.random.Generator | No
     stop = n - n % batch_size if drop_last else n
     reader = MappedRows.open(x) if mapped else None
     try:
-        yield from _batches(x, y, rows, stop, batch_size, mapped, reader, xbuf, raw, ybuf, yraw, standardizer,
-                            augment, split.divisor)
+        yield from _batches(x, y, rows, stop, batch_size, reader, xbuf, raw, ybuf, yraw, standardizer, augment,
+                            split.divisor)
     finally:
         if reader is not None:
             reader.close()
@@ -90,16 +90,15 @@ def _gather(src: np.ndarray, take: np.ndarray, out: np.ndarray, raw: np.ndarray 
         np.copyto(out, raw, casting="unsafe")
 
 
-def _batches(x, y, rows, stop, batch_size, mapped, reader, xbuf, raw, ybuf, yraw, standardizer, augment,
-             divisor=None):
+def _batches(x, y, rows, stop, batch_size, reader, xbuf, raw, ybuf, yraw, standardizer, augment, divisor):
     for step, start in enumerate(range(0, stop, batch_size)):
         take = rows[start:start + batch_size]
-        if mapped:
-            take = np.sort(take)
         b = len(take)
         xb = xbuf[:b]
         if reader is not None:
-            # a memmap: read the rows straight from the file (see MappedRows)
+            # a memmap: the rows in file order (see iterate_batches; y below follows the same
+            # order), read straight from the file (see MappedRows)
+            take = np.sort(take)
             reader.read(take, xb if raw is None else raw[:b])
             if raw is not None:
                 np.copyto(xb, raw[:b], casting="unsafe")

@@ -244,16 +244,16 @@ class MultiHeadAttention(CheckedLayer):
             self._keep = keep
         else:
             ad, self._keep = a, None
-        o = self._merged_matmul(ad, v)                                  # (N, T, H*dk)
+        o = self._merged_matmul("o", ad, v)                             # (N, T, H*dk)
         self._q, self._k, self._v, self._a, self._ad = q, k, v, a, ad
         self._o = self._heads(o)                                        # O_h, read by backward
         return self.output.forward(o, training)
 
-    def _merged_matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """(N, H, T, .) @ (N, H, ., dk) written straight into an (N, T, H*dk) array, heads
-        side by side: no transposing copy of the product."""
+    def _merged_matmul(self, name: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """(N, H, T, .) @ (N, H, ., dk) written straight into the (N, T, H*dk) workspace array
+        `name`, heads side by side: no transposing copy of the product, no allocation per batch."""
         n, h, t, _ = a.shape
-        out = np.empty((n, t, h * b.shape[-1]), dtype=self.dtype)
+        out = self.ws.get(name, (n, t, h * b.shape[-1]), self.dtype)
         np.matmul(a, b, out=self._heads(out))
         return out
 
@@ -271,14 +271,14 @@ class MultiHeadAttention(CheckedLayer):
         dad -= row
         dad *= a
         # S = Q' K^T with Q' = Q / sqrt(dk) (as scaled in forward): dQ = dS K / sqrt(dk), dK = dS^T Q'
-        dq = self._merged_matmul(dad, k)
+        dq = self._merged_matmul("dq", dad, k)
         dq *= 1.0 / math.sqrt(self.dk)
-        dk = self._merged_matmul(dad.transpose(0, 1, 3, 2), q)
+        dk = self._merged_matmul("dk", dad.transpose(0, 1, 3, 2), q)
         for layer in (self.query, self.key, self.value):
             layer.input_grad = self.input_grad
         dxq = self.query.backward(dq)
         dxk = self.key.backward(dk)
-        dxv = self.value.backward(self._merged_matmul(ad.transpose(0, 1, 3, 2), do))
+        dxv = self.value.backward(self._merged_matmul("dv", ad.transpose(0, 1, 3, 2), do))
         if not self.input_grad:
             return None
         dx = dxq + dxk

@@ -53,7 +53,7 @@ class Sampling(CheckedLayer):
             self._eps = None
             z[...] = mu
             return z
-        eps = self.rng.standard_normal(mu.shape, dtype=self.dtype)
+        eps = self.rng.standard_normal(dtype=self.dtype, out=self._buf("eps", mu.shape))
         s = self._buf("s", mu.shape)
         np.multiply(logvar, 0.5, out=s)
         np.exp(s, out=s)

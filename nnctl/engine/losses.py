@@ -327,15 +327,16 @@ class Huber(_Regression):
         return np.clip(r, -d, d, out=r)
 
 
-def kl_divergence(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
-    """KL(N(mu, exp(logvar)) || N(0, I)) per sample (N,), summed over the latent dimensions.
+def kl_divergence(mu: np.ndarray, logvar: np.ndarray, var: np.ndarray | None = None) -> np.ndarray:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per sample (N,), summed over the latent dimensions;
+    var = exp(logvar) when the caller has it already.
 
     Notes
     -----
     Closed form for diagonal Gaussians: KL = 1/2 sum_j (mu_j^2 + exp(logvar_j) - 1 - logvar_j),
     so dKL/dmu = mu and dKL/dlogvar = (exp(logvar) - 1) / 2.
     """
-    return 0.5 * (mu * mu + np.exp(logvar) - 1.0 - logvar).sum(axis=1)
+    return 0.5 * (mu * mu + (np.exp(logvar) if var is None else var) - 1.0 - logvar).sum(axis=1)
 
 
 @LOSSES.register("reconstruction")
@@ -427,10 +428,11 @@ class ELBO(Reconstruction):
         d = recon.shape[1]
         dz = np.empty_like(np.asarray(z))
         np.multiply(drecon, d, out=dz[:, :d])
-        kl = float(kl_divergence(mu, logvar).sum(dtype=np.float64)) / n
-        var = np.exp(logvar)
+        var = np.exp(logvar)                      # shared by the KL value and its gradient
+        kl = float(kl_divergence(mu, logvar, var).sum(dtype=np.float64)) / n
         np.multiply(mu, beta / n, out=dz[:, d:d + mu.shape[1]])
-        np.multiply(var - 1.0, 0.5 * beta / n, out=dz[:, d + mu.shape[1]:])
+        var -= 1.0
+        np.multiply(var, 0.5 * beta / n, out=dz[:, d + mu.shape[1]:])
         return d * value + beta * kl, dz
 
 

@@ -199,10 +199,12 @@ class SimpleRNN(_Recurrent):
         dz = self._buf("dZ", (t, n, u))
         UT = self.params["U"].T
         dy_at = self._dy_at(dy)
-        carry = np.zeros((n, u), dtype=self.dtype)
+        carry = self._buf("carry", (n, u))
+        carry.fill(0)
+        dh_buf = self._buf("dh", (n, u))
         for s in range(t - 1, -1, -1):
             g = dy_at(s)
-            dh = carry if g is None else carry + g
+            dh = carry if g is None else np.add(carry, g, out=dh_buf)
             self.act.backward(self._z[s], hs[s + 1], dh, out=dz[s])
             np.matmul(dz[s], UT, out=carry)
         dz2 = dz.reshape(t * n, u)
@@ -279,14 +281,16 @@ class GRU(_Recurrent):
         da = self._buf("dA", (t, 3, n, u))
         dr_all = self._buf("dR", (t, 3, n, u))
         U3T = self._gate_view(self.params["U"]).transpose(0, 2, 1)
-        carry = np.zeros((n, u), dtype=self.dtype)
-        tmp = np.empty((n, u), dtype=self.dtype)
+        carry = self._buf("carry", (n, u))
+        carry.fill(0)
+        tmp = self._buf("tmp", (n, u))
+        dh_buf = self._buf("dh", (n, u))
         back = self._buf("back", (3, n, u))
         dy_at = self._dy_at(dy)
         px, rx = self.act.USES_X, self.ract.USES_X
         for s in range(t - 1, -1, -1):
             g = dy_at(s)
-            dh = carry if g is None else carry + g
+            dh = carry if g is None else np.add(carry, g, out=dh_buf)
             gs, das, drs = gates[s], da[s], dr_all[s]
             z, r, cand = gs[0], gs[1], gs[2]
             dn = das[2]
@@ -354,10 +358,10 @@ class LSTM(_Recurrent):
         sigmoid(p) = (1 + tanh(p / 2)) / 2 is one tanh call over all four gates; halving
         is exact in binary floating point.
         """
-        u = self.hparams["units"]
+        w, u = self.params["W"], self.hparams["units"]
         b = self.params["b"].reshape(1, -1)
-        m = np.concatenate([self._gate_view(self.params["W"]), self._gate_view(self.params["U"]),
-                            self._gate_view(b)], axis=1)
+        m = np.concatenate([self._gate_view(w), self._gate_view(self.params["U"]), self._gate_view(b)], axis=1,
+                           out=self._buf("M", (4, w.shape[0] + u + 1, u)))
         if self._fast:
             m[:3] *= 0.5
         return m
@@ -430,7 +434,8 @@ class LSTM(_Recurrent):
         else:
             pre = self._pre[lo:hi]
             px, rx = self.act.USES_X, self.ract.USES_X
-            ones = np.ones(gates.shape, dtype=self.dtype)
+            # a broadcast view of one 1: the activations only read dy, so no block-sized array
+            ones = np.broadcast_to(np.ones((), dtype=self.dtype), gates.shape)
             self.ract.backward(pre[:, :3] if rx else None, gates[:, :3], ones[:, :3], out=q[:, :3])
             self.act.backward(pre[:, 3] if px else None, gates[:, 3], ones[:, 3], out=q[:, 3])
             self.act.backward(cs[1:] if px else None, tc, ones[:, 0], out=oc)
@@ -454,9 +459,12 @@ class LSTM(_Recurrent):
         dcat = self._buf("dcat", (t, n, 4 * u))
         # (4u, u): row k*u + j is U_k's column j, so [dg_i | dg_f | dg_o | dg_g] (N, 4u) times
         # it is the whole dh carry in one GEMM (a batched product plus a 4-way sum is slower).
-        ut = np.ascontiguousarray(self._gate_view(self.params["U"]).transpose(0, 2, 1)).reshape(4 * u, u)
-        dh_carry = np.zeros((n, u), dtype=self.dtype)
-        dc = np.zeros((n, u), dtype=self.dtype)
+        ut = self._buf("UT", (4 * u, u))
+        np.copyto(ut.reshape(4, u, u), self._gate_view(self.params["U"]).transpose(0, 2, 1))
+        dh_carry = self._buf("carry", (n, u))
+        dh_carry.fill(0)
+        dc = self._buf("dc", (n, u))
+        dc.fill(0)
         dh_buf = self._buf("dh", (n, u))
         tmp = self._buf("tmp", (n, u))
         dy_at = self._dy_at(dy)
