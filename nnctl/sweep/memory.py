@@ -123,10 +123,8 @@ def check_sweep_memory(sweep, trials: list[tuple[int | None, dict[str, Any], Any
     over = [s for s in sized if s.limit is not None and s.bytes > s.limit]
     if over:
         worst = max(over, key=lambda s: s.bytes)
-        if worst.index is not None:
-            count = f"; {len(over)} of {len(sized)} trials are over it" if len(over) > 1 else ""
-        else:
-            count = f"; {len(over)} of {len(sized)} corners are over it" if len(over) > 1 else ""
+        which = "trials" if worst.index is not None else "corners"
+        count = f"; {len(over)} of {len(sized)} {which} are over it" if len(over) > 1 else ""
         raise ConfigError(f"{name(worst)}: model: {worst.message}{count}; {worst.hint}, or leave such "
                           f"values out of the sweep")
     if not together or workers <= 1:
