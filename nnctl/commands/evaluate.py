@@ -10,15 +10,16 @@ from typing import Any
 
 import numpy as np
 
-from nnctl.data import Split
+from nnctl.data import Split, iterate_batches
+from nnctl.engine.metrics import GENERATIVE_TASKS
 from nnctl.errors import DataError
 from nnctl.report.metrics import (classification_report, finite_json, regression_report, top_k_hits,
                                   top_k_values)
+from nnctl.runs.generative import unscale_inputs
 from nnctl.runs.model import CLASSIFICATION, LoadedModel, default_batch_size, load_model
-from nnctl.data import iterate_batches
-from nnctl.engine.metrics import GENERATIVE_TASKS
 from nnctl.runs.sources import data_source, run_split
 from nnctl.training.metrics import MetricAccumulator, loss_targets, predicted_classes
+
 
 def evaluate_model(lm: LoadedModel, split: Split, batch_size: int) -> dict[str, Any]:
     """Loss and metrics of the model over a labelled split.
@@ -100,13 +101,6 @@ def reconstruction_scores(lm: LoadedModel, split: Split, batch_size: int) -> dic
         out["elbo"] = -(head["reconstruction"] + head["kl"])
     out["mse"] = sq / max(count, 1)
     return out
-
-
-def unscale_inputs(lm: LoadedModel, flat: np.ndarray) -> np.ndarray:
-    """Flattened scaled inputs or reconstructions (N, D) back in the data's units."""
-    if lm.standardizer is None:
-        return flat
-    return flat * lm.standardizer.scale.reshape(-1) + lm.standardizer.mean.reshape(-1)
 
 
 def run_eval(target: Path, data: str | None, split: str, batch_size: int | None) -> dict[str, Any]:

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from nnctl import __version__
-from nnctl.export.graph import DEFAULT_OPSET, MIN_OPSET, ExportError, Graph, export_layer, exporter
-from nnctl.export.onnx_model import INPUT_NAME, checked_model, input_shape_of, preprocess
+from nnctl.export.graph import ExportError, Graph, export_layer, exporter
+from nnctl.export.onnx_model import INPUT_NAME, checked_model, input_shape_of, opset_to_use, preprocess
 
 FILES = ("encoder.onnx", "decoder.onnx")
 
@@ -70,13 +70,10 @@ def _graph(dt: np.dtype, opset: int) -> Graph:
 
 def build_graphs(lm: Any, dtype: Any = "float32", opset: int | None = None):
     """(encoder ModelProto, decoder ModelProto) for a LoadedModel of an autoencoder or VAE."""
-    import onnx
     from onnx import helper
 
     import nnctl.export.layers  # noqa: F401  (registers the exporters)
-    opset = DEFAULT_OPSET if opset is None else int(opset)
-    if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
-        raise ExportError(f"--opset must be between {MIN_OPSET} and {onnx.defs.onnx_opset_version()}, got {opset}")
+    opset = opset_to_use(opset)
     dt = np.dtype(dtype)
     model = lm.model if lm.model.dtype == dt else lm.model.astype(dt)
     ae = model.layers[0]

@@ -131,12 +131,10 @@ def metadata(lm: Any, inputs: list, dtype: np.dtype) -> dict[str, str]:
     return meta
 
 
-def build_onnx(lm: Any, dtype: Any = "float32", opset: int | None = None):
-    """The ModelProto for `lm` (a LoadedModel) in `dtype`, checked by onnx.checker."""
+def opset_to_use(opset: int | None) -> int:
+    """--opset (default DEFAULT_OPSET), refused outside MIN_OPSET to the installed onnx's newest."""
     import onnx
-    from onnx import helper
 
-    import nnctl.export.layers  # noqa: F401  (registers the exporters)
     from nnctl.export.graph import DEFAULT_OPSET
 
     opset = DEFAULT_OPSET if opset is None else int(opset)
@@ -144,6 +142,16 @@ def build_onnx(lm: Any, dtype: Any = "float32", opset: int | None = None):
     if not MIN_OPSET <= opset <= newest:
         raise ExportError(f"--opset must be between {MIN_OPSET} and {newest} (the installed onnx's newest), "
                           f"got {opset}")
+    return opset
+
+
+def build_onnx(lm: Any, dtype: Any = "float32", opset: int | None = None):
+    """The ModelProto for `lm` (a LoadedModel) in `dtype`, checked by onnx.checker."""
+    from onnx import helper
+
+    import nnctl.export.layers  # noqa: F401  (registers the exporters)
+
+    opset = opset_to_use(opset)
     dt = np.dtype(dtype)
     model = lm.model if lm.model.dtype == dt else lm.model.astype(dt)
     g = Graph(dt, opset)

@@ -30,6 +30,13 @@ def autoencoder_of(lm: LoadedModel, command: str, needs_prior: bool = False):
     return lm.model.layers[0]
 
 
+def unscale_inputs(lm: LoadedModel, flat: np.ndarray) -> np.ndarray:
+    """Flattened scaled inputs or reconstructions (N, D) back in the data's units."""
+    if lm.standardizer is None:
+        return flat
+    return flat * lm.standardizer.scale.reshape(-1) + lm.standardizer.mean.reshape(-1)
+
+
 def encode(lm: LoadedModel, x: np.ndarray, batch_size: int) -> np.ndarray:
     """Codes (N, latent) of raw rows x (N, *input_shape): the posterior mean for a VAE."""
     ae = autoencoder_of(lm, "encode")
@@ -55,9 +62,7 @@ def decode(lm: LoadedModel, z: np.ndarray, batch_size: int) -> np.ndarray:
     flat = out.reshape(len(z), -1)
     for start in range(0, len(z), batch_size):
         recon = lm.loss.output(ae.decode(z[start:start + batch_size].astype(lm.dtype))).astype(np.float64)
-        if lm.standardizer is not None:
-            recon = recon * lm.standardizer.scale.reshape(-1) + lm.standardizer.mean.reshape(-1)
-        flat[start:start + len(recon)] = recon
+        flat[start:start + len(recon)] = unscale_inputs(lm, recon)
     return out
 
 
@@ -90,7 +95,7 @@ def rows_to_encode(lm: LoadedModel, value: str) -> np.ndarray:
         return x
     from nnctl.runs.sources import data_source
     split = data_source(lm, value, need_targets=False).split
-    return split.x if split.idx is None else split.x[split.idx]
+    return split.features()
 
 
 def read_codes(path: Path) -> np.ndarray:

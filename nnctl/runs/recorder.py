@@ -13,7 +13,6 @@ write's error is raised there, in the training thread, as if the write had been 
 """
 from __future__ import annotations
 
-import copy
 import signal
 import threading
 from typing import Any, Callable
@@ -102,15 +101,19 @@ class RunRecorder:
         return arrays
 
     # Each returns a job that writes what the state holds now: the model's and the optimizer's
-    # state_dict() are copies already; the metadata (the history, the rng states) is copied here.
-    def _last_job(self, state: Any) -> Callable[[], None]:
-        meta = copy.deepcopy(CheckpointMeta(kind="last", **describe(state.experiment), **state.resume_state()).to_meta())
+    # state_dict() are copies already, and so is the metadata (the history, the rng states):
+    # to_meta() is dataclasses.asdict, which copies every dict and list it holds.
+    def _last_job(self, state: Any, with_history: bool = False) -> Callable[[], None]:
+        """last.npz's write; `with_history`: then history.json's, from the same copy of the history."""
+        meta = CheckpointMeta(kind="last", **describe(state.experiment), **state.resume_state()).to_meta()
         arrays = self._arrays(state, state.model.state_dict(), True)
         epoch = state.epoch
 
         def job() -> None:
             save_checkpoint(self.run.last, meta, arrays)
             self.saved_epoch = epoch
+            if with_history:
+                self.run.write_history(meta["history"])
         return job
 
     def _best_job(self, state: Any) -> Callable[[], None]:
@@ -118,7 +121,7 @@ class RunRecorder:
         assert best is not None
         resume = {**state.resume_state(), "epoch": state.best_epoch or state.epoch,
                   "history": []}   # only last.npz carries the history
-        meta = copy.deepcopy(CheckpointMeta(kind="best", **describe(state.experiment), **resume).to_meta())
+        meta = CheckpointMeta(kind="best", **describe(state.experiment), **resume).to_meta()
         arrays = self._arrays(state, best, False)
         self._best_written = best
         return lambda: save_checkpoint(self.run.best, meta, arrays)
@@ -149,9 +152,7 @@ class RunRecorder:
         jobs = []
         if state.best_state is not None and state.best_state is not self._best_written:
             jobs.append(self._best_job(state))
-        jobs.append(self._last_job(state))
-        history = copy.deepcopy(state.history)
-        jobs.append(lambda: self.run.write_history(history))
+        jobs.append(self._last_job(state, with_history=True))
 
         def epoch_writes() -> None:
             for job in jobs:

@@ -224,8 +224,7 @@ class RunDir:
 
     # -- files -------------------------------------------------------------------------
     def write_config(self, config: dict[str, Any]) -> None:
-        text = dump_yaml(config)
-        atomic_write(self.config_file, lambda f: f.write(text), binary=False)
+        write_run_file(self.path, self.config_file.name, dump_yaml(config))
 
     def write_history(self, history: list[dict[str, Any]]) -> None:
         write_json(self.path / "history.json", history)
@@ -295,13 +294,13 @@ def has_last_checkpoint(run: Path) -> bool:
 
 def write_lr_find(folder: Path, config: dict[str, Any], result: dict[str, Any]) -> None:
     """An lr-find folder: the resolved spec (config.yaml) and the curve with its suggestions (lr_find.json)."""
-    text = dump_yaml(config)
-    atomic_write(Path(folder) / "config.yaml", lambda f: f.write(text), binary=False)
+    RunDir(folder).write_config(config)
     write_json(Path(folder) / "lr_find.json", result)
 
 
 def write_run_file(run: Path, name: str, text: str) -> None:
-    """A file a logger keeps in the run folder (history.csv, mlflow_run_id), replaced atomically."""
+    """A text file in a run (or sweep) folder, replaced atomically: config.yaml, a logger's
+    history.csv or mlflow_run_id, a sweep's sweep.yaml and trial specs."""
     atomic_write(Path(run) / name, lambda f: f.write(text), binary=False)
 
 

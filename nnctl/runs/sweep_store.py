@@ -13,7 +13,7 @@ from typing import IO, Any, Iterator
 
 from nnctl.errors import NnctlError
 from nnctl.fileio import RUN_JSON_MAX_BYTES, read_text
-from nnctl.runs.store import atomic_write, read_json, unique_dir, write_json
+from nnctl.runs.store import atomic_write, read_json, unique_dir, write_json, write_run_file
 
 MANIFEST = "sweep.json"
 LAUNCHED = "sweep.yaml"
@@ -32,12 +32,8 @@ def trial_dir(sweep: Path, index: int) -> Path:
     return Path(sweep) / "trials" / str(index)
 
 
-def _write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text), binary=False)
-
-
 def write_launched(sweep: Path, text: str) -> None:
-    _write_text(Path(sweep) / LAUNCHED, text)
+    write_run_file(sweep, LAUNCHED, text)
 
 
 def read_launched(sweep: Path) -> str:
@@ -49,7 +45,7 @@ def write_trial_spec(sweep: Path, index: int, text: str, new: bool = True) -> No
     """trials/<index>/spec.yaml; `new` refuses a trial folder that already exists (a fresh sweep has none)."""
     folder = trial_dir(sweep, index)
     folder.mkdir(parents=True, exist_ok=not new)
-    _write_text(folder / TRIAL_SPEC, text)
+    write_run_file(folder, TRIAL_SPEC, text)
 
 
 def read_manifest(sweep: Path) -> Any:

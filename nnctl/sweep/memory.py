@@ -72,11 +72,11 @@ def corners(parameters, seed: int) -> list[dict[str, Any]]:
 
 
 def _size(spec, shape: DataShape, available: int | None) -> tuple[Any, int | None, str, str]:
-    from nnctl.training.experiment import output_layer
+    from nnctl.training.experiment import model_layer_specs
     from nnctl.training.memory import memory_limit, training_estimate
     loss = spec.loss.get("name") if isinstance(spec.loss, dict) else spec.loss
     units = 1 if loss == "binary_cross_entropy" else shape.n_outputs
-    est = training_estimate(spec, [*spec.layers, output_layer(spec, units)], shape.input_shape, list(shape.split_rows))
+    est = training_estimate(spec, model_layer_specs(spec, units), shape.input_shape, list(shape.split_rows))
     limit, what, hint = memory_limit(spec, available)
     return est, limit, what, hint
 
@@ -123,10 +123,8 @@ def check_sweep_memory(sweep, trials: list[tuple[int | None, dict[str, Any], Any
     over = [s for s in sized if s.limit is not None and s.bytes > s.limit]
     if over:
         worst = max(over, key=lambda s: s.bytes)
-        if worst.index is not None:
-            count = f"; {len(over)} of {len(sized)} trials are over it" if len(over) > 1 else ""
-        else:
-            count = f"; {len(over)} of {len(sized)} corners are over it" if len(over) > 1 else ""
+        which = "trials" if worst.index is not None else "corners"
+        count = f"; {len(over)} of {len(sized)} {which} are over it" if len(over) > 1 else ""
         raise ConfigError(f"{name(worst)}: model: {worst.message}{count}; {worst.hint}, or leave such "
                           f"values out of the sweep")
     if not together or workers <= 1:
@@ -168,9 +166,10 @@ def check_resume_memory(sd, sweep, todo: list[int], workers: int, together: bool
     """`check_sweep_memory` for a resume: the snapshotted specs of the trials to run again, and
     for a model-based sweep with trials still to ask, its space's corners; nothing is written."""
     from nnctl.config.spec import load_spec
+    from nnctl.runs import sweep_store
     from nnctl.sweep.spec import load_sweep
     if sweep is None:
-        sweep = load_sweep(sd.path / "sweep.yaml")   # as launched, base inlined
+        sweep = load_sweep(sd.path / sweep_store.LAUNCHED)   # as launched, base inlined
     trials: list[tuple[int | None, dict[str, Any], Any]] = [
         (i, sd.trial(i).overrides, load_spec(sd.spec_path(i))) for i in todo]
     if sweep.model_based and sd.declared > len(sd.trials):

@@ -65,6 +65,13 @@ def output_layer(spec: Spec, n_outputs: int) -> dict[str, Any]:
     return layer
 
 
+def model_layer_specs(spec: Spec, n_outputs: int) -> list[dict[str, Any]]:
+    """The layer specs the model is built from: the spec's layers and an output layer of
+    `n_outputs` units, except an autoencoder's one layer, which ends in its own output layer
+    sized from the input. Shared by `prepare` and a sweep's memory sizing."""
+    return list(spec.layers) if spec.task else [*spec.layers, output_layer(spec, n_outputs)]
+
+
 def model_rng(seed: int) -> np.random.Generator:
     """The model's Generator (initialization, then dropout masks); its state is checkpointed."""
     return np.random.default_rng([seed, 0])
@@ -182,8 +189,7 @@ def prepare(spec: Spec) -> Experiment:
     # the data's own rules (augmentation fits the layout and the loss) before the model's
     augmenter = build_augmenter(spec, data.input_shape, task, loss_spec["name"], data.n_outputs)
     dtype = np.dtype(spec.training.dtype)
-    # an autoencoder's one layer ends in its own output layer, sized from the input
-    layer_specs = list(spec.layers) if spec.task else [*spec.layers, output_layer(spec, n_outputs)]
+    layer_specs = model_layer_specs(spec, n_outputs)
     check_memory(spec, layer_specs, data)  # from shapes alone: refuse what cannot fit before allocating it
     model = build_model(spec, layer_specs, data.input_shape, dtype)
     if not spec.task:
