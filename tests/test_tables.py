@@ -286,6 +286,25 @@ def test_cache_list_and_clear(tmp_path):
         f"{cache / 'tables'}: no cached tables", f"{cache / 'images'}: no decoded image folders"]
 
 
+def test_cache_list_only_reads(tmp_path):
+    """A touched file with the same bytes is listed as fresh, and listing leaves meta.json as it was;
+    the next real load restamps it (so later loads skip the hash)."""
+    import hashlib
+    cache = Path(os.environ["NNCTL_CACHE_DIR"])
+    path = table_csv(tmp_path / "t.csv")
+    load_dataset(data_spec(path), 0, tmp_path)
+    (entry,) = [p for p in (cache / "tables").iterdir() if p.is_dir()]
+    meta = entry / "meta.json"
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
+    digest = hashlib.sha256(meta.read_bytes()).hexdigest()
+    out = runner.invoke(app, ["cache", "list"])
+    assert out.exit_code == 0 and out.output.count(", fresh") == 1
+    assert hashlib.sha256(meta.read_bytes()).hexdigest() == digest
+    load_dataset(data_spec(path), 0, tmp_path)
+    assert json.loads(meta.read_text())["file"]["mtime_ns"] == os.stat(path).st_mtime_ns
+    assert builds(cache) == 1
+
+
 def test_cache_off_unquoted_is_yaml_false_and_means_off(tmp_path):
     from nnctl.config.spec import load_spec
     path = table_csv(tmp_path / "t.csv")

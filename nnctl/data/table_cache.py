@@ -180,7 +180,13 @@ class TableCache:
 
     # -------------------------------------------------------------------- load, never trusting
 
-    def _load(self, entry: Path, source: str, options: dict, name: str) -> CsvColumns | None:
+    def _load(self, entry: Path, source: str, options: dict, name: str, restamp: bool = True
+              ) -> CsvColumns | None:
+        """The entry's arrays if it may be trusted for `source` under `options`, else None.
+
+        restamp=False (`nnctl cache list`) only reads: a file whose stamp changed but whose bytes
+        did not is still "fresh", and meta.json keeps its old stamp for the next real load.
+        """
         try:
             with open(entry / "meta.json") as f:
                 meta = json.load(f)
@@ -192,7 +198,8 @@ class TableCache:
             if _stamp(st) != {k: stored[k] for k in ("size", "mtime_ns", "ctime_ns", "ino")}:
                 if st.st_size != stored["size"] or _sha256(Path(source)) != stored["sha256"]:
                     return None
-                self._restamp(entry, meta, st)   # same bytes (a copy, a touch): skip the hash next time
+                if restamp:
+                    self._restamp(entry, meta, st)   # same bytes (a copy, a touch): skip the hash next time
             arrays = {}
             for stem, (shape, dtype) in meta["shapes"].items():
                 a = np.load(entry / f"{stem}.npy", mmap_mode="r", allow_pickle=False)
@@ -229,7 +236,7 @@ class TableCache:
                 with open(entry / "meta.json") as f:
                     meta = json.load(f)
                 source = meta["source"]
-                state = "fresh" if self._load(entry, source, meta["options"], meta["name"]) is not None else "stale"
+                state = "fresh" if self._load(entry, source, meta["options"], meta["name"], restamp=False) is not None else "stale"
                 out.append({"key": entry.name, "source": source, "rows": meta["rows"],
                             "columns": len(meta["numeric"]) + len(meta["text"]), "bytes": size,
                             "built": meta["built"], "state": state})
