@@ -349,6 +349,30 @@ def test_an_epoch_writes_soft_targets_into_one_buffer_with_the_values_of_a_fresh
     assert seen[0] is seen[1] and seen[2] is not seen[0]
 
 
+def test_batches_augmented_ahead_in_a_group_equal_those_augmented_one_by_one():
+    """iterate_batches augments a group of batches before yielding them (augment_group); each
+    batch, the last partial one too, equals its augmentation alone, though for_epoch writes
+    every batch's soft targets into one buffer."""
+    from nnctl.data.batching import augment_group
+    from nnctl.data.splits import Split
+    x = np.random.default_rng(0).standard_normal((100, 6)).astype(np.float32)
+    y = np.arange(100) % 3
+    aug = Augmenter([make("noise", "table"), make("feature_dropout", "table"), make("mixup", "table")],
+                    LAYOUTS["table"], "onehot", 3)
+    assert augment_group(8, 6 * 4) == 32 and augment_group(1 << 16, 4) == 1
+    split = Split(x, y, None)
+    got = [(a.copy(), b.copy()) for a, b in
+           iterate_batches(split, 8, np.random.default_rng(1), np.float32, augment=aug.for_epoch(3, 1))]
+    plain = iterate_batches(split, 8, np.random.default_rng(1), np.float32)
+    one = aug.for_epoch(3, 1)
+    assert len(got) == 13
+    for step, (xb, yb) in enumerate(plain):
+        want_x, want_y = one(step, xb.copy(), yb.copy())
+        np.testing.assert_array_equal(got[step][0], want_x)
+        np.testing.assert_array_equal(got[step][1], want_y)
+    assert not np.array_equal(got[0][1], got[1][1])
+
+
 # -- soft targets in the loss and the metrics ---------------------------------------------
 
 def _central_diff(f, z, h=1e-6):
