@@ -329,6 +329,50 @@ def test_augmenter_is_a_pure_function_of_seed_epoch_step():
     assert Augmenter().for_epoch(0, 0) is None
 
 
+@pytest.mark.parametrize("targets,y", [("onehot", np.arange(16) % 3), ("binary", np.random.default_rng(3).integers(0, 2, 16).astype(float)),
+                                       ("values", np.linspace(0, 1, 32).reshape(16, 2))])
+def test_an_epoch_writes_soft_targets_into_one_buffer_with_the_values_of_a_fresh_call(targets, y):
+    """for_epoch reuses one soft-target buffer per batch size; each batch's targets still
+    equal those of a direct call, which returns a new array."""
+    make_aug = lambda: Augmenter([make("noise", "table"), make("feature_dropout", "table"),
+                                  make("mixup", "table", allow_regression=True)], LAYOUTS["table"], targets, 3)
+    aug = make_aug().for_epoch(5, 2)
+    seen = []
+    for step, n in enumerate([16, 16, 7]):
+        x = batch("table", n=n, seed=step)
+        want_x, want_y = make_aug()(x.copy(), y[:n].copy(), batch_rng(5, 2, step))
+        got_x, got_y = aug(step, x, y[:n])
+        np.testing.assert_array_equal(got_x, want_x)
+        np.testing.assert_array_equal(got_y, want_y)
+        assert not np.array_equal(got_y, make_aug().soft_targets(y[:n], x.dtype))   # mixed
+        seen.append(got_y)
+    assert seen[0] is seen[1] and seen[2] is not seen[0]
+
+
+def test_batches_augmented_ahead_in_a_group_equal_those_augmented_one_by_one():
+    """iterate_batches augments a group of batches before yielding them (augment_group); each
+    batch, the last partial one too, equals its augmentation alone, though for_epoch writes
+    every batch's soft targets into one buffer."""
+    from nnctl.data.batching import augment_group
+    from nnctl.data.splits import Split
+    x = np.random.default_rng(0).standard_normal((100, 6)).astype(np.float32)
+    y = np.arange(100) % 3
+    aug = Augmenter([make("noise", "table"), make("feature_dropout", "table"), make("mixup", "table")],
+                    LAYOUTS["table"], "onehot", 3)
+    assert augment_group(8, 6 * 4) == 32 and augment_group(1 << 16, 4) == 1
+    split = Split(x, y, None)
+    got = [(a.copy(), b.copy()) for a, b in
+           iterate_batches(split, 8, np.random.default_rng(1), np.float32, augment=aug.for_epoch(3, 1))]
+    plain = iterate_batches(split, 8, np.random.default_rng(1), np.float32)
+    one = aug.for_epoch(3, 1)
+    assert len(got) == 13
+    for step, (xb, yb) in enumerate(plain):
+        want_x, want_y = one(step, xb.copy(), yb.copy())
+        np.testing.assert_array_equal(got[step][0], want_x)
+        np.testing.assert_array_equal(got[step][1], want_y)
+    assert not np.array_equal(got[0][1], got[1][1])
+
+
 # -- soft targets in the loss and the metrics ---------------------------------------------
 
 def _central_diff(f, z, h=1e-6):
