@@ -622,7 +622,10 @@ class BlockParser:
                                   if not is_blank(rec)])
         cells = {}
         if self.text:
-            split = [line.split(",") for line in lines]
+            # the fields are counted already: split no further than the last text column (an ID
+            # column first costs one split per line, not one per field)
+            most = max(self.text_cols) + 1
+            split = [line.split(",", most) for line in lines]
             cells = self._text([(start + i, fields) for i, fields in enumerate(split)])
         return np.arange(start, start + len(lines), dtype=np.int64), values, cells
 
