@@ -163,6 +163,9 @@ class _Conv(CheckedLayer):
     # where column n*Sp + o of Z is output (n, o) and the other columns (windows that run
     # over a sample's end) are computed and dropped; dZ is zero there, so they add exact
     # zeros to dW and dx. The tail of each block of cols (past the end of xf) is zero.
+    # cols ends with a row of ones and W2 with a column b (0 without bias), so the GEMMs
+    # also add the bias and give db: no separate passes over Z, and with 25 channels, k=5,
+    # the 126-row product runs ~20% faster than the 125-row one (OpenBLAS, float32).
     def _padded_sizes(self):
         return tuple(L + lo + hi for L, (lo, hi) in zip(self.input_shape[1:], self.pads))
 
@@ -176,16 +179,19 @@ class _Conv(CheckedLayer):
         xt.fill(0)
         np.copyto(xt[inner], x.swapaxes(0, 1))
         xf = xt.reshape(c_in, m)
-        cols = self.ws.get("cols_s", (len(self.shifts) * c_in, m), self.dtype)
+        ck = len(self.shifts) * c_in
+        cols = self.ws.get("cols_s", (ck + 1, m), self.dtype)
         for j, s in enumerate(self.shifts):
             block = cols[j * c_in:(j + 1) * c_in]
             np.copyto(block[:, :m - s], xf[:, s:])
             block[:, m - s:] = 0
+        cols[ck] = 1
         self._cols = cols
+        w2b = self.ws.get("w2b", (f, ck + 1), self.dtype)
+        w2b[:, :ck] = self._w2()
+        w2b[:, ck] = self.params["b"] if "b" in self.params else 0
         zt = self.ws.get("zt_s", (f, m), self.dtype)
-        np.matmul(self._w2(), cols, out=zt)
-        if "b" in self.params:
-            zt += self.params["b"][:, None]
+        np.matmul(w2b, cols, out=zt)
         z = self.ws.get("z", (n, f) + self.out_sizes, self.dtype)
         np.copyto(z, zt.reshape((f, n) + sp)[lead + tuple(slice(0, o) for o in self.out_sizes)].swapaxes(0, 1))
         return z
@@ -202,13 +208,16 @@ class _Conv(CheckedLayer):
         dzt.fill(0)
         np.copyto(dzt[lead + tuple(slice(0, o) for o in self.out_sizes)], dz.swapaxes(0, 1))
         dzf = dzt.reshape(f, m)
-        dw2 = dzf @ cols.T                                                          # (F, K*C)
-        self.grads["W"][...] = dw2.reshape((f,) + self.kernel + (c_in,)).transpose(0, nd + 1, *range(1, nd + 1))
+        ck = len(self.shifts) * c_in
+        # (K*C + 1, F): this orientation runs ~20% faster than dZ @ cols^T (long inner axis)
+        dw2t = self.ws.get("dw2t", (ck + 1, f), self.dtype)
+        np.matmul(cols, dzf.T, out=dw2t)
+        self.grads["W"][...] = dw2t[:ck].reshape(self.kernel + (c_in, f)).transpose(nd + 1, nd, *range(nd))
         if "b" in self.params:
-            np.sum(dzf, axis=1, out=self.grads["b"])
+            self.grads["b"][...] = dw2t[ck]
         if not self.input_grad:
             return None
-        dcols = self.ws.get("dcols_s", (len(self.shifts) * c_in, m), self.dtype)
+        dcols = self.ws.get("dcols_s", (ck, m), self.dtype)
         np.matmul(self._w2().T, dzf, out=dcols)
         # col2im: one contiguous shifted add per kernel offset; offset 0 has shift 0 and starts it.
         dxt = self.ws.get("dxt", (c_in, m), self.dtype)
