@@ -164,8 +164,7 @@ class _Conv(CheckedLayer):
     # over a sample's end) are computed and dropped; dZ is zero there, so they add exact
     # zeros to dW and dx. The tail of each block of cols (past the end of xf) is zero.
     # cols ends with a row of ones and W2 with a column b (0 without bias), so the GEMMs
-    # also add the bias and give db: no separate passes over Z, and with 25 channels, k=5,
-    # the 126-row product runs ~20% faster than the 125-row one (OpenBLAS, float32).
+    # also add the bias and give db: no separate passes over Z.
     def _padded_sizes(self):
         return tuple(L + lo + hi for L, (lo, hi) in zip(self.input_shape[1:], self.pads))
 
