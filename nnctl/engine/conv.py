@@ -49,7 +49,7 @@ class _Conv(CheckedLayer):
     -----
     y[n, f, o] = act( b[f] + sum_{c, k} W[f, c, k] * xp[n, c, o*stride + k*dilation] ),
     xp the zero-padded input. The im2col matrix holds xp[n, c, o*stride + k*dilation] for
-    every (n, o) and (c, k), in one of two layouts chosen at build time:
+    every (n, o) and (c, k), in a layout chosen at build time:
 
     Rows are output positions (many input channels): cols[(n, o), (k, c)], channels
     innermost, and W2 = W laid out as (filters, prod(kernel)*C_in):
@@ -65,6 +65,9 @@ class _Conv(CheckedLayer):
     Here the first layout would spend several times its (tiny) GEMMs' time transposing
     activation-sized arrays; this one transposes nothing, and offset k's block
     dcols[:, :, k] is an (N, C_in, *O) array added to a channels-first padded gradient.
+
+    Stride-1 conv1d uses a third, shifted layout instead (see _forward_shifted): the input
+    channels-major and padded, each im2col row block one contiguous shifted copy of it.
 
     Either way col2im is one slice-add per kernel offset, never a loop over output
     positions, and the padding is then cut off. "same" padding follows Keras for every
