@@ -464,7 +464,7 @@ def test_maxpool_routes_an_infinite_gradient_without_nan():
     np.testing.assert_array_equal(dx, [[[[0, np.inf, -np.inf, 0], [0, 0, 0, 0]]]])
 
 
-# -- the two im2col layouts ------------------------------------------------------------------
+# -- the im2col layouts ------------------------------------------------------------------
 
 @pytest.mark.parametrize("cls,kw,shape", [
     (Conv2D, {"kernel_size": 3, "padding": "same", "activation": "relu"}, (1, 6, 5)),
@@ -472,24 +472,33 @@ def test_maxpool_routes_an_infinite_gradient_without_nan():
     (Conv2D, {"kernel_size": 3, "stride": 2, "padding": "same"}, (20, 5, 5)),
     (Conv1D, {"kernel_size": 5, "padding": "same", "activation": "tanh"}, (1, 12)),
     (Conv1D, {"kernel_size": 3, "stride": 3, "dilation": 2}, (7, 20)),
+    (Conv1D, {"kernel_size": 5, "padding": "same", "activation": "relu"}, (25, 9)),
+    (Conv1D, {"kernel_size": 3, "padding": 3, "dilation": 2, "bias": False, "activation": "softmax"}, (4, 8)),
 ])
-def test_both_im2col_layouts_give_the_same_values_and_exact_gradients(cls, kw, shape):
+def test_all_im2col_layouts_give_the_same_values_and_exact_gradients(cls, kw, shape):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((3,) + shape)
+    # (channels, shifted): the shifted layout exists for stride-1 conv1d only
+    layouts = [(True, False), (False, False)]
+    if cls is Conv1D and kw.get("stride", 1) == 1:
+        layouts.append((False, True))
     layers = {}
-    for channels in (True, False):
+    for channels, shifted in layouts:
         layer = built(cls(filters=4, **kw), shape, seed=1)
-        layer.channels_layout = channels           # chosen from C_in * prod(kernel) by default
-        layers[channels] = layer
+        assert layer.shifted_layout == (cls is Conv1D and kw.get("stride", 1) == 1)   # the default
+        layer.channels_layout, layer.shifted_layout = channels, shifted
+        layers[channels, shifted] = layer
     y = {c: layer.forward(x, True).copy() for c, layer in layers.items()}
-    dy = rng.standard_normal(y[True].shape)
+    dy = rng.standard_normal(y[True, False].shape)
     dx = {c: layer.backward(dy).copy() for c, layer in layers.items()}
-    np.testing.assert_allclose(y[True], y[False], rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(dx[True], dx[False], rtol=1e-12, atol=1e-12)
-    for name in ("W", "b"):
-        np.testing.assert_allclose(layers[True].grads[name], layers[False].grads[name], rtol=1e-12, atol=1e-12)
-    assert_gradcheck(layers[True], x, max_checks=40)
-    assert_gradcheck(layers[False], x, max_checks=40)
+    for c in layouts[1:]:
+        np.testing.assert_allclose(y[c], y[True, False], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(dx[c], dx[True, False], rtol=1e-12, atol=1e-12)
+        for name in layers[c].grads:
+            np.testing.assert_allclose(layers[c].grads[name], layers[True, False].grads[name],
+                                       rtol=1e-12, atol=1e-12)
+    for layer in layers.values():
+        assert_gradcheck(layer, x, max_checks=40)
 
 
 def test_the_layout_follows_the_im2col_rows():
