@@ -148,8 +148,8 @@ def _batches(x, y, rows, stop, batch_size, reader, xbuf, raw, ybuf, yraw, standa
                     # a returned array may be the augment's own buffer, rewritten by the next
                     # batch: keep a copy in this batch's slot
                     slot = (s % group) * batch_size
-                    xa, ya = (_hold(held, k, a, ours, slot, group * batch_size)
-                              for k, (a, ours) in enumerate(((xa, xb), (ya, yb))))
+                    xa = _hold(held, 0, xa, xb, slot, group * batch_size)
+                    ya = _hold(held, 1, ya, yb, slot, group * batch_size)
                 ready[i] = (s, xa, ya)
         for _, xb, yb in ready:
             yield xb, yb
