@@ -27,6 +27,8 @@ from nnctl.errors import ConfigError
 
 # Read by the BLAS libraries NumPy may be linked with, once, when NumPy is first imported.
 BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+# polars (the `csv` extra's parser) sizes its thread pool from this, once, when first imported
+PARSER_VAR = "POLARS_MAX_THREADS"
 MAX_DEFAULT = 4
 MISSING = 'threadpoolctl is not installed: pip install -e ".[fast]"'
 
@@ -97,6 +99,7 @@ def preset(flag: int | None) -> None:
     global _preset_default
     if flag is not None:
         set_environment(flag)
+        set_parser_threads(flag)
     elif from_environment() is None:
         cores = physical_cores()
         choice = Choice(default_threads(cores), _default_source(cores))
@@ -130,6 +133,30 @@ def set_environment(threads: int) -> bool:
     for var in BLAS_VARS:
         os.environ[var] = str(threads)
     return True
+
+
+_parser_threads_set = False
+
+
+def set_parser_threads(threads: int) -> None:
+    """The CSV parser's pool size (an explicit --threads), unless the user's environment sets it
+    or polars has loaded.
+
+    Without one, polars uses every CPU: unlike OpenBLAS's spin-waiting threads (see the module
+    docstring) its pool sleeps when idle, and predict on 2 CPUs needs both to parse at 100k rows/s.
+    """
+    global _parser_threads_set
+    if PARSER_VAR in os.environ and not _parser_threads_set or "polars" in sys.modules:
+        return
+    os.environ[PARSER_VAR] = str(threads)
+    _parser_threads_set = True
+
+
+def parser_threads_source() -> str:
+    """Where the CSV parser's thread count came from, for fast_csv.describe."""
+    if _parser_threads_set:
+        return "nnctl's thread count"
+    return PARSER_VAR if os.environ.get(PARSER_VAR) else "polars' default: every CPU"
 
 
 def blas_name() -> str:

@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from nnctl.cli import app
+from nnctl.commands.predict import csv_parser
 from nnctl.data import DATASETS
 from nnctl.engine.base import LAYERS
 from nnctl.hparams import unknown_name_message
@@ -213,7 +214,7 @@ def test_predict_labels_round_trip_and_match_eval(iris_run, tmp_path):
     out = tmp_path / "pred.csv"
     res = invoke("predict", iris_run, IRIS_CSV, "--out", out)
     assert res.exit_code == 0, res.output
-    assert res.stdout.strip() == f"wrote 150 predictions to {out}"
+    assert res.stdout.strip() == f"wrote 150 predictions to {out}; CSV parsed by {csv_parser()}"
     pred = [r["species"] for r in read_csv(out.read_text())]
     truth = [r["species"] for r in read_csv(IRIS_CSV.read_text())]
     labels = ["setosa", "versicolor", "virginica"]

@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from nnctl.cli import app
-from nnctl.data import files, table_cache
+from nnctl.data import fast_csv, files, table_cache
 from nnctl.data.dataset import load_dataset
 from nnctl.data.table_cache import TableCache
 from nnctl.errors import DataError
@@ -144,8 +144,10 @@ def test_second_load_is_a_cache_hit_with_the_same_arrays(tmp_path):
     before = table_cache.BUILDS
     second = load_dataset(data_spec(path), 0, tmp_path)
     assert table_cache.BUILDS == before and builds(cache) == 1
-    assert first.describe()[-1] == f"table cache: {cache / 'tables'} (parsed and stored)"
-    assert second.describe()[-1] == f"table cache: {cache / 'tables'} (hit)"
+    assert first.describe()[-2:] == [f"csv parser: {fast_csv.describe()}",
+                                     f"table cache: {cache / 'tables'} (parsed and stored)"]
+    # a hit parses nothing, so it names no parser
+    assert second.describe()[-2:] == [first.describe()[-3], f"table cache: {cache / 'tables'} (hit)"]
     assert isinstance(second.train.x, np.memmap)
     assert np.array_equal(x_of(first), x_of(second)) and np.array_equal(first.test.y, second.test.y)
     # the parsed values are the file's, rounded to float32

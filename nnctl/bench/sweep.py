@@ -14,7 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from nnctl.sweep.executors import LocalExecutor, cpu_count
+from nnctl.sweep.executors import LocalExecutor
+from nnctl.threads import logical_cpus
 from nnctl.sweep.runner import SweepDir, run_sweep
 from nnctl.sweep.spec import build_trials, sweep_from_dict
 from nnctl.bench import say
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = bench_spec(args.trials, args.epochs)
     folder = Path(tempfile.mkdtemp(prefix="nnctl-bench-sweep-"))
     load = os.getloadavg()
-    say(f"{args.trials} trials (spirals, 2x32 MLP, {args.epochs} epochs), {cpu_count()} cores, "
+    say(f"{args.trials} trials (spirals, 2x32 MLP, {args.epochs} epochs), {logical_cpus()} cores, "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     try:
         one = time_sweep(spec, folder, 1)

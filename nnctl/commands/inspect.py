@@ -94,7 +94,7 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
         # core, spin-waiting) halved predict's speed on a busy 2-core machine
         preset(None)
         from nnctl.runs.model import default_batch_size, load_model
-        from nnctl.commands.predict import run_predict
+        from nnctl.commands.predict import csv_parser, run_predict
         notes: list[str] = []
         try:
             lm = load_model(target)
@@ -113,7 +113,9 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
         for note in notes:  # stderr: stdout may be the predictions themselves
             err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
         if out is not None:
-            console.print(f"wrote {n:,} predictions to {out}", markup=False, soft_wrap=True)
+            # the parser and its threads, as validate and the train header show them
+            parsed = f"; CSV parsed by {csv_parser()}" if input.suffix.lower() == ".csv" else ""
+            console.print(f"wrote {n:,} predictions to {out}{parsed}", markup=False, soft_wrap=True)
 
     @app.command("runs")
     def runs_command(

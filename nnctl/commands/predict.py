@@ -7,7 +7,8 @@ ignored, with one note naming them), a .npy of features (memory-mapped) or an .n
 original labels (or values, in the target's own units), and with `proba` one `p_<label>`
 column per class; to a file (written atomically) or to a stream.
 
-A CSV input is parsed a block at a time by the training parser (numpy's C reader) and a .npy
+A CSV input is parsed a block at a time by the training parser (polars or numpy's C reader,
+see nnctl.data.fast_csv; with polars the next block is parsed while this one is predicted) and a .npy
 is memory-mapped, and each chunk's predictions are written before the next is read, so
 memory is bounded for an input of any length (an .npz is read whole: np.load cannot map a zip).
 """
@@ -21,7 +22,7 @@ from typing import IO, Iterator
 
 import numpy as np
 
-from nnctl.data import Split, TableEncoder, load_features
+from nnctl.data import Split, TableEncoder, fast_csv, load_features
 from nnctl.data.files import CATEGORICAL, is_number, parsed_columns, suffix_of
 from nnctl.data.stream import csv_chunks, head_records
 from nnctl.runs.model import CLASSIFICATION, LoadedModel
@@ -217,6 +218,11 @@ def write_predictions(lm: LoadedModel, source: Path, stream: IO[str], batch_size
         writer.writerows(zip(*kept, *(c.tolist() for c in cols)))
         n += len(x)
     return n
+
+
+def csv_parser() -> str:
+    """What parsed a CSV input: the parser, its threads, and that it reads ahead (see stream.py)."""
+    return fast_csv.describe() + (", one block ahead of the model" if fast_csv.available() else "")
 
 
 def run_predict(lm: LoadedModel, source: Path, out: Path | None, batch_size: int, proba: bool,

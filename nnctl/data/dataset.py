@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from nnctl.data import fast_csv
 from nnctl.data.builtin import DATASETS, generate
 from nnctl.data.files import (CATEGORICAL, RawData, read_csv_data, read_npy_data, read_npz_data,
                               reshape_rows, suffix_of)
@@ -122,6 +123,7 @@ class Dataset:
     unknown: dict[str, int] = field(default_factory=dict)
     class_weights: list[float] | None = None   # the loss's weight per class, set once resolved (for describe)
     cache: str | None = None
+    parser: str | None = None   # what parsed a CSV here (fast_csv.describe); None when nothing was parsed
 
     def describe(self) -> list[str]:
         """What was decided about the data, one line per topic (validate, the train header)."""
@@ -157,6 +159,8 @@ class Dataset:
             seen = ", ".join(f"{n} in {k}" for k, n in self.unknown.items() if n)
             if seen:
                 lines.append(f"categories the training split never had (mapped to unknown): {seen}")
+            if self.parser:
+                lines.append(f"csv parser: {self.parser}")
             lines.append(f"table cache: {self.cache or 'off'}")
         elif self.cache:
             lines.append(f"image cache: {self.cache}")
@@ -511,6 +515,8 @@ def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32", unlabel
         cache=(cache.describe() if cache is not None and cache.status else
                # an image folder mapped from its decode cache: the file, so a user can find (or delete) it
                raw.x.filename if divisor is not None and isinstance(raw.x, np.memmap) else None),
+        parser=(fast_csv.describe() if Path(source).suffix.lower() == ".csv"
+                and not (cache is not None and cache.status == "hit") else None),
     )
 
 

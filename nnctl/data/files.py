@@ -41,9 +41,11 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
+from nnctl.data import fast_csv
 from nnctl.errors import DataError, excerpt, quoted
 from nnctl.fileio import check_regular
 
@@ -440,11 +442,33 @@ def _header_names(name: str, header: list[str]) -> list[str]:
     return header
 
 
+class PlainBlock:
+    """Whole lines of a CSV without quotes or bare CRs: `data` ("\\n"-separated bytes, CRLF made
+    LF) holding `n` lines.
+
+    Decoded on first use: polars parses the bytes, and a block it takes holds only ASCII
+    numbers and text cells it checked as UTF-8 itself, so it is never decoded (a bad byte
+    anywhere else makes polars refuse, and decoding here then names its row).
+    """
+
+    __slots__ = ("data", "n", "_decode", "_text")
+
+    def __init__(self, data: bytes, n: int, decode: Callable[[bytes], str]):
+        self.data, self.n, self._decode, self._text = data, n, decode, None
+
+    def lines(self) -> list[str]:
+        if self._text is None:
+            self._text = self._decode(self.data)
+        lines = self._text.split("\n")
+        if lines[-1] == "":
+            lines.pop()   # the block ended with a line break
+        return lines
+
+
 class _Blocks:
     """A CSV file cut into blocks of whole lines; blocks with quotes or bare CRs become csv records.
 
-    Yields ("lines", first line number, [line, ...]) for plain blocks (a line without its
-    "\\n") and ("records", [(first line number, fields), ...]) once a block holds a quote
+    Yields ("lines", first line number, PlainBlock) for plain blocks and ("records", [(first line number, fields), ...]) once a block holds a quote
     or a bare carriage return: from there on Python's csv module reads the rest of the
     file, since a quoted field may span lines and blocks. The header (first non-blank
     record) is read first into `header`.
@@ -497,25 +521,26 @@ class _Blocks:
             if b'"' in block or (b"\r" in block and block.count(b"\r") != block.count(b"\r\n")):
                 yield from self._records(offset, line)
                 return
-            text = self._decode(block)
-            if "\r" in text:
-                text = text.replace("\r\n", "\n")
-            lines = text.split("\n")
-            if lines[-1] == "":
-                lines.pop()   # the block ended with a line break
+            data = block.replace(b"\r\n", b"\n") if b"\r" in block else block
             if self.header is None:
-                skip = 0
-                while skip < len(lines) and not lines[skip].strip():
-                    skip += 1
-                if skip < len(lines):
-                    self.header = lines[skip].split(",")
-                    lines, line = lines[skip + 1:], line + skip + 1
-                else:
-                    lines, line = [], line + skip
-            if lines:
-                yield "lines", line, lines
+                data, line = self._take_header(data, line)
+            if data:
+                n = data.count(b"\n") + (not data.endswith(b"\n"))
+                yield "lines", line, PlainBlock(data, n, self._decode)
+                line += n
             offset += len(block)
-            line += len(lines)
+
+    def _take_header(self, data: bytes, line: int) -> tuple[bytes, int]:
+        """The first non-blank line of `data` into `header`: (the bytes after it, its next line number)."""
+        pos = 0
+        while pos < len(data):
+            end = data.find(b"\n", pos)
+            end = len(data) if end < 0 else end
+            first, pos, line = self._decode(data[pos:end]), end + 1, line + 1
+            if first.strip():
+                self.header = first.split(",")
+                break
+        return data[pos:], line
 
     def _records(self, offset: int, line: int):
         self.f.seek(offset)
@@ -600,10 +625,16 @@ class BlockParser:
                 line, cell = self.first_text[c]
                 numeric_column(self.name, c, [cell], [line], self.dtype)   # raises its message
 
-    def _lines(self, start: int, lines: list[str]):
-        """A block without quotes: numpy's C reader, or the exact checks when it refuses."""
+    def _lines(self, start: int, block: PlainBlock):
+        """A block without quotes: polars or numpy's C reader, or the exact checks when both refuse."""
         values = None
         if self.number_cols:
+            # polars takes a clean block (see fast_csv); anything else gets numpy's reader
+            values = fast_csv.numbers(block.data, self.width, self.number_cols, block.n, self.limit)
+        if values is not None and not self.text:
+            return np.arange(start, start + block.n, dtype=np.int64), values, {}
+        lines = block.lines()
+        if values is None and self.number_cols:
             try:
                 with warnings.catch_warnings():
                     # a block of blank lines: "input contained no data"; the row count catches it
@@ -614,7 +645,7 @@ class BlockParser:
             # blank lines skipped, or a value out of range: the exact checks say where
             if values is not None and (len(values) != len(lines) or not self._in_range(values)):
                 values = None
-        elif self._fields_ok(lines):
+        elif values is None and self._fields_ok(lines):
             values = np.empty((len(lines), 0))
         if values is None or (self.text and not all(lines)):
             reader = csv.reader(lines)

@@ -1,18 +1,28 @@
 """A CSV's columns in chunks, for inputs of any length (predict): the training parser's blocks, not kept.
 
-Each chunk is one block of the file (files.BLOCK_BYTES of text) parsed by numpy's C reader,
-with the same cell checks and messages as training (files.BlockParser); memory is one
-block's text and numbers, whatever the file's length.
+Each chunk is one block of the file (files.BLOCK_BYTES of text) parsed as in training
+(files.BlockParser: polars or numpy's C reader, the same cell checks and messages); memory
+is a few blocks' text and numbers, whatever the file's length.
+
+With polars, a second thread parses the next block while the caller works on this one:
+polars releases the GIL while it parses, so parsing overlaps predict's forward pass and
+writing (numpy's reader holds the GIL, so without polars there is nothing to overlap).
 """
 from __future__ import annotations
 
 import csv
+import queue
+import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
+from nnctl.data import fast_csv
 from nnctl.data.files import BlockParser, is_blank, open_csv
+
+# blocks parsed ahead of the caller, besides the one being parsed: memory is a few blocks
+AHEAD = 1
 
 
 def csv_chunks(path: Path, name: str, numeric: list[str], text: list[str], dtype,
@@ -29,9 +39,54 @@ def csv_chunks(path: Path, name: str, numeric: list[str], text: list[str], dtype
         if check is not None:
             check(header)
         parser = BlockParser(name, chunks, header, numeric, None, set(numeric), set(text), list(text), dtype)
-        yield from parser.chunks()
+        yield from (parsed_ahead(parser.chunks()) if fast_csv.available() else parser.chunks())
     finally:
         blocks.close()
+
+
+def parsed_ahead(chunks: Iterator) -> Iterator:
+    """The items of `chunks`, produced by a second thread up to AHEAD items ahead.
+
+    An error in that thread is raised here, at the item where it happened. When the caller
+    stops early (an error of its own, Ctrl-C, a closed pipe), the thread is told to stop and
+    joined before this returns, so the file is not closed under it; it finishes at most the
+    block it is parsing.
+    """
+    done = object()
+    items: queue.Queue = queue.Queue(maxsize=AHEAD)
+    stop = threading.Event()
+
+    def hand(item) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in chunks:
+                if not hand((None, item)):
+                    return
+            hand((None, done))
+        except BaseException as err:   # handed over and raised in the caller's thread
+            hand((err, None))
+
+    worker = threading.Thread(target=produce, name="nnctl-csv-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            err, item = items.get()
+            if err is not None:
+                raise err
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
 def head_records(path: Path, n: int) -> list[list[str]]:

@@ -36,8 +36,8 @@ from typing import Any, Callable
 
 from nnctl.errors import NnctlError
 from nnctl.status import CLEAN_ENDS
+from nnctl.threads import BLAS_VARS, PARSER_VAR, logical_cpus
 
-BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 DASK_MISSING = 'the dask executor needs dask.distributed: pip install -e ".[dask]"'
 STOP_GRACE = 5.0   # seconds a stopped trial gets to mark its run interrupted before SIGKILL
 
@@ -45,22 +45,15 @@ STOP_GRACE = 5.0   # seconds a stopped trial gets to mark its run interrupted be
 _CHILD = "from nnctl.sweep.executors import child_main; child_main()"
 
 
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def blas_threads(workers: int, cores: int | None = None) -> int:
     """BLAS threads per trial so `workers` concurrent trials don't oversubscribe the cores."""
-    return max(1, (cores or cpu_count()) // max(1, workers))
+    return max(1, (cores or logical_cpus()) // max(1, workers))
 
 
 def trial_env(threads: int, base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a trial process: BLAS limited, and the same nnctl importable."""
     env = dict(os.environ if base is None else base)
-    for var in BLAS_VARS:
+    for var in (*BLAS_VARS, PARSER_VAR):
         env[var] = str(threads)
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
