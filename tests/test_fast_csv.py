@@ -67,22 +67,23 @@ def test_polars_parses_floats_bitwise_like_python(counted):
         cells.append(f"{rng.random():.{rand.randint(1, 24)}f}")
     want = np.array([float(c) for c in cells]).reshape(-1, 3)
     data = "".join(",".join(row) + "\n" for row in np.array(cells).reshape(-1, 3)).encode()
-    got = fast_csv.numbers(data, 3, [0, 1, 2], len(want), float(np.finfo(np.float64).max))
+    got = fast_csv.numbers(data, 3, [0, 1, 2], float(np.finfo(np.float64).max))
     assert got is not None and got.flags.c_contiguous
     assert got.view(np.uint64).tolist() == want.view(np.uint64).tolist()
     # columns picked out of order, the rest read as unchecked text
-    got = fast_csv.numbers(data, 3, [2, 0], len(want), float(np.finfo(np.float64).max))
+    got = fast_csv.numbers(data, 3, [2, 0], float(np.finfo(np.float64).max))
     assert got.view(np.uint64).tolist() == want[:, [2, 0]].view(np.uint64).tolist()
 
 
 @needs_polars
 @pytest.mark.parametrize("block, why", [
     (b"1,2\n3\n", "a short row"), (b"1,2\n3,4,5\n", "a long row"), (b"1,2\n\n3,4\n", "a blank line"),
+    (b"1,2\n3,4\n\n", "a blank last line"), (b"1,2\n3,4\n\n\n", "blank last lines"), (b"\n1,2\n", "a blank first line"),
     (b"1,\n", "an empty cell"), (b"1,nan\n", "NaN"), (b"1,inf\n", "inf"), (b"1,1e39\n", "beyond float32"),
     (b"1,2 \n", "a trailing space"), (b"1,1_0\n", "an underscore"), (b"1,\xd9\xa1\n", "a non-ASCII digit"),
     (b"1,x\n", "text"), (b"1,2\n", None)])
 def test_polars_refuses_every_block_it_does_not_take_cleanly(block, why):
-    got = fast_csv.numbers(block, 2, [0, 1], block.count(b"\n"), float(np.finfo(np.float32).max))
+    got = fast_csv.numbers(block, 2, [0, 1], float(np.finfo(np.float32).max))
     assert (got is None) == (why is not None), why
 
 

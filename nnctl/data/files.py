@@ -444,17 +444,27 @@ def _header_names(name: str, header: list[str]) -> list[str]:
 
 class PlainBlock:
     """Whole lines of a CSV without quotes or bare CRs: `data` ("\\n"-separated bytes, CRLF made
-    LF) holding `n` lines.
+    LF) holding `n` lines (counted on first use, unless a parser that took the block set it).
 
     Decoded on first use: polars parses the bytes, and a block it takes holds only ASCII
     numbers and text cells it checked as UTF-8 itself, so it is never decoded (a bad byte
     anywhere else makes polars refuse, and decoding here then names its row).
     """
 
-    __slots__ = ("data", "n", "_decode", "_text")
+    __slots__ = ("data", "_n", "_decode", "_text")
 
-    def __init__(self, data: bytes, n: int, decode: Callable[[bytes], str]):
-        self.data, self.n, self._decode, self._text = data, n, decode, None
+    def __init__(self, data: bytes, decode: Callable[[bytes], str]):
+        self.data, self._n, self._decode, self._text = data, None, decode, None
+
+    @property
+    def n(self) -> int:
+        if self._n is None:
+            self._n = self.data.count(b"\n") + (not self.data.endswith(b"\n"))
+        return self._n
+
+    @n.setter
+    def n(self, rows: int) -> None:
+        self._n = rows
 
     def lines(self) -> list[str]:
         if self._text is None:
@@ -468,10 +478,10 @@ class PlainBlock:
 class _Blocks:
     """A CSV file cut into blocks of whole lines; blocks with quotes or bare CRs become csv records.
 
-    Yields ("lines", first line number, PlainBlock) for plain blocks and ("records", [(first line number, fields), ...]) once a block holds a quote
-    or a bare carriage return: from there on Python's csv module reads the rest of the
-    file, since a quoted field may span lines and blocks. The header (first non-blank
-    record) is read first into `header`.
+    Yields ("lines", first line number, PlainBlock) for plain blocks and ("records", [(first
+    line number, fields), ...]) once a block holds a quote or a bare carriage return: from
+    there on Python's csv module reads the rest of the file, since a quoted field may span
+    lines and blocks. The header (first non-blank record) is read first into `header`.
     """
 
     def __init__(self, path: Path, name: str):
@@ -525,9 +535,9 @@ class _Blocks:
             if self.header is None:
                 data, line = self._take_header(data, line)
             if data:
-                n = data.count(b"\n") + (not data.endswith(b"\n"))
-                yield "lines", line, PlainBlock(data, n, self._decode)
-                line += n
+                plain = PlainBlock(data, self._decode)
+                yield "lines", line, plain
+                line += plain.n
             offset += len(block)
 
     def _take_header(self, data: bytes, line: int) -> tuple[bytes, int]:
@@ -630,7 +640,9 @@ class BlockParser:
         values = None
         if self.number_cols:
             # polars takes a clean block (see fast_csv); anything else gets numpy's reader
-            values = fast_csv.numbers(block.data, self.width, self.number_cols, block.n, self.limit)
+            values = fast_csv.numbers(block.data, self.width, self.number_cols, self.limit)
+            if values is not None:
+                block.n = len(values)   # a blank line would have been a row of nulls (refused)
         if values is not None and not self.text:
             return np.arange(start, start + block.n, dtype=np.int64), values, {}
         lines = block.lines()
