@@ -479,6 +479,24 @@ def test_a_table_encoding_inverts_to_numbers_and_category_labels():
     assert a.tolist() == [1.5, -2.0, 0.0] and c.tolist() == ["blue", "red", "red"]
 
 
+def test_the_export_decodes_rows_by_the_table_s_own_inverse():
+    # the ONNX parity check's rows come from TableEncoder.inverse with the unknown slot let in,
+    # decoded as a value training never had (here not the category "<unseen>"), so encoding
+    # them again gives the one-hot rows back, unknown slot included
+    from nnctl.data.preprocess import TableEncoder
+    from nnctl.export.tabular import decode
+    table = TableEncoder([{"name": "a", "kind": "numeric", "fill": None},
+                          {"name": "c", "kind": "categorical", "categories": ["<unseen>", "red"], "fill": None}])
+    x = np.array([[1.5, 1.0, 0.0, 0.0], [-2.0, 0.0, 1.0, 0.0], [0.25, 0.0, 0.0, 1.0]])
+    a, c = table.inverse(x, unknown=True)
+    assert a.tolist() == [1.5, -2.0, 0.25] and c.tolist() == ["<unseen>", "red", "<unseen>_"]
+    rows = decode(table, x.astype(np.float32))
+    assert [col.values.tolist() for col in rows.columns] == [a.tolist(), c.tolist()]
+    assert [type(v) for v in rows.text["c"]] == [str] * 3 and rows.text["c"].tolist() == c.tolist()
+    back, unknown = table.transform(rows.columns, "decoded rows", None)
+    assert np.array_equal(back, x) and unknown == 1
+
+
 def test_an_autoencoder_s_target_column_is_not_a_feature_and_colours_the_latent_plot(tmp_path):
     from nnctl.config.spec import load_spec
     from nnctl.training.experiment import prepare
