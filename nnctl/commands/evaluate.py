@@ -82,12 +82,13 @@ def evaluate_model(lm: LoadedModel, split: Split, batch_size: int) -> dict[str, 
 def reconstruction_scores(lm: LoadedModel, split: Split, batch_size: int) -> dict[str, Any]:
     """An autoencoder's or VAE's scores: the logged loss terms (the trainer's accumulator, so the
     run's test split gives metrics.json's numbers), the ELBO, and the MSE in the data's units."""
-    acc = MetricAccumulator(lm.task, None, lm.loss)
+    acc = MetricAccumulator(lm.task)
     sq, count = 0.0, 0
     for xb, _ in iterate_batches(split, batch_size, None, lm.dtype, lm.standardizer):
         z = lm.model.forward(xb, training=False)
         target = loss_targets(lm.task, xb, None)
-        acc.update(lm.loss.value(z, target), z, target)
+        value, parts = lm.loss.value_and_parts(z, target)
+        acc.update(value, z, target, parts)
         recon = lm.loss.output(z[:, :target.shape[1]]).astype(np.float64)
         err = unscale_inputs(lm, recon) - unscale_inputs(lm, target.astype(np.float64))
         sq += float((err * err).sum())

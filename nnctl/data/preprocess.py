@@ -25,7 +25,16 @@ from nnctl.data.standardize import Standardizer
 from nnctl.errors import DataError
 
 UNKNOWN = "<unknown>"
+UNSEEN = "<unseen>"
 MISSING_POLICIES = ("error", "drop", "impute")
+
+
+def unseen(categories: list[str]) -> str:
+    """A text value not in `categories`: one that encodes to the unknown slot."""
+    value = UNSEEN
+    while value in categories:
+        value += "_"
+    return value
 
 
 class TableEncoder:
@@ -99,11 +108,14 @@ class TableEncoder:
     def is_plain(self) -> bool:
         return all(c["kind"] == NUMERIC and c["fill"] is None for c in self.columns)
 
-    def inverse(self, x: np.ndarray) -> list[np.ndarray]:
-        """Encoded rows x (N, F) back to one array per column: numbers as they are, a category
-        as the most likely of its one-hot slots (an autoencoder's decoded rows, in the file's terms).
+    def inverse(self, x: np.ndarray, unknown: bool = False) -> list[np.ndarray]:
+        """Encoded rows x (N, F) back to one array per column: numbers as they are (views of x),
+        a category (str) as the most likely of its one-hot slots.
 
-        The unknown slot is never chosen: it stands for no value a row could be written with.
+        unknown=False (an autoencoder's decoded rows, in the file's terms): the unknown slot is
+        never chosen, it stands for no value a row could be written with. unknown=True (the
+        export's parity rows): it competes too and decodes as `unseen(categories)`, so that
+        `transform` of the result gives a one-hot x back exactly.
         """
         out, k = [], 0
         for c in self.columns:
@@ -112,7 +124,8 @@ class TableEncoder:
                 k += 1
             else:
                 cats = c["categories"]
-                out.append(np.asarray(cats, dtype=str)[np.argmax(x[:, k:k + len(cats)], axis=1)])
+                values = cats + [unseen(cats)] if unknown else cats
+                out.append(np.asarray(values, dtype=str)[np.argmax(x[:, k:k + len(values)], axis=1)])
                 k += len(cats) + 1
         return out
 

@@ -50,6 +50,16 @@ class Loss(Configurable):
         """Predictions from raw outputs: probabilities for classification, z itself for regression."""
         return z
 
+    def loss_and_parts(self, z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, dict[str, float] | None]:
+        """`loss(z, y)` and the terms of the value that are logged beside it: None, but for a
+        loss made of terms (Reconstruction, ELBO) whose value is derived from the same terms."""
+        value, dz = self.loss(z, y)
+        return value, dz, None
+
+    def value_and_parts(self, z: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, float] | None]:
+        """`value(z, y)` and its logged terms, as loss_and_parts without the gradient."""
+        return self.value(z, y), None
+
 
 # numpy >= 2 has a row-wise dot about twice as fast as einsum on a batch's few classes
 _rowdot = getattr(np, "vecdot", lambda a, b: np.einsum("ij,ij->i", a, b))
@@ -327,16 +337,15 @@ class Huber(_Regression):
         return np.clip(r, -d, d, out=r)
 
 
-def kl_divergence(mu: np.ndarray, logvar: np.ndarray, var: np.ndarray | None = None) -> np.ndarray:
-    """KL(N(mu, exp(logvar)) || N(0, I)) per sample (N,), summed over the latent dimensions;
-    var = exp(logvar) when the caller has it already.
+def kl_divergence(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per sample (N,), summed over the latent dimensions.
 
     Notes
     -----
     Closed form for diagonal Gaussians: KL = 1/2 sum_j (mu_j^2 + exp(logvar_j) - 1 - logvar_j),
     so dKL/dmu = mu and dKL/dlogvar = (exp(logvar) - 1) / 2.
     """
-    return 0.5 * (mu * mu + (np.exp(logvar) if var is None else var) - 1.0 - logvar).sum(axis=1)
+    return 0.5 * (mu * mu + np.exp(logvar) - 1.0 - logvar).sum(axis=1)
 
 
 @LOSSES.register("reconstruction")
@@ -351,6 +360,9 @@ class Reconstruction(Loss):
     (on logits, its sigmoid fused), i.e. the per-sample sum over features averaged over the
     batch: the scale of the ELBO's likelihood term, so that a VAE's KL weighs against the whole
     sample, not one pixel. dz = D * d inner / dz.
+
+    The value is always `total(parts)`: the logged terms and the loss are one computation, so
+    they cannot disagree.
     """
 
     PARAMS = {"reconstruction": Param("str", "mse", choices=("mse", "binary_cross_entropy"),
@@ -366,22 +378,44 @@ class Reconstruction(Loss):
     def _split(self, z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         return np.asarray(z), None, None
 
+    @staticmethod
+    def _parts(inner_value: float, d: int, mu: np.ndarray | None, logvar: np.ndarray | None,
+               n: int) -> dict[str, float]:
+        """The terms from the inner loss's mean over n samples of d features (and the latent heads)."""
+        out = {"reconstruction": d * inner_value if n else 0.0}
+        if mu is not None:
+            # in float64 whatever the model's dtype: a float32 KL summed over the latent dimensions
+            # would put the model's rounding into the logged term
+            out["kl"] = float(kl_divergence(mu.astype(np.float64), logvar.astype(np.float64)).mean()) if n else 0.0
+        return out
+
+    def total(self, parts: dict[str, float]) -> float:
+        """The loss's value from its terms."""
+        return parts["reconstruction"]
+
     def parts(self, z: np.ndarray, y: np.ndarray) -> dict[str, float]:
         """The terms of the loss for the logs: {"reconstruction": ...} (and "kl" for a VAE)."""
         recon, mu, logvar = self._split(z, y)
-        out = {"reconstruction": recon.shape[1] * self.inner.value(recon, y) if len(y) else 0.0}
-        if mu is not None:
-            out["kl"] = float(kl_divergence(mu.astype(np.float64), logvar.astype(np.float64)).mean()) if len(y) else 0.0
-        return out
+        return self._parts(self.inner.value(recon, y), recon.shape[1], mu, logvar, len(y))
+
+    def value_and_parts(self, z, y):
+        p = self.parts(z, y)
+        return self.total(p), p
 
     def value(self, z, y):
-        return self.parts(z, y)["reconstruction"]
+        return self.value_and_parts(z, y)[0]
 
-    def loss(self, z, y):
+    def loss_and_parts(self, z, y):
         recon, _, _ = self._split(z, y)
         value, dz = self.inner.loss(recon, y)
-        dz *= recon.shape[1]
-        return recon.shape[1] * value, dz
+        d = recon.shape[1]
+        dz *= d
+        p = self._parts(value, d, None, None, len(y))
+        return self.total(p), dz, p
+
+    def loss(self, z, y):
+        value, dz, _ = self.loss_and_parts(z, y)
+        return value, dz
 
     def output(self, z):
         """Reconstructions in the scaled input units: the inner loss's output activation applied."""
@@ -417,23 +451,23 @@ class ELBO(Reconstruction):
                             f"mean, log-variance] for inputs of {d} features")
         return z[:, :d], z[:, d:d + latent], z[:, d + latent:]
 
-    def value(self, z, y):
-        p = self.parts(z, y)
-        return p["reconstruction"] + self.hparams["beta"] * p["kl"]
+    def total(self, parts):
+        return parts["reconstruction"] + self.hparams["beta"] * parts["kl"]
 
-    def loss(self, z, y):
+    def loss_and_parts(self, z, y):
         recon, mu, logvar = self._split(z, y)
         n, beta = max(len(recon), 1), self.hparams["beta"]
         value, drecon = self.inner.loss(recon, y)
         d = recon.shape[1]
+        p = self._parts(value, d, mu, logvar, len(y))
         dz = np.empty_like(np.asarray(z))
         np.multiply(drecon, d, out=dz[:, :d])
-        var = np.exp(logvar)                      # shared by the KL value and its gradient
-        kl = float(kl_divergence(mu, logvar, var).sum(dtype=np.float64)) / n
         np.multiply(mu, beta / n, out=dz[:, d:d + mu.shape[1]])
+        # in the model's dtype, so the gradient stays float32 for a float32 model
+        var = np.exp(logvar)
         var -= 1.0
         np.multiply(var, 0.5 * beta / n, out=dz[:, d + mu.shape[1]:])
-        return d * value + beta * kl, dz
+        return self.total(p), dz, p
 
 
 def get_loss(spec: Any) -> Loss:

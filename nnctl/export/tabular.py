@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from nnctl.data.files import CATEGORICAL, MISSING_CELLS, NUMERIC, Column
+from nnctl.data.preprocess import unseen
 from nnctl.export.graph import ExportError, Graph
 
 ML_DOMAIN = "ai.onnx.ml"
@@ -35,7 +36,6 @@ ML_DOMAIN = "ai.onnx.ml"
 # onnxruntime of the last years runs it.
 ML_OPSET = 2
 MATRIX_INPUT = "features"
-UNSEEN = "<unseen>"
 # Base rows each probe block copies: enough to vary the other columns, few enough to stay cheap.
 PROBE_BASE_ROWS = 6
 
@@ -149,31 +149,18 @@ def read_table(path, table, dtype) -> TableRows:
 
 
 def decode(table, x: np.ndarray) -> TableRows:
-    """Encoded rows (N, F) (any shape with F values per row) back to raw columns: numbers as
-    they are, a one-hot block as its category, the unknown slot as a value training never had.
-    Encoding the result again gives x back exactly."""
+    """Encoded rows (N, F) (any shape with F values per row) back to raw columns, by the
+    table's own inverse with the unknown slot as a value training never had (so the parity
+    check's decoding cannot drift from nnctl's). Encoding the result again gives x back exactly."""
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
-    columns, text, k = [], {}, 0
-    for c in table.columns:
+    columns, text = [], {}
+    for c, values in zip(table.columns, table.inverse(x, unknown=True)):
         if c["kind"] == NUMERIC:
-            columns.append(Column(c["name"], NUMERIC, x[:, k].copy(), np.zeros(len(x), dtype=bool)))
-            k += 1
-            continue
-        cats = c["categories"]
-        slot = np.argmax(x[:, k:k + len(cats) + 1], axis=1)
-        values = np.array(cats + [unseen(cats)], dtype=object)[slot]
-        columns.append(Column(c["name"], CATEGORICAL, values.astype(str), np.zeros(len(x), dtype=bool)))
-        text[c["name"]] = values
-        k += len(cats) + 1
+            values = values.copy()   # a column of its own, not a view of x
+        else:
+            text[c["name"]] = values.astype(object)   # the graph's string input: Python str cells
+        columns.append(Column(c["name"], c["kind"], values, np.zeros(len(x), dtype=bool)))
     return TableRows(columns, text)
-
-
-def unseen(categories: list[str]) -> str:
-    """A text value not in `categories`."""
-    value = UNSEEN
-    while value in categories:
-        value += "_"
-    return value
 
 
 def probes(table, rows: TableRows) -> TableRows:

@@ -43,10 +43,10 @@ class MetricAccumulator:
     does not change under the affine map). The loss stays what the optimizer minimizes.
     """
 
-    def __init__(self, task: str, target_scale: np.ndarray | None = None, loss=None):
+    def __init__(self, task: str, target_scale: np.ndarray | None = None):
         self.task = task
-        # an autoencoder/VAE logs the terms of its loss (loss.parts): reconstruction, kl
-        self.loss = loss if task in GENERATIVE_TASKS else None
+        # an autoencoder/VAE logs the terms of its loss (Loss.loss_and_parts): reconstruction, kl
+        self.generative = task in GENERATIVE_TASKS
         self.part_sums: dict[str, float] = {}
         self.target_scale = None if target_scale is None else np.asarray(target_scale, dtype=np.float64)
         self.n = 0
@@ -57,15 +57,17 @@ class MetricAccumulator:
         self.y_sum: np.ndarray | None = None
         self.y_sq: np.ndarray | None = None
 
-    def update(self, loss: float, z: np.ndarray, y: np.ndarray) -> None:
+    def update(self, loss: float, z: np.ndarray, y: np.ndarray, parts: dict[str, float] | None = None) -> None:
+        """One batch: its mean loss, outputs z and targets y, and for an autoencoder/VAE the
+        terms that loss was computed from (the second value of Loss.loss_and_parts)."""
         b = len(y)
         self.n += b
         self.loss_sum += float(loss) * b
         if self.task == "classification":
             self.correct += int(np.count_nonzero(predicted_classes(z) == target_classes(y)))
             return
-        if self.loss is not None:
-            for name, v in self.loss.parts(z, y).items():
+        if self.generative:
+            for name, v in parts.items():
                 self.part_sums[name] = self.part_sums.get(name, 0.0) + float(v) * b
             return
         y2 = y.reshape(b, -1).astype(np.float64)
@@ -87,7 +89,7 @@ class MetricAccumulator:
         out = {f"{prefix}loss": self.loss_sum / self.n}
         if self.task == "classification":
             out[f"{prefix}accuracy"] = self.correct / self.n
-        elif self.loss is not None:
+        elif self.generative:
             out.update({f"{prefix}{k}": v / self.n for k, v in self.part_sums.items()})
         else:
             out[f"{prefix}mae"] = self.abs_sum / self.n
@@ -101,9 +103,10 @@ def evaluate(model, loss, split, standardizer, batch_size: int, task: str, dtype
              target_scale: np.ndarray | None = None) -> dict[str, float]:
     """Loss and task metrics of `model` (in evaluation mode) over one split."""
     from nnctl.data import iterate_batches
-    acc = MetricAccumulator(task, target_scale, loss)
+    acc = MetricAccumulator(task, target_scale)
     for xb, yb in iterate_batches(split, batch_size, None, dtype, standardizer):
         z = model.forward(xb, training=False)
         yb = loss_targets(task, xb, yb)
-        acc.update(loss.value(z, yb), z, yb)
+        value, parts = loss.value_and_parts(z, yb)
+        acc.update(value, z, yb, parts)
     return acc.result(prefix)

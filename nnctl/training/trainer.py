@@ -133,7 +133,7 @@ class Trainer:
         exp = self.exp
         model, loss, opt, sched = exp.model, exp.loss, exp.optimizer, exp.schedule
         params, grads = model.named_parameters(), model.named_grads()
-        acc = MetricAccumulator(exp.dataset.task, exp.target_scale, loss)
+        acc = MetricAccumulator(exp.dataset.task, exp.target_scale)
         # A fresh Generator per epoch from (seed, epoch): the shuffle order needs no saved state,
         # so a resumed run sees exactly the batches the uninterrupted run saw.
         rng = np.random.default_rng([exp.spec.seed, 1, epoch_index]) if exp.spec.training.shuffle else None
@@ -145,11 +145,11 @@ class Trainer:
             opt.lr = lr
             z = model.forward(xb, training=True)
             yb = loss_targets(exp.dataset.task, xb, yb)
-            value, dz = loss(z, yb)
+            value, dz, parts = loss.loss_and_parts(z, yb)   # parts: an autoencoder's logged terms
             if not math.isfinite(value):
                 raise TrainingError(f"loss is {value} at epoch {epoch_index + 1}, step {b + 1} "
                                     f"(global step {self.step + 1}); try a lower optimizer.lr or clip_norm")
-            acc.update(value, z, yb)
+            acc.update(value, z, yb, parts)
             model.backward(dz)
             opt.step(params, grads)
             self.step += 1
