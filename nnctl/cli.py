@@ -174,6 +174,8 @@ def show_config(config: Path = SPEC_ARG, set_: List[str] = SET_OPTION) -> None:
     if resolved["data"]["target"] is None:
         del resolved["data"]["target"]
     sys.stdout.write(annotated_yaml(resolved, defaulted))
+    if exp.dataset.parser:   # what parsed the CSV and on how many threads (not a setting of the spec)
+        sys.stdout.write(f"# csv parser: {exp.dataset.parser}\n")
     if exp.dataset.cache:   # where data.cache put the parsed CSV, as a comment: the spec keeps its own value
         sys.stdout.write(f"# table cache: {exp.dataset.cache}\n")
 

@@ -231,3 +231,43 @@ def test_ctrl_c_during_predict_stops_at_once_and_writes_nothing(tmp_path):
     assert time.monotonic() - start < 5
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert {p.name for p in tmp_path.iterdir()} == known
+
+
+# -- threads, and where they are shown -----------------------------------------------------------
+
+def test_parser_threads_follow_an_explicit_count_unless_the_user_set_polars_own(monkeypatch):
+    from nnctl import threads
+    monkeypatch.delitem(sys.modules, "polars", raising=False)   # as before polars first loads
+    monkeypatch.setattr(threads, "_parser_threads_set", False)
+    monkeypatch.delenv(threads.PARSER_VAR, raising=False)
+    assert threads.parser_threads_source() == "polars' default: every CPU"
+    threads.set_parser_threads(3)
+    assert os.environ[threads.PARSER_VAR] == "3" and threads.parser_threads_source() == "nnctl's thread count"
+    threads.set_parser_threads(2)   # a later explicit count (nnctl set the first) replaces it
+    assert os.environ[threads.PARSER_VAR] == "2"
+    monkeypatch.setattr(threads, "_parser_threads_set", False)
+    monkeypatch.setenv(threads.PARSER_VAR, "5")   # the user's own
+    threads.set_parser_threads(1)
+    assert os.environ[threads.PARSER_VAR] == "5" and threads.parser_threads_source() == threads.PARSER_VAR
+
+
+@needs_polars
+def test_train_header_and_config_name_the_parser_and_its_threads(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((120, 3))
+    with open(tmp_path / "d.csv", "w") as f:
+        f.write("a,b,c,label\n")
+        np.savetxt(f, np.column_stack([x, x[:, 0] > 0]), delimiter=",", fmt="%.5g")
+    (tmp_path / "s.yaml").write_text("name: t\nseed: 0\ndata: {dataset: d.csv, target: label, cache: off}\n"
+                                     "model: {hidden: [4]}\ntraining: {epochs: 1}\n")
+    env = {k: v for k, v in os.environ.items() if k != "POLARS_MAX_THREADS"}
+    env["PYTHONPATH"] = str(ROOT)
+    run = subprocess.run([sys.executable, "-m", "nnctl", "train", "s.yaml", "--threads", "1", "--runs-dir", "runs"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True)
+    import polars
+    assert run.returncode == 0, run.stderr
+    assert f"csv parser: polars {polars.__version__} on 1 thread (nnctl's thread count)\n" in run.stdout
+    from typer.testing import CliRunner
+    from nnctl.cli import app
+    res = CliRunner().invoke(app, ["config", str(tmp_path / "s.yaml")])
+    assert res.exit_code == 0 and f"# csv parser: {fast_csv.describe()}\n" in res.stdout
