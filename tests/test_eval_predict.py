@@ -214,7 +214,7 @@ def test_predict_labels_round_trip_and_match_eval(iris_run, tmp_path):
     out = tmp_path / "pred.csv"
     res = invoke("predict", iris_run, IRIS_CSV, "--out", out)
     assert res.exit_code == 0, res.output
-    assert res.stdout.strip() == f"wrote 150 predictions to {out}; CSV parsed by {csv_parser()}"
+    assert res.stdout.strip() == f"wrote 150 predictions to {out}; CSV parsed by {csv_parser(IRIS_CSV)}"
     pred = [r["species"] for r in read_csv(out.read_text())]
     truth = [r["species"] for r in read_csv(IRIS_CSV.read_text())]
     labels = ["setosa", "versicolor", "virginica"]

@@ -27,7 +27,8 @@ needs_polars = pytest.mark.skipif(not fast_csv.available(), reason='polars is no
 
 @pytest.fixture
 def counted(monkeypatch):
-    """How many blocks polars took (fast_csv.numbers gave an array)."""
+    """How many blocks polars took (fast_csv.numbers gave an array); polars for files of any size."""
+    monkeypatch.setattr(fast_csv, "MIN_BYTES", 0)
     taken = [0]
     real = fast_csv.numbers
 
@@ -148,17 +149,22 @@ def test_a_clean_file_is_parsed_by_polars_block_by_block(tmp_path, monkeypatch, 
 
 
 def test_describe_names_the_parser_and_its_threads():
+    big = fast_csv.MIN_BYTES
+    assert fast_csv.describe(big - 1) == ("numpy's reader (a file under 32 MB: loading polars would cost more "
+                                          "than it saves)")
+    assert not fast_csv.used_for(big - 1)
     before = fast_csv.set_disabled(True)
     try:
-        assert fast_csv.describe() == "numpy's reader"
+        assert fast_csv.describe(big) == "numpy's reader" and not fast_csv.used_for(big)
     finally:
         fast_csv.set_disabled(before)
     if fast_csv.available():
         import polars
         n = polars.thread_pool_size()
-        assert fast_csv.describe().startswith(f"polars {polars.__version__} on {n} thread")
+        assert fast_csv.describe(big).startswith(f"polars {polars.__version__} on {n} thread")
+        assert fast_csv.used_for(big)
     else:
-        assert fast_csv.describe() == f"numpy's reader ({fast_csv.MISSING})"
+        assert fast_csv.describe(big) == f"numpy's reader ({fast_csv.MISSING})"
 
 
 # -- reading ahead ------------------------------------------------------------------------------
@@ -211,7 +217,7 @@ def test_ctrl_c_during_predict_stops_at_once_and_writes_nothing(tmp_path):
     block = "".join(",".join(f"{v:.6g}" for v in row) + "\n" for row in rng.standard_normal((20_000, 8)))
     with open(big, "w") as f:
         f.write(",".join(f"f{j}" for j in range(8)) + "\n")
-        for _ in range(10):   # 200k rows, predicted one row at a time: many seconds
+        while f.tell() < fast_csv.MIN_BYTES:   # polars' size, predicted one row at a time: minutes
             f.write(block)
     out = tmp_path / "pred.csv"
     run_dir = next((tmp_path / "runs").iterdir())
@@ -252,7 +258,19 @@ def test_parser_threads_follow_an_explicit_count_unless_the_user_set_polars_own(
 
 
 @needs_polars
-def test_train_header_and_config_name_the_parser_and_its_threads(tmp_path):
+def test_threads_flag_sizes_polars_pool_in_a_fresh_process():
+    env = {k: v for k, v in os.environ.items() if k != "POLARS_MAX_THREADS"}
+    env["PYTHONPATH"] = str(ROOT)
+    code = ("from nnctl import threads; threads.preset(1); from nnctl.data import fast_csv; "
+            "print(fast_csv.describe(fast_csv.MIN_BYTES))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    import polars
+    assert out.stdout == f"polars {polars.__version__} on 1 thread (nnctl's thread count)\n", out.stderr
+
+
+@needs_polars
+def test_train_header_and_config_name_the_parser(tmp_path, monkeypatch):
+    monkeypatch.setattr(fast_csv, "MIN_BYTES", 0)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((120, 3))
     with open(tmp_path / "d.csv", "w") as f:
@@ -260,14 +278,11 @@ def test_train_header_and_config_name_the_parser_and_its_threads(tmp_path):
         np.savetxt(f, np.column_stack([x, x[:, 0] > 0]), delimiter=",", fmt="%.5g")
     (tmp_path / "s.yaml").write_text("name: t\nseed: 0\ndata: {dataset: d.csv, target: label, cache: off}\n"
                                      "model: {hidden: [4]}\ntraining: {epochs: 1}\n")
-    env = {k: v for k, v in os.environ.items() if k != "POLARS_MAX_THREADS"}
-    env["PYTHONPATH"] = str(ROOT)
-    run = subprocess.run([sys.executable, "-m", "nnctl", "train", "s.yaml", "--threads", "1", "--runs-dir", "runs"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True)
-    import polars
-    assert run.returncode == 0, run.stderr
-    assert f"csv parser: polars {polars.__version__} on 1 thread (nnctl's thread count)\n" in run.stdout
     from typer.testing import CliRunner
     from nnctl.cli import app
+    shown = fast_csv.describe(0)
+    assert shown.startswith("polars ")
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "s.yaml"), "--runs-dir", str(tmp_path / "runs")])
+    assert res.exit_code == 0 and f"csv parser: {shown}\n" in res.stdout, res.output
     res = CliRunner().invoke(app, ["config", str(tmp_path / "s.yaml")])
-    assert res.exit_code == 0 and f"# csv parser: {fast_csv.describe()}\n" in res.stdout
+    assert res.exit_code == 0 and f"# csv parser: {shown}\n" in res.stdout

@@ -114,7 +114,7 @@ def register(app: typer.Typer, fail: Callable[[BaseException], None]) -> None:
             err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
         if out is not None:
             # the parser and its threads, as validate and the train header show them
-            parsed = f"; CSV parsed by {csv_parser()}" if input.suffix.lower() == ".csv" else ""
+            parsed = f"; CSV parsed by {csv_parser(input)}" if input.suffix.lower() == ".csv" else ""
             console.print(f"wrote {n:,} predictions to {out}{parsed}", markup=False, soft_wrap=True)
 
     @app.command("runs")

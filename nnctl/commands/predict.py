@@ -220,9 +220,10 @@ def write_predictions(lm: LoadedModel, source: Path, stream: IO[str], batch_size
     return n
 
 
-def csv_parser() -> str:
+def csv_parser(path: Path) -> str:
     """What parsed a CSV input: the parser, its threads, and that it reads ahead (see stream.py)."""
-    return fast_csv.describe() + (", one block ahead of the model" if fast_csv.available() else "")
+    size = Path(path).stat().st_size
+    return fast_csv.describe(size) + (", one block ahead of the model" if fast_csv.used_for(size) else "")
 
 
 def run_predict(lm: LoadedModel, source: Path, out: Path | None, batch_size: int, proba: bool,

@@ -515,7 +515,7 @@ def load_dataset(data: dict, seed: int, base_dir: Path, dtype="float32", unlabel
         cache=(cache.describe() if cache is not None and cache.status else
                # an image folder mapped from its decode cache: the file, so a user can find (or delete) it
                raw.x.filename if divisor is not None and isinstance(raw.x, np.memmap) else None),
-        parser=(fast_csv.describe() if Path(source).suffix.lower() == ".csv"
+        parser=(fast_csv.describe(os.path.getsize(source)) if Path(source).suffix.lower() == ".csv"
                 and not (cache is not None and cache.status == "hit") else None),
     )
 

@@ -495,6 +495,7 @@ class _Blocks:
             raise DataError(f"{name}: is a directory, not a CSV file ({path})") from None
         except OSError as err:
             raise DataError(f"{name}: cannot read ({err.strerror or err})") from None
+        self.size = os.fstat(self.f.fileno()).st_size   # which block parser pays (fast_csv.used_for)
         self.header: list[str] | None = None
 
     def close(self) -> None:
@@ -601,8 +602,9 @@ class BlockParser:
     """
 
     def __init__(self, name: str, blocks, header: list[str], numeric: list[str], target: str | None,
-                 strict: set[str], forced: set[str], text: list[str], dtype):
+                 strict: set[str], forced: set[str], text: list[str], dtype, fast: bool = False):
         self.name, self.header, self.blocks = name, header, blocks
+        self.fast = fast   # plain blocks to polars first (fast_csv.used_for the file's size)
         self.width = len(header)
         self.dtype, self.limit = np.dtype(dtype), float_limit(dtype)
         self.strict, self.forced, self.target = strict, forced, target
@@ -638,7 +640,7 @@ class BlockParser:
     def _lines(self, start: int, block: PlainBlock):
         """A block without quotes: polars or numpy's C reader, or the exact checks when both refuse."""
         values = None
-        if self.number_cols:
+        if self.number_cols and self.fast:
             # polars takes a clean block (see fast_csv); anything else gets numpy's reader
             values = fast_csv.numbers(block.data, self.width, self.number_cols, self.limit)
             if values is not None:
@@ -806,7 +808,8 @@ def parse_csv(path: Path, name: str | None = None, *, features: list[str] | None
             forced = set() if categorical == "auto" else set(categorical)
             strict = set() if categorical == "auto" else set(feats) - forced
             numeric = [f for f in feats if f not in text]
-            parser = BlockParser(name, chunks, header, numeric, target, strict, forced, text, dtype)
+            parser = BlockParser(name, chunks, header, numeric, target, strict, forced, text, dtype,
+                                 fast=fast_csv.used_for(blocks.size))
             try:
                 return _collect(parser, _count_lines(path))
             except _Restart as again:

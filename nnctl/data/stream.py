@@ -38,8 +38,9 @@ def csv_chunks(path: Path, name: str, numeric: list[str], text: list[str], dtype
     try:
         if check is not None:
             check(header)
-        parser = BlockParser(name, chunks, header, numeric, None, set(numeric), set(text), list(text), dtype)
-        yield from (parsed_ahead(parser.chunks()) if fast_csv.available() else parser.chunks())
+        fast = fast_csv.used_for(blocks.size)
+        parser = BlockParser(name, chunks, header, numeric, None, set(numeric), set(text), list(text), dtype, fast)
+        yield from (parsed_ahead(parser.chunks()) if fast else parser.chunks())
     finally:
         blocks.close()
 
