@@ -125,6 +125,47 @@ def test_lstm_backward_does_not_depend_on_its_factor_block(kw, monkeypatch):
     assert np.abs(results[0][2]).max() > 0.01       # the gradients are not trivially zero
 
 
+@pytest.mark.parametrize("kw", [{"return_sequences": True},
+                                {"activation": "softplus", "recurrent_activation": "swish"}])
+def test_lstm_gradients_do_not_depend_on_the_weight_gradient_block(kw, monkeypatch):
+    # dW, dU, db and dx are summed a block of steps at a time: T = 7 leaves a partial block,
+    # and only the order of the sums may differ between block sizes (50: one block).
+    rng = np.random.default_rng(6)
+    x, dy = rng.standard_normal((3, 7, 2)), rng.standard_normal((3, 7, 4))
+    results = []
+    for block in (50, 1, 3, 8):
+        monkeypatch.setattr(LSTM, "DW_BLOCK", block)
+        layer = built(LSTM(units=4, **kw), (7, 2), seed=5)
+        layer.forward(x, True)
+        dx = layer.backward(dy if kw.get("return_sequences") else dy[:, -1])
+        results.append([dx] + [layer.grads[k].copy() for k in ("W", "U", "b")])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
+    assert min(np.abs(r).max() for r in results[0]) > 0.01    # every gradient is non-trivial
+
+
+@pytest.mark.parametrize("kw", [{"return_sequences": True},
+                                {"activation": "softplus", "recurrent_activation": "swish"}])
+def test_lstm_evaluation_forward_matches_training_and_a_backward_after_it_replays(kw):
+    # Evaluation keeps one step of state (no history) in its own buffers: the same outputs
+    # bit for bit, a training batch of another size in between disturbs nothing, and a
+    # backward after it (as gradient checks do) gives the training forward's gradients.
+    rng = np.random.default_rng(7)
+    x, other = rng.standard_normal((3, 6, 2)), rng.standard_normal((5, 6, 2))
+    dy = rng.standard_normal((3, 6, 4) if kw.get("return_sequences") else (3, 4))
+    trained, evaluated = (built(LSTM(units=4, **kw), (6, 2), seed=8) for _ in range(2))
+    y = trained.forward(x, True)
+    dx = trained.backward(dy)
+    evaluated.forward(other, True)
+    y_eval = evaluated.forward(x, False)
+    assert np.array_equal(y_eval, y)
+    assert np.array_equal(evaluated.backward(dy), dx)
+    for k in ("W", "U", "b"):
+        assert np.array_equal(evaluated.grads[k], trained.grads[k])
+    assert np.abs(dx).max() > 0.01
+
+
 def test_gradcheck_in_a_stack_with_a_time_step_of_one():
     specs = [{"type": "gru", "units": 3, "return_sequences": True}, {"type": "lstm", "units": 2}]
     model = Sequential.from_config(specs, (1, 2), 0, "float64")

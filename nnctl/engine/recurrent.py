@@ -5,8 +5,9 @@ folds that projection and its bias into each step's product ([x_t | h_{t-1} | 1]
 stacked [W; U; b]). Each then runs a Python loop over time in which each step is one
 recurrent (batched, per-gate) product on the whole batch plus elementwise gate arithmetic
 into preallocated gate-major (T, G, N, units) buffers. The backward pass walks time in reverse over the same buffers,
-and dW, dU and dx are again one product each over all time steps at the end. The initial
-state is zero; there is no masking.
+and dW, dU and dx are again one product each over all time steps at the end (lstm: one per
+block of a few steps, while the block's gradients are still in cache). The initial state is
+zero; there is no masking.
 """
 from __future__ import annotations
 
@@ -31,6 +32,11 @@ _GATED = {
     **_COMMON,
     "recurrent_activation": Param("activation", "sigmoid", doc="activation of the gates"),
 }
+
+
+def _steps(a: np.ndarray, t: int) -> np.ndarray:
+    """(t,) + a.shape view of `a` with time stride 0: every step reads and writes `a` itself."""
+    return np.lib.stride_tricks.as_strided(a, (t,) + a.shape, (0,) + a.strides)
 
 
 def _act_forward(act: Activation, x: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -375,16 +381,26 @@ class LSTM(_Recurrent):
         m4 = self._stacked_weights()                 # (4, F + u + 1, u)
         # Z[s] = [x_s | h_{s-1} | 1] (T+1, N, F + u + 1); the h columns of all T+1 rows are
         # the hidden states h_0..h_T, and Z[:T] is the left operand of dW, dU, db at once.
-        z = self._buf("Z", (t + 1, n, feat + u + 1))
+        key = "" if training else "eval "
+        z = self._buf(key + "Z", (t + 1, n, feat + u + 1))
         np.copyto(z[:t, :, :feat], x.transpose(1, 0, 2))
         z[t, :, :feat] = 0
         z[:, :, feat + u] = 1
         hs = z[:, :, feat:feat + u]
         hs[0] = 0
-        cs = self._buf("C", (t + 1, n, u))
-        tc = self._buf("TC", (t, n, u))              # act(c_t)
-        gates = self._buf("G", (t, 4, n, u))
-        pre = None if self._fast else self._buf("P", (t, 4, n, u))
+        if training:
+            cs = self._buf("C", (t + 1, n, u))
+            tc = self._buf("TC", (t, n, u))          # act(c_t)
+            gates = self._buf("G", (t, 4, n, u))
+            pre = None if self._fast else self._buf("P", (t, 4, n, u))
+        else:
+            # Evaluation keeps no history: each per-step state is one step-sized buffer seen
+            # with time stride 0, which stays in cache where the history (about 5 MB per 100
+            # rows) would not. Its buffers are not training's, so alternating training and
+            # validation batches of different sizes reallocates nothing.
+            cs, tc = _steps(self._buf("eval C", (n, u)), t + 1), _steps(self._buf("eval TC", (n, u)), t)
+            gates = _steps(self._buf("eval G", (4, n, u)), t)
+            pre = None if self._fast else _steps(self._buf("eval P", (4, n, u)), t)
         cs[0] = 0
         ig = self._buf("ig", (n, u))
         for s in range(t):
@@ -406,6 +422,7 @@ class LSTM(_Recurrent):
             self.act.forward(c1, out=tc[s])
             np.multiply(g[2], tc[s], out=hs[s + 1])
         self._z, self._cs, self._tc, self._pre, self._gates = z, cs, tc, pre, gates
+        self._recorded = training
         return self._output(hs)
 
     # Steps per block of backward factors: a block's factors (about 100 KB per step at
@@ -446,17 +463,32 @@ class LSTM(_Recurrent):
         oc *= gates[:, 2]            # dc += dh o act'(c_t)
         return q, oc
 
+    # Steps per block of the dW, dU, db (and dx) products: a block's gate gradients (about
+    # 100 KB per step at N=100, u=64, float32) are multiplied while they are still in L2, in
+    # a ring buffer that stays there, instead of streaming all T steps through memory twice.
+    DW_BLOCK = 8
+
     def backward(self, dy):
         dy = np.asarray(dy, dtype=self.dtype)
-        gates, t = self._gates, self._t
-        n, u = gates.shape[2], gates.shape[3]
+        if not self._recorded:       # after an evaluation forward (gradient checks): replay it recorded
+            feat = self._z.shape[2] - self.hparams["units"] - 1
+            self.forward(self._z[:self._t, :, :feat].transpose(1, 0, 2), True)
+        gates, z, t = self._gates, self._z, self._t
+        n, u, k = gates.shape[2], gates.shape[3], z.shape[2]
+        feat = k - u - 1
         # Each step's gate gradients are computed gate-major into dgs (4, N, u), where every
         # gate's block is one contiguous (N, u) array (elementwise math on column slices is
-        # several times slower), then copied gate-minor into that step's rows of dcat
-        # (T, N, 4u): [dg_i | dg_f | dg_o | dg_g] is the left operand of the dh carry and,
-        # over all steps, of dW, dU and db, one GEMM each.
+        # several times slower), then copied gate-minor into that step's rows of the ring
+        # (DW_BLOCK, N, 4u): [dg_i | dg_f | dg_o | dg_g] is the left operand of the dh carry
+        # and, over a block of steps, of dW, dU, db and dx, one GEMM each per block.
         dgs = self._buf("dgs", (4, n, u))
-        dcat = self._buf("dcat", (t, n, 4 * u))
+        block = self.DW_BLOCK
+        ring = self._buf("ring", (block, n, 4 * u))
+        gm, part = self._buf("dM", (k, 4 * u)), self._buf("dM part", (k, 4 * u))
+        dxs, wt = None, None
+        if self.input_grad:
+            dxs = self._buf("dxs", (t, n, feat))
+            wt = self._gate_view(self.params["W"]).transpose(0, 2, 1).reshape(4 * u, feat)   # internal order
         # (4u, u): row k*u + j is U_k's column j, so [dg_i | dg_f | dg_o | dg_g] (N, 4u) times
         # it is the whole dh carry in one GEMM (a batched product plus a 4-way sum is slower).
         ut = self._buf("UT", (4 * u, u))
@@ -480,32 +512,25 @@ class LSTM(_Recurrent):
             dc += tmp
             np.multiply(dc, qs[:2], out=dgs[:2])                           # di, df
             np.multiply(dc, qs[3], out=dgs[3])                             # dg
-            np.copyto(dcat[s].reshape(n, 4, u), dgs.transpose(1, 0, 2))
+            r = s % block
+            np.copyto(ring[r].reshape(n, 4, u), dgs.transpose(1, 0, 2))
+            if r == 0:                                # steps s..hi-1 are done: their products
+                hi = min(s + block, t)
+                d2 = ring[:hi - s].reshape((hi - s) * n, 4 * u)
+                # [x | h | 1]^T d over the block gives W's, U's and b's rows together
+                np.matmul(z[s:hi].reshape((hi - s) * n, k).T, d2, out=gm if hi == t else part)
+                if hi < t:
+                    gm += part
+                if dxs is not None:
+                    np.matmul(d2, wt, out=dxs[s:hi].reshape((hi - s) * n, feat))
             if s == 0:                                # no carry into the zero initial state
                 break
             dc *= gates[s, 1]
-            np.matmul(dcat[s], ut, out=dh_carry)
-        return self._param_grads(dcat)
-
-    def _param_grads(self, dcat: np.ndarray):
-        """dW, dU, db from the gate-minor gradients dcat (T, N, 4u) in internal order: one
-        GEMM [x | h | 1]^T dcat over all steps gives W's, U's and b's rows together;
-        returns dx (N, T, F) or None."""
-        z, t = self._z, self._t
-        n, k = z.shape[1], z.shape[2]
-        u = dcat.shape[2] // 4
-        feat = k - u - 1
-        d2 = dcat.reshape(t * n, 4 * u)
-        gm = self._buf("dM", (k, 4 * u))
-        np.matmul(z[:t].reshape(t * n, k).T, d2, out=gm)
+            np.matmul(ring[r], ut, out=dh_carry)
         gW, gU, gb = self.grads["W"], self.grads["U"], self.grads["b"]
         for j, kk in enumerate(self.ORDER):          # internal gate j -> parameter block kk
             src, cols = slice(j * u, (j + 1) * u), slice(kk * u, (kk + 1) * u)
             gW[:, cols] = gm[:feat, src]
             gU[:, cols] = gm[feat:feat + u, src]
             gb[cols] = gm[feat + u, src]
-        if not self.input_grad:
-            return None
-        w = self._gate_view(self.params["W"])        # (4, F, u) internal order
-        dxs = d2 @ w.transpose(0, 2, 1).reshape(4 * u, feat)
-        return np.ascontiguousarray(dxs.reshape(t, n, feat).transpose(1, 0, 2))
+        return None if dxs is None else np.ascontiguousarray(dxs.transpose(1, 0, 2))
