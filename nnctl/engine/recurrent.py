@@ -476,23 +476,22 @@ class LSTM(_Recurrent):
         gates, z, t = self._gates, self._z, self._t
         n, u, k = gates.shape[2], gates.shape[3], z.shape[2]
         feat = k - u - 1
-        # Each step's gate gradients are computed gate-major into dgs (4, N, u), where every
-        # gate's block is one contiguous (N, u) array (elementwise math on column slices is
-        # several times slower), then copied gate-minor into that step's rows of the ring
-        # (DW_BLOCK, N, 4u): [dg_i | dg_f | dg_o | dg_g] is the left operand of the dh carry
-        # and, over a block of steps, of dW, dU, db and dx, one GEMM each per block.
-        dgs = self._buf("dgs", (4, n, u))
+        # Each step's gate gradients go gate-major into its slot of the ring (4, DW_BLOCK, N, u):
+        # every gate's block is one contiguous (N, u) array (elementwise math on column
+        # slices is several times slower), and both products take that layout as it is: the
+        # dh carry as one batched product per gate, summed, and over a block of steps dW, dU,
+        # db and dx, one batched GEMM each.
         block = self.DW_BLOCK
-        ring = self._buf("ring", (block, n, 4 * u))
-        gm, part = self._buf("dM", (k, 4 * u)), self._buf("dM part", (k, 4 * u))
+        ring = self._buf("ring", (4, block, n, u))
+        gm, part = self._buf("dM", (4, k, u)), self._buf("dM part", (4, k, u))
         dxs, wt = None, None
         if self.input_grad:
             dxs = self._buf("dxs", (t, n, feat))
-            wt = self._gate_view(self.params["W"]).transpose(0, 2, 1).reshape(4 * u, feat)   # internal order
-        # (4u, u): row k*u + j is U_k's column j, so [dg_i | dg_f | dg_o | dg_g] (N, 4u) times
-        # it is the whole dh carry in one GEMM (a batched product plus a 4-way sum is slower).
-        ut = self._buf("UT", (4 * u, u))
-        np.copyto(ut.reshape(4, u, u), self._gate_view(self.params["U"]).transpose(0, 2, 1))
+            wt = self._gate_view(self.params["W"]).transpose(0, 2, 1)      # (4, u, F) internal order
+            dx4 = self._buf("dx4", (4, block * n, feat))
+        ut = self._buf("UT", (4, u, u))                                     # U_k^T, internal order
+        np.copyto(ut, self._gate_view(self.params["U"]).transpose(0, 2, 1))
+        back = self._buf("back", (4, n, u))
         dh_carry = self._buf("carry", (n, u))
         dh_carry.fill(0)
         dc = self._buf("dc", (n, u))
@@ -507,30 +506,32 @@ class LSTM(_Recurrent):
                 lo = s - s % self.FACTOR_BLOCK
                 q, oc = self._step_factors(lo, s + 1)
             qs, ocs = q[s - lo], oc[s - lo]
+            r = s % block
+            dgs = ring[:, r]
             np.multiply(dh, qs[2], out=dgs[2])                             # do
             np.multiply(dh, ocs, out=tmp)
             dc += tmp
             np.multiply(dc, qs[:2], out=dgs[:2])                           # di, df
             np.multiply(dc, qs[3], out=dgs[3])                             # dg
-            r = s % block
-            np.copyto(ring[r].reshape(n, 4, u), dgs.transpose(1, 0, 2))
             if r == 0:                                # steps s..hi-1 are done: their products
-                hi = min(s + block, t)
-                d2 = ring[:hi - s].reshape((hi - s) * n, 4 * u)
-                # [x | h | 1]^T d over the block gives W's, U's and b's rows together
-                np.matmul(z[s:hi].reshape((hi - s) * n, k).T, d2, out=gm if hi == t else part)
-                if hi < t:
+                m = min(s + block, t) - s
+                d4 = ring[:, :m].reshape(4, m * n, u)
+                # [x | h | 1]^T d_k over the block gives W's, U's and b's rows of gate k together
+                np.matmul(z[s:s + m].reshape(m * n, k).T, d4, out=gm if s + m == t else part)
+                if s + m < t:
                     gm += part
                 if dxs is not None:
-                    np.matmul(d2, wt, out=dxs[s:hi].reshape((hi - s) * n, feat))
+                    np.matmul(d4, wt, out=dx4[:, :m * n])
+                    np.add.reduce(dx4[:, :m * n], axis=0, out=dxs[s:s + m].reshape(m * n, feat))
             if s == 0:                                # no carry into the zero initial state
                 break
             dc *= gates[s, 1]
-            np.matmul(ring[r], ut, out=dh_carry)
+            np.matmul(dgs, ut, out=back)              # each gate's share of the dh carry
+            np.add.reduce(back, axis=0, out=dh_carry)
         gW, gU, gb = self.grads["W"], self.grads["U"], self.grads["b"]
         for j, kk in enumerate(self.ORDER):          # internal gate j -> parameter block kk
-            src, cols = slice(j * u, (j + 1) * u), slice(kk * u, (kk + 1) * u)
-            gW[:, cols] = gm[:feat, src]
-            gU[:, cols] = gm[feat:feat + u, src]
-            gb[cols] = gm[feat + u, src]
+            cols = slice(kk * u, (kk + 1) * u)
+            gW[:, cols] = gm[j, :feat]
+            gU[:, cols] = gm[j, feat:feat + u]
+            gb[cols] = gm[j, feat + u]
         return None if dxs is None else np.ascontiguousarray(dxs.transpose(1, 0, 2))
