@@ -5,9 +5,8 @@ folds that projection and its bias into each step's product ([x_t | h_{t-1} | 1]
 stacked [W; U; b]). Each then runs a Python loop over time in which each step is one
 recurrent (batched, per-gate) product on the whole batch plus elementwise gate arithmetic
 into preallocated gate-major (T, G, N, units) buffers. The backward pass walks time in reverse over the same buffers,
-and dW, dU and dx are again one product each over all time steps at the end (lstm: one per
-block of a few steps, while the block's gradients are still in cache). The initial state is
-zero; there is no masking.
+and dW, dU and dx are again one product each over all time steps at the end (lstm: one small
+product per step, see LSTM.backward). The initial state is zero; there is no masking.
 """
 from __future__ import annotations
 
@@ -463,11 +462,6 @@ class LSTM(_Recurrent):
         oc *= gates[:, 2]            # dc += dh o act'(c_t)
         return q, oc
 
-    # Steps per block of the dW, dU, db (and dx) products: a block's gate gradients (about
-    # 100 KB per step at N=100, u=64, float32) are multiplied while they are still in L2, in
-    # a ring buffer that stays there, instead of streaming all T steps through memory twice.
-    DW_BLOCK = 8
-
     def backward(self, dy):
         dy = np.asarray(dy, dtype=self.dtype)
         if not self._recorded:       # after an evaluation forward (gradient checks): replay it recorded
@@ -476,19 +470,22 @@ class LSTM(_Recurrent):
         gates, z, t = self._gates, self._z, self._t
         n, u, k = gates.shape[2], gates.shape[3], z.shape[2]
         feat = k - u - 1
-        # Each step's gate gradients go gate-major into its slot of the ring (4, DW_BLOCK, N, u):
-        # every gate's block is one contiguous (N, u) array (elementwise math on column
-        # slices is several times slower), and both products take that layout as it is: the
-        # dh carry as one batched product per gate, summed, and over a block of steps dW, dU,
-        # db and dx, one batched GEMM each.
-        block = self.DW_BLOCK
-        ring = self._buf("ring", (4, block, n, u))
+        # Each step's gate gradients go gate-major into dgs (4, N, u): every gate's block is
+        # one contiguous (N, u) array (elementwise math on column slices is several times
+        # slower), and every product takes that layout as it is, one batched product per
+        # gate: the dh carry (then summed over the gates), and this step's share of dW, dU, db
+        # (and dx), added up over the steps. Per step and gate these products are small
+        # enough (N x u by u x u, and (F+u+1) x N by N x u) for OpenBLAS's small-matrix
+        # kernel, which skips packing the operands: one (F+u+1, T*N) @ (T*N, 4u) product over
+        # all steps, or over blocks of steps, went through the packing kernel and took the
+        # weight gradients' time up by half (and a (T, N, 4u) buffer 4 MB at N=100).
+        dgs = self._buf("dgs", (4, n, u))
         gm, part = self._buf("dM", (4, k, u)), self._buf("dM part", (4, k, u))
         dxs, wt = None, None
         if self.input_grad:
             dxs = self._buf("dxs", (t, n, feat))
             wt = self._gate_view(self.params["W"]).transpose(0, 2, 1)      # (4, u, F) internal order
-            dx4 = self._buf("dx4", (4, block * n, feat))
+            dx4 = self._buf("dx4", (4, n, feat))
         ut = self._buf("UT", (4, u, u))                                     # U_k^T, internal order
         np.copyto(ut, self._gate_view(self.params["U"]).transpose(0, 2, 1))
         back = self._buf("back", (4, n, u))
@@ -506,23 +503,18 @@ class LSTM(_Recurrent):
                 lo = s - s % self.FACTOR_BLOCK
                 q, oc = self._step_factors(lo, s + 1)
             qs, ocs = q[s - lo], oc[s - lo]
-            r = s % block
-            dgs = ring[:, r]
             np.multiply(dh, qs[2], out=dgs[2])                             # do
             np.multiply(dh, ocs, out=tmp)
             dc += tmp
             np.multiply(dc, qs[:2], out=dgs[:2])                           # di, df
             np.multiply(dc, qs[3], out=dgs[3])                             # dg
-            if r == 0:                                # steps s..hi-1 are done: their products
-                m = min(s + block, t) - s
-                d4 = ring[:, :m].reshape(4, m * n, u)
-                # [x | h | 1]^T d_k over the block gives W's, U's and b's rows of gate k together
-                np.matmul(z[s:s + m].reshape(m * n, k).T, d4, out=gm if s + m == t else part)
-                if s + m < t:
-                    gm += part
-                if dxs is not None:
-                    np.matmul(d4, wt, out=dx4[:, :m * n])
-                    np.add.reduce(dx4[:, :m * n], axis=0, out=dxs[s:s + m].reshape(m * n, feat))
+            # [x_s | h_{s-1} | 1]^T d_k gives W's, U's and b's rows of gate k together
+            np.matmul(z[s].T, dgs, out=gm if s == t - 1 else part)
+            if s < t - 1:
+                gm += part
+            if dxs is not None:
+                np.matmul(dgs, wt, out=dx4)
+                np.add.reduce(dx4, axis=0, out=dxs[s])
             if s == 0:                                # no carry into the zero initial state
                 break
             dc *= gates[s, 1]
