@@ -379,7 +379,7 @@ class LSTM(_Recurrent):
         self._fast = type(self.ract) is Sigmoid and type(self.act) is Tanh
         m4 = self._stacked_weights()                 # (4, F + u + 1, u)
         # Z[s] = [x_s | h_{s-1} | 1] (T+1, N, F + u + 1); the h columns of all T+1 rows are
-        # the hidden states h_0..h_T, and Z[:T] is the left operand of dW, dU, db at once.
+        # the hidden states h_0..h_T, and Z[s] is the left operand of step s's dW, dU, db.
         key = "" if training else "eval "
         z = self._buf(key + "Z", (t + 1, n, feat + u + 1))
         np.copyto(z[:t, :, :feat], x.transpose(1, 0, 2))
@@ -477,8 +477,9 @@ class LSTM(_Recurrent):
         # (and dx), added up over the steps. Per step and gate these products are small
         # enough (N x u by u x u, and (F+u+1) x N by N x u) for OpenBLAS's small-matrix
         # kernel, which skips packing the operands: one (F+u+1, T*N) @ (T*N, 4u) product over
-        # all steps, or over blocks of steps, went through the packing kernel and took the
-        # weight gradients' time up by half (and a (T, N, 4u) buffer 4 MB at N=100).
+        # all steps (or over blocks of steps) goes through the general kernel, whose packing
+        # copies took about a third of its time, and needs the (T, N, 4u) gradients of all
+        # steps in memory (4 MB at N=100) instead of one step's in cache.
         dgs = self._buf("dgs", (4, n, u))
         gm, part = self._buf("dM", (4, k, u)), self._buf("dM part", (4, k, u))
         dxs, wt = None, None
