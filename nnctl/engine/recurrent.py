@@ -402,24 +402,36 @@ class LSTM(_Recurrent):
             pre = None if self._fast else _steps(self._buf("eval P", (4, n, u)), t)
         cs[0] = 0
         ig = self._buf("ig", (n, u))
-        for s in range(t):
-            g = gates[s]
-            if self._fast:
-                np.matmul(z[s], m4, out=g)
-                np.tanh(g, out=g)
-                g[:3] *= 0.5
-                g[:3] += 0.5
-            else:
-                p = pre[s]
-                np.matmul(z[s], m4, out=p)
+        # Local names, positional outputs, one view per array per step and the activation
+        # test out of the loop: the loops make about ten NumPy calls per step on (N, u)
+        # blocks, where lookups and keyword parsing were a measurable share (2.5% of fw+bw).
+        matmul, mul, tanh = np.matmul, np.multiply, np.tanh
+        if self._fast:
+            for s in range(t):
+                g, tcs = gates[s], tc[s]
+                matmul(z[s], m4, g)
+                tanh(g, g)
+                g3 = g[:3]
+                mul(g3, 0.5, g3)
+                g3 += 0.5
+                c1 = cs[s + 1]
+                mul(g[1], cs[s], c1)
+                mul(g[0], g[3], ig)
+                c1 += ig
+                tanh(c1, tcs)
+                mul(g[2], tcs, hs[s + 1])
+        else:
+            for s in range(t):
+                g, p = gates[s], pre[s]
+                matmul(z[s], m4, p)
                 self.ract.forward(p[:3], out=g[:3])
                 self.act.forward(p[3], out=g[3])
-            c1 = cs[s + 1]
-            np.multiply(g[1], cs[s], out=c1)
-            np.multiply(g[0], g[3], out=ig)
-            c1 += ig
-            self.act.forward(c1, out=tc[s])
-            np.multiply(g[2], tc[s], out=hs[s + 1])
+                c1 = cs[s + 1]
+                mul(g[1], cs[s], c1)
+                mul(g[0], g[3], ig)
+                c1 += ig
+                self.act.forward(c1, out=tc[s])
+                mul(g[2], tc[s], hs[s + 1])
         self._z, self._cs, self._tc, self._pre, self._gates = z, cs, tc, pre, gates
         self._recorded = training
         return self._output(hs)
@@ -497,30 +509,33 @@ class LSTM(_Recurrent):
         dh_buf = self._buf("dh", (n, u))
         tmp = self._buf("tmp", (n, u))
         dy_at = self._dy_at(dy)
+        matmul, mul, reduce = np.matmul, np.multiply, np.add.reduce     # local names: see forward
+        block = self.FACTOR_BLOCK
+        do, dif, dg = dgs[2], dgs[:2], dgs[3]                           # [i, f, o, g] internal order
+        gm.fill(0)
         for s in range(t - 1, -1, -1):
             g = dy_at(s)
             dh = dh_carry if g is None else np.add(dh_carry, g, out=dh_buf)
-            if s == t - 1 or (s + 1) % self.FACTOR_BLOCK == 0:
-                lo = s - s % self.FACTOR_BLOCK
+            if s == t - 1 or (s + 1) % block == 0:
+                lo = s - s % block
                 q, oc = self._step_factors(lo, s + 1)
-            qs, ocs = q[s - lo], oc[s - lo]
-            np.multiply(dh, qs[2], out=dgs[2])                             # do
-            np.multiply(dh, ocs, out=tmp)
+            qs = q[s - lo]
+            mul(dh, qs[2], do)
+            mul(dh, oc[s - lo], tmp)
             dc += tmp
-            np.multiply(dc, qs[:2], out=dgs[:2])                           # di, df
-            np.multiply(dc, qs[3], out=dgs[3])                             # dg
+            mul(dc, qs[:2], dif)
+            mul(dc, qs[3], dg)
             # [x_s | h_{s-1} | 1]^T d_k gives W's, U's and b's rows of gate k together
-            np.matmul(z[s].T, dgs, out=gm if s == t - 1 else part)
-            if s < t - 1:
-                gm += part
+            matmul(z[s].T, dgs, part)
+            gm += part
             if dxs is not None:
-                np.matmul(dgs, wt, out=dx4)
-                np.add.reduce(dx4, axis=0, out=dxs[s])
+                matmul(dgs, wt, dx4)
+                reduce(dx4, 0, out=dxs[s])
             if s == 0:                                # no carry into the zero initial state
                 break
             dc *= gates[s, 1]
-            np.matmul(dgs, ut, out=back)              # each gate's share of the dh carry
-            np.add.reduce(back, axis=0, out=dh_carry)
+            matmul(dgs, ut, back)                     # each gate's share of the dh carry
+            reduce(back, 0, out=dh_carry)
         gW, gU, gb = self.grads["W"], self.grads["U"], self.grads["b"]
         for j, kk in enumerate(self.ORDER):          # internal gate j -> parameter block kk
             cols = slice(kk * u, (kk + 1) * u)
