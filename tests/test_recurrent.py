@@ -125,6 +125,75 @@ def test_lstm_backward_does_not_depend_on_its_factor_block(kw, monkeypatch):
     assert np.abs(results[0][2]).max() > 0.01       # the gradients are not trivially zero
 
 
+def ref_lstm_grads(x, W, U, b, dy):
+    """Plain BPTT of ref_lstm (Keras gate order): dx, dW, dU, db for dy (N, T, u) or (N, u)."""
+    n, t_len, _ = x.shape
+    u = U.shape[0]
+    h, c = np.zeros((n, u)), np.zeros((n, u))
+    steps = []
+    for t in range(t_len):
+        z = x[:, t] @ W + h @ U + b
+        i, f, g, o = sig(z[:, :u]), sig(z[:, u:2 * u]), np.tanh(z[:, 2 * u:3 * u]), sig(z[:, 3 * u:])
+        steps.append((h, c, i, f, g, o))
+        c = f * c + i * g
+        h = o * np.tanh(c)
+    dx, dW, dU, db = np.zeros_like(x), np.zeros_like(W), np.zeros_like(U), np.zeros_like(b)
+    dh_next, dc_next = np.zeros((n, u)), np.zeros((n, u))
+    for t in reversed(range(t_len)):
+        h_prev, c_prev, i, f, g, o = steps[t]
+        c = f * c_prev + i * g
+        dh = dh_next + (dy[:, t] if dy.ndim == 3 else (dy if t == t_len - 1 else 0.0))
+        tc = np.tanh(c)
+        dc = dc_next + dh * o * (1 - tc ** 2)
+        dz = np.concatenate([dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g ** 2),
+                             dh * tc * o * (1 - o)], axis=1)
+        dW += x[:, t].T @ dz
+        dU += h_prev.T @ dz
+        db += dz.sum(axis=0)
+        dx[:, t] = dz @ W.T
+        dh_next, dc_next = dz @ U.T, dc * f
+    return dx, dW, dU, db
+
+
+@pytest.mark.parametrize("return_sequences", [False, True])
+def test_lstm_gradients_match_plain_bptt(return_sequences):
+    # The backward sums dW, dU, db step by step from gate-major per-step products, with
+    # factors computed a block of steps at a time: against plain BPTT, to rounding.
+    rng = np.random.default_rng(6)
+    layer = built(LSTM(units=5, return_sequences=return_sequences), (7, 3), seed=5)
+    b = layer.params["b"]
+    b[...] = rng.standard_normal(b.shape) * 0.5
+    x = rng.standard_normal((4, 7, 3))
+    dy = rng.standard_normal((4, 7, 5) if return_sequences else (4, 5))
+    layer.forward(x, True)
+    dx = layer.backward(dy)
+    want = ref_lstm_grads(x, layer.params["W"], layer.params["U"], b, dy)
+    for got, ref in zip([dx, layer.grads["W"], layer.grads["U"], layer.grads["b"]], want):
+        np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-13)
+        assert np.abs(ref).max() > 0.01                           # non-trivial
+
+
+@pytest.mark.parametrize("kw", [{"return_sequences": True},
+                                {"activation": "softplus", "recurrent_activation": "swish"}])
+def test_lstm_evaluation_forward_matches_training_and_a_backward_after_it_replays(kw):
+    # Evaluation keeps one step of state (no history) in its own buffers: the same outputs
+    # bit for bit, a training batch of another size in between disturbs nothing, and a
+    # backward after it (as gradient checks do) gives the training forward's gradients.
+    rng = np.random.default_rng(7)
+    x, other = rng.standard_normal((3, 6, 2)), rng.standard_normal((5, 6, 2))
+    dy = rng.standard_normal((3, 6, 4) if kw.get("return_sequences") else (3, 4))
+    trained, evaluated = (built(LSTM(units=4, **kw), (6, 2), seed=8) for _ in range(2))
+    y = trained.forward(x, True)
+    dx = trained.backward(dy)
+    evaluated.forward(other, True)
+    y_eval = evaluated.forward(x, False)
+    assert np.array_equal(y_eval, y)
+    assert np.array_equal(evaluated.backward(dy), dx)
+    for k in ("W", "U", "b"):
+        assert np.array_equal(evaluated.grads[k], trained.grads[k])
+    assert np.abs(dx).max() > 0.01
+
+
 def test_gradcheck_in_a_stack_with_a_time_step_of_one():
     specs = [{"type": "gru", "units": 3, "return_sequences": True}, {"type": "lstm", "units": 2}]
     model = Sequential.from_config(specs, (1, 2), 0, "float64")

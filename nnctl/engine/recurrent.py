@@ -5,8 +5,8 @@ folds that projection and its bias into each step's product ([x_t | h_{t-1} | 1]
 stacked [W; U; b]). Each then runs a Python loop over time in which each step is one
 recurrent (batched, per-gate) product on the whole batch plus elementwise gate arithmetic
 into preallocated gate-major (T, G, N, units) buffers. The backward pass walks time in reverse over the same buffers,
-and dW, dU and dx are again one product each over all time steps at the end. The initial
-state is zero; there is no masking.
+and dW, dU and dx are again one product each over all time steps at the end (lstm: one small
+product per step, see LSTM.backward). The initial state is zero; there is no masking.
 """
 from __future__ import annotations
 
@@ -31,6 +31,11 @@ _GATED = {
     **_COMMON,
     "recurrent_activation": Param("activation", "sigmoid", doc="activation of the gates"),
 }
+
+
+def _steps(a: np.ndarray, t: int) -> np.ndarray:
+    """(t,) + a.shape view of `a` with time stride 0: every step reads and writes `a` itself."""
+    return np.lib.stride_tricks.as_strided(a, (t,) + a.shape, (0,) + a.strides)
 
 
 def _act_forward(act: Activation, x: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -374,38 +379,61 @@ class LSTM(_Recurrent):
         self._fast = type(self.ract) is Sigmoid and type(self.act) is Tanh
         m4 = self._stacked_weights()                 # (4, F + u + 1, u)
         # Z[s] = [x_s | h_{s-1} | 1] (T+1, N, F + u + 1); the h columns of all T+1 rows are
-        # the hidden states h_0..h_T, and Z[:T] is the left operand of dW, dU, db at once.
-        z = self._buf("Z", (t + 1, n, feat + u + 1))
+        # the hidden states h_0..h_T, and Z[s] is the left operand of step s's dW, dU, db.
+        key = "" if training else "eval "
+        z = self._buf(key + "Z", (t + 1, n, feat + u + 1))
         np.copyto(z[:t, :, :feat], x.transpose(1, 0, 2))
         z[t, :, :feat] = 0
         z[:, :, feat + u] = 1
         hs = z[:, :, feat:feat + u]
         hs[0] = 0
-        cs = self._buf("C", (t + 1, n, u))
-        tc = self._buf("TC", (t, n, u))              # act(c_t)
-        gates = self._buf("G", (t, 4, n, u))
-        pre = None if self._fast else self._buf("P", (t, 4, n, u))
+        if training:
+            cs = self._buf("C", (t + 1, n, u))
+            tc = self._buf("TC", (t, n, u))          # act(c_t)
+            gates = self._buf("G", (t, 4, n, u))
+            pre = None if self._fast else self._buf("P", (t, 4, n, u))
+        else:
+            # Evaluation keeps no history: each per-step state is one step-sized buffer seen
+            # with time stride 0, which stays in cache where the history (about 5 MB per 100
+            # rows) would not. Its buffers are not training's, so alternating training and
+            # validation batches of different sizes reallocates nothing.
+            cs, tc = _steps(self._buf("eval C", (n, u)), t + 1), _steps(self._buf("eval TC", (n, u)), t)
+            gates = _steps(self._buf("eval G", (4, n, u)), t)
+            pre = None if self._fast else _steps(self._buf("eval P", (4, n, u)), t)
         cs[0] = 0
         ig = self._buf("ig", (n, u))
-        for s in range(t):
-            g = gates[s]
-            if self._fast:
-                np.matmul(z[s], m4, out=g)
-                np.tanh(g, out=g)
-                g[:3] *= 0.5
-                g[:3] += 0.5
-            else:
-                p = pre[s]
-                np.matmul(z[s], m4, out=p)
+        # Local names, positional outputs, one view per array per step and the activation
+        # test out of the loop: the loops make about ten NumPy calls per step on (N, u)
+        # blocks, where lookups and keyword parsing were a measurable share (2.5% of fw+bw).
+        matmul, mul, tanh = np.matmul, np.multiply, np.tanh
+        if self._fast:
+            for s in range(t):
+                g, tcs = gates[s], tc[s]
+                matmul(z[s], m4, g)
+                tanh(g, g)
+                g3 = g[:3]
+                mul(g3, 0.5, g3)
+                g3 += 0.5
+                c1 = cs[s + 1]
+                mul(g[1], cs[s], c1)
+                mul(g[0], g[3], ig)
+                c1 += ig
+                tanh(c1, tcs)
+                mul(g[2], tcs, hs[s + 1])
+        else:
+            for s in range(t):
+                g, p = gates[s], pre[s]
+                matmul(z[s], m4, p)
                 self.ract.forward(p[:3], out=g[:3])
                 self.act.forward(p[3], out=g[3])
-            c1 = cs[s + 1]
-            np.multiply(g[1], cs[s], out=c1)
-            np.multiply(g[0], g[3], out=ig)
-            c1 += ig
-            self.act.forward(c1, out=tc[s])
-            np.multiply(g[2], tc[s], out=hs[s + 1])
+                c1 = cs[s + 1]
+                mul(g[1], cs[s], c1)
+                mul(g[0], g[3], ig)
+                c1 += ig
+                self.act.forward(c1, out=tc[s])
+                mul(g[2], tc[s], hs[s + 1])
         self._z, self._cs, self._tc, self._pre, self._gates = z, cs, tc, pre, gates
+        self._recorded = training
         return self._output(hs)
 
     # Steps per block of backward factors: a block's factors (about 100 KB per step at
@@ -448,19 +476,32 @@ class LSTM(_Recurrent):
 
     def backward(self, dy):
         dy = np.asarray(dy, dtype=self.dtype)
-        gates, t = self._gates, self._t
-        n, u = gates.shape[2], gates.shape[3]
-        # Each step's gate gradients are computed gate-major into dgs (4, N, u), where every
-        # gate's block is one contiguous (N, u) array (elementwise math on column slices is
-        # several times slower), then copied gate-minor into that step's rows of dcat
-        # (T, N, 4u): [dg_i | dg_f | dg_o | dg_g] is the left operand of the dh carry and,
-        # over all steps, of dW, dU and db, one GEMM each.
+        if not self._recorded:       # after an evaluation forward (gradient checks): replay it recorded
+            feat = self._z.shape[2] - self.hparams["units"] - 1
+            self.forward(self._z[:self._t, :, :feat].transpose(1, 0, 2), True)
+        gates, z, t = self._gates, self._z, self._t
+        n, u, k = gates.shape[2], gates.shape[3], z.shape[2]
+        feat = k - u - 1
+        # Each step's gate gradients go gate-major into dgs (4, N, u): every gate's block is
+        # one contiguous (N, u) array (elementwise math on column slices is several times
+        # slower), and every product takes that layout as it is, one batched product per
+        # gate: the dh carry (then summed over the gates), and this step's share of dW, dU, db
+        # (and dx), added up over the steps. Per step and gate these products are small
+        # enough (N x u by u x u, and (F+u+1) x N by N x u) for OpenBLAS's small-matrix
+        # kernel, which skips packing the operands: one (F+u+1, T*N) @ (T*N, 4u) product over
+        # all steps (or over blocks of steps) goes through the general kernel, whose packing
+        # copies took about a third of its time, and needs the (T, N, 4u) gradients of all
+        # steps in memory (4 MB at N=100) instead of one step's in cache.
         dgs = self._buf("dgs", (4, n, u))
-        dcat = self._buf("dcat", (t, n, 4 * u))
-        # (4u, u): row k*u + j is U_k's column j, so [dg_i | dg_f | dg_o | dg_g] (N, 4u) times
-        # it is the whole dh carry in one GEMM (a batched product plus a 4-way sum is slower).
-        ut = self._buf("UT", (4 * u, u))
-        np.copyto(ut.reshape(4, u, u), self._gate_view(self.params["U"]).transpose(0, 2, 1))
+        gm, part = self._buf("dM", (4, k, u)), self._buf("dM part", (4, k, u))
+        dxs, wt = None, None
+        if self.input_grad:
+            dxs = self._buf("dxs", (t, n, feat))
+            wt = self._gate_view(self.params["W"]).transpose(0, 2, 1)      # (4, u, F) internal order
+            dx4 = self._buf("dx4", (4, n, feat))
+        ut = self._buf("UT", (4, u, u))                                     # U_k^T, internal order
+        np.copyto(ut, self._gate_view(self.params["U"]).transpose(0, 2, 1))
+        back = self._buf("back", (4, n, u))
         dh_carry = self._buf("carry", (n, u))
         dh_carry.fill(0)
         dc = self._buf("dc", (n, u))
@@ -468,44 +509,37 @@ class LSTM(_Recurrent):
         dh_buf = self._buf("dh", (n, u))
         tmp = self._buf("tmp", (n, u))
         dy_at = self._dy_at(dy)
+        matmul, mul, reduce = np.matmul, np.multiply, np.add.reduce     # local names: see forward
+        block = self.FACTOR_BLOCK
+        do, dif, dg = dgs[2], dgs[:2], dgs[3]                           # [i, f, o, g] internal order
+        gm.fill(0)
         for s in range(t - 1, -1, -1):
             g = dy_at(s)
             dh = dh_carry if g is None else np.add(dh_carry, g, out=dh_buf)
-            if s == t - 1 or (s + 1) % self.FACTOR_BLOCK == 0:
-                lo = s - s % self.FACTOR_BLOCK
+            if s == t - 1 or (s + 1) % block == 0:
+                lo = s - s % block
                 q, oc = self._step_factors(lo, s + 1)
-            qs, ocs = q[s - lo], oc[s - lo]
-            np.multiply(dh, qs[2], out=dgs[2])                             # do
-            np.multiply(dh, ocs, out=tmp)
+            qs = q[s - lo]
+            mul(dh, qs[2], do)
+            mul(dh, oc[s - lo], tmp)
             dc += tmp
-            np.multiply(dc, qs[:2], out=dgs[:2])                           # di, df
-            np.multiply(dc, qs[3], out=dgs[3])                             # dg
-            np.copyto(dcat[s].reshape(n, 4, u), dgs.transpose(1, 0, 2))
+            mul(dc, qs[:2], dif)
+            mul(dc, qs[3], dg)
+            # [x_s | h_{s-1} | 1]^T d_k gives W's, U's and b's rows of gate k together
+            matmul(z[s].T, dgs, part)
+            gm += part
+            if dxs is not None:
+                matmul(dgs, wt, dx4)
+                reduce(dx4, 0, out=dxs[s])
             if s == 0:                                # no carry into the zero initial state
                 break
             dc *= gates[s, 1]
-            np.matmul(dcat[s], ut, out=dh_carry)
-        return self._param_grads(dcat)
-
-    def _param_grads(self, dcat: np.ndarray):
-        """dW, dU, db from the gate-minor gradients dcat (T, N, 4u) in internal order: one
-        GEMM [x | h | 1]^T dcat over all steps gives W's, U's and b's rows together;
-        returns dx (N, T, F) or None."""
-        z, t = self._z, self._t
-        n, k = z.shape[1], z.shape[2]
-        u = dcat.shape[2] // 4
-        feat = k - u - 1
-        d2 = dcat.reshape(t * n, 4 * u)
-        gm = self._buf("dM", (k, 4 * u))
-        np.matmul(z[:t].reshape(t * n, k).T, d2, out=gm)
+            matmul(dgs, ut, back)                     # each gate's share of the dh carry
+            reduce(back, 0, out=dh_carry)
         gW, gU, gb = self.grads["W"], self.grads["U"], self.grads["b"]
         for j, kk in enumerate(self.ORDER):          # internal gate j -> parameter block kk
-            src, cols = slice(j * u, (j + 1) * u), slice(kk * u, (kk + 1) * u)
-            gW[:, cols] = gm[:feat, src]
-            gU[:, cols] = gm[feat:feat + u, src]
-            gb[cols] = gm[feat + u, src]
-        if not self.input_grad:
-            return None
-        w = self._gate_view(self.params["W"])        # (4, F, u) internal order
-        dxs = d2 @ w.transpose(0, 2, 1).reshape(4 * u, feat)
-        return np.ascontiguousarray(dxs.reshape(t, n, feat).transpose(1, 0, 2))
+            cols = slice(kk * u, (kk + 1) * u)
+            gW[:, cols] = gm[j, :feat]
+            gU[:, cols] = gm[j, feat:feat + u]
+            gb[cols] = gm[j, feat + u]
+        return None if dxs is None else np.ascontiguousarray(dxs.transpose(1, 0, 2))
