@@ -446,6 +446,15 @@ class _Pool(CheckedLayer):
                 np.maximum(views[0], views[1], out=out)
                 for v in views[2:]:
                     np.maximum(out, v, out=out)
+            elif len(views) == 2:
+                # Two elements (every pass of a 2x2 pool): record the word mask the backward
+                # pass ANDs with, all ones where the first element won (v1 not strictly greater),
+                # so routing there is one AND and one XOR instead of three calls per element.
+                gt = self.ws.get(f"gt{p}", out.shape, np.bool_)
+                np.greater(views[1], views[0], out=gt)
+                np.maximum(views[0], views[1], out=out)
+                keep = self.ws.get(f"keep{p}", out.shape, _UINT[self.dtype])
+                np.subtract(gt.view(np.uint8), 1, out=keep, dtype=keep.dtype)
             else:
                 win = self.ws.get(f"win{p}", out.shape, np.uint8)
                 gt = self.ws.get(f"gt{p}", out.shape, np.bool_)
@@ -498,6 +507,22 @@ class _Pool(CheckedLayer):
                         np.copyto(dst[sl], g)
                     else:
                         dst[sl] += g
+            elif len(slices) == 2:
+                # g AND keep goes to the first element, g XOR that (= g AND NOT keep) to the second.
+                uint = _UINT[self.dtype]
+                keep = self.ws.get(f"keep{p}", g.shape, uint)
+                gbits = g.view(uint)
+                if tiles:
+                    first = dst.view(uint)[slices[0]]
+                    np.bitwise_and(gbits, keep, out=first)
+                    np.bitwise_xor(gbits, first, out=dst.view(uint)[slices[1]])
+                else:
+                    part = self.ws.get(f"mask{p}", g.shape, uint)
+                    dst.fill(0)
+                    np.bitwise_and(gbits, keep, out=part)
+                    dst[slices[0]] += part.view(self.dtype)
+                    np.bitwise_xor(gbits, part, out=part)
+                    dst[slices[1]] += part.view(self.dtype)
             else:
                 # g where window element j won, else +0, as a bitwise AND with an all-ones or
                 # all-zeros word: exact, branch-free, and 0 (not NaN) beside an infinite g.
