@@ -243,12 +243,19 @@ class _Conv(CheckedLayer):
         cols = self.ws.get("cols", (n,) + self.out_sizes + self.kernel + (x.shape[1],), self.dtype)
         np.copyto(cols, win.transpose(0, *range(2, 2 + 2 * nd), 1))
         self._cols = cols
-        zt = self.ws.get("zt", (f, n * p), self.dtype)
-        np.matmul(self._w2(), cols.reshape(n * p, -1).T, out=zt)       # the one GEMM
-        if "b" in self.params:
-            zt += self.params["b"][:, None]
+        # The one GEMM as cols @ W2^T, (N*P, F): with the long axis as the rows of the output
+        # it runs ~20% faster than W2 @ cols^T, more than the per-sample transpose it then needs
+        # (measured at 288 rows, 64 filters: 3.3 + 0.4 vs 4.2 + 0.3 ms).
+        w2t = self.ws.get("w2t", (len(self.offsets), x.shape[1], f), self.dtype)
+        np.copyto(w2t.reshape(self.kernel + (x.shape[1], f)), self.params["W"].transpose(*range(2, 2 + nd), 1, 0))
+        zr = self.ws.get("zr", (n * p, f), self.dtype)
+        np.matmul(cols.reshape(n * p, -1), w2t.reshape(-1, f), out=zr)
         z = self.ws.get("z", (n, f) + self.out_sizes, self.dtype)
-        np.copyto(z.reshape(n, f, p), zt.reshape(f, n, p).swapaxes(0, 1))
+        zr = zr.reshape(n, p, f).transpose(0, 2, 1)
+        if "b" in self.params:
+            np.add(zr, self.params["b"][:, None], out=z.reshape(n, f, p))   # the bias rides on the transpose
+        else:
+            np.copyto(z.reshape(n, f, p), zr)
         return z
 
     def _backward_rows(self, dz):
