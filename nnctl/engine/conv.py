@@ -53,7 +53,7 @@ class _Conv(CheckedLayer):
 
     Rows are output positions (many input channels): cols[(n, o), (k, c)], channels
     innermost, and W2 = W laid out as (filters, prod(kernel)*C_in):
-        Z^T = W2 @ cols^T  (one GEMM for the batch),   dW2 = dZ^T @ cols,   db = sum dZ,
+        Z = cols @ W2^T  (one GEMM for the batch),     dW2 = dZ^T @ cols,   db = sum dZ,
         dcols[k] = dZ @ W[:, :, k]  for every kernel offset k, in one batched product.
     Offset k's block of dcols is a contiguous (N, *O, C_in) array added, in one strided
     slice-add over long rows, to a channels-last padded gradient.
