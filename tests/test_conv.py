@@ -536,6 +536,29 @@ def test_all_im2col_layouts_give_the_same_values_and_exact_gradients(cls, kw, sh
         assert_gradcheck(layer, x, max_checks=40)
 
 
+@pytest.mark.parametrize("kw,shape", [
+    ({"kernel_size": 3, "padding": "same", "activation": "relu"}, (6, 6, 5)),
+    ({"kernel_size": [2, 3], "stride": [2, 1], "padding": 1, "dilation": [1, 2]}, (6, 7, 8)),
+])
+def test_rows_layout_in_sample_blocks_matches_one_block(kw, shape):
+    # 5 samples in blocks of 2, 2 and 1 against the whole batch in one block, float64
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((5,) + shape)
+    whole, blocks = (built(Conv2D(filters=4, **kw), shape, seed=2) for _ in range(2))
+    assert not whole.channels_layout and whole.block >= 5
+    blocks.block = 2
+    y = whole.forward(x, True).copy()
+    dy = rng.standard_normal(y.shape)
+    dx = whole.backward(dy).copy()
+    # training: the forward in one block (backward needs the batch's cols), the dx path in blocks;
+    # evaluation: the forward in blocks, and a backward after it rebuilds the batch's cols
+    for training in (True, False):
+        np.testing.assert_allclose(blocks.forward(x, training), y, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(blocks.backward(dy), dx, rtol=1e-12, atol=1e-12)
+        for name in whole.grads:
+            np.testing.assert_allclose(blocks.grads[name], whole.grads[name], rtol=1e-12, atol=1e-12)
+
+
 def test_the_layout_follows_the_im2col_rows():
     assert built(Conv2D(filters=8, kernel_size=3), (1, 6, 6)).channels_layout        # 9 rows
     assert built(Conv2D(filters=8, kernel_size=3), (3, 6, 6)).channels_layout        # 27 rows
