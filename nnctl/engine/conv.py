@@ -331,15 +331,23 @@ class _Conv(CheckedLayer):
         xp, self._xp_buf = shapes.padded(x, self.pads, self._xp_buf)
         win = shapes.windows(xp, self.kernel, self.stride, self.dilation, self.out_sizes)
         # im2col in one strided copy: (N, C, *O, *K) -> (N, C, *K, *O), output positions innermost.
-        cols = self.ws.get("cols", (n, c_in) + self.kernel + self.out_sizes, self.dtype)
-        np.copyto(cols, win.transpose(0, 1, *range(2 + nd, 2 + 2 * nd), *range(2, 2 + nd)))
+        # With a bias, cols[n] ends with a row of ones and W2 with the column b, so the GEMMs
+        # also add b and give db: no separate passes over the (N, F, *O) output and gradient.
+        ck, bias = c_in * len(self.offsets), "b" in self.params
+        cols = self.ws.get("cols", (n, ck + bias, p), self.dtype)
+        np.copyto(cols[:, :ck].reshape((n, c_in) + self.kernel + self.out_sizes),
+                  win.transpose(0, 1, *range(2 + nd, 2 + 2 * nd), *range(2, 2 + nd)))
+        if bias:
+            cols[:, ck] = 1
         self._cols = cols
+        w2 = self.params["W"].reshape(f, ck)
+        if bias:
+            w2 = self.ws.get("w2c", (f, ck + 1), self.dtype)
+            w2[:, :ck] = self.params["W"].reshape(f, ck)
+            w2[:, ck] = self.params["b"]
         z = self.ws.get("z", (n, f) + self.out_sizes, self.dtype)
-        z3 = z.reshape(n, f, p)
         # one GEMM per sample, straight into the (N, F, *O) output: no transpose pass after it
-        np.matmul(self.params["W"].reshape(f, -1), cols.reshape(n, -1, p), out=z3)
-        if "b" in self.params:
-            z3 += self.params["b"][:, None]
+        np.matmul(w2, cols, out=z.reshape(n, f, p))
         return z
 
     def _backward_channels(self, dz):
@@ -348,15 +356,16 @@ class _Conv(CheckedLayer):
         W = self.params["W"]
         f, c_in = W.shape[:2]
         p = math.prod(self.out_sizes)
-        ck = cols[0].size // p
+        ck, bias = c_in * len(self.offsets), "b" in self.params
         dz3 = np.ascontiguousarray(dz).reshape(n, f, p)
-        cols3 = cols.reshape(n, ck, p)
-        # dW = sum over samples of dz[n] @ cols[n]^T: one GEMM per sample, then one sum
-        per_sample = self.ws.get("dw_n", (n, f, ck), self.dtype)
-        np.matmul(dz3, cols3.transpose(0, 2, 1), out=per_sample)
-        np.sum(per_sample, axis=0, out=self.grads["W"].reshape(f, ck))
-        if "b" in self.params:
-            np.sum(dz3, axis=(0, 2), out=self.grads["b"])
+        # [dW2 db] = sum over samples of dz[n] @ cols[n]^T: one GEMM per sample, then one sum
+        per_sample = self.ws.get("dw_n", (n, f, ck + bias), self.dtype)
+        np.matmul(dz3, cols.transpose(0, 2, 1), out=per_sample)
+        dw2 = self.ws.get("dw2c", (f, ck + bias), self.dtype)
+        np.sum(per_sample, axis=0, out=dw2)
+        self.grads["W"].reshape(f, ck)[...] = dw2[:, :ck]
+        if bias:
+            self.grads["b"][...] = dw2[:, ck]
         if not self.input_grad:
             return None
         dcols = self.ws.get("dcols", (n, ck, p), self.dtype)
