@@ -65,12 +65,16 @@ class _Conv(CheckedLayer):
         Z = cols @ W2^T  (one GEMM for the batch),     dW2 = dZ^T @ cols,   db = sum dZ,
         dcols[k] = dZ @ W[:, :, k]  for every kernel offset k, in one batched product.
     Offset k's block of dcols is a contiguous (N, *O, C_in) array added, in one strided
-    slice-add over long rows, to a channels-last padded gradient.
+    slice-add over long rows, to a channels-last padded gradient. The dcols products and
+    their col2im (and an evaluation forward's im2col and GEMM) run over blocks of samples
+    sized to stay in cache (_BLOCK_BYTES).
 
     Columns are output positions (few input channels, C_in*prod(kernel) <= 32):
     cols[n][(c, k), o] and W2 = W.reshape(filters, C_in*prod(kernel)) (a view):
         Z[n] = W2 @ cols[n]  (one GEMM per sample, straight into (N, F, *O)),
-        dW2 = sum_n dZ[n] @ cols[n]^T,   dcols[n] = W2^T @ dZ[n].
+        dW2 = sum_n dZ[n] @ cols[n]^T,   dcols[n] = W2^T @ dZ[n],
+    with a bias as a last row of ones in cols[n] and a last column b in W2, so the first
+    two products also add b and give db.
     Here the first layout would spend several times its (tiny) GEMMs' time transposing
     activation-sized arrays; this one transposes nothing, and offset k's block
     dcols[:, :, k] is an (N, C_in, *O) array added to a channels-first padded gradient.
