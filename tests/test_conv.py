@@ -175,6 +175,41 @@ def test_maxpool_ties_route_to_one_element():
     assert dx.sum() == 3.0 and np.count_nonzero(dx) == 1
 
 
+def _first_max_routing(x, layer, dy):
+    """Max pooling's dx by brute force: each window's gradient to its first maximum in C order."""
+    xp, _ = shapes.padded(x, layer.pads, None, fill=-np.inf)
+    win = shapes.windows(xp, layer.size, layer.stride, (1,) * layer.ND, layer.out_sizes)
+    dxp = np.zeros_like(xp)
+    for idx in np.ndindex(*dy.shape):
+        n, c, o = idx[0], idx[1], idx[2:]
+        k = np.unravel_index(np.argmax(win[idx]), layer.size)   # argmax: the first of ties
+        dxp[(n, c) + tuple(oi * s + ki for oi, s, ki in zip(o, layer.stride, k))] += dy[idx]
+    return shapes.strip_padding(dxp, layer.pads)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("layer,shape", [
+    (MaxPool2D(size=2), (3, 6, 8)),                       # two-element passes that tile their axis
+    (MaxPool2D(size=[2, 3], stride=1), (2, 5, 6)),        # overlapping windows, a two-element pass
+    (MaxPool2D(size=2, padding="same"), (2, 5, 7)),       # -inf padding
+    (MaxPool2D(size=3, stride=2), (2, 7, 7)),             # three-element passes
+    (MaxPool1D(size=2), (2, 9)),                          # the last element is left out
+    (MaxPool1D(size=2, stride=1), (2, 9)),
+])
+def test_maxpool_routes_to_the_first_maximum_of_ties(layer, shape, training, dtype):
+    rng = np.random.default_rng(4)
+    layer = built(type(layer)(**layer.get_config()), shape, dtype)
+    # three values (a third of them relu's zeros), so most windows hold ties
+    x = rng.integers(0, 3, (2,) + shape).astype(dtype)
+    y = layer.forward(x, training).copy()
+    dy = rng.permutation(y.size).reshape(y.shape).astype(dtype) + 1   # distinct, so a misroute shows
+    np.testing.assert_array_equal(layer.backward(dy), _first_max_routing(x, layer, dy))
+    xp, _ = shapes.padded(x, layer.pads, None, fill=-np.inf)
+    win = shapes.windows(xp, layer.size, layer.stride, (1,) * layer.ND, layer.out_sizes)
+    np.testing.assert_array_equal(y, win.max(axis=tuple(range(-layer.ND, 0))))
+
+
 def test_same_pooling_ignores_the_padding():
     # [1, 2, 3], size 2 stride 2 'same': windows [1, 2] and [3, pad]
     x = np.array([[[1.0, 2.0, 3.0]]])
@@ -499,6 +534,29 @@ def test_all_im2col_layouts_give_the_same_values_and_exact_gradients(cls, kw, sh
                                        rtol=1e-12, atol=1e-12)
     for layer in layers.values():
         assert_gradcheck(layer, x, max_checks=40)
+
+
+@pytest.mark.parametrize("kw,shape", [
+    ({"kernel_size": 3, "padding": "same", "activation": "relu"}, (6, 6, 5)),
+    ({"kernel_size": [2, 3], "stride": [2, 1], "padding": 1, "dilation": [1, 2]}, (6, 7, 8)),
+])
+def test_rows_layout_in_sample_blocks_matches_one_block(kw, shape):
+    # 5 samples in blocks of 2, 2 and 1 against the whole batch in one block, float64
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((5,) + shape)
+    whole, blocks = (built(Conv2D(filters=4, **kw), shape, seed=2) for _ in range(2))
+    assert not whole.channels_layout and whole.block >= 5
+    blocks.block = 2
+    y = whole.forward(x, True).copy()
+    dy = rng.standard_normal(y.shape)
+    dx = whole.backward(dy).copy()
+    # training: the forward in one block (backward needs the batch's cols), the dx path in blocks;
+    # evaluation: the forward in blocks, and a backward after it rebuilds the batch's cols
+    for training in (True, False):
+        np.testing.assert_allclose(blocks.forward(x, training), y, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(blocks.backward(dy), dx, rtol=1e-12, atol=1e-12)
+        for name in whole.grads:
+            np.testing.assert_allclose(blocks.grads[name], whole.grads[name], rtol=1e-12, atol=1e-12)
 
 
 def test_the_layout_follows_the_im2col_rows():
