@@ -260,6 +260,34 @@ def test_predict_stdout_file_npy_reordered_and_chunked_inputs_agree(iris_run, tm
     assert invoke("predict", iris_run, IRIS_CSV, "--proba", "--batch-size", "5").stdout == base
 
 
+def test_predict_batches_count_from_the_first_row_whatever_the_blocks(iris_run, tmp_path, monkeypatch):
+    """Batches of --batch-size rows from row 0, across parse blocks: a product's last bits may depend
+    on its row count, so batches cut at block ends made --proba depend on the block size."""
+    import nnctl.commands.predict as predict_mod
+    from nnctl.data import files
+    table = read_csv(IRIS_CSV.read_text())
+    ids = tmp_path / "ids.csv"
+    with open(ids, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", *FEATURES])
+        w.writerows([f"r{i}", *(r[c] for c in FEATURES)] for i, r in enumerate(table))
+    whole = invoke("predict", iris_run, ids, "--proba", "--keep", "id", "--batch-size", "8").stdout
+    sizes = []
+    real = predict_mod.predict_rows
+
+    def predict_rows(lm, x, batch_size, proba):
+        sizes.append(len(x))
+        return real(lm, x, batch_size, proba)
+    monkeypatch.setattr(predict_mod, "predict_rows", predict_rows)
+    monkeypatch.setattr(files, "BLOCK_BYTES", 150)   # blocks of 3-5 rows, never a multiple of 8 for long
+    res = invoke("predict", iris_run, ids, "--proba", "--keep", "id", "--batch-size", "8")
+    assert res.exit_code == 0, res.output
+    assert res.stdout == whole
+    assert sum(sizes) == 150 and len(sizes) > 10
+    assert all(n % 8 == 0 for n in sizes[:-1]) and sizes[-1] == 150 % 8
+    assert [r["id"] for r in read_csv(res.stdout)] == [f"r{i}" for i in range(150)]
+
+
 def test_predict_regression_values_match_eval_mse(sine_run, tmp_path):
     rng = np.random.default_rng(5)
     x = rng.uniform(-3, 3, (40, 1))

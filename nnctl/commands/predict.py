@@ -206,17 +206,46 @@ def predict_rows(lm: LoadedModel, x: np.ndarray, batch_size: int, proba: bool) -
 
 def write_predictions(lm: LoadedModel, source: Path, stream: IO[str], batch_size: int, proba: bool,
                       keep: list[str] | tuple = (), notes: list[str] | None = None) -> int:
-    """Predict every row of `source` and write CSV to `stream`; returns the number of rows."""
+    """Predict every row of `source` and write CSV to `stream`; returns the number of rows.
+
+    Rows are predicted in batches of batch_size counted from the input's first row, whatever
+    its chunks (a CSV's parse blocks, an .npy's CHUNK_ROWS): a BLAS product's last bits can
+    depend on how many rows it multiplies, so batches cut at chunk ends made `--proba` and
+    regression values depend on the block size. A chunk's last rows wait for the next chunk's
+    first ones.
+    """
     writer = csv.writer(stream, lineterminator="\n")
     n = 0
-    # The header goes out only once the first chunk has parsed, so an input that does not
-    # fit the model (missing column, wrong width) prints nothing but the error.
-    for x, kept in feature_chunks(lm, source, keep, notes):
+    held_x: np.ndarray | None = None   # fewer than batch_size rows, waiting for the next chunk
+    held_kept: list[list[str]] = []
+
+    def write(x: np.ndarray, kept: list[list[str]]) -> None:
+        nonlocal n
         cols = predict_rows(lm, x, batch_size, proba)
         if n == 0:
             writer.writerow(header(lm, proba, keep))
         writer.writerows(zip(*kept, *(c.tolist() for c in cols)))
         n += len(x)
+
+    # The header goes out only once the first chunk has parsed, so an input that does not
+    # fit the model (missing column, wrong width) prints nothing but the error.
+    for x, kept in feature_chunks(lm, source, keep, notes):
+        if held_x is not None:
+            need = batch_size - len(held_x)
+            x, kept, head, head_kept = x[need:], [k[need:] for k in kept], x[:need], [k[:need] for k in kept]
+            held_x = np.concatenate([held_x, head])
+            held_kept = [a + list(b) for a, b in zip(held_kept, head_kept)]
+            if len(held_x) < batch_size:
+                continue
+            write(held_x, held_kept)
+            held_x, held_kept = None, []
+        whole = len(x) - len(x) % batch_size
+        if whole:
+            write(x[:whole], [k[:whole] for k in kept])
+        if whole < len(x):
+            held_x, held_kept = x[whole:], [list(k[whole:]) for k in kept]
+    if held_x is not None:
+        write(held_x, held_kept)
     return n
 
 
