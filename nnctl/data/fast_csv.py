@@ -9,14 +9,15 @@ Why the numbers are the same as without it: polars parses Float64 correctly roun
 Python's float() (checked bitwise on 894k tokens of every shape: long mantissas,
 subnormals, exponents past either end), and the tokens it accepts are a subset of numpy's
 (it refuses trailing spaces, underscores and non-ASCII digits). Anything it does not parse
-cleanly - an error, a null (an empty or missing field), NaN, a value out of the model's
-range, a row count that differs (blank lines) - gives None and the block goes to numpy's
+cleanly - an error, a null (an empty or missing field, or a blank line), NaN, a value out
+of the model's range - gives None and the block goes to numpy's
 reader and the exact cell checks, the only place messages come from. So a user's file
 parses to the same arrays with or without polars; only the time differs.
 
 Threads: polars sizes its pool once, when it is first imported, from POLARS_MAX_THREADS.
-nnctl puts its thread count there with the BLAS ones (nnctl.threads.set_parser_threads)
-unless the user set it, and `describe()` says what ran (validate, the train header, predict).
+An explicit --threads goes there with the BLAS count (nnctl.threads.set_parser_threads)
+unless the user set it; otherwise polars uses every CPU. `describe()` says what ran
+(validate, config, the train header, predict --out).
 """
 from __future__ import annotations
 
