@@ -194,6 +194,25 @@ def test_lstm_evaluation_forward_matches_training_and_a_backward_after_it_replay
     assert np.abs(dx).max() > 0.01
 
 
+def test_lstm_evaluation_in_chunks_of_rows_matches_training(monkeypatch):
+    # A large evaluation batch runs in chunks of rows (here 3 + 3 + 1 of 7); the outputs
+    # match the training forward's, and a backward after it replays all rows.
+    monkeypatch.setattr(LSTM, "EVAL_CHUNK_MACS", 3 * (2 + 4 + 1) * 4)
+    monkeypatch.setattr(LSTM, "EVAL_CHUNK_MIN_ROWS", 1)
+    rng = np.random.default_rng(9)
+    x, dy = rng.standard_normal((7, 6, 2)), rng.standard_normal((7, 6, 4))
+    trained, evaluated = (built(LSTM(units=4, return_sequences=True), (6, 2), seed=8) for _ in range(2))
+    y = trained.forward(x, True)
+    dx = trained.backward(dy)
+    y_eval = evaluated.forward(x, False)
+    assert evaluated.ws.arrays["eval C"].shape == (3, 4)            # it did run in chunks
+    np.testing.assert_allclose(y_eval, y, rtol=1e-12, atol=1e-15)
+    assert np.array_equal(evaluated.backward(dy), dx)
+    for k in ("W", "U", "b"):
+        assert np.array_equal(evaluated.grads[k], trained.grads[k])
+    assert np.abs(y[-1]).max() > 0.01
+
+
 def test_gradcheck_in_a_stack_with_a_time_step_of_one():
     specs = [{"type": "gru", "units": 3, "return_sequences": True}, {"type": "lstm", "units": 2}]
     model = Sequential.from_config(specs, (1, 2), 0, "float64")

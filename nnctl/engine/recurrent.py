@@ -347,10 +347,10 @@ class LSTM(_Recurrent):
             b[u:2 * u] = 1.0
         return b
 
-    # Internal gate order [i, f, o, g] (Keras' is [i, f, g, o]): the three sigmoid gates
-    # are then one contiguous block, so each per-step sigmoid (and its backward) is one
-    # call over three gates instead of two calls.
-    ORDER = (0, 1, 3, 2)
+    # Internal gate order [o, i, f, g] (Keras' is [i, f, g, o]): the three sigmoid gates
+    # are one contiguous block (one per-step sigmoid call over three gates), and so are
+    # the three gates whose gradients scale dc (one backward call for di, df, dg).
+    ORDER = (3, 0, 1, 2)
 
     def _stacked_weights(self) -> np.ndarray:
         """[W; U; b] as (4, F + u + 1, u), one matrix per gate in internal order.
@@ -392,34 +392,66 @@ class LSTM(_Recurrent):
             tc = self._buf("TC", (t, n, u))          # act(c_t)
             gates = self._buf("G", (t, 4, n, u))
             pre = None if self._fast else self._buf("P", (t, 4, n, u))
+            self._recur(z, m4, cs, tc, gates, pre, self._buf("ig", (n, u)))
         else:
             # Evaluation keeps no history: each per-step state is one step-sized buffer seen
             # with time stride 0, which stays in cache where the history (about 5 MB per 100
             # rows) would not. Its buffers are not training's, so alternating training and
-            # validation batches of different sizes reallocates nothing.
-            cs, tc = _steps(self._buf("eval C", (n, u)), t + 1), _steps(self._buf("eval TC", (n, u)), t)
-            gates = _steps(self._buf("eval G", (4, n, u)), t)
-            pre = None if self._fast else _steps(self._buf("eval P", (4, n, u)), t)
+            # validation batches of different sizes reallocates nothing. Large batches run
+            # in chunks of rows whose per-gate step products stay within EVAL_CHUNK_MACS.
+            k = feat + u + 1
+            per = self.EVAL_CHUNK_MACS // (k * u)
+            parts = 1 if per < self.EVAL_CHUNK_MIN_ROWS else -(-n // per)
+            size = -(-n // parts)
+            names = ["eval C", "eval TC", "eval G", "eval ig"] + ([] if self._fast else ["eval P"])
+            bufs = [self._buf(name, (4, size, u) if name in ("eval G", "eval P") else (size, u)) for name in names]
+            for lo in range(0, n, size):
+                m = min(size, n - lo)
+                c1, tc1, g1, ig, *p1 = (b[..., :m, :] for b in bufs)
+                self._recur(z[:, lo:lo + m], m4, _steps(c1, t + 1), _steps(tc1, t), _steps(g1, t),
+                            _steps(p1[0], t) if p1 else None, ig)
+            cs = tc = gates = pre = None             # a backward replays the forward recorded
+        self._z, self._cs, self._tc, self._pre, self._gates = z, cs, tc, pre, gates
+        self._recorded = training
+        return self._output(hs)
+
+    # Evaluation splits a batch into chunks of rows so that each gate's step product (rows x
+    # (F+u+1) x u multiply-adds) stays within OpenBLAS's small-matrix sgemm kernel, which
+    # skips packing: at F=8, u=64 one gate's product takes 0.23 us a row up to 214 rows
+    # (999,808 multiply-adds) and 0.30 from 215, and 300 rows as two chunks of 150 take
+    # 6.0 ms instead of 6.5. Never into chunks of fewer than EVAL_CHUNK_MIN_ROWS rows, where
+    # the per-step calls would dominate.
+    EVAL_CHUNK_MACS = 1_000_000
+    EVAL_CHUNK_MIN_ROWS = 64
+
+    def _recur(self, z, m4, cs, tc, gates, pre, ig):
+        """Run the recurrence over all steps for the rows of z (T+1, n, F+u+1), filling its
+        h columns; cs (T+1, n, u), tc (T, n, u), gates and pre (T, 4, n, u) receive the
+        states, ig (n, u) is scratch."""
+        t, feat = tc.shape[0], z.shape[2] - tc.shape[2] - 1
+        hs = z[:, :, feat:-1]
         cs[0] = 0
-        ig = self._buf("ig", (n, u))
         # Local names, positional outputs, one view per array per step and the activation
         # test out of the loop: the loops make about ten NumPy calls per step on (N, u)
         # blocks, where lookups and keyword parsing were a measurable share (2.5% of fw+bw).
-        matmul, mul, tanh = np.matmul, np.multiply, np.tanh
+        matmul, mul, add, tanh = np.matmul, np.multiply, np.add, np.tanh
+        # 0.5 as a 0-d array of the layer's dtype: a Python float costs each call a scalar
+        # conversion (about 0.2 us)
+        half = np.full((), 0.5, dtype=self.dtype)
         if self._fast:
             for s in range(t):
                 g, tcs = gates[s], tc[s]
                 matmul(z[s], m4, g)
                 tanh(g, g)
                 g3 = g[:3]
-                mul(g3, 0.5, g3)
-                g3 += 0.5
+                mul(g3, half, g3)
+                add(g3, half, g3)
                 c1 = cs[s + 1]
-                mul(g[1], cs[s], c1)
-                mul(g[0], g[3], ig)
+                mul(g[2], cs[s], c1)
+                mul(g[1], g[3], ig)
                 c1 += ig
                 tanh(c1, tcs)
-                mul(g[2], tcs, hs[s + 1])
+                mul(g[0], tcs, hs[s + 1])
         else:
             for s in range(t):
                 g, p = gates[s], pre[s]
@@ -427,52 +459,48 @@ class LSTM(_Recurrent):
                 self.ract.forward(p[:3], out=g[:3])
                 self.act.forward(p[3], out=g[3])
                 c1 = cs[s + 1]
-                mul(g[1], cs[s], c1)
-                mul(g[0], g[3], ig)
+                mul(g[2], cs[s], c1)
+                mul(g[1], g[3], ig)
                 c1 += ig
                 self.act.forward(c1, out=tc[s])
-                mul(g[2], tc[s], hs[s + 1])
-        self._z, self._cs, self._tc, self._pre, self._gates = z, cs, tc, pre, gates
-        self._recorded = training
-        return self._output(hs)
+                mul(g[0], tc[s], hs[s + 1])
 
     # Steps per block of backward factors: a block's factors (about 100 KB per step at
     # N=100, u=64, float32) stay in L2 until the loop consumes them.
     FACTOR_BLOCK = 4
 
-    def _step_factors(self, lo: int, hi: int):
+    def _step_factors(self, lo: int, hi: int) -> np.ndarray:
         """Everything the backward multiplies the carried gradients by, for steps lo..hi-1.
 
-        Returns q (hi-lo, 4, N, u) and oc (hi-lo, N, u) such that, per step, with dc the cell
-        gradient after adding dh's share: d[i, f, o, g] pre-activations = [dc, dc, dh, dc] * q,
-        and dh's share of dc is dh * oc. None of it depends on the carried gradients, so a few
-        passes over a block of steps replace about eight small calls per step.
+        Returns q (hi-lo, 5, N, u) such that, per step, [dh's share of dc, d o] = dh * q[:2]
+        and, with dc the cell gradient after adding dh's share, d[i, f, g] pre-activations
+        = dc * q[2:]. None of it depends on the carried gradients, so a few passes over a
+        block of steps replace about eight small calls per step.
         """
         cs, tc, gates = self._cs[lo:hi + 1], self._tc[lo:hi], self._gates[lo:hi]
         m = hi - lo
-        q = self._buf("Q", (self.FACTOR_BLOCK,) + gates.shape[1:])[:m]
-        oc = self._buf("OC", (self.FACTOR_BLOCK,) + tc.shape[1:])[:m]
+        q = self._buf("Q", (self.FACTOR_BLOCK, 5) + tc.shape[1:])[:m]
         if self._fast:               # sigmoid' = s (1 - s), tanh' = 1 - y^2, from the outputs
-            np.subtract(1.0, gates[:, :3], out=q[:, :3])
-            q[:, :3] *= gates[:, :3]
-            np.multiply(gates[:, 3], gates[:, 3], out=q[:, 3])
-            np.subtract(1.0, q[:, 3], out=q[:, 3])
-            np.multiply(tc, tc, out=oc)
-            np.subtract(1.0, oc, out=oc)
+            np.subtract(1.0, gates[:, :3], out=q[:, 1:4])
+            q[:, 1:4] *= gates[:, :3]
+            np.multiply(gates[:, 3], gates[:, 3], out=q[:, 4])
+            np.subtract(1.0, q[:, 4], out=q[:, 4])
+            np.multiply(tc, tc, out=q[:, 0])
+            np.subtract(1.0, q[:, 0], out=q[:, 0])
         else:
             pre = self._pre[lo:hi]
             px, rx = self.act.USES_X, self.ract.USES_X
             # a broadcast view of one 1: the activations only read dy, so no block-sized array
             ones = np.broadcast_to(np.ones((), dtype=self.dtype), gates.shape)
-            self.ract.backward(pre[:, :3] if rx else None, gates[:, :3], ones[:, :3], out=q[:, :3])
-            self.act.backward(pre[:, 3] if px else None, gates[:, 3], ones[:, 3], out=q[:, 3])
-            self.act.backward(cs[1:] if px else None, tc, ones[:, 0], out=oc)
-        q[:, 0] *= gates[:, 3]       # di = dc g s'(i)
-        q[:, 1] *= cs[:m]            # df = dc c_{t-1} s'(f)
-        q[:, 2] *= tc                # do = dh act(c_t) s'(o)
-        q[:, 3] *= gates[:, 0]       # dg = dc i act'(g)
-        oc *= gates[:, 2]            # dc += dh o act'(c_t)
-        return q, oc
+            self.ract.backward(pre[:, :3] if rx else None, gates[:, :3], ones[:, :3], out=q[:, 1:4])
+            self.act.backward(pre[:, 3] if px else None, gates[:, 3], ones[:, 3], out=q[:, 4])
+            self.act.backward(cs[1:] if px else None, tc, ones[:, 0], out=q[:, 0])
+        q[:, 0] *= gates[:, 0]       # dc += dh o act'(c_t)
+        q[:, 1] *= tc                # do = dh act(c_t) s'(o)
+        q[:, 2] *= gates[:, 3]       # di = dc g s'(i)
+        q[:, 3] *= cs[:m]            # df = dc c_{t-1} s'(f)
+        q[:, 4] *= gates[:, 1]       # dg = dc i act'(g)
+        return q
 
     def backward(self, dy):
         dy = np.asarray(dy, dtype=self.dtype)
@@ -492,7 +520,9 @@ class LSTM(_Recurrent):
         # all steps (or over blocks of steps) goes through the general kernel, whose packing
         # copies took about a third of its time, and needs the (T, N, 4u) gradients of all
         # steps in memory (4 MB at N=100) instead of one step's in cache.
-        dgs = self._buf("dgs", (4, n, u))
+        # [dh's share of dc, d o, d i, d f, d g]: the last four are the gates' gradients
+        dq = self._buf("dq", (5, n, u))
+        dgs = dq[1:]
         gm, part = self._buf("dM", (4, k, u)), self._buf("dM part", (4, k, u))
         dxs, wt = None, None
         if self.input_grad:
@@ -507,24 +537,21 @@ class LSTM(_Recurrent):
         dc = self._buf("dc", (n, u))
         dc.fill(0)
         dh_buf = self._buf("dh", (n, u))
-        tmp = self._buf("tmp", (n, u))
         dy_at = self._dy_at(dy)
         matmul, mul, reduce = np.matmul, np.multiply, np.add.reduce     # local names: see forward
         block = self.FACTOR_BLOCK
-        do, dif, dg = dgs[2], dgs[:2], dgs[3]                           # [i, f, o, g] internal order
+        dq_h, dq_c, dc_h = dq[:2], dq[2:], dq[0]
         gm.fill(0)
         for s in range(t - 1, -1, -1):
             g = dy_at(s)
             dh = dh_carry if g is None else np.add(dh_carry, g, out=dh_buf)
             if s == t - 1 or (s + 1) % block == 0:
                 lo = s - s % block
-                q, oc = self._step_factors(lo, s + 1)
+                q = self._step_factors(lo, s + 1)
             qs = q[s - lo]
-            mul(dh, qs[2], do)
-            mul(dh, oc[s - lo], tmp)
-            dc += tmp
-            mul(dc, qs[:2], dif)
-            mul(dc, qs[3], dg)
+            mul(dh, qs[:2], dq_h)
+            dc += dc_h
+            mul(dc, qs[2:], dq_c)
             # [x_s | h_{s-1} | 1]^T d_k gives W's, U's and b's rows of gate k together
             matmul(z[s].T, dgs, part)
             gm += part
@@ -533,7 +560,7 @@ class LSTM(_Recurrent):
                 reduce(dx4, 0, out=dxs[s])
             if s == 0:                                # no carry into the zero initial state
                 break
-            dc *= gates[s, 1]
+            dc *= gates[s, 2]                        # f
             matmul(dgs, ut, back)                     # each gate's share of the dh carry
             reduce(back, 0, out=dh_carry)
         gW, gU, gb = self.grads["W"], self.grads["U"], self.grads["b"]
