@@ -160,8 +160,15 @@ def test_second_load_is_a_cache_hit_with_the_same_arrays(tmp_path):
     assert builds(cache) == 2 and off.describe()[-1] == "table cache: off"
 
 
-def test_an_edit_keeping_size_and_mtime_is_seen_by_its_hash(tmp_path):
+def test_an_edit_keeping_size_and_mtime_is_seen_by_its_hash(tmp_path, monkeypatch):
     cache = Path(os.environ["NNCTL_CACHE_DIR"])
+    hashed = []
+    real_digest = table_cache.hashlib.file_digest
+
+    def file_digest(f, name):
+        hashed.append(f.name)
+        return real_digest(f, name)
+    monkeypatch.setattr(table_cache.hashlib, "file_digest", file_digest)
     path = table_csv(tmp_path / "t.csv")
     load_dataset(data_spec(path, val_split=0, test_split=0), 0, tmp_path)
     st = os.stat(path)
@@ -172,13 +179,17 @@ def test_an_edit_keeping_size_and_mtime_is_seen_by_its_hash(tmp_path):
     path.write_text(edited)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert (os.stat(path).st_size, os.stat(path).st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    hashed.clear()
     ds = load_dataset(data_spec(path, val_split=0, test_split=0), 0, tmp_path)
     assert builds(cache) == 2
     assert ds.train.x[0, 0] == np.float32(float(edited.splitlines()[1].split(",")[0]))
-    # a touch without an edit: rehashed, the same bytes, still a hit
+    # the stale check, the check under the lock and the new entry's stamp share one read of the file
+    assert hashed == [str(path)]
+    # a touch without an edit: rehashed once, the same bytes, still a hit
     os.utime(path, None)
+    hashed.clear()
     load_dataset(data_spec(path, val_split=0, test_split=0), 0, tmp_path)
-    assert builds(cache) == 2
+    assert builds(cache) == 2 and hashed == [str(path)]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage_meta", "foreign"])

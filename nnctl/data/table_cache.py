@@ -58,9 +58,21 @@ def _stamp(st: os.stat_result) -> dict[str, int]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+# The digests this process computed, by file and stamp: a stale entry's rebuild checks the
+# hash in _load, again under the lock, and stamps the new entry with it, which read the whole
+# file three times before the parse read it a fourth. A changed stamp is another key.
+_digests: dict[tuple, str] = {}
+
+
+def _sha256(path: Path, st: os.stat_result) -> str:
+    key = (os.path.realpath(path), *_stamp(st).values())
+    if key not in _digests:
+        with open(path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        if len(_digests) >= 16:
+            _digests.clear()
+        _digests[key] = digest
+    return _digests[key]
 
 
 class TableCache:
@@ -121,7 +133,7 @@ class TableCache:
         # different stamp and hash and parses again
         try:
             st = os.stat(path)
-            digest = _sha256(path)
+            digest = _sha256(path, st)
         except OSError:
             return parse_csv(path, check=check, **kw)   # parse_csv names the problem
         table = parse_csv(path, check=check, **kw)
@@ -196,7 +208,7 @@ class TableCache:
             st = os.stat(source)
             stored = meta["file"]
             if _stamp(st) != {k: stored[k] for k in ("size", "mtime_ns", "ctime_ns", "ino")}:
-                if st.st_size != stored["size"] or _sha256(Path(source)) != stored["sha256"]:
+                if st.st_size != stored["size"] or _sha256(Path(source), st) != stored["sha256"]:
                     return None
                 if restamp:
                     self._restamp(entry, meta, st)   # same bytes (a copy, a touch): skip the hash next time
