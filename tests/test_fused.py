@@ -8,6 +8,7 @@ import pytest
 
 from nnctl.engine.losses import CrossEntropy
 from nnctl.engine.model import Sequential
+from nnctl.engine import optimizers
 from nnctl.engine.optimizers import OPTIMIZERS
 from test_optimizers import CASE_IDS, CASES
 
@@ -47,9 +48,13 @@ def run_fused(opt, params, flat_grads, grads, lrs):
         opt.step(params, flat_grads)
 
 
+@pytest.mark.parametrize("blocks", [False, True], ids=["one-block", "blocks"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("name,options,kind,extra", CASES, ids=CASE_IDS)
-def test_fused_step_equals_the_per_parameter_loop(name, options, kind, extra, dtype):
+def test_fused_step_equals_the_per_parameter_loop(name, options, kind, extra, dtype, blocks, monkeypatch):
+    if blocks:
+        # blocks of 5 float64 / 10 float32 elements: their edges cut through parameters
+        monkeypatch.setattr(optimizers, "CHUNK_BYTES", 40)
     p0, grads = sequences(dtype)
     lrs = [1.0 - 0.1 * i for i in range(len(grads))]
     loop_params = {k: v.copy() for k, v in p0.items()}
@@ -61,6 +66,7 @@ def test_fused_step_equals_the_per_parameter_loop(name, options, kind, extra, dt
     fused = OPTIMIZERS.get(name)(**options)
     run_fused(fused, params, gviews, grads, lrs)
 
+    assert len(fused._flat.chunks) == (-(-28 * np.dtype(dtype).itemsize // 40) if blocks else 1)
     # the fused path really ran: its state lives in flat arrays too, one per slot
     for slot in fused.slots():
         bases = {id(fused.state[k][slot].base) for k in SHAPES}
