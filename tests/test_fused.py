@@ -6,9 +6,12 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from nnctl.config.spec import spec_from_dict
 from nnctl.engine.losses import CrossEntropy
 from nnctl.engine.model import Sequential
+from nnctl.engine import optimizers
 from nnctl.engine.optimizers import OPTIMIZERS
+from nnctl.training.experiment import prepare
 from test_optimizers import CASE_IDS, CASES
 
 SHAPES = {"layers.0.W": (3, 2), "layers.0.b": (2,), "layers.1.W": (2, 4), "layers.1.b": (4,),
@@ -47,9 +50,13 @@ def run_fused(opt, params, flat_grads, grads, lrs):
         opt.step(params, flat_grads)
 
 
+@pytest.mark.parametrize("blocks", [False, True], ids=["one-block", "blocks"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("name,options,kind,extra", CASES, ids=CASE_IDS)
-def test_fused_step_equals_the_per_parameter_loop(name, options, kind, extra, dtype):
+def test_fused_step_equals_the_per_parameter_loop(name, options, kind, extra, dtype, blocks, monkeypatch):
+    if blocks:
+        # blocks of 5 float64 / 10 float32 elements: their edges cut through parameters
+        monkeypatch.setattr(optimizers, "CHUNK_BYTES", 40)
     p0, grads = sequences(dtype)
     lrs = [1.0 - 0.1 * i for i in range(len(grads))]
     loop_params = {k: v.copy() for k, v in p0.items()}
@@ -61,6 +68,7 @@ def test_fused_step_equals_the_per_parameter_loop(name, options, kind, extra, dt
     fused = OPTIMIZERS.get(name)(**options)
     run_fused(fused, params, gviews, grads, lrs)
 
+    assert len(fused._flat.chunks) == (-(-28 * np.dtype(dtype).itemsize // 40) if blocks else 1)
     # the fused path really ran: its state lives in flat arrays too, one per slot
     for slot in fused.slots():
         bases = {id(fused.state[k][slot].base) for k in SHAPES}
@@ -198,3 +206,20 @@ def test_training_steps_allocate_no_arrays_after_warm_up():
     # largest temporary is NumPy's fixed 8192-element broadcast buffer (bias adds) and the
     # model's (64, 4) output copy
     assert peak - base < 64 * 1024 < 4 * n_params // 2
+
+
+def test_the_trainers_model_is_flat_and_its_optimizer_takes_the_fused_path():
+    """`nnctl train` builds its model layer by layer (experiment.build_model): it still gets the flat layout."""
+    exp = prepare(spec_from_dict({"data": {"dataset": "xor"}, "model": {"hidden": [4, 3]},
+                                  "optimizer": {"name": "adam", "lr": 0.01}}))
+    model = exp.model
+    params, grads = model.named_parameters(), model.named_grads()
+    assert model.flat_params.size == model.num_parameters() == 2 * 4 + 4 + 4 * 3 + 3 + 3 * 2 + 2
+    for k, p in params.items():
+        assert p.base is model.flat_params and grads[k].base is model.flat_grads
+    grads["layers.0.W"][...] = 1.0
+    before = params["layers.0.W"].copy()
+    exp.optimizer.step(params, grads)
+    assert exp.optimizer._flat is not None and exp.optimizer.state["layers.0.W"]["m"].base.size == model.flat_params.size
+    # Adam's first step moves each parameter by lr against its gradient's sign
+    np.testing.assert_allclose(params["layers.0.W"], before - 0.01, rtol=1e-5)

@@ -50,7 +50,7 @@ class Dense(CheckedLayer):
     Notes
     -----
     Backward with dz = f'(z) * dy (z the pre-activation):
-    dW = x^T dz, db = sum_n dz, dx = dz W^T (skipped when `input_grad` is False).
+    dW = x^T dz, db = sum_n dz (as 1^T dz), dx = dz W^T (skipped when `input_grad` is False).
     When f's backward needs only its output (relu, tanh, sigmoid, ...), f runs in place
     over the pre-activation buffer.
     """
@@ -112,7 +112,11 @@ class Dense(CheckedLayer):
                                    out=self._buf("dz", dy2.shape))
         np.matmul(self._x.T, dz, out=self.grads["W"])
         if "b" in self.grads:
-            np.sum(dz, axis=0, out=self.grads["b"])
+            # db as a product with ones (as conv does): 7 us against 20 us for np.sum down the
+            # batch axis of the bench MLP's three layers, batch 128
+            ones = self._buf("ones", (dz.shape[0],))
+            ones.fill(1)
+            np.matmul(ones, dz, out=self.grads["b"])
         if not self.input_grad:
             return None
         dx = self._buf("dx", (dz.shape[0], fin))

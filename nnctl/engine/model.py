@@ -102,18 +102,18 @@ class Sequential:
             shape = tuple(layer.build(shape, self.rng, self.dtype))
         self.output_shape = shape
         self._set_input_grads()
-        self._flatten()
-        return self
+        return self.flatten()
 
-    def _flatten(self) -> None:
-        """Move every parameter into one flat array and every gradient into another.
+    def flatten(self) -> "Sequential":
+        """Move every parameter into one flat array and every gradient into another; returns self.
 
         The layers' `params`/`grads` dicts keep their keys and shapes but now hold views
         (`layers.0.W` is `flat_params[0:in*units].reshape(in, units)`, and so on, in
         `named_parameters()` order), so nothing that reads them by name sees a difference.
         Optimizers detect the layout and update all parameters with one call per operation
-        instead of one per parameter. Only `build` does this: layers built elsewhere and
-        adopted may be referenced by their owner, whose arrays must stay the live ones.
+        instead of one per parameter. `build` does this; layers built elsewhere and adopted
+        are left as they are (their owner may hold their arrays, which must stay the live
+        ones) unless that owner calls `flatten()`, as the trainer's model builder does.
         """
         named = list(self.named_layers())
         total = sum(int(a.size) for _, layer in named for a in layer.params.values())
@@ -129,6 +129,7 @@ class Sequential:
                 layer.grads[local] = flat_g[pos:end].reshape(arr.shape)
                 pos = end
         self.flat_params, self.flat_grads = flat_p, flat_g
+        return self
 
     def _adopt_built(self) -> None:
         first = self.layers[0]

@@ -79,8 +79,8 @@ def model_rng(seed: int) -> np.random.Generator:
 
 def build_model(spec: Spec, layer_specs: list[dict[str, Any]], input_shape: tuple[int, ...], dtype) -> Sequential:
     """Build the layers in order with the model's Generator, so a shape error names the
-    layer's YAML path; the result is the model itself (built once, same draws as
-    Sequential.from_config)."""
+    layer's YAML path; the result is the model itself (built once, same draws and the same
+    flat parameter layout as Sequential.from_config)."""
     shape = tuple(input_shape)
     rng = model_rng(spec.seed)
     hidden = len(spec.layers)
@@ -101,7 +101,9 @@ def build_model(spec: Spec, layer_specs: list[dict[str, Any]], input_shape: tupl
                 path, what = ("model", "hidden"), f"layer {i} ({layer_spec['type']})"
             raise spec.error_at(path, f"{what + ': ' if what else ''}{err}") from None
         layers.append(layer)
-    return Sequential(layers)
+    # the layers are ours alone: their parameters can move into the flat arrays the
+    # optimizers update in one pass (Sequential.flatten)
+    return Sequential(layers).flatten()
 
 
 @contextmanager
