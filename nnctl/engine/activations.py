@@ -119,7 +119,7 @@ def _fit_erfc() -> np.ndarray:
 def _coefficients(c: np.ndarray, dtype, tol: float) -> tuple[float, ...]:
     """The leading coefficients, dropping the tail once every later one is below `tol`."""
     keep = len(c)
-    while keep > 2 and abs(c[keep - 1]) < tol:
+    while keep > 3 and abs(c[keep - 1]) < tol:  # _erfc_block needs c_0, c_1, c_2
         keep -= 1
     return tuple(float(v) for v in c[:keep].astype(dtype))
 
@@ -137,34 +137,47 @@ def _float_view(x: Any) -> np.ndarray:
     return x if x.dtype in _ERFC_COEF else x.astype(np.float64)
 
 
-# Bytes per scratch row of a block in _erfc_nonneg: the five rows of a block (640 kB) stay
-# in the L2 cache across the ~45 passes of the Clenshaw sum, where passes over whole
-# activation arrays would stream every one of them from memory (measured on a GELU over
-# (2048, 256) float32: 4x faster). Blocks as large as L2 allows matter too, as every pass
-# is one NumPy call per block: 32,768 float32 elements took a GELU forward from 4.8 to
-# 3.1 ms against 8,192 (2 MiB L2 for 2 cores, quiet machine).
+# Bytes per scratch row of a block: the rows of a block (128 kB each) stay in the L2 cache
+# across the ~45 passes of the Clenshaw sum, where passes over whole activation arrays would
+# stream every one of them from memory (measured on a GELU over (2048, 256) float32: 4x
+# faster). Blocks as large as L2 allows matter too, as every pass is one NumPy call per
+# block: 32,768 float32 elements took a GELU forward from 4.8 to 3.1 ms against 8,192
+# (2 MiB L2 for 2 cores, quiet machine).
 _ERFC_BLOCK_BYTES = 128 * 1024
-_erfc_scratch: dict[np.dtype, np.ndarray] = {}  # one (5, block) array per dtype, reused
+_SCRATCH_ROWS = 7  # the most a blocked kernel uses: GELU's forward (erfc's 5, |x|/sqrt 2, Phi)
+_block_scratch: dict[np.dtype, np.ndarray] = {}  # one (_SCRATCH_ROWS, block) array per dtype, reused
+
+
+def _blocks(arrays: tuple[np.ndarray, ...], rows: int):
+    """Yields (slices of `arrays`, `rows` scratch arrays of the slices' size), block by block.
+
+    The arrays share one shape and dtype. Contiguous arrays are cut into flat blocks of
+    _ERFC_BLOCK_BYTES, so an elementwise kernel's every pass runs in cache; anything else
+    is one block with fresh scratch. An elementwise kernel gives the same numbers either way.
+    """
+    first = arrays[0]
+    if not all(a.flags.c_contiguous for a in arrays):
+        yield arrays, [np.empty_like(first) for _ in range(rows)]
+        return
+    block = _ERFC_BLOCK_BYTES // first.itemsize
+    scratch = _block_scratch.get(first.dtype)
+    if scratch is None:
+        scratch = _block_scratch[first.dtype] = np.empty((_SCRATCH_ROWS, block), dtype=first.dtype)
+    flat = [a.reshape(-1) for a in arrays]
+    for start in range(0, first.size, block):
+        stop = min(start + block, first.size)
+        yield [f[start:stop] for f in flat], [row[:stop - start] for row in scratch[:rows]]
 
 
 def _erfc_nonneg(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """erfc(z) for z >= 0 (elementwise, z's dtype); `out` may not be z.
 
-    Computed block by block (see _ERFC_BLOCK_BYTES); each element's arithmetic is the same as in
-    one pass over the whole array, so the result does not depend on the blocking.
+    Computed block by block (see _blocks); each element's arithmetic is the same as in one
+    pass over the whole array, so the result does not depend on the blocking.
     """
     out = np.empty_like(z) if out is None else out
-    if not (z.flags.c_contiguous and out.flags.c_contiguous):
-        _erfc_block(z, out, [np.empty_like(z) for _ in range(5)])
-        return out
-    block = _ERFC_BLOCK_BYTES // z.itemsize
-    scratch = _erfc_scratch.get(z.dtype)
-    if scratch is None:
-        scratch = _erfc_scratch[z.dtype] = np.empty((5, block), dtype=z.dtype)
-    zf, of = z.reshape(-1), out.reshape(-1)
-    for start in range(0, zf.size, block):
-        stop = min(start + block, zf.size)
-        _erfc_block(zf[start:stop], of[start:stop], [row[:stop - start] for row in scratch])
+    for (zb, ob), scratch in _blocks((z, out), 5):
+        _erfc_block(zb, ob, scratch)
     return out
 
 
@@ -176,18 +189,25 @@ def _erfc_block(z: np.ndarray, out: np.ndarray, scratch: list[np.ndarray]) -> No
     np.divide(2.0, t, out=t)
     np.multiply(t, 4.0, out=s2)
     s2 -= 2.0  # 2s, s = 2t - 1
-    # Clenshaw: b_j = 2s b_{j+1} - b_{j+2} + c_j; sum_j c_j T_j(s) = c_0 + s b_1 - b_2
-    b1.fill(0.0)
-    b2.fill(0.0)
-    for cj in coef[:0:-1]:
+    # Clenshaw: b_j = 2s b_{j+1} - b_{j+2} + c_j; sum_j c_j T_j(s) = c_0 + s b_1 - b_2.
+    # From b_{n+1} = b_{n+2} = 0, b_n = c_n is a constant, so the first steps are written out:
+    # b_{n-1} = 2s c_n + c_{n-1}, and b_n enters the next step as a scalar (the same roundings
+    # as the full steps over zero-filled arrays, four passes fewer).
+    np.multiply(s2, coef[-1], out=b1)
+    b1 += coef[-2]
+    prev: np.ndarray | float = coef[-1]
+    for cj in coef[-3:0:-1]:
         np.multiply(s2, b1, out=tmp)
-        tmp -= b2
+        tmp -= prev
         tmp += cj
-        b1, b2, tmp = tmp, b1, b2
+        if isinstance(prev, float):
+            b1, prev, tmp = tmp, b1, b2
+        else:
+            b1, prev, tmp = tmp, b1, prev
     np.multiply(s2, b1, out=tmp)
     tmp *= 0.5
     tmp += coef[0]
-    tmp -= b2  # tmp = g(t)
+    tmp -= prev  # tmp = g(t)
     np.multiply(z, z, out=b1)
     tmp -= b1
     np.exp(tmp, out=out)
@@ -435,34 +455,32 @@ class GELU(Activation):
         t *= _SQRT_2_OVER_PI
         return np.tanh(t, out=t)
 
-    def _cdf_exact(self, x: np.ndarray) -> np.ndarray:
-        # Phi(x) = erfc(-x / sqrt 2) / 2. With E = erfc(|x| / sqrt 2): Phi = E/2 for x < 0 and
-        # 1 - E/2 for x >= 0, i.e. E/2 + [x >= 0] (1 - E); that keeps Phi's relative precision
-        # for x << 0, and a multiply by the mask is far cheaper than a masked assignment.
-        a = self._scratch("a", x)
-        np.abs(x, out=a)
-        a *= _SQRT1_2
-        c = _erfc_nonneg(a, out=self._scratch("c", x))
-        np.subtract(1.0, c, out=a)
-        c *= 0.5
-        upper = self._scratch("upper", x, np.bool_)
-        np.greater_equal(x, 0.0, out=upper)
-        a *= upper
-        c += a
-        return c
-
     def forward(self, x, out=None):
         if self.hparams["approximate"] == "tanh":
             c = self._tanh_u(x)
             c += 1.0
             c *= 0.5
-        else:
-            c = self._cdf_exact(x)
-        return np.multiply(x, c, out=_out(out, x))
+            return np.multiply(x, c, out=_out(out, x))
+        out = _out(out, x)
+        # Phi(x) = erfc(-x / sqrt 2) / 2. With E = erfc(|x| / sqrt 2): Phi = E/2 for x < 0 and
+        # 1 - E/2 for x >= 0, i.e. E/2 + [x >= 0] (1 - E); that keeps Phi's relative precision
+        # for x << 0, and a multiply by the mask is far cheaper than a masked assignment.
+        # Block by block with the erfc, so no pass goes over the whole array in memory.
+        for (xb, ob), (a, c, *scratch) in _blocks((x, out), 7):
+            np.abs(xb, out=a)
+            a *= _SQRT1_2
+            _erfc_block(a, c, scratch)
+            np.subtract(1.0, c, out=a)
+            c *= 0.5
+            upper = np.greater_equal(xb, 0.0, out=scratch[0])  # 1.0 or 0.0, as the bool would cast
+            a *= upper
+            c += a
+            np.multiply(xb, c, out=ob)
+        return out
 
     def backward(self, x, y, dy, out=None):
-        slope = self._scratch("slope", x)
         if self.hparams["approximate"] == "tanh":
+            slope = self._scratch("slope", x)
             t = self._tanh_u(x)
             du = self._scratch("du", x)
             np.multiply(x, x, out=du)
@@ -476,24 +494,25 @@ class GELU(Activation):
             slope += t
             slope += 1.0
             slope *= 0.5
-        else:
-            # Phi(x) = y / x: the forward's output already holds it, to the same relative
-            # precision, for the price of one division instead of a second erfc (x = 0,
-            # where the division is 0/0, has Phi(0) = 1/2).
-            c = self._scratch("c", x)
+            return np.multiply(dy, slope, out=_out(out, dy))
+        out = _out(out, dy)
+        # Phi(x) = y / x: the forward's output already holds it, to the same relative
+        # precision, for the price of one division instead of a second erfc (x = 0,
+        # where the division is 0/0, has Phi(0) = 1/2). Block by block, as the forward.
+        for (xb, yb, dyb, ob), (c, slope) in _blocks((x, y, dy, out), 2):
             with np.errstate(divide="ignore", invalid="ignore"):
-                np.divide(y, x, out=c)
-            zero = self._scratch("upper", x, np.bool_)
-            np.equal(x, 0.0, out=zero)
+                np.divide(yb, xb, out=c)
+            zero = np.equal(xb, 0.0, out=slope)
             if zero.any():
-                c[zero] = 0.5
-            np.multiply(x, x, out=slope)
+                c[xb == 0.0] = 0.5
+            np.multiply(xb, xb, out=slope)
             slope *= -0.5
             np.exp(slope, out=slope)
             slope *= _INV_SQRT_2PI
-            slope *= x
+            slope *= xb
             slope += c
-        return np.multiply(dy, slope, out=_out(out, dy))
+            np.multiply(dyb, slope, out=ob)
+        return out
 
 
 @ACTIVATIONS.register("softplus")
