@@ -221,7 +221,8 @@ class MultiHeadAttention(CheckedLayer):
         n, t, _ = x.shape
         # The 1/sqrt(dk) scale goes on Q (N*T*H*dk values) rather than on the scores
         # (N*H*T*T): the same S, one pass over the smaller array, here and in backward.
-        q = self._heads(self.query.forward(x, training)) * (1.0 / math.sqrt(self.dk))
+        q = self._heads(self.ws.get("q", (n, t, self.hparams["heads"] * self.dk), self.dtype))
+        np.multiply(self._heads(self.query.forward(x, training)), 1.0 / math.sqrt(self.dk), out=q)
         k = self._heads(self.key.forward(x, training))
         v = self._heads(self.value.forward(x, training))
         # The scores are kept transposed, S^T = K Q^T (keys down the rows, contiguous): the
@@ -283,7 +284,8 @@ class MultiHeadAttention(CheckedLayer):
         # softmax backward, in place: dS = A * (dA - sum_j dA * A). The row sums equal
         # dO . O row by row (sum_j (dO_i . V_j) A~_ij = dO_i . O_i, dropout included), a
         # pass over (N, H, T, dk) instead of over the (N, H, T, T) scores.
-        row = np.sum(do * self._o, axis=-1, keepdims=True)
+        do_o = self._heads(self.ws.get("do_o", dy.shape[:-1] + (do.shape[1] * do.shape[3],), self.dtype))
+        row = np.sum(np.multiply(do, self._o, out=do_o), axis=-1, keepdims=True)
         dadt -= row.transpose(0, 1, 3, 2)
         dadt *= a.transpose(0, 1, 3, 2)
         # S = Q' K^T with Q' = Q / sqrt(dk) (as scaled in forward): dQ = dS K / sqrt(dk), dK = dS^T Q'
@@ -297,7 +299,7 @@ class MultiHeadAttention(CheckedLayer):
         dxv = self.value.backward(self._merged_matmul("dv", ad.transpose(0, 1, 3, 2), do))
         if not self.input_grad:
             return None
-        dx = dxq + dxk
+        dx = np.add(dxq, dxk, out=self._buf("dx", dxq.shape))
         dx += dxv
         return dx
 
@@ -365,14 +367,14 @@ class TransformerBlock(CheckedLayer):
     def forward(self, x, training):
         x = np.asarray(x, dtype=self.dtype)
         a = self.drop1.forward(self.attn.forward(self.ln1.forward(x, training), training), training)
-        hid = x + a
+        hid = np.add(x, a, out=self._buf("hid", x.shape))
         m = self.mlp2.forward(self.mlp1.forward(self.ln2.forward(hid, training), training), training)
-        return hid + self.drop2.forward(m, training)
+        return np.add(hid, self.drop2.forward(m, training), out=self._buf("y", x.shape))
 
     def backward(self, dy):
         dy = np.asarray(dy, dtype=self.dtype)
         g = self.ln2.backward(self.mlp1.backward(self.mlp2.backward(self.drop2.backward(dy))))
-        dh = dy + g
+        dh = np.add(dy, g, out=self._buf("dh", dy.shape))
         self.ln1.input_grad = self.input_grad
         g = self.ln1.backward(self.attn.backward(self.drop1.backward(dh)))
         if not self.input_grad:
