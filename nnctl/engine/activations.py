@@ -465,7 +465,8 @@ class GELU(Activation):
             _erfc_block(a, c, scratch)
             np.subtract(1.0, c, out=a)
             c *= 0.5
-            upper = np.greater_equal(xb, 0.0, out=scratch[0])  # 1.0 or 0.0, as the bool would cast
+            # a bool mask: a third of the time of a float one to write, the same product
+            upper = np.greater_equal(xb, 0.0, out=self._scratch("mask", xb, np.bool_))
             a *= upper
             c += a
             np.multiply(xb, c, out=ob)
@@ -495,7 +496,7 @@ class GELU(Activation):
         for (xb, yb, dyb, ob), (c, slope) in _blocks((x, y, dy, out), 2):
             with np.errstate(divide="ignore", invalid="ignore"):
                 np.divide(yb, xb, out=c)
-            zero = np.equal(xb, 0.0, out=slope)
+            zero = np.equal(xb, 0.0, out=self._scratch("mask", xb, np.bool_))
             if zero.any():
                 c[xb == 0.0] = 0.5
             np.multiply(xb, xb, out=slope)
