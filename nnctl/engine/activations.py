@@ -131,8 +131,11 @@ def _coefficients(c: np.ndarray, dtype, tol: float) -> tuple[float, ...]:
 
 
 _ERFC_FIT = _fit_erfc()
+# float32 keeps c_0..c_11: the tail (~1e-8 in g) is far below float32 erfc's own error, which
+# the rounding of z^2 in exp(-z^2) sets (max relative 7.6e-6 on [0, 9], 1.1e-6 for z < 3,
+# mean 8.25e-7, the same to three digits with two coefficients more).
 _ERFC_COEF = {np.dtype(np.float64): _coefficients(_ERFC_FIT, np.float64, 0.0),
-              np.dtype(np.float32): _coefficients(_ERFC_FIT, np.float32, 1e-9)}
+              np.dtype(np.float32): _coefficients(_ERFC_FIT, np.float32, 2e-8)}
 # erf(x) = (2 / sqrt(pi)) sum_n (-1)^n x^(2n+1) / (n! (2n+1)): for |x| < 0.5, 12 terms are exact
 # to rounding and keep erf's relative precision near 0, which 1 - erfc cannot.
 _ERF_SERIES = tuple(2.0 / _SQRT_PI * (-1) ** n / (math.factorial(n) * (2 * n + 1)) for n in range(12))
