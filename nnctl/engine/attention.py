@@ -145,6 +145,11 @@ class PositionalEmbedding(CheckedLayer):
 
 # -- attention ----------------------------------------------------------------------------
 
+# Scores inside (-60, 60) go through exp without the max shift: e^60 ~ 1.1e26 and e^-60 ~ 8.8e-27
+# are far inside float32's range (e^+-87), so no exp overflows and no column sums to zero.
+_EXP_SAFE = 60.0
+
+
 @LAYERS.register("multi_head_attention", "mha")
 class MultiHeadAttention(CheckedLayer):
     """Multi-head scaled dot-product self-attention: (N, T, D) -> (N, T, D).
@@ -237,8 +242,8 @@ class MultiHeadAttention(CheckedLayer):
         np.matmul(k, q.transpose(0, 1, 3, 2), out=st)
         if self.mask is not None:
             np.copyto(st, -np.inf, where=self.mask.T)
-        m = np.max(st, axis=-2, keepdims=True)
-        st -= m
+        if self._scores_may_leave_exp_range(q, k):
+            st -= np.max(st, axis=-2, keepdims=True)
         np.exp(st, out=st)
         np.divide(st, np.sum(st, axis=-2, keepdims=True), out=st)
         a = st.transpose(0, 1, 3, 2)
@@ -261,6 +266,28 @@ class MultiHeadAttention(CheckedLayer):
         self._q, self._k, self._v, self._a, self._ad = q, k, v, a, ad
         self._o = self._heads(o)                                        # O_h, read by backward
         return self.output.forward(o, training)
+
+    def _scores_may_leave_exp_range(self, q: np.ndarray, k: np.ndarray) -> bool:
+        """False when every score is known to lie in (-_EXP_SAFE, _EXP_SAFE).
+
+        The softmax is shift-invariant; the shift by the max over keys only keeps exp from
+        overflowing (or a whole column from underflowing to 0/0). |S_ij| <= |Q_i| |K_j|
+        (Cauchy-Schwarz), so when max_i |Q_i| max_j |K_j| < _EXP_SAFE the max and its
+        subtraction, two passes over the (N, H, T, T) scores, can be skipped: squared row
+        norms of Q and K cost a pass over arrays T / dk times smaller.
+        """
+        bound = 1.0
+        for name, a in (("q_norms", q), ("k_norms", k)):
+            rows = self._heads_rows(a)
+            sq = np.einsum("ij,ij->i", rows, rows, out=self._buf(name, (rows.shape[0],)))
+            bound *= float(sq.max()) if sq.size else 0.0
+        return not bound < _EXP_SAFE * _EXP_SAFE
+
+    def _heads_rows(self, a: np.ndarray) -> np.ndarray:
+        """(N, H, T, dk) head view of an (N, T, H*dk) array -> its (N*T*H, dk) rows (a view when
+        that array is contiguous, as the projections' outputs are)."""
+        n, h, t, dk = a.shape
+        return a.transpose(0, 2, 1, 3).reshape(n * t * h, dk)
 
     def _merged_matmul(self, name: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """(N, H, T, .) @ (N, H, ., dk) written straight into the (N, T, H*dk) workspace array
