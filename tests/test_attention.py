@@ -272,3 +272,21 @@ def test_small_transformer_solves_marked_xor_where_an_mlp_stays_at_chance():
     acc_tf, acc_mlp = accuracy(transformer, xte, yte), accuracy(mlp, xte, yte)
     assert acc_tf >= 0.95, f"transformer {acc_tf:.3f}, mlp {acc_mlp:.3f}"
     assert acc_mlp <= 0.6, f"transformer {acc_tf:.3f}, mlp {acc_mlp:.3f}"
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype,scale", [(np.float64, 1.0), (np.float64, 300.0), (np.float32, 300.0)])
+def test_attention_softmax_with_and_without_the_max_shift(causal, dtype, scale):
+    # scale 1: scores far inside exp's range, the unshifted path; 300: scores of several
+    # hundred (exp would overflow), the shifted path. Both match the textbook formula.
+    rng = np.random.default_rng(7)
+    mha = built(MultiHeadAttention(heads=2, causal=causal), (5, 6), dtype=dtype)
+    x = rng.standard_normal((3, 5, 6)) * scale
+    s = np.einsum("ntd,nsd->nts", x @ mha.query.params["W"].astype(np.float64) + mha.query.params["b"],
+                  x @ mha.key.params["W"].astype(np.float64))
+    assert (np.abs(s).max() > 200.0) == (scale > 1.0)
+    got = mha.forward(x.astype(dtype), False)
+    assert got.dtype == dtype and np.isfinite(got).all()
+    rtol = 1e-10 if dtype == np.float64 else 2e-3
+    want = ref_attention(x, built(MultiHeadAttention(heads=2, causal=causal), (5, 6)))
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max())

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from nnctl.engine.activations import softmax
 from nnctl.engine.base import LAYERS, Layer
 from nnctl.hparams import REQUIRED, Param
 from nnctl.engine.initializers import get_initializer
@@ -146,6 +145,11 @@ class PositionalEmbedding(CheckedLayer):
 
 # -- attention ----------------------------------------------------------------------------
 
+# Scores inside (-60, 60) go through exp without the max shift: e^60 ~ 1.1e26 and e^-60 ~ 8.8e-27
+# are far inside float32's range (e^+-87), so no exp overflows and no column sums to zero.
+_EXP_SAFE = 60.0
+
+
 @LAYERS.register("multi_head_attention", "mha")
 class MultiHeadAttention(CheckedLayer):
     """Multi-head scaled dot-product self-attention: (N, T, D) -> (N, T, D).
@@ -222,13 +226,27 @@ class MultiHeadAttention(CheckedLayer):
         n, t, _ = x.shape
         # The 1/sqrt(dk) scale goes on Q (N*T*H*dk values) rather than on the scores
         # (N*H*T*T): the same S, one pass over the smaller array, here and in backward.
-        q = self._heads(self.query.forward(x, training)) * (1.0 / math.sqrt(self.dk))
+        q = self._heads(self.ws.get("q", (n, t, self.hparams["heads"] * self.dk), self.dtype))
+        np.multiply(self._heads(self.query.forward(x, training)), 1.0 / math.sqrt(self.dk), out=q)
         k = self._heads(self.key.forward(x, training))
         v = self._heads(self.value.forward(x, training))
-        s = np.matmul(q, k.transpose(0, 1, 3, 2))
+        # The scores are kept transposed, S^T = K Q^T (keys down the rows, contiguous): the
+        # softmax's max and sum over keys then run down the rows, elementwise over whole
+        # contiguous rows, where reducing 64-element rows one by one took three times as long
+        # (the max alone was a third of the forward). A = (A^T)^T is a view; matmul takes it
+        # as a transposed operand, no copy.
+        # (A workspace array at training time, where backward reads it; evaluation batches can
+        # be far larger and need it for one call only, so they allocate.)
+        shape = (n, self.hparams["heads"], t, t)
+        st = self.ws.get("st", shape, self.dtype) if training else np.empty(shape, dtype=self.dtype)
+        np.matmul(k, q.transpose(0, 1, 3, 2), out=st)
         if self.mask is not None:
-            np.copyto(s, -np.inf, where=self.mask)
-        a = softmax(s, out=s)
+            np.copyto(st, -np.inf, where=self.mask.T)
+        if self._scores_may_leave_exp_range(q, k):
+            st -= np.max(st, axis=-2, keepdims=True)
+        np.exp(st, out=st)
+        np.divide(st, np.sum(st, axis=-2, keepdims=True), out=st)
+        a = st.transpose(0, 1, 3, 2)
         rate = self.hparams["dropout"]
         if training and rate > 0.0:
             if self.fixed_mask is not None:
@@ -249,6 +267,28 @@ class MultiHeadAttention(CheckedLayer):
         self._o = self._heads(o)                                        # O_h, read by backward
         return self.output.forward(o, training)
 
+    def _scores_may_leave_exp_range(self, q: np.ndarray, k: np.ndarray) -> bool:
+        """False when every score is known to lie in (-_EXP_SAFE, _EXP_SAFE).
+
+        The softmax is shift-invariant; the shift by the max over keys only keeps exp from
+        overflowing (or a whole column from underflowing to 0/0). |S_ij| <= |Q_i| |K_j|
+        (Cauchy-Schwarz), so when max_i |Q_i| max_j |K_j| < _EXP_SAFE the max and its
+        subtraction, two passes over the (N, H, T, T) scores, can be skipped: squared row
+        norms of Q and K cost a pass over arrays T / dk times smaller.
+        """
+        bound = 1.0
+        for name, a in (("q_norms", q), ("k_norms", k)):
+            rows = self._heads_rows(a)
+            sq = np.einsum("ij,ij->i", rows, rows, out=self._buf(name, (rows.shape[0],)))
+            bound *= float(sq.max()) if sq.size else 0.0
+        return not bound < _EXP_SAFE * _EXP_SAFE
+
+    def _heads_rows(self, a: np.ndarray) -> np.ndarray:
+        """(N, H, T, dk) head view of an (N, T, H*dk) array -> its (N*T*H, dk) rows (a view when
+        that array is contiguous, as the projections' outputs are)."""
+        n, h, t, dk = a.shape
+        return a.transpose(0, 2, 1, 3).reshape(n * t * h, dk)
+
     def _merged_matmul(self, name: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """(N, H, T, .) @ (N, H, ., dk) written straight into the (N, T, H*dk) workspace array
         `name`, heads side by side: no transposing copy of the product, no allocation per batch."""
@@ -260,16 +300,23 @@ class MultiHeadAttention(CheckedLayer):
     def backward(self, dy):
         q, k, v, a, ad = self._q, self._k, self._v, self._a, self._ad
         do = self._heads(self.output.backward(dy))
-        dad = np.matmul(do, v.transpose(0, 1, 3, 2))
+        # dA~ transposed, as the scores in forward: dA~^T = V dO^T, contiguous, so it
+        # multiplies A^T (contiguous too) element by element in storage order
+        dadt = self.ws.get("dadt", a.shape, self.dtype)
+        np.matmul(v, do.transpose(0, 1, 3, 2), out=dadt)
+        dad = dadt.transpose(0, 1, 3, 2)
         if self._keep is not None:
-            dad *= self._keep
-            dad *= 1.0 / (1.0 - self.hparams["dropout"])
+            dadt *= self._keep.transpose(0, 1, 3, 2)
+            dadt *= 1.0 / (1.0 - self.hparams["dropout"])
         # softmax backward, in place: dS = A * (dA - sum_j dA * A). The row sums equal
         # dO . O row by row (sum_j (dO_i . V_j) A~_ij = dO_i . O_i, dropout included), a
-        # pass over (N, H, T, dk) instead of over the (N, H, T, T) scores.
-        row = np.sum(do * self._o, axis=-1, keepdims=True)
-        dad -= row
-        dad *= a
+        # pass over (N, H, T, dk) instead of over the (N, H, T, T) scores; einsum forms the
+        # dot products in one pass, without the product array and the slow reduction over dk.
+        n, h, t, _ = do.shape
+        rows = self._heads_rows(do)
+        row = np.einsum("ij,ij->i", rows, self._heads_rows(self._o), out=self._buf("row", (rows.shape[0],)))
+        dadt -= row.reshape(n, t, h).transpose(0, 2, 1)[:, :, None, :]
+        dadt *= a.transpose(0, 1, 3, 2)
         # S = Q' K^T with Q' = Q / sqrt(dk) (as scaled in forward): dQ = dS K / sqrt(dk), dK = dS^T Q'
         dq = self._merged_matmul("dq", dad, k)
         dq *= 1.0 / math.sqrt(self.dk)
@@ -281,7 +328,7 @@ class MultiHeadAttention(CheckedLayer):
         dxv = self.value.backward(self._merged_matmul("dv", ad.transpose(0, 1, 3, 2), do))
         if not self.input_grad:
             return None
-        dx = dxq + dxk
+        dx = np.add(dxq, dxk, out=self._buf("dx", dxq.shape))
         dx += dxv
         return dx
 
@@ -349,14 +396,14 @@ class TransformerBlock(CheckedLayer):
     def forward(self, x, training):
         x = np.asarray(x, dtype=self.dtype)
         a = self.drop1.forward(self.attn.forward(self.ln1.forward(x, training), training), training)
-        hid = x + a
+        hid = np.add(x, a, out=self._buf("hid", x.shape))
         m = self.mlp2.forward(self.mlp1.forward(self.ln2.forward(hid, training), training), training)
-        return hid + self.drop2.forward(m, training)
+        return np.add(hid, self.drop2.forward(m, training), out=self._buf("y", x.shape))
 
     def backward(self, dy):
         dy = np.asarray(dy, dtype=self.dtype)
         g = self.ln2.backward(self.mlp1.backward(self.mlp2.backward(self.drop2.backward(dy))))
-        dh = dy + g
+        dh = np.add(dy, g, out=self._buf("dh", dy.shape))
         self.ln1.input_grad = self.input_grad
         g = self.ln1.backward(self.attn.backward(self.drop1.backward(dh)))
         if not self.input_grad:
