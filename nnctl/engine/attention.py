@@ -159,8 +159,6 @@ class MultiHeadAttention(CheckedLayer):
     value.b, output.W, output.b (`bias` off: the W's only). The key projection has no
     bias: it would add q.b_k to every score of a query's row, which the softmax cancels,
     so its gradient is identically zero.
-    The query, key and value products run as one GEMM over their weights side by side
-    (`_project_qkv`); the children keep the parameters and receive the gradients.
     `causal` masks future positions (token t attends to t' <= t). `dropout` zeroes
     attention weights at training time, with the mask drawn from the model's Generator
     (`fix_mask` pins it for tests).
@@ -228,12 +226,10 @@ class MultiHeadAttention(CheckedLayer):
         n, t, _ = x.shape
         # The 1/sqrt(dk) scale goes on Q (N*T*H*dk values) rather than on the scores
         # (N*H*T*T): the same S, one pass over the smaller array, here and in backward.
-        hd = self.hparams["heads"] * self.dk
-        qkv = self._project_qkv(x)
-        q = self._heads(self.ws.get("q", (n, t, hd), self.dtype))
-        np.multiply(self._heads(qkv[..., :hd]), 1.0 / math.sqrt(self.dk), out=q)
-        k = self._heads(qkv[..., hd:2 * hd])
-        v = self._heads(qkv[..., 2 * hd:])
+        q = self._heads(self.ws.get("q", (n, t, self.hparams["heads"] * self.dk), self.dtype))
+        np.multiply(self._heads(self.query.forward(x, training)), 1.0 / math.sqrt(self.dk), out=q)
+        k = self._heads(self.key.forward(x, training))
+        v = self._heads(self.value.forward(x, training))
         # The scores are kept transposed, S^T = K Q^T (keys down the rows, contiguous): the
         # softmax's max and sum over keys then run down the rows, elementwise over whole
         # contiguous rows, where reducing 64-element rows one by one took three times as long
@@ -271,31 +267,6 @@ class MultiHeadAttention(CheckedLayer):
         self._o = self._heads(o)                                        # O_h, read by backward
         return self.output.forward(o, training)
 
-    def _project_qkv(self, x: np.ndarray) -> np.ndarray:
-        """x (N, T, D) -> [x Wq + bq, x Wk, x Wv + bv] (N, T, 3 H*dk), as one GEMM.
-
-        The weights stay the query/key/value children's parameters (their names, their
-        optimizer state); their copies side by side, (D, 3 H*dk), cost 3 D H*dk values per
-        batch, and one (N*T, D) x (D, 3 H*dk) product reads x once where three products read
-        it three times, and in backward one dx product replaces three and their two sums.
-        """
-        n, t, d = x.shape
-        hd = self.hparams["heads"] * self.dk
-        w = self._buf("w_qkv", (d, 3 * hd))
-        for i, layer in enumerate((self.query, self.key, self.value)):
-            w[:, i * hd:(i + 1) * hd] = layer.params["W"]
-        x2 = x.reshape(n * t, d)
-        z = self.ws.get("qkv", (n * t, 3 * hd), self.dtype)
-        np.matmul(x2, w, out=z)
-        if self.hparams["bias"]:
-            b = self._buf("b_qkv", (3 * hd,))
-            b[:hd] = self.query.params["b"]
-            b[hd:2 * hd] = 0    # the key projection has no bias (class docstring)
-            b[2 * hd:] = self.value.params["b"]
-            z += b
-        self._x2, self._x_shape = x2, x.shape
-        return z.reshape(n, t, 3 * hd)
-
     def _scores_may_leave_exp_range(self, q: np.ndarray, k: np.ndarray) -> bool:
         """False when every score is known to lie in (-_EXP_SAFE, _EXP_SAFE).
 
@@ -306,11 +277,9 @@ class MultiHeadAttention(CheckedLayer):
         norms of Q and K cost a pass over arrays T / dk times smaller.
         """
         bound = 1.0
-        n, h, t, dk = k.shape
         for name, a in (("q_norms", q), ("k_norms", k)):
-            # (N, T, H, dk) rows of a column block of the (N, T, 3 H*dk) projections: no copy
-            rows = a.transpose(0, 2, 1, 3).reshape(n * t, h, dk)
-            sq = np.einsum("ijk,ijk->ij", rows, rows, out=self._buf(name, (n * t, h)))
+            rows = self._heads_rows(a)
+            sq = np.einsum("ij,ij->i", rows, rows, out=self._buf(name, (rows.shape[0],)))
             bound *= float(sq.max()) if sq.size else 0.0
         return not bound < _EXP_SAFE * _EXP_SAFE
 
@@ -349,35 +318,19 @@ class MultiHeadAttention(CheckedLayer):
         dadt -= row.reshape(n, t, h).transpose(0, 2, 1)[:, :, None, :]
         dadt *= a.transpose(0, 1, 3, 2)
         # S = Q' K^T with Q' = Q / sqrt(dk) (as scaled in forward): dQ = dS K / sqrt(dk), dK = dS^T Q'
-        hd = h * self.dk
-        dz = self.ws.get("dqkv", (n, t, 3 * hd), self.dtype)
-        dq = dz[..., :hd]
-        np.matmul(dad, k, out=self._heads(dq))
+        dq = self._merged_matmul("dq", dad, k)
         dq *= 1.0 / math.sqrt(self.dk)
-        np.matmul(dad.transpose(0, 1, 3, 2), q, out=self._heads(dz[..., hd:2 * hd]))
-        np.matmul(ad.transpose(0, 1, 3, 2), do, out=self._heads(dz[..., 2 * hd:]))
-        return self._project_qkv_backward(dz.reshape(n * t, 3 * hd))
-
-    def _project_qkv_backward(self, dz: np.ndarray) -> np.ndarray | None:
-        """dz (N*T, 3 H*dk) = [dQ, dK, dV] -> the children's dW, db and dx = dz [Wq Wk Wv]^T."""
-        x2 = self._x2
-        hd = self.hparams["heads"] * self.dk
-        dw = self._buf("dw_qkv", (x2.shape[1], 3 * hd))
-        np.matmul(x2.T, dz, out=dw)
-        for i, layer in enumerate((self.query, self.key, self.value)):
-            layer.grads["W"][...] = dw[:, i * hd:(i + 1) * hd]
-        if self.hparams["bias"]:
-            # db as a product with ones, as in Dense
-            ones = self._buf("ones", (dz.shape[0],))
-            ones.fill(1)
-            db = np.matmul(ones, dz, out=self._buf("db_qkv", (3 * hd,)))
-            self.query.grads["b"][...] = db[:hd]
-            self.value.grads["b"][...] = db[2 * hd:]
+        dk = self._merged_matmul("dk", dad.transpose(0, 1, 3, 2), q)
+        for layer in (self.query, self.key, self.value):
+            layer.input_grad = self.input_grad
+        dxq = self.query.backward(dq)
+        dxk = self.key.backward(dk)
+        dxv = self.value.backward(self._merged_matmul("dv", ad.transpose(0, 1, 3, 2), do))
         if not self.input_grad:
             return None
-        dx = self._buf("dx", (dz.shape[0], x2.shape[1]))
-        np.matmul(dz, self._buf("w_qkv", (x2.shape[1], 3 * hd)).T, out=dx)
-        return dx.reshape(self._x_shape)
+        dx = np.add(dxq, dxk, out=self._buf("dx", dxq.shape))
+        dx += dxv
+        return dx
 
 
 # -- transformer --------------------------------------------------------------------------
