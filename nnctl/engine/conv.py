@@ -188,12 +188,8 @@ class _Conv(CheckedLayer):
     # also add the bias and give db: no separate passes over Z.
     def _forward_shifted(self, x):
         n, c_in, f = x.shape[0], x.shape[1], self.hparams["filters"]
-        sp = self.padded_sizes
-        m = n * math.prod(sp)
-        xt = self.ws.get("xt", (c_in, n) + sp, self.dtype)
-        xt.fill(0)
-        np.copyto(xt[self.inner], x.swapaxes(0, 1))
-        xf = xt.reshape(c_in, m)
+        m = n * math.prod(self.padded_sizes)
+        xf = self._flat_padded("xt", x, self.inner)
         ck = len(self.shifts) * c_in
         cols = self.ws.get("cols_s", (ck + 1, m), self.dtype)
         for j, s in enumerate(self.shifts):
@@ -208,7 +204,7 @@ class _Conv(CheckedLayer):
         zt = self.ws.get("zt_s", (f, m), self.dtype)
         np.matmul(w2b, cols, out=zt)
         z = self.ws.get("z", (n, f) + self.out_sizes, self.dtype)
-        np.copyto(z, zt.reshape((f, n) + sp)[self.outer].swapaxes(0, 1))
+        np.copyto(z, zt.reshape((f, n) + self.padded_sizes)[self.outer].swapaxes(0, 1))
         return z
 
     def _backward_shifted(self, dz):
@@ -216,12 +212,8 @@ class _Conv(CheckedLayer):
         W = self.params["W"]
         f, c_in = W.shape[:2]
         n = dz.shape[0]
-        sp = self.padded_sizes
-        m = n * math.prod(sp)
-        dzt = self.ws.get("dzt_s", (f, n) + sp, self.dtype)
-        dzt.fill(0)
-        np.copyto(dzt[self.outer], dz.swapaxes(0, 1))
-        dzf = dzt.reshape(f, m)
+        m = n * math.prod(self.padded_sizes)
+        dzf = self._flat_padded("dzt_s", dz, self.outer)
         ck = len(self.shifts) * c_in
         # (K*C + 1, F): this orientation runs ~20% faster than dZ @ cols^T (long inner axis)
         dw2t = self.ws.get("dw2t", (ck + 1, f), self.dtype)
@@ -239,8 +231,16 @@ class _Conv(CheckedLayer):
         for j, s in enumerate(self.shifts[1:], 1):
             dxt[:, s:] += dcols[j * c_in:(j + 1) * c_in, :m - s]
         dx = self.ws.get("dx", (n, c_in) + tuple(self.input_shape[1:]), self.dtype)
-        np.copyto(dx, dxt.reshape((c_in, n) + sp)[self.inner].swapaxes(0, 1))
+        np.copyto(dx, dxt.reshape((c_in, n) + self.padded_sizes)[self.inner].swapaxes(0, 1))
         return dx
+
+    def _flat_padded(self, key: str, a, where) -> np.ndarray:
+        """a (N, C, *S) channels-major into the zeroed padded buffer `key` at `where`, seen as
+        (C, N * prod(padded_sizes)): the input of the forward, the output gradient of the backward."""
+        buf = self.ws.get(key, (a.shape[1], a.shape[0]) + self.padded_sizes, self.dtype)
+        buf.fill(0)
+        np.copyto(buf[where], a.swapaxes(0, 1))
+        return buf.reshape(a.shape[1], -1)
 
     # -- rows are output positions (many input channels) ---------------------------------
     # (F, C, *K) <-> (F, prod(K)*C): channels innermost, matching the cols layout.
