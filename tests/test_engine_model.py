@@ -219,3 +219,15 @@ def test_prebuilt_layers_form_a_model():
     c.build((5,), rng, np.float64)
     with pytest.raises(ConfigError, match=r"layers.1 dense: built for input \(5,\) but receives \(4,\)"):
         Sequential([a, c])
+
+
+def test_workspace_ones_is_filled_once_and_shared_by_prefix():
+    from nnctl.engine.base import Workspace
+    ws = Workspace()
+    a = ws.ones(5, np.float32)
+    assert a.dtype == np.float32 and a.tolist() == [1.0] * 5
+    b = ws.ones(3, np.float32)
+    assert np.shares_memory(a, b) and b.tolist() == [1.0] * 3   # a prefix of the same vector
+    c = ws.ones(8, np.float32)                                   # larger: a new, whole vector
+    assert c.tolist() == [1.0] * 8 and not np.shares_memory(a, c)
+    assert ws.ones(4, np.float64).dtype == np.float64 and len(ws) == 2

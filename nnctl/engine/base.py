@@ -143,6 +143,18 @@ class Workspace:
             return a
         return a if a.shape[0] == shape[0] else a[:shape[0]]
 
+    def ones(self, n: int, dtype) -> np.ndarray:
+        """A vector of n ones, filled once per allocation (a smaller n gets a prefix view).
+
+        Sums along a long axis run as products with it (1^T dZ for a bias gradient, a
+        softmax's column sums): BLAS does them ~3x faster than np.sum down that axis.
+        """
+        key = ("ones", np.dtype(dtype))
+        a = self.arrays.get(key)
+        if a is None or len(a) < n:
+            a = self.arrays[key] = np.ones(n, dtype=dtype)
+        return a[:n]
+
     def __len__(self) -> int:
         return len(self.arrays)
 

@@ -305,9 +305,7 @@ class _Conv(CheckedLayer):
         self.grads["W"][...] = dw2.reshape((f,) + self.kernel + (c_in,)).transpose(0, nd + 1, *range(1, nd + 1))
         if "b" in self.params:
             # db as a product with ones: ~3x faster than a sum down the long axis of dzt
-            ones = self.ws.get("ones", (n * p,), self.dtype)
-            ones.fill(1)
-            np.matmul(ones, dzt, out=self.grads["b"])
+            np.matmul(self.ws.ones(n * p, self.dtype), dzt, out=self.grads["b"])
         if not self.input_grad:
             return None
         # dcols kernel-offset-major, (K, block*P, C): offset k's part is then a contiguous
