@@ -311,8 +311,8 @@ class Activation(Configurable):
         raise NotImplementedError
 
     def forward_slope(self, x: np.ndarray, out: np.ndarray, slope: np.ndarray) -> np.ndarray:
-        """y = f(x) into `out` and f'(x) into `slope` (both shaped like x, neither x); the
-        backward is then dy * slope, with backward's numbers. Only when SLOPE_IN_FORWARD."""
+        """y = f(x) into `out` (which may be x) and f'(x) into `slope` (shaped like x, not x);
+        the backward is then dy * slope, with backward's numbers. Only when SLOPE_IN_FORWARD."""
         raise NotImplementedError
 
     def spec(self) -> str | dict[str, Any]:
@@ -530,14 +530,16 @@ class GELU(Activation):
             for (xb, ob, sb), scratch in _blocks((x, out, slope), 5):
                 _gelu32_block(xb, ob, sb, scratch)
             return out
-        # the backward's own numbers, so dy * slope is what backward would return
-        y = self.forward(x, out)
+        # the backward's own numbers, so dy * slope is what backward would return; x is read
+        # before `out`, which may be x, is written
         if self.hparams["approximate"] == "tanh":
             self._tanh_slope(x, slope)
-            return y
+            return self.forward(x, out)
+        y = self.forward(x, self._scratch("y", x))
         for (xb, yb, sb), (c,) in _blocks((x, y, slope), 1):
             self._exact_slope(xb, yb, c, sb)
-        return y
+        np.copyto(out, y)
+        return out
 
     def _tanh_slope(self, x: np.ndarray, slope: np.ndarray) -> np.ndarray:
         t = self._tanh_u(x)

