@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from nnctl.engine.activations import _ERFC_BLOCK_BYTES, GELU, _erfc_nonneg
-from nnctl.engine.layers import Dense
+from nnctl.engine.model import build_layer
 
 
 def _block(dtype) -> int:
@@ -74,25 +74,35 @@ def test_float32_gelu_and_its_slope_match_float64_within_the_documented_bounds()
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_dense_gelu_backward_from_the_kept_slope(dtype):
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal((6, 40)).astype(dtype) * 3
-    dy = rng.standard_normal((6, 32)).astype(dtype)
+@pytest.mark.parametrize("spec,shape", [
+    ({"type": "dense", "units": 32, "activation": "gelu"}, (40,)),
+    ({"type": "gelu"}, (40,)),
+    ({"type": "conv1d", "filters": 4, "kernel_size": 3, "padding": "same", "activation": "gelu"}, (2, 10)),
+], ids=["dense", "gelu-layer", "conv1d"])
+def test_backward_from_the_kept_slope_equals_gelus_backward(dtype, spec, shape):
+    x = np.random.default_rng(5).standard_normal((6,) + shape).astype(dtype) * 3
     got = {}
     for training in (True, False):  # False: no slope kept, GELU's backward from (z, y)
-        layer = Dense(units=32, activation="gelu")
-        layer.build((40,), np.random.default_rng(0), dtype)
+        layer = build_layer(spec)
+        layer.build(shape, np.random.default_rng(0), dtype)
         y = layer.forward(x, training).copy()
         assert (layer._slope is not None) == training
-        got[training] = y, layer.backward(dy), layer.grads["W"].copy()
-    gelu = GELU(approximate="tanh")  # in place: x is read before it is overwritten
-    z = x.copy()
-    slope = np.empty_like(z)
-    gelu.forward_slope(z, z, slope)
-    np.testing.assert_array_equal(z, gelu.forward(x))
-    np.testing.assert_array_equal(slope, gelu.backward(x, z, np.ones_like(x)))
+        dy = np.random.default_rng(4).standard_normal(y.shape).astype(dtype)
+        got[training] = [y, layer.backward(dy).copy()] + [g.copy() for g in layer.grads.values()]
+    assert len(got[True]) == (2 if spec["type"] == "gelu" else 4)
     for kept, fresh in zip(got[True], got[False]):
         if dtype == np.float64:  # the same numbers, bit for bit
             np.testing.assert_array_equal(kept, fresh)
         else:
             np.testing.assert_allclose(kept, fresh, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("opts", [{}, {"approximate": "tanh"}])
+def test_gelu_forward_slope_in_place_reads_x_first(opts):
+    x = np.random.default_rng(6).standard_normal(300) * 4  # float64: the backward's own numbers
+    gelu = GELU(**opts)
+    z = x.copy()
+    slope = np.empty_like(z)
+    assert gelu.forward_slope(z, z, slope) is z
+    np.testing.assert_array_equal(z, gelu.forward(x))
+    np.testing.assert_array_equal(slope, gelu.backward(x, z, np.ones_like(x)))

@@ -416,7 +416,7 @@ class ActivationLayer(CheckedLayer):
     def __init__(self, **hparams: Any):
         super().__init__(**hparams)
         self.act = self.ACTIVATION(**self.hparams)
-        self._x = self._y = None
+        self._x = self._y = self._slope = None
 
     def _build(self, input_shape, rng):
         if self.ACTIVATION.NAME == "softmax" and not input_shape:
@@ -426,7 +426,12 @@ class ActivationLayer(CheckedLayer):
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         if isinstance(self.act, Identity):
             return x
-        y = self.act.forward(x, out=self._buf("y", x.shape))
+        self._slope = None
+        if training and self.act.SLOPE_IN_FORWARD:  # as Dense: keep f'(x)
+            self._slope = self._buf("slope", x.shape)
+            y = self.act.forward_slope(x, self._buf("y", x.shape), self._slope)
+        else:
+            y = self.act.forward(x, out=self._buf("y", x.shape))
         self._x, self._y = (x if self.act.USES_X else None), y
         return y
 
@@ -435,6 +440,8 @@ class ActivationLayer(CheckedLayer):
             return None
         if isinstance(self.act, Identity):
             return dy
+        if self._slope is not None:
+            return np.multiply(dy, self._slope, out=self._buf("dx", dy.shape))
         return self.act.backward(self._x, self._y, dy, out=self._buf("dx", dy.shape))
 
 
