@@ -114,6 +114,7 @@ class _Conv(CheckedLayer):
         _check_padding(self.NAME, h["padding"], self.ND)
         self.act = get_activation(h["activation"])
         self._xp_buf = None
+        self._slope = None  # f'(z) kept by a training forward (see Dense)
 
     def _build(self, input_shape, rng):
         shapes.expect_rank(self.NAME, input_shape, self.ND + 1, self.LAYOUT)
@@ -156,7 +157,12 @@ class _Conv(CheckedLayer):
             z = self._forward_shifted(x)
         else:
             z = self._forward_channels(x) if self.channels_layout else self._forward_rows(x, training)
-        if self.act.USES_X:
+        self._slope = None
+        if training and self.act.SLOPE_IN_FORWARD:  # as Dense: keep f'(z), y over z
+            self._z = None
+            self._slope = self.ws.get("slope", z.shape, self.dtype)
+            self._y = self.act.forward_slope(z, z, self._slope)
+        elif self.act.USES_X:
             self._z = z
             self._y = self.act.forward(z, out=self.ws.get("y", z.shape, self.dtype))
         else:
@@ -168,6 +174,8 @@ class _Conv(CheckedLayer):
         dy = np.asarray(dy, dtype=self.dtype)
         if isinstance(self.act, Identity):
             dz = dy
+        elif self._slope is not None:
+            dz = np.multiply(dy, self._slope, out=self.ws.get("dz", dy.shape, self.dtype))
         else:
             dz = self.act.backward(self._z, self._y, dy, out=self.ws.get("dz", dy.shape, self.dtype))
         if self.shifted_layout:
@@ -455,6 +463,7 @@ class _Pool(CheckedLayer):
         if h["padding"] not in ("valid", "same"):
             raise ConfigError(f"{self.NAME}: padding must be 'valid' or 'same', got {h['padding']!r}")
         self._xp_buf = None
+        self._slope = None  # f'(z) kept by a training forward (see Dense)
         self._xp = None
         self._routed = False
 
