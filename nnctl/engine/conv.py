@@ -463,7 +463,6 @@ class _Pool(CheckedLayer):
         if h["padding"] not in ("valid", "same"):
             raise ConfigError(f"{self.NAME}: padding must be 'valid' or 'same', got {h['padding']!r}")
         self._xp_buf = None
-        self._slope = None  # f'(z) kept by a training forward (see Dense)
         self._xp = None
         self._routed = False
 
