@@ -377,16 +377,22 @@ class LSTM(_Recurrent):
         self._t = t
         u = self.hparams["units"]
         self._fast = type(self.ract) is Sigmoid and type(self.act) is Tanh
+        # 0.5 as a 0-d array of the layer's dtype, made once per forward (np.full costs 4 us;
+        # the training forward runs a block of steps at a time): a Python float costs each
+        # call a scalar conversion (about 0.2 us)
+        self._half = np.full((), 0.5, dtype=self.dtype)
         m4 = self._stacked_weights()                 # (4, F + u + 1, u)
         # Z[s] = [x_s | h_{s-1} | 1] (T+1, N, F + u + 1); the h columns of all T+1 rows are
         # the hidden states h_0..h_T, and Z[s] is the left operand of step s's dW, dU, db.
         key = "" if training else "eval "
+        before = self.ws.arrays.get(key + "Z")
         z = self._buf(key + "Z", (t + 1, n, feat + u + 1))
-        np.copyto(z[:t, :, :feat], x.transpose(1, 0, 2))
-        z[t, :, :feat] = 0
-        z[:, :, feat + u] = 1
         hs = z[:, :, feat:feat + u]
-        hs[0] = 0
+        if z is not before:          # what no step writes, set once per buffer (about 40 us a batch)
+            z[t, :, :feat] = 0
+            z[:, :, feat + u] = 1
+            hs[0] = 0
+        np.copyto(z[:t, :, :feat], x.transpose(1, 0, 2))
         if training:
             # The steps run in blocks of FACTOR_BLOCK; after each block, while its gates are
             # in cache, they are overwritten by the factors the backward needs (see _factors):
@@ -448,9 +454,7 @@ class LSTM(_Recurrent):
         # test out of the loop: the loops make about ten NumPy calls per step on (N, u)
         # blocks, where lookups and keyword parsing were a measurable share (2.5% of fw+bw).
         matmul, mul, add, tanh = np.matmul, np.multiply, np.add, np.tanh
-        # 0.5 as a 0-d array of the layer's dtype: a Python float costs each call a scalar
-        # conversion (about 0.2 us)
-        half = np.full((), 0.5, dtype=self.dtype)
+        half = self._half
         # f c_{t-1} and i g go to planes of their own (not straight into c_t) because the
         # backward's factors are cheaper from them; f c_{t-1} comes first, as cs may hold
         # one step only (c_t overwrites c_{t-1}).
