@@ -173,6 +173,26 @@ def test_lstm_gradients_match_plain_bptt(return_sequences):
         assert np.abs(ref).max() > 0.01                           # non-trivial
 
 
+def test_lstm_reused_buffers_give_a_fresh_layers_results():
+    # The second batch of a shape reuses every buffer of the first (the stacked input's
+    # constant columns are set only when it is allocated) and an evaluation in between
+    # has buffers of its own: the results are those of plain BPTT on the second batch.
+    rng = np.random.default_rng(11)
+    layer = built(LSTM(units=5, return_sequences=True), (6, 3), seed=2)
+    first, second = rng.standard_normal((2, 4, 6, 3))
+    dy = rng.standard_normal((4, 6, 5))
+    layer.forward(first, True)
+    layer.backward(dy)
+    layer.forward(second, False)
+    y = layer.forward(second, True)
+    dx = layer.backward(dy)
+    W, U, b = (layer.params[k] for k in ("W", "U", "b"))
+    np.testing.assert_allclose(y, ref_lstm(second, W, U, b), rtol=1e-12, atol=1e-13)
+    want = ref_lstm_grads(second, W, U, b, dy)
+    for got, ref in zip([dx, layer.grads["W"], layer.grads["U"], layer.grads["b"]], want):
+        np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-13)
+
+
 @pytest.mark.parametrize("kw", [{"return_sequences": True},
                                 {"activation": "softplus", "recurrent_activation": "swish"}])
 def test_lstm_evaluation_forward_matches_training_and_a_backward_after_it_replays(kw):
