@@ -429,7 +429,7 @@ class LSTM(_Recurrent):
                 self._recur(z[:, lo:lo + m], m4, _steps(c1, t + 1), _steps(g1, t), _steps(f1, t),
                             _steps(p1[0], t) if p1 else None)
             self._q = None                           # a backward replays the forward recorded
-        self._z, self._hs = z, hs
+        self._z = z
         self._recorded = training
         return self._output(hs)
 
@@ -444,10 +444,13 @@ class LSTM(_Recurrent):
 
     def _recur(self, z, m4, cs, gates, parts, pre):
         """Run T steps of the recurrence for the rows of z (T+1, n, F+u+1) (from cs[0], the
-        cell state before the first), filling the h columns of z[1:]. gates (T, 5 or more, n, u)
-        receive [o, i, f, g, act(c_t)] in their first five planes, parts (T, 3, n, u) the products [-, i g, f c_{t-1}]
-        (plane 0 is the factors', for h_t), cs (T+1, n, u) the cell states, pre (T, 4, n, u)
-        the pre-activations (None on the fast path, whose gates come from one tanh)."""
+        cell state before the first), filling the h columns of z[1:].
+
+        gates (T, 5 or 6, n, u) receive [o, i, f, g, act(c_t)] in their first five planes,
+        parts (T, 3, n, u) the products [-, i g, f c_{t-1}] (plane 0 is _factors', for h_t),
+        cs (T+1, n, u) the cell states, pre (T, 4, n, u) the pre-activations (None on the
+        fast path, whose gates come from one tanh).
+        """
         t, feat = gates.shape[0], z.shape[2] - gates.shape[3] - 1
         hs = z[:, :, feat:-1]
         # Local names, positional outputs, one view per array per step and the activation
@@ -496,12 +499,12 @@ class LSTM(_Recurrent):
 
         From the block's gates (m, 6, N, u) ([o, i, f, g, act(c_t), -]), parts (m, 3, N, u),
         pre (m, 4, N, u) or None, cs (m+1, N, u) and h (m, N, u) (see _recur), leaves in
-        gates the factors q such that, per step, [d o, dh's share of dc] = dh * q[::4], with
-        dc the cell gradient after adding dh's share d[i, f, g] pre-activations = dc * q[1:4],
+        gates the factors q such that, per step, [d o, dh's share of dc] = dh * q[::4]; with
+        dc the cell gradient after adding dh's share, d[i, f, g] pre-activations = dc * q[1:4]
         and dc's carry = dc * q[5] (f). None of it depends on the carried gradients, so a few
         passes over a block of steps replace about eight small calls per step.
         """
-        q = gates
+        q = gates                    # the same array: each factor is written once its inputs are read
         np.copyto(q[:, 5], gates[:, 2])
         if pre is None:
             # sigmoid' = s (1 - s) and tanh' = 1 - y^2 from the outputs, each factor in two
