@@ -108,8 +108,9 @@ def test_gradcheck(cls, kw):
 @pytest.mark.parametrize("kw", [{"return_sequences": True},
                                 {"activation": "softplus", "recurrent_activation": "swish"}])
 def test_lstm_backward_does_not_depend_on_its_factor_block(kw, monkeypatch):
-    # The backward computes its per-step factors a block of steps at a time; T = 7 leaves a
-    # partial block, and every block size must give the same gradients bit for bit.
+    # The training forward runs a block of steps at a time and turns each block's gates into
+    # the backward's factors; T = 7 leaves a partial block, and every block size must give
+    # the same gradients bit for bit.
     rng = np.random.default_rng(3)
     x, dy = rng.standard_normal((3, 7, 2)), rng.standard_normal((3, 7, 4))
     results = []
@@ -158,7 +159,7 @@ def ref_lstm_grads(x, W, U, b, dy):
 @pytest.mark.parametrize("return_sequences", [False, True])
 def test_lstm_gradients_match_plain_bptt(return_sequences):
     # The backward sums dW, dU, db step by step from gate-major per-step products, with
-    # factors computed a block of steps at a time: against plain BPTT, to rounding.
+    # factors computed in the forward a block of steps at a time: against plain BPTT, to rounding.
     rng = np.random.default_rng(6)
     layer = built(LSTM(units=5, return_sequences=return_sequences), (7, 3), seed=5)
     b = layer.params["b"]
