@@ -108,8 +108,9 @@ def test_gradcheck(cls, kw):
 @pytest.mark.parametrize("kw", [{"return_sequences": True},
                                 {"activation": "softplus", "recurrent_activation": "swish"}])
 def test_lstm_backward_does_not_depend_on_its_factor_block(kw, monkeypatch):
-    # The backward computes its per-step factors a block of steps at a time; T = 7 leaves a
-    # partial block, and every block size must give the same gradients bit for bit.
+    # The training forward runs a block of steps at a time and turns each block's gates into
+    # the backward's factors; T = 7 leaves a partial block, and every block size must give
+    # the same gradients bit for bit.
     rng = np.random.default_rng(3)
     x, dy = rng.standard_normal((3, 7, 2)), rng.standard_normal((3, 7, 4))
     results = []
@@ -158,7 +159,7 @@ def ref_lstm_grads(x, W, U, b, dy):
 @pytest.mark.parametrize("return_sequences", [False, True])
 def test_lstm_gradients_match_plain_bptt(return_sequences):
     # The backward sums dW, dU, db step by step from gate-major per-step products, with
-    # factors computed a block of steps at a time: against plain BPTT, to rounding.
+    # factors computed in the forward a block of steps at a time: against plain BPTT, to rounding.
     rng = np.random.default_rng(6)
     layer = built(LSTM(units=5, return_sequences=return_sequences), (7, 3), seed=5)
     b = layer.params["b"]
@@ -171,6 +172,26 @@ def test_lstm_gradients_match_plain_bptt(return_sequences):
     for got, ref in zip([dx, layer.grads["W"], layer.grads["U"], layer.grads["b"]], want):
         np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-13)
         assert np.abs(ref).max() > 0.01                           # non-trivial
+
+
+def test_lstm_reused_buffers_give_a_fresh_layers_results():
+    # The second batch of a shape reuses every buffer of the first (the stacked input's
+    # constant columns are set only when it is allocated) and an evaluation in between
+    # has buffers of its own: the results are those of plain BPTT on the second batch.
+    rng = np.random.default_rng(11)
+    layer = built(LSTM(units=5, return_sequences=True), (6, 3), seed=2)
+    first, second = rng.standard_normal((2, 4, 6, 3))
+    dy = rng.standard_normal((4, 6, 5))
+    layer.forward(first, True)
+    layer.backward(dy)
+    layer.forward(second, False)
+    y = layer.forward(second, True)
+    dx = layer.backward(dy)
+    W, U, b = (layer.params[k] for k in ("W", "U", "b"))
+    np.testing.assert_allclose(y, ref_lstm(second, W, U, b), rtol=1e-12, atol=1e-13)
+    want = ref_lstm_grads(second, W, U, b, dy)
+    for got, ref in zip([dx, layer.grads["W"], layer.grads["U"], layer.grads["b"]], want):
+        np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-13)
 
 
 @pytest.mark.parametrize("kw", [{"return_sequences": True},

@@ -377,22 +377,39 @@ class LSTM(_Recurrent):
         self._t = t
         u = self.hparams["units"]
         self._fast = type(self.ract) is Sigmoid and type(self.act) is Tanh
+        # 0.5 as a 0-d array of the layer's dtype, made once per forward (np.full costs 4 us;
+        # the training forward runs a block of steps at a time): a Python float costs each
+        # call a scalar conversion (about 0.2 us)
+        self._half = np.full((), 0.5, dtype=self.dtype)
         m4 = self._stacked_weights()                 # (4, F + u + 1, u)
         # Z[s] = [x_s | h_{s-1} | 1] (T+1, N, F + u + 1); the h columns of all T+1 rows are
         # the hidden states h_0..h_T, and Z[s] is the left operand of step s's dW, dU, db.
         key = "" if training else "eval "
+        before = self.ws.arrays.get(key + "Z")
         z = self._buf(key + "Z", (t + 1, n, feat + u + 1))
-        np.copyto(z[:t, :, :feat], x.transpose(1, 0, 2))
-        z[t, :, :feat] = 0
-        z[:, :, feat + u] = 1
         hs = z[:, :, feat:feat + u]
-        hs[0] = 0
+        if z is not before:          # what no step writes, set once per buffer (about 40 us a batch)
+            z[t, :, :feat] = 0
+            z[:, :, feat + u] = 1
+            hs[0] = 0
+        np.copyto(z[:t, :, :feat], x.transpose(1, 0, 2))
         if training:
-            cs = self._buf("C", (t + 1, n, u))
-            tc = self._buf("TC", (t, n, u))          # act(c_t)
-            gates = self._buf("G", (t, 4, n, u))
-            pre = None if self._fast else self._buf("P", (t, 4, n, u))
-            self._recur(z, m4, cs, tc, gates, pre, self._buf("ig", (n, u)))
+            # The steps run in blocks of FACTOR_BLOCK; after each block, while its gates are
+            # in cache, they are overwritten by the factors the backward needs (see _factors):
+            # computed from the history later, the same passes found it evicted from L2.
+            block = self.FACTOR_BLOCK
+            gates, parts = self._buf("G", (t, 6, n, u)), self._buf("F", (block, 3, n, u))
+            if self._fast:   # nothing reads c_t after its step: one buffer seen with time stride 0
+                cs, pre = _steps(self._buf("C", (n, u)), t + 1), None
+            else:            # the general activations' derivatives may read c_t and the pre-activations
+                cs, pre = self._buf("C", (t + 1, n, u)), self._buf("P", (block, 4, n, u))
+            cs[0] = 0
+            for lo in range(0, t, block):
+                hi = min(lo + block, t)
+                g, p, pb = gates[lo:hi], parts[:hi - lo], None if pre is None else pre[:hi - lo]
+                self._recur(z[lo:hi + 1], m4, cs[lo:hi + 1], g, p, pb)
+                self._factors(g, p, pb, cs[lo:hi + 1], hs[lo + 1:hi + 1])
+            self._q = gates
         else:
             # Evaluation keeps no history: each per-step state is one step-sized buffer seen
             # with time stride 0, which stays in cache where the history (about 5 MB per 100
@@ -401,17 +418,18 @@ class LSTM(_Recurrent):
             # in chunks of rows whose per-gate step products stay within EVAL_CHUNK_MACS.
             k = feat + u + 1
             per = self.EVAL_CHUNK_MACS // (k * u)
-            parts = 1 if per < self.EVAL_CHUNK_MIN_ROWS else -(-n // per)
-            size = -(-n // parts)
-            names = ["eval C", "eval TC", "eval G", "eval ig"] + ([] if self._fast else ["eval P"])
-            bufs = [self._buf(name, (4, size, u) if name in ("eval G", "eval P") else (size, u)) for name in names]
+            chunks = 1 if per < self.EVAL_CHUNK_MIN_ROWS else -(-n // per)
+            size = -(-n // chunks)
+            planes = {"eval C": (), "eval G": (5,), "eval F": (3,), **({} if self._fast else {"eval P": (4,)})}
+            bufs = [self._buf(name, lead + (size, u)) for name, lead in planes.items()]
             for lo in range(0, n, size):
                 m = min(size, n - lo)
-                c1, tc1, g1, ig, *p1 = (b[..., :m, :] for b in bufs)
-                self._recur(z[:, lo:lo + m], m4, _steps(c1, t + 1), _steps(tc1, t), _steps(g1, t),
-                            _steps(p1[0], t) if p1 else None, ig)
-            cs = tc = gates = pre = None             # a backward replays the forward recorded
-        self._z, self._cs, self._tc, self._pre, self._gates = z, cs, tc, pre, gates
+                c1, g1, f1, *p1 = (b[..., :m, :] for b in bufs)
+                c1[...] = 0
+                self._recur(z[:, lo:lo + m], m4, _steps(c1, t + 1), _steps(g1, t), _steps(f1, t),
+                            _steps(p1[0], t) if p1 else None)
+            self._q = None                           # a backward replays the forward recorded
+        self._z = z
         self._recorded = training
         return self._output(hs)
 
@@ -424,91 +442,105 @@ class LSTM(_Recurrent):
     EVAL_CHUNK_MACS = 1_000_000
     EVAL_CHUNK_MIN_ROWS = 64
 
-    def _recur(self, z, m4, cs, tc, gates, pre, ig):
-        """Run the recurrence over all steps for the rows of z (T+1, n, F+u+1), filling its
-        h columns; cs (T+1, n, u), tc (T, n, u), gates and pre (T, 4, n, u) receive the
-        states, ig (n, u) is scratch."""
-        t, feat = tc.shape[0], z.shape[2] - tc.shape[2] - 1
+    def _recur(self, z, m4, cs, gates, parts, pre):
+        """Run T steps of the recurrence for the rows of z (T+1, n, F+u+1) (from cs[0], the
+        cell state before the first), filling the h columns of z[1:].
+
+        gates (T, 5 or 6, n, u) receive [o, i, f, g, act(c_t)] in their first five planes,
+        parts (T, 3, n, u) the products [-, i g, f c_{t-1}] (plane 0 is _factors', for h_t),
+        cs (T+1, n, u) the cell states, pre (T, 4, n, u) the pre-activations (None on the
+        fast path, whose gates come from one tanh).
+        """
+        t, feat = gates.shape[0], z.shape[2] - gates.shape[3] - 1
         hs = z[:, :, feat:-1]
-        cs[0] = 0
         # Local names, positional outputs, one view per array per step and the activation
         # test out of the loop: the loops make about ten NumPy calls per step on (N, u)
         # blocks, where lookups and keyword parsing were a measurable share (2.5% of fw+bw).
         matmul, mul, add, tanh = np.matmul, np.multiply, np.add, np.tanh
-        # 0.5 as a 0-d array of the layer's dtype: a Python float costs each call a scalar
-        # conversion (about 0.2 us)
-        half = np.full((), 0.5, dtype=self.dtype)
-        if self._fast:
+        half = self._half
+        # f c_{t-1} and i g go to planes of their own (not straight into c_t) because the
+        # backward's factors are cheaper from them; f c_{t-1} comes first, as cs may hold
+        # one step only (c_t overwrites c_{t-1}).
+        if pre is None:
             for s in range(t):
-                g, tcs = gates[s], tc[s]
-                matmul(z[s], m4, g)
-                tanh(g, g)
+                g, p = gates[s], parts[s]
+                g4 = g[:4]
+                matmul(z[s], m4, g4)
+                tanh(g4, g4)
                 g3 = g[:3]
                 mul(g3, half, g3)
                 add(g3, half, g3)
+                mul(g[2], cs[s], p[2])
+                mul(g[1], g[3], p[1])
                 c1 = cs[s + 1]
-                mul(g[2], cs[s], c1)
-                mul(g[1], g[3], ig)
-                c1 += ig
-                tanh(c1, tcs)
-                mul(g[0], tcs, hs[s + 1])
+                add(p[2], p[1], c1)
+                tanh(c1, g[4])
+                mul(g[0], g[4], hs[s + 1])
         else:
             for s in range(t):
-                g, p = gates[s], pre[s]
-                matmul(z[s], m4, p)
-                self.ract.forward(p[:3], out=g[:3])
-                self.act.forward(p[3], out=g[3])
+                g, p, ps = gates[s], parts[s], pre[s]
+                matmul(z[s], m4, ps)
+                self.ract.forward(ps[:3], out=g[:3])
+                self.act.forward(ps[3], out=g[3])
+                mul(g[2], cs[s], p[2])
+                mul(g[1], g[3], p[1])
                 c1 = cs[s + 1]
-                mul(g[2], cs[s], c1)
-                mul(g[1], g[3], ig)
-                c1 += ig
-                self.act.forward(c1, out=tc[s])
-                mul(g[0], tc[s], hs[s + 1])
+                add(p[2], p[1], c1)
+                self.act.forward(c1, out=g[4])
+                mul(g[0], g[4], hs[s + 1])
 
-    # Steps per block of backward factors: a block's factors (about 100 KB per step at
-    # N=100, u=64, float32) stay in L2 until the loop consumes them.
+    # Steps per block of the training forward: a block's gates and products (about 200 KB
+    # per step at N=100, u=64, float32) stay in L2 until its factors are computed.
     FACTOR_BLOCK = 4
 
-    def _step_factors(self, lo: int, hi: int) -> np.ndarray:
-        """Everything the backward multiplies the carried gradients by, for steps lo..hi-1.
+    def _factors(self, gates, parts, pre, cs, h):
+        """Overwrite a block of m steps' gates with everything the backward multiplies the
+        carried gradients by.
 
-        Returns q (hi-lo, 5, N, u) such that, per step, [dh's share of dc, d o] = dh * q[:2]
-        and, with dc the cell gradient after adding dh's share, d[i, f, g] pre-activations
-        = dc * q[2:]. None of it depends on the carried gradients, so a few passes over a
-        block of steps replace about eight small calls per step.
+        From the block's gates (m, 6, N, u) ([o, i, f, g, act(c_t), -]), parts (m, 3, N, u),
+        pre (m, 4, N, u) or None, cs (m+1, N, u) and h (m, N, u) (see _recur), leaves in
+        gates the factors q such that, per step, [d o, dh's share of dc] = dh * q[::4]; with
+        dc the cell gradient after adding dh's share, d[i, f, g] pre-activations = dc * q[1:4]
+        and dc's carry = dc * q[5] (f). None of it depends on the carried gradients, so a few
+        passes over a block of steps replace about eight small calls per step.
         """
-        cs, tc, gates = self._cs[lo:hi + 1], self._tc[lo:hi], self._gates[lo:hi]
-        m = hi - lo
-        q = self._buf("Q", (self.FACTOR_BLOCK, 5) + tc.shape[1:])[:m]
-        if self._fast:               # sigmoid' = s (1 - s), tanh' = 1 - y^2, from the outputs
-            np.subtract(1.0, gates[:, :3], out=q[:, 1:4])
-            q[:, 1:4] *= gates[:, :3]
-            np.multiply(gates[:, 3], gates[:, 3], out=q[:, 4])
-            np.subtract(1.0, q[:, 4], out=q[:, 4])
-            np.multiply(tc, tc, out=q[:, 0])
-            np.subtract(1.0, q[:, 0], out=q[:, 0])
-        else:
-            pre = self._pre[lo:hi]
-            px, rx = self.act.USES_X, self.ract.USES_X
-            # a broadcast view of one 1: the activations only read dy, so no block-sized array
-            ones = np.broadcast_to(np.ones((), dtype=self.dtype), gates.shape)
-            self.ract.backward(pre[:, :3] if rx else None, gates[:, :3], ones[:, :3], out=q[:, 1:4])
-            self.act.backward(pre[:, 3] if px else None, gates[:, 3], ones[:, 3], out=q[:, 4])
-            self.act.backward(cs[1:] if px else None, tc, ones[:, 0], out=q[:, 0])
-        q[:, 0] *= gates[:, 0]       # dc += dh o act'(c_t)
-        q[:, 1] *= tc                # do = dh act(c_t) s'(o)
-        q[:, 2] *= gates[:, 3]       # di = dc g s'(i)
-        q[:, 3] *= cs[:m]            # df = dc c_{t-1} s'(f)
-        q[:, 4] *= gates[:, 1]       # dg = dc i act'(g)
-        return q
+        q = gates                    # the same array: each factor is written once its inputs are read
+        np.copyto(q[:, 5], gates[:, 2])
+        if pre is None:
+            # sigmoid' = s (1 - s) and tanh' = 1 - y^2 from the outputs, each factor in two
+            # passes from the products the forward kept (h_t = o act(c_t) is copied beside
+            # them): [i, o] - [i g, h] [g, act(c)] = [i act'(g), o act'(c)] over g and act(c),
+            # the reversed views pairing i g with g and h with act(c), then
+            # [h, i g, f c_{t-1}] (1 - [o, i, f]) = [act(c) o', g i', c_{t-1} f'] over o, i, f
+            np.copyto(parts[:, 0], h)
+            np.multiply(parts[:, 1::-1], gates[:, 3:5], out=q[:, 3:5])
+            np.subtract(gates[:, 1::-1], q[:, 3:5], out=q[:, 3:5])
+            np.subtract(1.0, gates[:, :3], out=q[:, :3])
+            q[:, :3] *= parts
+            return
+        # the general activations write a block-sized scratch (their derivatives may not be
+        # computed in place over their outputs), copied over the gates once all are read
+        d = self._buf("Q", (self.FACTOR_BLOCK, 5) + gates.shape[2:])[:len(gates)]
+        px, rx = self.act.USES_X, self.ract.USES_X
+        # a broadcast view of one 1: the activations only read dy, so no block-sized array
+        ones = np.broadcast_to(np.ones((), dtype=self.dtype), d[:, :3].shape)
+        self.ract.backward(pre[:, :3] if rx else None, gates[:, :3], ones, out=d[:, :3])
+        self.act.backward(pre[:, 3] if px else None, gates[:, 3], ones[:, 0], out=d[:, 3])
+        self.act.backward(cs[1:] if px else None, gates[:, 4], ones[:, 0], out=d[:, 4])
+        d[:, 0] *= gates[:, 4]       # do = dh act(c_t) s'(o)
+        d[:, 1] *= gates[:, 3]       # di = dc g s'(i)
+        d[:, 2] *= cs[:-1]           # df = dc c_{t-1} s'(f)
+        d[:, 3] *= gates[:, 1]       # dg = dc i act'(g)
+        d[:, 4] *= gates[:, 0]       # dc += dh o act'(c_t)
+        np.copyto(q[:, :5], d)
 
     def backward(self, dy):
         dy = np.asarray(dy, dtype=self.dtype)
         if not self._recorded:       # after an evaluation forward (gradient checks): replay it recorded
             feat = self._z.shape[2] - self.hparams["units"] - 1
             self.forward(self._z[:self._t, :, :feat].transpose(1, 0, 2), True)
-        gates, z, t = self._gates, self._z, self._t
-        n, u, k = gates.shape[2], gates.shape[3], z.shape[2]
+        qh, z, t = self._q, self._z, self._t
+        n, u, k = qh.shape[2], qh.shape[3], z.shape[2]
         feat = k - u - 1
         # Each step's gate gradients go gate-major into dgs (4, N, u): every gate's block is
         # one contiguous (N, u) array (elementwise math on column slices is several times
@@ -520,9 +552,9 @@ class LSTM(_Recurrent):
         # all steps (or over blocks of steps) goes through the general kernel, whose packing
         # copies took about a third of its time, and needs the (T, N, 4u) gradients of all
         # steps in memory (4 MB at N=100) instead of one step's in cache.
-        # [dh's share of dc, d o, d i, d f, d g]: the last four are the gates' gradients
+        # [d o, d i, d f, d g, dh's share of dc]: the first four are the gates' gradients
         dq = self._buf("dq", (5, n, u))
-        dgs = dq[1:]
+        dgs = dq[:4]
         gm, part = self._buf("dM", (4, k, u)), self._buf("dM part", (4, k, u))
         dxs, wt = None, None
         if self.input_grad:
@@ -539,19 +571,15 @@ class LSTM(_Recurrent):
         dh_buf = self._buf("dh", (n, u))
         dy_at = self._dy_at(dy)
         matmul, mul, reduce = np.matmul, np.multiply, np.add.reduce     # local names: see forward
-        block = self.FACTOR_BLOCK
-        dq_h, dq_c, dc_h = dq[:2], dq[2:], dq[0]
+        dq_h, dq_c, dc_h = dq[::4], dq[1:4], dq[4]
         gm.fill(0)
         for s in range(t - 1, -1, -1):
             g = dy_at(s)
             dh = dh_carry if g is None else np.add(dh_carry, g, out=dh_buf)
-            if s == t - 1 or (s + 1) % block == 0:
-                lo = s - s % block
-                q = self._step_factors(lo, s + 1)
-            qs = q[s - lo]
-            mul(dh, qs[:2], dq_h)
+            qs = qh[s]
+            mul(dh, qs[::4], dq_h)
             dc += dc_h
-            mul(dc, qs[2:], dq_c)
+            mul(dc, qs[1:4], dq_c)
             # [x_s | h_{s-1} | 1]^T d_k gives W's, U's and b's rows of gate k together
             matmul(z[s].T, dgs, part)
             gm += part
@@ -560,7 +588,7 @@ class LSTM(_Recurrent):
                 reduce(dx4, 0, out=dxs[s])
             if s == 0:                                # no carry into the zero initial state
                 break
-            dc *= gates[s, 2]                        # f
+            dc *= qs[5]                              # f
             matmul(dgs, ut, back)                     # each gate's share of the dh carry
             reduce(back, 0, out=dh_carry)
         gW, gU, gb = self.grads["W"], self.grads["U"], self.grads["b"]
