@@ -564,3 +564,40 @@ def test_the_layout_follows_the_im2col_rows():
     assert built(Conv2D(filters=8, kernel_size=3), (3, 6, 6)).channels_layout        # 27 rows
     assert not built(Conv2D(filters=8, kernel_size=3), (4, 6, 6)).channels_layout    # 36 rows
     assert not built(Conv1D(filters=8, kernel_size=5), (7, 9)).channels_layout       # 35 rows
+
+
+# -- a relu convolution's max pool applies the relu (conv.pair_relu_max_pools) ---------------
+
+@pytest.mark.parametrize("specs,shape", [
+    ([{"type": "conv2d", "filters": 3, "kernel_size": 3, "padding": "same", "activation": "relu"},
+      {"type": "maxpool2d", "size": 2},
+      {"type": "conv2d", "filters": 40, "kernel_size": 3, "padding": "same", "activation": "relu"},
+      {"type": "maxpool2d", "size": 2, "padding": "same"}, {"type": "flatten"}, {"type": "dense", "units": 3}],
+     (2, 6, 6)),
+    ([{"type": "conv1d", "filters": 4, "kernel_size": 3, "padding": "same", "activation": "relu"},
+      {"type": "maxpool1d", "size": 3}, {"type": "flatten"}, {"type": "dense", "units": 2}], (2, 9)),
+])
+@pytest.mark.parametrize("training", [True, False])
+def test_max_pool_applying_the_relu_gives_bitwise_the_same_values_and_gradients(specs, shape, training):
+    # Small integers everywhere, so the pre-activations hold many ties, zeros and windows whose
+    # maximum is < 0 or exactly 0: the cases where routing before or after the relu could differ.
+    rng = np.random.default_rng(3)
+    models = [Sequential.from_config(specs, shape, 0, "float64") for _ in range(2)]
+    fused, plain = models
+    for layer in plain.layers:   # undo the pairing: the relu over the convolution's output
+        layer.act_deferred, layer.post_act = False, None
+    assert [getattr(layer, "act_deferred", False) for layer in fused.layers].count(True) == len(specs) // 3
+    for name, w in fused.named_parameters().items():
+        w[...] = rng.integers(-2, 3, w.shape)
+        if name.endswith(".b"):
+            w[...] -= 2     # most windows then hold no positive pre-activation
+        plain.named_parameters()[name][...] = w
+    x = rng.integers(-1, 2, (4,) + shape).astype(np.float64)
+    dy = rng.integers(-3, 4, (4,) + fused.output_shape).astype(np.float64)
+    bits = {}
+    for model in models:
+        y = model.forward(x, training)
+        dx = model.backward(dy, input_grad=True)
+        bits[model is fused] = [a.view(np.int64) for a in [y, dx, *model.named_grads().values()]]
+    assert all(np.array_equal(a, b) for a, b in zip(bits[True], bits[False]))
+    assert np.count_nonzero(bits[True][1]) > 0 and np.count_nonzero(bits[True][0]) > 0

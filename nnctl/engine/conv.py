@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from nnctl.engine import shapes
-from nnctl.engine.activations import Identity, get_activation
+from nnctl.engine.activations import Identity, ReLU, get_activation
 from nnctl.engine.base import LAYERS
 from nnctl.hparams import REQUIRED, Param
 from nnctl.engine.initializers import DEFAULT_BIAS_INITIALIZER, default_initializer, get_initializer
@@ -113,6 +113,8 @@ class _Conv(CheckedLayer):
                 raise ConfigError(f"{self.NAME}: {what} must be >= 1, got {h[what]!r}")
         _check_padding(self.NAME, h["padding"], self.ND)
         self.act = get_activation(h["activation"])
+        # Set by pair_relu_max_pools: the max pool after this layer applies the relu instead.
+        self.act_deferred = False
         self._xp_buf = None
 
     def _build(self, input_shape, rng):
@@ -156,7 +158,9 @@ class _Conv(CheckedLayer):
             z = self._forward_shifted(x)
         else:
             z = self._forward_channels(x) if self.channels_layout else self._forward_rows(x, training)
-        if self.act.USES_X:
+        if self.act_deferred:
+            self._z, self._y = None, z
+        elif self.act.USES_X:
             self._z = z
             self._y = self.act.forward(z, out=self.ws.get("y", z.shape, self.dtype))
         else:
@@ -166,7 +170,7 @@ class _Conv(CheckedLayer):
 
     def backward(self, dy):
         dy = np.asarray(dy, dtype=self.dtype)
-        if isinstance(self.act, Identity):
+        if self.act_deferred or isinstance(self.act, Identity):
             dz = dy
         else:
             dz = self.act.backward(self._z, self._y, dy, out=self.ws.get("dz", dy.shape, self.dtype))
@@ -457,6 +461,8 @@ class _Pool(CheckedLayer):
         self._xp_buf = None
         self._xp = None
         self._routed = False
+        # Set by pair_relu_max_pools: the relu of the convolution before, applied to the output.
+        self.post_act = None
 
     def _build(self, input_shape, rng):
         shapes.expect_rank(self.NAME, input_shape, self.ND + 1, self.LAYOUT)
@@ -540,6 +546,10 @@ class _Pool(CheckedLayer):
         y = self._reduce(xp, self._routed)
         if self.MODE == "avg":
             y *= self.inv_count
+        if self.post_act is not None:
+            # into its own buffer: a backward after evaluation replays _reduce over the last pass's
+            self._y = self.post_act.forward(y, out=self.ws.get("y", y.shape, self.dtype))
+            return self._y
         return y
 
     def backward(self, dy):
@@ -550,6 +560,8 @@ class _Pool(CheckedLayer):
             self._routed = True
         if self.MODE == "avg":
             g = np.multiply(dy, self.inv_count, out=self.ws.get("g", dy.shape, self.dtype))
+        elif self.post_act is not None:
+            g = self.post_act.backward(None, self._y, dy, out=self.ws.get("g", dy.shape, self.dtype))
         else:
             g = dy
         for p in reversed(range(len(self.passes))):
@@ -603,6 +615,30 @@ class _Pool(CheckedLayer):
         dx = self.ws.get("dx", (n,) + self.input_shape, self.dtype)
         np.copyto(dx, shapes.strip_padding(g, self.pads))
         return dx
+
+
+def pair_relu_max_pools(layers) -> None:
+    """Let each max pool that directly follows a relu convolution apply that relu itself.
+
+    relu(max(z)) == max(relu(z)) exactly, so the pool may take the convolution's z and apply
+    the relu to its output, 4x smaller with 2x2 windows, saving the relu's forward and backward
+    passes over the convolution's output. The gradients are the same too: where a window's max
+    is > 0 the relu is strictly increasing there, so both ways route dy to the same (first)
+    maximum, times 1; where it is <= 0 every element gets 0 either way (relu' = 0 at the
+    winner, whichever element that is). Only the winner's signed zero may move within such a
+    window, and a zero's sign changes no sum the gradients are made of unless every term is 0.
+    Called on a container's layers in order whenever it is built; resets stale pairings.
+    """
+    for layer in layers:
+        if isinstance(layer, _Conv):
+            layer.act_deferred = False
+        elif isinstance(layer, _Pool):
+            layer.post_act = None
+    for conv, pool in zip(layers, layers[1:]):
+        if (isinstance(conv, _Conv) and type(conv.act) is ReLU
+                and isinstance(pool, _Pool) and pool.MODE == "max"):
+            conv.act_deferred = True
+            pool.post_act = conv.act
 
 
 @LAYERS.register("maxpool1d")
