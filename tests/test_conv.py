@@ -568,36 +568,51 @@ def test_the_layout_follows_the_im2col_rows():
 
 # -- a relu convolution's max pool applies the relu (conv.pair_relu_max_pools) ---------------
 
-@pytest.mark.parametrize("specs,shape", [
-    ([{"type": "conv2d", "filters": 3, "kernel_size": 3, "padding": "same", "activation": "relu"},
+@pytest.mark.parametrize("specs,shape,channels_last", [
+    # channels layout (18 rows), then rows layout (36) handing z and dz over channels-last
+    ([{"type": "conv2d", "filters": 4, "kernel_size": 3, "padding": "same", "activation": "relu"},
       {"type": "maxpool2d", "size": 2},
       {"type": "conv2d", "filters": 40, "kernel_size": 3, "padding": "same", "activation": "relu"},
-      {"type": "maxpool2d", "size": 2, "padding": "same"}, {"type": "flatten"}, {"type": "dense", "units": 3}],
-     (2, 6, 6)),
+      {"type": "maxpool2d", "size": 2}, {"type": "flatten"}, {"type": "dense", "units": 3}],
+     (2, 12, 12), [False, True]),
+    # rows layout before a padded pool with overlapping windows: relu deferred, channels-first
+    ([{"type": "conv2d", "filters": 4, "kernel_size": 3, "padding": "same", "activation": "relu"},
+      {"type": "maxpool2d", "size": 3, "stride": 2, "padding": "same"}, {"type": "flatten"},
+      {"type": "dense", "units": 2}], (5, 7, 6), [False]),
+    # rows layout, 3x2 windows that leave a column out (the backward zero-fills)
+    ([{"type": "conv2d", "filters": 5, "kernel_size": 3, "activation": "relu"},
+      {"type": "maxpool2d", "size": [3, 2]}, {"type": "flatten"}, {"type": "dense", "units": 2}],
+     (6, 8, 7), [True]),
     ([{"type": "conv1d", "filters": 4, "kernel_size": 3, "padding": "same", "activation": "relu"},
-      {"type": "maxpool1d", "size": 3}, {"type": "flatten"}, {"type": "dense", "units": 2}], (2, 9)),
+      {"type": "maxpool1d", "size": 3}, {"type": "flatten"}, {"type": "dense", "units": 2}], (2, 9), [False]),
 ])
 @pytest.mark.parametrize("training", [True, False])
-def test_max_pool_applying_the_relu_gives_bitwise_the_same_values_and_gradients(specs, shape, training):
-    # Small integers everywhere, so the pre-activations hold many ties, zeros and windows whose
-    # maximum is < 0 or exactly 0: the cases where routing before or after the relu could differ.
+def test_max_pool_applying_the_relu_gives_bitwise_the_same_values_and_gradients(specs, shape, channels_last,
+                                                                                 training):
+    # The reference keeps the relu on the convolution: an identity reshape between it and the
+    # pool stops the pairing. Small integers everywhere, so the pre-activations hold many ties,
+    # zeros and windows whose maximum is < 0 or exactly 0: the cases where routing before or
+    # after the relu could differ.
     rng = np.random.default_rng(3)
-    models = [Sequential.from_config(specs, shape, 0, "float64") for _ in range(2)]
-    fused, plain = models
-    for layer in plain.layers:   # undo the pairing: the relu over the convolution's output
-        layer.act_deferred, layer.post_act = False, None
-    assert [getattr(layer, "act_deferred", False) for layer in fused.layers].count(True) == len(specs) // 3
-    for name, w in fused.named_parameters().items():
-        w[...] = rng.integers(-2, 3, w.shape)
-        if name.endswith(".b"):
-            w[...] -= 2     # most windows then hold no positive pre-activation
-        plain.named_parameters()[name][...] = w
+    fused = Sequential.from_config(specs, shape, 0, "float64")
+    apart = []
+    for spec, layer in zip(specs, fused.layers):
+        apart.append(spec)
+        if spec["type"].startswith("conv"):
+            apart.append({"type": "reshape", "shape": list(layer.output_shape)})
+    plain = Sequential.from_config(apart, shape, 0, "float64")
+    convs = [layer for layer in fused.layers if isinstance(layer, (Conv1D, Conv2D))]
+    assert all(c.act_deferred for c in convs) and not any(getattr(c, "act_deferred", False) for c in plain.layers)
+    assert [c.channels_last_out for c in convs] == channels_last
+    grads = [list(m.named_grads().values()) for m in (fused, plain)]
+    for a, b in zip(*[list(m.named_parameters().values()) for m in (fused, plain)]):
+        a[...] = b[...] = rng.integers(-2, 3, a.shape) - 2 * (a.ndim == 1)  # biases mostly < 0
     x = rng.integers(-1, 2, (4,) + shape).astype(np.float64)
     dy = rng.integers(-3, 4, (4,) + fused.output_shape).astype(np.float64)
-    bits = {}
-    for model in models:
+    bits = []
+    for model, g in zip((fused, plain), grads):
         y = model.forward(x, training)
         dx = model.backward(dy, input_grad=True)
-        bits[model is fused] = [a.view(np.int64) for a in [y, dx, *model.named_grads().values()]]
-    assert all(np.array_equal(a, b) for a, b in zip(bits[True], bits[False]))
-    assert np.count_nonzero(bits[True][1]) > 0 and np.count_nonzero(bits[True][0]) > 0
+        bits.append([a.view(np.int64) for a in [y, dx, *g]])
+    assert all(np.array_equal(a, b) for a, b in zip(*bits))
+    assert np.count_nonzero(bits[0][0]) > 0 and np.count_nonzero(bits[0][1]) > 0

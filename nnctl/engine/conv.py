@@ -67,7 +67,9 @@ class _Conv(CheckedLayer):
     Offset k's block of dcols is a contiguous (N, *O, C_in) array added, in one strided
     slice-add over long rows, to a channels-last padded gradient. The dcols products and
     their col2im (and an evaluation forward's im2col and GEMM) run over blocks of samples
-    sized to stay in cache (_BLOCK_BYTES).
+    sized to stay in cache (_BLOCK_BYTES). Z and dZ are (N, F, *O), each one transpose away
+    from the GEMMs' (N*P, F), except beside a max pool that takes them as they are
+    (pair_relu_max_pools).
 
     Columns are output positions (few input channels, C_in*prod(kernel) <= 32):
     cols[n][(c, k), o] and W2 = W.reshape(filters, C_in*prod(kernel)) (a view):
@@ -113,8 +115,10 @@ class _Conv(CheckedLayer):
                 raise ConfigError(f"{self.NAME}: {what} must be >= 1, got {h[what]!r}")
         _check_padding(self.NAME, h["padding"], self.ND)
         self.act = get_activation(h["activation"])
-        # Set by pair_relu_max_pools: the max pool after this layer applies the relu instead.
+        # Set by pair_relu_max_pools: the max pool after this layer applies the relu instead,
+        # and (rows layout) takes z and gives dz channels-last, (N, *O, F).
         self.act_deferred = False
+        self.channels_last_out = False
         self._xp_buf = None
 
     def _build(self, input_shape, rng):
@@ -259,7 +263,10 @@ class _Conv(CheckedLayer):
         w2t = self.ws.get("w2t", (len(self.offsets), x.shape[1], f), self.dtype)
         np.copyto(w2t.reshape(self.kernel + (x.shape[1], f)), self.params["W"].transpose(*range(2, 2 + nd), 1, 0))
         w2t = w2t.reshape(-1, f)
-        z = self.ws.get("z", (n, f) + self.out_sizes, self.dtype).reshape(n, f, p)
+        if self.channels_last_out:
+            z = self.ws.get("z", (n,) + self.out_sizes + (f,), self.dtype).reshape(n, p, f)
+        else:
+            z = self.ws.get("z", (n, f) + self.out_sizes, self.dtype).reshape(n, f, p)
         if training or n <= self.block:
             # one block: the backward pass reads this batch's cols
             block, cols = n, self._im2col_rows(xp, n)
@@ -280,12 +287,19 @@ class _Conv(CheckedLayer):
             # The GEMM as cols @ W2^T, (N*P, F): with the long axis as the rows of the output it
             # runs ~20% faster than W2 @ cols^T, more than the per-sample transpose it then needs
             # (measured at 288 rows, 64 filters: 3.3 + 0.4 vs 4.2 + 0.3 ms).
+            if self.channels_last_out:
+                zb = np.matmul(cb.reshape((e - s) * p, -1), w2t, out=z[s:e].reshape(-1, f))
+                if "b" in self.params:
+                    zb += self.params["b"]
+                continue
             zb = np.matmul(cb.reshape((e - s) * p, -1), w2t, out=zr[:(e - s) * p])
             zb = zb.reshape(e - s, p, f).transpose(0, 2, 1)
             if "b" in self.params:
                 np.add(zb, self.params["b"][:, None], out=z[s:e])   # the bias rides on the transpose
             else:
                 np.copyto(z[s:e], zb)
+        if self.channels_last_out:
+            return z.reshape((n,) + self.out_sizes + (f,))
         return z.reshape((n, f) + self.out_sizes)
 
     def _im2col_rows(self, xp, n):
@@ -303,8 +317,11 @@ class _Conv(CheckedLayer):
         f, c_in = W.shape[:2]
         p = math.prod(self.out_sizes)
         # (N, F, *O) -> (N*P, F): rows are output positions, like the rows of cols.
-        dzt = self.ws.get("dzt", (n * p, f), self.dtype)
-        np.copyto(dzt.reshape(n, p, f), dz.reshape(n, f, p).transpose(0, 2, 1))
+        if self.channels_last_out:
+            dzt = dz.reshape(n * p, f)
+        else:
+            dzt = self.ws.get("dzt", (n * p, f), self.dtype)
+            np.copyto(dzt.reshape(n, p, f), dz.reshape(n, f, p).transpose(0, 2, 1))
         dw2 = dzt.T @ cols.reshape(n * p, -1)                                           # (F, K*C)
         self.grads["W"][...] = dw2.reshape((f,) + self.kernel + (c_in,)).transpose(0, nd + 1, *range(1, nd + 1))
         if "b" in self.params:
@@ -470,19 +487,8 @@ class _Pool(CheckedLayer):
         ones = (1,) * self.ND
         self.pads = shapes.resolve_padding(self.NAME, self.hparams["padding"], sizes, self.size, self.stride, ones)
         self.out_sizes = shapes.conv_output_sizes(self.NAME, sizes, self.size, self.stride, ones, self.pads)
-        padded_sizes = tuple(L + lo + hi for L, (lo, hi) in zip(sizes, self.pads))
-        # Pass i (i = ND-1 first) reduces spatial axis i: its input has axes < i padded and axes > i
-        # already pooled. `tiles`: the windows along that axis cover its input exactly once, so the
-        # backward pass may assign slices instead of zero-filling and adding.
-        self.passes = []
-        for i in reversed(range(self.ND)):
-            before = padded_sizes[:i] + (padded_sizes[i],) + self.out_sizes[i + 1:]
-            after = padded_sizes[:i] + self.out_sizes[i:]
-            k, s, o = self.size[i], self.stride[i], self.out_sizes[i]
-            tiles = s == k and o * k == padded_sizes[i]
-            slices = [(slice(None), slice(None)) + (slice(None),) * i + (slice(j, j + (o - 1) * s + 1, s),)
-                      for j in range(k)]
-            self.passes.append((i, before, after, slices, tiles))
+        self.padded_sizes = tuple(L + lo + hi for L, (lo, hi) in zip(sizes, self.pads))
+        self.set_channels_last(False)
         if self.MODE == "avg":
             # Real elements per window: pool a padded mask of ones once.
             mask, _ = shapes.padded(np.ones((1, 1) + tuple(sizes), dtype=self.dtype), self.pads, None)
@@ -491,12 +497,35 @@ class _Pool(CheckedLayer):
             self.inv_count = (1.0 / count).astype(self.dtype)
         return (input_shape[0],) + self.out_sizes
 
+    def set_channels_last(self, on: bool) -> None:
+        """Lay the passes out for channels-first input (N, C, *S) or, `on`, channels-last input
+        (N, *S, C) from the convolution before (see pair_relu_max_pools); the output and the
+        input gradient the pool hands on are then (N, C, *O) and (N, *S, C). `on` only without
+        padding (shapes.padded pads channels-first)."""
+        self.channels_last = on
+        lead = (slice(None),) if on else (slice(None), slice(None))
+        # Pass i (i = ND-1 first) reduces spatial axis i: its input has axes < i padded and axes > i
+        # already pooled. `tiles`: the windows along that axis cover its input exactly once, so the
+        # backward pass may assign slices instead of zero-filling and adding.
+        self.passes = []
+        for i in reversed(range(self.ND)):
+            before = self.padded_sizes[:i] + (self.padded_sizes[i],) + self.out_sizes[i + 1:]
+            after = self.padded_sizes[:i] + self.out_sizes[i:]
+            k, s, o = self.size[i], self.stride[i], self.out_sizes[i]
+            tiles = s == k and o * k == self.padded_sizes[i]
+            slices = [lead + (slice(None),) * i + (slice(j, j + (o - 1) * s + 1, s),) for j in range(k)]
+            self.passes.append((i, before, after, slices, tiles))
+
+    def _full(self, n: int, c: int, spatial: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of a batch of n samples, c channels, in this pool's layout."""
+        return (n,) + spatial + (c,) if self.channels_last else (n, c) + spatial
+
     def _reduce(self, xp, route: bool):
         """Run the passes forward over padded input xp; with `route`, record each pass's winners."""
-        n, c = xp.shape[:2]
+        n, c = xp.shape[0], xp.shape[-1 if self.channels_last else 1]
         h = xp
         for p, (i, _, after, slices, _) in enumerate(self.passes):
-            out = self.ws.get(f"pass{p}", (n, c) + after, self.dtype)
+            out = self.ws.get(f"pass{p}", self._full(n, c, after), self.dtype)
             views = [h[sl] for sl in slices]
             if len(views) == 1:
                 np.copyto(out, views[0])
@@ -546,27 +575,40 @@ class _Pool(CheckedLayer):
         y = self._reduce(xp, self._routed)
         if self.MODE == "avg":
             y *= self.inv_count
-        if self.post_act is not None:
-            # into its own buffer: a backward after evaluation replays _reduce over the last pass's
-            self._y = self.post_act.forward(y, out=self.ws.get("y", y.shape, self.dtype))
-            return self._y
-        return y
+        if self.channels_last:
+            # back to (N, C, *O) for the next layer, the relu applied on the way
+            y = y.transpose(0, self.ND + 1, *range(1, self.ND + 1))
+        if self.post_act is None and not self.channels_last:
+            return y
+        # into its own buffer: a backward after evaluation replays _reduce over the last pass's
+        self._y = self.ws.get("y", y.shape, self.dtype)
+        if self.post_act is None:
+            np.copyto(self._y, y)
+        else:
+            self.post_act.forward(y, out=self._y)
+        return self._y
 
     def backward(self, dy):
         dy = np.asarray(dy, dtype=self.dtype)
-        n, c = self._xp.shape[:2]
+        n, c = self._xp.shape[0], self._xp.shape[-1 if self.channels_last else 1]
         if self.MODE == "max" and not self._routed:
             self._reduce(self._xp, True)
             self._routed = True
-        if self.MODE == "avg":
-            g = np.multiply(dy, self.inv_count, out=self.ws.get("g", dy.shape, self.dtype))
-        elif self.post_act is not None:
-            g = self.post_act.backward(None, self._y, dy, out=self.ws.get("g", dy.shape, self.dtype))
-        else:
+        if self.MODE == "max" and self.post_act is None and not self.channels_last:
             g = dy
+        else:
+            g = self.ws.get("g", self._full(n, c, self.out_sizes), self.dtype)
+            # written through an (N, C, *O) view, whichever the layout
+            gv = g.transpose(0, self.ND + 1, *range(1, self.ND + 1)) if self.channels_last else g
+            if self.MODE == "avg":
+                np.multiply(dy, self.inv_count, out=gv)
+            elif self.post_act is not None:
+                self.post_act.backward(None, self._y, dy, out=gv)
+            else:
+                np.copyto(gv, dy)
         for p in reversed(range(len(self.passes))):
             i, before, _, slices, tiles = self.passes[p]
-            dst = self.ws.get(f"back{p}", (n, c) + before, self.dtype)
+            dst = self.ws.get(f"back{p}", self._full(n, c, before), self.dtype)
             if self.MODE == "avg" or len(slices) == 1:   # a one-element window passes g through
                 if not tiles:
                     dst.fill(0)
@@ -627,18 +669,27 @@ def pair_relu_max_pools(layers) -> None:
     maximum, times 1; where it is <= 0 every element gets 0 either way (relu' = 0 at the
     winner, whichever element that is). Only the winner's signed zero may move within such a
     window, and a zero's sign changes no sum the gradients are made of unless every term is 0.
+
+    A rows-layout convolution (see _Conv) also hands z to an unpadded pool channels-last, as its
+    GEMM writes it (N*P, F), and takes dz back in the same layout, as its backward GEMMs read
+    it: no transposes of z and dz, and the pool's passes run over contiguous runs of channels
+    instead of rows of a few positions. The pool gives the next layer (N, C, *O) as usual.
     Called on a container's layers in order whenever it is built; resets stale pairings.
     """
     for layer in layers:
         if isinstance(layer, _Conv):
-            layer.act_deferred = False
+            layer.act_deferred = layer.channels_last_out = False
         elif isinstance(layer, _Pool):
             layer.post_act = None
+            layer.set_channels_last(False)
     for conv, pool in zip(layers, layers[1:]):
         if (isinstance(conv, _Conv) and type(conv.act) is ReLU
                 and isinstance(pool, _Pool) and pool.MODE == "max"):
             conv.act_deferred = True
             pool.post_act = conv.act
+            if not (conv.channels_layout or conv.shifted_layout or any(lo or hi for lo, hi in pool.pads)):
+                conv.channels_last_out = True
+                pool.set_channels_last(True)
 
 
 @LAYERS.register("maxpool1d")
