@@ -69,7 +69,7 @@ class _Conv(CheckedLayer):
     their col2im (and an evaluation forward's im2col and GEMM) run over blocks of samples
     sized to stay in cache (_BLOCK_BYTES). Z and dZ are (N, F, *O), each one transpose away
     from the GEMMs' (N*P, F), except beside a max pool that takes them as they are
-    (pair_relu_max_pools).
+    (link_convs_and_pools).
 
     Columns are output positions (few input channels, C_in*prod(kernel) <= 32):
     cols[n][(c, k), o] and W2 = W.reshape(filters, C_in*prod(kernel)) (a view):
@@ -115,10 +115,12 @@ class _Conv(CheckedLayer):
                 raise ConfigError(f"{self.NAME}: {what} must be >= 1, got {h[what]!r}")
         _check_padding(self.NAME, h["padding"], self.ND)
         self.act = get_activation(h["activation"])
-        # Set by pair_relu_max_pools: the max pool after this layer applies the relu instead,
-        # and (rows layout) takes z and gives dz channels-last, (N, *O, F).
+        # Set by link_convs_and_pools: the max pool after this layer applies the relu instead,
+        # and (rows layout) takes z and gives dz channels-last, (N, *O, F); a pool before this
+        # layer gives x and takes dx channels-last, (N, *S, C).
         self.act_deferred = False
         self.channels_last_out = False
+        self.channels_last_in = False
         self._xp_buf = None
 
     def _build(self, input_shape, rng):
@@ -145,6 +147,7 @@ class _Conv(CheckedLayer):
         # conv1d workload (25 channels, k=5, L=40) its contiguous block copies beat the strided
         # im2col gather of either layout above, forward and backward, for 1 or 25 input channels.
         self.shifted_layout = self.ND == 1 and all(s == 1 for s in self.stride)
+        self.rows_layout = not (self.channels_layout or self.shifted_layout)
         if self.shifted_layout:
             sp = self.padded_sizes = tuple(L + lo + hi for L, (lo, hi) in zip(sizes, self.pads))
             strides = [math.prod(sp[a + 1:]) for a in range(self.ND)]
@@ -257,11 +260,17 @@ class _Conv(CheckedLayer):
         return W.transpose(0, *range(2, 2 + self.ND), 1).reshape(W.shape[0], -1)
 
     def _forward_rows(self, x, training):
-        n, nd, f = x.shape[0], self.ND, self.hparams["filters"]
+        n, nd, f, c_in = x.shape[0], self.ND, self.hparams["filters"], self.input_shape[0]
         p = math.prod(self.out_sizes)
-        xp, self._xp_buf = shapes.padded(x, self.pads, self._xp_buf)
-        w2t = self.ws.get("w2t", (len(self.offsets), x.shape[1], f), self.dtype)
-        np.copyto(w2t.reshape(self.kernel + (x.shape[1], f)), self.params["W"].transpose(*range(2, 2 + nd), 1, 0))
+        if self.channels_last_in:
+            # seen as (N, C, *S) with channels innermost in memory: the im2col copies below then
+            # gather runs of C_in contiguous values instead of single strided ones
+            xp, self._xp_buf = shapes.padded(x, self.pads, self._xp_buf, channels_last=True)
+            xp = xp.transpose(0, nd + 1, *range(1, nd + 1))
+        else:
+            xp, self._xp_buf = shapes.padded(x, self.pads, self._xp_buf)
+        w2t = self.ws.get("w2t", (len(self.offsets), c_in, f), self.dtype)
+        np.copyto(w2t.reshape(self.kernel + (c_in, f)), self.params["W"].transpose(*range(2, 2 + nd), 1, 0))
         w2t = w2t.reshape(-1, f)
         if self.channels_last_out:
             z = self.ws.get("z", (n,) + self.out_sizes + (f,), self.dtype).reshape(n, p, f)
@@ -274,7 +283,7 @@ class _Conv(CheckedLayer):
             # evaluation: blocks through one block-sized cols that stays in cache; a backward
             # pass after it (gradient checks) rebuilds the batch's cols from the padded input
             block, self._cols, self._xp = self.block, None, xp
-            cols = self.ws.get("cols_block", (block,) + self.out_sizes + self.kernel + (x.shape[1],), self.dtype)
+            cols = self.ws.get("cols_block", (block,) + self.out_sizes + self.kernel + (c_in,), self.dtype)
             win = shapes.windows(xp, self.kernel, self.stride, self.dilation, self.out_sizes)
         zr = self.ws.get("zr", (block * p, f), self.dtype)
         for s in range(0, n, block):
@@ -337,7 +346,10 @@ class _Conv(CheckedLayer):
         sp = tuple(L + lo + hi for L, (lo, hi) in zip(self.input_shape[1:], self.pads))
         dxq = self.ws.get("dxq", (n,) + sp + (c_in,), self.dtype)
         inner = (slice(None),) + tuple(slice(lo, lo + L) for L, (lo, _) in zip(self.input_shape[1:], self.pads))
-        dx = self.ws.get("dx", (n, c_in) + tuple(self.input_shape[1:]), self.dtype)
+        if self.channels_last_in:
+            dx = self.ws.get("dx", (n,) + tuple(self.input_shape[1:]) + (c_in,), self.dtype)
+        else:
+            dx = self.ws.get("dx", (n, c_in) + tuple(self.input_shape[1:]), self.dtype)
         for s in range(0, n, self.block):
             e = min(n, s + self.block)
             db = np.matmul(dzt[s * p:e * p], wk, out=dcols[:, :(e - s) * p])
@@ -347,7 +359,7 @@ class _Conv(CheckedLayer):
             dq.fill(0)
             for j, off in enumerate(self.offsets):
                 dq[(slice(None),) + shapes.offset_slices(off, self.stride, self.dilation, self.out_sizes)] += db[j]
-            np.copyto(dx[s:e], dq[inner].transpose(0, nd + 1, *range(1, nd + 1)))
+            np.copyto(dx[s:e], dq[inner] if self.channels_last_in else dq[inner].transpose(0, nd + 1, *range(1, nd + 1)))
         return dx
 
     # -- columns are output positions (few input channels) --------------------------------
@@ -478,7 +490,7 @@ class _Pool(CheckedLayer):
         self._xp_buf = None
         self._xp = None
         self._routed = False
-        # Set by pair_relu_max_pools: the relu of the convolution before, applied to the output.
+        # Set by link_convs_and_pools: the relu of the convolution before, applied to the output.
         self.post_act = None
 
     def _build(self, input_shape, rng):
@@ -488,7 +500,7 @@ class _Pool(CheckedLayer):
         self.pads = shapes.resolve_padding(self.NAME, self.hparams["padding"], sizes, self.size, self.stride, ones)
         self.out_sizes = shapes.conv_output_sizes(self.NAME, sizes, self.size, self.stride, ones, self.pads)
         self.padded_sizes = tuple(L + lo + hi for L, (lo, hi) in zip(sizes, self.pads))
-        self.set_channels_last(False)
+        self.set_layout(False, False)
         if self.MODE == "avg":
             # Real elements per window: pool a padded mask of ones once.
             mask, _ = shapes.padded(np.ones((1, 1) + tuple(sizes), dtype=self.dtype), self.pads, None)
@@ -497,13 +509,12 @@ class _Pool(CheckedLayer):
             self.inv_count = (1.0 / count).astype(self.dtype)
         return (input_shape[0],) + self.out_sizes
 
-    def set_channels_last(self, on: bool) -> None:
-        """Lay the passes out for channels-first input (N, C, *S) or, `on`, channels-last input
-        (N, *S, C) from the convolution before (see pair_relu_max_pools); the output and the
-        input gradient the pool hands on are then (N, C, *O) and (N, *S, C). `on` only without
-        padding (shapes.padded pads channels-first)."""
-        self.channels_last = on
-        lead = (slice(None),) if on else (slice(None), slice(None))
+    def set_layout(self, last_in: bool, last_out: bool) -> None:
+        """Take x and give dx channels-first (N, C, *S) or, `last_in`, channels-last (N, *S, C);
+        give y and take dy (N, C, *O) or, `last_out`, (N, *O, C) (see link_convs_and_pools).
+        `last_in` only without padding (shapes.padded pads channels-first here)."""
+        self.channels_last_in, self.channels_last_out = last_in, last_out
+        lead = (slice(None),) if last_in else (slice(None), slice(None))
         # Pass i (i = ND-1 first) reduces spatial axis i: its input has axes < i padded and axes > i
         # already pooled. `tiles`: the windows along that axis cover its input exactly once, so the
         # backward pass may assign slices instead of zero-filling and adding.
@@ -516,16 +527,28 @@ class _Pool(CheckedLayer):
             slices = [lead + (slice(None),) * i + (slice(j, j + (o - 1) * s + 1, s),) for j in range(k)]
             self.passes.append((i, before, after, slices, tiles))
 
-    def _full(self, n: int, c: int, spatial: tuple[int, ...]) -> tuple[int, ...]:
-        """The shape of a batch of n samples, c channels, in this pool's layout."""
-        return (n,) + spatial + (c,) if self.channels_last else (n, c) + spatial
+    def _full(self, n: int, c: int, spatial: tuple[int, ...], last: bool) -> tuple[int, ...]:
+        """The shape of a batch of n samples, c channels, channels-last or not."""
+        return (n,) + spatial + (c,) if last else (n, c) + spatial
+
+    def _inv_count(self, last: bool) -> np.ndarray:
+        """1 / (real elements per window), (*O), to broadcast over a batch channels-last or not."""
+        return self.inv_count[..., None] if last else self.inv_count
+
+    def _relaid(self, a: np.ndarray, last_in: bool, last_out: bool) -> np.ndarray:
+        """A view of `a` moved from one layout to the other (itself if they agree)."""
+        if last_in == last_out:
+            return a
+        if last_in:
+            return a.transpose(0, self.ND + 1, *range(1, self.ND + 1))
+        return a.transpose(0, *range(2, self.ND + 2), 1)
 
     def _reduce(self, xp, route: bool):
         """Run the passes forward over padded input xp; with `route`, record each pass's winners."""
-        n, c = xp.shape[0], xp.shape[-1 if self.channels_last else 1]
+        n, c = xp.shape[0], xp.shape[-1 if self.channels_last_in else 1]
         h = xp
         for p, (i, _, after, slices, _) in enumerate(self.passes):
-            out = self.ws.get(f"pass{p}", self._full(n, c, after), self.dtype)
+            out = self.ws.get(f"pass{p}", self._full(n, c, after, self.channels_last_in), self.dtype)
             views = [h[sl] for sl in slices]
             if len(views) == 1:
                 np.copyto(out, views[0])
@@ -574,11 +597,10 @@ class _Pool(CheckedLayer):
         self._routed = training and self.MODE == "max"
         y = self._reduce(xp, self._routed)
         if self.MODE == "avg":
-            y *= self.inv_count
-        if self.channels_last:
-            # back to (N, C, *O) for the next layer, the relu applied on the way
-            y = y.transpose(0, self.ND + 1, *range(1, self.ND + 1))
-        if self.post_act is None and not self.channels_last:
+            y *= self._inv_count(self.channels_last_in)
+        # into the next layer's layout, the relu applied on the way
+        y = self._relaid(y, self.channels_last_in, self.channels_last_out)
+        if self.post_act is None and self.channels_last_in == self.channels_last_out:
             return y
         # into its own buffer: a backward after evaluation replays _reduce over the last pass's
         self._y = self.ws.get("y", y.shape, self.dtype)
@@ -590,25 +612,25 @@ class _Pool(CheckedLayer):
 
     def backward(self, dy):
         dy = np.asarray(dy, dtype=self.dtype)
-        n, c = self._xp.shape[0], self._xp.shape[-1 if self.channels_last else 1]
+        last_in = self.channels_last_in
+        n, c = self._xp.shape[0], self._xp.shape[-1 if last_in else 1]
         if self.MODE == "max" and not self._routed:
             self._reduce(self._xp, True)
             self._routed = True
-        if self.MODE == "max" and self.post_act is None and not self.channels_last:
+        if self.MODE == "max" and self.post_act is None and last_in == self.channels_last_out:
             g = dy
         else:
-            g = self.ws.get("g", self._full(n, c, self.out_sizes), self.dtype)
-            # written through an (N, C, *O) view, whichever the layout
-            gv = g.transpose(0, self.ND + 1, *range(1, self.ND + 1)) if self.channels_last else g
+            g = self.ws.get("g", self._full(n, c, self.out_sizes, last_in), self.dtype)
+            gv = self._relaid(g, last_in, self.channels_last_out)   # written in dy's layout
             if self.MODE == "avg":
-                np.multiply(dy, self.inv_count, out=gv)
+                np.multiply(dy, self._inv_count(self.channels_last_out), out=gv)
             elif self.post_act is not None:
                 self.post_act.backward(None, self._y, dy, out=gv)
             else:
                 np.copyto(gv, dy)
         for p in reversed(range(len(self.passes))):
             i, before, _, slices, tiles = self.passes[p]
-            dst = self.ws.get(f"back{p}", self._full(n, c, before), self.dtype)
+            dst = self.ws.get(f"back{p}", self._full(n, c, before, last_in), self.dtype)
             if self.MODE == "avg" or len(slices) == 1:   # a one-element window passes g through
                 if not tiles:
                     dst.fill(0)
@@ -659,37 +681,44 @@ class _Pool(CheckedLayer):
         return dx
 
 
-def pair_relu_max_pools(layers) -> None:
-    """Let each max pool that directly follows a relu convolution apply that relu itself.
+def link_convs_and_pools(layers) -> None:
+    """Let neighbouring convolutions and pools share work; `layers` run in this order.
 
-    relu(max(z)) == max(relu(z)) exactly, so the pool may take the convolution's z and apply
-    the relu to its output, 4x smaller with 2x2 windows, saving the relu's forward and backward
-    passes over the convolution's output. The gradients are the same too: where a window's max
-    is > 0 the relu is strictly increasing there, so both ways route dy to the same (first)
-    maximum, times 1; where it is <= 0 every element gets 0 either way (relu' = 0 at the
-    winner, whichever element that is). Only the winner's signed zero may move within such a
-    window, and a zero's sign changes no sum the gradients are made of unless every term is 0.
+    A max pool right after a relu convolution applies the relu itself: relu(max(z)) ==
+    max(relu(z)) exactly, so the pool may take the convolution's z and apply the relu to its
+    output, 4x smaller with 2x2 windows, saving the relu's forward and backward passes over
+    the convolution's output. The gradients are the same too: where a window's max is > 0 the
+    relu is strictly increasing there, so both ways route dy to the same (first) maximum,
+    times 1; where it is <= 0 every element gets 0 either way (relu' = 0 at the winner,
+    whichever element that is). Only the winner's signed zero may move within such a window,
+    and a zero's sign changes no sum the gradients are made of unless every term is 0.
 
-    A rows-layout convolution (see _Conv) also hands z to an unpadded pool channels-last, as its
-    GEMM writes it (N*P, F), and takes dz back in the same layout, as its backward GEMMs read
-    it: no transposes of z and dz, and the pool's passes run over contiguous runs of channels
-    instead of rows of a few positions. The pool gives the next layer (N, C, *O) as usual.
-    Called on a container's layers in order whenever it is built; resets stale pairings.
+    A rows-layout convolution (see _Conv) exchanges arrays with a pool beside it channels-last:
+    its GEMMs write z and read dz as (N*P, F), and its im2col and col2im run channels innermost,
+    so after it an (unpadded) pool takes z and gives dz as (N, *O, F), and before it a pool
+    gives x and takes dx as (N, *S, C). That saves a transpose of each array, and the pool's
+    passes run over contiguous runs of channels instead of rows of a few positions; a pool
+    transposes only its own (smaller) output and dy when its neighbours differ.
+    Called on a container's layers whenever it is built; resets stale links.
     """
     for layer in layers:
         if isinstance(layer, _Conv):
-            layer.act_deferred = layer.channels_last_out = False
+            layer.act_deferred = layer.channels_last_in = layer.channels_last_out = False
         elif isinstance(layer, _Pool):
             layer.post_act = None
-            layer.set_channels_last(False)
     for conv, pool in zip(layers, layers[1:]):
-        if (isinstance(conv, _Conv) and type(conv.act) is ReLU
-                and isinstance(pool, _Pool) and pool.MODE == "max"):
-            conv.act_deferred = True
-            pool.post_act = conv.act
-            if not (conv.channels_layout or conv.shifted_layout or any(lo or hi for lo, hi in pool.pads)):
-                conv.channels_last_out = True
-                pool.set_channels_last(True)
+        if isinstance(conv, _Conv) and isinstance(pool, _Pool):
+            if type(conv.act) is ReLU and pool.MODE == "max":
+                conv.act_deferred = True
+                pool.post_act = conv.act
+            conv.channels_last_out = conv.rows_layout and not any(lo or hi for lo, hi in pool.pads)
+    for i, pool in enumerate(layers):
+        if isinstance(pool, _Pool):
+            before, after = layers[i - 1] if i else None, layers[i + 1] if i + 1 < len(layers) else None
+            pool.set_layout(isinstance(before, _Conv) and before.channels_last_out,
+                            isinstance(after, _Conv) and after.rows_layout)
+            if pool.channels_last_out:
+                after.channels_last_in = True
 
 
 @LAYERS.register("maxpool1d")

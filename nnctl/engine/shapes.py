@@ -77,8 +77,9 @@ def conv_output_sizes(layer: str, sizes: Sequence[int], kernel: Sequence[int],
 
 
 def padded(x: np.ndarray, pads: Sequence[tuple[int, int]], buf: np.ndarray | None,
-           fill: float = 0.0) -> tuple[np.ndarray, np.ndarray | None]:
-    """(x (N, C, *S) with its spatial axes padded by `fill`, the buffer to pass next time).
+           fill: float = 0.0, channels_last: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """(x (N, C, *S) with its spatial axes padded by `fill`, the buffer to pass next time);
+    x (N, *S, C) with `channels_last`.
 
     Without padding x itself is returned. A buffer is allocated (and its border written)
     only when no earlier one is large enough; a smaller batch uses a view of its first
@@ -86,11 +87,14 @@ def padded(x: np.ndarray, pads: Sequence[tuple[int, int]], buf: np.ndarray | Non
     """
     if not any(lo or hi for lo, hi in pads):
         return x, buf
-    shape = x.shape[:2] + tuple(L + lo + hi for L, (lo, hi) in zip(x.shape[2:], pads))
+    first = 1 if channels_last else 2
+    spatial = x.shape[first:first + len(pads)]
+    around = (x.shape[:1], x.shape[-1:]) if channels_last else (x.shape[:2], ())
+    shape = around[0] + tuple(L + lo + hi for L, (lo, hi) in zip(spatial, pads)) + around[1]
     if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0] or buf.dtype != x.dtype:
         buf = np.full(shape, fill, dtype=x.dtype)
     xp = buf[: shape[0]]
-    inner = (slice(None), slice(None)) + tuple(slice(lo, lo + L) for L, (lo, _) in zip(x.shape[2:], pads))
+    inner = (slice(None),) * first + tuple(slice(lo, lo + L) for L, (lo, _) in zip(spatial, pads))
     xp[inner] = x
     return xp, buf
 
