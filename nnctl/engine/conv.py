@@ -359,7 +359,8 @@ class _Conv(CheckedLayer):
             dq.fill(0)
             for j, off in enumerate(self.offsets):
                 dq[(slice(None),) + shapes.offset_slices(off, self.stride, self.dilation, self.out_sizes)] += db[j]
-            np.copyto(dx[s:e], dq[inner] if self.channels_last_in else dq[inner].transpose(0, nd + 1, *range(1, nd + 1)))
+            inside = dq[inner]
+            np.copyto(dx[s:e], inside if self.channels_last_in else inside.transpose(0, nd + 1, *range(1, nd + 1)))
         return dx
 
     # -- columns are output positions (few input channels) --------------------------------
