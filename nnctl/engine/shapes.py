@@ -123,6 +123,24 @@ def offset_slices(offset: Sequence[int], stride: Sequence[int], dilation: Sequen
                  for i, s, d, o in zip(offset, stride, dilation, out_sizes))
 
 
+def interior_offset_slices(offset: Sequence[int], stride: Sequence[int], dilation: Sequence[int],
+                           out_sizes: Sequence[int], pads: Sequence[tuple[int, int]],
+                           sizes: Sequence[int]) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
+    """(slices of the unpadded input, slices of the outputs) where kernel element `offset` of the
+    outputs lands inside the input, not on its padding; None if it lands only on padding.
+    Output o reads padded position o*stride + offset*dilation, input position that - pad_before."""
+    inputs, outputs = [], []
+    for i, s, d, o, (lo, _), size in zip(offset, stride, dilation, out_sizes, pads, sizes):
+        first = max(0, -((i * d - lo) // s))             # ceil((lo - i*d) / s), the first output inside
+        last = min(o - 1, (size - 1 + lo - i * d) // s)  # the last output inside
+        if first > last:
+            return None
+        at = first * s + i * d - lo
+        inputs.append(slice(at, at + (last - first) * s + 1, s))
+        outputs.append(slice(first, last + 1))
+    return tuple(inputs), tuple(outputs)
+
+
 def strip_padding(dxp: np.ndarray, pads: Sequence[tuple[int, int]]) -> np.ndarray:
     """The interior (unpadded) part of a padded gradient (N, C, *S_padded)."""
     if not any(lo or hi for lo, hi in pads):
