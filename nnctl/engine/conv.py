@@ -278,9 +278,11 @@ class _Conv(CheckedLayer):
             xp = xp.transpose(0, nd + 1, *range(1, nd + 1))
         else:
             xp, self._xp_buf = shapes.padded(x, self.pads, self._xp_buf)
-        w2t = self.ws.get("w2t", (len(self.offsets), c_in, f), self.dtype)
-        np.copyto(w2t.reshape(self.kernel + (c_in, f)), self.params["W"].transpose(*range(2, 2 + nd), 1, 0))
-        w2t = w2t.reshape(-1, f)
+        # W2^T as the transpose of a contiguous W2: OpenBLAS runs cols @ W2^T ~5% faster with
+        # its second operand flagged transposed than stored (K*C, F) (12544x288 @ 288x64: 4.66 vs 4.92 ms)
+        w2 = self.ws.get("w2", (f, len(self.offsets), c_in), self.dtype)
+        np.copyto(w2.reshape((f,) + self.kernel + (c_in,)), self.params["W"].transpose(0, *range(2, 2 + nd), 1))
+        w2t = w2.reshape(f, -1).T
         if self.channels_last_out:
             z = self.ws.get("z", (n,) + self.out_sizes + (f,), self.dtype).reshape(n, p, f)
         else:
