@@ -65,11 +65,11 @@ class _Conv(CheckedLayer):
         Z = cols @ W2^T  (one GEMM for the batch),     dW2 = dZ^T @ cols,   db = sum dZ,
         dcols[k] = dZ @ W[:, :, k]  for every kernel offset k, in one batched product.
     Offset k's block of dcols is a contiguous (N, *O, C_in) array added, in one strided
-    slice-add over long rows, to a channels-last padded gradient. The dcols products and
-    their col2im (and an evaluation forward's im2col and GEMM) run over blocks of samples
-    sized to stay in cache (_BLOCK_BYTES). Z and dZ are (N, F, *O), each one transpose away
-    from the GEMMs' (N*P, F), except beside a max pool that takes them as they are
-    (link_convs_and_pools).
+    slice-add over long rows, to a channels-last gradient, where it lands inside the input.
+    The dcols products and their col2im (and an evaluation forward's im2col and GEMM) run
+    over blocks of samples sized to stay in cache (_BLOCK_BYTES). x, dx, Z and dZ are
+    channels-first, each one transpose away from this layout, except beside a pool that
+    hands them over channels-last (link_convs_and_pools).
 
     Columns are output positions (few input channels, C_in*prod(kernel) <= 32):
     cols[n][(c, k), o] and W2 = W.reshape(filters, C_in*prod(kernel)) (a view):
