@@ -564,3 +564,64 @@ def test_the_layout_follows_the_im2col_rows():
     assert built(Conv2D(filters=8, kernel_size=3), (3, 6, 6)).channels_layout        # 27 rows
     assert not built(Conv2D(filters=8, kernel_size=3), (4, 6, 6)).channels_layout    # 36 rows
     assert not built(Conv1D(filters=8, kernel_size=5), (7, 9)).channels_layout       # 35 rows
+
+
+# -- neighbouring convolutions and pools share work (conv.link_convs_and_pools) ---------------
+
+@pytest.mark.parametrize("specs,shape,relu_deferred,channels_last", [
+    # channels layout (18 rows) -> pool -> rows layout (36) -> pool: the pools give the second
+    # conv x and take z channels-last; each pool applies the relu before it
+    ([{"type": "conv2d", "filters": 4, "kernel_size": 3, "padding": "same", "activation": "relu"},
+      {"type": "maxpool2d", "size": 2},
+      {"type": "conv2d", "filters": 40, "kernel_size": 3, "padding": "same", "activation": "relu"},
+      {"type": "maxpool2d", "size": 2}, {"type": "flatten"}, {"type": "dense", "units": 3}],
+     (2, 12, 12), [True, True], [(False, False), (True, True)]),
+    # rows layout before a padded pool with overlapping windows: relu deferred, channels-first
+    ([{"type": "conv2d", "filters": 4, "kernel_size": 3, "padding": "same", "activation": "relu"},
+      {"type": "maxpool2d", "size": 3, "stride": 2, "padding": "same"}, {"type": "flatten"},
+      {"type": "dense", "units": 2}], (5, 7, 6), [True], [(False, False)]),
+    # rows layout, 3x2 windows that leave a column out (the backward zero-fills), then an
+    # average pool between two tanh rows convolutions: channels-last all the way through it
+    ([{"type": "conv2d", "filters": 5, "kernel_size": 3, "activation": "relu"},
+      {"type": "maxpool2d", "size": [3, 2]},
+      {"type": "conv2d", "filters": 6, "kernel_size": 3, "padding": "same", "activation": "tanh"},
+      {"type": "avgpool2d", "size": 2},
+      {"type": "conv2d", "filters": 4, "kernel_size": 3, "padding": "same", "activation": "tanh"},
+      {"type": "flatten"}, {"type": "dense", "units": 2}],
+     (6, 14, 11), [True, False, False], [(False, True), (True, True), (True, False)]),
+    ([{"type": "conv1d", "filters": 4, "kernel_size": 3, "padding": "same", "activation": "relu"},
+      {"type": "maxpool1d", "size": 3}, {"type": "flatten"}, {"type": "dense", "units": 2}],
+     (2, 9), [True], [(False, False)]),
+])
+@pytest.mark.parametrize("training", [True, False])
+def test_linked_convolutions_and_pools_give_bitwise_the_same_values_and_gradients(specs, shape, relu_deferred,
+                                                                                  channels_last, training):
+    # The reference runs every layer on its own: an identity reshape after each convolution
+    # and pool stops the links. Small integers everywhere, so the pre-activations hold many
+    # ties, zeros and windows whose maximum is < 0 or exactly 0: the cases where routing before
+    # or after the relu could differ.
+    rng = np.random.default_rng(3)
+    linked = Sequential.from_config(specs, shape, 0, "float64")
+    apart = []
+    for spec, layer in zip(specs, linked.layers):
+        apart.append(spec)
+        if "pool" in spec["type"] or "conv" in spec["type"]:
+            apart.append({"type": "reshape", "shape": list(layer.output_shape)})
+    plain = Sequential.from_config(apart, shape, 0, "float64")
+    convs = [layer for layer in linked.layers if isinstance(layer, (Conv1D, Conv2D))]
+    assert [c.act_deferred for c in convs] == relu_deferred
+    assert [(c.channels_last_in, c.channels_last_out) for c in convs] == channels_last
+    assert not any(getattr(c, "act_deferred", False) or getattr(c, "channels_last_in", False)
+                   or getattr(c, "channels_last_out", False) for c in plain.layers)
+    grads = [list(m.named_grads().values()) for m in (linked, plain)]
+    for a, b in zip(*[list(m.named_parameters().values()) for m in (linked, plain)]):
+        a[...] = b[...] = rng.integers(-2, 3, a.shape) - 2 * (a.ndim == 1)  # biases mostly < 0
+    x = rng.integers(-1, 2, (4,) + shape).astype(np.float64)
+    dy = rng.integers(-3, 4, (4,) + linked.output_shape).astype(np.float64)
+    bits = []
+    for model, g in zip((linked, plain), grads):
+        y = model.forward(x, training)
+        dx = model.backward(dy, input_grad=True)
+        bits.append([a.view(np.int64) for a in [y, dx, *g]])
+    assert all(np.array_equal(a, b) for a, b in zip(*bits))
+    assert np.count_nonzero(bits[0][0]) > 0 and np.count_nonzero(bits[0][1]) > 0

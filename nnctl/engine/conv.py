@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from nnctl.engine import shapes
-from nnctl.engine.activations import Identity, get_activation
+from nnctl.engine.activations import Identity, ReLU, get_activation
 from nnctl.engine.base import LAYERS
 from nnctl.hparams import REQUIRED, Param
 from nnctl.engine.initializers import DEFAULT_BIAS_INITIALIZER, default_initializer, get_initializer
@@ -40,12 +40,12 @@ _FEW_ROWS = 32
 
 # The rows layout runs the dx GEMM + col2im of training, and the im2col + GEMM of evaluation,
 # over blocks of samples whose im2col part takes at most this many bytes, so each block's dcols
-# (or cols) is still in cache when the next call reads it. For a 32->64 3x3 conv on 14x14 inputs
-# (18 samples a block, float32, load ~3): backward at batch 64 14.6 vs 15.4 ms in one block
-# (16: 13.9-14.1, 37: 14.8-15.1, 8: 14.7, one block 15.3-15.5 in another run); an evaluation
+# (or cols) is still in the (2 MB per core) L2 cache when the next call reads it. For a 32->64
+# 3x3 conv on 14x14 inputs, float32 (9 samples a block): the dx GEMM + col2im at batch 64
+# 6.2-6.5 ms with blocks of 4 or 8 samples, 6.6-6.9 with 18, 6.9-7.4 with 32; an evaluation
 # forward of 300 samples 35 ms with 8 to 37 a block, against 44 with 64 a block and 46 in one.
 # The training forward stays in one block: its backward reads the batch's cols.
-_BLOCK_BYTES = 4 << 20
+_BLOCK_BYTES = 2 << 20
 
 
 class _Conv(CheckedLayer):
@@ -63,11 +63,13 @@ class _Conv(CheckedLayer):
     Rows are output positions (many input channels): cols[(n, o), (k, c)], channels
     innermost, and W2 = W laid out as (filters, prod(kernel)*C_in):
         Z = cols @ W2^T  (one GEMM for the batch),     dW2 = dZ^T @ cols,   db = sum dZ,
-        dcols[k] = dZ @ W[:, :, k]  for every kernel offset k, in one batched product.
-    Offset k's block of dcols is a contiguous (N, *O, C_in) array added, in one strided
-    slice-add over long rows, to a channels-last padded gradient. The dcols products and
-    their col2im (and an evaluation forward's im2col and GEMM) run over blocks of samples
-    sized to stay in cache (_BLOCK_BYTES).
+        dcols = dZ @ W2  (one GEMM per block of samples).
+    Offset k's column block of dcols, an (N, *O, C_in) view, is added in one strided slice-add
+    to a channels-last gradient, where it lands inside the input.
+    The dcols products and their col2im (and an evaluation forward's im2col and GEMM) run
+    over blocks of samples sized to stay in cache (_BLOCK_BYTES). x, dx, Z and dZ are
+    channels-first, each one transpose away from this layout, except beside a pool that
+    hands them over channels-last (link_convs_and_pools).
 
     Columns are output positions (few input channels, C_in*prod(kernel) <= 32):
     cols[n][(c, k), o] and W2 = W.reshape(filters, C_in*prod(kernel)) (a view):
@@ -113,6 +115,12 @@ class _Conv(CheckedLayer):
                 raise ConfigError(f"{self.NAME}: {what} must be >= 1, got {h[what]!r}")
         _check_padding(self.NAME, h["padding"], self.ND)
         self.act = get_activation(h["activation"])
+        # Set by link_convs_and_pools: the max pool after this layer applies the relu instead,
+        # and (rows layout) takes z and gives dz channels-last, (N, *O, F); a pool before this
+        # layer gives x and takes dx channels-last, (N, *S, C).
+        self.act_deferred = False
+        self.channels_last_out = False
+        self.channels_last_in = False
         self._xp_buf = None
         self._slope = None  # f'(z) kept by a training forward (see Dense)
 
@@ -131,6 +139,15 @@ class _Conv(CheckedLayer):
             self.params["b"] = get_initializer(self.hparams["bias_initializer"])((f,), c_in * k, f * k, rng,
                                                                                  self.dtype)
         self.offsets = shapes.kernel_offsets(self.kernel)
+        # The rows layout's col2im adds each offset's gradient only where it lands inside the
+        # input (so no padded buffer to zero, add to and cut out), starting with a copy of one
+        # offset that covers the input exactly once when there is one ("same", stride 1).
+        self.interior = [(j,) + cut for j, off in enumerate(self.offsets) if (cut := shapes.interior_offset_slices(
+            off, self.stride, self.dilation, self.out_sizes, self.pads, sizes)) is not None]
+        self.covering = next((j for j, into, frm in self.interior
+                              if all(t.step == 1 and t.stop - t.start == L and fr.stop - fr.start == L
+                                     for t, fr, L in zip(into, frm, sizes))), None)
+        self.interior.sort(key=lambda cut: cut[0] != self.covering)   # the copy goes first
         # Layout of the im2col matrix (see Notes), from per-layer timings: the per-sample layout
         # is 2-3x faster forward with 9 rows (1 channel, 3x3) or 27 (RGB, 3x3); the one-big-GEMM
         # layout is 1.3-2x faster with 125 rows (25 channels, k=5) or 288 (32 channels, 3x3).
@@ -140,6 +157,7 @@ class _Conv(CheckedLayer):
         # conv1d workload (25 channels, k=5, L=40) its contiguous block copies beat the strided
         # im2col gather of either layout above, forward and backward, for 1 or 25 input channels.
         self.shifted_layout = self.ND == 1 and all(s == 1 for s in self.stride)
+        self.rows_layout = not (self.channels_layout or self.shifted_layout)
         if self.shifted_layout:
             sp = self.padded_sizes = tuple(L + lo + hi for L, (lo, hi) in zip(sizes, self.pads))
             strides = [math.prod(sp[a + 1:]) for a in range(self.ND)]
@@ -158,7 +176,9 @@ class _Conv(CheckedLayer):
         else:
             z = self._forward_channels(x) if self.channels_layout else self._forward_rows(x, training)
         self._slope = None
-        if training and self.act.SLOPE_IN_FORWARD:  # as Dense: keep f'(z), y over z
+        if self.act_deferred:
+            self._z, self._y = None, z
+        elif training and self.act.SLOPE_IN_FORWARD:  # as Dense: keep f'(z), y over z
             self._z = None
             self._slope = self.ws.get("slope", z.shape, self.dtype)
             self._y = self.act.forward_slope(z, z, self._slope)
@@ -172,7 +192,7 @@ class _Conv(CheckedLayer):
 
     def backward(self, dy):
         dy = np.asarray(dy, dtype=self.dtype)
-        if isinstance(self.act, Identity):
+        if self.act_deferred or isinstance(self.act, Identity):
             dz = dy
         elif self._slope is not None:
             dz = np.multiply(dy, self._slope, out=self.ws.get("dz", dy.shape, self.dtype))
@@ -257,13 +277,24 @@ class _Conv(CheckedLayer):
         return W.transpose(0, *range(2, 2 + self.ND), 1).reshape(W.shape[0], -1)
 
     def _forward_rows(self, x, training):
-        n, nd, f = x.shape[0], self.ND, self.hparams["filters"]
+        n, nd, f, c_in = x.shape[0], self.ND, self.hparams["filters"], self.input_shape[0]
         p = math.prod(self.out_sizes)
-        xp, self._xp_buf = shapes.padded(x, self.pads, self._xp_buf)
-        w2t = self.ws.get("w2t", (len(self.offsets), x.shape[1], f), self.dtype)
-        np.copyto(w2t.reshape(self.kernel + (x.shape[1], f)), self.params["W"].transpose(*range(2, 2 + nd), 1, 0))
-        w2t = w2t.reshape(-1, f)
-        z = self.ws.get("z", (n, f) + self.out_sizes, self.dtype).reshape(n, f, p)
+        if self.channels_last_in:
+            # seen as (N, C, *S) with channels innermost in memory: the im2col copies below then
+            # gather runs of C_in contiguous values instead of single strided ones
+            xp, self._xp_buf = shapes.padded(x, self.pads, self._xp_buf, channels_last=True)
+            xp = xp.transpose(0, nd + 1, *range(1, nd + 1))
+        else:
+            xp, self._xp_buf = shapes.padded(x, self.pads, self._xp_buf)
+        # W2^T as the transpose of a contiguous W2: OpenBLAS runs cols @ W2^T ~5% faster with
+        # its second operand flagged transposed than stored (K*C, F) (12544x288 @ 288x64: 4.66 vs 4.92 ms)
+        w2 = self.ws.get("w2", (f, len(self.offsets), c_in), self.dtype)
+        np.copyto(w2.reshape((f,) + self.kernel + (c_in,)), self.params["W"].transpose(0, *range(2, 2 + nd), 1))
+        w2t = w2.reshape(f, -1).T
+        if self.channels_last_out:
+            z = self.ws.get("z", (n,) + self.out_sizes + (f,), self.dtype).reshape(n, p, f)
+        else:
+            z = self.ws.get("z", (n, f) + self.out_sizes, self.dtype).reshape(n, f, p)
         if training or n <= self.block:
             # one block: the backward pass reads this batch's cols
             block, cols = n, self._im2col_rows(xp, n)
@@ -271,7 +302,7 @@ class _Conv(CheckedLayer):
             # evaluation: blocks through one block-sized cols that stays in cache; a backward
             # pass after it (gradient checks) rebuilds the batch's cols from the padded input
             block, self._cols, self._xp = self.block, None, xp
-            cols = self.ws.get("cols_block", (block,) + self.out_sizes + self.kernel + (x.shape[1],), self.dtype)
+            cols = self.ws.get("cols_block", (block,) + self.out_sizes + self.kernel + (c_in,), self.dtype)
             win = shapes.windows(xp, self.kernel, self.stride, self.dilation, self.out_sizes)
         zr = self.ws.get("zr", (block * p, f), self.dtype)
         for s in range(0, n, block):
@@ -284,12 +315,19 @@ class _Conv(CheckedLayer):
             # The GEMM as cols @ W2^T, (N*P, F): with the long axis as the rows of the output it
             # runs ~20% faster than W2 @ cols^T, more than the per-sample transpose it then needs
             # (measured at 288 rows, 64 filters: 3.3 + 0.4 vs 4.2 + 0.3 ms).
+            if self.channels_last_out:
+                zb = np.matmul(cb.reshape((e - s) * p, -1), w2t, out=z[s:e].reshape(-1, f))
+                if "b" in self.params:
+                    zb += self.params["b"]
+                continue
             zb = np.matmul(cb.reshape((e - s) * p, -1), w2t, out=zr[:(e - s) * p])
             zb = zb.reshape(e - s, p, f).transpose(0, 2, 1)
             if "b" in self.params:
                 np.add(zb, self.params["b"][:, None], out=z[s:e])   # the bias rides on the transpose
             else:
                 np.copyto(z[s:e], zb)
+        if self.channels_last_out:
+            return z.reshape((n,) + self.out_sizes + (f,))
         return z.reshape((n, f) + self.out_sizes)
 
     def _im2col_rows(self, xp, n):
@@ -307,8 +345,11 @@ class _Conv(CheckedLayer):
         f, c_in = W.shape[:2]
         p = math.prod(self.out_sizes)
         # (N, F, *O) -> (N*P, F): rows are output positions, like the rows of cols.
-        dzt = self.ws.get("dzt", (n * p, f), self.dtype)
-        np.copyto(dzt.reshape(n, p, f), dz.reshape(n, f, p).transpose(0, 2, 1))
+        if self.channels_last_out:
+            dzt = dz.reshape(n * p, f)
+        else:
+            dzt = self.ws.get("dzt", (n * p, f), self.dtype)
+            np.copyto(dzt.reshape(n, p, f), dz.reshape(n, f, p).transpose(0, 2, 1))
         dw2 = dzt.T @ cols.reshape(n * p, -1)                                           # (F, K*C)
         self.grads["W"][...] = dw2.reshape((f,) + self.kernel + (c_in,)).transpose(0, nd + 1, *range(1, nd + 1))
         if "b" in self.params:
@@ -316,25 +357,38 @@ class _Conv(CheckedLayer):
             np.matmul(self.ws.ones(n * p, self.dtype), dzt, out=self.grads["b"])
         if not self.input_grad:
             return None
-        # dcols kernel-offset-major, (K, block*P, C): offset k's part is then a contiguous
-        # (block, *O, C) array, so the col2im adds below run over long contiguous rows.
+        # dcols (block*P, K*C) = dZ @ W2 in one GEMM per block, W2 passed as the transpose of a
+        # contiguous W2^T (the faster operand, as in the forward). Offset k's part is the view
+        # (block, *O, C) of column block k: runs of C contiguous values for the col2im adds.
+        # For 32->64 3x3 on 14x14, batch 64: 6.2-6.5 ms with this and blocks of 8 samples,
+        # against 6.7-7.0 as K products of C columns each (kernel-offset-major, contiguous adds).
         k = len(self.offsets)
-        wk = W.reshape(f, c_in, k).transpose(2, 0, 1)
-        dcols = self.ws.get("dcols", (k, min(n, self.block) * p, c_in), self.dtype)
-        sp = tuple(L + lo + hi for L, (lo, hi) in zip(self.input_shape[1:], self.pads))
-        dxq = self.ws.get("dxq", (n,) + sp + (c_in,), self.dtype)
-        inner = (slice(None),) + tuple(slice(lo, lo + L) for L, (lo, _) in zip(self.input_shape[1:], self.pads))
-        dx = self.ws.get("dx", (n, c_in) + tuple(self.input_shape[1:]), self.dtype)
+        w2t = self.ws.get("w2t", (k, c_in, f), self.dtype)
+        np.copyto(w2t.reshape(self.kernel + (c_in, f)), W.transpose(*range(2, 2 + nd), 1, 0))
+        w2 = w2t.reshape(k * c_in, f).T
+        dcols = self.ws.get("dcols", (min(n, self.block) * p, k * c_in), self.dtype)
+        sizes = tuple(self.input_shape[1:])
+        if self.channels_last_in:
+            dx = dxq = self.ws.get("dx", (n,) + sizes + (c_in,), self.dtype)
+        else:
+            dx = self.ws.get("dx", (n, c_in) + sizes, self.dtype)
+            dxq = self.ws.get("dxq", (n,) + sizes + (c_in,), self.dtype)
+        lead = (slice(None),)
         for s in range(0, n, self.block):
             e = min(n, s + self.block)
-            db = np.matmul(dzt[s * p:e * p], wk, out=dcols[:, :(e - s) * p])
-            db = db.reshape((k, e - s) + self.out_sizes + (c_in,))
+            db = np.matmul(dzt[s * p:e * p], w2, out=dcols[:(e - s) * p])
+            db = db.reshape((e - s,) + self.out_sizes + (k, c_in))
             # col2im, channels-last, one slice-add per kernel offset (never per output position).
             dq = dxq[s:e]
-            dq.fill(0)
-            for j, off in enumerate(self.offsets):
-                dq[(slice(None),) + shapes.offset_slices(off, self.stride, self.dilation, self.out_sizes)] += db[j]
-            np.copyto(dx[s:e], dq[inner].transpose(0, nd + 1, *range(1, nd + 1)))
+            if self.covering is None:
+                dq.fill(0)
+            for j, into, frm in self.interior:
+                if j == self.covering:
+                    np.copyto(dq[lead + into], db[lead + frm + (j,)])
+                else:
+                    dq[lead + into] += db[lead + frm + (j,)]
+            if not self.channels_last_in:
+                np.copyto(dx[s:e], dq.transpose(0, nd + 1, *range(1, nd + 1)))
         return dx
 
     # -- columns are output positions (few input channels) --------------------------------
@@ -465,6 +519,8 @@ class _Pool(CheckedLayer):
         self._xp_buf = None
         self._xp = None
         self._routed = False
+        # Set by link_convs_and_pools: the relu of the convolution before, applied to the output.
+        self.post_act = None
 
     def _build(self, input_shape, rng):
         shapes.expect_rank(self.NAME, input_shape, self.ND + 1, self.LAYOUT)
@@ -472,19 +528,8 @@ class _Pool(CheckedLayer):
         ones = (1,) * self.ND
         self.pads = shapes.resolve_padding(self.NAME, self.hparams["padding"], sizes, self.size, self.stride, ones)
         self.out_sizes = shapes.conv_output_sizes(self.NAME, sizes, self.size, self.stride, ones, self.pads)
-        padded_sizes = tuple(L + lo + hi for L, (lo, hi) in zip(sizes, self.pads))
-        # Pass i (i = ND-1 first) reduces spatial axis i: its input has axes < i padded and axes > i
-        # already pooled. `tiles`: the windows along that axis cover its input exactly once, so the
-        # backward pass may assign slices instead of zero-filling and adding.
-        self.passes = []
-        for i in reversed(range(self.ND)):
-            before = padded_sizes[:i] + (padded_sizes[i],) + self.out_sizes[i + 1:]
-            after = padded_sizes[:i] + self.out_sizes[i:]
-            k, s, o = self.size[i], self.stride[i], self.out_sizes[i]
-            tiles = s == k and o * k == padded_sizes[i]
-            slices = [(slice(None), slice(None)) + (slice(None),) * i + (slice(j, j + (o - 1) * s + 1, s),)
-                      for j in range(k)]
-            self.passes.append((i, before, after, slices, tiles))
+        self.padded_sizes = tuple(L + lo + hi for L, (lo, hi) in zip(sizes, self.pads))
+        self.set_layout(False, False)
         if self.MODE == "avg":
             # Real elements per window: pool a padded mask of ones once.
             mask, _ = shapes.padded(np.ones((1, 1) + tuple(sizes), dtype=self.dtype), self.pads, None)
@@ -493,12 +538,46 @@ class _Pool(CheckedLayer):
             self.inv_count = (1.0 / count).astype(self.dtype)
         return (input_shape[0],) + self.out_sizes
 
+    def set_layout(self, last_in: bool, last_out: bool) -> None:
+        """Take x and give dx channels-first (N, C, *S) or, `last_in`, channels-last (N, *S, C);
+        give y and take dy (N, C, *O) or, `last_out`, (N, *O, C) (see link_convs_and_pools).
+        `last_in` only without padding (shapes.padded pads channels-first here)."""
+        self.channels_last_in, self.channels_last_out = last_in, last_out
+        lead = (slice(None),) if last_in else (slice(None), slice(None))
+        # Pass i (i = ND-1 first) reduces spatial axis i: its input has axes < i padded and axes > i
+        # already pooled. `tiles`: the windows along that axis cover its input exactly once, so the
+        # backward pass may assign slices instead of zero-filling and adding.
+        self.passes = []
+        for i in reversed(range(self.ND)):
+            before = self.padded_sizes[:i] + (self.padded_sizes[i],) + self.out_sizes[i + 1:]
+            after = self.padded_sizes[:i] + self.out_sizes[i:]
+            k, s, o = self.size[i], self.stride[i], self.out_sizes[i]
+            tiles = s == k and o * k == self.padded_sizes[i]
+            slices = [lead + (slice(None),) * i + (slice(j, j + (o - 1) * s + 1, s),) for j in range(k)]
+            self.passes.append((i, before, after, slices, tiles))
+
+    def _full(self, n: int, c: int, spatial: tuple[int, ...], last: bool) -> tuple[int, ...]:
+        """The shape of a batch of n samples, c channels, channels-last or not."""
+        return (n,) + spatial + (c,) if last else (n, c) + spatial
+
+    def _inv_count(self, last: bool) -> np.ndarray:
+        """1 / (real elements per window), (*O), to broadcast over a batch channels-last or not."""
+        return self.inv_count[..., None] if last else self.inv_count
+
+    def _relaid(self, a: np.ndarray, last_in: bool, last_out: bool) -> np.ndarray:
+        """A view of `a` moved from one layout to the other (itself if they agree)."""
+        if last_in == last_out:
+            return a
+        if last_in:
+            return a.transpose(0, self.ND + 1, *range(1, self.ND + 1))
+        return a.transpose(0, *range(2, self.ND + 2), 1)
+
     def _reduce(self, xp, route: bool):
         """Run the passes forward over padded input xp; with `route`, record each pass's winners."""
-        n, c = xp.shape[:2]
+        n, c = xp.shape[0], xp.shape[-1 if self.channels_last_in else 1]
         h = xp
         for p, (i, _, after, slices, _) in enumerate(self.passes):
-            out = self.ws.get(f"pass{p}", (n, c) + after, self.dtype)
+            out = self.ws.get(f"pass{p}", self._full(n, c, after, self.channels_last_in), self.dtype)
             views = [h[sl] for sl in slices]
             if len(views) == 1:
                 np.copyto(out, views[0])
@@ -547,22 +626,40 @@ class _Pool(CheckedLayer):
         self._routed = training and self.MODE == "max"
         y = self._reduce(xp, self._routed)
         if self.MODE == "avg":
-            y *= self.inv_count
-        return y
+            y *= self._inv_count(self.channels_last_in)
+        # into the next layer's layout, the relu applied on the way
+        y = self._relaid(y, self.channels_last_in, self.channels_last_out)
+        if self.post_act is None and self.channels_last_in == self.channels_last_out:
+            return y
+        # into its own buffer: a backward after evaluation replays _reduce over the last pass's
+        self._y = self.ws.get("y", y.shape, self.dtype)
+        if self.post_act is None:
+            np.copyto(self._y, y)
+        else:
+            self.post_act.forward(y, out=self._y)
+        return self._y
 
     def backward(self, dy):
         dy = np.asarray(dy, dtype=self.dtype)
-        n, c = self._xp.shape[:2]
+        last_in = self.channels_last_in
+        n, c = self._xp.shape[0], self._xp.shape[-1 if last_in else 1]
         if self.MODE == "max" and not self._routed:
             self._reduce(self._xp, True)
             self._routed = True
-        if self.MODE == "avg":
-            g = np.multiply(dy, self.inv_count, out=self.ws.get("g", dy.shape, self.dtype))
-        else:
+        if self.MODE == "max" and self.post_act is None and last_in == self.channels_last_out:
             g = dy
+        else:
+            g = self.ws.get("g", self._full(n, c, self.out_sizes, last_in), self.dtype)
+            gv = self._relaid(g, last_in, self.channels_last_out)   # written in dy's layout
+            if self.MODE == "avg":
+                np.multiply(dy, self._inv_count(self.channels_last_out), out=gv)
+            elif self.post_act is not None:
+                self.post_act.backward(None, self._y, dy, out=gv)
+            else:
+                np.copyto(gv, dy)
         for p in reversed(range(len(self.passes))):
             i, before, _, slices, tiles = self.passes[p]
-            dst = self.ws.get(f"back{p}", (n, c) + before, self.dtype)
+            dst = self.ws.get(f"back{p}", self._full(n, c, before, last_in), self.dtype)
             if self.MODE == "avg" or len(slices) == 1:   # a one-element window passes g through
                 if not tiles:
                     dst.fill(0)
@@ -611,6 +708,46 @@ class _Pool(CheckedLayer):
         dx = self.ws.get("dx", (n,) + self.input_shape, self.dtype)
         np.copyto(dx, shapes.strip_padding(g, self.pads))
         return dx
+
+
+def link_convs_and_pools(layers) -> None:
+    """Let neighbouring convolutions and pools share work; `layers` run in this order.
+
+    A max pool right after a relu convolution applies the relu itself: relu(max(z)) ==
+    max(relu(z)) exactly, so the pool may take the convolution's z and apply the relu to its
+    output, 4x smaller with 2x2 windows, saving the relu's forward and backward passes over
+    the convolution's output. The gradients are the same too: where a window's max is > 0 the
+    relu is strictly increasing there, so both ways route dy to the same (first) maximum,
+    times 1; where it is <= 0 every element gets 0 either way (relu' = 0 at the winner,
+    whichever element that is). Only the winner's signed zero may move within such a window,
+    and a zero's sign changes no sum the gradients are made of unless every term is 0.
+
+    A rows-layout convolution (see _Conv) exchanges arrays with a pool beside it channels-last:
+    its GEMMs write z and read dz as (N*P, F), and its im2col and col2im run channels innermost,
+    so after it an (unpadded) pool takes z and gives dz as (N, *O, F), and before it a pool
+    gives x and takes dx as (N, *S, C). That saves a transpose of each array, and the pool's
+    passes run over contiguous runs of channels instead of rows of a few positions; a pool
+    transposes only its own (smaller) output and dy when its neighbours differ.
+    Called on a container's layers whenever it is built; resets stale links.
+    """
+    for layer in layers:
+        if isinstance(layer, _Conv):
+            layer.act_deferred = layer.channels_last_in = layer.channels_last_out = False
+        elif isinstance(layer, _Pool):
+            layer.post_act = None
+    for conv, pool in zip(layers, layers[1:]):
+        if isinstance(conv, _Conv) and isinstance(pool, _Pool):
+            if type(conv.act) is ReLU and pool.MODE == "max":
+                conv.act_deferred = True
+                pool.post_act = conv.act
+            conv.channels_last_out = conv.rows_layout and not any(lo or hi for lo, hi in pool.pads)
+    for i, pool in enumerate(layers):
+        if isinstance(pool, _Pool):
+            before, after = layers[i - 1] if i else None, layers[i + 1] if i + 1 < len(layers) else None
+            pool.set_layout(isinstance(before, _Conv) and before.channels_last_out,
+                            isinstance(after, _Conv) and after.rows_layout)
+            if pool.channels_last_out:
+                after.channels_last_in = True
 
 
 @LAYERS.register("maxpool1d")

@@ -11,6 +11,7 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np
 
 from nnctl.engine.base import LAYERS, Layer
+from nnctl.engine.conv import link_convs_and_pools
 from nnctl.errors import CheckpointError, ConfigError, DataError
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -149,6 +150,8 @@ class Sequential:
         # nobody reads the gradient of the model's input during training
         for i, layer in enumerate(self.layers):
             layer.input_grad = i > 0
+        # the one place where neighbouring layers share work (only forward/backward see it)
+        link_convs_and_pools(self.layers)
 
     @property
     def built(self) -> bool:

@@ -77,8 +77,9 @@ def conv_output_sizes(layer: str, sizes: Sequence[int], kernel: Sequence[int],
 
 
 def padded(x: np.ndarray, pads: Sequence[tuple[int, int]], buf: np.ndarray | None,
-           fill: float = 0.0) -> tuple[np.ndarray, np.ndarray | None]:
-    """(x (N, C, *S) with its spatial axes padded by `fill`, the buffer to pass next time).
+           fill: float = 0.0, channels_last: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """(x (N, C, *S) with its spatial axes padded by `fill`, the buffer to pass next time);
+    x (N, *S, C) with `channels_last`.
 
     Without padding x itself is returned. A buffer is allocated (and its border written)
     only when no earlier one is large enough; a smaller batch uses a view of its first
@@ -86,11 +87,14 @@ def padded(x: np.ndarray, pads: Sequence[tuple[int, int]], buf: np.ndarray | Non
     """
     if not any(lo or hi for lo, hi in pads):
         return x, buf
-    shape = x.shape[:2] + tuple(L + lo + hi for L, (lo, hi) in zip(x.shape[2:], pads))
+    first = 1 if channels_last else 2
+    spatial = x.shape[first:first + len(pads)]
+    around = (x.shape[:1], x.shape[-1:]) if channels_last else (x.shape[:2], ())
+    shape = around[0] + tuple(L + lo + hi for L, (lo, hi) in zip(spatial, pads)) + around[1]
     if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0] or buf.dtype != x.dtype:
         buf = np.full(shape, fill, dtype=x.dtype)
     xp = buf[: shape[0]]
-    inner = (slice(None), slice(None)) + tuple(slice(lo, lo + L) for L, (lo, _) in zip(x.shape[2:], pads))
+    inner = (slice(None),) * first + tuple(slice(lo, lo + L) for L, (lo, _) in zip(spatial, pads))
     xp[inner] = x
     return xp, buf
 
@@ -117,6 +121,24 @@ def offset_slices(offset: Sequence[int], stride: Sequence[int], dilation: Sequen
     """Spatial slices of the padded input touched by kernel element `offset` over all outputs."""
     return tuple(slice(i * d, i * d + (o - 1) * s + 1, s)
                  for i, s, d, o in zip(offset, stride, dilation, out_sizes))
+
+
+def interior_offset_slices(offset: Sequence[int], stride: Sequence[int], dilation: Sequence[int],
+                           out_sizes: Sequence[int], pads: Sequence[tuple[int, int]],
+                           sizes: Sequence[int]) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
+    """(slices of the unpadded input, slices of the outputs) where kernel element `offset` of the
+    outputs lands inside the input, not on its padding; None if it lands only on padding.
+    Output o reads padded position o*stride + offset*dilation, input position that - pad_before."""
+    inputs, outputs = [], []
+    for i, s, d, o, (lo, _), size in zip(offset, stride, dilation, out_sizes, pads, sizes):
+        first = max(0, -((i * d - lo) // s))             # ceil((lo - i*d) / s), the first output inside
+        last = min(o - 1, (size - 1 + lo - i * d) // s)  # the last output inside
+        if first > last:
+            return None
+        at = first * s + i * d - lo
+        inputs.append(slice(at, at + (last - first) * s + 1, s))
+        outputs.append(slice(first, last + 1))
+    return tuple(inputs), tuple(outputs)
 
 
 def strip_padding(dxp: np.ndarray, pads: Sequence[tuple[int, int]]) -> np.ndarray:
