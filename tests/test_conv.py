@@ -646,7 +646,9 @@ _C1 = {"type": "conv1d", "filters": 5, "kernel_size": 5, "padding": "same", "act
 def test_linked_shifted_convolutions_give_bitwise_the_same_values_and_gradients(specs, shape, linked_after):
     # Reference: an identity reshape after every convolution stops the links. Batches of 4, 4
     # (the padded buffers reused: their padding must still be zero), 3 and 4 again, training
-    # and evaluation; small integers, so many pre-activations are exactly 0 or negative.
+    # and evaluation; small integers, so many pre-activations are exactly 0 or negative. The
+    # linked model's evaluation forwards run in blocks of 2 samples (then 1), and the backward
+    # after them rebuilds the batch's cols.
     rng = np.random.default_rng(8)
     linked = Sequential.from_config(specs, shape, 0, "float64")
     apart = []
@@ -657,6 +659,8 @@ def test_linked_shifted_convolutions_give_bitwise_the_same_values_and_gradients(
     assert [c.shifted_next is not None for c in convs] == linked_after
     assert [c.shifted_in for c in convs] == [False] + linked_after[:-1]
     assert not any(getattr(c, "shifted_next", None) or getattr(c, "shifted_in", False) for c in plain.layers)
+    for c in convs:
+        c.block = 2
     grads = [list(m.named_grads().values()) for m in (linked, plain)]
     for a, b in zip(*[list(m.named_parameters().values()) for m in (linked, plain)]):
         a[...] = b[...] = rng.integers(-2, 3, a.shape)
