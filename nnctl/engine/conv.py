@@ -81,8 +81,10 @@ class _Conv(CheckedLayer):
     activation-sized arrays; this one transposes nothing, and offset k's block
     dcols[:, :, k] is an (N, C_in, *O) array added to a channels-first padded gradient.
 
-    Stride-1 conv1d uses a third, shifted layout instead (see _forward_shifted): the input
-    channels-major and padded, each im2col row block one contiguous shifted copy of it.
+    Stride-1 conv1d uses a third, shifted layout instead (see _zt_shifted): the input
+    channels-major and padded, each im2col row block one contiguous shifted copy of it; two
+    such convolutions in a row hand act(z) and dx over in that padded layout
+    (link_convs_and_pools), and an evaluation forward runs in cache-sized sample blocks.
 
     Either way col2im is one slice-add per kernel offset, never a loop over output
     positions, and the padding is then cut off. "same" padding follows Keras for every
@@ -158,7 +160,7 @@ class _Conv(CheckedLayer):
         # layout is 1.3-2x faster with 125 rows (25 channels, k=5) or 288 (32 channels, 3x3).
         self.channels_layout = c_in * k <= _FEW_ROWS
         self.block = max(1, _BLOCK_BYTES // (math.prod(self.out_sizes) * c_in * k * self.dtype.itemsize))
-        # Stride-1 1-D convolutions use the shifted layout (see _forward_shifted): on the issue-15
+        # Stride-1 1-D convolutions use the shifted layout (see _zt_shifted): on the issue-15
         # conv1d workload (25 channels, k=5, L=40) its contiguous block copies beat the strided
         # im2col gather of either layout above, forward and backward, for 1 or 25 input channels.
         self.shifted_layout = self.ND == 1 and all(s == 1 for s in self.stride)
