@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from nnctl.engine.base import LAYERS, Layer
+from nnctl.engine.conv import _BLOCK_BYTES
 from nnctl.hparams import REQUIRED, Param
 from nnctl.engine.initializers import get_initializer
 from nnctl.engine.layers import CheckedLayer, Dense, Dropout, LayerNorm
@@ -400,10 +401,26 @@ class TransformerBlock(CheckedLayer):
 
     def forward(self, x, training):
         x = np.asarray(x, dtype=self.dtype)
+        n, t, _ = x.shape
+        # Evaluation runs the block over groups of samples whose largest intermediate (the MLP's
+        # hidden layer or the attention scores) fits the L2 cache (conv's _BLOCK_BYTES), where
+        # one pass over an evaluation batch streams every array from memory: the bench's 200
+        # validation samples, float32, 56 -> 43 ms in groups of 32. Training stays in one
+        # group: its backward reads every sub-layer's state for the whole batch.
+        widest = max(self.mlp1.hparams["units"], self.attn.hparams["heads"] * t, x.shape[2])
+        rows = max(1, _BLOCK_BYTES // (t * widest * self.dtype.itemsize))
+        if training or n <= rows:
+            return self._forward(x, training, self._buf("y", x.shape))
+        y = self._buf("y", x.shape)
+        for start in range(0, n, rows):
+            self._forward(x[start:start + rows], training, y[start:start + rows])
+        return y
+
+    def _forward(self, x: np.ndarray, training: bool, out: np.ndarray) -> np.ndarray:
         a = self.drop1.forward(self.attn.forward(self.ln1.forward(x, training), training), training)
         hid = np.add(x, a, out=self._buf("hid", x.shape))
         m = self.mlp2.forward(self.mlp1.forward(self.ln2.forward(hid, training), training), training)
-        return np.add(hid, self.drop2.forward(m, training), out=self._buf("y", x.shape))
+        return np.add(hid, self.drop2.forward(m, training), out=out)
 
     def backward(self, dy):
         dy = np.asarray(dy, dtype=self.dtype)
