@@ -380,6 +380,30 @@ def test_dense_applies_to_the_last_axis():
     np.testing.assert_allclose(y, np.tanh(x @ dense.params["W"] + dense.params["b"]), rtol=1e-14)
 
 
+@pytest.mark.parametrize("units,folded", [(11, True), (10, True), (9, False)])
+def test_dense_bias_inside_the_gemm_matches_the_formula(units, folded):
+    # units >= 2 * fin adds b inside the GEMM ([x 1] [W; b]) and gets db with dW; a narrower
+    # layer adds it after. Both against the formula, with a nonzero b, a smaller second batch
+    # (workspace views) and dy with distinct values.
+    rng = np.random.default_rng(12)
+    dense = build_layer({"type": "dense", "units": units, "activation": "gelu"})
+    dense.build((3, 5), np.random.default_rng(0), np.float64)
+    dense.params["b"][...] = rng.standard_normal(units)
+    dense.input_grad = True
+    assert dense._fold_bias == folded
+    gelu = get_activation("gelu")
+    for n in (4, 2):
+        x = rng.standard_normal((n, 3, 5))
+        dy = rng.standard_normal((n, 3, units))
+        z = x @ dense.params["W"] + dense.params["b"]
+        np.testing.assert_allclose(dense.forward(x, training=True), gelu.forward(z), rtol=1e-13, atol=1e-15)
+        dz = gelu.backward(z, gelu.forward(z), dy)
+        dx = dense.backward(dy)
+        np.testing.assert_allclose(dense.grads["W"], x.reshape(-1, 5).T @ dz.reshape(-1, units), rtol=1e-12)
+        np.testing.assert_allclose(dense.grads["b"], dz.reshape(-1, units).sum(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(dx, dz @ dense.params["W"].T, rtol=1e-12)
+
+
 def test_layer_options_are_checked():
     with pytest.raises(ConfigError, match="dense: unknown option"):
         build_layer({"type": "dense", "units": 3, "unit": 4})
