@@ -381,22 +381,28 @@ def test_dense_applies_to_the_last_axis():
 
 
 @pytest.mark.parametrize("units,folded", [(11, True), (10, True), (9, False)])
-def test_dense_bias_inside_the_gemm_matches_the_formula(units, folded):
+def test_dense_bias_inside_the_gemm_matches_the_formula(units, folded, monkeypatch):
     # units >= 2 * fin adds b inside the GEMM ([x 1] [W; b]) and gets db with dW; a narrower
     # layer adds it after. Both against the formula, with a nonzero b, a smaller second batch
-    # (workspace views) and dy with distinct values.
+    # (workspace views) and dy with distinct values. (Outputs this small fold only with the
+    # size threshold lowered; at the default they add b after.)
+    small = build_layer({"type": "dense", "units": 10})
+    small.build((5,), np.random.default_rng(0), np.float64)
+    small.forward(np.ones((4, 5)), training=True)
+    assert small._fold_bias and not small._folded
+    monkeypatch.setattr(core, "_BIAS_IN_GEMM_MIN", 0)
     rng = np.random.default_rng(12)
     dense = build_layer({"type": "dense", "units": units, "activation": "gelu"})
     dense.build((3, 5), np.random.default_rng(0), np.float64)
     dense.params["b"][...] = rng.standard_normal(units)
     dense.input_grad = True
-    assert dense._fold_bias == folded
     gelu = get_activation("gelu")
     for n in (4, 2):
         x = rng.standard_normal((n, 3, 5))
         dy = rng.standard_normal((n, 3, units))
         z = x @ dense.params["W"] + dense.params["b"]
         np.testing.assert_allclose(dense.forward(x, training=True), gelu.forward(z), rtol=1e-13, atol=1e-15)
+        assert dense._folded == folded
         dz = gelu.backward(z, gelu.forward(z), dy)
         dx = dense.backward(dy)
         np.testing.assert_allclose(dense.grads["W"], x.reshape(-1, 5).T @ dz.reshape(-1, units), rtol=1e-12)
