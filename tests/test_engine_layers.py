@@ -410,6 +410,21 @@ def test_dense_bias_inside_the_gemm_matches_the_formula(units, folded, monkeypat
         np.testing.assert_allclose(dx, dz @ dense.params["W"].T, rtol=1e-12)
 
 
+def test_dense_uses_the_kept_slope_once_and_refuses_a_second_backward():
+    rng = np.random.default_rng(13)
+    dense = build_layer({"type": "dense", "units": 6, "activation": "gelu"})
+    dense.build((4,), np.random.default_rng(0), np.float64)
+    gelu = get_activation("gelu")
+    for _ in range(2):                                 # a new forward makes backward valid again
+        x, dy = rng.standard_normal((3, 4)), rng.standard_normal((3, 6))
+        dense.forward(x, training=True)
+        z = x @ dense.params["W"] + dense.params["b"]
+        dense.backward(dy)
+        np.testing.assert_allclose(dense.grads["W"], x.T @ gelu.backward(z, gelu.forward(z), dy), rtol=1e-12)
+        with pytest.raises(RuntimeError, match="backward called twice"):
+            dense.backward(dy)
+
+
 def test_layer_options_are_checked():
     with pytest.raises(ConfigError, match="dense: unknown option"):
         build_layer({"type": "dense", "units": 3, "unit": 4})

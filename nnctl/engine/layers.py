@@ -78,6 +78,7 @@ class Dense(CheckedLayer):
         self.bias_init = get_initializer(self.hparams["bias_initializer"])
         self._identity = isinstance(self.act, Identity)
         self._x = self._z = self._y = self._slope = None
+        self._slope_spent = False
         self._x_shape: tuple[int, ...] = ()
 
     def _build(self, input_shape, rng):
@@ -129,6 +130,7 @@ class Dense(CheckedLayer):
         else:
             y = self.act.forward(z, out=z)  # the pre-activation is not needed again
         self._x, self._z, self._y, self._slope, self._x_shape = x2, z, y, slope, x.shape
+        self._slope_spent = False
         return y.reshape(x.shape[:-1] + (units,))
 
     def backward(self, dy: np.ndarray) -> np.ndarray | None:
@@ -138,7 +140,14 @@ class Dense(CheckedLayer):
         if self._identity:
             dz = dy2
         elif self._slope is not None:
-            dz = np.multiply(dy2, self._slope, out=self._buf("dz", dy2.shape))
+            # in place: f'(z) is read once, and one (rows, units) buffer less streams through
+            # the cache ((2048, 256) float32, caches cold: 0.24 -> 0.15 ms); a second backward
+            # of the same forward would find dz there instead, so it is refused
+            dz = np.multiply(dy2, self._slope, out=self._slope)
+            self._slope, self._slope_spent = None, True
+        elif self._slope_spent:
+            raise RuntimeError("dense: backward called twice after one training forward "
+                               "(the f'(z) it keeps is used up by the first)")
         else:
             dz = self.act.backward(self._z if self.act.USES_X else None, self._y, dy2,
                                    out=self._buf("dz", dy2.shape))
