@@ -69,6 +69,27 @@ def test_attention_matches_reference(kw):
     np.testing.assert_allclose(mha.forward(x, False), ref_attention(x, mha), rtol=1e-10, atol=1e-12)
 
 
+def test_block_evaluation_in_groups_of_samples_matches_one_pass(monkeypatch):
+    # 576 bytes a sample (T=6 by the widest intermediate, heads * T = 12, float64): groups of
+    # 2, 2 and 1 samples, against the block evaluated in one group and sample by sample
+    rng = np.random.default_rng(11)
+    block = built(TransformerBlock(heads=2, mlp_units=8, causal=True), (6, 4))
+    x = rng.standard_normal((5, 6, 4))
+    whole = block.forward(x, False).copy()
+    one_by_one = np.concatenate([block.forward(x[i:i + 1], False).copy() for i in range(5)])
+    monkeypatch.setattr(attention, "_BLOCK_BYTES", 2 * 576)
+    groups = []
+    forward = block.attn.forward
+    monkeypatch.setattr(block.attn, "forward", lambda a, training: groups.append(len(a)) or forward(a, training))
+    grouped = block.forward(x, False)
+    assert groups == [2, 2, 1]
+    np.testing.assert_allclose(grouped, whole, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(grouped, one_by_one, rtol=1e-13, atol=1e-14)
+    groups.clear()
+    block.forward(x, True)                             # training: one group, for backward
+    assert groups == [5]
+
+
 def test_causal_attention_ignores_the_future():
     rng = np.random.default_rng(1)
     block = built(TransformerBlock(heads=2, causal=True, mlp_units=8), (6, 4))

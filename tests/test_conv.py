@@ -233,6 +233,22 @@ def test_global_avg_pool_flatten_reshape_values():
     np.testing.assert_array_equal(rs.backward(np.ones((2, 2, 2, 3))), np.ones((2, 3, 4)))
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_global_avg_pool_means_and_spread_gradient_in_both_layouts(dtype):
+    # distinct values everywhere, a smaller second batch (workspace views) and two spatial axes
+    rng = np.random.default_rng(4)
+    for fmt, axes, shape in (("channels_first", (2, 3), (3, 4, 5)), ("channels_last", (1, 2), (4, 5, 3))):
+        gap = built(GlobalAvgPool(data_format=fmt), shape, dtype)
+        for n in (4, 2):
+            x = rng.standard_normal((n,) + shape).astype(dtype)
+            dy = rng.standard_normal((n, 3)).astype(dtype)
+            tol = 1e-6 if dtype == np.float32 else 1e-14    # float32 means can cancel: absolute
+            np.testing.assert_allclose(gap.forward(x, True), x.mean(axis=axes), rtol=tol, atol=tol)
+            want = np.broadcast_to(np.expand_dims(dy, axes), x.shape) / 20.0
+            np.testing.assert_allclose(gap.backward(dy), want, rtol=tol)
+            assert gap.backward(dy).dtype == dtype
+
+
 # -- gradients -----------------------------------------------------------------------------
 
 CONV2D_CASES = [

@@ -380,6 +380,51 @@ def test_dense_applies_to_the_last_axis():
     np.testing.assert_allclose(y, np.tanh(x @ dense.params["W"] + dense.params["b"]), rtol=1e-14)
 
 
+@pytest.mark.parametrize("units,folded", [(11, True), (10, True), (9, False)])
+def test_dense_bias_inside_the_gemm_matches_the_formula(units, folded, monkeypatch):
+    # units >= 2 * fin adds b inside the GEMM ([x 1] [W; b]) and gets db with dW; a narrower
+    # layer adds it after. Both against the formula, with a nonzero b, a smaller second batch
+    # (workspace views) and dy with distinct values. (Outputs this small fold only with the
+    # size threshold lowered; at the default they add b after.)
+    small = build_layer({"type": "dense", "units": 10})
+    small.build((5,), np.random.default_rng(0), np.float64)
+    small.forward(np.ones((4, 5)), training=True)
+    assert small._fold_bias and not small._folded
+    monkeypatch.setattr(core, "_BIAS_IN_GEMM_MIN", 0)
+    rng = np.random.default_rng(12)
+    dense = build_layer({"type": "dense", "units": units, "activation": "gelu"})
+    dense.build((3, 5), np.random.default_rng(0), np.float64)
+    dense.params["b"][...] = rng.standard_normal(units)
+    dense.input_grad = True
+    gelu = get_activation("gelu")
+    for n in (4, 2):
+        x = rng.standard_normal((n, 3, 5))
+        dy = rng.standard_normal((n, 3, units))
+        z = x @ dense.params["W"] + dense.params["b"]
+        np.testing.assert_allclose(dense.forward(x, training=True), gelu.forward(z), rtol=1e-13, atol=1e-15)
+        assert dense._folded == folded
+        dz = gelu.backward(z, gelu.forward(z), dy)
+        dx = dense.backward(dy)
+        np.testing.assert_allclose(dense.grads["W"], x.reshape(-1, 5).T @ dz.reshape(-1, units), rtol=1e-12)
+        np.testing.assert_allclose(dense.grads["b"], dz.reshape(-1, units).sum(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(dx, dz @ dense.params["W"].T, rtol=1e-12)
+
+
+def test_dense_uses_the_kept_slope_once_and_refuses_a_second_backward():
+    rng = np.random.default_rng(13)
+    dense = build_layer({"type": "dense", "units": 6, "activation": "gelu"})
+    dense.build((4,), np.random.default_rng(0), np.float64)
+    gelu = get_activation("gelu")
+    for _ in range(2):                                 # a new forward makes backward valid again
+        x, dy = rng.standard_normal((3, 4)), rng.standard_normal((3, 6))
+        dense.forward(x, training=True)
+        z = x @ dense.params["W"] + dense.params["b"]
+        dense.backward(dy)
+        np.testing.assert_allclose(dense.grads["W"], x.T @ gelu.backward(z, gelu.forward(z), dy), rtol=1e-12)
+        with pytest.raises(RuntimeError, match="backward called twice"):
+            dense.backward(dy)
+
+
 def test_layer_options_are_checked():
     with pytest.raises(ConfigError, match="dense: unknown option"):
         build_layer({"type": "dense", "units": 3, "unit": 4})

@@ -882,15 +882,32 @@ class GlobalAvgPool(CheckedLayer):
         self.count = math.prod(input_shape[1:] if first else input_shape[:-1])
         return (input_shape[0] if first else input_shape[-1],)
 
+    def _rows(self, a: np.ndarray) -> np.ndarray:
+        """(N, C, *S) -> (N, C, S) or (N, *S, C) -> (N, S, C), S the product of the spatial sizes."""
+        n, c = a.shape[0], self.output_shape[0]
+        first = self.hparams["data_format"] == "channels_first"
+        return a.reshape((n, c, self.count) if first else (n, self.count, c))
+
     def forward(self, x, training):
         x = np.asarray(x, dtype=self.dtype)
         self._shape = x.shape
-        return x.mean(axis=self.axes)
+        # The mean as a batched product with a vector of 1/S (as LayerNorm's means): x.mean
+        # took 146 us at (32, 64, 64) float32 (a reduction over a middle axis, into a fresh array)
+        w = self._buf("w", (self.count,))
+        w.fill(1.0 / self.count)
+        y = self._buf("y", (x.shape[0], self.output_shape[0]))
+        if self.hparams["data_format"] == "channels_first":
+            return np.matmul(self._rows(x), w, out=y)
+        return np.matmul(w, self._rows(x), out=y)
 
     def backward(self, dy):
-        dy = np.asarray(dy, dtype=self.dtype) * self.dtype.type(1.0 / self.count)
-        expand = tuple(a for a in self.axes)
-        return np.broadcast_to(np.expand_dims(dy, expand), self._shape).copy()
+        dy = np.asarray(dy, dtype=self.dtype)
+        dx = self._buf("dx", self._shape)
+        # every position gets dy / S: one broadcast write into the workspace, where the
+        # broadcast_to(...).copy() allocated the input's size every step
+        spread = dy[:, :, None] if self.hparams["data_format"] == "channels_first" else dy[:, None, :]
+        np.multiply(spread, self.dtype.type(1.0 / self.count), out=self._rows(dx))
+        return dx
 
 
 @LAYERS.register("flatten")
