@@ -277,8 +277,29 @@ class _Conv(CheckedLayer):
         return W.transpose(0, *range(2, 2 + self.ND), 1).reshape(W.shape[0], -1)
 
     def _forward_rows(self, x, training):
-        n, nd, f, c_in = x.shape[0], self.ND, self.hparams["filters"], self.input_shape[0]
-        p = math.prod(self.out_sizes)
+        n, f = x.shape[0], self.hparams["filters"]
+        xp = self._start_rows(x)
+        if self.channels_last_out:
+            z = self.ws.get("z", (n,) + self.out_sizes + (f,), self.dtype)
+        else:
+            z = self.ws.get("z", (n, f) + self.out_sizes, self.dtype)
+        if training or n <= self.block:
+            # one block: the backward pass reads this batch's cols
+            self._cols = self.ws.get("cols", (n,) + self.out_sizes + self.kernel + (xp.shape[1],), self.dtype)
+            self._rows_block(self._cols, 0, n, z)
+            return z
+        # evaluation: blocks through one block-sized cols that stays in cache; a backward
+        # pass after it (gradient checks) rebuilds the batch's cols from the padded input
+        self._cols, self._xp = None, xp
+        cols = self.ws.get("cols_block", (self.block,) + self.out_sizes + self.kernel + (xp.shape[1],), self.dtype)
+        for s in range(0, n, self.block):
+            e = min(n, s + self.block)
+            self._rows_block(cols[:e - s], s, e, z[s:e])
+        return z
+
+    def _start_rows(self, x):
+        """Pad x and lay out W2; _rows_block then computes z a block of samples at a time."""
+        nd, f, c_in = self.ND, self.hparams["filters"], self.input_shape[0]
         if self.channels_last_in:
             # seen as (N, C, *S) with channels innermost in memory: the im2col copies below then
             # gather runs of C_in contiguous values instead of single strided ones
@@ -286,49 +307,33 @@ class _Conv(CheckedLayer):
             xp = xp.transpose(0, nd + 1, *range(1, nd + 1))
         else:
             xp, self._xp_buf = shapes.padded(x, self.pads, self._xp_buf)
+        self._win = shapes.windows(xp, self.kernel, self.stride, self.dilation, self.out_sizes)
         # W2^T as the transpose of a contiguous W2: OpenBLAS runs cols @ W2^T ~5% faster with
         # its second operand flagged transposed than stored (K*C, F) (12544x288 @ 288x64: 4.66 vs 4.92 ms)
         w2 = self.ws.get("w2", (f, len(self.offsets), c_in), self.dtype)
         np.copyto(w2.reshape((f,) + self.kernel + (c_in,)), self.params["W"].transpose(0, *range(2, 2 + nd), 1))
-        w2t = w2.reshape(f, -1).T
+        self._w2t = w2.reshape(f, -1).T
+        return xp
+
+    def _rows_block(self, cols, s, e, z):
+        """z (e-s, F, *O) or channels-last (e-s, *O, F) of samples s:e, their im2col into `cols`."""
+        nd, f, p = self.ND, self.hparams["filters"], math.prod(self.out_sizes)
+        np.copyto(cols, self._win[s:e].transpose(0, *range(2, 2 + 2 * nd), 1))
+        rows = cols.reshape((e - s) * p, -1)
+        # The GEMM as cols @ W2^T, (N*P, F): with the long axis as the rows of the output it
+        # runs ~20% faster than W2 @ cols^T, more than the per-sample transpose it then needs
+        # (measured at 288 rows, 64 filters: 3.3 + 0.4 vs 4.2 + 0.3 ms).
         if self.channels_last_out:
-            z = self.ws.get("z", (n,) + self.out_sizes + (f,), self.dtype).reshape(n, p, f)
-        else:
-            z = self.ws.get("z", (n, f) + self.out_sizes, self.dtype).reshape(n, f, p)
-        if training or n <= self.block:
-            # one block: the backward pass reads this batch's cols
-            block, cols = n, self._im2col_rows(xp, n)
-        else:
-            # evaluation: blocks through one block-sized cols that stays in cache; a backward
-            # pass after it (gradient checks) rebuilds the batch's cols from the padded input
-            block, self._cols, self._xp = self.block, None, xp
-            cols = self.ws.get("cols_block", (block,) + self.out_sizes + self.kernel + (c_in,), self.dtype)
-            win = shapes.windows(xp, self.kernel, self.stride, self.dilation, self.out_sizes)
-        zr = self.ws.get("zr", (block * p, f), self.dtype)
-        for s in range(0, n, block):
-            e = min(n, s + block)
-            if block == n:
-                cb = cols
-            else:
-                cb = cols[:e - s]
-                np.copyto(cb, win[s:e].transpose(0, *range(2, 2 + 2 * nd), 1))
-            # The GEMM as cols @ W2^T, (N*P, F): with the long axis as the rows of the output it
-            # runs ~20% faster than W2 @ cols^T, more than the per-sample transpose it then needs
-            # (measured at 288 rows, 64 filters: 3.3 + 0.4 vs 4.2 + 0.3 ms).
-            if self.channels_last_out:
-                zb = np.matmul(cb.reshape((e - s) * p, -1), w2t, out=z[s:e].reshape(-1, f))
-                if "b" in self.params:
-                    zb += self.params["b"]
-                continue
-            zb = np.matmul(cb.reshape((e - s) * p, -1), w2t, out=zr[:(e - s) * p])
-            zb = zb.reshape(e - s, p, f).transpose(0, 2, 1)
+            zb = np.matmul(rows, self._w2t, out=z.reshape(-1, f))
             if "b" in self.params:
-                np.add(zb, self.params["b"][:, None], out=z[s:e])   # the bias rides on the transpose
-            else:
-                np.copyto(z[s:e], zb)
-        if self.channels_last_out:
-            return z.reshape((n,) + self.out_sizes + (f,))
-        return z.reshape((n, f) + self.out_sizes)
+                zb += self.params["b"]
+            return
+        zb = np.matmul(rows, self._w2t, out=self.ws.get("zr", ((e - s) * p, f), self.dtype))
+        zb = zb.reshape(e - s, p, f).transpose(0, 2, 1)
+        if "b" in self.params:
+            np.add(zb, self.params["b"][:, None], out=z.reshape(e - s, f, p))   # the bias rides on the transpose
+        else:
+            np.copyto(z.reshape(e - s, f, p), zb)
 
     def _im2col_rows(self, xp, n):
         """The batch's cols (N, *O, *K, C) in one strided copy from padded input xp; kept as _cols."""
@@ -393,29 +398,40 @@ class _Conv(CheckedLayer):
 
     # -- columns are output positions (few input channels) --------------------------------
     def _forward_channels(self, x):
-        n, nd, f = x.shape[0], self.ND, self.hparams["filters"]
-        c_in, p = x.shape[1], math.prod(self.out_sizes)
+        n = x.shape[0]
+        z = self.ws.get("z", (n, self.hparams["filters"]) + self.out_sizes, self.dtype)
+        self._start_channels(x)
+        self._channels_block(0, n, z)
+        return z
+
+    def _start_channels(self, x):
+        """Pad x and size the batch's cols (kept as _cols) and [W2 b]; _channels_block then
+        fills cols and computes z a block of samples at a time."""
+        n, f, c_in = x.shape[0], self.hparams["filters"], x.shape[1]
         xp, self._xp_buf = shapes.padded(x, self.pads, self._xp_buf)
-        win = shapes.windows(xp, self.kernel, self.stride, self.dilation, self.out_sizes)
-        # im2col in one strided copy: (N, C, *O, *K) -> (N, C, *K, *O), output positions innermost.
+        self._win = shapes.windows(xp, self.kernel, self.stride, self.dilation, self.out_sizes)
         # With a bias, cols[n] ends with a row of ones and W2 with the column b, so the GEMMs
         # also add b and give db: no separate passes over the (N, F, *O) output and gradient.
         ck, bias = c_in * len(self.offsets), "b" in self.params
-        cols = self.ws.get("cols", (n, ck + bias, p), self.dtype)
-        np.copyto(cols[:, :ck].reshape((n, c_in) + self.kernel + self.out_sizes),
-                  win.transpose(0, 1, *range(2 + nd, 2 + 2 * nd), *range(2, 2 + nd)))
+        self._cols = self.ws.get("cols", (n, ck + bias, math.prod(self.out_sizes)), self.dtype)
+        self._w2b = self.params["W"].reshape(f, ck)
         if bias:
+            self._w2b = self.ws.get("w2c", (f, ck + 1), self.dtype)
+            self._w2b[:, :ck] = self.params["W"].reshape(f, ck)
+            self._w2b[:, ck] = self.params["b"]
+
+    def _channels_block(self, s, e, z):
+        """z (e-s, F, *O) of samples s:e, their im2col into _cols[s:e]."""
+        nd, c_in = self.ND, self.input_shape[0]
+        ck = c_in * len(self.offsets)
+        cols = self._cols[s:e]
+        # im2col in one strided copy: (N, C, *O, *K) -> (N, C, *K, *O), output positions innermost.
+        np.copyto(cols[:, :ck].reshape((e - s, c_in) + self.kernel + self.out_sizes),
+                  self._win[s:e].transpose(0, 1, *range(2 + nd, 2 + 2 * nd), *range(2, 2 + nd)))
+        if cols.shape[1] > ck:
             cols[:, ck] = 1
-        self._cols = cols
-        w2 = self.params["W"].reshape(f, ck)
-        if bias:
-            w2 = self.ws.get("w2c", (f, ck + 1), self.dtype)
-            w2[:, :ck] = self.params["W"].reshape(f, ck)
-            w2[:, ck] = self.params["b"]
-        z = self.ws.get("z", (n, f) + self.out_sizes, self.dtype)
         # one GEMM per sample, straight into the (N, F, *O) output: no transpose pass after it
-        np.matmul(w2, cols, out=z.reshape(n, f, p))
-        return z
+        np.matmul(self._w2b, cols, out=z.reshape(e - s, z.shape[1], -1))
 
     def _backward_channels(self, dz):
         cols = self._cols
