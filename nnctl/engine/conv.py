@@ -119,6 +119,7 @@ class _Conv(CheckedLayer):
         # and (rows layout) takes z and gives dz channels-last, (N, *O, F); a pool before this
         # layer gives x and takes dx channels-last, (N, *S, C).
         self.act_deferred = False
+        self.pooled = False   # training: the pool after runs this layer's forward (_Pool._forward_with_conv)
         self.channels_last_out = False
         self.channels_last_in = False
         self._xp_buf = None
@@ -153,6 +154,8 @@ class _Conv(CheckedLayer):
         # layout is 1.3-2x faster with 125 rows (25 channels, k=5) or 288 (32 channels, 3x3).
         self.channels_layout = c_in * k <= _FEW_ROWS
         self.block = max(1, _BLOCK_BYTES // (math.prod(self.out_sizes) * c_in * k * self.dtype.itemsize))
+        # Samples per block when a linked pool runs this forward: a block's cols and z in L2.
+        self.pool_block = max(1, _BLOCK_BYTES // (math.prod(self.out_sizes) * (c_in * k + 1 + f) * self.dtype.itemsize))
         # Stride-1 1-D convolutions use the shifted layout (see _forward_shifted): on the issue-15
         # conv1d workload (25 channels, k=5, L=40) its contiguous block copies beat the strided
         # im2col gather of either layout above, forward and backward, for 1 or 25 input channels.
@@ -171,6 +174,10 @@ class _Conv(CheckedLayer):
 
     def forward(self, x, training):
         x = np.asarray(x, dtype=self.dtype)
+        if training and self.pooled:
+            # x goes on to the pool after, which computes z a block at a time (_Pool._forward_with_conv)
+            self._slope = self._z = self._y = None
+            return x
         if self.shifted_layout:
             z = self._forward_shifted(x)
         else:
@@ -535,8 +542,10 @@ class _Pool(CheckedLayer):
         self._xp_buf = None
         self._xp = None
         self._routed = False
-        # Set by link_convs_and_pools: the relu of the convolution before, applied to the output.
+        # Set by link_convs_and_pools: the relu of the convolution before, applied to the output;
+        # that convolution, when this pool runs both of them in training (_forward_with_conv).
         self.post_act = None
+        self.conv_before = None
 
     def _build(self, input_shape, rng):
         shapes.expect_rank(self.NAME, input_shape, self.ND + 1, self.LAYOUT)
@@ -588,9 +597,12 @@ class _Pool(CheckedLayer):
             return a.transpose(0, self.ND + 1, *range(1, self.ND + 1))
         return a.transpose(0, *range(2, self.ND + 2), 1)
 
-    def _reduce(self, xp, route: bool):
-        """Run the passes forward over padded input xp; with `route`, record each pass's winners."""
+    def _reduce(self, xp, route: bool, start: int = 0, total: int | None = None):
+        """Run the passes forward over padded input xp; with `route`, record each pass's winners.
+        xp may be samples start:start+len(xp) of a batch of `total`: their winners go there."""
         n, c = xp.shape[0], xp.shape[-1 if self.channels_last_in else 1]
+        rows = slice(start, start + n)
+        total = n if total is None else total
         h = xp
         for p, (i, _, after, slices, _) in enumerate(self.passes):
             out = self.ws.get(f"pass{p}", self._full(n, c, after, self.channels_last_in), self.dtype)
@@ -613,9 +625,10 @@ class _Pool(CheckedLayer):
                 gt = self.ws.get(f"gt{p}", out.shape, np.bool_)
                 np.greater(views[1], views[0], out=gt)
                 np.maximum(views[0], views[1], out=out)
-                np.subtract(gt.view(np.int8), 1, out=self.ws.get(f"keep{p}", out.shape, np.int8))
+                keep = self.ws.get(f"keep{p}", (total,) + out.shape[1:], np.int8)[rows]
+                np.subtract(gt.view(np.int8), 1, out=keep)
             else:
-                win = self.ws.get(f"win{p}", out.shape, np.uint8)
+                win = self.ws.get(f"win{p}", (total,) + out.shape[1:], np.uint8)[rows]
                 gt = self.ws.get(f"gt{p}", out.shape, np.bool_)
                 step = self.ws.get(f"step{p}", out.shape, np.uint8)
                 np.copyto(out, views[0])
@@ -635,6 +648,8 @@ class _Pool(CheckedLayer):
 
     def forward(self, x, training):
         x = np.asarray(x, dtype=self.dtype)
+        if training and self.conv_before is not None:
+            return self._forward_with_conv(x)
         fill = -np.inf if self.MODE == "max" else 0.0
         xp, self._xp_buf = shapes.padded(x, self.pads, self._xp_buf, fill=fill)
         self._xp = xp
@@ -655,10 +670,36 @@ class _Pool(CheckedLayer):
             self.post_act.forward(y, out=self._y)
         return self._y
 
+    def _forward_with_conv(self, x):
+        """Training forward of the convolution before (given its input x) and this pool, a block
+        of samples at a time: each block's z is pooled while still in cache (see link_convs_and_pools)."""
+        conv, last_in = self.conv_before, self.channels_last_in
+        n, f = x.shape[0], conv.hparams["filters"]
+        if conv.channels_layout:
+            conv._start_channels(x)
+        else:
+            conv._start_rows(x)
+            conv._cols = conv.ws.get("cols", (n,) + conv.out_sizes + conv.kernel + (conv.input_shape[0],), self.dtype)
+        self._xp, self._routed = None, True
+        self._y = self.ws.get("y", self._full(n, f, self.out_sizes, self.channels_last_out), self.dtype)
+        for s in range(0, n, conv.pool_block):
+            e = min(n, s + conv.pool_block)
+            z = conv.ws.get("z", self._full(e - s, f, conv.out_sizes, last_in), self.dtype)
+            if conv.channels_layout:
+                conv._channels_block(s, e, z)
+            else:
+                conv._rows_block(conv._cols[s:e], s, e, z)
+            y = self._relaid(self._reduce(z, True, s, n), last_in, self.channels_last_out)
+            if self.post_act is None:
+                np.copyto(self._y[s:e], y)
+            else:
+                self.post_act.forward(y, out=self._y[s:e])
+        return self._y
+
     def backward(self, dy):
         dy = np.asarray(dy, dtype=self.dtype)
         last_in = self.channels_last_in
-        n, c = self._xp.shape[0], self._xp.shape[-1 if last_in else 1]
+        n, c = dy.shape[0], self.input_shape[0]
         if self.MODE == "max" and not self._routed:
             self._reduce(self._xp, True)
             self._routed = True
@@ -748,15 +789,17 @@ def link_convs_and_pools(layers) -> None:
     """
     for layer in layers:
         if isinstance(layer, _Conv):
-            layer.act_deferred = layer.channels_last_in = layer.channels_last_out = False
+            layer.act_deferred = layer.pooled = layer.channels_last_in = layer.channels_last_out = False
         elif isinstance(layer, _Pool):
-            layer.post_act = None
+            layer.post_act = layer.conv_before = None
     for conv, pool in zip(layers, layers[1:]):
         if isinstance(conv, _Conv) and isinstance(pool, _Pool):
             if type(conv.act) is ReLU and pool.MODE == "max":
                 conv.act_deferred = True
                 pool.post_act = conv.act
             conv.channels_last_out = conv.rows_layout and not any(lo or hi for lo, hi in pool.pads)
+            if conv.act_deferred and not conv.shifted_layout and not any(lo or hi for lo, hi in pool.pads):
+                conv.pooled, pool.conv_before = True, conv
     for i, pool in enumerate(layers):
         if isinstance(pool, _Pool):
             before, after = layers[i - 1] if i else None, layers[i + 1] if i + 1 < len(layers) else None
