@@ -119,7 +119,10 @@ class _Conv(CheckedLayer):
         # and (rows layout) takes z and gives dz channels-last, (N, *O, F); a pool before this
         # layer gives x and takes dx channels-last, (N, *S, C).
         self.act_deferred = False
-        self.pooled = False   # training: the pool after runs this layer's forward (_Pool._forward_with_conv)
+        # training: the pool after runs this layer's forward (_Pool._forward_with_conv) and, in
+        # the channels layout, its backward, handing back dx for this layer's backward to pass on
+        self.pooled = False
+        self.dx_from_pool = False
         self.channels_last_out = False
         self.channels_last_in = False
         self._xp_buf = None
@@ -198,6 +201,9 @@ class _Conv(CheckedLayer):
         return self._y
 
     def backward(self, dy):
+        if self.dx_from_pool:
+            self.dx_from_pool = False
+            return dy
         dy = np.asarray(dy, dtype=self.dtype)
         if self.act_deferred or isinstance(self.act, Identity):
             dz = dy
@@ -441,39 +447,52 @@ class _Conv(CheckedLayer):
         np.matmul(self._w2b, cols, out=z.reshape(e - s, z.shape[1], -1))
 
     def _backward_channels(self, dz):
-        cols = self._cols
-        n, nd = cols.shape[0], self.ND
+        n = dz.shape[0]
+        dx = self._channels_grads(0, n, dz, n)
+        self._channels_grads_sum(n)
+        return dx
+
+    def _channels_grads(self, s, e, dz, total):
+        """For samples s:e of a batch of `total`, from their dz (e-s, F, *O): their terms of
+        [dW2 db] (summed by _channels_grads_sum) and, with input_grad, their rows of dx."""
+        cols, nd = self._cols[s:e], self.ND
         W = self.params["W"]
         f, c_in = W.shape[:2]
         p = math.prod(self.out_sizes)
-        ck, bias = c_in * len(self.offsets), "b" in self.params
-        dz3 = np.ascontiguousarray(dz).reshape(n, f, p)
+        ck = c_in * len(self.offsets)
+        dz3 = np.ascontiguousarray(dz).reshape(e - s, f, p)
         # [dW2 db] = sum over samples of dz[n] @ cols[n]^T: one GEMM per sample, then one sum
-        per_sample = self.ws.get("dw_n", (n, f, ck + bias), self.dtype)
+        per_sample = self.ws.get("dw_n", (total, f, cols.shape[1]), self.dtype)[s:e]
         np.matmul(dz3, cols.transpose(0, 2, 1), out=per_sample)
-        dw2 = self.ws.get("dw2c", (f, ck + bias), self.dtype)
-        np.sum(per_sample, axis=0, out=dw2)
-        self.grads["W"].reshape(f, ck)[...] = dw2[:, :ck]
-        if bias:
-            self.grads["b"][...] = dw2[:, ck]
         if not self.input_grad:
             return None
-        dcols = self.ws.get("dcols", (n, ck, p), self.dtype)
+        dcols = self.ws.get("dcols", (e - s, ck, p), self.dtype)
         np.matmul(W.reshape(f, ck).T, dz3, out=dcols)
-        dcols = dcols.reshape((n, c_in) + self.kernel + self.out_sizes)
+        dcols = dcols.reshape((e - s, c_in) + self.kernel + self.out_sizes)
         # col2im, channels-first like dx: one strided slice-add per kernel offset (never per
         # output position); offset k's block dcols[:, :, *k] is already (N, C, *O).
         sp = tuple(L + lo + hi for L, (lo, hi) in zip(self.input_shape[1:], self.pads))
-        dxp = self.ws.get("dxp", (n, c_in) + sp, self.dtype)
+        dxp = self.ws.get("dxp", (e - s, c_in) + sp, self.dtype)
         dxp.fill(0)
         lead = (slice(None), slice(None))
         for off in self.offsets:
             dxp[lead + shapes.offset_slices(off, self.stride, self.dilation, self.out_sizes)] += dcols[lead + off]
-        if not any(lo or hi for lo, hi in self.pads):
+        padded = any(lo or hi for lo, hi in self.pads)
+        if not padded and e - s == total:
             return dxp
-        dx = self.ws.get("dx", (n, c_in) + tuple(self.input_shape[1:]), self.dtype)
-        np.copyto(dx, shapes.strip_padding(dxp, self.pads))
+        dx = self.ws.get("dx", (total, c_in) + tuple(self.input_shape[1:]), self.dtype)
+        np.copyto(dx[s:e], shapes.strip_padding(dxp, self.pads) if padded else dxp)
         return dx
+
+    def _channels_grads_sum(self, total):
+        """grads W and b: the sum over the batch of the per-sample terms _channels_grads left."""
+        f, ck = self.hparams["filters"], self.input_shape[0] * len(self.offsets)
+        bias = "b" in self.params
+        dw2 = self.ws.get("dw2c", (f, ck + bias), self.dtype)
+        np.sum(self.ws.get("dw_n", (total, f, ck + bias), self.dtype), axis=0, out=dw2)
+        self.grads["W"].reshape(f, ck)[...] = dw2[:, :ck]
+        if bias:
+            self.grads["b"][...] = dw2[:, ck]
 
 
 @LAYERS.register("conv1d")
@@ -546,6 +565,7 @@ class _Pool(CheckedLayer):
         # that convolution, when this pool runs both of them in training (_forward_with_conv).
         self.post_act = None
         self.conv_before = None
+        self._with_conv = False
 
     def _build(self, input_shape, rng):
         shapes.expect_rank(self.NAME, input_shape, self.ND + 1, self.LAYOUT)
@@ -650,6 +670,7 @@ class _Pool(CheckedLayer):
         x = np.asarray(x, dtype=self.dtype)
         if training and self.conv_before is not None:
             return self._forward_with_conv(x)
+        self._with_conv = False
         fill = -np.inf if self.MODE == "max" else 0.0
         xp, self._xp_buf = shapes.padded(x, self.pads, self._xp_buf, fill=fill)
         self._xp = xp
@@ -680,7 +701,7 @@ class _Pool(CheckedLayer):
         else:
             conv._start_rows(x)
             conv._cols = conv.ws.get("cols", (n,) + conv.out_sizes + conv.kernel + (conv.input_shape[0],), self.dtype)
-        self._xp, self._routed = None, True
+        self._xp, self._routed, self._with_conv = None, True, True
         self._y = self.ws.get("y", self._full(n, f, self.out_sizes, self.channels_last_out), self.dtype)
         for s in range(0, n, conv.pool_block):
             e = min(n, s + conv.pool_block)
@@ -698,11 +719,33 @@ class _Pool(CheckedLayer):
 
     def backward(self, dy):
         dy = np.asarray(dy, dtype=self.dtype)
-        last_in = self.channels_last_in
-        n, c = dy.shape[0], self.input_shape[0]
+        conv = self.conv_before
+        if self._with_conv and conv.channels_layout:
+            # after _forward_with_conv: both backward passes too, a block of samples at a time,
+            # so the convolution reads each block's dz while it is in cache
+            n, dx = dy.shape[0], None
+            for s in range(0, n, conv.pool_block):
+                e = min(n, s + conv.pool_block)
+                dx = conv._channels_grads(s, e, self._backward_block(dy[s:e], s, n), n)
+            conv._channels_grads_sum(n)
+            conv.dx_from_pool = True
+            return dx
         if self.MODE == "max" and not self._routed:
             self._reduce(self._xp, True)
             self._routed = True
+        g = self._backward_block(dy, 0, dy.shape[0])
+        if not any(lo or hi for lo, hi in self.pads):
+            return g
+        dx = self.ws.get("dx", (dy.shape[0],) + self.input_shape, self.dtype)
+        np.copyto(dx, shapes.strip_padding(g, self.pads))
+        return dx
+
+    def _backward_block(self, dy, start: int, total: int):
+        """The gradient of the pool's (padded) input for samples start:start+len(dy) of a batch
+        of `total`, from theirs of its output (in a buffer of the block's size)."""
+        last_in = self.channels_last_in
+        n, c = dy.shape[0], self.input_shape[0]
+        rows = slice(start, start + n)
         if self.MODE == "max" and self.post_act is None and last_in == self.channels_last_out:
             g = dy
         else:
@@ -711,7 +754,7 @@ class _Pool(CheckedLayer):
             if self.MODE == "avg":
                 np.multiply(dy, self._inv_count(self.channels_last_out), out=gv)
             elif self.post_act is not None:
-                self.post_act.backward(None, self._y, dy, out=gv)
+                self.post_act.backward(None, self._y[rows], dy, out=gv)
             else:
                 np.copyto(gv, dy)
         for p in reversed(range(len(self.passes))):
@@ -728,7 +771,7 @@ class _Pool(CheckedLayer):
             elif len(slices) == 2:
                 # g AND keep goes to the first element, g XOR that (= g AND NOT keep) to the second.
                 word = _INT[self.dtype]
-                keep = self.ws.get(f"keep{p}", g.shape, np.int8)
+                keep = self.ws.get(f"keep{p}", (total,) + g.shape[1:], np.int8)[rows]
                 gbits = g.view(word)
                 if tiles:
                     first = dst.view(word)[slices[0]]
@@ -745,7 +788,7 @@ class _Pool(CheckedLayer):
                 # g where window element j won, else +0, as a bitwise AND with an all-ones or
                 # all-zeros word: exact, branch-free, and 0 (not NaN) beside an infinite g.
                 word = _INT[self.dtype]
-                win = self.ws.get(f"win{p}", g.shape, np.uint8)
+                win = self.ws.get(f"win{p}", (total,) + g.shape[1:], np.uint8)[rows]
                 sel = self.ws.get(f"gt{p}", g.shape, np.bool_)
                 mask = self.ws.get(f"mask{p}", g.shape, word)
                 gbits = g.view(word)
@@ -760,11 +803,7 @@ class _Pool(CheckedLayer):
                         np.bitwise_and(gbits, mask, out=mask)
                         dst[sl] += mask.view(self.dtype)
             g = dst
-        if not any(lo or hi for lo, hi in self.pads):
-            return g
-        dx = self.ws.get("dx", (n,) + self.input_shape, self.dtype)
-        np.copyto(dx, shapes.strip_padding(g, self.pads))
-        return dx
+        return g
 
 
 def link_convs_and_pools(layers) -> None:
