@@ -827,6 +827,17 @@ def link_convs_and_pools(layers) -> None:
     gives x and takes dx as (N, *S, C). That saves a transpose of each array, and the pool's
     passes run over contiguous runs of channels instead of rows of a few positions; a pool
     transposes only its own (smaller) output and dy when its neighbours differ.
+
+    In training, such a relu convolution (not the shifted layout) and its unpadded max pool
+    run as one: the pool's forward computes z a block of samples at a time (_Conv.pool_block)
+    and pools each block while it is still in the L2 cache, instead of the pool reading back
+    the batch's z after the convolution has written all of it (in a CNN step the pool runs at
+    half the speed it has alone, reading z from memory). The pool keeps the routing masks of
+    the whole batch; the convolution keeps its cols. For a channels-layout convolution the
+    pool runs both backward passes the same way (each block's dz feeds the convolution's
+    per-sample GEMMs while in cache) and the convolution's backward passes on the dx it got.
+    For the rows layout blocking its backward gained nothing measurable (dW is one GEMM over
+    the batch either way), so that backward stays as it is.
     Called on a container's layers whenever it is built; resets stale links.
     """
     for layer in layers:
