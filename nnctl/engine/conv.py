@@ -180,6 +180,7 @@ class _Conv(CheckedLayer):
 
     def forward(self, x, training):
         x = np.asarray(x, dtype=self.dtype)
+        self.dx_from_pool = False
         if training and self.pooled:
             # x goes on to the pool after, which computes z a block at a time (_Pool._forward_with_conv)
             self._slope = self._z = self._y = None
