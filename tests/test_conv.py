@@ -593,6 +593,10 @@ def test_the_layout_follows_the_im2col_rows():
     ([{"type": "conv1d", "filters": 4, "kernel_size": 3, "padding": "same", "activation": "relu"},
       {"type": "maxpool1d", "size": 3}, {"type": "flatten"}, {"type": "dense", "units": 2}],
      (2, 9), [True], [(False, False)], [False]),
+    # strided conv1d (channels layout, not shifted) and a max pool with 3-element windows: run as one
+    ([{"type": "conv1d", "filters": 3, "kernel_size": 3, "stride": 2, "padding": "same", "activation": "relu"},
+      {"type": "maxpool1d", "size": 3}, {"type": "flatten"}, {"type": "dense", "units": 2}],
+     (2, 19), [True], [(False, False)], [True]),
 ])
 @pytest.mark.parametrize("training", [True, False])
 def test_linked_convolutions_and_pools_give_bitwise_the_same_values_and_gradients(specs, shape, relu_deferred,
