@@ -505,6 +505,11 @@ def test_maxpool_routes_an_infinite_gradient_without_nan():
     (Conv2D, {"kernel_size": 3, "padding": "same", "activation": "relu"}, (1, 6, 5)),
     (Conv2D, {"kernel_size": [2, 3], "stride": [2, 1], "padding": 1, "dilation": [1, 2]}, (3, 7, 8)),
     (Conv2D, {"kernel_size": 3, "stride": 2, "padding": "same"}, (20, 5, 5)),
+    # the rows layout's dx GEMM summing the last axis's offsets (stride and dilation 1 there):
+    # uneven "same" pads (1, 2); a last-axis offset that lands only on padding; stride 2 above it
+    (Conv2D, {"kernel_size": [3, 4], "padding": "same", "activation": "tanh"}, (2, 5, 6)),
+    (Conv2D, {"kernel_size": [3, 4], "padding": [1, 2]}, (2, 4, 1)),
+    (Conv2D, {"kernel_size": [2, 3], "stride": [2, 1]}, (3, 7, 8)),
     (Conv1D, {"kernel_size": 5, "padding": "same", "activation": "tanh"}, (1, 12)),
     (Conv1D, {"kernel_size": 3, "stride": 3, "dilation": 2}, (7, 20)),
     (Conv1D, {"kernel_size": 5, "padding": "same", "activation": "relu"}, (25, 9)),
