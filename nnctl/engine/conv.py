@@ -65,7 +65,10 @@ class _Conv(CheckedLayer):
         Z = cols @ W2^T  (one GEMM for the batch),     dW2 = dZ^T @ cols,   db = sum dZ,
         dcols = dZ @ W2  (one GEMM per block of samples).
     Offset k's column block of dcols, an (N, *O, C_in) view, is added in one strided slice-add
-    to a channels-last gradient, where it lands inside the input.
+    to a channels-last gradient, where it lands inside the input. With stride and dilation 1
+    along the last axis, dZ is first shifted once per last-axis offset j (dzs[.., X, j, :] =
+    dZ[.., X - j + pad, :]) so the GEMM also sums over j: dcols then holds only the other
+    axes' offsets, at every input position X of the last axis, and the col2im adds those.
     The dcols products and their col2im (and an evaluation forward's im2col and GEMM) run
     over blocks of samples sized to stay in cache (_BLOCK_BYTES). x, dx, Z and dZ are
     channels-first, each one transpose away from this layout, except beside a pool that
