@@ -638,3 +638,52 @@ def test_linked_convolutions_and_pools_give_bitwise_the_same_values_and_gradient
         bits.append([a.view(np.int64) for a in [y, dx, *g]])
     assert all(np.array_equal(a, b) for a, b in zip(*bits))
     assert np.count_nonzero(bits[0][0]) > 0 and np.count_nonzero(bits[0][1]) > 0
+
+
+_C1 = {"type": "conv1d", "filters": 5, "kernel_size": 5, "padding": "same", "activation": "relu"}
+
+
+@pytest.mark.parametrize("specs,shape,linked_after", [
+    # the issue-15 stack: one input channel, then relu convolutions handing over padded inputs
+    ([_C1, {**_C1, "filters": 6}, {**_C1, "filters": 3}, {"type": "flatten"}, {"type": "dense", "units": 2}],
+     (1, 11), [True, True, False]),
+    # identity and relu links with a left padding of 1 (valid -> 1, "same" k=4 -> "same" k=2
+    # dilated 3), no bias; not linked: padded sizes 10 -> 11, a gelu (not only y), the flatten
+    ([{"type": "conv1d", "filters": 4, "kernel_size": 3},
+      {"type": "conv1d", "filters": 3, "kernel_size": 3, "padding": 1, "bias": False, "activation": "relu"},
+      {"type": "conv1d", "filters": 5, "kernel_size": 4, "padding": "same", "activation": "relu"},
+      {"type": "conv1d", "filters": 3, "kernel_size": 2, "dilation": 3, "padding": "same", "activation": "gelu"},
+      {"type": "conv1d", "filters": 3, "kernel_size": 1, "activation": "tanh"}, {"type": "flatten"}],
+     (2, 10), [True, False, True, False, False]),
+])
+def test_linked_shifted_convolutions_give_bitwise_the_same_values_and_gradients(specs, shape, linked_after):
+    # Reference: an identity reshape after every convolution stops the links. Batches of 4, 4
+    # (the padded buffers reused: their padding must still be zero), 3 and 4 again, training
+    # and evaluation; small integers, so many pre-activations are exactly 0 or negative. The
+    # linked model's evaluation forwards run in blocks of 2 samples (then 1), and the backward
+    # after them rebuilds the batch's cols.
+    rng = np.random.default_rng(8)
+    linked = Sequential.from_config(specs, shape, 0, "float64")
+    apart = []
+    for spec, layer in zip(specs, linked.layers):
+        apart += [spec] + [{"type": "reshape", "shape": list(layer.output_shape)}] * ("conv" in spec["type"])
+    plain = Sequential.from_config(apart, shape, 0, "float64")
+    convs = [layer for layer in linked.layers if isinstance(layer, Conv1D)]
+    assert [c.shifted_next is not None for c in convs] == linked_after
+    assert [c.shifted_in for c in convs] == [False] + linked_after[:-1]
+    assert not any(getattr(c, "shifted_next", None) or getattr(c, "shifted_in", False) for c in plain.layers)
+    for c in convs:
+        c.block = 2
+    grads = [list(m.named_grads().values()) for m in (linked, plain)]
+    for a, b in zip(*[list(m.named_parameters().values()) for m in (linked, plain)]):
+        a[...] = b[...] = rng.integers(-2, 3, a.shape)
+    for n, training in [(4, True), (4, True), (3, False), (4, False), (3, True)]:
+        x = rng.integers(-2, 3, (n,) + shape).astype(np.float64)
+        dy = rng.integers(-3, 4, (n,) + linked.output_shape).astype(np.float64)
+        bits = []
+        for model, g in zip((linked, plain), grads):
+            y = model.forward(x, training)
+            dx = model.backward(dy, input_grad=True)
+            bits.append([a.view(np.int64) for a in [y, dx, *g]])
+        assert all(np.array_equal(a, b) for a, b in zip(*bits))
+        assert all(np.count_nonzero(a) > 0 for a in bits[0])

@@ -143,6 +143,14 @@ class Workspace:
             return a
         return a if a.shape[0] == shape[0] else a[:shape[0]]
 
+    def zeros(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """As `get`, but zeroed when allocated: a caller that writes the same part of it on
+        every call finds the rest still zero (a padded buffer whose padding is never refilled)."""
+        key = (name, tuple(shape)[1:], np.dtype(dtype))
+        if key not in self.arrays or self.arrays[key].shape[0] < shape[0]:
+            self.arrays[key] = np.zeros(shape, dtype=dtype)
+        return self.get(name, shape, dtype)
+
     def ones(self, n: int, dtype) -> np.ndarray:
         """A vector of n ones, filled once per allocation (a smaller n gets a prefix view).
 

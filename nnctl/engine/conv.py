@@ -84,8 +84,10 @@ class _Conv(CheckedLayer):
     activation-sized arrays; this one transposes nothing, and offset k's block
     dcols[:, :, k] is an (N, C_in, *O) array added to a channels-first padded gradient.
 
-    Stride-1 conv1d uses a third, shifted layout instead (see _forward_shifted): the input
-    channels-major and padded, each im2col row block one contiguous shifted copy of it.
+    Stride-1 conv1d uses a third, shifted layout instead (see _zt_shifted): the input
+    channels-major and padded, each im2col row block one contiguous shifted copy of it; two
+    such convolutions in a row hand act(z) and dx over in that padded layout
+    (link_convs_and_pools), and an evaluation forward runs in cache-sized sample blocks.
 
     Either way col2im is one slice-add per kernel offset, never a loop over output
     positions, and the padding is then cut off. "same" padding follows Keras for every
@@ -128,6 +130,11 @@ class _Conv(CheckedLayer):
         self.dx_from_pool = False
         self.channels_last_out = False
         self.channels_last_in = False
+        # Set by link_convs_and_pools between two shifted-layout convolutions: this layer
+        # writes act(z) straight into the next one's padded channels-major input, whose left
+        # padding `shifted_next` is; the next takes it so and gives dx back so (`shifted_in`).
+        self.shifted_next = None
+        self.shifted_in = False
         self._xp_buf = None
         self._slope = None  # f'(z) kept by a training forward (see Dense)
 
@@ -179,7 +186,7 @@ class _Conv(CheckedLayer):
         # conv1 (1->32, 28x28) 8 a block: 29.1 ms, 4: 28.8, 15: 29.5, the whole batch of 64: 33.4.
         self.pool_block = max(1, _BLOCK_BYTES // (math.prod(self.out_sizes) * (c_in * k + 1 + 2 * f)
                                                   * self.dtype.itemsize))
-        # Stride-1 1-D convolutions use the shifted layout (see _forward_shifted): on the issue-15
+        # Stride-1 1-D convolutions use the shifted layout (see _zt_shifted): on the issue-15
         # conv1d workload (25 channels, k=5, L=40) its contiguous block copies beat the strided
         # im2col gather of either layout above, forward and backward, for 1 or 25 input channels.
         self.shifted_layout = self.ND == 1 and all(s == 1 for s in self.stride)
@@ -193,6 +200,9 @@ class _Conv(CheckedLayer):
             lead = (slice(None), slice(None))
             self.inner = lead + tuple(slice(lo, lo + L) for L, (lo, _) in zip(sizes, self.pads))
             self.outer = lead + tuple(slice(0, o) for o in self.out_sizes)
+            # its evaluation forward runs in blocks of samples of at most _BLOCK_BYTES of cols:
+            # on the issue-15 stack, 500 samples 8.5 ms in one block, 6.2 in blocks of 100
+            self.block = max(1, _BLOCK_BYTES // ((c_in * k + 1) * math.prod(sp) * self.dtype.itemsize))
         return (f,) + self.out_sizes
 
     def forward(self, x, training):
@@ -202,8 +212,10 @@ class _Conv(CheckedLayer):
             # x goes on to the pool after, which computes z a block at a time (_Pool._forward_with_conv)
             self._slope = self._z = self._y = None
             return x
+        if self.shifted_next is not None:
+            return self._forward_into_next(x, training)
         if self.shifted_layout:
-            z = self._forward_shifted(x)
+            z = self._forward_shifted(x, training)
         else:
             z = self._forward_channels(x) if self.channels_layout else self._forward_rows(x, training)
         self._slope = None
@@ -226,6 +238,8 @@ class _Conv(CheckedLayer):
             self.dx_from_pool = False
             return dy
         dy = np.asarray(dy, dtype=self.dtype)
+        if self.shifted_next is not None:
+            return self._backward_from_next(dy)
         if self.act_deferred or isinstance(self.act, Identity):
             dz = dy
         elif self._slope is not None:
@@ -233,7 +247,7 @@ class _Conv(CheckedLayer):
         else:
             dz = self.act.backward(self._z, self._y, dy, out=self.ws.get("dz", dy.shape, self.dtype))
         if self.shifted_layout:
-            return self._backward_shifted(dz)
+            return self._backward_shifted(self._flat_padded("dzt_s", dz, self.outer))
         return self._backward_channels(dz) if self.channels_layout else self._backward_rows(dz)
 
     # -- shifted: stride 1, channels-major padded input, columns are padded positions -----
@@ -248,34 +262,89 @@ class _Conv(CheckedLayer):
     # zeros to dW and dx. The tail of each block of cols (past the end of xf) is zero.
     # cols ends with a row of ones and W2 with a column b (0 without bias), so the GEMMs
     # also add the bias and give db: no separate passes over Z.
-    def _forward_shifted(self, x):
-        n, c_in, f = x.shape[0], x.shape[1], self.hparams["filters"]
-        m = n * math.prod(self.padded_sizes)
-        xf = self._flat_padded("xt", x, self.inner)
+    def _zt_shifted(self, x, training) -> np.ndarray:
+        """Z as (F, N, *padded): output (n, o) at [:, n, o] (self.outer), the rest dropped."""
+        if self.shifted_in:     # x is the previous convolution's output, already laid out
+            c_in, n = x.shape[:2]
+            xf = x.reshape(c_in, -1)
+        else:
+            n, c_in = x.shape[:2]
+            xf = self._flat_padded("xt", x, self.inner).reshape(c_in, -1)
+        f, m = self.hparams["filters"], xf.shape[1]
         ck = len(self.shifts) * c_in
-        cols = self.ws.get("cols_s", (ck + 1, m), self.dtype)
-        for j, s in enumerate(self.shifts):
-            block = cols[j * c_in:(j + 1) * c_in]
-            np.copyto(block[:, :m - s], xf[:, s:])
-            block[:, m - s:] = 0
-        cols[ck] = 1
-        self._cols = cols
         w2b = self.ws.get("w2b", (f, ck + 1), self.dtype)
         w2b[:, :ck] = self._w2()
         w2b[:, ck] = self.params["b"] if "b" in self.params else 0
         zt = self.ws.get("zt_s", (f, m), self.dtype)
-        np.matmul(w2b, cols, out=zt)
-        z = self.ws.get("z", (n, f) + self.out_sizes, self.dtype)
-        np.copyto(z, zt.reshape((f, n) + self.padded_sizes)[self.outer].swapaxes(0, 1))
+        if training or n <= self.block:     # one block: the backward reads this batch's cols
+            self._cols = self._shifted_cols(xf, "cols_s", 0, m)
+            np.matmul(w2b, self._cols, out=zt)
+        else:
+            # evaluation: blocks through one block-sized cols that stays in cache; a backward
+            # after it (gradient checks) rebuilds the batch's cols from xf
+            self._cols, self._xf = None, xf
+            step = self.block * (m // n)
+            for a in range(0, m, step):
+                b = min(m, a + step)
+                np.matmul(w2b, self._shifted_cols(xf, "cols_e", a, b), out=zt[:, a:b])
+        return zt.reshape((f, n) + self.padded_sizes)
+
+    def _shifted_cols(self, xf, key: str, a: int, b: int) -> np.ndarray:
+        """Columns a:b of the im2col matrix of xf (C, M): rows (j, c) xf[c, a + s_j:b + s_j],
+        zero past the end of xf, then a row of ones."""
+        c_in, m = xf.shape
+        ck = len(self.shifts) * c_in
+        cols = self.ws.get(key, (ck + 1, b - a), self.dtype)
+        for j, s in enumerate(self.shifts):
+            e = min(b, m - s)
+            block = cols[j * c_in:(j + 1) * c_in]
+            np.copyto(block[:, :e - a], xf[:, a + s:e + s])
+            block[:, e - a:] = 0
+        cols[ck] = 1
+        return cols
+
+    def _forward_shifted(self, x, training):
+        zt = self._zt_shifted(x, training)
+        z = self.ws.get("z", zt.shape[1::-1] + self.out_sizes, self.dtype)
+        np.copyto(z, zt[self.outer].swapaxes(0, 1))
         return z
 
-    def _backward_shifted(self, dz):
-        cols, nd = self._cols, self.ND
+    def _forward_into_next(self, x, training):
+        """act(Z) as the next convolution's padded input (F, N, *padded_sizes), which it reads
+        with its own left padding `shifted_next`: with equal padded sizes, Z's column i is that
+        input's column i + lo, so the activation runs over whole contiguous rows (several times
+        faster than over strided (F, N, O) views); the columns that land in the padding are
+        Z's dropped ones, set back to zero."""
+        zt = self._zt_shifted(x, training)
+        lo, o = self.shifted_next, self.out_sizes[0]
+        y = self.ws.get("y_next", zt.shape, self.dtype)
+        yf, m = y.reshape(zt.shape[0], -1), y[0].size
+        self._z = self._slope = None
+        self._y = self.act.forward(zt.reshape(yf.shape)[:, :m - lo], out=yf[:, lo:])
+        y[:, :, :lo] = 0
+        y[:, :, lo + o:] = 0
+        return y
+
+    def _backward_from_next(self, dy):
+        """dy (F, N, *padded_sizes) as the next convolution's backward leaves it (see
+        _forward_into_next); dZ is zero in the columns the forward drops."""
+        lo = self.shifted_next
+        dzf = self.ws.get("dzt_s", dy.shape, self.dtype)
+        d, m = dzf.reshape(dy.shape[0], -1), dy[0].size
+        self.act.backward(None, self._y, dy.reshape(d.shape)[:, lo:], out=d[:, :m - lo])
+        dzf[:, :, self.out_sizes[0]:] = 0
+        return self._backward_shifted(dzf)
+
+    def _backward_shifted(self, dzf):
+        """dzf: dZ as (F, N, *padded), zero outside self.outer (see _flat_padded)."""
+        nd, cols = self.ND, self._cols
+        if cols is None:
+            cols = self._shifted_cols(self._xf, "cols_s", 0, self._xf.shape[1])
         W = self.params["W"]
         f, c_in = W.shape[:2]
-        n = dz.shape[0]
-        m = n * math.prod(self.padded_sizes)
-        dzf = self._flat_padded("dzt_s", dz, self.outer)
+        n = dzf.shape[1]
+        dzf = dzf.reshape(f, -1)
+        m = dzf.shape[1]
         ck = len(self.shifts) * c_in
         # (K*C + 1, F): this orientation runs ~20% faster than dZ @ cols^T (long inner axis)
         dw2t = self.ws.get("dw2t", (ck + 1, f), self.dtype)
@@ -292,17 +361,20 @@ class _Conv(CheckedLayer):
         np.copyto(dxt, dcols[:c_in])
         for j, s in enumerate(self.shifts[1:], 1):
             dxt[:, s:] += dcols[j * c_in:(j + 1) * c_in, :m - s]
+        dxt = dxt.reshape((c_in, n) + self.padded_sizes)
+        if self.shifted_in:     # the previous convolution reads it where its input was
+            return dxt
         dx = self.ws.get("dx", (n, c_in) + tuple(self.input_shape[1:]), self.dtype)
-        np.copyto(dx, dxt.reshape((c_in, n) + self.padded_sizes)[self.inner].swapaxes(0, 1))
+        np.copyto(dx, dxt[self.inner].swapaxes(0, 1))
         return dx
 
     def _flat_padded(self, key: str, a, where) -> np.ndarray:
-        """a (N, C, *S) channels-major into the zeroed padded buffer `key` at `where`, seen as
-        (C, N * prod(padded_sizes)): the input of the forward, the output gradient of the backward."""
-        buf = self.ws.get(key, (a.shape[1], a.shape[0]) + self.padded_sizes, self.dtype)
-        buf.fill(0)
+        """a (N, C, *S) channels-major into the padded buffer `key` (C, N, *padded_sizes) at
+        `where`: the input of the forward, the output gradient of the backward. Each key is
+        always written at the same `where`, so its padding stays as zeroed when allocated."""
+        buf = self.ws.zeros(key, (a.shape[1], a.shape[0]) + self.padded_sizes, self.dtype)
         np.copyto(buf[where], a.swapaxes(0, 1))
-        return buf.reshape(a.shape[1], -1)
+        return buf
 
     # -- rows are output positions (many input channels) ---------------------------------
     # (F, C, *K) <-> (F, prod(K)*C): channels innermost, matching the cols layout.
@@ -885,11 +957,20 @@ def link_convs_and_pools(layers) -> None:
     per-sample GEMMs while in cache) and the convolution's backward passes on the dx it got.
     For the rows layout blocking its backward gained nothing measurable (dW is one GEMM over
     the batch either way), so that backward stays as it is.
+
+    A shifted-layout convolution (see _Conv) followed by another of the same padded size (as
+    "same" convolutions of one kernel size are) writes act(z) from its GEMM's output straight
+    into the next one's padded channels-major input, and takes dx back as the next one's
+    col2im leaves it, both (C, N, *padded): that saves, each way, the copy to or from
+    (N, C, *S), the activation's own pass, and the refill of the padded buffer. Only for a
+    relu or no activation: elementwise, so it may run over the padded rows, and its backward
+    needs only y.
     Called on a container's layers whenever it is built; resets stale links.
     """
     for layer in layers:
         if isinstance(layer, _Conv):
             layer.act_deferred = layer.pooled = layer.channels_last_in = layer.channels_last_out = False
+            layer.shifted_next, layer.shifted_in = None, False
         elif isinstance(layer, _Pool):
             layer.post_act = layer.conv_before = None
     for conv, pool in zip(layers, layers[1:]):
@@ -900,6 +981,11 @@ def link_convs_and_pools(layers) -> None:
             conv.channels_last_out = conv.rows_layout and not any(lo or hi for lo, hi in pool.pads)
             if conv.act_deferred and not conv.shifted_layout and not any(lo or hi for lo, hi in pool.pads):
                 conv.pooled, pool.conv_before = True, conv
+    for conv, nxt in zip(layers, layers[1:]):
+        if (isinstance(conv, _Conv) and isinstance(nxt, _Conv) and conv.shifted_layout and nxt.shifted_layout
+                and type(conv.act) in (ReLU, Identity) and nxt.padded_sizes == conv.padded_sizes):
+            conv.shifted_next = nxt.pads[0][0]
+            nxt.shifted_in = True
     for i, pool in enumerate(layers):
         if isinstance(pool, _Pool):
             before, after = layers[i - 1] if i else None, layers[i + 1] if i + 1 < len(layers) else None
