@@ -521,6 +521,11 @@ def test_maxpool_routes_an_infinite_gradient_without_nan():
     (Conv2D, {"kernel_size": 3, "padding": "same", "activation": "relu"}, (1, 6, 5)),
     (Conv2D, {"kernel_size": [2, 3], "stride": [2, 1], "padding": 1, "dilation": [1, 2]}, (3, 7, 8)),
     (Conv2D, {"kernel_size": 3, "stride": 2, "padding": "same"}, (20, 5, 5)),
+    # the rows layout's dx GEMM summing the last axis's offsets (stride and dilation 1 there):
+    # uneven "same" pads (1, 2); a last-axis offset that lands only on padding; stride 2 above it
+    (Conv2D, {"kernel_size": [3, 4], "padding": "same", "activation": "tanh"}, (2, 5, 6)),
+    (Conv2D, {"kernel_size": [3, 4], "padding": [1, 2]}, (2, 4, 1)),
+    (Conv2D, {"kernel_size": [2, 3], "stride": [2, 1]}, (3, 7, 8)),
     (Conv1D, {"kernel_size": 5, "padding": "same", "activation": "tanh"}, (1, 12)),
     (Conv1D, {"kernel_size": 3, "stride": 3, "dilation": 2}, (7, 20)),
     (Conv1D, {"kernel_size": 5, "padding": "same", "activation": "relu"}, (25, 9)),
@@ -584,18 +589,19 @@ def test_the_layout_follows_the_im2col_rows():
 
 # -- neighbouring convolutions and pools share work (conv.link_convs_and_pools) ---------------
 
-@pytest.mark.parametrize("specs,shape,relu_deferred,channels_last", [
+@pytest.mark.parametrize("specs,shape,relu_deferred,channels_last,pooled", [
     # channels layout (18 rows) -> pool -> rows layout (36) -> pool: the pools give the second
-    # conv x and take z channels-last; each pool applies the relu before it
+    # conv x and take z channels-last; each pool applies the relu before it and, in training,
+    # runs the convolution before it block by block
     ([{"type": "conv2d", "filters": 4, "kernel_size": 3, "padding": "same", "activation": "relu"},
       {"type": "maxpool2d", "size": 2},
       {"type": "conv2d", "filters": 40, "kernel_size": 3, "padding": "same", "activation": "relu"},
       {"type": "maxpool2d", "size": 2}, {"type": "flatten"}, {"type": "dense", "units": 3}],
-     (2, 12, 12), [True, True], [(False, False), (True, True)]),
+     (2, 12, 12), [True, True], [(False, False), (True, True)], [True, True]),
     # rows layout before a padded pool with overlapping windows: relu deferred, channels-first
     ([{"type": "conv2d", "filters": 4, "kernel_size": 3, "padding": "same", "activation": "relu"},
       {"type": "maxpool2d", "size": 3, "stride": 2, "padding": "same"}, {"type": "flatten"},
-      {"type": "dense", "units": 2}], (5, 7, 6), [True], [(False, False)]),
+      {"type": "dense", "units": 2}], (5, 7, 6), [True], [(False, False)], [False]),
     # rows layout, 3x2 windows that leave a column out (the backward zero-fills), then an
     # average pool between two tanh rows convolutions: channels-last all the way through it
     ([{"type": "conv2d", "filters": 5, "kernel_size": 3, "activation": "relu"},
@@ -604,14 +610,18 @@ def test_the_layout_follows_the_im2col_rows():
       {"type": "avgpool2d", "size": 2},
       {"type": "conv2d", "filters": 4, "kernel_size": 3, "padding": "same", "activation": "tanh"},
       {"type": "flatten"}, {"type": "dense", "units": 2}],
-     (6, 14, 11), [True, False, False], [(False, True), (True, True), (True, False)]),
+     (6, 14, 11), [True, False, False], [(False, True), (True, True), (True, False)], [True, False, False]),
     ([{"type": "conv1d", "filters": 4, "kernel_size": 3, "padding": "same", "activation": "relu"},
       {"type": "maxpool1d", "size": 3}, {"type": "flatten"}, {"type": "dense", "units": 2}],
-     (2, 9), [True], [(False, False)]),
+     (2, 9), [True], [(False, False)], [False]),
+    # strided conv1d (channels layout, not shifted) and a max pool with 3-element windows: run as one
+    ([{"type": "conv1d", "filters": 3, "kernel_size": 3, "stride": 2, "padding": "same", "activation": "relu"},
+      {"type": "maxpool1d", "size": 3}, {"type": "flatten"}, {"type": "dense", "units": 2}],
+     (2, 19), [True], [(False, False)], [True]),
 ])
 @pytest.mark.parametrize("training", [True, False])
 def test_linked_convolutions_and_pools_give_bitwise_the_same_values_and_gradients(specs, shape, relu_deferred,
-                                                                                  channels_last, training):
+                                                                                  channels_last, pooled, training):
     # The reference runs every layer on its own: an identity reshape after each convolution
     # and pool stops the links. Small integers everywhere, so the pre-activations hold many
     # ties, zeros and windows whose maximum is < 0 or exactly 0: the cases where routing before
@@ -627,6 +637,9 @@ def test_linked_convolutions_and_pools_give_bitwise_the_same_values_and_gradient
     convs = [layer for layer in linked.layers if isinstance(layer, (Conv1D, Conv2D))]
     assert [c.act_deferred for c in convs] == relu_deferred
     assert [(c.channels_last_in, c.channels_last_out) for c in convs] == channels_last
+    assert [c.pooled for c in convs] == pooled
+    for conv in convs:
+        conv.pool_block = 3   # the batch of 4 in two uneven blocks
     assert not any(getattr(c, "act_deferred", False) or getattr(c, "channels_last_in", False)
                    or getattr(c, "channels_last_out", False) for c in plain.layers)
     grads = [list(m.named_grads().values()) for m in (linked, plain)]

@@ -65,7 +65,10 @@ class _Conv(CheckedLayer):
         Z = cols @ W2^T  (one GEMM for the batch),     dW2 = dZ^T @ cols,   db = sum dZ,
         dcols = dZ @ W2  (one GEMM per block of samples).
     Offset k's column block of dcols, an (N, *O, C_in) view, is added in one strided slice-add
-    to a channels-last gradient, where it lands inside the input.
+    to a channels-last gradient, where it lands inside the input. With stride and dilation 1
+    along the last axis, dZ is first shifted once per last-axis offset j (dzs[.., X, j, :] =
+    dZ[.., X - j + pad, :]) so the GEMM also sums over j: dcols then holds only the other
+    axes' offsets, at every input position X of the last axis, and the col2im adds those.
     The dcols products and their col2im (and an evaluation forward's im2col and GEMM) run
     over blocks of samples sized to stay in cache (_BLOCK_BYTES). x, dx, Z and dZ are
     channels-first, each one transpose away from this layout, except beside a pool that
@@ -121,6 +124,10 @@ class _Conv(CheckedLayer):
         # and (rows layout) takes z and gives dz channels-last, (N, *O, F); a pool before this
         # layer gives x and takes dx channels-last, (N, *S, C).
         self.act_deferred = False
+        # training: the pool after runs this layer's forward (_Pool._forward_with_conv) and, in
+        # the channels layout, its backward, handing back dx for this layer's backward to pass on
+        self.pooled = False
+        self.dx_from_pool = False
         self.channels_last_out = False
         self.channels_last_in = False
         # Set by link_convs_and_pools between two shifted-layout convolutions: this layer
@@ -146,11 +153,25 @@ class _Conv(CheckedLayer):
             self.params["b"] = get_initializer(self.hparams["bias_initializer"])((f,), c_in * k, f * k, rng,
                                                                                  self.dtype)
         self.offsets = shapes.kernel_offsets(self.kernel)
+        # Stride 1 and dilation 1 along the last axis: the rows layout's dx GEMM also sums that
+        # axis's kernel offsets (see _backward_rows), leaving the col2im the others.
+        self.fold = self.ND > 1 and self.stride[-1] == 1 and self.dilation[-1] == 1
+        # (j, one output's slices) per last-axis offset j, None where it reads only padding
+        one = (1,)
+        self.fold_cuts = [shapes.interior_offset_slices((j,), one, one, self.out_sizes[-1:], self.pads[-1:], sizes[-1:])
+                          for j in range(self.kernel[-1])]
         # The rows layout's col2im adds each offset's gradient only where it lands inside the
         # input (so no padded buffer to zero, add to and cut out), starting with a copy of one
         # offset that covers the input exactly once when there is one ("same", stride 1).
-        self.interior = [(j,) + cut for j, off in enumerate(self.offsets) if (cut := shapes.interior_offset_slices(
-            off, self.stride, self.dilation, self.out_sizes, self.pads, sizes)) is not None]
+        # Folded, the offsets are those of the other axes, and the last axis is already the input's.
+        if self.fold:
+            cut_args = (self.stride[:-1] + one, self.dilation[:-1] + one, self.out_sizes[:-1] + sizes[-1:],
+                        tuple(self.pads[:-1]) + ((0, 0),))
+            cut_offsets = [off + (0,) for off in shapes.kernel_offsets(self.kernel[:-1])]
+        else:
+            cut_args, cut_offsets = (self.stride, self.dilation, self.out_sizes, self.pads), self.offsets
+        self.interior = [(j,) + cut for j, off in enumerate(cut_offsets)
+                         if (cut := shapes.interior_offset_slices(off, *cut_args, sizes)) is not None]
         self.covering = next((j for j, into, frm in self.interior
                               if all(t.step == 1 and t.stop - t.start == L and fr.stop - fr.start == L
                                      for t, fr, L in zip(into, frm, sizes))), None)
@@ -160,6 +181,11 @@ class _Conv(CheckedLayer):
         # layout is 1.3-2x faster with 125 rows (25 channels, k=5) or 288 (32 channels, 3x3).
         self.channels_layout = c_in * k <= _FEW_ROWS
         self.block = max(1, _BLOCK_BYTES // (math.prod(self.out_sizes) * c_in * k * self.dtype.itemsize))
+        # Samples per block when a linked pool runs this layer (_Pool._forward_with_conv): a block's
+        # cols, z and the pool's buffers (about z's size again) within the L2. CNN step in context,
+        # conv1 (1->32, 28x28) 8 a block: 29.1 ms, 4: 28.8, 15: 29.5, the whole batch of 64: 33.4.
+        self.pool_block = max(1, _BLOCK_BYTES // (math.prod(self.out_sizes) * (c_in * k + 1 + 2 * f)
+                                                  * self.dtype.itemsize))
         # Stride-1 1-D convolutions use the shifted layout (see _zt_shifted): on the issue-15
         # conv1d workload (25 channels, k=5, L=40) its contiguous block copies beat the strided
         # im2col gather of either layout above, forward and backward, for 1 or 25 input channels.
@@ -181,6 +207,11 @@ class _Conv(CheckedLayer):
 
     def forward(self, x, training):
         x = np.asarray(x, dtype=self.dtype)
+        self.dx_from_pool = False
+        if training and self.pooled:
+            # x goes on to the pool after, which computes z a block at a time (_Pool._forward_with_conv)
+            self._slope = self._z = self._y = None
+            return x
         if self.shifted_next is not None:
             return self._forward_into_next(x, training)
         if self.shifted_layout:
@@ -203,6 +234,9 @@ class _Conv(CheckedLayer):
         return self._y
 
     def backward(self, dy):
+        if self.dx_from_pool:
+            self.dx_from_pool = False
+            return dy
         dy = np.asarray(dy, dtype=self.dtype)
         if self.shifted_next is not None:
             return self._backward_from_next(dy)
@@ -349,8 +383,29 @@ class _Conv(CheckedLayer):
         return W.transpose(0, *range(2, 2 + self.ND), 1).reshape(W.shape[0], -1)
 
     def _forward_rows(self, x, training):
-        n, nd, f, c_in = x.shape[0], self.ND, self.hparams["filters"], self.input_shape[0]
-        p = math.prod(self.out_sizes)
+        n, f = x.shape[0], self.hparams["filters"]
+        xp = self._start_rows(x)
+        if self.channels_last_out:
+            z = self.ws.get("z", (n,) + self.out_sizes + (f,), self.dtype)
+        else:
+            z = self.ws.get("z", (n, f) + self.out_sizes, self.dtype)
+        if training or n <= self.block:
+            # one block: the backward pass reads this batch's cols
+            self._cols = self.ws.get("cols", (n,) + self.out_sizes + self.kernel + (xp.shape[1],), self.dtype)
+            self._rows_block(self._cols, 0, n, z)
+            return z
+        # evaluation: blocks through one block-sized cols that stays in cache; a backward
+        # pass after it (gradient checks) rebuilds the batch's cols from the padded input
+        self._cols, self._xp = None, xp
+        cols = self.ws.get("cols_block", (self.block,) + self.out_sizes + self.kernel + (xp.shape[1],), self.dtype)
+        for s in range(0, n, self.block):
+            e = min(n, s + self.block)
+            self._rows_block(cols[:e - s], s, e, z[s:e])
+        return z
+
+    def _start_rows(self, x):
+        """Pad x and lay out W2; _rows_block then computes z a block of samples at a time."""
+        nd, f, c_in = self.ND, self.hparams["filters"], self.input_shape[0]
         if self.channels_last_in:
             # seen as (N, C, *S) with channels innermost in memory: the im2col copies below then
             # gather runs of C_in contiguous values instead of single strided ones
@@ -358,49 +413,33 @@ class _Conv(CheckedLayer):
             xp = xp.transpose(0, nd + 1, *range(1, nd + 1))
         else:
             xp, self._xp_buf = shapes.padded(x, self.pads, self._xp_buf)
+        self._win = shapes.windows(xp, self.kernel, self.stride, self.dilation, self.out_sizes)
         # W2^T as the transpose of a contiguous W2: OpenBLAS runs cols @ W2^T ~5% faster with
         # its second operand flagged transposed than stored (K*C, F) (12544x288 @ 288x64: 4.66 vs 4.92 ms)
         w2 = self.ws.get("w2", (f, len(self.offsets), c_in), self.dtype)
         np.copyto(w2.reshape((f,) + self.kernel + (c_in,)), self.params["W"].transpose(0, *range(2, 2 + nd), 1))
-        w2t = w2.reshape(f, -1).T
+        self._w2t = w2.reshape(f, -1).T
+        return xp
+
+    def _rows_block(self, cols, s, e, z):
+        """z (e-s, F, *O) or channels-last (e-s, *O, F) of samples s:e, their im2col into `cols`."""
+        nd, f, p = self.ND, self.hparams["filters"], math.prod(self.out_sizes)
+        np.copyto(cols, self._win[s:e].transpose(0, *range(2, 2 + 2 * nd), 1))
+        rows = cols.reshape((e - s) * p, -1)
+        # The GEMM as cols @ W2^T, (N*P, F): with the long axis as the rows of the output it
+        # runs ~20% faster than W2 @ cols^T, more than the per-sample transpose it then needs
+        # (measured at 288 rows, 64 filters: 3.3 + 0.4 vs 4.2 + 0.3 ms).
         if self.channels_last_out:
-            z = self.ws.get("z", (n,) + self.out_sizes + (f,), self.dtype).reshape(n, p, f)
-        else:
-            z = self.ws.get("z", (n, f) + self.out_sizes, self.dtype).reshape(n, f, p)
-        if training or n <= self.block:
-            # one block: the backward pass reads this batch's cols
-            block, cols = n, self._im2col_rows(xp, n)
-        else:
-            # evaluation: blocks through one block-sized cols that stays in cache; a backward
-            # pass after it (gradient checks) rebuilds the batch's cols from the padded input
-            block, self._cols, self._xp = self.block, None, xp
-            cols = self.ws.get("cols_block", (block,) + self.out_sizes + self.kernel + (c_in,), self.dtype)
-            win = shapes.windows(xp, self.kernel, self.stride, self.dilation, self.out_sizes)
-        zr = self.ws.get("zr", (block * p, f), self.dtype)
-        for s in range(0, n, block):
-            e = min(n, s + block)
-            if block == n:
-                cb = cols
-            else:
-                cb = cols[:e - s]
-                np.copyto(cb, win[s:e].transpose(0, *range(2, 2 + 2 * nd), 1))
-            # The GEMM as cols @ W2^T, (N*P, F): with the long axis as the rows of the output it
-            # runs ~20% faster than W2 @ cols^T, more than the per-sample transpose it then needs
-            # (measured at 288 rows, 64 filters: 3.3 + 0.4 vs 4.2 + 0.3 ms).
-            if self.channels_last_out:
-                zb = np.matmul(cb.reshape((e - s) * p, -1), w2t, out=z[s:e].reshape(-1, f))
-                if "b" in self.params:
-                    zb += self.params["b"]
-                continue
-            zb = np.matmul(cb.reshape((e - s) * p, -1), w2t, out=zr[:(e - s) * p])
-            zb = zb.reshape(e - s, p, f).transpose(0, 2, 1)
+            zb = np.matmul(rows, self._w2t, out=z.reshape(-1, f))
             if "b" in self.params:
-                np.add(zb, self.params["b"][:, None], out=z[s:e])   # the bias rides on the transpose
-            else:
-                np.copyto(z[s:e], zb)
-        if self.channels_last_out:
-            return z.reshape((n,) + self.out_sizes + (f,))
-        return z.reshape((n, f) + self.out_sizes)
+                zb += self.params["b"]
+            return
+        zb = np.matmul(rows, self._w2t, out=self.ws.get("zr", ((e - s) * p, f), self.dtype))
+        zb = zb.reshape(e - s, p, f).transpose(0, 2, 1)
+        if "b" in self.params:
+            np.add(zb, self.params["b"][:, None], out=z.reshape(e - s, f, p))   # the bias rides on the transpose
+        else:
+            np.copyto(z.reshape(e - s, f, p), zb)
 
     def _im2col_rows(self, xp, n):
         """The batch's cols (N, *O, *K, C) in one strided copy from padded input xp; kept as _cols."""
@@ -434,12 +473,29 @@ class _Conv(CheckedLayer):
         # (block, *O, C) of column block k: runs of C contiguous values for the col2im adds.
         # For 32->64 3x3 on 14x14, batch 64: 6.2-6.5 ms with this and blocks of 8 samples,
         # against 6.7-7.0 as K products of C columns each (kernel-offset-major, contiguous adds).
-        k = len(self.offsets)
-        w2t = self.ws.get("w2t", (k, c_in, f), self.dtype)
-        np.copyto(w2t.reshape(self.kernel + (c_in, f)), W.transpose(*range(2, 2 + nd), 1, 0))
-        w2 = w2t.reshape(k * c_in, f).T
-        dcols = self.ws.get("dcols", (min(n, self.block) * p, k * c_in), self.dtype)
         sizes = tuple(self.input_shape[1:])
+        k = len(self.offsets)
+        if self.fold:
+            # Folded: with stride and dilation 1 along the last axis, last-axis offset j of output
+            # (.., o) lands on input column X = o + j - pad, so dzs[.., X, j, :] = dz[.., X - j + pad, :]
+            # (0 off the output) and one GEMM dzs (block*P', kw*F) @ W3 (kw*F, K'*C), W3[(j, f), (i, c)]
+            # = W[f, c, i, j], sums over j too: its (block, *O', X, K', C) result leaves the col2im
+            # the K' = K/kw offsets i of the other axes (O': their outputs). For 32->64 3x3 on 14x14,
+            # blocks of 9 samples: 0.59 ms against 0.75 for the dx GEMM + col2im of all 9 offsets.
+            kw = self.kernel[-1]
+            k //= kw
+            w3 = self.ws.get("w3", (kw, f, k, c_in), self.dtype)
+            np.copyto(w3.reshape((kw, f) + self.kernel[:-1] + (c_in,)), W.transpose(nd + 1, 0, *range(2, nd + 1), 1))
+            w2 = w3.reshape(kw * f, k * c_in)
+            outs = self.out_sizes[:-1] + sizes[-1:]
+            dzs = self.ws.get("dzs", (min(n, self.block),) + outs + (kw, f), self.dtype)
+        else:
+            w2t = self.ws.get("w2t", (k, c_in, f), self.dtype)
+            np.copyto(w2t.reshape(self.kernel + (c_in, f)), W.transpose(*range(2, 2 + nd), 1, 0))
+            w2 = w2t.reshape(k * c_in, f).T
+            outs = self.out_sizes
+        q = math.prod(outs)
+        dcols = self.ws.get("dcols", (min(n, self.block) * q, k * c_in), self.dtype)
         if self.channels_last_in:
             dx = dxq = self.ws.get("dx", (n,) + sizes + (c_in,), self.dtype)
         else:
@@ -448,8 +504,20 @@ class _Conv(CheckedLayer):
         lead = (slice(None),)
         for s in range(0, n, self.block):
             e = min(n, s + self.block)
-            db = np.matmul(dzt[s * p:e * p], w2, out=dcols[:(e - s) * p])
-            db = db.reshape((e - s,) + self.out_sizes + (k, c_in))
+            if self.fold:
+                dzb, ds = dzt[s * p:e * p].reshape((e - s,) + self.out_sizes + (f,)), dzs[:e - s]
+                for j, cut in enumerate(self.fold_cuts):
+                    if cut is None:
+                        ds[..., j, :] = 0
+                        continue
+                    (into,), (frm,) = cut
+                    ds[..., :into.start, j, :] = 0
+                    ds[..., into, j, :] = dzb[..., frm, :]
+                    ds[..., into.stop:, j, :] = 0
+                db = np.matmul(ds.reshape((e - s) * q, -1), w2, out=dcols[:(e - s) * q])
+            else:
+                db = np.matmul(dzt[s * p:e * p], w2, out=dcols[:(e - s) * q])
+            db = db.reshape((e - s,) + outs + (k, c_in))
             # col2im, channels-last, one slice-add per kernel offset (never per output position).
             dq = dxq[s:e]
             if self.covering is None:
@@ -465,64 +533,88 @@ class _Conv(CheckedLayer):
 
     # -- columns are output positions (few input channels) --------------------------------
     def _forward_channels(self, x):
-        n, nd, f = x.shape[0], self.ND, self.hparams["filters"]
-        c_in, p = x.shape[1], math.prod(self.out_sizes)
+        n = x.shape[0]
+        z = self.ws.get("z", (n, self.hparams["filters"]) + self.out_sizes, self.dtype)
+        self._start_channels(x)
+        self._channels_block(0, n, z)
+        return z
+
+    def _start_channels(self, x):
+        """Pad x and size the batch's cols (kept as _cols) and [W2 b]; _channels_block then
+        fills cols and computes z a block of samples at a time."""
+        n, f, c_in = x.shape[0], self.hparams["filters"], x.shape[1]
         xp, self._xp_buf = shapes.padded(x, self.pads, self._xp_buf)
-        win = shapes.windows(xp, self.kernel, self.stride, self.dilation, self.out_sizes)
-        # im2col in one strided copy: (N, C, *O, *K) -> (N, C, *K, *O), output positions innermost.
+        self._win = shapes.windows(xp, self.kernel, self.stride, self.dilation, self.out_sizes)
         # With a bias, cols[n] ends with a row of ones and W2 with the column b, so the GEMMs
         # also add b and give db: no separate passes over the (N, F, *O) output and gradient.
         ck, bias = c_in * len(self.offsets), "b" in self.params
-        cols = self.ws.get("cols", (n, ck + bias, p), self.dtype)
-        np.copyto(cols[:, :ck].reshape((n, c_in) + self.kernel + self.out_sizes),
-                  win.transpose(0, 1, *range(2 + nd, 2 + 2 * nd), *range(2, 2 + nd)))
+        self._cols = self.ws.get("cols", (n, ck + bias, math.prod(self.out_sizes)), self.dtype)
+        self._w2b = self.params["W"].reshape(f, ck)
         if bias:
+            self._w2b = self.ws.get("w2c", (f, ck + 1), self.dtype)
+            self._w2b[:, :ck] = self.params["W"].reshape(f, ck)
+            self._w2b[:, ck] = self.params["b"]
+
+    def _channels_block(self, s, e, z):
+        """z (e-s, F, *O) of samples s:e, their im2col into _cols[s:e]."""
+        nd, c_in = self.ND, self.input_shape[0]
+        ck = c_in * len(self.offsets)
+        cols = self._cols[s:e]
+        # im2col in one strided copy: (N, C, *O, *K) -> (N, C, *K, *O), output positions innermost.
+        np.copyto(cols[:, :ck].reshape((e - s, c_in) + self.kernel + self.out_sizes),
+                  self._win[s:e].transpose(0, 1, *range(2 + nd, 2 + 2 * nd), *range(2, 2 + nd)))
+        if cols.shape[1] > ck:
             cols[:, ck] = 1
-        self._cols = cols
-        w2 = self.params["W"].reshape(f, ck)
-        if bias:
-            w2 = self.ws.get("w2c", (f, ck + 1), self.dtype)
-            w2[:, :ck] = self.params["W"].reshape(f, ck)
-            w2[:, ck] = self.params["b"]
-        z = self.ws.get("z", (n, f) + self.out_sizes, self.dtype)
         # one GEMM per sample, straight into the (N, F, *O) output: no transpose pass after it
-        np.matmul(w2, cols, out=z.reshape(n, f, p))
-        return z
+        np.matmul(self._w2b, cols, out=z.reshape(e - s, z.shape[1], -1))
 
     def _backward_channels(self, dz):
-        cols = self._cols
-        n, nd = cols.shape[0], self.ND
+        n = dz.shape[0]
+        dx = self._channels_grads(0, n, dz, n)
+        self._channels_grads_sum(n)
+        return dx
+
+    def _channels_grads(self, s, e, dz, total):
+        """For samples s:e of a batch of `total`, from their dz (e-s, F, *O): their terms of
+        [dW2 db] (summed by _channels_grads_sum) and, with input_grad, their rows of dx."""
+        cols, nd = self._cols[s:e], self.ND
         W = self.params["W"]
         f, c_in = W.shape[:2]
         p = math.prod(self.out_sizes)
-        ck, bias = c_in * len(self.offsets), "b" in self.params
-        dz3 = np.ascontiguousarray(dz).reshape(n, f, p)
+        ck = c_in * len(self.offsets)
+        dz3 = np.ascontiguousarray(dz).reshape(e - s, f, p)
         # [dW2 db] = sum over samples of dz[n] @ cols[n]^T: one GEMM per sample, then one sum
-        per_sample = self.ws.get("dw_n", (n, f, ck + bias), self.dtype)
+        per_sample = self.ws.get("dw_n", (total, f, cols.shape[1]), self.dtype)[s:e]
         np.matmul(dz3, cols.transpose(0, 2, 1), out=per_sample)
-        dw2 = self.ws.get("dw2c", (f, ck + bias), self.dtype)
-        np.sum(per_sample, axis=0, out=dw2)
-        self.grads["W"].reshape(f, ck)[...] = dw2[:, :ck]
-        if bias:
-            self.grads["b"][...] = dw2[:, ck]
         if not self.input_grad:
             return None
-        dcols = self.ws.get("dcols", (n, ck, p), self.dtype)
+        dcols = self.ws.get("dcols", (e - s, ck, p), self.dtype)
         np.matmul(W.reshape(f, ck).T, dz3, out=dcols)
-        dcols = dcols.reshape((n, c_in) + self.kernel + self.out_sizes)
+        dcols = dcols.reshape((e - s, c_in) + self.kernel + self.out_sizes)
         # col2im, channels-first like dx: one strided slice-add per kernel offset (never per
         # output position); offset k's block dcols[:, :, *k] is already (N, C, *O).
         sp = tuple(L + lo + hi for L, (lo, hi) in zip(self.input_shape[1:], self.pads))
-        dxp = self.ws.get("dxp", (n, c_in) + sp, self.dtype)
+        dxp = self.ws.get("dxp", (e - s, c_in) + sp, self.dtype)
         dxp.fill(0)
         lead = (slice(None), slice(None))
         for off in self.offsets:
             dxp[lead + shapes.offset_slices(off, self.stride, self.dilation, self.out_sizes)] += dcols[lead + off]
-        if not any(lo or hi for lo, hi in self.pads):
+        padded = any(lo or hi for lo, hi in self.pads)
+        if not padded and e - s == total:
             return dxp
-        dx = self.ws.get("dx", (n, c_in) + tuple(self.input_shape[1:]), self.dtype)
-        np.copyto(dx, shapes.strip_padding(dxp, self.pads))
+        dx = self.ws.get("dx", (total, c_in) + tuple(self.input_shape[1:]), self.dtype)
+        np.copyto(dx[s:e], shapes.strip_padding(dxp, self.pads) if padded else dxp)
         return dx
+
+    def _channels_grads_sum(self, total):
+        """grads W and b: the sum over the batch of the per-sample terms _channels_grads left."""
+        f, ck = self.hparams["filters"], self.input_shape[0] * len(self.offsets)
+        bias = "b" in self.params
+        dw2 = self.ws.get("dw2c", (f, ck + bias), self.dtype)
+        np.sum(self.ws.get("dw_n", (total, f, ck + bias), self.dtype), axis=0, out=dw2)
+        self.grads["W"].reshape(f, ck)[...] = dw2[:, :ck]
+        if bias:
+            self.grads["b"][...] = dw2[:, ck]
 
 
 @LAYERS.register("conv1d")
@@ -591,8 +683,11 @@ class _Pool(CheckedLayer):
         self._xp_buf = None
         self._xp = None
         self._routed = False
-        # Set by link_convs_and_pools: the relu of the convolution before, applied to the output.
+        # Set by link_convs_and_pools: the relu of the convolution before, applied to the output;
+        # that convolution, when this pool runs both of them in training (_forward_with_conv).
         self.post_act = None
+        self.conv_before = None
+        self._with_conv = False
 
     def _build(self, input_shape, rng):
         shapes.expect_rank(self.NAME, input_shape, self.ND + 1, self.LAYOUT)
@@ -644,9 +739,12 @@ class _Pool(CheckedLayer):
             return a.transpose(0, self.ND + 1, *range(1, self.ND + 1))
         return a.transpose(0, *range(2, self.ND + 2), 1)
 
-    def _reduce(self, xp, route: bool):
-        """Run the passes forward over padded input xp; with `route`, record each pass's winners."""
+    def _reduce(self, xp, route: bool, start: int = 0, total: int | None = None):
+        """Run the passes forward over padded input xp; with `route`, record each pass's winners.
+        xp may be samples start:start+len(xp) of a batch of `total`: their winners go there."""
         n, c = xp.shape[0], xp.shape[-1 if self.channels_last_in else 1]
+        rows = slice(start, start + n)
+        total = n if total is None else total
         h = xp
         for p, (i, _, after, slices, _) in enumerate(self.passes):
             out = self.ws.get(f"pass{p}", self._full(n, c, after, self.channels_last_in), self.dtype)
@@ -669,9 +767,10 @@ class _Pool(CheckedLayer):
                 gt = self.ws.get(f"gt{p}", out.shape, np.bool_)
                 np.greater(views[1], views[0], out=gt)
                 np.maximum(views[0], views[1], out=out)
-                np.subtract(gt.view(np.int8), 1, out=self.ws.get(f"keep{p}", out.shape, np.int8))
+                keep = self.ws.get(f"keep{p}", (total,) + out.shape[1:], np.int8)[rows]
+                np.subtract(gt.view(np.int8), 1, out=keep)
             else:
-                win = self.ws.get(f"win{p}", out.shape, np.uint8)
+                win = self.ws.get(f"win{p}", (total,) + out.shape[1:], np.uint8)[rows]
                 gt = self.ws.get(f"gt{p}", out.shape, np.bool_)
                 step = self.ws.get(f"step{p}", out.shape, np.uint8)
                 np.copyto(out, views[0])
@@ -691,6 +790,9 @@ class _Pool(CheckedLayer):
 
     def forward(self, x, training):
         x = np.asarray(x, dtype=self.dtype)
+        if training and self.conv_before is not None:
+            return self._forward_with_conv(x)
+        self._with_conv = False
         fill = -np.inf if self.MODE == "max" else 0.0
         xp, self._xp_buf = shapes.padded(x, self.pads, self._xp_buf, fill=fill)
         self._xp = xp
@@ -711,13 +813,61 @@ class _Pool(CheckedLayer):
             self.post_act.forward(y, out=self._y)
         return self._y
 
+    def _forward_with_conv(self, x):
+        """Training forward of the convolution before (given its input x) and this pool, a block
+        of samples at a time: each block's z is pooled while still in cache (see link_convs_and_pools)."""
+        conv, last_in = self.conv_before, self.channels_last_in
+        n, f = x.shape[0], conv.hparams["filters"]
+        if conv.channels_layout:
+            conv._start_channels(x)
+        else:
+            conv._start_rows(x)
+            conv._cols = conv.ws.get("cols", (n,) + conv.out_sizes + conv.kernel + (conv.input_shape[0],), self.dtype)
+        self._xp, self._routed, self._with_conv = None, True, True
+        self._y = self.ws.get("y", self._full(n, f, self.out_sizes, self.channels_last_out), self.dtype)
+        for s in range(0, n, conv.pool_block):
+            e = min(n, s + conv.pool_block)
+            z = conv.ws.get("z", self._full(e - s, f, conv.out_sizes, last_in), self.dtype)
+            if conv.channels_layout:
+                conv._channels_block(s, e, z)
+            else:
+                conv._rows_block(conv._cols[s:e], s, e, z)
+            y = self._relaid(self._reduce(z, True, s, n), last_in, self.channels_last_out)
+            if self.post_act is None:
+                np.copyto(self._y[s:e], y)
+            else:
+                self.post_act.forward(y, out=self._y[s:e])
+        return self._y
+
     def backward(self, dy):
         dy = np.asarray(dy, dtype=self.dtype)
-        last_in = self.channels_last_in
-        n, c = self._xp.shape[0], self._xp.shape[-1 if last_in else 1]
+        conv = self.conv_before
+        if self._with_conv and conv.channels_layout:
+            # after _forward_with_conv: both backward passes too, a block of samples at a time,
+            # so the convolution reads each block's dz while it is in cache
+            n, dx = dy.shape[0], None
+            for s in range(0, n, conv.pool_block):
+                e = min(n, s + conv.pool_block)
+                dx = conv._channels_grads(s, e, self._backward_block(dy[s:e], s, n), n)
+            conv._channels_grads_sum(n)
+            conv.dx_from_pool = True
+            return dx
         if self.MODE == "max" and not self._routed:
             self._reduce(self._xp, True)
             self._routed = True
+        g = self._backward_block(dy, 0, dy.shape[0])
+        if not any(lo or hi for lo, hi in self.pads):
+            return g
+        dx = self.ws.get("dx", (dy.shape[0],) + self.input_shape, self.dtype)
+        np.copyto(dx, shapes.strip_padding(g, self.pads))
+        return dx
+
+    def _backward_block(self, dy, start: int, total: int):
+        """The gradient of the pool's (padded) input for samples start:start+len(dy) of a batch
+        of `total`, from theirs of its output (in a buffer of the block's size)."""
+        last_in = self.channels_last_in
+        n, c = dy.shape[0], self.input_shape[0]
+        rows = slice(start, start + n)
         if self.MODE == "max" and self.post_act is None and last_in == self.channels_last_out:
             g = dy
         else:
@@ -726,7 +876,7 @@ class _Pool(CheckedLayer):
             if self.MODE == "avg":
                 np.multiply(dy, self._inv_count(self.channels_last_out), out=gv)
             elif self.post_act is not None:
-                self.post_act.backward(None, self._y, dy, out=gv)
+                self.post_act.backward(None, self._y[rows], dy, out=gv)
             else:
                 np.copyto(gv, dy)
         for p in reversed(range(len(self.passes))):
@@ -743,7 +893,7 @@ class _Pool(CheckedLayer):
             elif len(slices) == 2:
                 # g AND keep goes to the first element, g XOR that (= g AND NOT keep) to the second.
                 word = _INT[self.dtype]
-                keep = self.ws.get(f"keep{p}", g.shape, np.int8)
+                keep = self.ws.get(f"keep{p}", (total,) + g.shape[1:], np.int8)[rows]
                 gbits = g.view(word)
                 if tiles:
                     first = dst.view(word)[slices[0]]
@@ -760,7 +910,7 @@ class _Pool(CheckedLayer):
                 # g where window element j won, else +0, as a bitwise AND with an all-ones or
                 # all-zeros word: exact, branch-free, and 0 (not NaN) beside an infinite g.
                 word = _INT[self.dtype]
-                win = self.ws.get(f"win{p}", g.shape, np.uint8)
+                win = self.ws.get(f"win{p}", (total,) + g.shape[1:], np.uint8)[rows]
                 sel = self.ws.get(f"gt{p}", g.shape, np.bool_)
                 mask = self.ws.get(f"mask{p}", g.shape, word)
                 gbits = g.view(word)
@@ -775,11 +925,7 @@ class _Pool(CheckedLayer):
                         np.bitwise_and(gbits, mask, out=mask)
                         dst[sl] += mask.view(self.dtype)
             g = dst
-        if not any(lo or hi for lo, hi in self.pads):
-            return g
-        dx = self.ws.get("dx", (n,) + self.input_shape, self.dtype)
-        np.copyto(dx, shapes.strip_padding(g, self.pads))
-        return dx
+        return g
 
 
 def link_convs_and_pools(layers) -> None:
@@ -801,6 +947,17 @@ def link_convs_and_pools(layers) -> None:
     passes run over contiguous runs of channels instead of rows of a few positions; a pool
     transposes only its own (smaller) output and dy when its neighbours differ.
 
+    In training, such a relu convolution (not the shifted layout) and its unpadded max pool
+    run as one: the pool's forward computes z a block of samples at a time (_Conv.pool_block)
+    and pools each block while it is still in the L2 cache, instead of the pool reading back
+    the batch's z after the convolution has written all of it (in a CNN step the pool runs at
+    half the speed it has alone, reading z from memory). The pool keeps the routing masks of
+    the whole batch; the convolution keeps its cols. For a channels-layout convolution the
+    pool runs both backward passes the same way (each block's dz feeds the convolution's
+    per-sample GEMMs while in cache) and the convolution's backward passes on the dx it got.
+    For the rows layout blocking its backward gained nothing measurable (dW is one GEMM over
+    the batch either way), so that backward stays as it is.
+
     A shifted-layout convolution (see _Conv) followed by another of the same padded size (as
     "same" convolutions of one kernel size are) writes act(z) from its GEMM's output straight
     into the next one's padded channels-major input, and takes dx back as the next one's
@@ -812,16 +969,18 @@ def link_convs_and_pools(layers) -> None:
     """
     for layer in layers:
         if isinstance(layer, _Conv):
-            layer.act_deferred = layer.channels_last_in = layer.channels_last_out = False
+            layer.act_deferred = layer.pooled = layer.channels_last_in = layer.channels_last_out = False
             layer.shifted_next, layer.shifted_in = None, False
         elif isinstance(layer, _Pool):
-            layer.post_act = None
+            layer.post_act = layer.conv_before = None
     for conv, pool in zip(layers, layers[1:]):
         if isinstance(conv, _Conv) and isinstance(pool, _Pool):
             if type(conv.act) is ReLU and pool.MODE == "max":
                 conv.act_deferred = True
                 pool.post_act = conv.act
             conv.channels_last_out = conv.rows_layout and not any(lo or hi for lo, hi in pool.pads)
+            if conv.act_deferred and not conv.shifted_layout and not any(lo or hi for lo, hi in pool.pads):
+                conv.pooled, pool.conv_before = True, conv
     for conv, nxt in zip(layers, layers[1:]):
         if (isinstance(conv, _Conv) and isinstance(nxt, _Conv) and conv.shifted_layout and nxt.shifted_layout
                 and type(conv.act) in (ReLU, Identity) and nxt.padded_sizes == conv.padded_sizes):
