@@ -647,13 +647,20 @@ def test_linked_convolutions_and_pools_give_bitwise_the_same_values_and_gradient
         a[...] = b[...] = rng.integers(-2, 3, a.shape) - 2 * (a.ndim == 1)  # biases mostly < 0
     x = rng.integers(-1, 2, (4,) + shape).astype(np.float64)
     dy = rng.integers(-3, 4, (4,) + linked.output_shape).astype(np.float64)
+    bits = _bits_of_both((linked, plain), grads, x, dy, training)
+    assert all(np.array_equal(a, b) for a, b in zip(*bits))
+    assert np.count_nonzero(bits[0][0]) > 0 and np.count_nonzero(bits[0][1]) > 0
+
+
+def _bits_of_both(models, grads, x, dy, training):
+    """Each model's output, input gradient and parameter gradients as int64 bit patterns,
+    after one forward and backward on the same x and dy; the first model's, then the second's."""
     bits = []
-    for model, g in zip((linked, plain), grads):
+    for model, g in zip(models, grads):
         y = model.forward(x, training)
         dx = model.backward(dy, input_grad=True)
         bits.append([a.view(np.int64) for a in [y, dx, *g]])
-    assert all(np.array_equal(a, b) for a, b in zip(*bits))
-    assert np.count_nonzero(bits[0][0]) > 0 and np.count_nonzero(bits[0][1]) > 0
+    return bits
 
 
 _C1 = {"type": "conv1d", "filters": 5, "kernel_size": 5, "padding": "same", "activation": "relu"}
@@ -696,10 +703,6 @@ def test_linked_shifted_convolutions_give_bitwise_the_same_values_and_gradients(
     for n, training in [(4, True), (4, True), (3, False), (4, False), (3, True)]:
         x = rng.integers(-2, 3, (n,) + shape).astype(np.float64)
         dy = rng.integers(-3, 4, (n,) + linked.output_shape).astype(np.float64)
-        bits = []
-        for model, g in zip((linked, plain), grads):
-            y = model.forward(x, training)
-            dx = model.backward(dy, input_grad=True)
-            bits.append([a.view(np.int64) for a in [y, dx, *g]])
+        bits = _bits_of_both((linked, plain), grads, x, dy, training)
         assert all(np.array_equal(a, b) for a, b in zip(*bits))
         assert all(np.count_nonzero(a) > 0 for a in bits[0])
