@@ -69,6 +69,8 @@ def test_fused_step_equals_the_per_parameter_loop(name, options, kind, extra, dt
     run_fused(fused, params, gviews, grads, lrs)
 
     assert len(fused._flat.chunks) == (-(-28 * np.dtype(dtype).itemsize // 40) if blocks else 1)
+    # every block works in the one block-sized scratch array
+    assert fused._flat.tmp.size == (40 // np.dtype(dtype).itemsize if blocks else 28)
     # the fused path really ran: its state lives in flat arrays too, one per slot
     for slot in fused.slots():
         bases = {id(fused.state[k][slot].base) for k in SHAPES}
