@@ -1,8 +1,8 @@
 """Recurrent layers over (N, T, F) sequences: simple_rnn, gru and lstm, with full BPTT.
 
 simple_rnn and gru project all time steps' inputs in one matrix product up front; lstm
-folds that projection and its bias into each step's product ([x_t | h_{t-1} | 1] against
-stacked [W; U; b]). Each then runs a Python loop over time in which each step is one
+folds that projection and its bias into each step's product ([x_t | 1 | h_{t-1}] against
+stacked [W; b; U]). Each then runs a Python loop over time in which each step is one
 recurrent (batched, per-gate) product on the whole batch plus elementwise gate arithmetic
 into preallocated gate-major (T, G, N, units) buffers. The backward pass walks time in reverse over the same buffers,
 and dW, dU and dx are again one product each over all time steps at the end (lstm: one small
@@ -353,20 +353,21 @@ class LSTM(_Recurrent):
     ORDER = (3, 0, 1, 2)
 
     def _stacked_weights(self) -> np.ndarray:
-        """[W; U; b] as (4, F + u + 1, u), one matrix per gate in internal order.
+        """[W; b; U] as (4, F + 1 + u, u), one matrix per gate in internal order.
 
-        Each step's pre-activations are then one product [x_t | h_{t-1} | 1] @ M: the
+        Each step's pre-activations are then one product [x_t | 1 | h_{t-1}] @ M: the
         input projection and bias add ride along in the recurrent GEMM (K grows from u to
         F + u + 1), which saves a separate (T*N, F) projection with a tiny inner
         dimension, a pass over all steps to add b, and a per-step add of the projected
         inputs. With the default activations the sigmoid blocks are halved so that
         sigmoid(p) = (1 + tanh(p / 2)) / 2 is one tanh call over all four gates; halving
-        is exact in binary floating point.
+        is exact in binary floating point. b sits next to W so that the first step, whose
+        h_0 is zero, is the product of the leading F + 1 columns and rows alone.
         """
         w, u = self.params["W"], self.hparams["units"]
         b = self.params["b"].reshape(1, -1)
-        m = np.concatenate([self._gate_view(w), self._gate_view(self.params["U"]), self._gate_view(b)], axis=1,
-                           out=self._buf("M", (4, w.shape[0] + u + 1, u)))
+        m = np.concatenate([self._gate_view(w), self._gate_view(b), self._gate_view(self.params["U"])], axis=1,
+                           out=self._buf("M", (4, w.shape[0] + 1 + u, u)))
         if self._fast:
             m[:3] *= 0.5
         return m
@@ -381,16 +382,16 @@ class LSTM(_Recurrent):
         # the training forward runs a block of steps at a time): a Python float costs each
         # call a scalar conversion (about 0.2 us)
         self._half = np.full((), 0.5, dtype=self.dtype)
-        m4 = self._stacked_weights()                 # (4, F + u + 1, u)
-        # Z[s] = [x_s | h_{s-1} | 1] (T+1, N, F + u + 1); the h columns of all T+1 rows are
+        m4 = self._stacked_weights()                 # (4, F + 1 + u, u)
+        # Z[s] = [x_s | 1 | h_{s-1}] (T+1, N, F + 1 + u); the h columns of all T+1 rows are
         # the hidden states h_0..h_T, and Z[s] is the left operand of step s's dW, dU, db.
         key = "" if training else "eval "
         before = self.ws.arrays.get(key + "Z")
-        z = self._buf(key + "Z", (t + 1, n, feat + u + 1))
-        hs = z[:, :, feat:feat + u]
+        z = self._buf(key + "Z", (t + 1, n, feat + 1 + u))
+        hs = z[:, :, feat + 1:]
         if z is not before:          # what no step writes, set once per buffer (about 40 us a batch)
             z[t, :, :feat] = 0
-            z[:, :, feat + u] = 1
+            z[:, :, feat] = 1
             hs[0] = 0
         np.copyto(z[:t, :, :feat], x.transpose(1, 0, 2))
         if training:
@@ -453,7 +454,7 @@ class LSTM(_Recurrent):
         whose h_0 and c_0 are zero.
         """
         t, feat = gates.shape[0], z.shape[2] - gates.shape[3] - 1
-        hs = z[:, :, feat:-1]
+        hs = z[:, :, feat + 1:]
         # Local names, positional outputs, one view per array per step and the activation
         # test out of the loop: the loops make about ten NumPy calls per step on (N, u)
         # blocks, where lookups and keyword parsing were a measurable share (2.5% of fw+bw).
@@ -498,11 +499,10 @@ class LSTM(_Recurrent):
 
     @staticmethod
     def _first_product(z0, m4, out):
-        """The first step's pre-activations x_0 W + b into out (4, n, u): h_0 is zero, so the
-        product skips U's u rows (K = F instead of F + u + 1, about a fifth of the time)."""
-        feat = z0.shape[1] - m4.shape[2] - 1
-        np.matmul(z0[:, :feat], m4[:, :feat], out)
-        out += m4[:, feat + m4.shape[2]:]          # b, the last row, broadcast over the rows
+        """The first step's pre-activations [x_0 | 1] [W; b] into out (4, n, u): h_0 is zero,
+        so the product skips U's u rows (K = F + 1 instead of F + 1 + u, a fifth of the time)."""
+        k1 = z0.shape[1] - m4.shape[2]
+        np.matmul(z0[:, :k1], m4[:, :k1], out)
 
     # Steps per block of the training forward: a block's gates and products (about 200 KB
     # per step at N=100, u=64, float32) stay in L2 until its factors are computed.
@@ -571,6 +571,8 @@ class LSTM(_Recurrent):
         dq = self._buf("dq", (5, n, u))
         dgs = dq[:4]
         gm, part = self._buf("dM", (4, k, u)), self._buf("dM part", (4, k, u))
+        # contiguous views for step 0's products (a strided out= leaves BLAS)
+        part_xb = part.reshape(-1)[:4 * (feat + 1) * u].reshape(4, feat + 1, u)
         dxs, wt = None, None
         if self.input_grad:
             dxs = self._buf("dxs", (t, n, feat))
@@ -595,9 +597,13 @@ class LSTM(_Recurrent):
             mul(dh, qs[::4], dq_h)
             dc += dc_h
             mul(dc, qs[1:4], dq_c)
-            # [x_s | h_{s-1} | 1]^T d_k gives W's, U's and b's rows of gate k together
-            matmul(z[s].T, dgs, part)
-            gm += part
+            # [x_s | 1 | h_{s-1}]^T d_k gives W's, b's and U's rows of gate k together
+            if s:
+                matmul(z[s].T, dgs, part)
+                gm += part
+            else:                                     # h_0 = 0 adds nothing to dU: W's and b's rows only
+                matmul(z[0, :, :feat + 1].T, dgs, part_xb)
+                gm[:, :feat + 1] += part_xb
             if dxs is not None:
                 matmul(dgs, wt, dx4)
                 reduce(dx4, 0, out=dxs[s])
@@ -610,6 +616,6 @@ class LSTM(_Recurrent):
         for j, kk in enumerate(self.ORDER):          # internal gate j -> parameter block kk
             cols = slice(kk * u, (kk + 1) * u)
             gW[:, cols] = gm[j, :feat]
-            gU[:, cols] = gm[j, feat:feat + u]
-            gb[cols] = gm[j, feat + u]
+            gb[cols] = gm[j, feat]
+            gU[:, cols] = gm[j, feat + 1:]
         return None if dxs is None else np.ascontiguousarray(dxs.transpose(1, 0, 2))
