@@ -571,8 +571,6 @@ class LSTM(_Recurrent):
         dq = self._buf("dq", (5, n, u))
         dgs = dq[:4]
         gm, part = self._buf("dM", (4, k, u)), self._buf("dM part", (4, k, u))
-        # contiguous views for step 0's products (a strided out= leaves BLAS)
-        part_xb = part.reshape(-1)[:4 * (feat + 1) * u].reshape(4, feat + 1, u)
         dxs, wt = None, None
         if self.input_grad:
             dxs = self._buf("dxs", (t, n, feat))
@@ -602,6 +600,7 @@ class LSTM(_Recurrent):
                 matmul(z[s].T, dgs, part)
                 gm += part
             else:                                     # h_0 = 0 adds nothing to dU: W's and b's rows only
+                part_xb = part[:, :feat + 1]
                 matmul(z[0, :, :feat + 1].T, dgs, part_xb)
                 gm[:, :feat + 1] += part_xb
             if dxs is not None:
