@@ -1,8 +1,8 @@
 """Recurrent layers over (N, T, F) sequences: simple_rnn, gru and lstm, with full BPTT.
 
 simple_rnn and gru project all time steps' inputs in one matrix product up front; lstm
-folds that projection and its bias into each step's product ([x_t | h_{t-1} | 1] against
-stacked [W; U; b]). Each then runs a Python loop over time in which each step is one
+folds that projection and its bias into each step's product ([x_t | 1 | h_{t-1}] against
+stacked [W; b; U]). Each then runs a Python loop over time in which each step is one
 recurrent (batched, per-gate) product on the whole batch plus elementwise gate arithmetic
 into preallocated gate-major (T, G, N, units) buffers. The backward pass walks time in reverse over the same buffers,
 and dW, dU and dx are again one product each over all time steps at the end (lstm: one small
@@ -353,20 +353,21 @@ class LSTM(_Recurrent):
     ORDER = (3, 0, 1, 2)
 
     def _stacked_weights(self) -> np.ndarray:
-        """[W; U; b] as (4, F + u + 1, u), one matrix per gate in internal order.
+        """[W; b; U] as (4, F + 1 + u, u), one matrix per gate in internal order.
 
-        Each step's pre-activations are then one product [x_t | h_{t-1} | 1] @ M: the
+        Each step's pre-activations are then one product [x_t | 1 | h_{t-1}] @ M: the
         input projection and bias add ride along in the recurrent GEMM (K grows from u to
         F + u + 1), which saves a separate (T*N, F) projection with a tiny inner
         dimension, a pass over all steps to add b, and a per-step add of the projected
         inputs. With the default activations the sigmoid blocks are halved so that
         sigmoid(p) = (1 + tanh(p / 2)) / 2 is one tanh call over all four gates; halving
-        is exact in binary floating point.
+        is exact in binary floating point. b sits next to W so that the first step, whose
+        h_0 is zero, is the product of the leading F + 1 columns and rows alone.
         """
         w, u = self.params["W"], self.hparams["units"]
         b = self.params["b"].reshape(1, -1)
-        m = np.concatenate([self._gate_view(w), self._gate_view(self.params["U"]), self._gate_view(b)], axis=1,
-                           out=self._buf("M", (4, w.shape[0] + u + 1, u)))
+        m = np.concatenate([self._gate_view(w), self._gate_view(b), self._gate_view(self.params["U"])], axis=1,
+                           out=self._buf("M", (4, w.shape[0] + 1 + u, u)))
         if self._fast:
             m[:3] *= 0.5
         return m
@@ -381,16 +382,16 @@ class LSTM(_Recurrent):
         # the training forward runs a block of steps at a time): a Python float costs each
         # call a scalar conversion (about 0.2 us)
         self._half = np.full((), 0.5, dtype=self.dtype)
-        m4 = self._stacked_weights()                 # (4, F + u + 1, u)
-        # Z[s] = [x_s | h_{s-1} | 1] (T+1, N, F + u + 1); the h columns of all T+1 rows are
+        m4 = self._stacked_weights()                 # (4, F + 1 + u, u)
+        # Z[s] = [x_s | 1 | h_{s-1}] (T+1, N, F + 1 + u); the h columns of all T+1 rows are
         # the hidden states h_0..h_T, and Z[s] is the left operand of step s's dW, dU, db.
         key = "" if training else "eval "
         before = self.ws.arrays.get(key + "Z")
-        z = self._buf(key + "Z", (t + 1, n, feat + u + 1))
-        hs = z[:, :, feat:feat + u]
+        z = self._buf(key + "Z", (t + 1, n, feat + 1 + u))
+        hs = z[:, :, feat + 1:]
         if z is not before:          # what no step writes, set once per buffer (about 40 us a batch)
             z[t, :, :feat] = 0
-            z[:, :, feat + u] = 1
+            z[:, :, feat] = 1
             hs[0] = 0
         np.copyto(z[:t, :, :feat], x.transpose(1, 0, 2))
         if training:
@@ -407,7 +408,7 @@ class LSTM(_Recurrent):
             for lo in range(0, t, block):
                 hi = min(lo + block, t)
                 g, p, pb = gates[lo:hi], parts[:hi - lo], None if pre is None else pre[:hi - lo]
-                self._recur(z[lo:hi + 1], m4, cs[lo:hi + 1], g, p, pb)
+                self._recur(z[lo:hi + 1], m4, cs[lo:hi + 1], g, p, pb, lo == 0)
                 self._factors(g, p, pb, cs[lo:hi + 1], hs[lo + 1:hi + 1])
             self._q = gates
         else:
@@ -427,7 +428,7 @@ class LSTM(_Recurrent):
                 c1, g1, f1, *p1 = (b[..., :m, :] for b in bufs)
                 c1[...] = 0
                 self._recur(z[:, lo:lo + m], m4, _steps(c1, t + 1), _steps(g1, t), _steps(f1, t),
-                            _steps(p1[0], t) if p1 else None)
+                            _steps(p1[0], t) if p1 else None, True)
             self._q = None                           # a backward replays the forward recorded
         self._z = z
         self._recorded = training
@@ -442,17 +443,18 @@ class LSTM(_Recurrent):
     EVAL_CHUNK_MACS = 1_000_000
     EVAL_CHUNK_MIN_ROWS = 64
 
-    def _recur(self, z, m4, cs, gates, parts, pre):
+    def _recur(self, z, m4, cs, gates, parts, pre, first):
         """Run T steps of the recurrence for the rows of z (T+1, n, F+u+1) (from cs[0], the
         cell state before the first), filling the h columns of z[1:].
 
         gates (T, 5 or 6, n, u) receive [o, i, f, g, act(c_t)] in their first five planes,
         parts (T, 3, n, u) the products [-, i g, f c_{t-1}] (plane 0 is _factors', for h_t),
         cs (T+1, n, u) the cell states, pre (T, 4, n, u) the pre-activations (None on the
-        fast path, whose gates come from one tanh).
+        fast path, whose gates come from one tanh). first: z[0] is the sequence's first step,
+        whose h_0 and c_0 are zero.
         """
         t, feat = gates.shape[0], z.shape[2] - gates.shape[3] - 1
-        hs = z[:, :, feat:-1]
+        hs = z[:, :, feat + 1:]
         # Local names, positional outputs, one view per array per step and the activation
         # test out of the loop: the loops make about ten NumPy calls per step on (N, u)
         # blocks, where lookups and keyword parsing were a measurable share (2.5% of fw+bw).
@@ -465,7 +467,10 @@ class LSTM(_Recurrent):
             for s in range(t):
                 g, p = gates[s], parts[s]
                 g4 = g[:4]
-                matmul(z[s], m4, g4)
+                if s == 0 and first:
+                    self._first_product(z[0], m4, g4)
+                else:
+                    matmul(z[s], m4, g4)
                 tanh(g4, g4)
                 g3 = g[:3]
                 mul(g3, half, g3)
@@ -479,7 +484,10 @@ class LSTM(_Recurrent):
         else:
             for s in range(t):
                 g, p, ps = gates[s], parts[s], pre[s]
-                matmul(z[s], m4, ps)
+                if s == 0 and first:
+                    self._first_product(z[0], m4, ps)
+                else:
+                    matmul(z[s], m4, ps)
                 self.ract.forward(ps[:3], out=g[:3])
                 self.act.forward(ps[3], out=g[3])
                 mul(g[2], cs[s], p[2])
@@ -488,6 +496,13 @@ class LSTM(_Recurrent):
                 add(p[2], p[1], c1)
                 self.act.forward(c1, out=g[4])
                 mul(g[0], g[4], hs[s + 1])
+
+    @staticmethod
+    def _first_product(z0, m4, out):
+        """The first step's pre-activations [x_0 | 1] [W; b] into out (4, n, u): h_0 is zero,
+        so the product skips U's u rows (K = F + 1 instead of F + 1 + u, a fifth of the time)."""
+        k1 = z0.shape[1] - m4.shape[2]
+        np.matmul(z0[:, :k1], m4[:, :k1], out)
 
     # Steps per block of the training forward: a block's gates and products (about 200 KB
     # per step at N=100, u=64, float32) stay in L2 until its factors are computed.
@@ -580,9 +595,14 @@ class LSTM(_Recurrent):
             mul(dh, qs[::4], dq_h)
             dc += dc_h
             mul(dc, qs[1:4], dq_c)
-            # [x_s | h_{s-1} | 1]^T d_k gives W's, U's and b's rows of gate k together
-            matmul(z[s].T, dgs, part)
-            gm += part
+            # [x_s | 1 | h_{s-1}]^T d_k gives W's, b's and U's rows of gate k together
+            if s:
+                matmul(z[s].T, dgs, part)
+                gm += part
+            else:                                     # h_0 = 0 adds nothing to dU: W's and b's rows only
+                part_xb = part[:, :feat + 1]
+                matmul(z[0, :, :feat + 1].T, dgs, part_xb)
+                gm[:, :feat + 1] += part_xb
             if dxs is not None:
                 matmul(dgs, wt, dx4)
                 reduce(dx4, 0, out=dxs[s])
@@ -595,6 +615,6 @@ class LSTM(_Recurrent):
         for j, kk in enumerate(self.ORDER):          # internal gate j -> parameter block kk
             cols = slice(kk * u, (kk + 1) * u)
             gW[:, cols] = gm[j, :feat]
-            gU[:, cols] = gm[j, feat:feat + u]
-            gb[cols] = gm[j, feat + u]
+            gb[cols] = gm[j, feat]
+            gU[:, cols] = gm[j, feat + 1:]
         return None if dxs is None else np.ascontiguousarray(dxs.transpose(1, 0, 2))
