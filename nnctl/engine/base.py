@@ -115,9 +115,9 @@ class Layer:
 class Workspace:
     """Scratch arrays a layer reuses across calls instead of allocating per batch.
 
-    `get(name, shape, dtype)` returns an uninitialised array of that shape. One array is
-    kept per (name, trailing shape, dtype) and reallocated only when a batch larger than
-    any before arrives; a smaller batch gets a view of its first rows, which is still
+    `get(name, shape, dtype)` returns an uninitialised array of that shape (`zeros`: zeroed
+    when allocated). One array is kept per (name, trailing shape, dtype) and reallocated
+    only when a batch larger than any before arrives; a smaller batch gets a view of its first rows, which is still
     C-contiguous, so BLAS and `out=` work on it. The number of arrays held is therefore
     fixed by the names and shapes in use, however many steps run.
 
@@ -128,28 +128,19 @@ class Workspace:
     def __init__(self) -> None:
         self.arrays: dict[tuple, np.ndarray] = {}
 
-    def get(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    def get(self, name: str, shape: tuple[int, ...], dtype, new=np.empty) -> np.ndarray:
         shape = tuple(shape)
-        if not shape:
-            key = (name, (), np.dtype(dtype))
-            a = self.arrays.get(key)
-            if a is None:
-                a = self.arrays[key] = np.empty((), dtype=dtype)
-            return a
         key = (name, shape[1:], np.dtype(dtype))
         a = self.arrays.get(key)
-        if a is None or a.shape[0] < shape[0]:
-            a = self.arrays[key] = np.empty(shape, dtype=dtype)
+        if a is None or (shape and a.shape[0] < shape[0]):
+            a = self.arrays[key] = new(shape, dtype=dtype)
             return a
-        return a if a.shape[0] == shape[0] else a[:shape[0]]
+        return a if not shape or a.shape[0] == shape[0] else a[:shape[0]]
 
     def zeros(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
         """As `get`, but zeroed when allocated: a caller that writes the same part of it on
         every call finds the rest still zero (a padded buffer whose padding is never refilled)."""
-        key = (name, tuple(shape)[1:], np.dtype(dtype))
-        if key not in self.arrays or self.arrays[key].shape[0] < shape[0]:
-            self.arrays[key] = np.zeros(shape, dtype=dtype)
-        return self.get(name, shape, dtype)
+        return self.get(name, shape, dtype, np.zeros)
 
     def ones(self, n: int, dtype) -> np.ndarray:
         """A vector of n ones, filled once per allocation (a smaller n gets a prefix view).
