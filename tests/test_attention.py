@@ -77,7 +77,7 @@ def test_block_evaluation_in_groups_of_samples_matches_one_pass(monkeypatch):
     x = rng.standard_normal((5, 6, 4))
     whole = block.forward(x, False).copy()
     one_by_one = np.concatenate([block.forward(x[i:i + 1], False).copy() for i in range(5)])
-    monkeypatch.setattr(attention, "_BLOCK_BYTES", 2 * 576)
+    monkeypatch.setattr(attention, "CACHE_BLOCK_BYTES", 2 * 576)
     groups = []
     forward = block.attn.forward
     monkeypatch.setattr(block.attn, "forward", lambda a, training: groups.append(len(a)) or forward(a, training))

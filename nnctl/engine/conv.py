@@ -14,7 +14,7 @@ import numpy as np
 
 from nnctl.engine import shapes
 from nnctl.engine.activations import Identity, ReLU, get_activation
-from nnctl.engine.base import LAYERS
+from nnctl.engine.base import CACHE_BLOCK_BYTES, LAYERS
 from nnctl.hparams import REQUIRED, Param
 from nnctl.engine.initializers import DEFAULT_BIAS_INITIALIZER, default_initializer, get_initializer
 from nnctl.engine.layers import CheckedLayer
@@ -39,13 +39,12 @@ def _check_padding(layer: str, padding, nd: int) -> None:
 _FEW_ROWS = 32
 
 # The rows layout runs the dx GEMM + col2im of training, and the im2col + GEMM of evaluation,
-# over blocks of samples whose im2col part takes at most this many bytes, so each block's dcols
+# over blocks of samples whose im2col part takes at most CACHE_BLOCK_BYTES, so each block's dcols
 # (or cols) is still in the (2 MB per core) L2 cache when the next call reads it. For a 32->64
 # 3x3 conv on 14x14 inputs, float32 (9 samples a block): the dx GEMM + col2im at batch 64
 # 6.2-6.5 ms with blocks of 4 or 8 samples, 6.6-6.9 with 18, 6.9-7.4 with 32; an evaluation
 # forward of 300 samples 35 ms with 8 to 37 a block, against 44 with 64 a block and 46 in one.
 # The training forward stays in one block: its backward reads the batch's cols.
-_BLOCK_BYTES = 2 << 20
 
 
 class _Conv(CheckedLayer):
@@ -70,7 +69,7 @@ class _Conv(CheckedLayer):
     dZ[.., X - j + pad, :]) so the GEMM also sums over j: dcols then holds only the other
     axes' offsets, at every input position X of the last axis, and the col2im adds those.
     The dcols products and their col2im (and an evaluation forward's im2col and GEMM) run
-    over blocks of samples sized to stay in cache (_BLOCK_BYTES). x, dx, Z and dZ are
+    over blocks of samples sized to stay in cache (CACHE_BLOCK_BYTES). x, dx, Z and dZ are
     channels-first, each one transpose away from this layout, except beside a pool that
     hands them over channels-last (link_convs_and_pools).
 
@@ -180,11 +179,11 @@ class _Conv(CheckedLayer):
         # is 2-3x faster forward with 9 rows (1 channel, 3x3) or 27 (RGB, 3x3); the one-big-GEMM
         # layout is 1.3-2x faster with 125 rows (25 channels, k=5) or 288 (32 channels, 3x3).
         self.channels_layout = c_in * k <= _FEW_ROWS
-        self.block = max(1, _BLOCK_BYTES // (math.prod(self.out_sizes) * c_in * k * self.dtype.itemsize))
+        self.block = max(1, CACHE_BLOCK_BYTES // (math.prod(self.out_sizes) * c_in * k * self.dtype.itemsize))
         # Samples per block when a linked pool runs this layer (_Pool._forward_with_conv): a block's
         # cols, z and the pool's buffers (about z's size again) within the L2. CNN step in context,
         # conv1 (1->32, 28x28) 8 a block: 29.1 ms, 4: 28.8, 15: 29.5, the whole batch of 64: 33.4.
-        self.pool_block = max(1, _BLOCK_BYTES // (math.prod(self.out_sizes) * (c_in * k + 1 + 2 * f)
+        self.pool_block = max(1, CACHE_BLOCK_BYTES // (math.prod(self.out_sizes) * (c_in * k + 1 + 2 * f)
                                                   * self.dtype.itemsize))
         # Stride-1 1-D convolutions use the shifted layout (see _zt_shifted): on the issue-15
         # conv1d workload (25 channels, k=5, L=40) its contiguous block copies beat the strided
@@ -200,9 +199,9 @@ class _Conv(CheckedLayer):
             lead = (slice(None), slice(None))
             self.inner = lead + tuple(slice(lo, lo + L) for L, (lo, _) in zip(sizes, self.pads))
             self.outer = lead + tuple(slice(0, o) for o in self.out_sizes)
-            # its evaluation forward runs in blocks of samples of at most _BLOCK_BYTES of cols:
+            # its evaluation forward runs in blocks of samples of at most CACHE_BLOCK_BYTES of cols:
             # on the issue-15 stack, 500 samples 8.5 ms in one block, 6.2 in blocks of 100
-            self.block = max(1, _BLOCK_BYTES // ((c_in * k + 1) * math.prod(sp) * self.dtype.itemsize))
+            self.block = max(1, CACHE_BLOCK_BYTES // ((c_in * k + 1) * math.prod(sp) * self.dtype.itemsize))
         return (f,) + self.out_sizes
 
     def forward(self, x, training):
